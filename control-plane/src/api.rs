@@ -1,0 +1,146 @@
+//! The control plane's HTTP listener: health, readiness, metrics and `GET /v1/status`.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Json, Response};
+use axum::routing::get;
+use pavilion_crds::FieldError;
+use serde::Serialize;
+
+use crate::compile::Outcome;
+use crate::controller::PublishedReceiver;
+use crate::delivery::nodes::{NodeStatus, Nodes};
+use crate::metrics::Metrics;
+use crate::status::{Condition, conditions};
+
+#[derive(Clone)]
+pub struct ApiState {
+    pub source: String,
+    pub published: PublishedReceiver,
+    pub nodes: Arc<Nodes>,
+    pub metrics: Metrics,
+}
+
+pub fn router(state: ApiState) -> Router {
+    Router::new()
+        .route(
+            "/health",
+            get(|| async { Json(serde_json::json!({ "status": "ok" })) }),
+        )
+        .route("/ready", get(ready))
+        .route("/metrics", get(metrics))
+        .route("/v1/status", get(status))
+        .with_state(state)
+}
+
+async fn ready(State(state): State<ApiState>) -> Response {
+    if state.published.borrow().is_some() {
+        Json(serde_json::json!({ "ready": true })).into_response()
+    } else {
+        let body =
+            serde_json::json!({ "ready": false, "reason": "the source has not been read yet" });
+        (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+    }
+}
+
+async fn metrics(State(state): State<ApiState>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            pavilion_telemetry::METRICS_CONTENT_TYPE,
+        )],
+        pavilion_telemetry::metrics_text(&state.metrics.registry),
+    )
+        .into_response()
+}
+
+/// The answer of `GET /v1/status`.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StatusView {
+    pub source: String,
+    pub ready: bool,
+    pub snapshot: Option<SnapshotView>,
+    pub resources: Vec<ResourceView>,
+    pub nodes: Vec<NodeStatus>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SnapshotView {
+    pub version: String,
+    pub routes: usize,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ResourceView {
+    /// Absent for documents that could not be read far enough to know them.
+    pub kind: Option<&'static str>,
+    pub namespace: Option<String>,
+    pub name: Option<String>,
+    pub origin: String,
+    pub conditions: Vec<Condition>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<FieldErrorView>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<FieldErrorView>,
+}
+
+#[derive(Serialize)]
+pub struct FieldErrorView {
+    pub field: String,
+    pub message: String,
+}
+
+impl From<&FieldError> for FieldErrorView {
+    fn from(e: &FieldError) -> Self {
+        Self {
+            field: e.field.clone(),
+            message: e.message.clone(),
+        }
+    }
+}
+
+async fn status(State(state): State<ApiState>) -> Json<StatusView> {
+    let published = state.published.borrow().clone();
+    let nodes = state.nodes.list();
+    let resources = published
+        .iter()
+        .flat_map(|p| {
+            let nodes = &nodes;
+            p.reports.iter().map(move |report| {
+                let (errors, warnings) = match &report.outcome {
+                    Outcome::Rejected { errors, .. } => {
+                        (errors.iter().map(Into::into).collect(), Vec::new())
+                    }
+                    Outcome::Accepted { warnings } => {
+                        (Vec::new(), warnings.iter().map(Into::into).collect())
+                    }
+                };
+                ResourceView {
+                    kind: report.key.as_ref().map(|k| k.kind.as_str()),
+                    namespace: report.key.as_ref().map(|k| k.namespace.clone()),
+                    name: report.key.as_ref().map(|k| k.name.clone()),
+                    origin: report.origin.to_string(),
+                    conditions: conditions(report, &p.snapshot.version, nodes),
+                    errors,
+                    warnings,
+                }
+            })
+        })
+        .collect();
+    Json(StatusView {
+        source: state.source.clone(),
+        ready: published.is_some(),
+        snapshot: published.as_ref().map(|p| SnapshotView {
+            version: p.snapshot.version.clone(),
+            routes: p.snapshot.routes.len(),
+        }),
+        resources,
+        nodes,
+    })
+}

@@ -1,0 +1,234 @@
+//! The compiler: a pure function from the resource set to one snapshot plus a report per
+//! document. Same input, same snapshot bytes, same version — on every replica.
+//!
+//! A resource that is invalid is rejected alone; everything else still compiles. Routes
+//! are ordered oldest first (creation time, then namespace/name), which is the last
+//! tie-breaker of the matching precedence; a match that an older route already claims for
+//! the same host is reported as a warning on the younger one.
+
+mod conflicts;
+mod route;
+
+use std::collections::HashMap;
+
+use pavilion_crds::{FieldError, Kind, Resource, ResourceKey, TargetRef};
+use pavilion_proto::Snapshot;
+use prost::Message;
+use sha2::{Digest, Sha256};
+
+use crate::source::{Item, Origin};
+
+/// The outcome of one compile.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Compiled {
+    /// The snapshot, `version` filled in.
+    pub snapshot: Snapshot,
+    /// One report per input item, in input order.
+    pub reports: Vec<Report>,
+}
+
+/// What the compiler decided about one document.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Report {
+    pub origin: Origin,
+    /// `None` when the document could not be read far enough to know its identity.
+    pub key: Option<ResourceKey>,
+    /// `metadata.generation`, echoed as `observedGeneration` in conditions.
+    pub generation: Option<i64>,
+    pub outcome: Outcome,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Outcome {
+    /// Part of the snapshot. Warnings explain parts that have no effect (e.g. shadowed matches).
+    Accepted { warnings: Vec<FieldError> },
+    Rejected {
+        reason: Reason,
+        errors: Vec<FieldError>,
+    },
+}
+
+/// Machine-readable reason of a rejection; the `reason` of the `Accepted=False` condition.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reason {
+    /// The document is not a readable resource (YAML, unknown kind or field, wrong type).
+    Unreadable,
+    /// A field has an invalid value.
+    Invalid,
+    /// Another document already defines this kind, namespace and name (or tenant).
+    Duplicate,
+    /// A policy names a target that does not exist or may not be targeted.
+    TargetNotFound,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Unreadable => "Unreadable",
+            Reason::Invalid => "Invalid",
+            Reason::Duplicate => "Duplicate",
+            Reason::TargetNotFound => "TargetNotFound",
+        }
+    }
+}
+
+impl Report {
+    pub fn is_accepted(&self) -> bool {
+        matches!(self.outcome, Outcome::Accepted { .. })
+    }
+}
+
+/// Compiles the resource set.
+pub fn compile(items: &[Item]) -> Compiled {
+    let mut reports: Vec<Report> = items.iter().map(first_pass).collect();
+    reject_duplicates(items, &mut reports);
+
+    let accepted = |kind: Kind| {
+        items
+            .iter()
+            .zip(0..)
+            .filter(move |(item, _)| item.key().is_some_and(|k| k.kind == kind))
+            .filter_map(|(item, i)| item.parsed.as_ref().ok().map(|r| (r, i)))
+    };
+    // Policies can only attach to routes that are themselves accepted.
+    let routes: Vec<(&Resource, usize)> = accepted(Kind::Route)
+        .filter(|(_, i)| reports[*i].is_accepted())
+        .collect();
+    let route_names: std::collections::HashSet<(&str, &str)> = routes
+        .iter()
+        .map(|(r, _)| (r.namespace(), r.name()))
+        .collect();
+    for (resource, i) in accepted(Kind::RateLimitPolicy).chain(accepted(Kind::CorsPolicy)) {
+        if !reports[i].is_accepted() {
+            continue;
+        }
+        let target = match resource {
+            Resource::RateLimitPolicy(p) => &p.spec.target_ref,
+            Resource::CorsPolicy(p) => &p.spec.target_ref,
+            _ => unreachable!("filtered by kind"),
+        };
+        if let Err(message) = check_target(target, resource.namespace(), &route_names) {
+            reports[i].outcome = Outcome::Rejected {
+                reason: Reason::TargetNotFound,
+                errors: vec![FieldError {
+                    field: "spec.targetRef".into(),
+                    message,
+                }],
+            };
+        }
+    }
+
+    let snapshot = route::build_snapshot(&routes, &mut reports);
+    Compiled {
+        snapshot: with_version(snapshot),
+        reports,
+    }
+}
+
+/// Per-document checks: readable, and valid on its own.
+fn first_pass(item: &Item) -> Report {
+    let (key, generation, outcome) = match &item.parsed {
+        Err(e) => (
+            None,
+            None,
+            Outcome::Rejected {
+                reason: Reason::Unreadable,
+                errors: vec![FieldError {
+                    field: e.field.clone(),
+                    message: e.message.clone(),
+                }],
+            },
+        ),
+        Ok(resource) => {
+            let errors = resource.validate();
+            let outcome = if errors.is_empty() {
+                Outcome::Accepted {
+                    warnings: Vec::new(),
+                }
+            } else {
+                Outcome::Rejected {
+                    reason: Reason::Invalid,
+                    errors,
+                }
+            };
+            (
+                Some(resource.key()),
+                resource.metadata().generation,
+                outcome,
+            )
+        }
+    };
+    Report {
+        origin: item.origin.clone(),
+        key,
+        generation,
+        outcome,
+    }
+}
+
+/// The first definition of a key wins; later ones are rejected and point at it. The same
+/// holds for two placements of one tenant.
+fn reject_duplicates(items: &[Item], reports: &mut [Report]) {
+    let mut first_key: HashMap<ResourceKey, &Origin> = HashMap::new();
+    let mut first_tenant: HashMap<&str, (&Origin, ResourceKey)> = HashMap::new();
+    for (item, report) in items.iter().zip(reports.iter_mut()) {
+        let Ok(resource) = &item.parsed else { continue };
+        let key = resource.key();
+        if let Some(origin) = first_key.get(&key) {
+            report.outcome = Outcome::Rejected {
+                reason: Reason::Duplicate,
+                errors: vec![FieldError {
+                    field: "metadata.name".into(),
+                    message: format!("{key} is already defined at {origin}"),
+                }],
+            };
+            continue;
+        }
+        first_key.insert(key.clone(), &item.origin);
+        if let (Resource::TenantPlacement(p), true) = (resource, report.is_accepted()) {
+            if let Some((origin, other)) = first_tenant.get(p.spec.tenant.as_str()) {
+                report.outcome = Outcome::Rejected {
+                    reason: Reason::Duplicate,
+                    errors: vec![FieldError {
+                        field: "spec.tenant".into(),
+                        message: format!(
+                            "tenant `{}` is already placed by {other} at {origin}",
+                            p.spec.tenant
+                        ),
+                    }],
+                };
+            } else {
+                first_tenant.insert(&p.spec.tenant, (&item.origin, key));
+            }
+        }
+    }
+}
+
+fn check_target(
+    target: &TargetRef,
+    namespace: &str,
+    routes: &std::collections::HashSet<(&str, &str)>,
+) -> Result<(), String> {
+    match target.kind.as_str() {
+        "Route" if routes.contains(&(namespace, target.name.as_str())) => Ok(()),
+        "Route" => Err(format!(
+            "no accepted Route `{}` in namespace `{namespace}`",
+            target.name
+        )),
+        "Namespace" if target.name == namespace => Ok(()),
+        _ => Err(format!(
+            "a policy can only target its own namespace `{namespace}`, not `{}`",
+            target.name
+        )),
+    }
+}
+
+/// Fills in the content hash: the first 8 bytes of SHA-256 over the encoding with an empty
+/// version, in hex. Prost encodes fields in a fixed order and the snapshot has no maps, so
+/// the bytes depend only on the content.
+fn with_version(mut snapshot: Snapshot) -> Snapshot {
+    snapshot.version.clear();
+    let digest = Sha256::digest(snapshot.encode_to_vec());
+    snapshot.version = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+    snapshot
+}

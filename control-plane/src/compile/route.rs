@@ -1,0 +1,133 @@
+//! Routes into their snapshot form: normalised, defaulted, in precedence order.
+
+use std::time::Duration;
+
+use pavilion_crds::duration::parse_duration;
+use pavilion_crds::{PathMatchType, Resource, Route};
+use pavilion_proto as proto;
+
+use super::{Outcome, Report, conflicts};
+
+/// Timeout of a rule that sets none.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Builds the snapshot from accepted routes (each with the index of its report) and
+/// records conflict warnings in those reports.
+pub(super) fn build_snapshot(
+    routes: &[(&Resource, usize)],
+    reports: &mut [Report],
+) -> proto::Snapshot {
+    let mut ordered: Vec<(&Route, usize)> = routes
+        .iter()
+        .filter_map(|(resource, i)| match resource {
+            Resource::Route(route) => Some((route, *i)),
+            _ => None,
+        })
+        .collect();
+    // Oldest first; documents without a creation time (files) count as oldest, then by name.
+    ordered.sort_by(|(a, _), (b, _)| {
+        let key = |r: &Route| {
+            (
+                r.metadata.creation_timestamp.clone(),
+                r.metadata.namespace.clone(),
+                r.metadata.name.clone(),
+            )
+        };
+        key(a).cmp(&key(b))
+    });
+    let routes: Vec<proto::Route> = ordered.iter().map(|(r, _)| to_proto(r)).collect();
+    for (position, warning) in conflicts::find(&routes) {
+        if let Outcome::Accepted { warnings } = &mut reports[ordered[position].1].outcome {
+            warnings.push(warning);
+        }
+    }
+    proto::Snapshot {
+        version: String::new(),
+        routes,
+    }
+}
+
+fn to_proto(route: &Route) -> proto::Route {
+    proto::Route {
+        namespace: route.metadata.namespace.clone().unwrap_or_default(),
+        name: route.metadata.name.clone().unwrap_or_default(),
+        hosts: route
+            .spec
+            .hosts
+            .iter()
+            .map(|h| h.to_ascii_lowercase())
+            .collect(),
+        rules: route
+            .spec
+            .rules
+            .iter()
+            .map(|rule| proto::Rule {
+                matches: rule.matches.iter().map(to_proto_match).collect(),
+                backends: rule
+                    .backends
+                    .iter()
+                    .filter_map(|b| {
+                        Some(proto::Backend {
+                            url: b.url.clone()?,
+                            weight: b.weight(),
+                        })
+                    })
+                    .collect(),
+                timeout_ms: rule
+                    .timeout
+                    .as_deref()
+                    .and_then(|t| parse_duration(t).ok())
+                    .unwrap_or(DEFAULT_TIMEOUT)
+                    .as_millis() as u64,
+            })
+            .collect(),
+    }
+}
+
+fn to_proto_match(m: &pavilion_crds::RouteMatch) -> proto::Match {
+    let path = m.path.as_ref().map_or(
+        proto::PathMatch {
+            r#type: proto::PathMatchType::Prefix as i32,
+            value: "/".into(),
+        },
+        |p| proto::PathMatch {
+            r#type: match p.kind {
+                PathMatchType::Exact => proto::PathMatchType::Exact,
+                PathMatchType::PathPrefix => proto::PathMatchType::Prefix,
+                PathMatchType::RegularExpression => proto::PathMatchType::RegularExpression,
+            } as i32,
+            value: match p.kind {
+                PathMatchType::PathPrefix => normalize_prefix(&p.value),
+                _ => p.value.clone(),
+            },
+        },
+    );
+    let mut methods: Vec<String> = m.methods.iter().map(|x| x.to_ascii_uppercase()).collect();
+    methods.sort();
+    methods.dedup();
+    let mut headers: Vec<proto::HeaderMatch> = m
+        .headers
+        .iter()
+        .map(|h| proto::HeaderMatch {
+            name: h.name.to_ascii_lowercase(),
+            value: h.value.clone(),
+        })
+        .collect();
+    headers.sort_by(|a, b| (&a.name, &a.value).cmp(&(&b.name, &b.value)));
+    headers.dedup();
+    proto::Match {
+        path: Some(path),
+        methods,
+        headers,
+    }
+}
+
+/// `/orders/` and `/orders` are the same segment prefix; `/` stays `/`.
+fn normalize_prefix(value: &str) -> String {
+    let trimmed = value.trim_end_matches('/');
+    if trimmed.is_empty() {
+        "/".into()
+    } else {
+        trimmed.into()
+    }
+}

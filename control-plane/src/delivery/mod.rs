@@ -1,0 +1,151 @@
+//! Snapshot delivery over gRPC with xDS state-of-the-world semantics: every response is a
+//! complete snapshot with a version and a nonce; the data plane ACKs or NACKs each one;
+//! a node that connects late gets the current snapshot at once.
+
+pub mod nodes;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use pavilion_proto::v1::snapshot_discovery_server::SnapshotDiscovery;
+use pavilion_proto::{SnapshotRequest, SnapshotResponse};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::controller::PublishedReceiver;
+use crate::metrics::Metrics;
+use nodes::Nodes;
+
+/// How long a new stream may take to name its node.
+const FIRST_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub struct SnapshotService {
+    published: PublishedReceiver,
+    nodes: Arc<Nodes>,
+    metrics: Metrics,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl SnapshotService {
+    pub fn new(
+        published: PublishedReceiver,
+        nodes: Arc<Nodes>,
+        metrics: Metrics,
+        shutdown: watch::Receiver<bool>,
+    ) -> Self {
+        Self {
+            published,
+            nodes,
+            metrics,
+            shutdown,
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl SnapshotDiscovery for SnapshotService {
+    type StreamSnapshotsStream = ReceiverStream<Result<SnapshotResponse, Status>>;
+
+    async fn stream_snapshots(
+        &self,
+        request: Request<Streaming<SnapshotRequest>>,
+    ) -> Result<Response<Self::StreamSnapshotsStream>, Status> {
+        let address = request.remote_addr();
+        let mut inbound = request.into_inner();
+        let first = tokio::time::timeout(FIRST_REQUEST_TIMEOUT, inbound.message())
+            .await
+            .map_err(|_| Status::deadline_exceeded("no first request naming the node"))??
+            .ok_or_else(|| Status::invalid_argument("the stream ended before naming the node"))?;
+        let node = first
+            .node
+            .clone()
+            .filter(|n| !n.id.is_empty())
+            .ok_or_else(|| Status::invalid_argument("the first request must carry node.id"))?;
+
+        let (responses, stream) = mpsc::channel(2);
+        let stream_state = NodeStream {
+            published: self.published.clone(),
+            nodes: self.nodes.clone(),
+            metrics: self.metrics.clone(),
+            shutdown: self.shutdown.clone(),
+        };
+        tokio::spawn(async move {
+            let nodes = stream_state.nodes.clone();
+            let connection =
+                nodes.connect(&node.id, &node.build_version, address, &first.version_info);
+            tracing::info!(node = %node.id, address = ?address, version = %first.version_info, "data plane connected");
+            stream_state
+                .serve(&connection, first.version_info, inbound, responses)
+                .await;
+            tracing::info!(node = %node.id, "data plane disconnected");
+        });
+        Ok(Response::new(ReceiverStream::new(stream)))
+    }
+}
+
+struct NodeStream {
+    published: PublishedReceiver,
+    nodes: Arc<Nodes>,
+    metrics: Metrics,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl NodeStream {
+    async fn serve(
+        mut self,
+        connection: &nodes::Connection<'_>,
+        running: String,
+        mut inbound: Streaming<SnapshotRequest>,
+        responses: mpsc::Sender<Result<SnapshotResponse, Status>>,
+    ) {
+        let mut nonce: u64 = 0;
+        // What the node has or was last sent; nothing is sent twice in a row.
+        let mut sent_version = running;
+        loop {
+            let latest = self.published.borrow_and_update().clone();
+            if let Some(published) = latest.filter(|p| p.snapshot.version != sent_version) {
+                nonce += 1;
+                let response = SnapshotResponse {
+                    version: published.snapshot.version.clone(),
+                    nonce: nonce.to_string(),
+                    snapshot: Some((*published.snapshot).clone()),
+                };
+                if responses.send(Ok(response)).await.is_err() {
+                    return;
+                }
+                connection.sent(&published.snapshot.version);
+                sent_version.clone_from(&published.snapshot.version);
+            }
+            tokio::select! {
+                changed = self.published.changed() => if changed.is_err() { return },
+                _ = self.shutdown.changed() => return,
+                message = inbound.message() => match message {
+                    Ok(Some(request)) => self.answer(connection, &request),
+                    Ok(None) => return,
+                    Err(status) => {
+                        tracing::debug!(error = %status, "snapshot stream failed");
+                        return;
+                    }
+                },
+            }
+        }
+    }
+
+    fn answer(&self, connection: &nodes::Connection<'_>, request: &SnapshotRequest) {
+        if request.error_detail.is_empty() {
+            self.metrics.acks.inc();
+            connection.acked(&request.version_info);
+        } else {
+            self.metrics.nacks.inc();
+            tracing::warn!(
+                node = %connection.id(),
+                nonce = %request.response_nonce,
+                running = %request.version_info,
+                error = %request.error_detail,
+                "data plane refused a snapshot"
+            );
+            connection.nacked(&request.version_info, &request.error_detail);
+        }
+    }
+}

@@ -1,0 +1,199 @@
+//! Pavilion's control plane: reads resources from one source, compiles them into
+//! versioned snapshots, streams those to data planes and reports status.
+//!
+//! ```text
+//!  Source ──items──▶ controller: compile ──▶ Published ──watch──▶ gRPC streams ──▶ data planes
+//!                                              │                        ◀── ACK / NACK
+//!                                              └──▶ GET /v1/status (conditions, nodes)
+//! ```
+
+pub mod api;
+pub mod compile;
+pub mod controller;
+pub mod delivery;
+pub mod metrics;
+pub mod source;
+pub mod status;
+pub mod validate;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use pavilion_proto::v1::snapshot_discovery_server::SnapshotDiscoveryServer;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::delivery::SnapshotService;
+use crate::delivery::nodes::Nodes;
+use crate::metrics::Metrics;
+use crate::source::{DirSource, Source, SourceError};
+
+/// Where the control plane reads resources from (`--source`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SourceSpec {
+    /// `dir:PATH` — YAML files below a directory.
+    Dir(PathBuf),
+}
+
+impl FromStr for SourceSpec {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        if let Some(path) = text.strip_prefix("dir:") {
+            if path.is_empty() {
+                return Err("dir: needs a path, e.g. dir:./examples/config".into());
+            }
+            return Ok(SourceSpec::Dir(path.into()));
+        }
+        if text == "kube" || text.starts_with("nats://") {
+            return Err(format!(
+                "source `{text}` is not supported by this build yet; use dir:PATH"
+            ));
+        }
+        Err(format!("unknown source `{text}`; expected dir:PATH"))
+    }
+}
+
+impl fmt::Display for SourceSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SourceSpec::Dir(path) => write!(f, "dir:{}", path.display()),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub source: SourceSpec,
+    pub grpc_listen: SocketAddr,
+    pub http_listen: SocketAddr,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("source failed: {0}")]
+    Source(#[from] SourceError),
+    #[error("{0} stopped unexpectedly")]
+    Stopped(&'static str),
+}
+
+/// A running control plane.
+pub struct ControlPlane {
+    pub grpc_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    source: JoinHandle<Result<(), SourceError>>,
+    servers: Vec<JoinHandle<()>>,
+}
+
+/// Binds both listeners and starts the source, the compiler and the servers.
+pub async fn start(config: Config) -> Result<ControlPlane, Error> {
+    let metrics = Metrics::new();
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let (items_tx, items_rx) = watch::channel(None);
+    let (published_tx, published_rx) = watch::channel(None);
+    let nodes = Arc::new(Nodes::new(metrics.connected.clone()));
+
+    let source: Box<dyn Source> = match &config.source {
+        SourceSpec::Dir(path) => Box::new(DirSource::new(path)),
+    };
+    let source = tokio::spawn(source.run(items_tx));
+    let controller = tokio::spawn(controller::run(items_rx, published_tx, metrics.clone()));
+
+    let incoming = tonic::transport::server::TcpIncoming::bind(config.grpc_listen)
+        .map_err(|source| Error::Listen {
+            addr: config.grpc_listen,
+            source,
+        })?
+        .with_nodelay(Some(true));
+    let grpc_addr = incoming.local_addr().map_err(|source| Error::Listen {
+        addr: config.grpc_listen,
+        source,
+    })?;
+    let service = SnapshotService::new(
+        published_rx.clone(),
+        nodes.clone(),
+        metrics.clone(),
+        shutdown_rx.clone(),
+    );
+    let grpc = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(10)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(5)))
+        .add_service(SnapshotDiscoveryServer::new(service))
+        .serve_with_incoming_shutdown(incoming, stopped(shutdown_rx.clone()));
+    let grpc = tokio::spawn(async move {
+        if let Err(e) = grpc.await {
+            tracing::error!(error = %e, "gRPC server failed");
+        }
+    });
+
+    let http_listener = tokio::net::TcpListener::bind(config.http_listen)
+        .await
+        .map_err(|source| Error::Listen {
+            addr: config.http_listen,
+            source,
+        })?;
+    let http_addr = http_listener.local_addr().map_err(|source| Error::Listen {
+        addr: config.http_listen,
+        source,
+    })?;
+    let api = api::router(api::ApiState {
+        source: config.source.to_string(),
+        published: published_rx,
+        nodes,
+        metrics,
+    });
+    let http = tokio::spawn(async move {
+        let server = axum::serve(http_listener, api).with_graceful_shutdown(stopped(shutdown_rx));
+        if let Err(e) = server.await {
+            tracing::error!(error = %e, "HTTP server failed");
+        }
+    });
+    tracing::info!(%grpc_addr, %http_addr, source = %config.source, "control plane started");
+    Ok(ControlPlane {
+        grpc_addr,
+        http_addr,
+        shutdown,
+        source,
+        servers: vec![controller, grpc, http],
+    })
+}
+
+async fn stopped(mut shutdown: watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|stop| *stop).await;
+}
+
+impl ControlPlane {
+    /// Runs until `signal` resolves (then stops gracefully) or the source fails.
+    pub async fn run_until(mut self, signal: impl Future<Output = ()>) -> Result<(), Error> {
+        let result = tokio::select! {
+            () = signal => Ok(()),
+            source = &mut self.source => match source {
+                Ok(Ok(())) => Err(Error::Stopped("the source")),
+                Ok(Err(e)) => Err(Error::Source(e)),
+                Err(_) => Err(Error::Stopped("the source")),
+            },
+        };
+        self.stop().await;
+        result
+    }
+
+    /// Ends every stream and server and waits for them.
+    pub async fn stop(self) {
+        self.shutdown.send_replace(true);
+        self.source.abort();
+        for server in self.servers {
+            // The controller runs until its input closes, which aborting the source does.
+            let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
+        }
+    }
+}

@@ -1,0 +1,72 @@
+//! The control plane's Prometheus metrics.
+
+use prometheus::{IntCounter, IntGauge, IntGaugeVec, Opts, Registry};
+
+#[derive(Clone)]
+pub struct Metrics {
+    pub registry: Registry,
+    pub compiles: IntCounter,
+    pub resources: IntGaugeVec,
+    pub connected: IntGauge,
+    pub acks: IntCounter,
+    pub nacks: IntCounter,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let compiles = IntCounter::new(
+            "pavilion_control_compiles_total",
+            "Snapshots compiled from the resource set.",
+        )
+        .expect("valid metric");
+        let resources = IntGaugeVec::new(
+            Opts::new(
+                "pavilion_control_resources",
+                "Documents in the last compile, by kind and outcome.",
+            ),
+            &["kind", "outcome"],
+        )
+        .expect("valid metric");
+        let connected = IntGauge::new(
+            "pavilion_control_connected_data_planes",
+            "Data planes with an open snapshot stream.",
+        )
+        .expect("valid metric");
+        let acks = IntCounter::new(
+            "pavilion_control_snapshot_acks_total",
+            "Snapshots data planes accepted.",
+        )
+        .expect("valid metric");
+        let nacks = IntCounter::new(
+            "pavilion_control_snapshot_nacks_total",
+            "Snapshots data planes refused.",
+        )
+        .expect("valid metric");
+        for collector in [
+            Box::new(compiles.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(resources.clone()),
+            Box::new(connected.clone()),
+            Box::new(acks.clone()),
+            Box::new(nacks.clone()),
+        ] {
+            registry
+                .register(collector)
+                .expect("metric names are unique");
+        }
+        Self {
+            registry,
+            compiles,
+            resources,
+            connected,
+            acks,
+            nacks,
+        }
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

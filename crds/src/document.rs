@@ -1,0 +1,324 @@
+//! Reads resources from YAML (or JSON) text, one or many documents per file, with the line
+//! of every problem. Every source uses this reader, so a document means the same thing in a
+//! directory, in a KV bucket and in `validate`.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use serde::Deserialize;
+use serde::de::{DeserializeOwned, IgnoredAny};
+
+use crate::resource::DEFAULT_NAMESPACE;
+use crate::{API_VERSION, CorsPolicy, Kind, RateLimitPolicy, Resource, Route, TenantPlacement};
+
+/// A document that could not be read as a resource.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("line {line}: {field}: {message}")]
+pub struct DocumentError {
+    /// 1-based line in the text given to [`parse_documents`].
+    pub line: usize,
+    /// Path of the offending field (`spec.rules[0].timeout`), or `document`.
+    pub field: String,
+    pub message: String,
+}
+
+/// One non-empty document of a text.
+#[derive(Clone, Debug)]
+pub struct ParsedDocument {
+    /// 1-based line where the document's content starts.
+    pub line: usize,
+    pub result: Result<Resource, DocumentError>,
+}
+
+/// Splits `text` into YAML documents and reads each one. Empty documents (only comments or
+/// blank lines) are skipped; every other document yields a resource or an error.
+pub fn parse_documents(text: &str) -> Vec<ParsedDocument> {
+    split_documents(text)
+        .into_iter()
+        .filter_map(|(first_line, chunk)| {
+            let line = first_content_line(chunk).map(|offset| first_line + offset)?;
+            Some(ParsedDocument {
+                line,
+                result: parse_document(chunk, first_line, line),
+            })
+        })
+        .collect()
+}
+
+/// Splits at document markers (`---` or `...` at the start of a line). A marker in column
+/// 0 ends any block scalar in YAML too, so this split agrees with a full YAML parser.
+fn split_documents(text: &str) -> Vec<(usize, &str)> {
+    let mut documents = Vec::new();
+    let mut start = 0;
+    let mut start_line = 1;
+    let mut offset = 0;
+    for (index, line) in text.split_inclusive('\n').enumerate() {
+        let content = line.trim_end_matches(['\n', '\r']);
+        let is_marker = |marker: &str| {
+            content
+                .strip_prefix(marker)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with([' ', '\t']))
+        };
+        if is_marker("---") || is_marker("...") {
+            documents.push((start_line, &text[start..offset]));
+            start = offset + line.len();
+            start_line = index + 2;
+        }
+        offset += line.len();
+    }
+    documents.push((start_line, &text[start..]));
+    documents
+}
+
+/// Offset (in lines) of the first line that is neither blank nor a comment.
+fn first_content_line(chunk: &str) -> Option<usize> {
+    chunk.lines().position(|l| {
+        let l = l.trim();
+        !l.is_empty() && !l.starts_with('#') && l != "%YAML" && !l.starts_with("%YAML ")
+    })
+}
+
+/// Top-level shape of every resource document. Unknown top-level fields are errors, like
+/// unknown fields anywhere in a spec; `status` is accepted and ignored (it is ours to write).
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct Envelope<S> {
+    #[allow(dead_code)]
+    api_version: IgnoredAny,
+    #[allow(dead_code)]
+    kind: IgnoredAny,
+    metadata: ObjectMeta,
+    spec: S,
+    #[allow(dead_code)]
+    #[serde(default)]
+    status: Option<IgnoredAny>,
+}
+
+fn parse_document(
+    chunk: &str,
+    first_line: usize,
+    content_line: usize,
+) -> Result<Resource, DocumentError> {
+    let error_at = |line: usize, field: &str, message: String| DocumentError {
+        line,
+        field: field.to_owned(),
+        message,
+    };
+    let value: serde_yaml_ng::Value = serde_yaml_ng::from_str(chunk).map_err(|e| {
+        let line = e
+            .location()
+            .map_or(content_line, |l| first_line + l.line() - 1);
+        error_at(line, "document", strip_location(&e.to_string()))
+    })?;
+    let Some(map) = value.as_mapping() else {
+        return Err(error_at(
+            content_line,
+            "document",
+            "expected a mapping with apiVersion, kind, metadata and spec".into(),
+        ));
+    };
+    let text_field = |name: &str| map.get(name).and_then(|v| v.as_str());
+    match text_field("apiVersion") {
+        Some(API_VERSION) => {}
+        Some(other) => {
+            return Err(error_at(
+                content_line,
+                "apiVersion",
+                format!("`{other}` is not served here; use {API_VERSION}"),
+            ));
+        }
+        None => {
+            return Err(error_at(
+                content_line,
+                "apiVersion",
+                format!("required ({API_VERSION})"),
+            ));
+        }
+    }
+    let kind = match text_field("kind") {
+        Some(name) => Kind::from_name(name).ok_or_else(|| {
+            let known: Vec<_> = Kind::ALL.iter().map(|k| k.as_str()).collect();
+            error_at(
+                content_line,
+                "kind",
+                format!(
+                    "unknown kind `{name}`; expected one of {}",
+                    known.join(", ")
+                ),
+            )
+        })?,
+        None => return Err(error_at(content_line, "kind", "required".into())),
+    };
+    let typed = |chunk| -> Result<Resource, DocumentError> {
+        Ok(match kind {
+            Kind::Route => {
+                let e: Envelope<_> = typed_document(chunk, first_line)?;
+                Resource::Route(Route {
+                    metadata: with_namespace(e.metadata),
+                    spec: e.spec,
+                    status: None,
+                })
+            }
+            Kind::TenantPlacement => {
+                let e: Envelope<_> = typed_document(chunk, first_line)?;
+                Resource::TenantPlacement(TenantPlacement {
+                    metadata: with_namespace(e.metadata),
+                    spec: e.spec,
+                    status: None,
+                })
+            }
+            Kind::RateLimitPolicy => {
+                let e: Envelope<_> = typed_document(chunk, first_line)?;
+                Resource::RateLimitPolicy(RateLimitPolicy {
+                    metadata: with_namespace(e.metadata),
+                    spec: e.spec,
+                    status: None,
+                })
+            }
+            Kind::CorsPolicy => {
+                let e: Envelope<_> = typed_document(chunk, first_line)?;
+                Resource::CorsPolicy(CorsPolicy {
+                    metadata: with_namespace(e.metadata),
+                    spec: e.spec,
+                    status: None,
+                })
+            }
+        })
+    };
+    typed(chunk)
+}
+
+fn with_namespace(mut metadata: ObjectMeta) -> ObjectMeta {
+    metadata
+        .namespace
+        .get_or_insert_with(|| DEFAULT_NAMESPACE.to_owned());
+    metadata
+}
+
+/// Deserializes the chunk into `T`, reporting the path of the failing field and its line.
+fn typed_document<T: DeserializeOwned>(chunk: &str, first_line: usize) -> Result<T, DocumentError> {
+    let deserializer = serde_yaml_ng::Deserializer::from_str(chunk);
+    serde_path_to_error::deserialize(deserializer).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        DocumentError {
+            line: inner
+                .location()
+                .map_or(first_line, |l| first_line + l.line() - 1),
+            field: if path == "." {
+                "document".to_owned()
+            } else {
+                path
+            },
+            message: strip_location(&inner.to_string()),
+        }
+    })
+}
+
+/// serde_yaml appends " at line L column C"; the line is reported separately.
+fn strip_location(message: &str) -> String {
+    match message.rfind(" at line ") {
+        Some(i) => message[..i].to_owned(),
+        None => message.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ROUTE: &str = "apiVersion: gateway.pavilion.dev/v1alpha1
+kind: Route
+metadata: { name: orders, namespace: shop }
+spec:
+  hosts: [api.example.com]
+  rules:
+    - backends: [{ url: http://127.0.0.1:9000 }]
+";
+
+    fn only_error(text: &str) -> DocumentError {
+        let docs = parse_documents(text);
+        assert_eq!(docs.len(), 1, "{docs:?}");
+        docs.into_iter()
+            .next()
+            .unwrap()
+            .result
+            .expect_err("should be rejected")
+    }
+
+    #[test]
+    fn reads_a_route() {
+        let docs = parse_documents(ROUTE);
+        let Resource::Route(route) = docs[0].result.as_ref().unwrap() else {
+            panic!()
+        };
+        assert_eq!(docs[0].line, 1);
+        assert_eq!(route.spec.hosts, ["api.example.com"]);
+        assert_eq!(route.metadata.namespace.as_deref(), Some("shop"));
+    }
+
+    #[test]
+    fn splits_documents_and_keeps_line_numbers() {
+        let text = format!(
+            "# leading comment\n---\n{ROUTE}---\n\n---\n# only a comment\n...\n{}",
+            ROUTE.replace("orders", "billing")
+        );
+        let docs = parse_documents(&text);
+        assert_eq!(docs.len(), 2);
+        assert_eq!(docs[0].line, 3);
+        assert_eq!(docs[1].line, 3 + 7 + 1 + 1 + 1 + 1 + 1);
+        assert_eq!(docs[1].result.as_ref().unwrap().name(), "billing");
+    }
+
+    #[test]
+    fn missing_namespace_means_default() {
+        let docs = parse_documents(&ROUTE.replace(", namespace: shop", ""));
+        assert_eq!(docs[0].result.as_ref().unwrap().namespace(), "default");
+    }
+
+    #[test]
+    fn unknown_field_names_its_path_and_line() {
+        let e = only_error(&ROUTE.replace("    - backends", "    - timout: 3s\n      backends"));
+        assert_eq!(e.line, 7);
+        assert_eq!(e.field, "spec.rules[0].timout");
+        assert!(e.message.contains("unknown field `timout`"), "{e}");
+    }
+
+    #[test]
+    fn unknown_top_level_field_is_rejected() {
+        let e = only_error(&format!("{ROUTE}specs: {{}}\n"));
+        assert_eq!(e.field, "specs");
+        assert_eq!(e.line, 8);
+    }
+
+    #[test]
+    fn unknown_kind_and_api_version() {
+        let e = only_error(&ROUTE.replace("kind: Route", "kind: Ingress"));
+        assert_eq!(e.field, "kind");
+        assert!(e.message.contains("unknown kind `Ingress`"));
+        let e = only_error(&ROUTE.replace("gateway.pavilion.dev/v1alpha1", "v1"));
+        assert_eq!(e.field, "apiVersion");
+    }
+
+    #[test]
+    fn malformed_yaml_reports_its_line() {
+        let e = only_error("apiVersion: x\nkind: [unclosed\nmetadata: {}\n");
+        assert_eq!(e.field, "document");
+        assert!(e.line >= 2, "{e}");
+    }
+
+    #[test]
+    fn wrong_types_and_enum_values() {
+        let e = only_error(&ROUTE.replace(
+            "    - backends",
+            "    - matches: [{ path: { type: Prefix, value: / } }]\n      backends",
+        ));
+        assert!(e.field.starts_with("spec.rules[0].matches[0].path"), "{e}");
+        assert!(e.message.contains("unknown variant `Prefix`"), "{e}");
+        let e = only_error(&ROUTE.replace("[api.example.com]", "api.example.com"));
+        assert_eq!(e.field, "spec.hosts");
+    }
+
+    #[test]
+    fn a_document_that_is_not_a_mapping() {
+        assert_eq!(only_error("- just\n- a list\n").field, "document");
+    }
+}

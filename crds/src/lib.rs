@@ -1,0 +1,34 @@
+//! Pavilion's custom resources — `Route`, `TenantPlacement`, `RateLimitPolicy`,
+//! `CorsPolicy` in `gateway.pavilion.dev/v1alpha1` — as Rust types, with the validation the
+//! compiler applies, the YAML reader every source shares (so one document is valid in the
+//! Kubernetes, KV and directory sources alike), and the CRD manifests derived from the types.
+
+pub mod document;
+pub mod duration;
+pub mod manifests;
+pub mod policy;
+pub mod resource;
+pub mod route;
+pub mod status;
+pub mod tenant;
+mod validate;
+
+pub use document::{DocumentError, ParsedDocument, parse_documents};
+pub use policy::{
+    CorsPolicy, CorsPolicySpec, FailureMode, Limit, RateLimitBackend, RateLimitPolicy,
+    RateLimitPolicySpec, TargetRef,
+};
+pub use resource::{Kind, Resource, ResourceKey};
+pub use route::{
+    Backend, HeaderMatch, PathMatch, PathMatchType, Route, RouteMatch, RouteRule, RouteSpec,
+};
+pub use status::{ConditionStatus, ResourceStatus};
+pub use tenant::{Placement, ServiceKind, Shard, TenantPlacement, TenantPlacementSpec};
+pub use validate::FieldError;
+
+/// API group of every Pavilion resource.
+pub const GROUP: &str = "gateway.pavilion.dev";
+/// The one served version.
+pub const VERSION: &str = "v1alpha1";
+/// `apiVersion` as written in documents.
+pub const API_VERSION: &str = "gateway.pavilion.dev/v1alpha1";

@@ -1,0 +1,227 @@
+//! Policies attached to routes in the style of Gateway API policy attachment:
+//! `RateLimitPolicy` and `CorsPolicy`. Their core fields are here; the data plane enforces
+//! them in later work, the compiler already validates them and resolves their targets.
+
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::duration::parse_duration;
+use crate::status::ResourceStatus;
+use crate::validate::{Errors, at, dns_label, dns_subdomain};
+
+/// What a policy applies to: a `Route` in the policy's namespace, or the whole namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TargetRef {
+    /// `Route` or `Namespace`.
+    pub kind: String,
+    pub name: String,
+}
+
+impl TargetRef {
+    pub(crate) fn validate(&self, errors: &mut Errors) {
+        match self.kind.as_str() {
+            "Route" => errors.check("spec.targetRef.name", dns_subdomain(&self.name)),
+            "Namespace" => errors.check("spec.targetRef.name", dns_label(&self.name)),
+            other => errors.add(
+                "spec.targetRef.kind",
+                format!("`{other}` cannot be a target; use Route or Namespace"),
+            ),
+        }
+    }
+}
+
+/// Limits request rates by keys built from request facts.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "gateway.pavilion.dev",
+    version = "v1alpha1",
+    kind = "RateLimitPolicy",
+    namespaced,
+    derive = "PartialEq",
+    status = "ResourceStatus",
+    category = "pavilion",
+    doc = "Limits request rates by keys built from request facts.",
+    printcolumn(name = "Target", type_ = "string", json_path = ".spec.targetRef.name"),
+    printcolumn(name = "Backend", type_ = "string", json_path = ".spec.backend"),
+    printcolumn(
+        name = "Accepted",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Accepted\")].status"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RateLimitPolicySpec {
+    pub target_ref: TargetRef,
+    #[serde(default)]
+    pub backend: RateLimitBackend,
+    /// What to do when Redis is unreachable.
+    #[serde(default)]
+    pub failure_mode: FailureMode,
+    pub limits: Vec<Limit>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum RateLimitBackend {
+    /// Counted in each data plane.
+    #[default]
+    Local,
+    /// Counted in Redis, exact across replicas.
+    Redis,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum FailureMode {
+    /// Let requests through unlimited.
+    Open,
+    /// Refuse requests.
+    Closed,
+    /// Enforce a per-replica share locally.
+    #[default]
+    Local,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Limit {
+    /// Parts of the key: clientIp, apiKey, subject, claim:NAME, header:NAME, route.
+    pub key: Vec<String>,
+    pub requests: u64,
+    /// Window, e.g. `1s`, `1m`, `1h`, `1d`.
+    pub per: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<u64>,
+}
+
+impl RateLimitPolicySpec {
+    pub(crate) fn validate(&self, errors: &mut Errors) {
+        self.target_ref.validate(errors);
+        if self.limits.is_empty() {
+            errors.add("spec.limits", "at least one limit is required");
+        }
+        for (i, limit) in self.limits.iter().enumerate() {
+            let field = at("spec.limits", i);
+            if limit.key.is_empty() {
+                errors.add(format!("{field}.key"), "at least one key part is required");
+            }
+            for (j, part) in limit.key.iter().enumerate() {
+                errors.check(at(&format!("{field}.key"), j), key_part(part));
+            }
+            if limit.requests == 0 {
+                errors.add(format!("{field}.requests"), "must be at least 1");
+            }
+            errors.check(format!("{field}.per"), parse_duration(&limit.per).map(drop));
+        }
+    }
+}
+
+fn key_part(part: &str) -> Result<(), String> {
+    let named = |prefix: &str| {
+        part.strip_prefix(prefix)
+            .is_some_and(|name| http::HeaderName::from_bytes(name.as_bytes()).is_ok())
+    };
+    if matches!(part, "clientIp" | "apiKey" | "subject" | "route")
+        || named("claim:")
+        || named("header:")
+    {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{part}` is not a key part; use clientIp, apiKey, subject, route, claim:NAME or header:NAME"
+        ))
+    }
+}
+
+/// Cross-origin resource sharing for the routes it targets.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "gateway.pavilion.dev",
+    version = "v1alpha1",
+    kind = "CorsPolicy",
+    namespaced,
+    derive = "PartialEq",
+    status = "ResourceStatus",
+    category = "pavilion",
+    doc = "Cross-origin resource sharing for the routes it targets.",
+    printcolumn(name = "Target", type_ = "string", json_path = ".spec.targetRef.name"),
+    printcolumn(
+        name = "Accepted",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Accepted\")].status"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CorsPolicySpec {
+    pub target_ref: TargetRef,
+    /// Exact origins (`https://app.example.com`), `https://*.example.com`, or `*`.
+    pub allow_origins: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_methods: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_headers: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub expose_headers: Vec<String>,
+    #[serde(default)]
+    pub allow_credentials: bool,
+    /// How long browsers may cache a preflight answer, e.g. `10m`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_age: Option<String>,
+}
+
+impl CorsPolicySpec {
+    pub(crate) fn validate(&self, errors: &mut Errors) {
+        self.target_ref.validate(errors);
+        if self.allow_origins.is_empty() {
+            errors.add("spec.allowOrigins", "at least one origin is required");
+        }
+        for (i, origin) in self.allow_origins.iter().enumerate() {
+            let field = at("spec.allowOrigins", i);
+            if origin == "*" {
+                if self.allow_credentials {
+                    errors.add(field, "`*` cannot be combined with allowCredentials: true");
+                }
+            } else if !(origin.starts_with("http://") || origin.starts_with("https://"))
+                || origin.ends_with('/')
+            {
+                errors.add(
+                    field,
+                    format!("`{origin}` must be scheme://host[:port] or `*`"),
+                );
+            }
+        }
+        for (i, method) in self.allow_methods.iter().enumerate() {
+            if method != "*" && http::Method::from_bytes(method.as_bytes()).is_err() {
+                errors.add(
+                    at("spec.allowMethods", i),
+                    format!("`{method}` is not an HTTP method"),
+                );
+            }
+        }
+        for (list, name) in [
+            (&self.allow_headers, "spec.allowHeaders"),
+            (&self.expose_headers, "spec.exposeHeaders"),
+        ] {
+            for (i, header) in list.iter().enumerate() {
+                if header != "*" && http::HeaderName::from_bytes(header.as_bytes()).is_err() {
+                    errors.add(at(name, i), format!("`{header}` is not a header name"));
+                }
+            }
+        }
+        if let Some(max_age) = &self.max_age {
+            errors.check("spec.maxAge", parse_duration(max_age).map(drop));
+        }
+    }
+}

@@ -1,0 +1,131 @@
+//! One value for "any Pavilion resource", and the key that identifies it.
+
+use std::fmt;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use serde::Serialize;
+
+use crate::validate::{Errors, FieldError, dns_label, dns_subdomain};
+use crate::{CorsPolicy, RateLimitPolicy, Route, TenantPlacement};
+
+/// Namespace of a resource whose document names none.
+pub const DEFAULT_NAMESPACE: &str = "default";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub enum Kind {
+    Route,
+    TenantPlacement,
+    RateLimitPolicy,
+    CorsPolicy,
+}
+
+impl Kind {
+    pub const ALL: [Kind; 4] = [
+        Kind::Route,
+        Kind::TenantPlacement,
+        Kind::RateLimitPolicy,
+        Kind::CorsPolicy,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Route => "Route",
+            Kind::TenantPlacement => "TenantPlacement",
+            Kind::RateLimitPolicy => "RateLimitPolicy",
+            Kind::CorsPolicy => "CorsPolicy",
+        }
+    }
+
+    /// The kind as spelled in a document's `kind` field, exactly.
+    pub fn from_name(name: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| k.as_str() == name)
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Identity of a resource: kind, namespace and name.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ResourceKey {
+    pub kind: Kind,
+    pub namespace: String,
+    pub name: String,
+}
+
+impl fmt::Display for ResourceKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}/{}", self.kind, self.namespace, self.name)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Resource {
+    Route(Route),
+    TenantPlacement(TenantPlacement),
+    RateLimitPolicy(RateLimitPolicy),
+    CorsPolicy(CorsPolicy),
+}
+
+impl Resource {
+    pub fn kind(&self) -> Kind {
+        match self {
+            Resource::Route(_) => Kind::Route,
+            Resource::TenantPlacement(_) => Kind::TenantPlacement,
+            Resource::RateLimitPolicy(_) => Kind::RateLimitPolicy,
+            Resource::CorsPolicy(_) => Kind::CorsPolicy,
+        }
+    }
+
+    pub fn metadata(&self) -> &ObjectMeta {
+        match self {
+            Resource::Route(r) => &r.metadata,
+            Resource::TenantPlacement(r) => &r.metadata,
+            Resource::RateLimitPolicy(r) => &r.metadata,
+            Resource::CorsPolicy(r) => &r.metadata,
+        }
+    }
+
+    pub fn namespace(&self) -> &str {
+        self.metadata()
+            .namespace
+            .as_deref()
+            .unwrap_or(DEFAULT_NAMESPACE)
+    }
+
+    pub fn name(&self) -> &str {
+        self.metadata().name.as_deref().unwrap_or_default()
+    }
+
+    pub fn key(&self) -> ResourceKey {
+        ResourceKey {
+            kind: self.kind(),
+            namespace: self.namespace().to_owned(),
+            name: self.name().to_owned(),
+        }
+    }
+
+    /// Everything wrong with this resource on its own (cross-resource checks such as policy
+    /// targets belong to the compiler). Empty when valid.
+    pub fn validate(&self) -> Vec<FieldError> {
+        let mut errors = Errors::default();
+        let meta = self.metadata();
+        match meta.name.as_deref() {
+            None | Some("") => errors.add("metadata.name", "required"),
+            Some(name) => errors.check("metadata.name", dns_subdomain(name)),
+        }
+        if let Some(namespace) = &meta.namespace {
+            errors.check("metadata.namespace", dns_label(namespace));
+        }
+        match self {
+            Resource::Route(r) => r.spec.validate(&mut errors),
+            Resource::TenantPlacement(r) => r.spec.validate(&mut errors),
+            Resource::RateLimitPolicy(r) => r.spec.validate(&mut errors),
+            Resource::CorsPolicy(r) => r.spec.validate(&mut errors),
+        }
+        errors.0
+    }
+}

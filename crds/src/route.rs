@@ -1,0 +1,269 @@
+//! `Route`: which requests go where.
+
+use std::collections::HashSet;
+
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::duration::parse_duration;
+use crate::status::ResourceStatus;
+use crate::validate::{Errors, at, backend_url, route_host};
+
+/// Longest regular expression accepted in a path match; keeps compiled matchers small.
+pub const MAX_REGEX_LEN: usize = 1024;
+/// Compiled size limit of one path regex (bytes of the regex crate's program).
+pub const REGEX_SIZE_LIMIT: usize = 1 << 20;
+/// Upper bound of a backend weight.
+pub const MAX_WEIGHT: u32 = 1_000_000;
+/// Upper bound of a rule timeout.
+pub const MAX_TIMEOUT_SECS: u64 = 3600;
+
+/// Routes requests for some hosts to weighted backends, by path, method and headers.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "gateway.pavilion.dev",
+    version = "v1alpha1",
+    kind = "Route",
+    namespaced,
+    derive = "PartialEq",
+    status = "ResourceStatus",
+    category = "pavilion",
+    doc = "Routes requests for some hosts to weighted backends, by path, method and headers.",
+    printcolumn(name = "Hosts", type_ = "string", json_path = ".spec.hosts"),
+    printcolumn(
+        name = "Accepted",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Accepted\")].status"
+    ),
+    printcolumn(
+        name = "Programmed",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Programmed\")].status"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RouteSpec {
+    /// Host names this route serves; `*.example.com` matches any subdomain. Empty: any host.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub hosts: Vec<String>,
+    /// Rules in any order; the most specific match wins (see the matching precedence).
+    pub rules: Vec<RouteRule>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RouteRule {
+    /// Any match selects the rule; empty matches every request.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub matches: Vec<RouteMatch>,
+    /// Weighted upstreams; at least one.
+    pub backends: Vec<Backend>,
+    /// Time from the request's arrival to the upstream's response headers, e.g. `30s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RouteMatch {
+    /// Absent: every path (`PathPrefix /`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathMatch>,
+    /// HTTP methods; empty matches any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub methods: Vec<String>,
+    /// Headers that must be present with exactly these values (names are case-insensitive).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<HeaderMatch>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PathMatch {
+    #[serde(rename = "type", default)]
+    pub kind: PathMatchType,
+    pub value: String,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
+pub enum PathMatchType {
+    /// The whole path equals the value.
+    Exact,
+    /// The path starts with the value at a segment boundary: `/a` matches `/a` and `/a/b`, not `/ab`.
+    #[default]
+    PathPrefix,
+    /// The whole path matches the regular expression (Rust `regex` syntax).
+    RegularExpression,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HeaderMatch {
+    pub name: String,
+    pub value: String,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Backend {
+    /// `http://`, `https://` or `h2c://` host and port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// A service kind resolved per tenant through `TenantPlacement`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<String>,
+    /// Share of traffic relative to the rule's other backends; default 1, 0 disables.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight: Option<u32>,
+}
+
+impl Backend {
+    pub fn weight(&self) -> u32 {
+        self.weight.unwrap_or(1)
+    }
+}
+
+impl RouteSpec {
+    pub(crate) fn validate(&self, errors: &mut Errors) {
+        let mut seen_hosts = HashSet::new();
+        for (i, host) in self.hosts.iter().enumerate() {
+            errors.check(at("spec.hosts", i), route_host(host));
+            if !seen_hosts.insert(host.to_ascii_lowercase()) {
+                errors.add(at("spec.hosts", i), format!("`{host}` is listed twice"));
+            }
+        }
+        if self.rules.is_empty() {
+            errors.add("spec.rules", "at least one rule is required");
+        }
+        for (i, rule) in self.rules.iter().enumerate() {
+            rule.validate(&at("spec.rules", i), errors);
+        }
+    }
+}
+
+impl RouteRule {
+    fn validate(&self, field: &str, errors: &mut Errors) {
+        for (i, m) in self.matches.iter().enumerate() {
+            m.validate(&at(&format!("{field}.matches"), i), errors);
+        }
+        let backends = format!("{field}.backends");
+        if self.backends.is_empty() {
+            errors.add(&backends, "at least one backend is required");
+        } else if self.backends.iter().all(|b| b.weight() == 0) {
+            errors.add(&backends, "at least one backend needs a weight above 0");
+        }
+        for (i, backend) in self.backends.iter().enumerate() {
+            backend.validate(&at(&backends, i), errors);
+        }
+        if let Some(timeout) = &self.timeout {
+            let field = format!("{field}.timeout");
+            match parse_duration(timeout) {
+                Err(message) => errors.add(field, message),
+                Ok(d) if d.as_secs() > MAX_TIMEOUT_SECS => errors.add(
+                    field,
+                    format!("`{timeout}` is longer than the maximum of 1h"),
+                ),
+                Ok(_) => {}
+            }
+        }
+    }
+}
+
+impl RouteMatch {
+    fn validate(&self, field: &str, errors: &mut Errors) {
+        if let Some(path) = &self.path {
+            errors.check(format!("{field}.path.value"), path.validate());
+        }
+        for (i, method) in self.methods.iter().enumerate() {
+            if http::Method::from_bytes(method.as_bytes()).is_err() || method.is_empty() {
+                errors.add(
+                    at(&format!("{field}.methods"), i),
+                    format!("`{method}` is not an HTTP method"),
+                );
+            }
+        }
+        for (i, header) in self.headers.iter().enumerate() {
+            let field = at(&format!("{field}.headers"), i);
+            if http::HeaderName::from_bytes(header.name.as_bytes()).is_err() {
+                errors.add(
+                    format!("{field}.name"),
+                    format!("`{}` is not a header name", header.name),
+                );
+            }
+            if http::HeaderValue::from_str(&header.value).is_err() {
+                errors.add(
+                    format!("{field}.value"),
+                    "not a valid header value (visible ASCII only)",
+                );
+            }
+        }
+    }
+}
+
+impl PathMatch {
+    fn validate(&self) -> Result<(), String> {
+        let value = &self.value;
+        match self.kind {
+            PathMatchType::Exact | PathMatchType::PathPrefix => {
+                if !value.starts_with('/') {
+                    return Err(format!("`{value}` must start with '/'"));
+                }
+                if let Some(c) = value
+                    .chars()
+                    .find(|c| matches!(c, '?' | '#') || c.is_whitespace() || c.is_control())
+                {
+                    return Err(format!(
+                        "`{value}` contains {c:?}, which never appears in a request path"
+                    ));
+                }
+                Ok(())
+            }
+            PathMatchType::RegularExpression => {
+                if value.len() > MAX_REGEX_LEN {
+                    return Err(format!(
+                        "regular expression longer than {MAX_REGEX_LEN} characters"
+                    ));
+                }
+                regex::RegexBuilder::new(&anchored(value))
+                    .size_limit(REGEX_SIZE_LIMIT)
+                    .build()
+                    .map(drop)
+                    .map_err(|e| {
+                        format!("invalid regular expression: {}", one_line(&e.to_string()))
+                    })
+            }
+        }
+    }
+}
+
+/// The form in which path regexes are compiled: they must match the whole path.
+pub fn anchored(pattern: &str) -> String {
+    format!("^(?:{pattern})$")
+}
+
+fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+impl Backend {
+    fn validate(&self, field: &str, errors: &mut Errors) {
+        match (&self.url, &self.service) {
+            (Some(url), None) => errors.check(format!("{field}.url"), backend_url(url)),
+            (None, Some(_)) => errors.add(
+                format!("{field}.service"),
+                "service backends (resolved through TenantPlacement) are not supported yet; use url",
+            ),
+            (Some(_), Some(_)) => errors.add(field, "set either url or service, not both"),
+            (None, None) => errors.add(field, "a backend needs a url"),
+        }
+        if self.weight() > MAX_WEIGHT {
+            errors.add(format!("{field}.weight"), format!("at most {MAX_WEIGHT}"));
+        }
+    }
+}

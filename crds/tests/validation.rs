@@ -1,0 +1,166 @@
+//! Every kind of bad input is refused with the field it concerns and a reason.
+
+use pavilion_crds::{FieldError, Resource, parse_documents};
+
+fn errors(yaml: &str) -> Vec<FieldError> {
+    let docs = parse_documents(yaml);
+    assert_eq!(docs.len(), 1);
+    docs.into_iter()
+        .next()
+        .unwrap()
+        .result
+        .expect("parses")
+        .validate()
+}
+
+fn route(rules: &str) -> String {
+    format!(
+        "apiVersion: gateway.pavilion.dev/v1alpha1\nkind: Route\nmetadata: {{ name: orders, namespace: shop }}\nspec:\n  hosts: [api.example.com]\n  rules:\n{rules}"
+    )
+}
+
+const GOOD_RULE: &str = "    - matches:
+        - path: { type: PathPrefix, value: /orders }
+          methods: [GET, POST]
+          headers: [{ name: x-api-version, value: \"2\" }]
+        - path: { type: RegularExpression, value: '/items/[0-9]+' }
+      backends:
+        - { url: http://127.0.0.1:9000, weight: 3 }
+        - { url: h2c://127.0.0.1:9001 }
+      timeout: 1m30s
+";
+
+#[test]
+fn a_valid_route_has_no_errors() {
+    assert_eq!(errors(&route(GOOD_RULE)), []);
+}
+
+#[test]
+fn bad_routes_name_their_fields() {
+    let cases: &[(&str, &str, &str)] = &[
+        (
+            "zero backends",
+            "    - backends: []\n",
+            "spec.rules[0].backends",
+        ),
+        (
+            "all weights zero",
+            "    - backends: [{ url: http://a:1, weight: 0 }]\n",
+            "spec.rules[0].backends",
+        ),
+        (
+            "bad url",
+            "    - backends: [{ url: 'localhost:80' }]\n",
+            "spec.rules[0].backends[0].url",
+        ),
+        (
+            "ftp url",
+            "    - backends: [{ url: 'ftp://a' }]\n",
+            "spec.rules[0].backends[0].url",
+        ),
+        (
+            "url with path",
+            "    - backends: [{ url: 'http://a/x' }]\n",
+            "spec.rules[0].backends[0].url",
+        ),
+        (
+            "no url",
+            "    - backends: [{ weight: 1 }]\n",
+            "spec.rules[0].backends[0]",
+        ),
+        (
+            "invalid regex",
+            "    - matches: [{ path: { type: RegularExpression, value: '/(' } }]\n      backends: [{ url: http://a:1 }]\n",
+            "spec.rules[0].matches[0].path.value",
+        ),
+        (
+            "relative path",
+            "    - matches: [{ path: { type: Exact, value: orders } }]\n      backends: [{ url: http://a:1 }]\n",
+            "spec.rules[0].matches[0].path.value",
+        ),
+        (
+            "bad method",
+            "    - matches: [{ methods: ['GE T'] }]\n      backends: [{ url: http://a:1 }]\n",
+            "spec.rules[0].matches[0].methods[0]",
+        ),
+        (
+            "bad header name",
+            "    - matches: [{ headers: [{ name: 'x y', value: v }] }]\n      backends: [{ url: http://a:1 }]\n",
+            "spec.rules[0].matches[0].headers[0].name",
+        ),
+        (
+            "bad timeout",
+            "    - backends: [{ url: http://a:1 }]\n      timeout: soon\n",
+            "spec.rules[0].timeout",
+        ),
+        (
+            "huge timeout",
+            "    - backends: [{ url: http://a:1 }]\n      timeout: 2h\n",
+            "spec.rules[0].timeout",
+        ),
+    ];
+    for (what, rules, field) in cases {
+        let found = errors(&route(rules));
+        assert!(
+            found
+                .iter()
+                .any(|e| e.field == *field && !e.message.is_empty()),
+            "{what}: expected an error on {field}, got {found:?}"
+        );
+    }
+}
+
+#[test]
+fn no_rules_and_bad_hosts() {
+    let yaml = "apiVersion: gateway.pavilion.dev/v1alpha1\nkind: Route\nmetadata: { name: Orders_1 }\nspec:\n  hosts: ['a.*.com', 'x.com:80', x.com, X.com]\n  rules: []\n";
+    let fields: Vec<_> = errors(yaml).into_iter().map(|e| e.field).collect();
+    for expected in [
+        "metadata.name",
+        "spec.hosts[0]",
+        "spec.hosts[1]",
+        "spec.hosts[3]",
+        "spec.rules",
+    ] {
+        assert!(
+            fields.iter().any(|f| f == expected),
+            "{expected} missing in {fields:?}"
+        );
+    }
+}
+
+#[test]
+fn policies_and_placements_are_validated() {
+    let rl = "apiVersion: gateway.pavilion.dev/v1alpha1\nkind: RateLimitPolicy\nmetadata: { name: l }\nspec:\n  targetRef: { kind: Service, name: x }\n  limits:\n    - { key: [clientIp, 'cookie:x'], requests: 0, per: 1y }\n";
+    let fields: Vec<_> = errors(rl).into_iter().map(|e| e.field).collect();
+    assert_eq!(
+        fields,
+        [
+            "spec.targetRef.kind",
+            "spec.limits[0].key[1]",
+            "spec.limits[0].requests",
+            "spec.limits[0].per"
+        ]
+    );
+
+    let cors = "apiVersion: gateway.pavilion.dev/v1alpha1\nkind: CorsPolicy\nmetadata: { name: c }\nspec:\n  targetRef: { kind: Route, name: orders }\n  allowOrigins: ['*', 'app.example.com']\n  allowCredentials: true\n";
+    let fields: Vec<_> = errors(cors).into_iter().map(|e| e.field).collect();
+    assert_eq!(fields, ["spec.allowOrigins[0]", "spec.allowOrigins[1]"]);
+
+    let tp = "apiVersion: gateway.pavilion.dev/v1alpha1\nkind: TenantPlacement\nmetadata: { name: acme }\nspec:\n  tenant: acme\n  revision: 1\n  shards: [{ name: s1, endpoints: [http://10.0.0.1:80] }]\n  placements: [{ service: aggregate, shard: s2 }]\n";
+    let fields: Vec<_> = errors(tp).into_iter().map(|e| e.field).collect();
+    assert_eq!(fields, ["spec.placements[0].shard"]);
+}
+
+#[test]
+fn every_kind_parses() {
+    let docs = parse_documents(concat!(
+        include_str!("../../examples/config/routes.yaml"),
+        "---\n",
+        include_str!("../../examples/config/policies.yaml")
+    ));
+    assert!(!docs.is_empty());
+    for doc in docs {
+        let resource: Resource = doc.result.expect("example parses");
+        assert_eq!(resource.validate(), [], "{}", resource.key());
+    }
+}

@@ -1,0 +1,17 @@
+//! Generates the snapshot contract. protoc comes from `protoc-bin-vendored` unless `PROTOC`
+//! names one, so a plain `cargo build` works on a fresh machine without an apt step.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    if std::env::var_os("PROTOC").is_none() {
+        // SAFETY: build scripts are single-threaded; nothing else reads the environment now.
+        unsafe { std::env::set_var("PROTOC", protoc_bin_vendored::protoc_bin_path()?) };
+    }
+    tonic_prost_build::configure().compile_protos(
+        &[
+            "proto/pavilion/v1/snapshot.proto",
+            "proto/pavilion/v1/discovery.proto",
+        ],
+        &["proto"],
+    )?;
+    Ok(())
+}

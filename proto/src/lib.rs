@@ -1,0 +1,12 @@
+//! The contract between Pavilion's halves: the snapshot and the gRPC stream that delivers
+//! it. Nothing else crosses from the control plane to the data plane.
+
+/// Generated code for package `pavilion.v1`.
+pub mod v1 {
+    tonic::include_proto!("pavilion.v1");
+}
+
+pub use v1::{
+    Backend, HeaderMatch, Match, Node, PathMatch, PathMatchType, Route, Rule, Snapshot,
+    SnapshotRequest, SnapshotResponse,
+};

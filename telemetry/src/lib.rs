@@ -1,0 +1,73 @@
+//! What both Pavilion binaries share at their edge: log set-up, the Prometheus text
+//! exposition and the shutdown signal. Kept apart so the data plane never depends on the
+//! control-plane crate (nor the other way round).
+
+use prometheus::{Encoder, Registry, TextEncoder};
+use tracing_subscriber::EnvFilter;
+
+/// How log lines are written to stdout.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// One JSON object per line, for collectors.
+    #[default]
+    Json,
+    /// Human-readable lines, for people at a terminal.
+    Pretty,
+}
+
+/// Keeps the background log writer alive; dropping it flushes what is buffered.
+#[must_use = "dropping the guard stops log output"]
+pub struct LogGuard(#[allow(dead_code)] tracing_appender::non_blocking::WorkerGuard);
+
+/// Installs the global subscriber. The level comes from `RUST_LOG` (default `info`).
+/// Lines go through a non-blocking writer so a slow stdout never stalls request handling;
+/// if it falls far behind, lines are dropped rather than requests delayed.
+pub fn init_logging(format: LogFormat) -> LogGuard {
+    let (writer, guard) = tracing_appender::non_blocking(std::io::stdout());
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(writer);
+    match format {
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .init(),
+        LogFormat::Pretty => builder.with_target(false).init(),
+    }
+    LogGuard(guard)
+}
+
+/// The registry's metrics in Prometheus text format.
+pub fn metrics_text(registry: &Registry) -> String {
+    let mut buffer = Vec::new();
+    // Encoding into a Vec cannot fail for well-formed metric families.
+    let _ = TextEncoder::new().encode(&registry.gather(), &mut buffer);
+    String::from_utf8(buffer).unwrap_or_default()
+}
+
+/// The content type of [`metrics_text`].
+pub const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Resolves on SIGINT or SIGTERM: the start of a graceful stop.
+pub async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(signal) => signal,
+                Err(_) => {
+                    let _ = interrupt.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = interrupt => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
+}
