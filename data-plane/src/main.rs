@@ -1,1 +1,160 @@
-fn main() {}
+//! `pavilion-data`: the data plane.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use pavilion_data::proxy::Limits;
+use pavilion_data::upstream::UpstreamOptions;
+use pavilion_telemetry::LogFormat;
+
+#[derive(Parser)]
+#[command(
+    name = "pavilion-data",
+    version,
+    about = "Pavilion Gateway's data plane"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve traffic with the snapshots a control plane streams.
+    Run(RunArgs),
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Control-plane gRPC addresses, comma-separated; tried in turn on failure.
+    #[arg(
+        long,
+        env = "PAVILION_CONTROL_PLANE",
+        value_delimiter = ',',
+        required = true
+    )]
+    control_plane: Vec<String>,
+    #[arg(long, env = "PAVILION_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// Health, readiness and metrics.
+    #[arg(long, env = "PAVILION_ADMIN_LISTEN", default_value = "127.0.0.1:9901")]
+    admin_listen: SocketAddr,
+    /// Keep the last applied snapshot here and serve it when starting without a control plane.
+    #[arg(long, env = "PAVILION_SNAPSHOT_CACHE")]
+    snapshot_cache: Option<PathBuf>,
+    /// This data plane's name in the control plane's status (default: the host name).
+    #[arg(long, env = "PAVILION_NODE_ID")]
+    node_id: Option<String>,
+    /// Proxy worker threads (default: one per CPU).
+    #[arg(long, env = "PAVILION_WORKERS")]
+    workers: Option<usize>,
+    /// Largest request head (sum of header names and values) in bytes; more gets 431.
+    #[arg(long, env = "PAVILION_MAX_HEADER_BYTES", default_value_t = Limits::default().max_header_bytes)]
+    max_header_bytes: usize,
+    /// Largest request body in bytes; more gets 413.
+    #[arg(long, env = "PAVILION_MAX_BODY_BYTES", default_value_t = Limits::default().max_body_bytes)]
+    max_body_bytes: u64,
+    /// PEM file of CA certificates trusted for https:// backends, besides the web PKI.
+    #[arg(long, env = "PAVILION_UPSTREAM_CA")]
+    upstream_ca: Option<PathBuf>,
+    /// One JSON line per request (`--access-log false` to turn off).
+    #[arg(long, env = "PAVILION_ACCESS_LOG", default_value_t = true, action = clap::ArgAction::Set)]
+    access_log: bool,
+    /// How long in-flight requests may take to finish after SIGTERM, in seconds.
+    #[arg(long, env = "PAVILION_DRAIN_SECONDS", default_value_t = 10)]
+    drain_seconds: u64,
+    #[arg(long, env = "PAVILION_LOG_FORMAT", value_enum, default_value_t)]
+    log_format: LogFormat,
+}
+
+fn main() -> std::process::ExitCode {
+    let Command::Run(args) = Cli::parse().command;
+    match run(args) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("pavilion-data: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: RunArgs) -> anyhow::Result<()> {
+    let _logs = pavilion_telemetry::init_logging(args.log_format);
+    let mut upstream = UpstreamOptions::default();
+    if let Some(path) = &args.upstream_ca {
+        upstream.extra_roots = read_certificates(path)?;
+    }
+    let node_id = args.node_id.clone().unwrap_or_else(host_name);
+    let control_planes = args
+        .control_plane
+        .iter()
+        .map(|a| a.trim())
+        .filter(|a| !a.is_empty())
+        .map(|a| {
+            if a.contains("://") {
+                a.to_owned()
+            } else {
+                format!("http://{a}")
+            }
+        })
+        .collect();
+    let config = pavilion_data::Config {
+        control_planes,
+        listen: args.listen,
+        admin_listen: args.admin_listen,
+        snapshot_cache: args.snapshot_cache,
+        node_id,
+        limits: Limits {
+            max_header_bytes: args.max_header_bytes,
+            max_body_bytes: args.max_body_bytes,
+        },
+        upstream,
+        access_log: args.access_log,
+        drain_timeout: Duration::from_secs(args.drain_seconds),
+    };
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Some(workers) = args.workers {
+        anyhow::ensure!(workers > 0, "--workers must be at least 1");
+        runtime.worker_threads(workers);
+    }
+    let runtime = runtime
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async {
+        let data_plane = pavilion_data::start(config).await?;
+        data_plane
+            .run_until(pavilion_telemetry::shutdown_signal())
+            .await;
+        tracing::info!("data plane stopped");
+        anyhow::Ok(())
+    })
+}
+
+fn read_certificates(
+    path: &PathBuf,
+) -> anyhow::Result<Vec<rustls_pki_types::CertificateDer<'static>>> {
+    use rustls_pki_types::pem::PemObject;
+    let certificates = rustls_pki_types::CertificateDer::pem_file_iter(path)
+        .with_context(|| format!("reading {}", path.display()))?
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("parsing {}", path.display()))?;
+    anyhow::ensure!(
+        !certificates.is_empty(),
+        "{} holds no certificate",
+        path.display()
+    );
+    Ok(certificates)
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "pavilion-data".to_owned())
+}

@@ -1,0 +1,50 @@
+//! The admin listener: health, readiness and metrics.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Json, Response};
+use axum::routing::get;
+
+use crate::metrics::Metrics;
+use crate::proxy::Proxy;
+
+#[derive(Clone)]
+struct AdminState {
+    proxy: Arc<Proxy>,
+    metrics: Metrics,
+}
+
+pub fn router(proxy: Arc<Proxy>, metrics: Metrics) -> Router {
+    Router::new()
+        .route(
+            "/health",
+            get(|| async { Json(serde_json::json!({ "status": "ok" })) }),
+        )
+        .route("/ready", get(ready))
+        .route("/metrics", get(metrics_text))
+        .with_state(AdminState { proxy, metrics })
+}
+
+async fn ready(State(state): State<AdminState>) -> Response {
+    let runtime = state.proxy.runtime.load();
+    if runtime.is_ready() {
+        Json(serde_json::json!({ "ready": true, "version": runtime.version })).into_response()
+    } else {
+        let body = serde_json::json!({ "ready": false, "reason": "no snapshot received yet" });
+        (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+    }
+}
+
+async fn metrics_text(State(state): State<AdminState>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            pavilion_telemetry::METRICS_CONTENT_TYPE,
+        )],
+        pavilion_telemetry::metrics_text(&state.metrics.registry),
+    )
+        .into_response()
+}

@@ -1,0 +1,120 @@
+//! Responses the gateway writes itself: the JSON error envelope of API.md,
+//! `{"error":{"code","message","request_id"}}`, naming what decided.
+
+use std::time::Duration;
+
+use http::{HeaderValue, Method, Response, StatusCode, header};
+
+use crate::body::ResponseBody;
+
+/// Why the gateway answers instead of the upstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Deny {
+    /// No snapshot yet: nothing is known about routes.
+    NotReady,
+    BadRequest(&'static str),
+    NotFound {
+        method: Method,
+        path: String,
+    },
+    PayloadTooLarge {
+        limit: u64,
+    },
+    HeadersTooLarge {
+        limit: usize,
+    },
+    /// Connecting to the chosen backend failed.
+    UpstreamUnreachable {
+        route: String,
+    },
+    /// The backend broke the exchange (reset, invalid response).
+    UpstreamFailed {
+        route: String,
+    },
+    UpstreamTimeout {
+        route: String,
+        timeout: Duration,
+    },
+}
+
+/// Longest request path echoed back in a message.
+const MAX_ECHOED_PATH: usize = 200;
+
+impl Deny {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Deny::NotReady => StatusCode::SERVICE_UNAVAILABLE,
+            Deny::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Deny::NotFound { .. } => StatusCode::NOT_FOUND,
+            Deny::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Deny::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Deny::UpstreamUnreachable { .. } | Deny::UpstreamFailed { .. } => {
+                StatusCode::BAD_GATEWAY
+            }
+            Deny::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        match self {
+            Deny::NotReady => "not_ready",
+            Deny::BadRequest(_) => "bad_request",
+            Deny::NotFound { .. } => "not_found",
+            Deny::PayloadTooLarge { .. } => "payload_too_large",
+            Deny::HeadersTooLarge { .. } => "headers_too_large",
+            Deny::UpstreamUnreachable { .. } => "upstream_unreachable",
+            Deny::UpstreamFailed { .. } => "upstream_failed",
+            Deny::UpstreamTimeout { .. } => "upstream_timeout",
+        }
+    }
+
+    pub fn message(&self) -> String {
+        match self {
+            Deny::NotReady => "the gateway has not received its configuration yet".into(),
+            Deny::BadRequest(why) => (*why).into(),
+            Deny::NotFound { method, path } => {
+                let mut shown: String = path.chars().take(MAX_ECHOED_PATH).collect();
+                if shown.len() < path.len() {
+                    shown.push('…');
+                }
+                format!("no route matches {method} {shown}")
+            }
+            Deny::PayloadTooLarge { limit } => format!("request body larger than {limit} bytes"),
+            Deny::HeadersTooLarge { limit } => format!("request headers larger than {limit} bytes"),
+            Deny::UpstreamUnreachable { route } => {
+                format!("route {route}: the upstream could not be reached")
+            }
+            Deny::UpstreamFailed { route } => {
+                format!("route {route}: the upstream failed to answer")
+            }
+            Deny::UpstreamTimeout { route, timeout } => {
+                format!(
+                    "route {route}: the upstream did not answer within {}ms",
+                    timeout.as_millis()
+                )
+            }
+        }
+    }
+
+    pub fn into_response(self, request_id: &HeaderValue) -> Response<ResponseBody> {
+        let body = serde_json::json!({
+            "error": {
+                "code": self.code(),
+                "message": self.message(),
+                "request_id": request_id.to_str().unwrap_or_default(),
+            }
+        });
+        let mut response = Response::new(ResponseBody::local(body.to_string()));
+        *response.status_mut() = self.status();
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        if matches!(self, Deny::NotReady) {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}

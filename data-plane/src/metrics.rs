@@ -1,0 +1,136 @@
+//! The data plane's Prometheus metrics. Per-route handles are resolved when a snapshot is
+//! built, so a request only touches atomics — no label lookup, no lock.
+
+use std::time::Duration;
+
+use http::StatusCode;
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
+};
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+#[derive(Clone)]
+pub struct Metrics {
+    pub registry: Registry,
+    requests: IntCounterVec,
+    duration: HistogramVec,
+    pub snapshots_applied: IntCounter,
+    pub snapshots_rejected: IntCounter,
+    snapshot_info: IntGaugeVec,
+    pub control_plane_connected: IntGauge,
+    /// Requests no route matched (and requests refused before routing).
+    pub unrouted: RouteMetrics,
+}
+
+/// Handles of one route's series.
+#[derive(Clone)]
+pub struct RouteMetrics {
+    /// Requests by status class 1xx … 5xx.
+    by_class: [IntCounter; 5],
+    duration: Histogram,
+}
+
+impl RouteMetrics {
+    pub fn observe(&self, status: StatusCode, elapsed: Duration) {
+        let class = (status.as_u16() / 100).clamp(1, 5) as usize - 1;
+        self.by_class[class].inc();
+        self.duration.observe(elapsed.as_secs_f64());
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "pavilion_requests_total",
+                "Requests by route and status class.",
+            ),
+            &["route", "class"],
+        )
+        .expect("valid metric");
+        let duration = HistogramVec::new(
+            HistogramOpts::new(
+                "pavilion_request_duration_seconds",
+                "Time from request arrival to response headers, by route.",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+            &["route"],
+        )
+        .expect("valid metric");
+        let snapshots_applied = IntCounter::new(
+            "pavilion_snapshots_applied_total",
+            "Snapshots applied (from the control plane or the cache).",
+        )
+        .expect("valid metric");
+        let snapshots_rejected = IntCounter::new(
+            "pavilion_snapshots_rejected_total",
+            "Snapshots refused (NACKed) because they could not be built.",
+        )
+        .expect("valid metric");
+        let snapshot_info = IntGaugeVec::new(
+            Opts::new(
+                "pavilion_snapshot_info",
+                "The snapshot version being served (value 1).",
+            ),
+            &["version"],
+        )
+        .expect("valid metric");
+        let control_plane_connected = IntGauge::new(
+            "pavilion_control_plane_connected",
+            "1 while a snapshot stream to a control plane is open.",
+        )
+        .expect("valid metric");
+        for collector in [
+            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(duration.clone()),
+            Box::new(snapshots_applied.clone()),
+            Box::new(snapshots_rejected.clone()),
+            Box::new(snapshot_info.clone()),
+            Box::new(control_plane_connected.clone()),
+        ] {
+            registry
+                .register(collector)
+                .expect("metric names are unique");
+        }
+        let unrouted = route_metrics(&requests, &duration, "");
+        Self {
+            registry,
+            requests,
+            duration,
+            snapshots_applied,
+            snapshots_rejected,
+            snapshot_info,
+            control_plane_connected,
+            unrouted,
+        }
+    }
+
+    /// Handles for one route (`namespace/name`).
+    pub fn route(&self, route: &str) -> RouteMetrics {
+        route_metrics(&self.requests, &self.duration, route)
+    }
+
+    pub fn serving(&self, version: &str) {
+        self.snapshot_info.reset();
+        self.snapshot_info.with_label_values(&[version]).set(1);
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn route_metrics(requests: &IntCounterVec, duration: &HistogramVec, route: &str) -> RouteMetrics {
+    RouteMetrics {
+        by_class: ["1xx", "2xx", "3xx", "4xx", "5xx"]
+            .map(|class| requests.with_label_values(&[route, class])),
+        duration: duration.with_label_values(&[route]),
+    }
+}

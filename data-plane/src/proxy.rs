@@ -1,0 +1,338 @@
+//! The request path. Phases in order, each either passing the request on or returning a
+//! typed [`Deny`]: readiness → limits → path → route → upstream. One snapshot load per
+//! request: the runtime a request starts with is the one it finishes with.
+
+use std::borrow::Cow;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use http::header::HOST;
+use http::uri::PathAndQuery;
+use http::{Extensions, HeaderValue, Request, Response, Uri, Version};
+use http_body::Body;
+use hyper::body::Incoming;
+use tokio::time::Instant;
+
+use crate::body::{BodyError, RequestBody, ResponseBody};
+use crate::deny::Deny;
+use crate::headers::{self, X_REQUEST_ID};
+use crate::metrics::Metrics;
+use crate::path;
+use crate::route::RequestFacts;
+use crate::runtime::{Rule, Runtime};
+use crate::upstream::{Protocol, Target, Upstreams};
+
+/// Size limits on what clients send.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Sum of header name and value lengths; more gets 431.
+    pub max_header_bytes: usize,
+    /// Request body; a larger Content-Length gets 413 at once, a longer stream is cut off.
+    pub max_body_bytes: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_header_bytes: 64 * 1024,
+            max_body_bytes: 10 * 1024 * 1024,
+        }
+    }
+}
+
+/// Everything the request path needs, shared by all connections.
+pub struct Proxy {
+    pub runtime: ArcSwap<Runtime>,
+    upstreams: Upstreams,
+    metrics: Metrics,
+    limits: Limits,
+    access_log: bool,
+}
+
+/// What routing decided, for metrics and the access log.
+#[derive(Default)]
+struct Decision<'r> {
+    rule: Option<&'r Rule>,
+    target: Option<&'r Target>,
+}
+
+impl Proxy {
+    pub fn new(upstreams: Upstreams, metrics: Metrics, limits: Limits, access_log: bool) -> Self {
+        Self {
+            runtime: ArcSwap::from_pointee(Runtime::empty()),
+            upstreams,
+            metrics,
+            limits,
+            access_log,
+        }
+    }
+
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    /// Serves one request; never fails — every problem becomes a JSON error response.
+    pub async fn handle(
+        &self,
+        client: SocketAddr,
+        request: Request<Incoming>,
+    ) -> Response<ResponseBody> {
+        let started = Instant::now();
+        let request_id = headers::request_id(request.headers());
+        let runtime = self.runtime.load_full();
+        let logged = self
+            .access_log
+            .then(|| (request.method().clone(), request.uri().clone()));
+        let mut decision = Decision::default();
+        let outcome = self
+            .forward(
+                &runtime,
+                client,
+                request,
+                started,
+                &request_id,
+                &mut decision,
+            )
+            .await;
+        let (mut response, denied) = match outcome {
+            Ok(response) => (response, None),
+            Err(deny) => {
+                let code = deny.code();
+                (deny.into_response(&request_id), Some(code))
+            }
+        };
+        let status = response.status();
+        let elapsed = started.elapsed();
+        match decision.rule {
+            Some(rule) => rule.metrics.observe(status, elapsed),
+            None => self.metrics.unrouted.observe(status, elapsed),
+        }
+        if let Some((method, uri)) = logged {
+            tracing::info!(
+                target: "pavilion::access",
+                request_id = request_id.to_str().unwrap_or_default(),
+                client = %client.ip(),
+                method = %method,
+                path = uri.path(),
+                status = status.as_u16(),
+                route = decision.rule.map_or("-", |r| &*r.route),
+                upstream = decision.target.map_or("-", |t| &*t.url),
+                error = denied.unwrap_or("-"),
+                duration_ms = elapsed.as_secs_f64() * 1000.0,
+                "request"
+            );
+        }
+        response.headers_mut().insert(&X_REQUEST_ID, request_id);
+        response
+    }
+
+    async fn forward<'r>(
+        &self,
+        runtime: &'r Runtime,
+        client: SocketAddr,
+        request: Request<Incoming>,
+        started: Instant,
+        request_id: &HeaderValue,
+        decision: &mut Decision<'r>,
+    ) -> Result<Response<ResponseBody>, Deny> {
+        if !runtime.is_ready() {
+            return Err(Deny::NotReady);
+        }
+        self.check_limits(&request)?;
+
+        // Routing borrows the request; what forwarding needs is taken out before it moves.
+        let original_host = original_host(&request);
+        let host = original_host
+            .as_ref()
+            .and_then(|h| h.to_str().ok())
+            .map(headers::host_of);
+        let normalized = path::normalize(request.uri().path()).ok_or(Deny::BadRequest(
+            "the request target must be a path starting with '/'",
+        ))?;
+        let facts = RequestFacts {
+            host: host.as_deref(),
+            path: &normalized,
+            method: request.method(),
+            headers: request.headers(),
+        };
+        let rule = runtime.find(&facts).ok_or_else(|| Deny::NotFound {
+            method: request.method().clone(),
+            path: normalized.to_string(),
+        })?;
+        decision.rule = Some(rule);
+        let new_path = match normalized {
+            Cow::Owned(path) => Some(path),
+            Cow::Borrowed(_) => None,
+        };
+        let target = rule.backends.pick();
+        decision.target = Some(target);
+
+        let upstream_request = upstream_request(
+            request,
+            target,
+            new_path,
+            original_host,
+            client,
+            request_id,
+            self.limits.max_body_bytes,
+        )?;
+        let deadline = started + rule.timeout;
+        let response = match tokio::time::timeout_at(
+            deadline,
+            self.upstreams.send(target.protocol, upstream_request),
+        )
+        .await
+        {
+            Ok(Ok(response)) => response,
+            Ok(Err(error)) => return Err(self.upstream_error(&error, rule, target, request_id)),
+            Err(_) => {
+                return Err(Deny::UpstreamTimeout {
+                    route: rule.route.to_string(),
+                    timeout: rule.timeout,
+                });
+            }
+        };
+        let (mut parts, body) = response.into_parts();
+        headers::strip_hop_by_hop(&mut parts.headers, false);
+        parts.version = Version::HTTP_11;
+        Ok(Response::from_parts(parts, ResponseBody::Upstream(body)))
+    }
+
+    fn check_limits(&self, request: &Request<Incoming>) -> Result<(), Deny> {
+        let header_bytes: usize = request
+            .headers()
+            .iter()
+            .map(|(name, value)| name.as_str().len() + value.len())
+            .sum();
+        if header_bytes > self.limits.max_header_bytes {
+            return Err(Deny::HeadersTooLarge {
+                limit: self.limits.max_header_bytes,
+            });
+        }
+        // The lower bound is the Content-Length when there is one.
+        if request.body().size_hint().lower() > self.limits.max_body_bytes {
+            return Err(Deny::PayloadTooLarge {
+                limit: self.limits.max_body_bytes,
+            });
+        }
+        Ok(())
+    }
+
+    fn upstream_error(
+        &self,
+        error: &hyper_util::client::legacy::Error,
+        rule: &Rule,
+        target: &Target,
+        request_id: &HeaderValue,
+    ) -> Deny {
+        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+        while let Some(e) = source {
+            if let Some(BodyError::TooLarge) = e.downcast_ref::<BodyError>() {
+                return Deny::PayloadTooLarge {
+                    limit: self.limits.max_body_bytes,
+                };
+            }
+            source = e.source();
+        }
+        tracing::warn!(
+            request_id = request_id.to_str().unwrap_or_default(),
+            route = &*rule.route,
+            upstream = &*target.url,
+            error = %error_chain(error),
+            "upstream request failed"
+        );
+        let route = rule.route.to_string();
+        if error.is_connect() {
+            Deny::UpstreamUnreachable { route }
+        } else {
+            Deny::UpstreamFailed { route }
+        }
+    }
+}
+
+/// The authority the client addressed, as a header value: the URI's (HTTP/2 `:authority`,
+/// absolute-form) takes precedence over `Host`, as RFC 9112 and RFC 9113 say.
+fn original_host(request: &Request<Incoming>) -> Option<HeaderValue> {
+    match request.uri().authority() {
+        Some(authority) => HeaderValue::from_str(authority.as_str()).ok(),
+        None => request.headers().get(HOST).cloned(),
+    }
+}
+
+/// Turns the client's request into the upstream's: target URI, hop-by-hop fields gone,
+/// forwarding facts and request id added, the body streamed through the size limit.
+fn upstream_request(
+    request: Request<Incoming>,
+    target: &Target,
+    new_path: Option<String>,
+    original_host: Option<HeaderValue>,
+    client: SocketAddr,
+    request_id: &HeaderValue,
+    max_body_bytes: u64,
+) -> Result<Request<RequestBody>, Deny> {
+    let (mut parts, body) = request.into_parts();
+    let path_and_query = match new_path {
+        None => parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/")),
+        Some(path) => {
+            let full = match parts.uri.query() {
+                Some(query) => format!("{path}?{query}"),
+                None => path,
+            };
+            PathAndQuery::try_from(full)
+                .map_err(|_| Deny::BadRequest("the request target is not a valid path"))?
+        }
+    };
+    let mut uri = http::uri::Parts::default();
+    uri.scheme = Some(target.scheme.clone());
+    uri.authority = Some(target.authority.clone());
+    uri.path_and_query = Some(path_and_query);
+    parts.uri = Uri::from_parts(uri)
+        .map_err(|_| Deny::BadRequest("the request target is not a valid path"))?;
+    parts.extensions = Extensions::new();
+
+    let headers = &mut parts.headers;
+    headers::strip_hop_by_hop(headers, true);
+    headers::add_forwarded(
+        headers,
+        client.ip(),
+        original_host.as_ref().and_then(|h| h.to_str().ok()),
+        "http",
+    );
+    headers.insert(&X_REQUEST_ID, request_id.clone());
+    match target.protocol {
+        // HTTP/2 carries the host in :authority, which is the backend's here.
+        Protocol::H2c => {
+            parts.version = Version::HTTP_2;
+            headers.remove(HOST);
+        }
+        Protocol::Http1 | Protocol::Https => {
+            parts.version = Version::HTTP_11;
+            if let Some(host) = original_host {
+                headers.insert(HOST, host);
+            }
+        }
+    }
+    Ok(Request::from_parts(
+        parts,
+        RequestBody::new(body, max_body_bytes),
+    ))
+}
+
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        source = e.source();
+    }
+    text
+}
+
+/// Shared handle used by listeners.
+pub type SharedProxy = Arc<Proxy>;

@@ -1,0 +1,256 @@
+use http::{HeaderMap, HeaderValue, Method};
+use pavilion_proto as proto;
+
+use super::{RequestFacts, RouteError, Router, RuleId};
+
+/// Routes as `(name, hosts, rules)`, each rule a list of matches; rule ids count up from 0
+/// in that order, and `labels[id]` names them `name#rule`.
+struct Fixture {
+    router: Router,
+    labels: Vec<String>,
+}
+
+fn path(kind: proto::PathMatchType, value: &str) -> Option<proto::PathMatch> {
+    Some(proto::PathMatch {
+        r#type: kind as i32,
+        value: value.into(),
+    })
+}
+
+fn exact(value: &str) -> proto::Match {
+    proto::Match {
+        path: path(proto::PathMatchType::Exact, value),
+        ..Default::default()
+    }
+}
+
+fn prefix(value: &str) -> proto::Match {
+    proto::Match {
+        path: path(proto::PathMatchType::Prefix, value),
+        ..Default::default()
+    }
+}
+
+fn regex(value: &str) -> proto::Match {
+    proto::Match {
+        path: path(proto::PathMatchType::RegularExpression, value),
+        ..Default::default()
+    }
+}
+
+fn with_methods(mut m: proto::Match, methods: &[&str]) -> proto::Match {
+    m.methods = methods.iter().map(|s| s.to_string()).collect();
+    m
+}
+
+fn with_header(mut m: proto::Match, name: &str, value: &str) -> proto::Match {
+    m.headers.push(proto::HeaderMatch {
+        name: name.into(),
+        value: value.into(),
+    });
+    m
+}
+
+fn build(routes: &[(&str, &[&str], Vec<Vec<proto::Match>>)]) -> Result<Fixture, RouteError> {
+    let mut labels = Vec::new();
+    let mut ids = Vec::new();
+    let protos: Vec<proto::Route> = routes
+        .iter()
+        .map(|(name, hosts, rules)| {
+            let mut route_ids = Vec::new();
+            for r in 0..rules.len() {
+                route_ids.push(labels.len() as RuleId);
+                labels.push(format!("{name}#{r}"));
+            }
+            ids.push(route_ids);
+            proto::Route {
+                namespace: "ns".into(),
+                name: name.to_string(),
+                hosts: hosts.iter().map(|h| h.to_string()).collect(),
+                rules: rules
+                    .iter()
+                    .map(|matches| proto::Rule {
+                        matches: matches.clone(),
+                        ..Default::default()
+                    })
+                    .collect(),
+            }
+        })
+        .collect();
+    Ok(Fixture {
+        router: Router::build(&protos, &ids)?,
+        labels,
+    })
+}
+
+impl Fixture {
+    fn find_with(
+        &self,
+        host: Option<&str>,
+        method: &str,
+        path: &str,
+        headers: &HeaderMap,
+    ) -> Option<&str> {
+        let method = Method::from_bytes(method.as_bytes()).unwrap();
+        let facts = RequestFacts {
+            host,
+            path,
+            method: &method,
+            headers,
+        };
+        self.router
+            .find(&facts)
+            .map(|id| self.labels[id as usize].as_str())
+    }
+
+    fn find(&self, host: Option<&str>, method: &str, path: &str) -> Option<&str> {
+        self.find_with(host, method, path, &HeaderMap::new())
+    }
+}
+
+#[test]
+fn exact_host_beats_wildcard_beats_any_host() {
+    let f = build(&[
+        ("any", &[], vec![vec![prefix("/")]]),
+        ("wild", &["*.example.com"], vec![vec![prefix("/")]]),
+        (
+            "deeper-wild",
+            &["*.eu.example.com"],
+            vec![vec![prefix("/")]],
+        ),
+        ("exact", &["api.example.com"], vec![vec![prefix("/")]]),
+    ])
+    .unwrap();
+    assert_eq!(f.find(Some("api.example.com"), "GET", "/"), Some("exact#0"));
+    assert_eq!(f.find(Some("www.example.com"), "GET", "/"), Some("wild#0"));
+    assert_eq!(f.find(Some("a.b.example.com"), "GET", "/"), Some("wild#0"));
+    assert_eq!(
+        f.find(Some("x.eu.example.com"), "GET", "/"),
+        Some("deeper-wild#0")
+    );
+    assert_eq!(
+        f.find(Some("example.com"), "GET", "/"),
+        Some("any#0"),
+        "a wildcard needs a label in front"
+    );
+    assert_eq!(f.find(Some("other.org"), "GET", "/"), Some("any#0"));
+    assert_eq!(f.find(None, "GET", "/"), Some("any#0"));
+}
+
+#[test]
+fn a_host_without_a_matching_path_falls_through_to_less_specific_hosts() {
+    let f = build(&[
+        ("wild", &["*.example.com"], vec![vec![prefix("/")]]),
+        ("exact", &["api.example.com"], vec![vec![exact("/only")]]),
+    ])
+    .unwrap();
+    assert_eq!(
+        f.find(Some("api.example.com"), "GET", "/only"),
+        Some("exact#0")
+    );
+    assert_eq!(
+        f.find(Some("api.example.com"), "GET", "/other"),
+        Some("wild#0")
+    );
+    assert_eq!(f.find(Some("api.other.com"), "GET", "/other"), None);
+}
+
+#[test]
+fn exact_path_beats_longer_prefix_beats_shorter_beats_regex() {
+    let f = build(&[
+        ("regex", &[], vec![vec![regex("/a.*")]]),
+        ("short", &[], vec![vec![prefix("/a")]]),
+        ("long", &[], vec![vec![prefix("/a/b/")]]),
+        ("exact", &[], vec![vec![exact("/a/b")]]),
+    ])
+    .unwrap();
+    assert_eq!(f.find(None, "GET", "/a/b"), Some("exact#0"));
+    assert_eq!(f.find(None, "GET", "/a/b/"), Some("long#0"));
+    assert_eq!(f.find(None, "GET", "/a/b/c"), Some("long#0"));
+    assert_eq!(f.find(None, "GET", "/a/x"), Some("short#0"));
+    assert_eq!(f.find(None, "GET", "/a"), Some("short#0"));
+    assert_eq!(
+        f.find(None, "GET", "/ab"),
+        Some("regex#0"),
+        "prefixes match whole segments only"
+    );
+    assert_eq!(f.find(None, "GET", "/b"), None);
+}
+
+#[test]
+fn regexes_match_the_whole_path() {
+    let f = build(&[("r", &[], vec![vec![regex("/v[0-9]+")]])]).unwrap();
+    assert_eq!(f.find(None, "GET", "/v12"), Some("r#0"));
+    assert_eq!(f.find(None, "GET", "/v1/x"), None);
+    assert_eq!(f.find(None, "GET", "/x/v1"), None);
+}
+
+#[test]
+fn more_conditions_win_then_older_routes() {
+    let f = build(&[
+        ("plain", &[], vec![vec![prefix("/api")]]),
+        (
+            "get",
+            &[],
+            vec![vec![with_methods(prefix("/api"), &["GET"])]],
+        ),
+        (
+            "get-v2",
+            &[],
+            vec![vec![with_header(
+                with_methods(prefix("/api"), &["GET"]),
+                "x-version",
+                "2",
+            )]],
+        ),
+        ("plain-younger", &[], vec![vec![prefix("/api")]]),
+    ])
+    .unwrap();
+    let mut v2 = HeaderMap::new();
+    v2.insert("x-version", HeaderValue::from_static("2"));
+    assert_eq!(f.find_with(None, "GET", "/api/x", &v2), Some("get-v2#0"));
+    assert_eq!(f.find(None, "GET", "/api/x"), Some("get#0"));
+    assert_eq!(
+        f.find(None, "POST", "/api/x"),
+        Some("plain#0"),
+        "the older of two equal routes wins"
+    );
+}
+
+#[test]
+fn header_conditions_accept_any_of_repeated_values() {
+    let f = build(&[(
+        "h",
+        &[],
+        vec![vec![with_header(exact("/"), "x-team", "blue")]],
+    )])
+    .unwrap();
+    let mut headers = HeaderMap::new();
+    headers.append("x-team", HeaderValue::from_static("red"));
+    assert_eq!(f.find_with(None, "GET", "/", &headers), None);
+    headers.append("x-team", HeaderValue::from_static("blue"));
+    assert_eq!(f.find_with(None, "GET", "/", &headers), Some("h#0"));
+}
+
+#[test]
+fn rules_without_matches_match_everything_and_rules_keep_their_order() {
+    let f = build(&[("r", &["a.com"], vec![vec![exact("/x")], vec![]])]).unwrap();
+    assert_eq!(f.find(Some("a.com"), "GET", "/x"), Some("r#0"));
+    assert_eq!(
+        f.find(Some("a.com"), "DELETE", "/anything/else"),
+        Some("r#1")
+    );
+}
+
+#[test]
+fn invalid_regex_is_refused_with_the_route_named() {
+    let Err(error) = build(&[("bad", &[], vec![vec![regex("/(")]])]) else {
+        panic!("an invalid regex must not build")
+    };
+    assert!(
+        error
+            .to_string()
+            .starts_with("route ns/bad: rule 0: invalid regular expression"),
+        "{error}"
+    );
+}

@@ -1,0 +1,137 @@
+//! The data plane's side of the snapshot stream: connect to one of the control planes,
+//! announce the version already served, apply each snapshot and answer ACK or NACK;
+//! on any failure reconnect — to the next control plane — with jittered backoff.
+
+use std::time::Duration;
+
+use pavilion_proto::v1::snapshot_discovery_client::SnapshotDiscoveryClient;
+use pavilion_proto::{Node, SnapshotRequest, SnapshotResponse};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Endpoint;
+
+use super::Applier;
+use crate::metrics::Metrics;
+
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+#[derive(Clone, Debug)]
+pub struct ClientOptions {
+    /// Control-plane gRPC URLs, tried in turn.
+    pub endpoints: Vec<String>,
+    pub node_id: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum StreamError {
+    #[error("invalid control-plane address: {0}")]
+    Address(tonic::transport::Error),
+    #[error("cannot connect: {0}")]
+    Connect(tonic::transport::Error),
+    #[error("stream failed: {0}")]
+    Status(#[from] tonic::Status),
+    #[error("the control plane closed the stream")]
+    Closed,
+}
+
+/// Runs until `shutdown` turns true.
+pub async fn run(
+    options: ClientOptions,
+    applier: Applier,
+    metrics: Metrics,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut backoff = FIRST_BACKOFF;
+    for attempt in 0usize.. {
+        let endpoint = &options.endpoints[attempt % options.endpoints.len()];
+        let outcome = tokio::select! {
+            outcome = stream(endpoint, &options.node_id, &applier, &metrics, &mut backoff) => outcome,
+            () = crate::stopped(&mut shutdown) => return,
+        };
+        metrics.control_plane_connected.set(0);
+        let error = outcome.err().unwrap_or(StreamError::Closed);
+        tracing::warn!(%endpoint, %error, retry_in_ms = backoff.as_millis() as u64, "snapshot stream down; serving the current snapshot");
+        // Equal jitter: half fixed, half random, so replicas do not reconnect in lockstep.
+        let delay = backoff / 2 + backoff.mul_f64(fastrand::f64() / 2.0);
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = crate::stopped(&mut shutdown) => return,
+        }
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+async fn stream(
+    endpoint: &str,
+    node_id: &str,
+    applier: &Applier,
+    metrics: &Metrics,
+    backoff: &mut Duration,
+) -> Result<(), StreamError> {
+    let channel = Endpoint::from_shared(endpoint.to_owned())
+        .map_err(StreamError::Address)?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(5))
+        .keep_alive_while_idle(true)
+        .connect()
+        .await
+        .map_err(StreamError::Connect)?;
+    let (requests, outgoing) = mpsc::channel(4);
+    let hello = SnapshotRequest {
+        node: Some(Node {
+            id: node_id.to_owned(),
+            build_version: env!("CARGO_PKG_VERSION").to_owned(),
+        }),
+        version_info: applier.current_version(),
+        ..Default::default()
+    };
+    requests
+        .send(hello)
+        .await
+        .map_err(|_| StreamError::Closed)?;
+    let mut responses = SnapshotDiscoveryClient::new(channel)
+        .stream_snapshots(ReceiverStream::new(outgoing))
+        .await?
+        .into_inner();
+    metrics.control_plane_connected.set(1);
+    *backoff = FIRST_BACKOFF;
+    tracing::info!(%endpoint, version = %applier.current_version(), "snapshot stream open");
+
+    while let Some(response) = responses.message().await? {
+        let answer = answer(applier, response).await;
+        requests
+            .send(answer)
+            .await
+            .map_err(|_| StreamError::Closed)?;
+    }
+    Err(StreamError::Closed)
+}
+
+/// ACK (the new version) or NACK (the version still served, and why).
+async fn answer(applier: &Applier, response: SnapshotResponse) -> SnapshotRequest {
+    let outcome = match response.snapshot {
+        None => Err("the response carries no snapshot".to_owned()),
+        Some(snapshot) if snapshot.version != response.version => Err(format!(
+            "the snapshot's version {} differs from the response's {}",
+            snapshot.version, response.version
+        )),
+        Some(snapshot) => applier.apply(snapshot).await.map_err(|e| e.to_string()),
+    };
+    match outcome {
+        Ok(()) => SnapshotRequest {
+            version_info: response.version,
+            response_nonce: response.nonce,
+            ..Default::default()
+        },
+        Err(error_detail) => SnapshotRequest {
+            version_info: applier.current_version(),
+            response_nonce: response.nonce,
+            error_detail,
+            ..Default::default()
+        },
+    }
+}

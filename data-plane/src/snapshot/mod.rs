@@ -1,0 +1,92 @@
+//! Receiving snapshots: from the control plane's stream, or from the cache file when the
+//! control plane is away. Either way a snapshot is built into a `Runtime` first and swapped
+//! in only if that succeeds.
+
+pub mod cache;
+pub mod client;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use pavilion_proto::Snapshot;
+
+use crate::metrics::Metrics;
+use crate::proxy::Proxy;
+use crate::runtime::{BuildError, Runtime};
+
+/// Applies snapshots to the proxy and keeps the cache file current.
+#[derive(Clone)]
+pub struct Applier {
+    proxy: Arc<Proxy>,
+    metrics: Metrics,
+    cache: Option<PathBuf>,
+}
+
+impl Applier {
+    pub fn new(proxy: Arc<Proxy>, metrics: Metrics, cache: Option<PathBuf>) -> Self {
+        Self {
+            proxy,
+            metrics,
+            cache,
+        }
+    }
+
+    /// The version being served; empty before the first snapshot.
+    pub fn current_version(&self) -> String {
+        self.proxy.runtime.load().version.clone()
+    }
+
+    /// Builds and swaps in `snapshot`, then writes it to the cache. In-flight requests
+    /// finish on the runtime they started with.
+    pub async fn apply(&self, snapshot: Snapshot) -> Result<(), BuildError> {
+        self.install(&snapshot)?;
+        if let Some(path) = self.cache.clone() {
+            let written = tokio::task::spawn_blocking(move || cache::write(&path, &snapshot)).await;
+            match written {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => tracing::warn!(%error, "cannot write the snapshot cache"),
+                Err(error) => tracing::warn!(%error, "snapshot cache writer failed"),
+            }
+        }
+        Ok(())
+    }
+
+    fn install(&self, snapshot: &Snapshot) -> Result<(), BuildError> {
+        match Runtime::build(snapshot, &self.metrics) {
+            Ok(runtime) => {
+                self.proxy.runtime.store(Arc::new(runtime));
+                self.metrics.snapshots_applied.inc();
+                self.metrics.serving(&snapshot.version);
+                tracing::info!(version = %snapshot.version, routes = snapshot.routes.len(), "snapshot applied");
+                Ok(())
+            }
+            Err(error) => {
+                self.metrics.snapshots_rejected.inc();
+                tracing::warn!(version = %snapshot.version, %error, "snapshot refused");
+                Err(error)
+            }
+        }
+    }
+
+    /// Serves the cached snapshot, if there is a usable one. Problems are logged, not fatal:
+    /// the control plane will send a fresh snapshot.
+    pub fn restore_from_cache(&self) -> bool {
+        let Some(path) = &self.cache else {
+            return false;
+        };
+        match cache::read(path) {
+            Ok(None) => false,
+            Ok(Some(snapshot)) => {
+                let installed = self.install(&snapshot).is_ok();
+                if installed {
+                    tracing::info!(path = %path.display(), version = %snapshot.version, "serving the cached snapshot");
+                }
+                installed
+            }
+            Err(error) => {
+                tracing::warn!(path = %path.display(), %error, "ignoring an unreadable snapshot cache");
+                false
+            }
+        }
+    }
+}

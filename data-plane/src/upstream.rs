@@ -1,0 +1,224 @@
+//! Upstreams: backend targets parsed once per snapshot, weighted choice, and the pooled
+//! clients (HTTP/1.1, h2c, HTTPS) shared by every snapshot so a reload keeps connections.
+
+use std::time::Duration;
+
+use http::Request;
+use http::uri::{Authority, Scheme};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::{Client, ResponseFuture};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use pavilion_proto as proto;
+use rustls_pki_types::CertificateDer;
+
+use crate::body::RequestBody;
+
+/// How a backend is spoken to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    Http1,
+    /// HTTP/2 over cleartext with prior knowledge (gRPC backends).
+    H2c,
+    /// HTTP/1.1 over TLS, verified against the web PKI plus `--upstream-ca`.
+    Https,
+}
+
+/// One backend, parsed once per snapshot so requests only clone its parts.
+#[derive(Clone, Debug)]
+pub struct Target {
+    pub url: Box<str>,
+    pub protocol: Protocol,
+    pub scheme: Scheme,
+    pub authority: Authority,
+}
+
+impl Target {
+    pub fn parse(url: &str) -> Result<Self, String> {
+        let uri: http::Uri = url.parse().map_err(|e| format!("backend `{url}`: {e}"))?;
+        let (protocol, scheme) = match uri.scheme_str() {
+            Some("http") => (Protocol::Http1, Scheme::HTTP),
+            Some("h2c") => (Protocol::H2c, Scheme::HTTP),
+            Some("https") => (Protocol::Https, Scheme::HTTPS),
+            _ => {
+                return Err(format!(
+                    "backend `{url}`: scheme must be http, https or h2c"
+                ));
+            }
+        };
+        let authority = uri
+            .authority()
+            .filter(|a| !a.host().is_empty() && !a.as_str().contains('@'))
+            .cloned()
+            .ok_or_else(|| format!("backend `{url}`: needs a host and no credentials"))?;
+        Ok(Self {
+            url: url.into(),
+            protocol,
+            scheme,
+            authority,
+        })
+    }
+}
+
+/// The backends of one rule with their weights.
+#[derive(Debug)]
+pub struct Backends {
+    targets: Box<[Target]>,
+    /// Running sums of the weights: target `i` owns `[cumulative[i-1], cumulative[i])`.
+    cumulative: Box<[u32]>,
+}
+
+impl Backends {
+    pub fn new(backends: &[proto::Backend]) -> Result<Self, String> {
+        let mut targets = Vec::new();
+        let mut cumulative = Vec::new();
+        let mut total: u32 = 0;
+        for backend in backends.iter().filter(|b| b.weight > 0) {
+            targets.push(Target::parse(&backend.url)?);
+            total = total
+                .checked_add(backend.weight)
+                .ok_or("backend weights add up to more than 2^32")?;
+            cumulative.push(total);
+        }
+        if targets.is_empty() {
+            return Err("no backend with a weight above 0".into());
+        }
+        Ok(Self {
+            targets: targets.into(),
+            cumulative: cumulative.into(),
+        })
+    }
+
+    /// A backend chosen at random in proportion to the weights (thread-local RNG: no
+    /// shared counter for the workers to contend on).
+    pub fn pick(&self) -> &Target {
+        if self.targets.len() == 1 {
+            return &self.targets[0];
+        }
+        let total = self.cumulative[self.cumulative.len() - 1];
+        let ticket = fastrand::u32(..total);
+        let index = self.cumulative.partition_point(|&sum| sum <= ticket);
+        &self.targets[index]
+    }
+}
+
+/// Connection settings for upstreams.
+#[derive(Clone, Debug)]
+pub struct UpstreamOptions {
+    pub connect_timeout: Duration,
+    pub idle_timeout: Duration,
+    /// CA certificates trusted for `https://` backends besides the web PKI roots.
+    pub extra_roots: Vec<CertificateDer<'static>>,
+}
+
+impl Default for UpstreamOptions {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(60),
+            extra_roots: Vec::new(),
+        }
+    }
+}
+
+/// Pooled clients, one per protocol.
+pub struct Upstreams {
+    http1: Client<HttpConnector, RequestBody>,
+    h2c: Client<HttpConnector, RequestBody>,
+    https: Client<HttpsConnector<HttpConnector>, RequestBody>,
+}
+
+impl Upstreams {
+    pub fn new(options: &UpstreamOptions) -> Result<Self, rustls::Error> {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(options.connect_timeout));
+        connector.set_keepalive(Some(Duration::from_secs(60)));
+        let builder = || {
+            let mut builder = Client::builder(TokioExecutor::new());
+            builder
+                .pool_idle_timeout(options.idle_timeout)
+                .pool_timer(TokioTimer::new())
+                .timer(TokioTimer::new());
+            builder
+        };
+
+        let mut roots = rustls::RootCertStore::empty();
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        for certificate in &options.extra_roots {
+            roots.add(certificate.clone())?;
+        }
+        let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let mut tls_transport = connector.clone();
+        tls_transport.enforce_http(false);
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_only()
+            .enable_http1()
+            .wrap_connector(tls_transport);
+
+        Ok(Self {
+            http1: builder().build(connector.clone()),
+            h2c: builder().http2_only(true).build(connector),
+            https: builder().build(https),
+        })
+    }
+
+    pub fn send(&self, protocol: Protocol, request: Request<RequestBody>) -> ResponseFuture {
+        match protocol {
+            Protocol::Http1 => self.http1.request(request),
+            Protocol::H2c => self.h2c.request(request),
+            Protocol::Https => self.https.request(request),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn backends(list: &[(&str, u32)]) -> Result<Backends, String> {
+        let list: Vec<_> = list
+            .iter()
+            .map(|(url, weight)| proto::Backend {
+                url: url.to_string(),
+                weight: *weight,
+            })
+            .collect();
+        Backends::new(&list)
+    }
+
+    #[test]
+    fn picks_follow_the_weights() {
+        let b = backends(&[("http://a:1", 3), ("http://off:1", 0), ("http://b:1", 1)]).unwrap();
+        let mut a = 0;
+        for _ in 0..40_000 {
+            match b.pick().authority.host() {
+                "a" => a += 1,
+                "b" => {}
+                other => panic!("picked {other}, which has weight 0"),
+            }
+        }
+        assert!(
+            (29_000..31_000).contains(&a),
+            "a got {a} of 40000 for weight 3/4"
+        );
+    }
+
+    #[test]
+    fn refuses_bad_backends() {
+        assert!(backends(&[]).is_err());
+        assert!(backends(&[("http://a:1", 0)]).is_err());
+        assert!(backends(&[("ftp://a:1", 1)]).is_err());
+        assert!(backends(&[("http://u:p@a:1", 1)]).is_err());
+        assert!(backends(&[("http://a:1", u32::MAX), ("http://b:1", 1)]).is_err());
+        let h2c = backends(&[("h2c://grpc:50051", 1)]).unwrap();
+        assert_eq!(h2c.pick().protocol, Protocol::H2c);
+        assert_eq!(h2c.pick().scheme, Scheme::HTTP);
+    }
+}
