@@ -1,1 +1,37 @@
+//! Test support shared by every crate's integration tests and the e2e scenarios: real
+//! upstreams, an HTTP client, snapshot builders, and child processes that die with the test.
 
+pub mod client;
+pub mod process;
+pub mod snapshot;
+pub mod tls;
+
+pub use pavilion_upstream::Upstream;
+
+use std::time::Duration;
+
+/// Polls `check` every 10 ms until it returns `Some`, or panics after `timeout` naming `what`.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A loopback port that was free a moment ago (for processes that must be told a port).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}

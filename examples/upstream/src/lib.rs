@@ -1,1 +1,189 @@
+//! A small, fast HTTP upstream for the demo, the tests and the benchmarks. It speaks
+//! HTTP/1.1 and h2c on one port and answers:
+//!
+//! * `/fast` — a fixed `ok` (benchmarks);
+//! * `/delay/MS` — after MS milliseconds;
+//! * `/stream/N` — N chunks, 100 ms apart (streaming must reach the client chunk by chunk);
+//! * `/echo-body` — the request body, streamed back as it arrives;
+//! * `/consume` — reads the whole request body, then answers with its length;
+//! * `/status/CODE` — that status;
+//! * anything else — JSON naming this upstream, the method, path, query and headers.
 
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, StatusCode, header};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+pub type Body = BoxBody<Bytes, hyper::Error>;
+
+/// A running upstream; stops when dropped.
+pub struct Upstream {
+    pub addr: SocketAddr,
+    pub name: Arc<str>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Upstream {
+    /// Starts an upstream called `name` on a free loopback port.
+    pub async fn start(name: &str) -> std::io::Result<Self> {
+        Self::start_on(name, "127.0.0.1:0".parse().expect("valid address")).await
+    }
+
+    pub async fn start_on(name: &str, addr: SocketAddr) -> std::io::Result<Self> {
+        let listener = TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let name: Arc<str> = name.into();
+        let task = tokio::spawn(serve(listener, name.clone()));
+        Ok(Self { addr, name, task })
+    }
+
+    /// `http://127.0.0.1:PORT`
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Accepts connections until the task is dropped.
+pub async fn serve(listener: TcpListener, name: Arc<str>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        tokio::spawn(serve_connection(stream, name.clone()));
+    }
+}
+
+/// Serves one connection (plain TCP, or a TLS stream a test accepted).
+pub async fn serve_connection<IO>(io: IO, name: Arc<str>)
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |request| {
+        let name = name.clone();
+        async move { Ok::<_, Infallible>(respond(&name, request).await) }
+    });
+    let _ = auto::Builder::new(TokioExecutor::new())
+        .serve_connection(TokioIo::new(io), service)
+        .await;
+}
+
+async fn respond(name: &str, request: Request<Incoming>) -> Response<Body> {
+    let path = request.uri().path().to_owned();
+    let mut segments = path.trim_start_matches('/').splitn(2, '/');
+    let first = segments.next().unwrap_or_default();
+    let argument = segments.next().unwrap_or_default();
+    let mut response = match first {
+        "fast" => text(StatusCode::OK, "ok"),
+        "delay" => {
+            let ms = argument.parse().unwrap_or(0);
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            echo(name, &request)
+        }
+        "stream" => stream(argument.parse().unwrap_or(3)),
+        "echo-body" => Response::new(request.into_body().boxed()),
+        "consume" => match request.into_body().collect().await {
+            Ok(body) => text_owned(StatusCode::OK, format!("{}", body.to_bytes().len())),
+            Err(_) => text(StatusCode::BAD_REQUEST, "body failed"),
+        },
+        "status" => match argument
+            .parse::<u16>()
+            .ok()
+            .and_then(|c| StatusCode::from_u16(c).ok())
+        {
+            Some(status) => text(status, status.canonical_reason().unwrap_or("status")),
+            None => text(StatusCode::BAD_REQUEST, "bad status"),
+        },
+        _ => echo(name, &request),
+    };
+    if let Ok(value) = HeaderValue::from_str(name) {
+        response.headers_mut().insert("x-upstream", value);
+    }
+    response
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<Body> {
+    let mut response = Response::new(full(Bytes::from_static(body.as_bytes())));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    response
+}
+
+fn text_owned(status: StatusCode, body: String) -> Response<Body> {
+    let mut response = Response::new(full(Bytes::from(body)));
+    *response.status_mut() = status;
+    response
+}
+
+fn full(bytes: Bytes) -> Body {
+    Full::new(bytes).map_err(|never| match never {}).boxed()
+}
+
+fn echo(name: &str, request: &Request<Incoming>) -> Response<Body> {
+    let headers: serde_json::Map<String, serde_json::Value> = request
+        .headers()
+        .keys()
+        .map(|key| {
+            let values: Vec<&str> = request
+                .headers()
+                .get_all(key)
+                .iter()
+                .map(|v| v.to_str().unwrap_or("<binary>"))
+                .collect();
+            (key.as_str().to_owned(), values.join(", ").into())
+        })
+        .collect();
+    let body = serde_json::json!({
+        "upstream": name,
+        "method": request.method().as_str(),
+        "path": request.uri().path(),
+        "query": request.uri().query(),
+        "version": format!("{:?}", request.version()),
+        "headers": headers,
+    });
+    let mut response = Response::new(full(Bytes::from(body.to_string())));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+fn stream(chunks: u32) -> Response<Body> {
+    let (frames, receiver) = mpsc::channel(1);
+    tokio::spawn(async move {
+        for i in 0..chunks {
+            if i > 0 {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            let chunk = Frame::data(Bytes::from(format!("chunk {i}\n")));
+            if frames.send(Ok::<_, hyper::Error>(chunk)).await.is_err() {
+                return;
+            }
+        }
+    });
+    Response::new(BodyExt::boxed(StreamBody::new(ReceiverStream::new(
+        receiver,
+    ))))
+}

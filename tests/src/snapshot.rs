@@ -1,0 +1,43 @@
+//! Builders for snapshots, so data-plane tests can state routes in one line.
+
+use pavilion_proto as proto;
+
+/// A route `ns/name` for `hosts` with the given rules.
+pub fn route(name: &str, hosts: &[&str], rules: Vec<proto::Rule>) -> proto::Route {
+    let (namespace, name) = name.split_once('/').unwrap_or(("default", name));
+    proto::Route {
+        namespace: namespace.into(),
+        name: name.into(),
+        hosts: hosts.iter().map(|h| h.to_string()).collect(),
+        rules,
+    }
+}
+
+/// A rule matching a path prefix, to weighted backends.
+pub fn prefix_rule(prefix: &str, backends: &[(&str, u32)]) -> proto::Rule {
+    proto::Rule {
+        matches: vec![proto::Match {
+            path: Some(proto::PathMatch {
+                r#type: proto::PathMatchType::Prefix as i32,
+                value: prefix.into(),
+            }),
+            ..Default::default()
+        }],
+        backends: backends
+            .iter()
+            .map(|(url, weight)| proto::Backend {
+                url: url.to_string(),
+                weight: *weight,
+            })
+            .collect(),
+        timeout_ms: 10_000,
+    }
+}
+
+/// A snapshot with `routes` and a version.
+pub fn snapshot(version: &str, routes: Vec<proto::Route>) -> proto::Snapshot {
+    proto::Snapshot {
+        version: version.into(),
+        routes,
+    }
+}
