@@ -199,6 +199,14 @@ fn typed_document<T: DeserializeOwned>(chunk: &str, first_line: usize) -> Result
     serde_path_to_error::deserialize(deserializer).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
+        let mut message = strip_location(&inner.to_string());
+        // serde_yaml prefixes the container's path ("spec.rules[0]: unknown field …");
+        // the field is reported on its own.
+        if let Some((prefix, rest)) = message.split_once(": ") {
+            if !prefix.contains(char::is_whitespace) && path.starts_with(prefix) {
+                message = rest.to_owned();
+            }
+        }
         DocumentError {
             line: inner
                 .location()
@@ -208,7 +216,7 @@ fn typed_document<T: DeserializeOwned>(chunk: &str, first_line: usize) -> Result
             } else {
                 path
             },
-            message: strip_location(&inner.to_string()),
+            message,
         }
     })
 }
@@ -279,7 +287,7 @@ spec:
         let e = only_error(&ROUTE.replace("    - backends", "    - timout: 3s\n      backends"));
         assert_eq!(e.line, 7);
         assert_eq!(e.field, "spec.rules[0].timout");
-        assert!(e.message.contains("unknown field `timout`"), "{e}");
+        assert!(e.message.starts_with("unknown field `timout`"), "{e}");
     }
 
     #[test]

@@ -1,0 +1,161 @@
+//! The compiler as the pure function it is: verdicts per document, isolation of bad
+//! documents, deterministic versions, precedence order and conflict reports.
+
+use std::path::PathBuf;
+
+use pavilion_control::compile::{Outcome, Reason, compile};
+use pavilion_control::source::{Item, Origin};
+use pavilion_crds::parse_documents;
+
+fn items(files: &[(&str, &str)]) -> Vec<Item> {
+    files
+        .iter()
+        .flat_map(|(name, text)| {
+            parse_documents(text).into_iter().map(move |doc| Item {
+                origin: Origin::File { path: PathBuf::from(name), line: doc.line },
+                parsed: doc.result,
+            })
+        })
+        .collect()
+}
+
+fn route(name: &str, extra_meta: &str, spec: &str) -> String {
+    format!(
+        "apiVersion: gateway.pavilion.dev/v1alpha1\nkind: Route\nmetadata:\n  name: {name}\n  namespace: shop\n{extra_meta}spec:\n{spec}---\n"
+    )
+}
+
+const SIMPLE: &str = "  rules:\n    - backends: [{ url: http://127.0.0.1:9000 }]\n";
+
+#[test]
+fn bad_documents_are_rejected_alone() {
+    let bad_yaml = "apiVersion: gateway.pavilion.dev/v1alpha1\nkind: Route\nmetadata: { name: broken\n";
+    let compiled = compile(&items(&[
+        ("good.yaml", &route("good", "", SIMPLE)),
+        ("broken.yaml", bad_yaml),
+        ("unknown.yaml", &route("x", "", SIMPLE).replace("kind: Route", "kind: Gateway")),
+        ("invalid.yaml", &route("zero", "", "  rules:\n    - backends: []\n")),
+        ("dup.yaml", &route("good", "", SIMPLE)),
+    ]));
+    let verdicts: Vec<(String, Option<Reason>)> = compiled
+        .reports
+        .iter()
+        .map(|r| {
+            let reason = match &r.outcome {
+                Outcome::Accepted { .. } => None,
+                Outcome::Rejected { reason, .. } => Some(*reason),
+            };
+            (r.origin.to_string(), reason)
+        })
+        .collect();
+    assert_eq!(
+        verdicts,
+        [
+            ("good.yaml:1".to_owned(), None),
+            ("broken.yaml:1".to_owned(), Some(Reason::Unreadable)),
+            ("unknown.yaml:1".to_owned(), Some(Reason::Unreadable)),
+            ("invalid.yaml:1".to_owned(), Some(Reason::Invalid)),
+            ("dup.yaml:1".to_owned(), Some(Reason::Duplicate)),
+        ]
+    );
+    let Outcome::Rejected { errors, .. } = &compiled.reports[4].outcome else { unreachable!() };
+    assert_eq!(errors[0].message, "Route shop/good is already defined at good.yaml:1");
+    assert_eq!(compiled.snapshot.routes.len(), 1);
+    assert_eq!(compiled.snapshot.routes[0].name, "good");
+}
+
+#[test]
+fn the_version_depends_on_content_only() {
+    let a = route("a", "", SIMPLE);
+    let b = route("b", "", SIMPLE);
+    let one = compile(&items(&[("1.yaml", &a), ("2.yaml", &b)]));
+    let two = compile(&items(&[("x.yaml", &b), ("y.yaml", &a)]));
+    assert_eq!(one.snapshot, two.snapshot, "file names and order do not matter");
+    assert_eq!(one.snapshot.version.len(), 16);
+    let changed = compile(&items(&[("1.yaml", &a), ("2.yaml", &b.replace("9000", "9001"))]));
+    assert_ne!(changed.snapshot.version, one.snapshot.version);
+}
+
+#[test]
+fn routes_are_ordered_oldest_first_then_by_name() {
+    let old = "  creationTimestamp: \"2026-01-01T00:00:00Z\"\n";
+    let young = "  creationTimestamp: \"2026-06-01T00:00:00Z\"\n";
+    let compiled = compile(&items(&[(
+        "r.yaml",
+        &[route("b-young", young, SIMPLE), route("z-old", old, SIMPLE), route("a-young", young, SIMPLE)].concat(),
+    )]));
+    let names: Vec<_> = compiled.snapshot.routes.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(names, ["z-old", "a-young", "b-young"]);
+}
+
+#[test]
+fn matches_are_normalised() {
+    let spec = "  hosts: [API.Example.com]\n  rules:\n    - matches:\n        - path: { type: PathPrefix, value: /orders/ }\n          methods: [post, GET, get]\n          headers: [{ name: X-B, value: '2' }, { name: x-a, value: '1' }]\n      backends: [{ url: http://127.0.0.1:9000 }]\n      timeout: 1m\n";
+    let compiled = compile(&items(&[("r.yaml", &route("r", "", spec))]));
+    let route = &compiled.snapshot.routes[0];
+    assert_eq!(route.hosts, ["api.example.com"]);
+    let rule = &route.rules[0];
+    assert_eq!(rule.timeout_ms, 60_000);
+    let m = &rule.matches[0];
+    assert_eq!(m.path.as_ref().unwrap().value, "/orders");
+    assert_eq!(m.methods, ["GET", "POST"]);
+    let headers: Vec<_> = m.headers.iter().map(|h| (h.name.as_str(), h.value.as_str())).collect();
+    assert_eq!(headers, [("x-a", "1"), ("x-b", "2")]);
+    assert_eq!(rule.backends[0].weight, 1);
+}
+
+#[test]
+fn a_younger_route_claiming_the_same_match_gets_a_warning() {
+    let old = "  creationTimestamp: \"2026-01-01T00:00:00Z\"\n";
+    let young = "  creationTimestamp: \"2026-06-01T00:00:00Z\"\n";
+    let spec = "  hosts: [api.example.com, other.example.com]\n  rules:\n    - matches: [{ path: { type: PathPrefix, value: /orders } }]\n      backends: [{ url: http://127.0.0.1:9000 }]\n";
+    let younger_spec = spec.replace("api.example.com, other.example.com", "api.example.com");
+    let compiled = compile(&items(&[(
+        "r.yaml",
+        &[route("younger", young, &younger_spec), route("older", old, spec)].concat(),
+    )]));
+    let Outcome::Accepted { warnings } = &compiled.reports[0].outcome else { panic!("still accepted") };
+    assert_eq!(warnings.len(), 1);
+    assert_eq!(warnings[0].field, "spec.rules[0].matches[0]");
+    assert_eq!(
+        warnings[0].message,
+        "host api.example.com: PathPrefix /orders is already served by the older Route shop/older; this match never applies there"
+    );
+    let Outcome::Accepted { warnings } = &compiled.reports[1].outcome else { panic!() };
+    assert!(warnings.is_empty());
+}
+
+#[test]
+fn policies_must_target_an_accepted_route_in_their_namespace() {
+    let policy = |name: &str, target: &str| {
+        format!("apiVersion: gateway.pavilion.dev/v1alpha1\nkind: CorsPolicy\nmetadata: {{ name: {name}, namespace: shop }}\nspec:\n  targetRef: {target}\n  allowOrigins: ['https://a.example.com']\n---\n")
+    };
+    let compiled = compile(&items(&[(
+        "p.yaml",
+        &[
+            route("orders", "", SIMPLE),
+            route("broken", "", "  rules: []\n"),
+            policy("ok", "{ kind: Route, name: orders }"),
+            policy("missing", "{ kind: Route, name: nope }"),
+            policy("on-broken", "{ kind: Route, name: broken }"),
+            policy("ns", "{ kind: Namespace, name: shop }"),
+            policy("other-ns", "{ kind: Namespace, name: billing }"),
+        ]
+        .concat(),
+    )]));
+    let accepted: Vec<_> = compiled.reports.iter().map(|r| r.is_accepted()).collect();
+    assert_eq!(accepted, [true, false, true, false, false, true, false]);
+    let Outcome::Rejected { reason, errors } = &compiled.reports[3].outcome else { unreachable!() };
+    assert_eq!(*reason, Reason::TargetNotFound);
+    assert_eq!(errors[0].message, "no accepted Route `nope` in namespace `shop`");
+}
+
+#[test]
+fn a_tenant_is_placed_once() {
+    let placement = |name: &str| {
+        format!("apiVersion: gateway.pavilion.dev/v1alpha1\nkind: TenantPlacement\nmetadata: {{ name: {name} }}\nspec:\n  tenant: acme\n  revision: 1\n  shards: [{{ name: s1, endpoints: ['http://10.0.0.1:80'] }}]\n  placements: [{{ service: aggregate, shard: s1 }}]\n---\n")
+    };
+    let compiled = compile(&items(&[("t.yaml", &[placement("first"), placement("second")].concat())]));
+    assert!(compiled.reports[0].is_accepted());
+    assert!(matches!(compiled.reports[1].outcome, Outcome::Rejected { reason: Reason::Duplicate, .. }));
+}

@@ -1,0 +1,73 @@
+//! The directory source follows edits, additions and deletions on a real file system.
+
+use std::time::{Duration, Instant};
+
+use pavilion_control::source::{DirSource, Items, Source};
+use tokio::sync::watch;
+
+fn route(name: &str, port: u16) -> String {
+    format!(
+        "apiVersion: gateway.pavilion.dev/v1alpha1\nkind: Route\nmetadata: {{ name: {name} }}\nspec:\n  rules:\n    - backends: [{{ url: http://127.0.0.1:{port} }}]\n"
+    )
+}
+
+/// The `(name, backend port)` of every readable route in the latest set.
+fn routes(items: &Items) -> Vec<(String, String)> {
+    items
+        .iter()
+        .filter_map(|i| match &i.parsed {
+            Ok(pavilion_crds::Resource::Route(r)) => Some((
+                r.metadata.name.clone().unwrap(),
+                r.spec.rules[0].backends[0].url.clone().unwrap().rsplit(':').next().unwrap().to_owned(),
+            )),
+            _ => None,
+        })
+        .collect()
+}
+
+async fn wait_for(rx: &mut watch::Receiver<Option<Items>>, what: &str, want: &[(&str, &str)]) {
+    let started = Instant::now();
+    let want: Vec<(String, String)> = want.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect();
+    tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            if let Some(items) = rx.borrow_and_update().clone() {
+                if routes(&items) == want {
+                    return;
+                }
+            }
+            rx.changed().await.unwrap();
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("the source did not see {what}"));
+    eprintln!("{what}: seen after {:?}", started.elapsed());
+}
+
+#[tokio::test]
+async fn follows_edits_additions_and_deletions() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("a.yaml"), route("a", 1)).unwrap();
+    std::fs::create_dir(dir.path().join("nested")).unwrap();
+    std::fs::write(dir.path().join(".hidden.yaml"), route("hidden", 9)).unwrap();
+    std::fs::write(dir.path().join("notes.txt"), "not a resource").unwrap();
+    let (tx, mut rx) = watch::channel(None);
+    let source: Box<dyn Source> = Box::new(DirSource::new(dir.path()));
+    let task = tokio::spawn(source.run(tx));
+
+    wait_for(&mut rx, "the initial listing", &[("a", "1")]).await;
+    std::fs::write(dir.path().join("a.yaml"), route("a", 2)).unwrap();
+    wait_for(&mut rx, "an edit", &[("a", "2")]).await;
+    std::fs::write(dir.path().join("nested/b.yaml"), format!("{}---\n{}", route("b", 3), route("c", 4))).unwrap();
+    wait_for(&mut rx, "a multi-document file in a subdirectory", &[("a", "2"), ("b", "3"), ("c", "4")]).await;
+    std::fs::remove_file(dir.path().join("a.yaml")).unwrap();
+    wait_for(&mut rx, "a deletion", &[("b", "3"), ("c", "4")]).await;
+    task.abort();
+}
+
+#[tokio::test]
+async fn a_missing_directory_is_an_error_at_once() {
+    let (tx, _rx) = watch::channel(None);
+    let source: Box<dyn Source> = Box::new(DirSource::new("/nonexistent/pavilion"));
+    let error = source.run(tx).await.unwrap_err();
+    assert!(error.to_string().contains("not a directory"), "{error}");
+}
