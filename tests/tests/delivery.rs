@@ -1,0 +1,283 @@
+//! Control plane and data plane together, in process, over real gRPC: files become
+//! traffic, status tells the truth, and ACK/NACK travel both ways.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use pavilion_control::{Config as ControlConfig, ControlPlane, SourceSpec};
+use pavilion_data::{Config as DataConfig, DataPlane};
+use pavilion_proto::v1::snapshot_discovery_client::SnapshotDiscoveryClient;
+use pavilion_proto::v1::snapshot_discovery_server::{SnapshotDiscovery, SnapshotDiscoveryServer};
+use pavilion_proto::{Node, SnapshotRequest, SnapshotResponse};
+use pavilion_tests::client::HttpClient;
+use pavilion_tests::snapshot::{prefix_rule, route, snapshot};
+use pavilion_tests::{Upstream, eventually};
+use serde_json::Value;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+const PATIENCE: Duration = Duration::from_secs(5);
+
+fn route_yaml(name: &str, backend: &str) -> String {
+    format!(
+        "apiVersion: gateway.pavilion.dev/v1alpha1\nkind: Route\nmetadata: {{ name: {name}, namespace: shop }}\nspec:\n  rules:\n    - matches: [{{ path: {{ type: PathPrefix, value: /{name} }} }}]\n      backends: [{{ url: '{backend}' }}]\n"
+    )
+}
+
+async fn control_plane(dir: &Path, grpc: SocketAddr) -> ControlPlane {
+    pavilion_control::start(ControlConfig {
+        source: SourceSpec::Dir(dir.to_owned()),
+        grpc_listen: grpc,
+        http_listen: "127.0.0.1:0".parse().unwrap(),
+    })
+    .await
+    .expect("control plane starts")
+}
+
+async fn data_plane(node: &str, cp: SocketAddr) -> DataPlane {
+    let mut config = DataConfig::local();
+    config.node_id = node.into();
+    config.control_planes = vec![format!("http://{cp}")];
+    pavilion_data::start(config).await.expect("data plane starts")
+}
+
+async fn fetch_status(cp: &ControlPlane) -> Value {
+    HttpClient::http1().get(&format!("http://{}/v1/status", cp.http_addr)).await.unwrap().json()
+}
+
+/// The name of the upstream that served `path`, once it is `want`.
+async fn served_by(dp: &DataPlane, path: &str, want: &str) {
+    let url = format!("http://{}{path}", dp.addr);
+    eventually(&format!("{path} served by {want}"), PATIENCE, || {
+        let url = url.clone();
+        async move {
+            let reply = HttpClient::http1().get(&url).await.ok()?;
+            (reply.header("x-upstream") == Some(want)).then_some(())
+        }
+    })
+    .await
+}
+
+fn resource<'a>(status: &'a Value, name: &str) -> &'a Value {
+    status["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == name)
+        .unwrap_or_else(|| panic!("no resource {name} in {status}"))
+}
+
+fn condition<'a>(resource: &'a Value, kind: &str) -> &'a Value {
+    resource["conditions"].as_array().unwrap().iter().find(|c| c["type"] == kind).unwrap()
+}
+
+#[tokio::test]
+async fn files_become_traffic_and_status_tells_the_truth() {
+    let a = Upstream::start("a").await.unwrap();
+    let b = Upstream::start("b").await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("orders.yaml"), route_yaml("orders", &a.url())).unwrap();
+    let cp = control_plane(dir.path(), "127.0.0.1:0".parse().unwrap()).await;
+    let dp = data_plane("dp-1", cp.grpc_addr).await;
+
+    served_by(&dp, "/orders", "a").await;
+    std::fs::write(dir.path().join("orders.yaml"), route_yaml("orders", &b.url())).unwrap();
+    served_by(&dp, "/orders", "b").await;
+
+    // A broken file is rejected alone; the good route keeps serving.
+    std::fs::write(dir.path().join("broken.yaml"), route_yaml("broken", "not-a-url")).unwrap();
+    let status = eventually("the broken route in the status", PATIENCE, || async {
+        let status = fetch_status(&cp).await;
+        let found = status["resources"].as_array()?.iter().any(|r| r["name"] == "broken");
+        found.then_some(status)
+    })
+    .await;
+    let broken = resource(&status, "broken");
+    let accepted = condition(broken, "Accepted");
+    assert_eq!(accepted["status"], "False");
+    assert_eq!(accepted["reason"], "Invalid");
+    assert!(accepted["message"].as_str().unwrap().starts_with("spec.rules[0].backends[0].url: `not-a-url`"), "{accepted}");
+    assert_eq!(broken["origin"], format!("{}:1", dir.path().join("broken.yaml").display()));
+    served_by(&dp, "/orders", "b").await;
+
+    // The node runs the current version, so the good route is Programmed.
+    let version = status["snapshot"]["version"].as_str().unwrap().to_owned();
+    let status = eventually("dp-1 running the current version", PATIENCE, || {
+        let version = version.clone();
+        let cp = &cp;
+        async move {
+            let status = fetch_status(cp).await;
+            (status["nodes"][0]["version"] == version.as_str()).then_some(status)
+        }
+    })
+    .await;
+    assert_eq!(status["nodes"][0]["id"], "dp-1");
+    assert_eq!(status["nodes"].as_array().unwrap().len(), 1);
+    let orders = resource(&status, "orders");
+    assert_eq!(condition(orders, "Accepted")["status"], "True");
+    let programmed = condition(orders, "Programmed");
+    assert_eq!((programmed["status"].as_str(), programmed["reason"].as_str()), (Some("True"), Some("Programmed")));
+    assert_eq!(dp.version(), version);
+
+    // Deleting the file removes the route.
+    std::fs::remove_file(dir.path().join("orders.yaml")).unwrap();
+    let url = format!("http://{}/orders", dp.addr);
+    eventually("the route to disappear", PATIENCE, || {
+        let url = url.clone();
+        async move { (HttpClient::http1().get(&url).await.ok()?.status == 404).then_some(()) }
+    })
+    .await;
+    dp.stop().await;
+    cp.stop().await;
+}
+
+#[tokio::test]
+async fn a_late_data_plane_gets_the_current_snapshot_at_once_and_reconnects_after_a_restart() {
+    let a = Upstream::start("a").await.unwrap();
+    let b = Upstream::start("b").await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("r.yaml"), route_yaml("r", &a.url())).unwrap();
+    let cp = control_plane(dir.path(), "127.0.0.1:0".parse().unwrap()).await;
+    let grpc = cp.grpc_addr;
+    eventually("the control plane to be ready", PATIENCE, || async {
+        fetch_status(&cp).await["ready"].as_bool().filter(|r| *r)
+    })
+    .await;
+    let dp = data_plane("late", grpc).await;
+    served_by(&dp, "/r", "a").await;
+
+    // The control plane goes away: traffic continues on the last snapshot.
+    cp.stop().await;
+    served_by(&dp, "/r", "a").await;
+    // It comes back (same address) with a changed config; the data plane reconnects.
+    std::fs::write(dir.path().join("r.yaml"), route_yaml("r", &b.url())).unwrap();
+    let cp = control_plane(dir.path(), grpc).await;
+    served_by(&dp, "/r", "b").await;
+    dp.stop().await;
+    cp.stop().await;
+}
+
+#[tokio::test]
+async fn the_control_plane_records_a_nack_and_reports_the_route_not_programmed() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("r.yaml"), route_yaml("r", "http://127.0.0.1:9")).unwrap();
+    let cp = control_plane(dir.path(), "127.0.0.1:0".parse().unwrap()).await;
+    let mut client = SnapshotDiscoveryClient::connect(format!("http://{}", cp.grpc_addr)).await.unwrap();
+    let (requests, outgoing) = mpsc::channel(4);
+    let hello = SnapshotRequest {
+        node: Some(Node { id: "picky".into(), build_version: "test".into() }),
+        ..Default::default()
+    };
+    requests.send(hello).await.unwrap();
+    let mut responses = client.stream_snapshots(ReceiverStream::new(outgoing)).await.unwrap().into_inner();
+    let first: SnapshotResponse = responses.message().await.unwrap().expect("the current snapshot at once");
+    assert_eq!(first.snapshot.as_ref().unwrap().version, first.version);
+    assert_eq!(first.snapshot.unwrap().routes[0].name, "r");
+    requests
+        .send(SnapshotRequest {
+            version_info: String::new(),
+            response_nonce: first.nonce.clone(),
+            error_detail: "refusing on purpose".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let status = eventually("the NACK in the status", PATIENCE, || async {
+        let status = fetch_status(&cp).await;
+        (status["nodes"][0]["lastError"] == "refusing on purpose").then_some(status)
+    })
+    .await;
+    let programmed = condition(resource(&status, "r"), "Programmed");
+    assert_eq!(programmed["status"], "False");
+    assert_eq!(programmed["reason"], "Refused");
+    assert_eq!(programmed["message"], "data plane picky refused the snapshot: refusing on purpose");
+
+    // An ACK clears it.
+    requests
+        .send(SnapshotRequest { version_info: first.version.clone(), response_nonce: first.nonce, ..Default::default() })
+        .await
+        .unwrap();
+    eventually("the ACK in the status", PATIENCE, || async {
+        let status = fetch_status(&cp).await;
+        (condition(resource(&status, "r"), "Programmed")["status"] == "True").then_some(())
+    })
+    .await;
+    drop(requests);
+    cp.stop().await;
+}
+
+/// A control plane that sends the snapshots it is given and reports every request.
+struct ScriptedControlPlane {
+    /// `(version of the response, snapshot)`, sent in turn, each after the previous answer.
+    snapshots: std::sync::Mutex<Option<Vec<(String, pavilion_proto::Snapshot)>>>,
+    seen: mpsc::Sender<SnapshotRequest>,
+}
+
+#[tonic::async_trait]
+impl SnapshotDiscovery for ScriptedControlPlane {
+    type StreamSnapshotsStream = ReceiverStream<Result<SnapshotResponse, tonic::Status>>;
+
+    async fn stream_snapshots(
+        &self,
+        request: tonic::Request<tonic::Streaming<SnapshotRequest>>,
+    ) -> Result<tonic::Response<Self::StreamSnapshotsStream>, tonic::Status> {
+        let mut inbound = request.into_inner();
+        let snapshots = self.snapshots.lock().unwrap().take().unwrap_or_default();
+        let seen = self.seen.clone();
+        let (responses, stream) = mpsc::channel(4);
+        tokio::spawn(async move {
+            let hello = inbound.message().await.unwrap().unwrap();
+            seen.send(hello).await.unwrap();
+            for (i, (version, snapshot)) in snapshots.into_iter().enumerate() {
+                let response = SnapshotResponse { version, nonce: format!("n{i}"), snapshot: Some(snapshot) };
+                responses.send(Ok(response)).await.unwrap();
+                let answer = inbound.message().await.unwrap().unwrap();
+                seen.send(answer).await.unwrap();
+            }
+            // Keep the stream open until the data plane goes.
+            while let Ok(Some(_)) = inbound.message().await {}
+        });
+        Ok(tonic::Response::new(ReceiverStream::new(stream)))
+    }
+}
+
+#[tokio::test]
+async fn the_data_plane_nacks_what_it_cannot_build_and_keeps_serving() {
+    let upstream = Upstream::start("u").await.unwrap();
+    let good = snapshot("good", vec![route("ns/r", &[], vec![prefix_rule("/", &[(&upstream.url(), 1)])])]);
+    let mut bad_rule = prefix_rule("/", &[(&upstream.url(), 1)]);
+    bad_rule.matches[0].path.as_mut().unwrap().r#type = pavilion_proto::PathMatchType::RegularExpression as i32;
+    bad_rule.matches[0].path.as_mut().unwrap().value = "/[".into();
+    let bad = snapshot("bad", vec![route("ns/r", &[], vec![bad_rule])]);
+    let other = pavilion_proto::Snapshot { version: "other".into(), ..good.clone() };
+    let script = vec![("good".to_owned(), good), ("bad".to_owned(), bad), ("claimed".to_owned(), other)];
+
+    let (seen, mut requests) = mpsc::channel(8);
+    let server = ScriptedControlPlane { snapshots: std::sync::Mutex::new(Some(script)), seen };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server_task = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(SnapshotDiscoveryServer::new(server))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let dp = data_plane("strict", addr).await;
+
+    let hello = requests.recv().await.unwrap();
+    assert_eq!(hello.node.unwrap().id, "strict");
+    assert_eq!(hello.version_info, "", "nothing served yet");
+    let ack = requests.recv().await.unwrap();
+    assert_eq!((ack.version_info.as_str(), ack.response_nonce.as_str(), ack.error_detail.as_str()), ("good", "n0", ""));
+    let nack = requests.recv().await.unwrap();
+    assert_eq!((nack.version_info.as_str(), nack.response_nonce.as_str()), ("good", "n1"));
+    assert!(nack.error_detail.starts_with("route ns/r: rule 0: invalid regular expression"), "{}", nack.error_detail);
+    // The response's version and the snapshot's must agree (the version says what was built).
+    let nack = requests.recv().await.unwrap();
+    assert_eq!(nack.version_info, "good");
+    assert_eq!(nack.error_detail, "the snapshot's version other differs from the response's claimed");
+    assert_eq!(dp.version(), "good");
+    assert_eq!(HttpClient::http1().get(&format!("http://{}/", dp.addr)).await.unwrap().status, 200);
+    dp.stop().await;
+    server_task.abort();
+}
