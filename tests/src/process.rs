@@ -7,23 +7,18 @@ use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 
 /// Path of a workspace binary, built once per test process with the same profile as the
-/// tests (`cargo build` is a no-op when it is fresh).
+/// tests, so an e2e run never starts a stale binary.
 pub fn binary(name: &str) -> PathBuf {
     static BUILT: OnceLock<()> = OnceLock::new();
     let profile_dir = target_profile_dir();
     BUILT.get_or_init(|| {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut command = Command::new(cargo);
-        command.current_dir(workspace_root()).args([
-            "build",
-            "--bins",
-            "-p",
-            "pavilion-control",
-            "-p",
-            "pavilion-data",
-            "-p",
-            "pavilion-upstream",
-        ]);
+        // The same target set as `cargo test --workspace` (and nextest) builds, so features
+        // unify identically and this is a no-op after a workspace test build.
+        command
+            .current_dir(workspace_root())
+            .args(["build", "--workspace", "--all-targets"]);
         if profile_dir.file_name().is_some_and(|p| p == "release") {
             command.arg("--release");
         }
