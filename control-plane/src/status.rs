@@ -1,6 +1,7 @@
 //! Conditions for each resource, following Kubernetes conventions: `Accepted` says whether
 //! the compiler took it, `Programmed` whether every connected data plane runs it.
 
+use pavilion_crds::Kind;
 use pavilion_crds::status::{ACCEPTED, PROGRAMMED};
 use serde::Serialize;
 
@@ -47,7 +48,19 @@ pub fn conditions(report: &Report, version: &str, nodes: &[NodeStatus]) -> Vec<C
             } else {
                 ("AcceptedWithWarnings", join(warnings))
             };
-            let (status, programmed_reason, programmed_message) = programmed(version, nodes);
+            let kind = report.key.as_ref().map(|k| k.kind);
+            let (status, programmed_reason, programmed_message) = if kind == Some(Kind::Route) {
+                programmed(version, nodes)
+            } else {
+                // Validated and kept, but nothing enforces it yet: say so rather than
+                // let anyone believe a limit or a CORS rule is active.
+                let kind = kind.map_or("this kind", Kind::as_str);
+                (
+                    "False",
+                    "NotEnforced",
+                    format!("data planes do not enforce {kind} yet"),
+                )
+            };
             vec![
                 condition(ACCEPTED, "True", reason, message),
                 condition(PROGRAMMED, status, programmed_reason, programmed_message),
@@ -96,4 +109,119 @@ fn programmed(version: &str, nodes: &[NodeStatus]) -> (&'static str, &'static st
         "Programmed",
         format!("running on {} data planes", nodes.len()),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use pavilion_crds::{FieldError, ResourceKey};
+
+    use super::*;
+    use crate::compile::Reason;
+    use crate::source::Origin;
+
+    fn report(kind: Kind, outcome: Outcome) -> Report {
+        Report {
+            origin: Origin::File {
+                path: PathBuf::from("r.yaml"),
+                line: 1,
+            },
+            key: Some(ResourceKey {
+                kind,
+                namespace: "ns".into(),
+                name: "n".into(),
+            }),
+            generation: Some(3),
+            outcome,
+        }
+    }
+
+    fn node(id: &str, version: &str, error: Option<&str>) -> NodeStatus {
+        NodeStatus {
+            id: id.into(),
+            build_version: "t".into(),
+            address: None,
+            connected_at: String::new(),
+            version: version.into(),
+            pending_version: None,
+            last_error: error.map(Into::into),
+        }
+    }
+
+    fn summary(conditions: &[Condition]) -> Vec<(&str, &str, &str)> {
+        conditions
+            .iter()
+            .map(|c| (c.kind, c.status, c.reason))
+            .collect()
+    }
+
+    #[test]
+    fn rejected_resources_are_neither_accepted_nor_programmed() {
+        let error = FieldError {
+            field: "spec.rules".into(),
+            message: "at least one rule is required".into(),
+        };
+        let r = report(
+            Kind::Route,
+            Outcome::Rejected {
+                reason: Reason::Invalid,
+                errors: vec![error],
+            },
+        );
+        let conditions = conditions(&r, "v1", &[node("a", "v1", None)]);
+        assert_eq!(
+            summary(&conditions),
+            [
+                ("Accepted", "False", "Invalid"),
+                ("Programmed", "False", "Invalid")
+            ]
+        );
+        assert_eq!(
+            conditions[0].message,
+            "spec.rules: at least one rule is required"
+        );
+        assert_eq!(conditions[0].observed_generation, Some(3));
+    }
+
+    #[test]
+    fn routes_are_programmed_once_every_node_runs_the_version() {
+        let r = report(Kind::Route, Outcome::Accepted { warnings: vec![] });
+        let programmed = |nodes: &[NodeStatus]| {
+            let c = conditions(&r, "v2", nodes);
+            (c[1].status, c[1].reason, c[1].message.clone())
+        };
+        assert_eq!(programmed(&[]).1, "NoDataPlanes");
+        assert_eq!(
+            programmed(&[node("a", "v2", None), node("b", "v1", None)]).1,
+            "Pending"
+        );
+        let refused = programmed(&[node("a", "v2", None), node("b", "v1", Some("bad regex"))]);
+        assert_eq!((refused.0, refused.1), ("False", "Refused"));
+        assert_eq!(refused.2, "data plane b refused the snapshot: bad regex");
+        assert_eq!(
+            programmed(&[node("a", "v2", None), node("b", "v2", None)]).0,
+            "True"
+        );
+    }
+
+    #[test]
+    fn kinds_nothing_enforces_yet_say_so() {
+        let r = report(
+            Kind::RateLimitPolicy,
+            Outcome::Accepted { warnings: vec![] },
+        );
+        let conditions = conditions(&r, "v1", &[node("a", "v1", None)]);
+        assert_eq!(
+            summary(&conditions),
+            [
+                ("Accepted", "True", "Accepted"),
+                ("Programmed", "False", "NotEnforced")
+            ]
+        );
+        assert_eq!(
+            conditions[1].message,
+            "data planes do not enforce RateLimitPolicy yet"
+        );
+    }
 }

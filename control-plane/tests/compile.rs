@@ -12,7 +12,10 @@ fn items(files: &[(&str, &str)]) -> Vec<Item> {
         .iter()
         .flat_map(|(name, text)| {
             parse_documents(text).into_iter().map(move |doc| Item {
-                origin: Origin::File { path: PathBuf::from(name), line: doc.line },
+                origin: Origin::File {
+                    path: PathBuf::from(name),
+                    line: doc.line,
+                },
                 parsed: doc.result,
             })
         })
@@ -29,12 +32,19 @@ const SIMPLE: &str = "  rules:\n    - backends: [{ url: http://127.0.0.1:9000 }]
 
 #[test]
 fn bad_documents_are_rejected_alone() {
-    let bad_yaml = "apiVersion: gateway.pavilion.dev/v1alpha1\nkind: Route\nmetadata: { name: broken\n";
+    let bad_yaml =
+        "apiVersion: gateway.pavilion.dev/v1alpha1\nkind: Route\nmetadata: { name: broken\n";
     let compiled = compile(&items(&[
         ("good.yaml", &route("good", "", SIMPLE)),
         ("broken.yaml", bad_yaml),
-        ("unknown.yaml", &route("x", "", SIMPLE).replace("kind: Route", "kind: Gateway")),
-        ("invalid.yaml", &route("zero", "", "  rules:\n    - backends: []\n")),
+        (
+            "unknown.yaml",
+            &route("x", "", SIMPLE).replace("kind: Route", "kind: Gateway"),
+        ),
+        (
+            "invalid.yaml",
+            &route("zero", "", "  rules:\n    - backends: []\n"),
+        ),
         ("dup.yaml", &route("good", "", SIMPLE)),
     ]));
     let verdicts: Vec<(String, Option<Reason>)> = compiled
@@ -58,8 +68,13 @@ fn bad_documents_are_rejected_alone() {
             ("dup.yaml:1".to_owned(), Some(Reason::Duplicate)),
         ]
     );
-    let Outcome::Rejected { errors, .. } = &compiled.reports[4].outcome else { unreachable!() };
-    assert_eq!(errors[0].message, "Route shop/good is already defined at good.yaml:1");
+    let Outcome::Rejected { errors, .. } = &compiled.reports[4].outcome else {
+        unreachable!()
+    };
+    assert_eq!(
+        errors[0].message,
+        "Route shop/good is already defined at good.yaml:1"
+    );
     assert_eq!(compiled.snapshot.routes.len(), 1);
     assert_eq!(compiled.snapshot.routes[0].name, "good");
 }
@@ -70,9 +85,15 @@ fn the_version_depends_on_content_only() {
     let b = route("b", "", SIMPLE);
     let one = compile(&items(&[("1.yaml", &a), ("2.yaml", &b)]));
     let two = compile(&items(&[("x.yaml", &b), ("y.yaml", &a)]));
-    assert_eq!(one.snapshot, two.snapshot, "file names and order do not matter");
+    assert_eq!(
+        one.snapshot, two.snapshot,
+        "file names and order do not matter"
+    );
     assert_eq!(one.snapshot.version.len(), 16);
-    let changed = compile(&items(&[("1.yaml", &a), ("2.yaml", &b.replace("9000", "9001"))]));
+    let changed = compile(&items(&[
+        ("1.yaml", &a),
+        ("2.yaml", &b.replace("9000", "9001")),
+    ]));
     assert_ne!(changed.snapshot.version, one.snapshot.version);
 }
 
@@ -82,9 +103,19 @@ fn routes_are_ordered_oldest_first_then_by_name() {
     let young = "  creationTimestamp: \"2026-06-01T00:00:00Z\"\n";
     let compiled = compile(&items(&[(
         "r.yaml",
-        &[route("b-young", young, SIMPLE), route("z-old", old, SIMPLE), route("a-young", young, SIMPLE)].concat(),
+        &[
+            route("b-young", young, SIMPLE),
+            route("z-old", old, SIMPLE),
+            route("a-young", young, SIMPLE),
+        ]
+        .concat(),
     )]));
-    let names: Vec<_> = compiled.snapshot.routes.iter().map(|r| r.name.as_str()).collect();
+    let names: Vec<_> = compiled
+        .snapshot
+        .routes
+        .iter()
+        .map(|r| r.name.as_str())
+        .collect();
     assert_eq!(names, ["z-old", "a-young", "b-young"]);
 }
 
@@ -99,7 +130,11 @@ fn matches_are_normalised() {
     let m = &rule.matches[0];
     assert_eq!(m.path.as_ref().unwrap().value, "/orders");
     assert_eq!(m.methods, ["GET", "POST"]);
-    let headers: Vec<_> = m.headers.iter().map(|h| (h.name.as_str(), h.value.as_str())).collect();
+    let headers: Vec<_> = m
+        .headers
+        .iter()
+        .map(|h| (h.name.as_str(), h.value.as_str()))
+        .collect();
     assert_eq!(headers, [("x-a", "1"), ("x-b", "2")]);
     assert_eq!(rule.backends[0].weight, 1);
 }
@@ -112,23 +147,33 @@ fn a_younger_route_claiming_the_same_match_gets_a_warning() {
     let younger_spec = spec.replace("api.example.com, other.example.com", "api.example.com");
     let compiled = compile(&items(&[(
         "r.yaml",
-        &[route("younger", young, &younger_spec), route("older", old, spec)].concat(),
+        &[
+            route("younger", young, &younger_spec),
+            route("older", old, spec),
+        ]
+        .concat(),
     )]));
-    let Outcome::Accepted { warnings } = &compiled.reports[0].outcome else { panic!("still accepted") };
+    let Outcome::Accepted { warnings } = &compiled.reports[0].outcome else {
+        panic!("still accepted")
+    };
     assert_eq!(warnings.len(), 1);
     assert_eq!(warnings[0].field, "spec.rules[0].matches[0]");
     assert_eq!(
         warnings[0].message,
         "host api.example.com: PathPrefix /orders is already served by the older Route shop/older; this match never applies there"
     );
-    let Outcome::Accepted { warnings } = &compiled.reports[1].outcome else { panic!() };
+    let Outcome::Accepted { warnings } = &compiled.reports[1].outcome else {
+        panic!()
+    };
     assert!(warnings.is_empty());
 }
 
 #[test]
 fn policies_must_target_an_accepted_route_in_their_namespace() {
     let policy = |name: &str, target: &str| {
-        format!("apiVersion: gateway.pavilion.dev/v1alpha1\nkind: CorsPolicy\nmetadata: {{ name: {name}, namespace: shop }}\nspec:\n  targetRef: {target}\n  allowOrigins: ['https://a.example.com']\n---\n")
+        format!(
+            "apiVersion: gateway.pavilion.dev/v1alpha1\nkind: CorsPolicy\nmetadata: {{ name: {name}, namespace: shop }}\nspec:\n  targetRef: {target}\n  allowOrigins: ['https://a.example.com']\n---\n"
+        )
     };
     let compiled = compile(&items(&[(
         "p.yaml",
@@ -145,17 +190,33 @@ fn policies_must_target_an_accepted_route_in_their_namespace() {
     )]));
     let accepted: Vec<_> = compiled.reports.iter().map(|r| r.is_accepted()).collect();
     assert_eq!(accepted, [true, false, true, false, false, true, false]);
-    let Outcome::Rejected { reason, errors } = &compiled.reports[3].outcome else { unreachable!() };
+    let Outcome::Rejected { reason, errors } = &compiled.reports[3].outcome else {
+        unreachable!()
+    };
     assert_eq!(*reason, Reason::TargetNotFound);
-    assert_eq!(errors[0].message, "no accepted Route `nope` in namespace `shop`");
+    assert_eq!(
+        errors[0].message,
+        "no accepted Route `nope` in namespace `shop`"
+    );
 }
 
 #[test]
 fn a_tenant_is_placed_once() {
     let placement = |name: &str| {
-        format!("apiVersion: gateway.pavilion.dev/v1alpha1\nkind: TenantPlacement\nmetadata: {{ name: {name} }}\nspec:\n  tenant: acme\n  revision: 1\n  shards: [{{ name: s1, endpoints: ['http://10.0.0.1:80'] }}]\n  placements: [{{ service: aggregate, shard: s1 }}]\n---\n")
+        format!(
+            "apiVersion: gateway.pavilion.dev/v1alpha1\nkind: TenantPlacement\nmetadata: {{ name: {name} }}\nspec:\n  tenant: acme\n  revision: 1\n  shards: [{{ name: s1, endpoints: ['http://10.0.0.1:80'] }}]\n  placements: [{{ service: aggregate, shard: s1 }}]\n---\n"
+        )
     };
-    let compiled = compile(&items(&[("t.yaml", &[placement("first"), placement("second")].concat())]));
+    let compiled = compile(&items(&[(
+        "t.yaml",
+        &[placement("first"), placement("second")].concat(),
+    )]));
     assert!(compiled.reports[0].is_accepted());
-    assert!(matches!(compiled.reports[1].outcome, Outcome::Rejected { reason: Reason::Duplicate, .. }));
+    assert!(matches!(
+        compiled.reports[1].outcome,
+        Outcome::Rejected {
+            reason: Reason::Duplicate,
+            ..
+        }
+    ));
 }

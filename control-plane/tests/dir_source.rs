@@ -18,7 +18,14 @@ fn routes(items: &Items) -> Vec<(String, String)> {
         .filter_map(|i| match &i.parsed {
             Ok(pavilion_crds::Resource::Route(r)) => Some((
                 r.metadata.name.clone().unwrap(),
-                r.spec.rules[0].backends[0].url.clone().unwrap().rsplit(':').next().unwrap().to_owned(),
+                r.spec.rules[0].backends[0]
+                    .url
+                    .clone()
+                    .unwrap()
+                    .rsplit(':')
+                    .next()
+                    .unwrap()
+                    .to_owned(),
             )),
             _ => None,
         })
@@ -27,7 +34,10 @@ fn routes(items: &Items) -> Vec<(String, String)> {
 
 async fn wait_for(rx: &mut watch::Receiver<Option<Items>>, what: &str, want: &[(&str, &str)]) {
     let started = Instant::now();
-    let want: Vec<(String, String)> = want.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect();
+    let want: Vec<(String, String)> = want
+        .iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect();
     tokio::time::timeout(Duration::from_secs(5), async {
         loop {
             if let Some(items) = rx.borrow_and_update().clone() {
@@ -57,8 +67,17 @@ async fn follows_edits_additions_and_deletions() {
     wait_for(&mut rx, "the initial listing", &[("a", "1")]).await;
     std::fs::write(dir.path().join("a.yaml"), route("a", 2)).unwrap();
     wait_for(&mut rx, "an edit", &[("a", "2")]).await;
-    std::fs::write(dir.path().join("nested/b.yaml"), format!("{}---\n{}", route("b", 3), route("c", 4))).unwrap();
-    wait_for(&mut rx, "a multi-document file in a subdirectory", &[("a", "2"), ("b", "3"), ("c", "4")]).await;
+    std::fs::write(
+        dir.path().join("nested/b.yaml"),
+        format!("{}---\n{}", route("b", 3), route("c", 4)),
+    )
+    .unwrap();
+    wait_for(
+        &mut rx,
+        "a multi-document file in a subdirectory",
+        &[("a", "2"), ("b", "3"), ("c", "4")],
+    )
+    .await;
     std::fs::remove_file(dir.path().join("a.yaml")).unwrap();
     wait_for(&mut rx, "a deletion", &[("b", "3"), ("c", "4")]).await;
     task.abort();

@@ -10,7 +10,11 @@ fn control() -> Command {
 fn the_examples_are_valid() {
     let examples = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/config");
     let output = control().args(["validate", examples]).output().unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stdout));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stdout)
+    );
     assert!(String::from_utf8_lossy(&output.stderr).contains("documents valid"));
 }
 
@@ -29,7 +33,12 @@ fn problems_are_reported_as_file_line_field_message_and_exit_1() {
         "# comment\napiVersion: gateway.pavilion.dev/v1alpha1\nkind: Route\nmetadata: { name: bad }\nspec:\n  rules:\n    - backends: [{ url: 'ftp://x' }]\n      timout: 3s\n---\napiVersion: gateway.pavilion.dev/v1alpha1\nkind: Route\nmetadata: { name: zero }\nspec:\n  rules:\n    - backends: []\n",
     )
     .unwrap();
-    let output = control().arg("validate").arg(&good).arg(&bad).output().unwrap();
+    let output = control()
+        .arg("validate")
+        .arg(&good)
+        .arg(&bad)
+        .output()
+        .unwrap();
     assert_eq!(output.status.code(), Some(1));
     let stdout = String::from_utf8_lossy(&output.stdout);
     let bad = bad.display();
@@ -37,7 +46,9 @@ fn problems_are_reported_as_file_line_field_message_and_exit_1() {
     assert_eq!(
         lines,
         [
-            format!("{bad}:8: spec.rules[0].timout: unknown field `timout`, expected one of `matches`, `backends`, `timeout`"),
+            format!(
+                "{bad}:8: spec.rules[0].timout: unknown field `timout`, expected one of `matches`, `backends`, `timeout`"
+            ),
             format!("{bad}:10: spec.rules[0].backends: at least one backend is required"),
         ]
     );
@@ -45,9 +56,15 @@ fn problems_are_reported_as_file_line_field_message_and_exit_1() {
 
 #[test]
 fn a_missing_file_is_a_problem_not_a_crash() {
-    let output = control().args(["validate", "/nonexistent/routes.yaml"]).output().unwrap();
+    let output = control()
+        .args(["validate", "/nonexistent/routes.yaml"])
+        .output()
+        .unwrap();
     assert_eq!(output.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&output.stdout).starts_with("/nonexistent/routes.yaml:1: file: cannot read"));
+    assert!(
+        String::from_utf8_lossy(&output.stdout)
+            .starts_with("/nonexistent/routes.yaml:1: file: cannot read")
+    );
 }
 
 #[test]
@@ -55,7 +72,15 @@ fn crds_prints_every_definition() {
     let output = control().arg("crds").output().unwrap();
     assert!(output.status.success());
     let text = String::from_utf8_lossy(&output.stdout);
-    for name in ["routes", "tenantplacements", "ratelimitpolicies", "corspolicies"] {
-        assert!(text.contains(&format!("name: {name}.gateway.pavilion.dev")), "{name}");
+    for name in [
+        "routes",
+        "tenantplacements",
+        "ratelimitpolicies",
+        "corspolicies",
+    ] {
+        assert!(
+            text.contains(&format!("name: {name}.gateway.pavilion.dev")),
+            "{name}"
+        );
     }
 }

@@ -18,16 +18,29 @@ async fn a_restart_serves_the_cached_snapshot() {
 
     let first = pavilion_data::start(config.clone()).await.unwrap();
     first
-        .apply(snapshot("v7", vec![route("ns/r", &[], vec![prefix_rule("/", &[(&upstream.url(), 1)])])]))
+        .apply(snapshot(
+            "v7",
+            vec![route(
+                "ns/r",
+                &[],
+                vec![prefix_rule("/", &[(&upstream.url(), 1)])],
+            )],
+        ))
         .await
         .unwrap();
     first.stop().await;
 
     let second = pavilion_data::start(config).await.unwrap();
     assert_eq!(second.version(), "v7");
-    let ready = HttpClient::http1().get(&format!("http://{}/ready", second.admin_addr)).await.unwrap();
+    let ready = HttpClient::http1()
+        .get(&format!("http://{}/ready", second.admin_addr))
+        .await
+        .unwrap();
     assert_eq!(ready.status, 200);
-    let reply = HttpClient::http1().get(&format!("http://{}/x", second.addr)).await.unwrap();
+    let reply = HttpClient::http1()
+        .get(&format!("http://{}/x", second.addr))
+        .await
+        .unwrap();
     assert_eq!(reply.header("x-upstream"), Some("cached"));
     second.stop().await;
 }
@@ -41,7 +54,10 @@ async fn an_unreadable_cache_is_ignored_not_fatal() {
     config.snapshot_cache = Some(cache);
     let dp = pavilion_data::start(config).await.unwrap();
     assert_eq!(dp.version(), "");
-    let reply = HttpClient::http1().get(&format!("http://{}/x", dp.addr)).await.unwrap();
+    let reply = HttpClient::http1()
+        .get(&format!("http://{}/x", dp.addr))
+        .await
+        .unwrap();
     assert_eq!(reply.status, 503);
     dp.stop().await;
 }

@@ -26,7 +26,15 @@ impl ControlProcess {
         let child = Child::spawn(
             "pavilion-control",
             &binary("pavilion-control"),
-            &["run", "--source", &source, "--grpc-listen", &grpc, "--http-listen", &http],
+            &[
+                "run",
+                "--source",
+                &source,
+                "--grpc-listen",
+                &grpc,
+                "--http-listen",
+                &http,
+            ],
         );
         let process = Self { child, grpc, http };
         wait_ready(&format!("http://{}/ready", process.http)).await;
@@ -34,7 +42,11 @@ impl ControlProcess {
     }
 
     pub async fn status(&self) -> serde_json::Value {
-        HttpClient::http1().get(&format!("http://{}/v1/status", self.http)).await.unwrap().json()
+        HttpClient::http1()
+            .get(&format!("http://{}/v1/status", self.http))
+            .await
+            .unwrap()
+            .json()
     }
 }
 
@@ -70,7 +82,11 @@ impl DataProcess {
                 "2",
             ],
         );
-        let process = Self { child, listen, admin };
+        let process = Self {
+            child,
+            listen,
+            admin,
+        };
         wait_ready(&format!("http://{}/ready", process.admin)).await;
         process
     }

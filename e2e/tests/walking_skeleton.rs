@@ -27,8 +27,13 @@ impl Load {
         let total = Arc::new(AtomicU64::new(0));
         let tasks = (0..workers)
             .map(|_| {
-                let (running, failures, by_b, total, url) =
-                    (running.clone(), failures.clone(), by_b.clone(), total.clone(), url.clone());
+                let (running, failures, by_b, total, url) = (
+                    running.clone(),
+                    failures.clone(),
+                    by_b.clone(),
+                    total.clone(),
+                    url.clone(),
+                );
                 tokio::spawn(async move {
                     let client = HttpClient::http1();
                     while running.load(Ordering::Relaxed) {
@@ -38,7 +43,11 @@ impl Load {
                                     by_b.fetch_add(1, Ordering::Relaxed);
                                 }
                             }
-                            Ok(reply) => failures.lock().unwrap().push(format!("{} {}", reply.status, reply.text())),
+                            Ok(reply) => failures.lock().unwrap().push(format!(
+                                "{} {}",
+                                reply.status,
+                                reply.text()
+                            )),
                             Err(error) => failures.lock().unwrap().push(error),
                         }
                         total.fetch_add(1, Ordering::Relaxed);
@@ -46,7 +55,13 @@ impl Load {
                 })
             })
             .collect();
-        Self { running, failures, by_b, total, tasks }
+        Self {
+            running,
+            failures,
+            by_b,
+            total,
+            tasks,
+        }
     }
 
     /// Stops the load and returns (requests, failures).
@@ -73,8 +88,14 @@ async fn config_to_traffic_under_load_through_control_plane_death_and_data_plane
     let mut control = ControlProcess::start(config.path(), free_port()).await;
     let data_port = free_port();
     let mut data = DataProcess::start(&control.grpc, &cache, data_port).await;
-    let reply = HttpClient::http1().get(&data.url("/orders/1")).await.unwrap();
-    assert_eq!((reply.status.as_u16(), reply.header("x-upstream")), (200, Some("a")));
+    let reply = HttpClient::http1()
+        .get(&data.url("/orders/1"))
+        .await
+        .unwrap();
+    assert_eq!(
+        (reply.status.as_u16(), reply.header("x-upstream")),
+        (200, Some("a"))
+    );
 
     // Edit the route under continuous load: traffic moves, nothing fails.
     let load = Load::start(data.url("/orders/fast"), 4);
@@ -95,25 +116,51 @@ async fn config_to_traffic_under_load_through_control_plane_death_and_data_plane
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (requests, failures) = load.stop().await;
     assert!(requests > 100, "the load ran ({requests} requests)");
-    assert!(failures.is_empty(), "{} of {requests} requests failed: {:?}", failures.len(), &failures[..failures.len().min(5)]);
-    let reply = HttpClient::http1().get(&data.url("/orders/1")).await.unwrap();
+    assert!(
+        failures.is_empty(),
+        "{} of {requests} requests failed: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    let reply = HttpClient::http1()
+        .get(&data.url("/orders/1"))
+        .await
+        .unwrap();
     assert_eq!(reply.header("x-upstream"), Some("b"));
 
     // The data plane restarts while the control plane is still down: it serves from its cache.
     assert!(data.child.terminate().success(), "graceful stop on SIGTERM");
     let data = DataProcess::start(&control.grpc, &cache, data_port).await;
-    let reply = HttpClient::http1().get(&data.url("/orders/1")).await.unwrap();
-    assert_eq!((reply.status.as_u16(), reply.header("x-upstream")), (200, Some("b")));
+    let reply = HttpClient::http1()
+        .get(&data.url("/orders/1"))
+        .await
+        .unwrap();
+    assert_eq!(
+        (reply.status.as_u16(), reply.header("x-upstream")),
+        (200, Some("b"))
+    );
 
     // The control plane returns; the data plane reconnects and follows edits again.
     std::fs::write(&route_file, route_yaml("orders", "/orders", &a.url)).unwrap();
     let grpc_port: u16 = control.grpc.rsplit(':').next().unwrap().parse().unwrap();
     control = ControlProcess::start(config.path(), grpc_port).await;
     let url = data.url("/orders/1");
-    eventually("traffic back on a after the control plane returned", Duration::from_secs(10), || {
-        let url = url.clone();
-        async move { (HttpClient::http1().get(&url).await.ok()?.header("x-upstream") == Some("a")).then_some(()) }
-    })
+    eventually(
+        "traffic back on a after the control plane returned",
+        Duration::from_secs(10),
+        || {
+            let url = url.clone();
+            async move {
+                (HttpClient::http1()
+                    .get(&url)
+                    .await
+                    .ok()?
+                    .header("x-upstream")
+                    == Some("a"))
+                .then_some(())
+            }
+        },
+    )
     .await;
     let status = control.status().await;
     assert_eq!(status["nodes"][0]["id"], "e2e-data");
@@ -124,16 +171,24 @@ async fn sigterm_lets_in_flight_requests_finish() {
     let upstream = UpstreamProcess::start("slow").await;
     let config = tempfile::tempdir().unwrap();
     let state = tempfile::tempdir().unwrap();
-    std::fs::write(config.path().join("r.yaml"), route_yaml("slow", "/", &upstream.url)).unwrap();
+    std::fs::write(
+        config.path().join("r.yaml"),
+        route_yaml("slow", "/", &upstream.url),
+    )
+    .unwrap();
     let _control = ControlProcess::start(config.path(), free_port()).await;
-    let mut data = DataProcess::start(&_control.grpc, &state.path().join("cache.pb"), free_port()).await;
+    let mut data =
+        DataProcess::start(&_control.grpc, &state.path().join("cache.pb"), free_port()).await;
 
     let url = data.url("/delay/700");
     let in_flight = tokio::spawn(async move { HttpClient::http1().get(&url).await });
     tokio::time::sleep(Duration::from_millis(200)).await;
     let status = data.child.terminate();
     assert!(status.success(), "exit status {status}");
-    let reply = in_flight.await.unwrap().expect("the in-flight request is answered");
+    let reply = in_flight
+        .await
+        .unwrap()
+        .expect("the in-flight request is answered");
     assert_eq!(reply.status, 200);
     assert!(data.child.output().contains("all connections drained"));
 }

@@ -39,11 +39,17 @@ async fn data_plane(node: &str, cp: SocketAddr) -> DataPlane {
     let mut config = DataConfig::local();
     config.node_id = node.into();
     config.control_planes = vec![format!("http://{cp}")];
-    pavilion_data::start(config).await.expect("data plane starts")
+    pavilion_data::start(config)
+        .await
+        .expect("data plane starts")
 }
 
 async fn fetch_status(cp: &ControlPlane) -> Value {
-    HttpClient::http1().get(&format!("http://{}/v1/status", cp.http_addr)).await.unwrap().json()
+    HttpClient::http1()
+        .get(&format!("http://{}/v1/status", cp.http_addr))
+        .await
+        .unwrap()
+        .json()
 }
 
 /// The name of the upstream that served `path`, once it is `want`.
@@ -69,7 +75,12 @@ fn resource<'a>(status: &'a Value, name: &str) -> &'a Value {
 }
 
 fn condition<'a>(resource: &'a Value, kind: &str) -> &'a Value {
-    resource["conditions"].as_array().unwrap().iter().find(|c| c["type"] == kind).unwrap()
+    resource["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == kind)
+        .unwrap()
 }
 
 #[tokio::test]
@@ -77,19 +88,34 @@ async fn files_become_traffic_and_status_tells_the_truth() {
     let a = Upstream::start("a").await.unwrap();
     let b = Upstream::start("b").await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("orders.yaml"), route_yaml("orders", &a.url())).unwrap();
+    std::fs::write(
+        dir.path().join("orders.yaml"),
+        route_yaml("orders", &a.url()),
+    )
+    .unwrap();
     let cp = control_plane(dir.path(), "127.0.0.1:0".parse().unwrap()).await;
     let dp = data_plane("dp-1", cp.grpc_addr).await;
 
     served_by(&dp, "/orders", "a").await;
-    std::fs::write(dir.path().join("orders.yaml"), route_yaml("orders", &b.url())).unwrap();
+    std::fs::write(
+        dir.path().join("orders.yaml"),
+        route_yaml("orders", &b.url()),
+    )
+    .unwrap();
     served_by(&dp, "/orders", "b").await;
 
     // A broken file is rejected alone; the good route keeps serving.
-    std::fs::write(dir.path().join("broken.yaml"), route_yaml("broken", "not-a-url")).unwrap();
+    std::fs::write(
+        dir.path().join("broken.yaml"),
+        route_yaml("broken", "not-a-url"),
+    )
+    .unwrap();
     let status = eventually("the broken route in the status", PATIENCE, || async {
         let status = fetch_status(&cp).await;
-        let found = status["resources"].as_array()?.iter().any(|r| r["name"] == "broken");
+        let found = status["resources"]
+            .as_array()?
+            .iter()
+            .any(|r| r["name"] == "broken");
         found.then_some(status)
     })
     .await;
@@ -97,8 +123,17 @@ async fn files_become_traffic_and_status_tells_the_truth() {
     let accepted = condition(broken, "Accepted");
     assert_eq!(accepted["status"], "False");
     assert_eq!(accepted["reason"], "Invalid");
-    assert!(accepted["message"].as_str().unwrap().starts_with("spec.rules[0].backends[0].url: `not-a-url`"), "{accepted}");
-    assert_eq!(broken["origin"], format!("{}:1", dir.path().join("broken.yaml").display()));
+    assert!(
+        accepted["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("spec.rules[0].backends[0].url: `not-a-url`"),
+        "{accepted}"
+    );
+    assert_eq!(
+        broken["origin"],
+        format!("{}:1", dir.path().join("broken.yaml").display())
+    );
     served_by(&dp, "/orders", "b").await;
 
     // The node runs the current version, so the good route is Programmed.
@@ -117,7 +152,10 @@ async fn files_become_traffic_and_status_tells_the_truth() {
     let orders = resource(&status, "orders");
     assert_eq!(condition(orders, "Accepted")["status"], "True");
     let programmed = condition(orders, "Programmed");
-    assert_eq!((programmed["status"].as_str(), programmed["reason"].as_str()), (Some("True"), Some("Programmed")));
+    assert_eq!(
+        (programmed["status"].as_str(), programmed["reason"].as_str()),
+        (Some("True"), Some("Programmed"))
+    );
     assert_eq!(dp.version(), version);
 
     // Deleting the file removes the route.
@@ -161,17 +199,34 @@ async fn a_late_data_plane_gets_the_current_snapshot_at_once_and_reconnects_afte
 #[tokio::test]
 async fn the_control_plane_records_a_nack_and_reports_the_route_not_programmed() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("r.yaml"), route_yaml("r", "http://127.0.0.1:9")).unwrap();
+    std::fs::write(
+        dir.path().join("r.yaml"),
+        route_yaml("r", "http://127.0.0.1:9"),
+    )
+    .unwrap();
     let cp = control_plane(dir.path(), "127.0.0.1:0".parse().unwrap()).await;
-    let mut client = SnapshotDiscoveryClient::connect(format!("http://{}", cp.grpc_addr)).await.unwrap();
+    let mut client = SnapshotDiscoveryClient::connect(format!("http://{}", cp.grpc_addr))
+        .await
+        .unwrap();
     let (requests, outgoing) = mpsc::channel(4);
     let hello = SnapshotRequest {
-        node: Some(Node { id: "picky".into(), build_version: "test".into() }),
+        node: Some(Node {
+            id: "picky".into(),
+            build_version: "test".into(),
+        }),
         ..Default::default()
     };
     requests.send(hello).await.unwrap();
-    let mut responses = client.stream_snapshots(ReceiverStream::new(outgoing)).await.unwrap().into_inner();
-    let first: SnapshotResponse = responses.message().await.unwrap().expect("the current snapshot at once");
+    let mut responses = client
+        .stream_snapshots(ReceiverStream::new(outgoing))
+        .await
+        .unwrap()
+        .into_inner();
+    let first: SnapshotResponse = responses
+        .message()
+        .await
+        .unwrap()
+        .expect("the current snapshot at once");
     assert_eq!(first.snapshot.as_ref().unwrap().version, first.version);
     assert_eq!(first.snapshot.unwrap().routes[0].name, "r");
     requests
@@ -191,11 +246,18 @@ async fn the_control_plane_records_a_nack_and_reports_the_route_not_programmed()
     let programmed = condition(resource(&status, "r"), "Programmed");
     assert_eq!(programmed["status"], "False");
     assert_eq!(programmed["reason"], "Refused");
-    assert_eq!(programmed["message"], "data plane picky refused the snapshot: refusing on purpose");
+    assert_eq!(
+        programmed["message"],
+        "data plane picky refused the snapshot: refusing on purpose"
+    );
 
     // An ACK clears it.
     requests
-        .send(SnapshotRequest { version_info: first.version.clone(), response_nonce: first.nonce, ..Default::default() })
+        .send(SnapshotRequest {
+            version_info: first.version.clone(),
+            response_nonce: first.nonce,
+            ..Default::default()
+        })
         .await
         .unwrap();
     eventually("the ACK in the status", PATIENCE, || async {
@@ -230,7 +292,11 @@ impl SnapshotDiscovery for ScriptedControlPlane {
             let hello = inbound.message().await.unwrap().unwrap();
             seen.send(hello).await.unwrap();
             for (i, (version, snapshot)) in snapshots.into_iter().enumerate() {
-                let response = SnapshotResponse { version, nonce: format!("n{i}"), snapshot: Some(snapshot) };
+                let response = SnapshotResponse {
+                    version,
+                    nonce: format!("n{i}"),
+                    snapshot: Some(snapshot),
+                };
                 responses.send(Ok(response)).await.unwrap();
                 let answer = inbound.message().await.unwrap().unwrap();
                 seen.send(answer).await.unwrap();
@@ -245,16 +311,34 @@ impl SnapshotDiscovery for ScriptedControlPlane {
 #[tokio::test]
 async fn the_data_plane_nacks_what_it_cannot_build_and_keeps_serving() {
     let upstream = Upstream::start("u").await.unwrap();
-    let good = snapshot("good", vec![route("ns/r", &[], vec![prefix_rule("/", &[(&upstream.url(), 1)])])]);
+    let good = snapshot(
+        "good",
+        vec![route(
+            "ns/r",
+            &[],
+            vec![prefix_rule("/", &[(&upstream.url(), 1)])],
+        )],
+    );
     let mut bad_rule = prefix_rule("/", &[(&upstream.url(), 1)]);
-    bad_rule.matches[0].path.as_mut().unwrap().r#type = pavilion_proto::PathMatchType::RegularExpression as i32;
+    bad_rule.matches[0].path.as_mut().unwrap().r#type =
+        pavilion_proto::PathMatchType::RegularExpression as i32;
     bad_rule.matches[0].path.as_mut().unwrap().value = "/[".into();
     let bad = snapshot("bad", vec![route("ns/r", &[], vec![bad_rule])]);
-    let other = pavilion_proto::Snapshot { version: "other".into(), ..good.clone() };
-    let script = vec![("good".to_owned(), good), ("bad".to_owned(), bad), ("claimed".to_owned(), other)];
+    let other = pavilion_proto::Snapshot {
+        version: "other".into(),
+        ..good.clone()
+    };
+    let script = vec![
+        ("good".to_owned(), good),
+        ("bad".to_owned(), bad),
+        ("claimed".to_owned(), other),
+    ];
 
     let (seen, mut requests) = mpsc::channel(8);
-    let server = ScriptedControlPlane { snapshots: std::sync::Mutex::new(Some(script)), seen };
+    let server = ScriptedControlPlane {
+        snapshots: std::sync::Mutex::new(Some(script)),
+        seen,
+    };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let server_task = tokio::spawn(
@@ -268,16 +352,41 @@ async fn the_data_plane_nacks_what_it_cannot_build_and_keeps_serving() {
     assert_eq!(hello.node.unwrap().id, "strict");
     assert_eq!(hello.version_info, "", "nothing served yet");
     let ack = requests.recv().await.unwrap();
-    assert_eq!((ack.version_info.as_str(), ack.response_nonce.as_str(), ack.error_detail.as_str()), ("good", "n0", ""));
+    assert_eq!(
+        (
+            ack.version_info.as_str(),
+            ack.response_nonce.as_str(),
+            ack.error_detail.as_str()
+        ),
+        ("good", "n0", "")
+    );
     let nack = requests.recv().await.unwrap();
-    assert_eq!((nack.version_info.as_str(), nack.response_nonce.as_str()), ("good", "n1"));
-    assert!(nack.error_detail.starts_with("route ns/r: rule 0: invalid regular expression"), "{}", nack.error_detail);
+    assert_eq!(
+        (nack.version_info.as_str(), nack.response_nonce.as_str()),
+        ("good", "n1")
+    );
+    assert!(
+        nack.error_detail
+            .starts_with("route ns/r: rule 0: invalid regular expression"),
+        "{}",
+        nack.error_detail
+    );
     // The response's version and the snapshot's must agree (the version says what was built).
     let nack = requests.recv().await.unwrap();
     assert_eq!(nack.version_info, "good");
-    assert_eq!(nack.error_detail, "the snapshot's version other differs from the response's claimed");
+    assert_eq!(
+        nack.error_detail,
+        "the snapshot's version other differs from the response's claimed"
+    );
     assert_eq!(dp.version(), "good");
-    assert_eq!(HttpClient::http1().get(&format!("http://{}/", dp.addr)).await.unwrap().status, 200);
+    assert_eq!(
+        HttpClient::http1()
+            .get(&format!("http://{}/", dp.addr))
+            .await
+            .unwrap()
+            .status,
+        200
+    );
     dp.stop().await;
     server_task.abort();
 }
