@@ -8,16 +8,14 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::get;
 
-use crate::metrics::Metrics;
-use crate::proxy::Proxy;
+use crate::proxy::Shared;
 
 #[derive(Clone)]
 struct AdminState {
-    proxy: Arc<Proxy>,
-    metrics: Metrics,
+    shared: Arc<Shared>,
 }
 
-pub fn router(proxy: Arc<Proxy>, metrics: Metrics) -> Router {
+pub fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route(
             "/health",
@@ -25,11 +23,11 @@ pub fn router(proxy: Arc<Proxy>, metrics: Metrics) -> Router {
         )
         .route("/ready", get(ready))
         .route("/metrics", get(metrics_text))
-        .with_state(AdminState { proxy, metrics })
+        .with_state(AdminState { shared })
 }
 
 async fn ready(State(state): State<AdminState>) -> Response {
-    let runtime = state.proxy.runtime.load();
+    let runtime = state.shared.runtime.load();
     if runtime.is_ready() {
         Json(serde_json::json!({ "ready": true, "version": runtime.version })).into_response()
     } else {
@@ -44,7 +42,7 @@ async fn metrics_text(State(state): State<AdminState>) -> Response {
             header::CONTENT_TYPE,
             pavilion_telemetry::METRICS_CONTENT_TYPE,
         )],
-        pavilion_telemetry::metrics_text(&state.metrics.registry),
+        pavilion_telemetry::metrics_text(&state.shared.metrics.registry),
     )
         .into_response()
 }

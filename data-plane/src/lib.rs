@@ -18,6 +18,7 @@ pub mod route;
 pub mod runtime;
 pub mod snapshot;
 pub mod upstream;
+pub mod workers;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -30,11 +31,12 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::metrics::Metrics;
-use crate::proxy::{Limits, Proxy};
+use crate::proxy::{Limits, Shared};
 use crate::runtime::BuildError;
 use crate::snapshot::Applier;
 use crate::snapshot::client::ClientOptions;
-use crate::upstream::{UpstreamOptions, Upstreams};
+use crate::upstream::UpstreamOptions;
+use crate::workers::{WorkerSettings, Workers};
 
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -44,6 +46,8 @@ pub struct Config {
     pub admin_listen: SocketAddr,
     pub snapshot_cache: Option<PathBuf>,
     pub node_id: String,
+    /// Proxy worker threads, each with its own listener socket and upstream pools.
+    pub workers: usize,
     pub limits: Limits,
     pub upstream: UpstreamOptions,
     /// One log line per request.
@@ -61,6 +65,7 @@ impl Config {
             admin_listen: ([127, 0, 0, 1], 0).into(),
             snapshot_cache: None,
             node_id: "local".into(),
+            workers: 2,
             limits: Limits::default(),
             upstream: UpstreamOptions::default(),
             access_log: false,
@@ -78,6 +83,8 @@ pub enum Error {
     },
     #[error("upstream TLS settings: {0}")]
     Tls(#[from] rustls::Error),
+    #[error("cannot start the proxy workers: {0}")]
+    Workers(std::io::Error),
 }
 
 /// A running data plane.
@@ -87,43 +94,49 @@ pub struct DataPlane {
     pub admin_addr: SocketAddr,
     applier: Applier,
     shutdown: watch::Sender<bool>,
-    listener: JoinHandle<()>,
+    workers: Workers,
     tasks: Vec<JoinHandle<()>>,
 }
 
+/// Binds the listeners, restores the cached snapshot if any, and starts the workers, the
+/// admin listener and the snapshot stream (on the caller's runtime).
 pub async fn start(config: Config) -> Result<DataPlane, Error> {
     let metrics = Metrics::new();
-    let upstreams = Upstreams::new(&config.upstream)?;
-    let proxy = Arc::new(Proxy::new(
-        upstreams,
+    let tls = upstream::tls_config(&config.upstream)?;
+    let shared = Arc::new(Shared::new(
         metrics.clone(),
         config.limits,
         config.access_log,
     ));
     let applier = Applier::new(
-        proxy.clone(),
+        shared.clone(),
         metrics.clone(),
         config.snapshot_cache.clone(),
     );
     applier.restore_from_cache();
 
-    let bind = |addr: SocketAddr| async move {
-        TcpListener::bind(addr)
-            .await
-            .and_then(|l| Ok((l.local_addr()?, l)))
-            .map_err(|source| Error::Listen { addr, source })
-    };
-    let (addr, listener) = bind(config.listen).await?;
-    let (admin_addr, admin_listener) = bind(config.admin_listen).await?;
+    let listen_error = |addr| move |source| Error::Listen { addr, source };
+    let listeners =
+        workers::bind(config.listen, config.workers).map_err(listen_error(config.listen))?;
+    let addr = listeners[0]
+        .local_addr()
+        .map_err(listen_error(config.listen))?;
+    let admin_listener = TcpListener::bind(config.admin_listen)
+        .await
+        .map_err(listen_error(config.admin_listen))?;
+    let admin_addr = admin_listener
+        .local_addr()
+        .map_err(listen_error(config.admin_listen))?;
     let (shutdown, shutdown_rx) = watch::channel(false);
 
-    let proxy_listener = tokio::spawn(listener::serve(
-        listener,
-        proxy.clone(),
-        shutdown_rx.clone(),
-        config.drain_timeout,
-    ));
-    let admin = admin::router(proxy, metrics.clone());
+    let settings = WorkerSettings {
+        upstream: config.upstream.clone(),
+        tls,
+        drain_timeout: config.drain_timeout,
+    };
+    let workers = workers::spawn(listeners, shared.clone(), settings, shutdown_rx.clone())
+        .map_err(Error::Workers)?;
+    let admin = admin::router(shared);
     let mut admin_shutdown = shutdown_rx.clone();
     let mut tasks = vec![tokio::spawn(async move {
         let server = axum::serve(admin_listener, admin)
@@ -144,13 +157,13 @@ pub async fn start(config: Config) -> Result<DataPlane, Error> {
             shutdown_rx,
         )));
     }
-    tracing::info!(%addr, %admin_addr, node = %config.node_id, control_planes = ?config.control_planes, "data plane started");
+    tracing::info!(%addr, %admin_addr, workers = config.workers, node = %config.node_id, control_planes = ?config.control_planes, "data plane started");
     Ok(DataPlane {
         addr,
         admin_addr,
         applier,
         shutdown,
-        listener: proxy_listener,
+        workers,
         tasks,
     })
 }
@@ -181,7 +194,7 @@ impl DataPlane {
     /// Stops accepting, lets in-flight requests finish (up to the drain timeout), stops.
     pub async fn stop(self) {
         self.shutdown.send_replace(true);
-        let _ = self.listener.await;
+        self.workers.join().await;
         for task in self.tasks {
             let _ = task.await;
         }

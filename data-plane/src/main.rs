@@ -88,6 +88,11 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         upstream.extra_roots = read_certificates(path)?;
     }
     let node_id = args.node_id.clone().unwrap_or_else(host_name);
+    let workers = match args.workers {
+        Some(0) => anyhow::bail!("--workers must be at least 1"),
+        Some(n) => n,
+        None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+    };
     let control_planes = args
         .control_plane
         .iter()
@@ -107,6 +112,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         admin_listen: args.admin_listen,
         snapshot_cache: args.snapshot_cache,
         node_id,
+        workers,
         limits: Limits {
             max_header_bytes: args.max_header_bytes,
             max_body_bytes: args.max_body_bytes,

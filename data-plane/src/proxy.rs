@@ -41,13 +41,29 @@ impl Default for Limits {
     }
 }
 
-/// Everything the request path needs, shared by all connections.
-pub struct Proxy {
+/// What every worker shares: the current runtime (swapped per snapshot), metrics, limits.
+pub struct Shared {
     pub runtime: ArcSwap<Runtime>,
+    pub metrics: Metrics,
+    pub limits: Limits,
+    pub access_log: bool,
+}
+
+impl Shared {
+    pub fn new(metrics: Metrics, limits: Limits, access_log: bool) -> Self {
+        Self {
+            runtime: ArcSwap::from_pointee(Runtime::empty()),
+            metrics,
+            limits,
+            access_log,
+        }
+    }
+}
+
+/// One worker's request path: the shared state plus the worker's own upstream pools.
+pub struct Proxy {
+    shared: Arc<Shared>,
     upstreams: Upstreams,
-    metrics: Metrics,
-    limits: Limits,
-    access_log: bool,
 }
 
 /// What routing decided, for metrics and the access log.
@@ -58,18 +74,12 @@ struct Decision<'r> {
 }
 
 impl Proxy {
-    pub fn new(upstreams: Upstreams, metrics: Metrics, limits: Limits, access_log: bool) -> Self {
-        Self {
-            runtime: ArcSwap::from_pointee(Runtime::empty()),
-            upstreams,
-            metrics,
-            limits,
-            access_log,
-        }
+    pub fn new(shared: Arc<Shared>, upstreams: Upstreams) -> Self {
+        Self { shared, upstreams }
     }
 
     pub fn limits(&self) -> Limits {
-        self.limits
+        self.shared.limits
     }
 
     /// Serves one request; never fails — every problem becomes a JSON error response.
@@ -80,8 +90,9 @@ impl Proxy {
     ) -> Response<ResponseBody> {
         let started = Instant::now();
         let request_id = headers::request_id(request.headers());
-        let runtime = self.runtime.load_full();
+        let runtime = self.shared.runtime.load_full();
         let logged = self
+            .shared
             .access_log
             .then(|| (request.method().clone(), request.uri().clone()));
         let mut decision = Decision::default();
@@ -106,7 +117,7 @@ impl Proxy {
         let elapsed = started.elapsed();
         match decision.rule {
             Some(rule) => rule.metrics.observe(status, elapsed),
-            None => self.metrics.unrouted.observe(status, elapsed),
+            None => self.shared.metrics.unrouted.observe(status, elapsed),
         }
         if let Some((method, uri)) = logged {
             tracing::info!(
@@ -175,7 +186,7 @@ impl Proxy {
             original_host,
             client,
             request_id,
-            self.limits.max_body_bytes,
+            self.shared.limits.max_body_bytes,
         )?;
         let deadline = started + rule.timeout;
         let response = match tokio::time::timeout_at(
@@ -205,15 +216,15 @@ impl Proxy {
             .iter()
             .map(|(name, value)| name.as_str().len() + value.len())
             .sum();
-        if header_bytes > self.limits.max_header_bytes {
+        if header_bytes > self.shared.limits.max_header_bytes {
             return Err(Deny::HeadersTooLarge {
-                limit: self.limits.max_header_bytes,
+                limit: self.shared.limits.max_header_bytes,
             });
         }
         // The lower bound is the Content-Length when there is one.
-        if request.body().size_hint().lower() > self.limits.max_body_bytes {
+        if request.body().size_hint().lower() > self.shared.limits.max_body_bytes {
             return Err(Deny::PayloadTooLarge {
-                limit: self.limits.max_body_bytes,
+                limit: self.shared.limits.max_body_bytes,
             });
         }
         Ok(())
@@ -230,7 +241,7 @@ impl Proxy {
         while let Some(e) = source {
             if let Some(BodyError::TooLarge) = e.downcast_ref::<BodyError>() {
                 return Deny::PayloadTooLarge {
-                    limit: self.limits.max_body_bytes,
+                    limit: self.shared.limits.max_body_bytes,
                 };
             }
             source = e.source();
@@ -333,6 +344,3 @@ fn error_chain(error: &dyn std::error::Error) -> String {
     }
     text
 }
-
-/// Shared handle used by listeners.
-pub type SharedProxy = Arc<Proxy>;

@@ -121,7 +121,26 @@ impl Default for UpstreamOptions {
     }
 }
 
-/// Pooled clients, one per protocol.
+/// The TLS client settings for `https://` backends: web PKI roots plus `extra_roots`.
+/// Built once at start (it can fail on a bad CA certificate), then shared by all workers.
+pub fn tls_config(options: &UpstreamOptions) -> Result<rustls::ClientConfig, rustls::Error> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    for certificate in &options.extra_roots {
+        roots.add(certificate.clone())?;
+    }
+    Ok(
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth(),
+    )
+}
+
+/// Pooled clients, one per protocol. Each worker thread owns one set, so pools are never
+/// shared between threads and their locks are never contended.
 pub struct Upstreams {
     http1: Client<HttpConnector, RequestBody>,
     h2c: Client<HttpConnector, RequestBody>,
@@ -129,7 +148,7 @@ pub struct Upstreams {
 }
 
 impl Upstreams {
-    pub fn new(options: &UpstreamOptions) -> Result<Self, rustls::Error> {
+    pub fn new(options: &UpstreamOptions, tls: rustls::ClientConfig) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(options.connect_timeout));
@@ -142,18 +161,6 @@ impl Upstreams {
                 .timer(TokioTimer::new());
             builder
         };
-
-        let mut roots = rustls::RootCertStore::empty();
-        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-        for certificate in &options.extra_roots {
-            roots.add(certificate.clone())?;
-        }
-        let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
         let mut tls_transport = connector.clone();
         tls_transport.enforce_http(false);
         let https = hyper_rustls::HttpsConnectorBuilder::new()
@@ -161,12 +168,11 @@ impl Upstreams {
             .https_only()
             .enable_http1()
             .wrap_connector(tls_transport);
-
-        Ok(Self {
+        Self {
             http1: builder().build(connector.clone()),
             h2c: builder().http2_only(true).build(connector),
             https: builder().build(https),
-        })
+        }
     }
 
     pub fn send(&self, protocol: Protocol, request: Request<RequestBody>) -> ResponseFuture {

@@ -11,21 +11,21 @@ use std::sync::Arc;
 use pavilion_proto::Snapshot;
 
 use crate::metrics::Metrics;
-use crate::proxy::Proxy;
+use crate::proxy::Shared;
 use crate::runtime::{BuildError, Runtime};
 
 /// Applies snapshots to the proxy and keeps the cache file current.
 #[derive(Clone)]
 pub struct Applier {
-    proxy: Arc<Proxy>,
+    shared: Arc<Shared>,
     metrics: Metrics,
     cache: Option<PathBuf>,
 }
 
 impl Applier {
-    pub fn new(proxy: Arc<Proxy>, metrics: Metrics, cache: Option<PathBuf>) -> Self {
+    pub fn new(shared: Arc<Shared>, metrics: Metrics, cache: Option<PathBuf>) -> Self {
         Self {
-            proxy,
+            shared,
             metrics,
             cache,
         }
@@ -33,7 +33,7 @@ impl Applier {
 
     /// The version being served; empty before the first snapshot.
     pub fn current_version(&self) -> String {
-        self.proxy.runtime.load().version.clone()
+        self.shared.runtime.load().version.clone()
     }
 
     /// Builds and swaps in `snapshot`, then writes it to the cache. In-flight requests
@@ -54,7 +54,7 @@ impl Applier {
     fn install(&self, snapshot: &Snapshot) -> Result<(), BuildError> {
         match Runtime::build(snapshot, &self.metrics) {
             Ok(runtime) => {
-                self.proxy.runtime.store(Arc::new(runtime));
+                self.shared.runtime.store(Arc::new(runtime));
                 self.metrics.snapshots_applied.inc();
                 self.metrics.serving(&snapshot.version);
                 tracing::info!(version = %snapshot.version, routes = snapshot.routes.len(), "snapshot applied");

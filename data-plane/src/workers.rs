@@ -1,0 +1,96 @@
+//! Thread per core: each worker is a single-threaded runtime with its own listening socket
+//! (SO_REUSEPORT, so the kernel spreads connections across workers) and its own upstream
+//! pools. A request never leaves the thread it arrived on, and workers share nothing on
+//! the hot path but the snapshot pointer and metric counters.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use socket2::{Domain, Protocol as IpProtocol, Socket, Type};
+use tokio::sync::{oneshot, watch};
+
+use crate::listener;
+use crate::proxy::{Proxy, Shared};
+use crate::upstream::{UpstreamOptions, Upstreams};
+
+/// Pending connections per worker socket.
+const BACKLOG: i32 = 1024;
+
+/// Binds `count` sockets to `addr` with SO_REUSEPORT. With port 0, the first socket picks
+/// the port and the others join it.
+pub fn bind(addr: SocketAddr, count: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
+    let mut listeners = Vec::with_capacity(count);
+    let mut addr = addr;
+    for _ in 0..count.max(1) {
+        let socket = Socket::new(
+            Domain::for_address(addr),
+            Type::STREAM,
+            Some(IpProtocol::TCP),
+        )?;
+        socket.set_reuse_address(true)?;
+        socket.set_reuse_port(true)?;
+        socket.set_nonblocking(true)?;
+        socket.bind(&addr.into())?;
+        socket.listen(BACKLOG)?;
+        let listener: std::net::TcpListener = socket.into();
+        addr = listener.local_addr()?;
+        listeners.push(listener);
+    }
+    Ok(listeners)
+}
+
+/// Running workers; `join` waits until each has drained and stopped.
+pub struct Workers {
+    done: Vec<oneshot::Receiver<()>>,
+}
+
+pub struct WorkerSettings {
+    pub upstream: UpstreamOptions,
+    pub tls: rustls::ClientConfig,
+    pub drain_timeout: Duration,
+}
+
+/// Starts one worker thread per listener.
+pub fn spawn(
+    listeners: Vec<std::net::TcpListener>,
+    shared: Arc<Shared>,
+    settings: WorkerSettings,
+    shutdown: watch::Receiver<bool>,
+) -> std::io::Result<Workers> {
+    let mut done = Vec::with_capacity(listeners.len());
+    for (index, listener) in listeners.into_iter().enumerate() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let (finished, done_rx) = oneshot::channel();
+        let upstreams = Upstreams::new(&settings.upstream, settings.tls.clone());
+        let (shared, shutdown, drain) = (shared.clone(), shutdown.clone(), settings.drain_timeout);
+        std::thread::Builder::new()
+            .name(format!("pavilion-worker-{index}"))
+            .spawn(move || {
+                runtime.block_on(async move {
+                    match tokio::net::TcpListener::from_std(listener) {
+                        Ok(listener) => {
+                            let proxy = Arc::new(Proxy::new(shared, upstreams));
+                            listener::serve(listener, proxy, shutdown, drain).await;
+                        }
+                        Err(error) => {
+                            tracing::error!(worker = index, %error, "cannot register the listener")
+                        }
+                    }
+                });
+                let _ = finished.send(());
+            })?;
+        done.push(done_rx);
+    }
+    Ok(Workers { done })
+}
+
+impl Workers {
+    pub async fn join(self) {
+        for done in self.done {
+            let _ = done.await;
+        }
+    }
+}
