@@ -68,9 +68,15 @@ impl Body for RequestBody {
 /// What the client gets back: the upstream's body as it streams, or a small body the
 /// gateway wrote itself (errors). An enum, not a box: no allocation per response.
 pub enum ResponseBody {
+    /// From an HTTP/1.1 upstream, read straight off its connection.
+    H1(crate::upstream::h1::Body),
+    /// From an h2c or HTTPS upstream.
     Upstream(Incoming),
     Local(Option<Bytes>),
 }
+
+/// Errors of a response body; boxed only when one happens.
+pub type ResponseBodyError = Box<dyn std::error::Error + Send + Sync>;
 
 impl ResponseBody {
     pub fn local(bytes: impl Into<Bytes>) -> Self {
@@ -80,20 +86,22 @@ impl ResponseBody {
 
 impl Body for ResponseBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = ResponseBodyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, ResponseBodyError>>> {
         match self.get_mut() {
-            ResponseBody::Upstream(inner) => Pin::new(inner).poll_frame(cx),
+            ResponseBody::H1(inner) => Pin::new(inner).poll_frame(cx).map_err(Into::into),
+            ResponseBody::Upstream(inner) => Pin::new(inner).poll_frame(cx).map_err(Into::into),
             ResponseBody::Local(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
+            ResponseBody::H1(inner) => inner.is_end_stream(),
             ResponseBody::Upstream(inner) => inner.is_end_stream(),
             ResponseBody::Local(bytes) => bytes.is_none(),
         }
@@ -101,6 +109,7 @@ impl Body for ResponseBody {
 
     fn size_hint(&self) -> SizeHint {
         match self {
+            ResponseBody::H1(inner) => inner.size_hint(),
             ResponseBody::Upstream(inner) => inner.size_hint(),
             ResponseBody::Local(bytes) => {
                 SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))

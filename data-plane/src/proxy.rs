@@ -14,14 +14,14 @@ use http_body::Body;
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
-use crate::body::{BodyError, RequestBody, ResponseBody};
+use crate::body::{RequestBody, ResponseBody};
 use crate::deny::Deny;
 use crate::headers::{self, X_REQUEST_ID};
 use crate::metrics::Metrics;
 use crate::path;
 use crate::route::RequestFacts;
 use crate::runtime::{Rule, Runtime};
-use crate::upstream::{Protocol, Target, Upstreams};
+use crate::upstream::{Protocol, Target, UpstreamError, Upstreams};
 
 /// Size limits on what clients send.
 #[derive(Clone, Copy, Debug)]
@@ -189,25 +189,31 @@ impl Proxy {
             self.shared.limits.max_body_bytes,
         )?;
         let deadline = started + rule.timeout;
-        let response = match tokio::time::timeout_at(
-            deadline,
-            self.upstreams.send(target.protocol, upstream_request),
-        )
-        .await
-        {
-            Ok(Ok(response)) => response,
-            Ok(Err(error)) => return Err(self.upstream_error(&error, rule, target, request_id)),
-            Err(_) => {
-                return Err(Deny::UpstreamTimeout {
-                    route: rule.route.to_string(),
-                    timeout: rule.timeout,
-                });
-            }
-        };
+        let response =
+            match tokio::time::timeout_at(deadline, self.upstreams.send(target, upstream_request))
+                .await
+            {
+                Ok(Ok(response)) => response,
+                Ok(Err(error)) => {
+                    return Err(upstream_error(
+                        error,
+                        rule,
+                        target,
+                        request_id,
+                        self.shared.limits,
+                    ));
+                }
+                Err(_) => {
+                    return Err(Deny::UpstreamTimeout {
+                        route: rule.route.to_string(),
+                        timeout: rule.timeout,
+                    });
+                }
+            };
         let (mut parts, body) = response.into_parts();
         headers::strip_hop_by_hop(&mut parts.headers, false);
         parts.version = Version::HTTP_11;
-        Ok(Response::from_parts(parts, ResponseBody::Upstream(body)))
+        Ok(Response::from_parts(parts, body))
     }
 
     fn check_limits(&self, request: &Request<Incoming>) -> Result<(), Deny> {
@@ -229,36 +235,36 @@ impl Proxy {
         }
         Ok(())
     }
+}
 
-    fn upstream_error(
-        &self,
-        error: &hyper_util::client::legacy::Error,
-        rule: &Rule,
-        target: &Target,
-        request_id: &HeaderValue,
-    ) -> Deny {
-        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
-        while let Some(e) = source {
-            if let Some(BodyError::TooLarge) = e.downcast_ref::<BodyError>() {
-                return Deny::PayloadTooLarge {
-                    limit: self.shared.limits.max_body_bytes,
-                };
-            }
-            source = e.source();
+fn upstream_error(
+    error: UpstreamError,
+    rule: &Rule,
+    target: &Target,
+    request_id: &HeaderValue,
+    limits: Limits,
+) -> Deny {
+    let (detail, unreachable) = match error {
+        UpstreamError::BodyTooLarge => {
+            return Deny::PayloadTooLarge {
+                limit: limits.max_body_bytes,
+            };
         }
-        tracing::warn!(
-            request_id = request_id.to_str().unwrap_or_default(),
-            route = &*rule.route,
-            upstream = &*target.url,
-            error = %error_chain(error),
-            "upstream request failed"
-        );
-        let route = rule.route.to_string();
-        if error.is_connect() {
-            Deny::UpstreamUnreachable { route }
-        } else {
-            Deny::UpstreamFailed { route }
-        }
+        UpstreamError::Unreachable(detail) => (detail, true),
+        UpstreamError::Failed(detail) => (detail, false),
+    };
+    tracing::warn!(
+        request_id = request_id.to_str().unwrap_or_default(),
+        route = &*rule.route,
+        upstream = &*target.url,
+        error = %detail,
+        "upstream request failed"
+    );
+    let route = rule.route.to_string();
+    if unreachable {
+        Deny::UpstreamUnreachable { route }
+    } else {
+        Deny::UpstreamFailed { route }
     }
 }
 
@@ -332,15 +338,4 @@ fn upstream_request(
         parts,
         RequestBody::new(body, max_body_bytes),
     ))
-}
-
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(e) = source {
-        text.push_str(": ");
-        text.push_str(&e.to_string());
-        source = e.source();
-    }
-    text
 }

@@ -3,6 +3,7 @@
 
 pub mod client;
 pub mod process;
+pub mod raw;
 pub mod snapshot;
 pub mod tls;
 

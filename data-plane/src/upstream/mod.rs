@@ -1,18 +1,23 @@
 //! Upstreams: backend targets parsed once per snapshot, weighted choice, and the pooled
 //! clients (HTTP/1.1, h2c, HTTPS) shared by every snapshot so a reload keeps connections.
 
+pub mod h1;
+
 use std::time::Duration;
 
-use http::Request;
+use std::sync::Arc;
+
 use http::uri::{Authority, Scheme};
+use http::{Request, Response};
+use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::{Client, ResponseFuture};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use pavilion_proto as proto;
 use rustls_pki_types::CertificateDer;
 
-use crate::body::RequestBody;
+use crate::body::{BodyError, RequestBody, ResponseBody};
 
 /// How a backend is spoken to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -139,10 +144,23 @@ pub fn tls_config(options: &UpstreamOptions) -> Result<rustls::ClientConfig, rus
     )
 }
 
+/// Why an upstream exchange failed, as far as the client is concerned.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// No connection could be made (refused, unresolvable, TLS not trusted, timeout).
+    #[error("{0}")]
+    Unreachable(String),
+    /// The connection broke or the upstream spoke nonsense.
+    #[error("{0}")]
+    Failed(String),
+    #[error("request body exceeds the configured limit")]
+    BodyTooLarge,
+}
+
 /// Pooled clients, one per protocol. Each worker thread owns one set, so pools are never
 /// shared between threads and their locks are never contended.
 pub struct Upstreams {
-    http1: Client<HttpConnector, RequestBody>,
+    http1: Arc<h1::Client>,
     h2c: Client<HttpConnector, RequestBody>,
     https: Client<HttpsConnector<HttpConnector>, RequestBody>,
 }
@@ -169,19 +187,57 @@ impl Upstreams {
             .enable_http1()
             .wrap_connector(tls_transport);
         Self {
-            http1: builder().build(connector.clone()),
+            http1: h1::Client::new(options.connect_timeout, options.idle_timeout),
             h2c: builder().http2_only(true).build(connector),
             https: builder().build(https),
         }
     }
 
-    pub fn send(&self, protocol: Protocol, request: Request<RequestBody>) -> ResponseFuture {
-        match protocol {
-            Protocol::Http1 => self.http1.request(request),
-            Protocol::H2c => self.h2c.request(request),
-            Protocol::Https => self.https.request(request),
+    /// Sends `request` (its URI already names the target) and returns the response head.
+    pub async fn send(
+        &self,
+        target: &Target,
+        request: Request<RequestBody>,
+    ) -> Result<Response<ResponseBody>, UpstreamError> {
+        match target.protocol {
+            Protocol::Http1 => match self.http1.send(&target.authority, request).await {
+                Ok(response) => Ok(response.map(ResponseBody::H1)),
+                Err(h1::Error::BodyTooLarge) => Err(UpstreamError::BodyTooLarge),
+                Err(error @ h1::Error::Connect(_)) => {
+                    Err(UpstreamError::Unreachable(error.to_string()))
+                }
+                Err(error) => Err(UpstreamError::Failed(error.to_string())),
+            },
+            Protocol::H2c => from_hyper(self.h2c.request(request).await),
+            Protocol::Https => from_hyper(self.https.request(request).await),
         }
     }
+}
+
+fn from_hyper(
+    result: Result<Response<Incoming>, hyper_util::client::legacy::Error>,
+) -> Result<Response<ResponseBody>, UpstreamError> {
+    let error = match result {
+        Ok(response) => return Ok(response.map(ResponseBody::Upstream)),
+        Err(error) => error,
+    };
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&error);
+    let mut text = String::new();
+    while let Some(e) = source {
+        if let Some(BodyError::TooLarge) = e.downcast_ref::<BodyError>() {
+            return Err(UpstreamError::BodyTooLarge);
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&e.to_string());
+        source = e.source();
+    }
+    Err(if error.is_connect() {
+        UpstreamError::Unreachable(text)
+    } else {
+        UpstreamError::Failed(text)
+    })
 }
 
 #[cfg(test)]

@@ -1,0 +1,352 @@
+//! A purpose-built HTTP/1.1 upstream client. The generic client (hyper-util's) runs every
+//! upstream connection as a task of its own and hands requests, responses and body chunks
+//! across channels; here the request's own future writes the request and reads the
+//! response head, and the response body is read by whoever polls it. One worker thread
+//! owns each pool, so the pool lock is never contended. Measured in `bench/`.
+//!
+//! Bodies are full duplex: when the request has a body, a small task writes it while the
+//! response is read, so an upstream may answer (and stream) before the upload ends.
+
+mod body;
+mod head;
+
+use std::collections::{HashMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use foldhash::fast::RandomState;
+use http::uri::Authority;
+use http::{Method, Request, Response};
+use http_body::Body as _;
+use http_body_util::BodyExt;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::net::tcp::OwnedWriteHalf;
+
+use crate::body::{BodyError, RequestBody};
+pub use body::Body;
+use body::{Io, Writer};
+use head::{MAX_HEAD_BYTES, RequestFraming, encode_request, parse_response};
+
+/// Idle connections kept per upstream authority and worker.
+const MAX_IDLE_PER_AUTHORITY: usize = 1024;
+/// Initial read buffer of a connection.
+const READ_BUFFER: usize = 8 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot connect: {0}")]
+    Connect(String),
+    #[error("{0}")]
+    Io(std::io::Error),
+    #[error("{0}")]
+    Protocol(&'static str),
+    #[error("the upstream closed the connection before answering")]
+    ClosedBeforeResponse,
+    #[error("request body exceeds the configured limit")]
+    BodyTooLarge,
+    #[error("the client's request body failed: {0}")]
+    ClientBody(hyper::Error),
+}
+
+/// An open connection with whatever it already read.
+pub(crate) struct Conn {
+    stream: TcpStream,
+    buf: BytesMut,
+}
+
+struct Idle {
+    conn: Conn,
+    since: Instant,
+}
+
+pub struct Client {
+    idle: Mutex<HashMap<Authority, VecDeque<Idle>, RandomState>>,
+    connect_timeout: Duration,
+    idle_timeout: Duration,
+}
+
+impl Client {
+    pub fn new(connect_timeout: Duration, idle_timeout: Duration) -> Arc<Self> {
+        Arc::new(Self {
+            idle: Mutex::new(HashMap::default()),
+            connect_timeout,
+            idle_timeout,
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Authority, VecDeque<Idle>, RandomState>> {
+        // Every critical section is a push or pop: a poisoned pool is still consistent.
+        self.idle.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The most recently used live connection, if any. Connections the upstream closed
+    /// while idle are noticed here without a syscall: their readiness is already known.
+    fn checkout(&self, authority: &Authority) -> Option<Conn> {
+        let mut idle = self.lock();
+        let queue = idle.get_mut(authority)?;
+        let now = Instant::now();
+        while let Some(entry) = queue.pop_back() {
+            if now.duration_since(entry.since) > self.idle_timeout {
+                queue.clear();
+                return None;
+            }
+            let mut probe = [0u8; 1];
+            match entry.conn.stream.try_read(&mut probe) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Some(entry.conn),
+                // Closed (Ok(0)), unexpected bytes, or an error: not usable.
+                _ => continue,
+            }
+        }
+        None
+    }
+
+    fn put(&self, authority: &Authority, conn: Conn) {
+        let mut idle = self.lock();
+        let queue = match idle.get_mut(authority) {
+            Some(queue) => queue,
+            None => idle.entry(authority.clone()).or_default(),
+        };
+        let now = Instant::now();
+        while queue
+            .front()
+            .is_some_and(|e| now.duration_since(e.since) > self.idle_timeout)
+        {
+            queue.pop_front();
+        }
+        if queue.len() < MAX_IDLE_PER_AUTHORITY {
+            queue.push_back(Idle { conn, since: now });
+        }
+    }
+
+    async fn connect(&self, authority: &Authority) -> Result<Conn, Error> {
+        let host = authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        let port = authority.port_u16().unwrap_or(80);
+        let connecting = async {
+            let addresses: Vec<SocketAddr> = match host.parse::<IpAddr>() {
+                Ok(ip) => vec![SocketAddr::new(ip, port)],
+                Err(_) => tokio::net::lookup_host((host, port))
+                    .await
+                    .map_err(|e| Error::Connect(format!("cannot resolve {host}: {e}")))?
+                    .collect(),
+            };
+            let mut last = Error::Connect(format!("{host} has no address"));
+            for address in addresses {
+                match TcpStream::connect(address).await {
+                    Ok(stream) => return Ok(stream),
+                    Err(e) => last = Error::Connect(format!("{address}: {e}")),
+                }
+            }
+            Err(last)
+        };
+        let stream = tokio::time::timeout(self.connect_timeout, connecting)
+            .await
+            .map_err(|_| {
+                Error::Connect(format!("no connection within {:?}", self.connect_timeout))
+            })??;
+        let _ = stream.set_nodelay(true);
+        Ok(Conn {
+            stream,
+            buf: BytesMut::with_capacity(READ_BUFFER),
+        })
+    }
+
+    /// Sends `request` to `authority` and returns once the response head is read.
+    pub async fn send(
+        self: &Arc<Self>,
+        authority: &Authority,
+        request: Request<RequestBody>,
+    ) -> Result<Response<Body>, Error> {
+        let (parts, body) = request.into_parts();
+        let framing = if body.is_end_stream() {
+            RequestFraming::None
+        } else if parts.headers.contains_key(http::header::CONTENT_LENGTH) {
+            RequestFraming::Length
+        } else {
+            RequestFraming::Chunked
+        };
+        let mut head = BytesMut::new();
+        encode_request(&parts, framing, &mut head);
+        let head = head.freeze();
+
+        if framing != RequestFraming::None {
+            let conn = match self.checkout(authority) {
+                Some(conn) => conn,
+                None => self.connect(authority).await?,
+            };
+            return self
+                .exchange_with_body(conn, authority, head, body, framing, &parts.method)
+                .await;
+        }
+        // A pooled connection can turn out closed just as it is reused; a request without
+        // a body that is safe to repeat is then sent once more on a fresh connection.
+        let replayable = matches!(
+            parts.method,
+            Method::GET
+                | Method::HEAD
+                | Method::OPTIONS
+                | Method::TRACE
+                | Method::PUT
+                | Method::DELETE
+        );
+        if let Some(conn) = self.checkout(authority) {
+            match self.exchange(conn, authority, &head, &parts.method).await {
+                Err(Error::ClosedBeforeResponse | Error::Io(_)) if replayable => {}
+                outcome => return outcome,
+            }
+        }
+        let conn = self.connect(authority).await?;
+        self.exchange(conn, authority, &head, &parts.method).await
+    }
+
+    /// A request without a body: write the head, read the response head.
+    async fn exchange(
+        self: &Arc<Self>,
+        mut conn: Conn,
+        authority: &Authority,
+        head: &Bytes,
+        method: &Method,
+    ) -> Result<Response<Body>, Error> {
+        conn.stream.write_all(head).await.map_err(Error::Io)?;
+        let response = read_head(&mut conn.stream, &mut conn.buf, method).await?;
+        Ok(response.into_response(
+            Io::Whole(conn.stream),
+            conn.buf,
+            self.clone(),
+            authority.clone(),
+        ))
+    }
+
+    /// A request with a body: a task writes it while the response head is read.
+    async fn exchange_with_body(
+        self: &Arc<Self>,
+        conn: Conn,
+        authority: &Authority,
+        head: Bytes,
+        body: RequestBody,
+        framing: RequestFraming,
+        method: &Method,
+    ) -> Result<Response<Body>, Error> {
+        let Conn { stream, mut buf } = conn;
+        let (mut read, write) = stream.into_split();
+        let mut running = tokio::spawn(write_body(
+            write,
+            head,
+            body,
+            framing == RequestFraming::Chunked,
+        ));
+        let (response, writer) = tokio::select! {
+            response = read_head(&mut read, &mut buf, method) => (response, Writer::Running(running)),
+            // The upload ended before any answer. If it failed (body over the limit,
+            // client gone), report that rather than what the upstream makes of it.
+            written = &mut running => match written {
+                Ok(Ok(write)) => (read_head(&mut read, &mut buf, method).await, Writer::Done(write)),
+                Ok(Err(error)) => return Err(error),
+                Err(_) => return Err(Error::Protocol("the request body writer stopped")),
+            },
+        };
+        match response {
+            Ok(response) => Ok(response.into_response(
+                Io::Split { read, writer },
+                buf,
+                self.clone(),
+                authority.clone(),
+            )),
+            Err(error) => {
+                if let Writer::Running(running) = writer {
+                    running.abort();
+                }
+                Err(error)
+            }
+        }
+    }
+}
+
+/// Reads until a complete response head is in `buf`.
+async fn read_head<R: tokio::io::AsyncRead + Unpin>(
+    io: &mut R,
+    buf: &mut BytesMut,
+    method: &Method,
+) -> Result<head::ResponseHead, Error> {
+    let mut read_any = !buf.is_empty();
+    loop {
+        if !buf.is_empty() {
+            if let Some(head) = parse_response(buf, method)? {
+                return Ok(head);
+            }
+            if buf.len() > MAX_HEAD_BYTES {
+                return Err(Error::Protocol("response head too large"));
+            }
+        }
+        if buf.capacity() - buf.len() < 1024 {
+            buf.reserve(READ_BUFFER);
+        }
+        let n = tokio::io::AsyncReadExt::read_buf(io, buf)
+            .await
+            .map_err(Error::Io)?;
+        if n == 0 {
+            return Err(if read_any {
+                Error::Protocol("the upstream closed the connection mid-head")
+            } else {
+                Error::ClosedBeforeResponse
+            });
+        }
+        read_any = true;
+    }
+}
+
+impl head::ResponseHead {
+    fn into_response(
+        self,
+        io: Io,
+        buf: BytesMut,
+        pool: Arc<Client>,
+        authority: Authority,
+    ) -> Response<Body> {
+        let body = Body::new(io, buf, self.framing, self.keep_alive, pool, authority);
+        let mut response = Response::new(body);
+        *response.status_mut() = self.status;
+        *response.version_mut() = self.version;
+        *response.headers_mut() = self.headers;
+        response
+    }
+}
+
+/// Writes the head and the body (chunk-framed if `chunked`), then hands back the write half.
+async fn write_body(
+    mut write: OwnedWriteHalf,
+    head: Bytes,
+    mut body: RequestBody,
+    chunked: bool,
+) -> Result<OwnedWriteHalf, Error> {
+    write.write_all(&head).await.map_err(Error::Io)?;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| match e {
+            BodyError::TooLarge => Error::BodyTooLarge,
+            BodyError::Client(e) => Error::ClientBody(e),
+        })?;
+        let Ok(mut data) = frame.into_data() else {
+            continue;
+        };
+        if data.is_empty() {
+            continue;
+        }
+        if chunked {
+            let size = format!("{:x}\r\n", data.len());
+            let mut framed =
+                bytes::Buf::chain(bytes::Buf::chain(size.as_bytes(), &mut data), &b"\r\n"[..]);
+            write.write_all_buf(&mut framed).await.map_err(Error::Io)?;
+        } else {
+            write.write_all_buf(&mut data).await.map_err(Error::Io)?;
+        }
+    }
+    if chunked {
+        write.write_all(b"0\r\n\r\n").await.map_err(Error::Io)?;
+    }
+    Ok(write)
+}
