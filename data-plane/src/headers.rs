@@ -2,7 +2,7 @@
 //! (`x-forwarded-*`), the request id, and the request's host.
 
 use std::borrow::Cow;
-use std::net::IpAddr;
+use std::net::SocketAddr;
 
 use http::header::{CONNECTION, HOST, TE, TRANSFER_ENCODING, UPGRADE};
 use http::{HeaderMap, HeaderName, HeaderValue, Request};
@@ -68,14 +68,29 @@ pub fn request_id(headers: &HeaderMap) -> HeaderValue {
     HeaderValue::from_str(text).expect("a UUID is a valid header value")
 }
 
+/// The client end of a connection, with its address already rendered as a header value
+/// (once per connection, not per request).
+#[derive(Clone, Debug)]
+pub struct Peer {
+    pub addr: SocketAddr,
+    pub ip: HeaderValue,
+}
+
+impl Peer {
+    pub fn new(addr: SocketAddr) -> Self {
+        let ip = HeaderValue::from_str(&addr.ip().to_string())
+            .expect("an IP address is a valid header value");
+        Self { addr, ip }
+    }
+}
+
 /// Appends the client to `x-forwarded-for` and states the protocol and original host.
 pub fn add_forwarded(
     headers: &mut HeaderMap,
-    client: IpAddr,
+    client: &Peer,
     host: Option<&str>,
     proto: &'static str,
 ) {
-    let client = client.to_string();
     let forwarded_for = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
         Some(earlier) if !earlier.is_empty() => {
             // Several x-forwarded-for fields are one list; join them before appending.
@@ -84,11 +99,12 @@ pub fn add_forwarded(
                 .iter()
                 .filter_map(|v| v.to_str().ok())
                 .collect();
-            HeaderValue::from_str(&format!("{}, {client}", earlier.join(", ")))
+            let ip = client.ip.to_str().unwrap_or_default();
+            HeaderValue::from_str(&format!("{}, {ip}", earlier.join(", "))).ok()
         }
-        _ => HeaderValue::from_str(&client),
+        _ => Some(client.ip.clone()),
     };
-    if let Ok(value) = forwarded_for {
+    if let Some(value) = forwarded_for {
         headers.insert(&X_FORWARDED_FOR, value);
     }
     headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(proto));
@@ -181,7 +197,7 @@ mod tests {
         headers.append(&X_FORWARDED_FOR, HeaderValue::from_static("10.0.0.2"));
         add_forwarded(
             &mut headers,
-            "192.0.2.7".parse().unwrap(),
+            &Peer::new("192.0.2.7:5555".parse().unwrap()),
             Some("api.example.com"),
             "http",
         );
@@ -190,7 +206,12 @@ mod tests {
         assert_eq!(headers[&X_FORWARDED_HOST], "api.example.com");
 
         let mut headers = HeaderMap::new();
-        add_forwarded(&mut headers, "::1".parse().unwrap(), None, "http");
+        add_forwarded(
+            &mut headers,
+            &Peer::new("[::1]:5555".parse().unwrap()),
+            None,
+            "http",
+        );
         assert_eq!(headers[&X_FORWARDED_FOR], "::1");
         assert!(!headers.contains_key(&X_FORWARDED_HOST));
     }

@@ -12,6 +12,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+use crate::headers::Peer;
 use crate::proxy::Proxy;
 
 /// Time a client has to send a complete request head (slow-loris protection).
@@ -55,9 +56,12 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let proxy = proxy.clone();
+        let peer = Peer::new(client);
         let service = service_fn(move |request| {
-            let proxy = proxy.clone();
-            async move { Ok::<_, Infallible>(proxy.handle(client, request).await) }
+            let (proxy, peer) = (proxy.clone(), peer.clone());
+            // Boxed: hyper moves the service future a few times per request, and a
+            // pointer is cheaper to move than the whole request state machine.
+            Box::pin(async move { Ok::<_, Infallible>(proxy.handle(&peer, request).await) })
         });
         let connection = builder
             .serve_connection(TokioIo::new(stream), service)

@@ -3,7 +3,6 @@
 //! request: the runtime a request starts with is the one it finishes with.
 
 use std::borrow::Cow;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -16,7 +15,7 @@ use tokio::time::Instant;
 
 use crate::body::{RequestBody, ResponseBody};
 use crate::deny::Deny;
-use crate::headers::{self, X_REQUEST_ID};
+use crate::headers::{self, Peer, X_REQUEST_ID};
 use crate::metrics::Metrics;
 use crate::path;
 use crate::route::RequestFacts;
@@ -85,7 +84,7 @@ impl Proxy {
     /// Serves one request; never fails — every problem becomes a JSON error response.
     pub async fn handle(
         &self,
-        client: SocketAddr,
+        client: &Peer,
         request: Request<Incoming>,
     ) -> Response<ResponseBody> {
         let started = Instant::now();
@@ -123,7 +122,7 @@ impl Proxy {
             tracing::info!(
                 target: "pavilion::access",
                 request_id = request_id.to_str().unwrap_or_default(),
-                client = %client.ip(),
+                client = %client.addr.ip(),
                 method = %method,
                 path = uri.path(),
                 status = status.as_u16(),
@@ -141,7 +140,7 @@ impl Proxy {
     async fn forward<'r>(
         &self,
         runtime: &'r Runtime,
-        client: SocketAddr,
+        client: &Peer,
         request: Request<Incoming>,
         started: Instant,
         request_id: &HeaderValue,
@@ -284,7 +283,7 @@ fn upstream_request(
     target: &Target,
     new_path: Option<String>,
     original_host: Option<HeaderValue>,
-    client: SocketAddr,
+    client: &Peer,
     request_id: &HeaderValue,
     max_body_bytes: u64,
 ) -> Result<Request<RequestBody>, Deny> {
@@ -316,7 +315,7 @@ fn upstream_request(
     headers::strip_hop_by_hop(headers, true);
     headers::add_forwarded(
         headers,
-        client.ip(),
+        client,
         original_host.as_ref().and_then(|h| h.to_str().ok()),
         "http",
     );

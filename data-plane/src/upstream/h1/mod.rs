@@ -173,20 +173,17 @@ impl Client {
         let mut head = BytesMut::new();
         encode_request(&parts, framing, &mut head);
         let head = head.freeze();
+        let method = parts.method;
 
         if framing != RequestFraming::None {
-            let conn = match self.checkout(authority) {
-                Some(conn) => conn,
-                None => self.connect(authority).await?,
-            };
-            return self
-                .exchange_with_body(conn, authority, head, body, framing, &parts.method)
-                .await;
+            // Boxed: the full-duplex exchange is large, and most requests have no body —
+            // they should not carry its size around (every move of a future copies it).
+            return Box::pin(self.send_with_body(authority, head, body, framing, method)).await;
         }
         // A pooled connection can turn out closed just as it is reused; a request without
         // a body that is safe to repeat is then sent once more on a fresh connection.
         let replayable = matches!(
-            parts.method,
+            method,
             Method::GET
                 | Method::HEAD
                 | Method::OPTIONS
@@ -195,13 +192,29 @@ impl Client {
                 | Method::DELETE
         );
         if let Some(conn) = self.checkout(authority) {
-            match self.exchange(conn, authority, &head, &parts.method).await {
+            match self.exchange(conn, authority, &head, &method).await {
                 Err(Error::ClosedBeforeResponse | Error::Io(_)) if replayable => {}
                 outcome => return outcome,
             }
         }
         let conn = self.connect(authority).await?;
-        self.exchange(conn, authority, &head, &parts.method).await
+        self.exchange(conn, authority, &head, &method).await
+    }
+
+    async fn send_with_body(
+        self: &Arc<Self>,
+        authority: &Authority,
+        head: Bytes,
+        body: RequestBody,
+        framing: RequestFraming,
+        method: Method,
+    ) -> Result<Response<Body>, Error> {
+        let conn = match self.checkout(authority) {
+            Some(conn) => conn,
+            None => self.connect(authority).await?,
+        };
+        self.exchange_with_body(conn, authority, head, body, framing, &method)
+            .await
     }
 
     /// A request without a body: write the head, read the response head.
