@@ -88,7 +88,7 @@ impl Peer {
 pub fn add_forwarded(
     headers: &mut HeaderMap,
     client: &Peer,
-    host: Option<&str>,
+    host: Option<&HeaderValue>,
     proto: &'static str,
 ) {
     let forwarded_for = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
@@ -108,8 +108,8 @@ pub fn add_forwarded(
         headers.insert(&X_FORWARDED_FOR, value);
     }
     headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(proto));
-    if let Some(value) = host.and_then(|h| HeaderValue::from_str(h).ok()) {
-        headers.insert(&X_FORWARDED_HOST, value);
+    if let Some(host) = host {
+        headers.insert(&X_FORWARDED_HOST, host.clone());
     }
 }
 
@@ -198,7 +198,7 @@ mod tests {
         add_forwarded(
             &mut headers,
             &Peer::new("192.0.2.7:5555".parse().unwrap()),
-            Some("api.example.com"),
+            Some(&HeaderValue::from_static("api.example.com")),
             "http",
         );
         assert_eq!(headers[&X_FORWARDED_FOR], "10.0.0.1, 10.0.0.2, 192.0.2.7");

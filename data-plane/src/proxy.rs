@@ -313,12 +313,7 @@ fn upstream_request(
 
     let headers = &mut parts.headers;
     headers::strip_hop_by_hop(headers, true);
-    headers::add_forwarded(
-        headers,
-        client,
-        original_host.as_ref().and_then(|h| h.to_str().ok()),
-        "http",
-    );
+    headers::add_forwarded(headers, client, original_host.as_ref(), "http");
     headers.insert(&X_REQUEST_ID, request_id.clone());
     match target.protocol {
         // HTTP/2 carries the host in :authority, which is the backend's here.
