@@ -40,10 +40,10 @@ async fn wait_for(rx: &mut watch::Receiver<Option<Items>>, what: &str, want: &[(
         .collect();
     tokio::time::timeout(Duration::from_secs(5), async {
         loop {
-            if let Some(items) = rx.borrow_and_update().clone() {
-                if routes(&items) == want {
-                    return;
-                }
+            if let Some(items) = rx.borrow_and_update().clone()
+                && routes(&items) == want
+            {
+                return;
             }
             rx.changed().await.unwrap();
         }

@@ -202,10 +202,11 @@ fn typed_document<T: DeserializeOwned>(chunk: &str, first_line: usize) -> Result
         let mut message = strip_location(&inner.to_string());
         // serde_yaml prefixes the container's path ("spec.rules[0]: unknown field …");
         // the field is reported on its own.
-        if let Some((prefix, rest)) = message.split_once(": ") {
-            if !prefix.contains(char::is_whitespace) && path.starts_with(prefix) {
-                message = rest.to_owned();
-            }
+        if let Some((prefix, rest)) = message.split_once(": ")
+            && !prefix.contains(char::is_whitespace)
+            && path.starts_with(prefix)
+        {
+            message = rest.to_owned();
         }
         DocumentError {
             line: inner

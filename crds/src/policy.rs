@@ -33,6 +33,8 @@ impl TargetRef {
 }
 
 /// Limits request rates by keys built from request facts.
+// `printcolumn(...)` repeats its keys once per column, which clippy mistakes for duplicates.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[kube(
     group = "gateway.pavilion.dev",
@@ -141,6 +143,8 @@ fn key_part(part: &str) -> Result<(), String> {
 }
 
 /// Cross-origin resource sharing for the routes it targets.
+// `printcolumn(...)` repeats its keys once per column, which clippy mistakes for duplicates.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[kube(
     group = "gateway.pavilion.dev",

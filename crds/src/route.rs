@@ -20,6 +20,8 @@ pub const MAX_WEIGHT: u32 = 1_000_000;
 pub const MAX_TIMEOUT_SECS: u64 = 3600;
 
 /// Routes requests for some hosts to weighted backends, by path, method and headers.
+// `printcolumn(...)` repeats its keys once per column, which clippy mistakes for duplicates.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[kube(
     group = "gateway.pavilion.dev",

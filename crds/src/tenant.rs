@@ -11,6 +11,8 @@ use crate::status::ResourceStatus;
 use crate::validate::{Errors, at, backend_url, dns_label};
 
 /// Maps a tenant to a shard per service kind and names each shard's endpoints.
+// `printcolumn(...)` repeats its keys once per column, which clippy mistakes for duplicates.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[kube(
     group = "gateway.pavilion.dev",

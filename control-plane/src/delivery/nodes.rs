@@ -93,10 +93,10 @@ impl Connection<'_> {
     }
 
     fn update(&self, change: impl FnOnce(&mut NodeStatus)) {
-        if let Some((serial, status)) = self.nodes.lock().get_mut(&self.id) {
-            if *serial == self.serial {
-                change(status);
-            }
+        if let Some((serial, status)) = self.nodes.lock().get_mut(&self.id)
+            && *serial == self.serial
+        {
+            change(status);
         }
     }
 

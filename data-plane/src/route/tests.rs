@@ -51,7 +51,10 @@ fn with_header(mut m: proto::Match, name: &str, value: &str) -> proto::Match {
     m
 }
 
-fn build(routes: &[(&str, &[&str], Vec<Vec<proto::Match>>)]) -> Result<Fixture, RouteError> {
+/// `(name, hosts, rules)`, each rule a list of matches.
+type RouteSpec<'a> = (&'a str, &'a [&'a str], Vec<Vec<proto::Match>>);
+
+fn build(routes: &[RouteSpec<'_>]) -> Result<Fixture, RouteError> {
     let mut labels = Vec::new();
     let mut ids = Vec::new();
     let protos: Vec<proto::Route> = routes
