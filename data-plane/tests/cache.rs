@@ -4,7 +4,7 @@
 use pavilion_data::Config;
 use pavilion_tests::Upstream;
 use pavilion_tests::client::HttpClient;
-use pavilion_tests::snapshot::{prefix_rule, route, snapshot};
+use pavilion_tests::snapshot::catch_all;
 
 #[tokio::test]
 async fn a_restart_serves_the_cached_snapshot() {
@@ -18,14 +18,7 @@ async fn a_restart_serves_the_cached_snapshot() {
 
     let first = pavilion_data::start(config.clone()).await.unwrap();
     first
-        .apply(snapshot(
-            "v7",
-            vec![route(
-                "ns/r",
-                &[],
-                vec![prefix_rule("/", &[(&upstream.url(), 1)])],
-            )],
-        ))
+        .apply(catch_all("v7", "ns/r", &upstream.url()))
         .await
         .unwrap();
     first.stop().await;

@@ -9,7 +9,7 @@ use http_body_util::Full;
 use pavilion_data::{Config, DataPlane};
 use pavilion_proto as proto;
 use pavilion_tests::client::{HttpClient, Reply};
-use pavilion_tests::snapshot::{prefix_rule, route, snapshot};
+use pavilion_tests::snapshot::{catch_all, prefix_rule, route, snapshot};
 use pavilion_tests::{Upstream, free_port};
 
 async fn data_plane() -> DataPlane {
@@ -51,16 +51,9 @@ async fn before_any_snapshot_every_request_gets_503_not_ready() {
 async fn forwards_with_forwarding_headers_and_request_id_and_without_hop_by_hop_fields() {
     let upstream = Upstream::start("u1").await.unwrap();
     let dp = data_plane().await;
-    dp.apply(snapshot(
-        "v1",
-        vec![route(
-            "shop/orders",
-            &[],
-            vec![prefix_rule("/", &[(&upstream.url(), 1)])],
-        )],
-    ))
-    .await
-    .unwrap();
+    dp.apply(catch_all("v1", "shop/orders", &upstream.url()))
+        .await
+        .unwrap();
 
     let request = Request::get(url(&dp, "/orders/7?expand=items"))
         .header("host", "Api.Example.com:8080")
@@ -236,16 +229,9 @@ async fn oversized_headers_get_431_and_bodies_413() {
     config.limits.max_header_bytes = 4096;
     config.limits.max_body_bytes = 1000;
     let dp = pavilion_data::start(config).await.unwrap();
-    dp.apply(snapshot(
-        "v1",
-        vec![route(
-            "ns/r",
-            &[],
-            vec![prefix_rule("/", &[(&upstream.url(), 1)])],
-        )],
-    ))
-    .await
-    .unwrap();
+    dp.apply(catch_all("v1", "ns/r", &upstream.url()))
+        .await
+        .unwrap();
     let client = HttpClient::http1();
 
     let request = Request::get(url(&dp, "/"))
@@ -292,16 +278,9 @@ async fn streamed_bodies_over_the_limit_get_413() {
     let mut config = Config::local();
     config.limits.max_body_bytes = 1000;
     let dp = pavilion_data::start(config).await.unwrap();
-    dp.apply(snapshot(
-        "v1",
-        vec![route(
-            "ns/r",
-            &[],
-            vec![prefix_rule("/", &[(&upstream.url(), 1)])],
-        )],
-    ))
-    .await
-    .unwrap();
+    dp.apply(catch_all("v1", "ns/r", &upstream.url()))
+        .await
+        .unwrap();
     // Chunked: no Content-Length, so the limit is found while streaming.
     let reply = chunked_post(&url(&dp, "/consume"), 5, 1000).await;
     assert_envelope(&reply, 413, "payload_too_large");
@@ -383,16 +362,9 @@ async fn h2c_clients_and_h2c_backends() {
 async fn invalid_snapshots_are_refused_and_the_current_one_keeps_serving() {
     let upstream = Upstream::start("u").await.unwrap();
     let dp = data_plane().await;
-    dp.apply(snapshot(
-        "v1",
-        vec![route(
-            "ns/r",
-            &[],
-            vec![prefix_rule("/", &[(&upstream.url(), 1)])],
-        )],
-    ))
-    .await
-    .unwrap();
+    dp.apply(catch_all("v1", "ns/r", &upstream.url()))
+        .await
+        .unwrap();
     let mut bad = prefix_rule("/", &[(&upstream.url(), 1)]);
     bad.matches[0].path = Some(proto::PathMatch {
         r#type: proto::PathMatchType::RegularExpression as i32,
@@ -426,16 +398,7 @@ async fn a_swap_never_breaks_an_in_flight_request() {
     let old = Upstream::start("old").await.unwrap();
     let new = Upstream::start("new").await.unwrap();
     let dp = data_plane().await;
-    dp.apply(snapshot(
-        "v1",
-        vec![route(
-            "ns/r",
-            &[],
-            vec![prefix_rule("/", &[(&old.url(), 1)])],
-        )],
-    ))
-    .await
-    .unwrap();
+    dp.apply(catch_all("v1", "ns/r", &old.url())).await.unwrap();
     let client = HttpClient::http1();
     let in_flight = {
         let client = client.clone();
@@ -443,16 +406,7 @@ async fn a_swap_never_breaks_an_in_flight_request() {
         tokio::spawn(async move { client.get(&url).await })
     };
     tokio::time::sleep(Duration::from_millis(100)).await;
-    dp.apply(snapshot(
-        "v2",
-        vec![route(
-            "ns/r",
-            &[],
-            vec![prefix_rule("/", &[(&new.url(), 1)])],
-        )],
-    ))
-    .await
-    .unwrap();
+    dp.apply(catch_all("v2", "ns/r", &new.url())).await.unwrap();
     assert_eq!(
         client
             .get(&url(&dp, "/"))

@@ -15,7 +15,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use pavilion_data::Config;
 use pavilion_tests::Upstream;
-use pavilion_tests::snapshot::{prefix_rule, route, snapshot};
+use pavilion_tests::snapshot::catch_all;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -72,16 +72,9 @@ async fn controlled_upstream() -> (String, mpsc::Receiver<Chunks>) {
 async fn response_chunks_reach_the_client_before_the_upstream_finishes() {
     let (upstream, mut senders) = controlled_upstream().await;
     let dp = pavilion_data::start(Config::local()).await.unwrap();
-    dp.apply(snapshot(
-        "v1",
-        vec![route(
-            "ns/sse",
-            &[],
-            vec![prefix_rule("/", &[(&upstream, 1)])],
-        )],
-    ))
-    .await
-    .unwrap();
+    dp.apply(catch_all("v1", "ns/sse", &upstream))
+        .await
+        .unwrap();
 
     let client: Client<_, Empty<Bytes>> =
         Client::builder(TokioExecutor::new()).build(HttpConnector::new());
@@ -117,16 +110,9 @@ async fn response_chunks_reach_the_client_before_the_upstream_finishes() {
 async fn request_chunks_reach_the_upstream_before_the_client_finishes() {
     let upstream = Upstream::start("echo").await.unwrap();
     let dp = pavilion_data::start(Config::local()).await.unwrap();
-    dp.apply(snapshot(
-        "v1",
-        vec![route(
-            "ns/up",
-            &[],
-            vec![prefix_rule("/", &[(&upstream.url(), 1)])],
-        )],
-    ))
-    .await
-    .unwrap();
+    dp.apply(catch_all("v1", "ns/up", &upstream.url()))
+        .await
+        .unwrap();
 
     let (chunks, frames) = mpsc::channel::<Result<Frame<Bytes>, Infallible>>(4);
     let client = Client::builder(TokioExecutor::new()).build(HttpConnector::new());

@@ -7,22 +7,15 @@ use http_body_util::Full;
 use pavilion_data::{Config, DataPlane};
 use pavilion_tests::client::HttpClient;
 use pavilion_tests::raw::{Action, RawUpstream};
-use pavilion_tests::snapshot::{prefix_rule, route, snapshot};
+use pavilion_tests::snapshot::catch_all;
 
 async fn gateway_to(upstream: &RawUpstream) -> DataPlane {
     let mut config = Config::local();
     config.workers = 1;
     let dp = pavilion_data::start(config).await.unwrap();
-    dp.apply(snapshot(
-        "v1",
-        vec![route(
-            "ns/raw",
-            &[],
-            vec![prefix_rule("/", &[(&upstream.url(), 1)])],
-        )],
-    ))
-    .await
-    .unwrap();
+    dp.apply(catch_all("v1", "ns/raw", &upstream.url()))
+        .await
+        .unwrap();
     dp
 }
 

@@ -2,7 +2,7 @@
 
 use pavilion_data::Config;
 use pavilion_tests::client::HttpClient;
-use pavilion_tests::snapshot::{prefix_rule, route, snapshot};
+use pavilion_tests::snapshot::catch_all;
 use pavilion_tests::tls::{TestCa, TlsUpstream};
 
 #[tokio::test]
@@ -18,16 +18,7 @@ async fn https_backends_are_verified_against_the_configured_ca() {
     let trusting = pavilion_data::start(config).await.unwrap();
     let untrusting = pavilion_data::start(Config::local()).await.unwrap();
     for dp in [&trusting, &untrusting] {
-        dp.apply(snapshot(
-            "v1",
-            vec![route(
-                "ns/tls",
-                &[],
-                vec![prefix_rule("/", &[(&backend, 1)])],
-            )],
-        ))
-        .await
-        .unwrap();
+        dp.apply(catch_all("v1", "ns/tls", &backend)).await.unwrap();
     }
 
     let reply = HttpClient::http1()

@@ -94,6 +94,18 @@ impl DataProcess {
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.listen)
     }
+
+    /// GETs `path` through the gateway: the status and the upstream that answered.
+    pub async fn served_by(&self, path: &str) -> (u16, Option<String>) {
+        let reply = HttpClient::http1()
+            .get(&self.url(path))
+            .await
+            .expect("an answer");
+        (
+            reply.status.as_u16(),
+            reply.header("x-upstream").map(str::to_owned),
+        )
+    }
 }
 
 /// A running `pavilion-upstream` called `name`.

@@ -15,7 +15,22 @@ pub fn binary(name: &str) -> PathBuf {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut command = Command::new(cargo);
         // The same target set as `cargo test --workspace` (and nextest) builds, so features
-        // unify identically and this is a no-op after a workspace test build.
+        // unify identically and this is a no-op after a workspace test build. Only what
+        // cargo needs from the environment: the variables a test runner sets for the test
+        // process (package metadata, runner state) would make cargo rebuild.
+        command.env_clear();
+        for name in [
+            "PATH",
+            "HOME",
+            "CARGO_HOME",
+            "RUSTUP_HOME",
+            "RUSTUP_TOOLCHAIN",
+            "CARGO_TARGET_DIR",
+        ] {
+            if let Some(value) = std::env::var_os(name) {
+                command.env(name, value);
+            }
+        }
         command
             .current_dir(workspace_root())
             .args(["build", "--workspace", "--all-targets"]);

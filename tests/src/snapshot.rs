@@ -41,3 +41,11 @@ pub fn snapshot(version: &str, routes: Vec<proto::Route>) -> proto::Snapshot {
         routes,
     }
 }
+
+/// A snapshot with one route `name` sending every request, for any host, to `backend`.
+pub fn catch_all(version: &str, name: &str, backend: &str) -> proto::Snapshot {
+    snapshot(
+        version,
+        vec![route(name, &[], vec![prefix_rule("/", &[(backend, 1)])])],
+    )
+}

@@ -11,7 +11,7 @@ use pavilion_proto::v1::snapshot_discovery_client::SnapshotDiscoveryClient;
 use pavilion_proto::v1::snapshot_discovery_server::{SnapshotDiscovery, SnapshotDiscoveryServer};
 use pavilion_proto::{Node, SnapshotRequest, SnapshotResponse};
 use pavilion_tests::client::HttpClient;
-use pavilion_tests::snapshot::{prefix_rule, route, snapshot};
+use pavilion_tests::snapshot::{catch_all, prefix_rule, route, snapshot};
 use pavilion_tests::{Upstream, eventually};
 use serde_json::Value;
 use tokio::sync::mpsc;
@@ -311,14 +311,7 @@ impl SnapshotDiscovery for ScriptedControlPlane {
 #[tokio::test]
 async fn the_data_plane_nacks_what_it_cannot_build_and_keeps_serving() {
     let upstream = Upstream::start("u").await.unwrap();
-    let good = snapshot(
-        "good",
-        vec![route(
-            "ns/r",
-            &[],
-            vec![prefix_rule("/", &[(&upstream.url(), 1)])],
-        )],
-    );
+    let good = catch_all("good", "ns/r", &upstream.url());
     let mut bad_rule = prefix_rule("/", &[(&upstream.url(), 1)]);
     bad_rule.matches[0].path.as_mut().unwrap().r#type =
         pavilion_proto::PathMatchType::RegularExpression as i32;
