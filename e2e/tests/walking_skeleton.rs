@@ -167,9 +167,9 @@ async fn sigterm_lets_in_flight_requests_finish() {
         route_yaml("slow", "/", &upstream.url),
     )
     .unwrap();
-    let _control = ControlProcess::start(config.path(), free_port()).await;
+    let mut control = ControlProcess::start(config.path(), free_port()).await;
     let mut data =
-        DataProcess::start(&_control.grpc, &state.path().join("cache.pb"), free_port()).await;
+        DataProcess::start(&control.grpc, &state.path().join("cache.pb"), free_port()).await;
 
     let url = data.url("/delay/700");
     let in_flight = tokio::spawn(async move { HttpClient::http1().get(&url).await });
@@ -181,5 +181,25 @@ async fn sigterm_lets_in_flight_requests_finish() {
         .unwrap()
         .expect("the in-flight request is answered");
     assert_eq!(reply.status, 200);
-    assert!(data.child.output().contains("all connections drained"));
+    let output = data.child.output();
+    assert!(output.contains("all connections drained"));
+
+    // One JSON access line per request, with what an operator needs to follow it.
+    let access: serde_json::Value = output
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .find(|line| line["target"] == "pavilion::access")
+        .expect("an access log line");
+    assert_eq!(access["path"], "/delay/700");
+    assert_eq!(access["status"], 200);
+    assert_eq!(access["route"], "e2e/slow");
+    assert_eq!(access["upstream"], upstream.url.as_str());
+    assert_eq!(access["request_id"], reply.header("x-request-id").unwrap());
+    assert!(access["duration_ms"].as_f64().unwrap() >= 700.0, "{access}");
+
+    let status = control.child.terminate();
+    assert!(
+        status.success(),
+        "the control plane stops gracefully too: {status}"
+    );
 }
