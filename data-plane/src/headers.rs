@@ -41,10 +41,18 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_te_trailers: bool) {
             headers.remove(name);
         }
     }
-    if let Some(te) = headers.get(&TE) {
-        let trailers_only = te.as_bytes().eq_ignore_ascii_case(b"trailers");
-        if !(keep_te_trailers && trailers_only) {
-            headers.remove(&TE);
+    if headers.contains_key(&TE) {
+        // Of all TE fields, only a "trailers" token may pass (gRPC needs it end to end).
+        let trailers = keep_te_trailers
+            && headers
+                .get_all(&TE)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                .any(|t| t.trim().eq_ignore_ascii_case("trailers"));
+        headers.remove(&TE);
+        if trailers {
+            headers.insert(&TE, HeaderValue::from_static("trailers"));
         }
     }
 }
@@ -108,9 +116,11 @@ pub fn add_forwarded(
         headers.insert(&X_FORWARDED_FOR, value);
     }
     headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(proto));
-    if let Some(host) = host {
-        headers.insert(&X_FORWARDED_HOST, host.clone());
-    }
+    match host {
+        Some(host) => headers.insert(&X_FORWARDED_HOST, host.clone()),
+        // Never pass on a client's own claim.
+        None => headers.remove(&X_FORWARDED_HOST),
+    };
 }
 
 /// The authority the client addressed: the URI's (HTTP/2, absolute-form) or `Host`.
@@ -162,7 +172,8 @@ mod tests {
         }
         let mut response = headers.clone();
         strip_hop_by_hop(&mut headers, true);
-        let names: Vec<_> = headers.keys().map(|k| k.as_str()).collect();
+        let mut names: Vec<_> = headers.keys().map(|k| k.as_str()).collect();
+        names.sort();
         assert_eq!(names, ["te", "x-end-to-end"]);
 
         strip_hop_by_hop(&mut response, false);
@@ -176,6 +187,13 @@ mod tests {
         headers.insert(TE, HeaderValue::from_static("gzip"));
         strip_hop_by_hop(&mut headers, true);
         assert!(headers.is_empty());
+
+        let mut headers = HeaderMap::new();
+        headers.append(TE, HeaderValue::from_static("trailers"));
+        headers.append(TE, HeaderValue::from_static("gzip, deflate"));
+        strip_hop_by_hop(&mut headers, true);
+        let te: Vec<_> = headers.get_all(TE).iter().collect();
+        assert_eq!(te, ["trailers"]);
     }
 
     #[test]
@@ -206,6 +224,10 @@ mod tests {
         assert_eq!(headers[&X_FORWARDED_HOST], "api.example.com");
 
         let mut headers = HeaderMap::new();
+        headers.insert(
+            &X_FORWARDED_HOST,
+            HeaderValue::from_static("spoofed.example.com"),
+        );
         add_forwarded(
             &mut headers,
             &Peer::new("[::1]:5555".parse().unwrap()),

@@ -17,7 +17,7 @@ use crate::body::{RequestBody, ResponseBody};
 use crate::deny::Deny;
 use crate::headers::{self, Peer, X_REQUEST_ID};
 use crate::metrics::Metrics;
-use crate::path;
+use crate::path::{self, PathError};
 use crate::route::RequestFacts;
 use crate::runtime::{Rule, Runtime};
 use crate::upstream::{Protocol, Target, UpstreamError, Upstreams};
@@ -79,6 +79,10 @@ impl Proxy {
 
     pub fn limits(&self) -> Limits {
         self.shared.limits
+    }
+
+    pub fn upstreams(&self) -> &Upstreams {
+        &self.upstreams
     }
 
     /// Serves one request; never fails — every problem becomes a JSON error response.
@@ -153,13 +157,26 @@ impl Proxy {
 
         // Routing borrows the request; what forwarding needs is taken out before it moves.
         let original_host = original_host(&request);
+        // RFC 9110 §4.2.4: userinfo has no place in an HTTP authority, and routing and the
+        // upstream could read such a host differently.
+        if original_host
+            .as_ref()
+            .is_some_and(|h| h.as_bytes().contains(&b'@'))
+        {
+            return Err(Deny::BadRequest("the request's host carries credentials"));
+        }
         let host = original_host
             .as_ref()
             .and_then(|h| h.to_str().ok())
             .map(headers::host_of);
-        let normalized = path::normalize(request.uri().path()).ok_or(Deny::BadRequest(
-            "the request target must be a path starting with '/'",
-        ))?;
+        let normalized = path::normalize(request.uri().path()).map_err(|error| match error {
+            PathError::NotAPath => {
+                Deny::BadRequest("the request target must be a path starting with '/'")
+            }
+            PathError::HiddenDotSegment => {
+                Deny::BadRequest("the path hides a dot segment behind an encoded separator")
+            }
+        })?;
         let facts = RequestFacts {
             host: host.as_deref(),
             path: &normalized,
@@ -323,9 +340,12 @@ fn upstream_request(
         }
         Protocol::Http1 | Protocol::Https => {
             parts.version = Version::HTTP_11;
-            if let Some(host) = original_host {
-                headers.insert(HOST, host);
-            }
+            // HTTP/1.1 requires a Host; an HTTP/1.0 client may not have sent one.
+            let host = original_host.unwrap_or_else(|| {
+                HeaderValue::from_str(target.authority.as_str())
+                    .expect("an authority is a valid header value")
+            });
+            headers.insert(HOST, host);
         }
     }
     Ok(Request::from_parts(

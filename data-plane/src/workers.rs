@@ -16,6 +16,8 @@ use crate::upstream::{UpstreamOptions, Upstreams};
 
 /// Pending connections per worker socket.
 const BACKLOG: i32 = 1024;
+/// How often each worker closes upstream connections idle past their timeout.
+const SWEEP_EVERY: Duration = Duration::from_secs(15);
 
 /// Binds `count` sockets to `addr` with SO_REUSEPORT. With port 0, the first socket picks
 /// the port and the others join it.
@@ -73,7 +75,9 @@ pub fn spawn(
                     match tokio::net::TcpListener::from_std(listener) {
                         Ok(listener) => {
                             let proxy = Arc::new(Proxy::new(shared, upstreams));
+                            let sweeper = tokio::spawn(sweep_idle(proxy.clone()));
                             listener::serve(listener, proxy, shutdown, drain).await;
+                            sweeper.abort();
                         }
                         Err(error) => {
                             tracing::error!(worker = index, %error, "cannot register the listener")
@@ -85,6 +89,14 @@ pub fn spawn(
         done.push(done_rx);
     }
     Ok(Workers { done })
+}
+
+async fn sweep_idle(proxy: Arc<Proxy>) {
+    let mut ticks = tokio::time::interval(SWEEP_EVERY);
+    loop {
+        ticks.tick().await;
+        proxy.upstreams().sweep();
+    }
 }
 
 impl Workers {

@@ -465,3 +465,43 @@ async fn metrics_count_requests_by_route_and_status_class() {
         (200, "v1".into())
     );
 }
+
+#[tokio::test]
+async fn an_upload_over_the_limit_never_looks_like_a_success() {
+    // The echo upstream answers before the upload ends, so the limit may be crossed after
+    // the response started: the client must then see the response fail, not a clean 200.
+    let upstream = Upstream::start("echo").await.unwrap();
+    let mut config = Config::local();
+    config.limits.max_body_bytes = 1000;
+    let dp = pavilion_data::start(config).await.unwrap();
+    dp.apply(catch_all("v1", "ns/r", &upstream.url()))
+        .await
+        .unwrap();
+    use http_body_util::{BodyExt, StreamBody};
+    let (tx, rx) = tokio::sync::mpsc::channel::<
+        Result<hyper::body::Frame<Bytes>, std::convert::Infallible>,
+    >(8);
+    for _ in 0..5 {
+        tx.send(Ok(hyper::body::Frame::data(Bytes::from(vec![b'z'; 1000]))))
+            .await
+            .unwrap();
+    }
+    drop(tx);
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build(hyper_util::client::legacy::connect::HttpConnector::new());
+    let request = Request::post(url(&dp, "/echo-body"))
+        .body(StreamBody::new(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        ))
+        .unwrap();
+    let response = client.request(request).await.unwrap();
+    if response.status() == 200 {
+        let body = response.into_body().collect().await;
+        assert!(
+            body.is_err(),
+            "a 200 whose body completes would hide the cut-off upload"
+        );
+    } else {
+        assert_eq!(response.status(), 413);
+    }
+}

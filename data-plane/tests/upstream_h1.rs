@@ -273,3 +273,115 @@ async fn request_bodies_are_framed_as_the_upstream_expects() {
     );
     assert!(!requests[2].contains("content-length"), "{}", requests[2]);
 }
+
+#[tokio::test]
+async fn a_timed_out_upload_stops_and_closes_the_upstream_connection() {
+    // An upstream that accepts and never reads or answers; it reports when the gateway
+    // hangs up.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = format!("http://{}", listener.local_addr().unwrap());
+    let (hung_up, mut hung_up_rx) = tokio::sync::mpsc::channel(1);
+    tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let mut sink = Vec::new();
+        let _ = tokio::io::AsyncReadExt::read_to_end(&mut stream, &mut sink).await;
+        let _ = hung_up.send(()).await;
+    });
+    let mut config = Config::local();
+    config.workers = 1;
+    let dp = pavilion_data::start(config).await.unwrap();
+    let mut rule = pavilion_tests::snapshot::prefix_rule("/", &[(&upstream, 1)]);
+    rule.timeout_ms = 300;
+    let snapshot = pavilion_tests::snapshot::snapshot(
+        "v1",
+        vec![pavilion_tests::snapshot::route("ns/stall", &[], vec![rule])],
+    );
+    dp.apply(snapshot).await.unwrap();
+
+    // A client whose upload never ends.
+    let (chunks, frames) = tokio::sync::mpsc::channel::<
+        Result<hyper::body::Frame<Bytes>, std::convert::Infallible>,
+    >(1);
+    chunks
+        .send(Ok(hyper::body::Frame::data(Bytes::from_static(
+            b"first part",
+        ))))
+        .await
+        .unwrap();
+    let body = http_body_util::StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(frames));
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build(hyper_util::client::legacy::connect::HttpConnector::new());
+    let response = client
+        .request(
+            Request::post(format!("http://{}/upload", dp.addr))
+                .body(body)
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 504);
+    tokio::time::timeout(std::time::Duration::from_secs(5), hung_up_rx.recv())
+        .await
+        .expect("the gateway closes the upstream connection once the exchange is given up");
+    drop(chunks);
+}
+
+#[tokio::test]
+async fn requests_without_a_host_get_the_backend_authority_and_no_forwarded_host() {
+    let upstream = RawUpstream::start(|_, _| Action::Reply(ok("ok"))).await;
+    let dp = gateway_to(&upstream).await;
+    let mut stream = tokio::net::TcpStream::connect(dp.addr).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(
+        &mut stream,
+        b"GET /old HTTP/1.0\r\nx-forwarded-host: spoofed.example.com\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut answer = Vec::new();
+    tokio::io::AsyncReadExt::read_to_end(&mut stream, &mut answer)
+        .await
+        .unwrap();
+    assert!(
+        answer.starts_with(b"HTTP/1.0 200") || answer.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    let request = &upstream.requests_text()[0];
+    assert!(
+        request.contains(&format!("host: {}\r\n", upstream.addr)),
+        "{request}"
+    );
+    assert!(!request.contains("spoofed"), "{request}");
+}
+
+#[tokio::test]
+async fn tricky_targets_are_refused_before_routing() {
+    let upstream = RawUpstream::start(|_, _| Action::Reply(ok("ok"))).await;
+    let dp = gateway_to(&upstream).await;
+    for target in [
+        "/public/..%2Fadmin",
+        "/public/..%5cadmin",
+        "http://a.example.com:x@b.example.com/",
+    ] {
+        let mut stream = tokio::net::TcpStream::connect(dp.addr).await.unwrap();
+        let request =
+            format!("GET {target} HTTP/1.1\r\nhost: b.example.com\r\nconnection: close\r\n\r\n");
+        tokio::io::AsyncWriteExt::write_all(&mut stream, request.as_bytes())
+            .await
+            .unwrap();
+        let mut answer = Vec::new();
+        tokio::io::AsyncReadExt::read_to_end(&mut stream, &mut answer)
+            .await
+            .unwrap();
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 400"), "{target}: {answer}");
+        assert!(
+            answer.contains("\"code\":\"bad_request\""),
+            "{target}: {answer}"
+        );
+    }
+    assert!(
+        upstream.requests_text().is_empty(),
+        "nothing reached the upstream"
+    );
+}

@@ -193,6 +193,12 @@ impl Upstreams {
         }
     }
 
+    /// Closes idle pooled connections past their idle timeout (the hyper-based pools do
+    /// this themselves).
+    pub fn sweep(&self) {
+        self.http1.sweep();
+    }
+
     /// Sends `request` (its URI already names the target) and returns the response head.
     pub async fn send(
         &self,

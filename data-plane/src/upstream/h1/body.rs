@@ -32,8 +32,28 @@ pub(super) enum Io {
 
 /// The request body's writer: still writing, or done and holding the write half.
 pub(super) enum Writer {
-    Running(JoinHandle<Result<OwnedWriteHalf, Error>>),
+    Running(WriterTask),
     Done(OwnedWriteHalf),
+}
+
+/// The task writing a request body. Dropping it stops the task: whoever gives up on the
+/// exchange (a timeout, a client that left) must not leave an upload running upstream.
+pub(super) struct WriterTask(pub(super) JoinHandle<Result<OwnedWriteHalf, Error>>);
+
+impl Drop for WriterTask {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl Future for WriterTask {
+    type Output = Result<OwnedWriteHalf, Error>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.0)
+            .poll(cx)
+            .map(|joined| joined.unwrap_or(Err(Error::Protocol("the request body writer stopped"))))
+    }
 }
 
 impl Io {
@@ -117,13 +137,6 @@ impl Body {
         // Bytes after the end of the response mean the upstream does not frame its
         // messages as we do: never reuse such a connection.
         if !self.keep_alive || !self.buf.is_empty() {
-            if let Io::Split {
-                writer: Writer::Running(running),
-                ..
-            } = io
-            {
-                running.abort();
-            }
             return;
         }
         let stream = match io {
@@ -134,11 +147,8 @@ impl Body {
                     Writer::Done(write) => write,
                     Writer::Running(mut running) => {
                         match futures::FutureExt::now_or_never(&mut running) {
-                            Some(Ok(Ok(write))) => write,
-                            _ => {
-                                running.abort();
-                                return;
-                            }
+                            Some(Ok(write)) => write,
+                            _ => return,
                         }
                     }
                 };
@@ -152,9 +162,31 @@ impl Body {
         self.pool.put(&self.authority, Conn { stream, buf });
     }
 
+    /// A request body that failed after the response started (over the limit, client
+    /// gone) fails the response too: the upstream answered a request it never fully got.
+    fn upload_failed(&mut self) -> Option<Error> {
+        let Some(Io::Split { writer, .. }) = &mut self.io else {
+            return None;
+        };
+        let Writer::Running(running) = writer else {
+            return None;
+        };
+        if !running.0.is_finished() {
+            return None;
+        }
+        match futures::FutureExt::now_or_never(running)? {
+            Ok(write) => {
+                *writer = Writer::Done(write);
+                None
+            }
+            Err(error) => Some(error),
+        }
+    }
+
     /// Takes one line (without CRLF) from the buffer, if a whole one is there.
     fn take_line(&mut self) -> Result<Option<Bytes>, Error> {
         match self.buf.windows(2).position(|w| w == b"\r\n") {
+            Some(end) if end > MAX_LINE => Err(Error::Protocol("chunk line too long")),
             Some(end) => {
                 let line = self.buf.split_to(end).freeze();
                 self.buf.advance(2);
@@ -166,15 +198,24 @@ impl Body {
     }
 }
 
+/// RFC 9112 §7.1: 1-16 hex digits, then optional whitespace and `;extensions`. Nothing
+/// more lenient: two parties reading one chunk size differently is how bodies are smuggled.
 fn chunk_size(line: &[u8]) -> Result<u64, Error> {
-    let digits = line.split(|&b| b == b';').next().unwrap_or_default();
-    let digits = std::str::from_utf8(digits)
-        .map_err(|_| Error::Protocol("invalid chunk size"))?
-        .trim();
-    if digits.is_empty() || digits.len() > 16 {
-        return Err(Error::Protocol("invalid chunk size"));
+    let invalid = || Error::Protocol("invalid chunk size");
+    let digits_end = line
+        .iter()
+        .position(|b| !b.is_ascii_hexdigit())
+        .unwrap_or(line.len());
+    if digits_end == 0 || digits_end > 16 {
+        return Err(invalid());
     }
-    u64::from_str_radix(digits, 16).map_err(|_| Error::Protocol("invalid chunk size"))
+    let rest = &line[digits_end..];
+    let extensions = rest.iter().position(|b| *b == b';').unwrap_or(rest.len());
+    if !rest[..extensions].iter().all(|b| matches!(b, b' ' | b'\t')) {
+        return Err(invalid());
+    }
+    let digits = std::str::from_utf8(&line[..digits_end]).map_err(|_| invalid())?;
+    u64::from_str_radix(digits, 16).map_err(|_| invalid())
 }
 
 impl http_body::Body for Body {
@@ -186,6 +227,11 @@ impl http_body::Body for Body {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
         let this = &mut *self;
+        if let Some(error) = this.upload_failed() {
+            this.io = None;
+            this.state = State::Done;
+            return Poll::Ready(Some(Err(error)));
+        }
         loop {
             let step: Result<Option<Bytes>, Error> = match this.state {
                 State::Done => return Poll::Ready(None),
@@ -290,16 +336,30 @@ impl http_body::Body for Body {
     }
 }
 
-impl Drop for Body {
-    fn drop(&mut self) {
-        // Dropped before its end (the client went away): the connection is in an unknown
-        // state and closes with `io`; a request body still being written is abandoned.
-        if let Some(Io::Split {
-            writer: Writer::Running(running),
-            ..
-        }) = &self.io
-        {
-            running.abort();
+#[cfg(test)]
+mod tests {
+    use super::chunk_size;
+
+    #[test]
+    fn chunk_sizes_are_read_strictly() {
+        assert_eq!(chunk_size(b"1a").unwrap(), 26);
+        assert_eq!(chunk_size(b"FF;name=value").unwrap(), 255);
+        assert_eq!(chunk_size(b"10 ;x").unwrap(), 16);
+        for bad in [
+            &b""[..],
+            b"+5",
+            b" 5",
+            b"5 5",
+            b"0x5",
+            b"g",
+            b"11111111111111111",
+            b"5\t1",
+        ] {
+            assert!(
+                chunk_size(bad).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
         }
     }
 }

@@ -172,19 +172,22 @@ fn framing(
                 "both Transfer-Encoding and Content-Length in the response",
             ));
         }
-        let last = headers
+        // Transfer codings are hop-by-hop and only `chunked` is undone here; a body in any
+        // other coding (gzip, …) could not be passed on truthfully.
+        let codings: Vec<&str> = headers
             .get_all(TRANSFER_ENCODING)
             .iter()
-            .next_back()
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.rsplit(',').next())
-            .map(str::trim);
-        return Ok(match last {
-            Some(coding) if coding.eq_ignore_ascii_case("chunked") => {
-                (ResponseFraming::Chunked, true)
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .filter(|c| !c.is_empty())
+            .collect();
+        return match codings.as_slice() {
+            [coding] if coding.eq_ignore_ascii_case("chunked") => {
+                Ok((ResponseFraming::Chunked, true))
             }
-            _ => (ResponseFraming::Eof, false),
-        });
+            _ => Err(Error::Protocol("a transfer coding other than chunked")),
+        };
     }
     let mut length: Option<u64> = None;
     for value in headers.get_all(CONTENT_LENGTH) {
@@ -240,7 +243,7 @@ mod tests {
         );
         assert_eq!(h.headers["x-a"], "b");
         assert_eq!(
-            head("HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n").framing,
+            head("HTTP/1.1 200 OK\r\ntransfer-encoding: Chunked\r\n\r\n").framing,
             ResponseFraming::Chunked
         );
         let eof = head("HTTP/1.1 200 OK\r\n\r\n");
@@ -294,6 +297,8 @@ mod tests {
             "HTTP/1.1 200 OK\r\ncontent-length: -1\r\n\r\n",
             "HTTP/1.1 200 OK\r\ncontent-length: +5\r\n\r\n",
             "HTTP/1.1 101 Switching Protocols\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\n",
             "SMTP 220 hello\r\n\r\n",
         ] {
             assert!(

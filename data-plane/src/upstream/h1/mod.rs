@@ -27,7 +27,7 @@ use tokio::net::tcp::OwnedWriteHalf;
 
 use crate::body::{BodyError, RequestBody};
 pub use body::Body;
-use body::{Io, Writer};
+use body::{Io, Writer, WriterTask};
 use head::{MAX_HEAD_BYTES, RequestFraming, encode_request, parse_response};
 
 /// Idle connections kept per upstream authority and worker.
@@ -119,6 +119,16 @@ impl Client {
         if queue.len() < MAX_IDLE_PER_AUTHORITY {
             queue.push_back(Idle { conn, since: now });
         }
+    }
+
+    /// Drops connections idle for longer than the idle timeout, for every upstream: those
+    /// of backends no longer in use (old pod addresses) would otherwise stay open forever.
+    pub fn sweep(&self) {
+        let now = Instant::now();
+        self.lock().retain(|_, queue| {
+            queue.retain(|entry| now.duration_since(entry.since) <= self.idle_timeout);
+            !queue.is_empty()
+        });
     }
 
     async fn connect(&self, authority: &Authority) -> Result<Conn, Error> {
@@ -247,20 +257,19 @@ impl Client {
     ) -> Result<Response<Body>, Error> {
         let Conn { stream, mut buf } = conn;
         let (mut read, write) = stream.into_split();
-        let mut running = tokio::spawn(write_body(
+        let mut running = WriterTask(tokio::spawn(write_body(
             write,
             head,
             body,
             framing == RequestFraming::Chunked,
-        ));
+        )));
         let (response, writer) = tokio::select! {
             response = read_head(&mut read, &mut buf, method) => (response, Writer::Running(running)),
             // The upload ended before any answer. If it failed (body over the limit,
             // client gone), report that rather than what the upstream makes of it.
             written = &mut running => match written {
-                Ok(Ok(write)) => (read_head(&mut read, &mut buf, method).await, Writer::Done(write)),
-                Ok(Err(error)) => return Err(error),
-                Err(_) => return Err(Error::Protocol("the request body writer stopped")),
+                Ok(write) => (read_head(&mut read, &mut buf, method).await, Writer::Done(write)),
+                Err(error) => return Err(error),
             },
         };
         match response {
@@ -270,12 +279,7 @@ impl Client {
                 self.clone(),
                 authority.clone(),
             )),
-            Err(error) => {
-                if let Writer::Running(running) = writer {
-                    running.abort();
-                }
-                Err(error)
-            }
+            Err(error) => Err(error),
         }
     }
 }
@@ -362,4 +366,32 @@ async fn write_body(
         write.write_all(b"0\r\n\r\n").await.map_err(Error::Io)?;
     }
     Ok(write)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn sweeping_closes_connections_idle_past_the_timeout() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let authority: Authority = listener.local_addr().unwrap().to_string().parse().unwrap();
+        let client = Client::new(Duration::from_secs(1), Duration::from_millis(50));
+        let conn = client.connect(&authority).await.unwrap();
+        let (mut accepted, _) = listener.accept().await.unwrap();
+        client.put(&authority, conn);
+        client.sweep();
+        assert_eq!(client.lock().len(), 1, "still fresh");
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        client.sweep();
+        assert!(
+            client.lock().is_empty(),
+            "expired entries and their authority are gone"
+        );
+        let mut byte = [0u8; 1];
+        let read = tokio::io::AsyncReadExt::read(&mut accepted, &mut byte)
+            .await
+            .unwrap();
+        assert_eq!(read, 0, "the swept connection is closed");
+    }
 }
