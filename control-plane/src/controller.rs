@@ -35,7 +35,14 @@ pub async fn run(
         let Some(current) = items.borrow_and_update().clone() else {
             continue;
         };
-        let compiled = compile(&current);
+        // Regexes are compiled while validating: keep that off the async threads.
+        let compiled = match tokio::task::spawn_blocking(move || compile(&current)).await {
+            Ok(compiled) => compiled,
+            Err(error) => {
+                tracing::error!(%error, "the compiler failed; keeping the last snapshot");
+                continue;
+            }
+        };
         metrics.compiles.inc();
         record_outcomes(&metrics, &compiled.reports);
         log_new_verdicts(previous.as_deref(), &compiled.reports);

@@ -103,12 +103,8 @@ pub async fn start(config: Config) -> Result<ControlPlane, Error> {
     let (published_tx, published_rx) = watch::channel(None);
     let nodes = Arc::new(Nodes::new(metrics.connected.clone()));
 
-    let source: Box<dyn Source> = match &config.source {
-        SourceSpec::Dir(path) => Box::new(DirSource::new(path)),
-    };
-    let source = tokio::spawn(source.run(items_tx));
-    let controller = tokio::spawn(controller::run(items_rx, published_tx, metrics.clone()));
-
+    // Both listeners first: a port that cannot be bound must fail the start before any
+    // task runs.
     let incoming = tonic::transport::server::TcpIncoming::bind(config.grpc_listen)
         .map_err(|source| Error::Listen {
             addr: config.grpc_listen,
@@ -119,6 +115,22 @@ pub async fn start(config: Config) -> Result<ControlPlane, Error> {
         addr: config.grpc_listen,
         source,
     })?;
+    let http_listener = tokio::net::TcpListener::bind(config.http_listen)
+        .await
+        .map_err(|source| Error::Listen {
+            addr: config.http_listen,
+            source,
+        })?;
+    let http_addr = http_listener.local_addr().map_err(|source| Error::Listen {
+        addr: config.http_listen,
+        source,
+    })?;
+    let source: Box<dyn Source> = match &config.source {
+        SourceSpec::Dir(path) => Box::new(DirSource::new(path)),
+    };
+    let source = tokio::spawn(source.run(items_tx));
+    let controller = tokio::spawn(controller::run(items_rx, published_tx, metrics.clone()));
+
     let service = SnapshotService::new(
         published_rx.clone(),
         nodes.clone(),
@@ -136,16 +148,6 @@ pub async fn start(config: Config) -> Result<ControlPlane, Error> {
         }
     });
 
-    let http_listener = tokio::net::TcpListener::bind(config.http_listen)
-        .await
-        .map_err(|source| Error::Listen {
-            addr: config.http_listen,
-            source,
-        })?;
-    let http_addr = http_listener.local_addr().map_err(|source| Error::Listen {
-        addr: config.http_listen,
-        source,
-    })?;
     let api = api::router(api::ApiState {
         source: config.source.to_string(),
         published: published_rx,

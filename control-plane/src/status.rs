@@ -84,7 +84,7 @@ fn programmed(version: &str, nodes: &[NodeStatus]) -> (&'static str, &'static st
     }
     if let Some(refused) = nodes
         .iter()
-        .find(|n| n.last_error.is_some() && n.version != version)
+        .find(|n| n.refused_version.as_deref() == Some(version))
     {
         let error = refused.last_error.as_deref().unwrap_or_default();
         return (
@@ -107,7 +107,7 @@ fn programmed(version: &str, nodes: &[NodeStatus]) -> (&'static str, &'static st
     (
         "True",
         "Programmed",
-        format!("running on {} data planes", nodes.len()),
+        format!("running on every connected data plane ({})", nodes.len()),
     )
 }
 
@@ -145,6 +145,7 @@ mod tests {
             connected_at: String::new(),
             version: version.into(),
             pending_version: None,
+            refused_version: error.map(|_| "v2".to_owned()),
             last_error: error.map(Into::into),
         }
     }

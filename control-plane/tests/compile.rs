@@ -220,3 +220,59 @@ fn a_tenant_is_placed_once() {
         }
     ));
 }
+
+#[test]
+fn only_valid_documents_claim_a_name() {
+    let nameless = "apiVersion: gateway.pavilion.dev/v1alpha1\nkind: Route\nmetadata: {}\nspec:\n  rules:\n    - backends: [{ url: http://127.0.0.1:9000 }]\n---\n";
+    let compiled = compile(&items(&[(
+        "r.yaml",
+        &[
+            route("orders", "", "  rules: []\n"),
+            route("orders", "", SIMPLE),
+            nameless.to_owned(),
+            nameless.to_owned(),
+        ]
+        .concat(),
+    )]));
+    let verdicts: Vec<_> = compiled
+        .reports
+        .iter()
+        .map(|r| match &r.outcome {
+            Outcome::Accepted { .. } => ("accepted".to_owned(), String::new()),
+            Outcome::Rejected { reason, errors } => (format!("{reason:?}"), errors[0].to_string()),
+        })
+        .collect();
+    assert_eq!(
+        verdicts[0],
+        (
+            "Invalid".to_owned(),
+            "spec.rules: at least one rule is required".to_owned()
+        )
+    );
+    assert_eq!(
+        verdicts[1].0, "accepted",
+        "the valid definition after an invalid one counts"
+    );
+    for nameless in &verdicts[2..] {
+        assert_eq!(
+            nameless,
+            &("Invalid".to_owned(), "metadata.name: required".to_owned())
+        );
+    }
+}
+
+#[test]
+fn hosts_are_sorted_and_unique_in_the_snapshot() {
+    let compiled = compile(&items(&[(
+        "r.yaml",
+        &route(
+            "r",
+            "",
+            "  hosts: [b.example.com, A.example.com]\n  rules:\n    - backends: [{ url: http://127.0.0.1:9000 }]\n",
+        ),
+    )]));
+    assert_eq!(
+        compiled.snapshot.routes[0].hosts,
+        ["a.example.com", "b.example.com"]
+    );
+}

@@ -90,3 +90,23 @@ async fn a_missing_directory_is_an_error_at_once() {
     let error = source.run(tx).await.unwrap_err();
     assert!(error.to_string().contains("not a directory"), "{error}");
 }
+
+#[tokio::test]
+async fn reading_the_files_does_not_trigger_another_read() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("a.yaml"), route("a", 1)).unwrap();
+    let (tx, mut rx) = watch::channel(None);
+    let source = DirSource::new(dir.path());
+    let reads = source.read_counter();
+    let task = tokio::spawn((Box::new(source) as Box<dyn Source>).run(tx));
+    wait_for(&mut rx, "the initial listing", &[("a", "1")]).await;
+    // Someone (or the source itself) opens and reads the files: nothing changed.
+    for _ in 0..5 {
+        let _ = std::fs::read_to_string(dir.path().join("a.yaml")).unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let count = reads.load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(count, 1, "the tree was read {count} times without a change");
+    task.abort();
+}

@@ -31,6 +31,7 @@ pub struct ParsedDocument {
 /// Splits `text` into YAML documents and reads each one. Empty documents (only comments or
 /// blank lines) are skipped; every other document yields a resource or an error.
 pub fn parse_documents(text: &str) -> Vec<ParsedDocument> {
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     split_documents(text)
         .into_iter()
         .filter_map(|(first_line, chunk)| {
@@ -57,7 +58,13 @@ fn split_documents(text: &str) -> Vec<(usize, &str)> {
                 .strip_prefix(marker)
                 .is_some_and(|rest| rest.is_empty() || rest.starts_with([' ', '\t']))
         };
-        if is_marker("---") || is_marker("...") {
+        if is_marker("---") {
+            // Content may follow the marker on its line (`--- {kind: Route, …}`): the next
+            // document starts right after the three dashes, on this line.
+            documents.push((start_line, &text[start..offset]));
+            start = offset + 3;
+            start_line = index + 1;
+        } else if is_marker("...") {
             documents.push((start_line, &text[start..offset]));
             start = offset + line.len();
             start_line = index + 2;
@@ -115,6 +122,7 @@ fn parse_document(
             "expected a mapping with apiVersion, kind, metadata and spec".into(),
         ));
     };
+    check_metadata_keys(map, chunk, first_line, content_line)?;
     let text_field = |name: &str| map.get(name).and_then(|v| v.as_str());
     match text_field("apiVersion") {
         Some(API_VERSION) => {}
@@ -184,6 +192,53 @@ fn parse_document(
         })
     };
     typed(chunk)
+}
+
+/// Fields of `metadata` a document may carry (Kubernetes' ObjectMeta). ObjectMeta's own
+/// reader skips unknown fields, which would let `namespce: shop` land in `default` silently.
+const METADATA_FIELDS: &[&str] = &[
+    "name",
+    "namespace",
+    "labels",
+    "annotations",
+    "generateName",
+    "uid",
+    "resourceVersion",
+    "generation",
+    "creationTimestamp",
+    "deletionTimestamp",
+    "deletionGracePeriodSeconds",
+    "finalizers",
+    "ownerReferences",
+    "managedFields",
+    "selfLink",
+];
+
+fn check_metadata_keys(
+    document: &serde_yaml_ng::Mapping,
+    chunk: &str,
+    first_line: usize,
+    content_line: usize,
+) -> Result<(), DocumentError> {
+    let Some(metadata) = document.get("metadata").and_then(|m| m.as_mapping()) else {
+        return Ok(());
+    };
+    for key in metadata.keys() {
+        let name = key.as_str().unwrap_or_default();
+        if !METADATA_FIELDS.contains(&name) {
+            // The line of the first `name:` in the document, else the document's start.
+            let line = chunk
+                .lines()
+                .position(|l| l.contains(&format!("{name}:")))
+                .map_or(content_line, |i| first_line + i);
+            return Err(DocumentError {
+                line,
+                field: format!("metadata.{name}"),
+                message: format!("unknown field `{name}` in metadata"),
+            });
+        }
+    }
+    Ok(())
 }
 
 fn with_namespace(mut metadata: ObjectMeta) -> ObjectMeta {
@@ -324,6 +379,27 @@ spec:
         assert!(e.message.contains("unknown variant `Prefix`"), "{e}");
         let e = only_error(&ROUTE.replace("[api.example.com]", "api.example.com"));
         assert_eq!(e.field, "spec.hosts");
+    }
+
+    #[test]
+    fn unknown_metadata_fields_are_refused() {
+        let e = only_error(&ROUTE.replace("namespace: shop", "namespce: shop"));
+        assert_eq!((e.field.as_str(), e.line), ("metadata.namespce", 3));
+    }
+
+    #[test]
+    fn byte_order_marks_and_inline_documents() {
+        let docs = parse_documents(&format!("\u{feff}# c\n---\n{ROUTE}"));
+        assert_eq!(docs.len(), 1);
+        assert_eq!(docs[0].line, 3);
+        assert!(docs[0].result.is_ok());
+
+        let inline = "--- {apiVersion: gateway.pavilion.dev/v1alpha1, kind: Route, metadata: {name: a}, spec: {rules: [{backends: [{url: 'http://x:1'}]}]}}\n--- {apiVersion: v1}\n";
+        let docs = parse_documents(inline);
+        assert_eq!(docs.len(), 2);
+        assert_eq!(docs[0].result.as_ref().unwrap().name(), "a");
+        assert_eq!(docs[1].line, 2);
+        assert_eq!(docs[1].result.as_ref().unwrap_err().field, "apiVersion");
     }
 
     #[test]

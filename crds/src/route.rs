@@ -159,6 +159,14 @@ impl RouteRule {
             errors.add(&backends, "at least one backend is required");
         } else if self.backends.iter().all(|b| b.weight() == 0) {
             errors.add(&backends, "at least one backend needs a weight above 0");
+        } else if self
+            .backends
+            .iter()
+            .map(|b| u64::from(b.weight()))
+            .sum::<u64>()
+            > u64::from(u32::MAX)
+        {
+            errors.add(&backends, "the weights add up to more than 4294967295");
         }
         for (i, backend) in self.backends.iter().enumerate() {
             backend.validate(&at(&backends, i), errors);
@@ -216,6 +224,18 @@ impl PathMatch {
                 if !value.starts_with('/') {
                     return Err(format!("`{value}` must start with '/'"));
                 }
+                // Request paths arrive percent-encoded with dot segments resolved; a value
+                // that is neither could never match.
+                if !value.is_ascii() {
+                    return Err(format!(
+                        "`{value}` contains non-ASCII characters; write them percent-encoded"
+                    ));
+                }
+                if value.split('/').any(is_dot_segment) {
+                    return Err(format!(
+                        "`{value}` contains `.` or `..` segments, which requests never do"
+                    ));
+                }
                 if let Some(c) = value
                     .chars()
                     .find(|c| matches!(c, '?' | '#') || c.is_whitespace() || c.is_control())
@@ -232,6 +252,13 @@ impl PathMatch {
                         "regular expression longer than {MAX_REGEX_LEN} characters"
                     ));
                 }
+                // The pattern must stand on its own, or `a)|(b` would escape the anchors.
+                regex::RegexBuilder::new(value)
+                    .size_limit(REGEX_SIZE_LIMIT)
+                    .build()
+                    .map_err(|e| {
+                        format!("invalid regular expression: {}", one_line(&e.to_string()))
+                    })?;
                 regex::RegexBuilder::new(&anchored(value))
                     .size_limit(REGEX_SIZE_LIMIT)
                     .build()
@@ -247,6 +274,14 @@ impl PathMatch {
 /// The form in which path regexes are compiled: they must match the whole path.
 pub fn anchored(pattern: &str) -> String {
     format!("^(?:{pattern})$")
+}
+
+fn is_dot_segment(segment: &str) -> bool {
+    let lower = segment.to_ascii_lowercase();
+    matches!(
+        lower.as_str(),
+        "." | ".." | "%2e" | "%2e%2e" | ".%2e" | "%2e."
+    )
 }
 
 fn one_line(text: &str) -> String {

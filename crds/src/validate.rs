@@ -113,6 +113,17 @@ pub(crate) fn backend_url(value: &str) -> Result<(), String> {
     if authority.host().is_empty() {
         return Err(format!("`{value}` has no host"));
     }
+    // `http::Uri` accepts any text after the colon; only a real port will do.
+    let port = authority
+        .as_str()
+        .rsplit_once(':')
+        .filter(|_| !authority.as_str().ends_with(']'))
+        .map(|(_, port)| port);
+    if let Some(port) = port
+        && !matches!(port.parse::<u16>(), Ok(p) if p > 0)
+    {
+        return Err(format!("`{value}`: `{port}` is not a port (1-65535)"));
+    }
     if !matches!(uri.path(), "" | "/") || uri.query().is_some() || value.contains('#') {
         return Err(format!(
             "`{value}`: a backend URL is scheme://host:port only; the request path is forwarded as is"
@@ -173,6 +184,10 @@ mod tests {
             "http://x?a=1",
             "not a url",
             "http://",
+            "http://10.0.0.7:90000",
+            "http://x:",
+            "http://x:8o80",
+            "http://x:0",
         ] {
             assert!(backend_url(bad).is_err(), "{bad}");
         }

@@ -98,6 +98,26 @@ fn bad_routes_name_their_fields() {
             "    - backends: [{ url: http://a:1 }]\n      timeout: 2h\n",
             "spec.rules[0].timeout",
         ),
+        (
+            "regex escaping its anchors",
+            "    - matches: [{ path: { type: RegularExpression, value: '/admin)|(/x' } }]\n      backends: [{ url: http://a:1 }]\n",
+            "spec.rules[0].matches[0].path.value",
+        ),
+        (
+            "dot segment in a prefix",
+            "    - matches: [{ path: { type: PathPrefix, value: /a/../b } }]\n      backends: [{ url: http://a:1 }]\n",
+            "spec.rules[0].matches[0].path.value",
+        ),
+        (
+            "non-ASCII exact path",
+            "    - matches: [{ path: { type: Exact, value: /café } }]\n      backends: [{ url: http://a:1 }]\n",
+            "spec.rules[0].matches[0].path.value",
+        ),
+        (
+            "port out of range",
+            "    - backends: [{ url: 'http://a:90000' }]\n",
+            "spec.rules[0].backends[0].url",
+        ),
     ];
     for (what, rules, field) in cases {
         let found = errors(&route(rules));
@@ -163,4 +183,19 @@ fn every_kind_parses() {
         let resource: Resource = doc.result.expect("example parses");
         assert_eq!(resource.validate(), [], "{}", resource.key());
     }
+}
+
+#[test]
+fn weights_must_add_up_to_what_a_data_plane_can_count() {
+    let backends: Vec<String> = (0..4300)
+        .map(|i| format!("{{ url: 'http://b{i}:1', weight: 1000000 }}"))
+        .collect();
+    let rules = format!("    - backends: [{}]\n", backends.join(", "));
+    let found = errors(&route(&rules));
+    assert!(
+        found
+            .iter()
+            .any(|e| e.field == "spec.rules[0].backends" && e.message.contains("add up")),
+        "{found:?}"
+    );
 }

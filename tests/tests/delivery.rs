@@ -251,20 +251,36 @@ async fn the_control_plane_records_a_nack_and_reports_the_route_not_programmed()
         "data plane picky refused the snapshot: refusing on purpose"
     );
 
-    // An ACK clears it.
-    requests
-        .send(SnapshotRequest {
-            version_info: first.version.clone(),
-            response_nonce: first.nonce,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    // An answer to a nonce that was never the latest is ignored; an ACK clears the refusal.
+    for (nonce, error) in [("not-a-nonce", "stale refusal"), (first.nonce.as_str(), "")] {
+        requests
+            .send(SnapshotRequest {
+                version_info: first.version.clone(),
+                response_nonce: nonce.to_owned(),
+                error_detail: error.to_owned(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
     eventually("the ACK in the status", PATIENCE, || async {
         let status = fetch_status(&cp).await;
         (condition(resource(&status, "r"), "Programmed")["status"] == "True").then_some(())
     })
     .await;
+    let metrics = HttpClient::http1()
+        .get(&format!("http://{}/metrics", cp.http_addr))
+        .await
+        .unwrap()
+        .text();
+    assert!(
+        metrics.contains("pavilion_control_snapshot_nacks_total 1\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("pavilion_control_snapshot_acks_total 1\n"),
+        "{metrics}"
+    );
     drop(requests);
     cp.stop().await;
 }

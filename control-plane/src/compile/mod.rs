@@ -166,13 +166,18 @@ fn first_pass(item: &Item) -> Report {
     }
 }
 
-/// The first definition of a key wins; later ones are rejected and point at it. The same
-/// holds for two placements of one tenant.
+/// The first valid definition of a key wins; later ones are rejected and point at it. The
+/// same holds for two placements of one tenant.
 fn reject_duplicates(items: &[Item], reports: &mut [Report]) {
     let mut first_key: HashMap<ResourceKey, &Origin> = HashMap::new();
     let mut first_tenant: HashMap<&str, (&Origin, ResourceKey)> = HashMap::new();
     for (item, report) in items.iter().zip(reports.iter_mut()) {
+        // Only valid documents claim their key: an invalid one keeps its own errors, and a
+        // valid definition after it still counts.
         let Ok(resource) = &item.parsed else { continue };
+        if !report.is_accepted() {
+            continue;
+        }
         let key = resource.key();
         if let Some(origin) = first_key.get(&key) {
             report.outcome = Outcome::Rejected {
@@ -185,7 +190,7 @@ fn reject_duplicates(items: &[Item], reports: &mut [Report]) {
             continue;
         }
         first_key.insert(key.clone(), &item.origin);
-        if let (Resource::TenantPlacement(p), true) = (resource, report.is_accepted()) {
+        if let Resource::TenantPlacement(p) = resource {
             if let Some((origin, other)) = first_tenant.get(p.spec.tenant.as_str()) {
                 report.outcome = Outcome::Rejected {
                     reason: Reason::Duplicate,

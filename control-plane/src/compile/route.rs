@@ -51,12 +51,17 @@ fn to_proto(route: &Route) -> proto::Route {
     proto::Route {
         namespace: route.metadata.namespace.clone().unwrap_or_default(),
         name: route.metadata.name.clone().unwrap_or_default(),
-        hosts: route
-            .spec
-            .hosts
-            .iter()
-            .map(|h| h.to_ascii_lowercase())
-            .collect(),
+        hosts: {
+            let mut hosts: Vec<String> = route
+                .spec
+                .hosts
+                .iter()
+                .map(|h| h.to_ascii_lowercase())
+                .collect();
+            hosts.sort();
+            hosts.dedup();
+            hosts
+        },
         rules: route
             .spec
             .rules

@@ -121,7 +121,7 @@ impl NodeStream {
                 changed = self.published.changed() => if changed.is_err() { return },
                 _ = self.shutdown.changed() => return,
                 message = inbound.message() => match message {
-                    Ok(Some(request)) => self.answer(connection, &request),
+                    Ok(Some(request)) => self.answer(connection, &request, nonce, &sent_version),
                     Ok(None) => return,
                     Err(status) => {
                         tracing::debug!(error = %status, "snapshot stream failed");
@@ -132,7 +132,19 @@ impl NodeStream {
         }
     }
 
-    fn answer(&self, connection: &nodes::Connection<'_>, request: &SnapshotRequest) {
+    /// Records an ACK or NACK — only for the latest response: an answer to an older nonce
+    /// is about a version that is no longer current (xDS ignores those too).
+    fn answer(
+        &self,
+        connection: &nodes::Connection<'_>,
+        request: &SnapshotRequest,
+        nonce: u64,
+        sent: &str,
+    ) {
+        if request.response_nonce != nonce.to_string() {
+            tracing::debug!(node = %connection.id(), nonce = %request.response_nonce, "ignoring an answer to an older snapshot");
+            return;
+        }
         if request.error_detail.is_empty() {
             self.metrics.acks.inc();
             connection.acked(&request.version_info);
@@ -140,12 +152,12 @@ impl NodeStream {
             self.metrics.nacks.inc();
             tracing::warn!(
                 node = %connection.id(),
-                nonce = %request.response_nonce,
+                refused = %sent,
                 running = %request.version_info,
                 error = %request.error_detail,
                 "data plane refused a snapshot"
             );
-            connection.nacked(&request.version_info, &request.error_detail);
+            connection.nacked(&request.version_info, sent, &request.error_detail);
         }
     }
 }

@@ -20,18 +20,21 @@ pub struct NodeStatus {
     pub version: String,
     /// The version sent and not answered yet.
     pub pending_version: Option<String>,
-    /// Why the node refused the last snapshot it refused, while it still runs an older one.
+    /// The version the node refused last, while it runs an older one.
+    pub refused_version: Option<String>,
+    /// Why it refused `refused_version`.
     pub last_error: Option<String>,
 }
 
-/// Registry of connected nodes. Not on any request path: a plain mutex is right here.
+/// Registry of connected nodes, one entry per stream (two processes sharing a node id are
+/// both tracked). Not on any request path: a plain mutex is right here.
 pub struct Nodes {
-    by_id: Mutex<BTreeMap<String, (u64, NodeStatus)>>,
+    streams: Mutex<BTreeMap<u64, NodeStatus>>,
     next_connection: AtomicU64,
     connected: IntGauge,
 }
 
-/// One stream's registration; unregisters the node when the stream ends.
+/// One stream's registration; unregisters it when the stream ends.
 pub struct Connection<'a> {
     nodes: &'a Nodes,
     id: String,
@@ -41,13 +44,13 @@ pub struct Connection<'a> {
 impl Nodes {
     pub fn new(connected: IntGauge) -> Self {
         Self {
-            by_id: Mutex::new(BTreeMap::new()),
+            streams: Mutex::new(BTreeMap::new()),
             next_connection: AtomicU64::new(1),
             connected,
         }
     }
 
-    /// Registers a stream. A reconnecting node replaces its older stream's entry.
+    /// Registers a stream.
     pub fn connect(
         &self,
         id: &str,
@@ -63,10 +66,11 @@ impl Nodes {
             connected_at: k8s_openapi::jiff::Timestamp::now().to_string(),
             version: version.to_owned(),
             pending_version: None,
+            refused_version: None,
             last_error: None,
         };
         let mut nodes = self.lock();
-        nodes.insert(id.to_owned(), (serial, status));
+        nodes.insert(serial, status);
         self.connected.set(nodes.len() as i64);
         Connection {
             nodes: self,
@@ -75,15 +79,17 @@ impl Nodes {
         }
     }
 
-    /// All connected nodes, ordered by id.
+    /// All connected streams, ordered by node id, then by age.
     pub fn list(&self) -> Vec<NodeStatus> {
-        self.lock().values().map(|(_, s)| s.clone()).collect()
+        let mut list: Vec<NodeStatus> = self.lock().values().cloned().collect();
+        list.sort_by(|a, b| a.id.cmp(&b.id));
+        list
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, (u64, NodeStatus)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, NodeStatus>> {
         // A panic while holding this lock cannot leave the map half-updated in a way that
         // matters (every update is a field assignment), so a poisoned lock is still usable.
-        self.by_id.lock().unwrap_or_else(|p| p.into_inner())
+        self.streams.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -93,9 +99,7 @@ impl Connection<'_> {
     }
 
     fn update(&self, change: impl FnOnce(&mut NodeStatus)) {
-        if let Some((serial, status)) = self.nodes.lock().get_mut(&self.id)
-            && *serial == self.serial
-        {
+        if let Some(status) = self.nodes.lock().get_mut(&self.serial) {
             change(status);
         }
     }
@@ -107,6 +111,7 @@ impl Connection<'_> {
     pub fn acked(&self, version: &str) {
         self.update(|s| {
             s.version = version.to_owned();
+            s.refused_version = None;
             s.last_error = None;
             if s.pending_version.as_deref() == Some(version) {
                 s.pending_version = None;
@@ -114,10 +119,11 @@ impl Connection<'_> {
         });
     }
 
-    pub fn nacked(&self, running: &str, error: &str) {
+    pub fn nacked(&self, running: &str, refused: &str, error: &str) {
         self.update(|s| {
             s.version = running.to_owned();
             s.pending_version = None;
+            s.refused_version = Some(refused.to_owned());
             s.last_error = Some(error.to_owned());
         });
     }
@@ -126,12 +132,7 @@ impl Connection<'_> {
 impl Drop for Connection<'_> {
     fn drop(&mut self) {
         let mut nodes = self.nodes.lock();
-        if nodes
-            .get(&self.id)
-            .is_some_and(|(serial, _)| *serial == self.serial)
-        {
-            nodes.remove(&self.id);
-        }
+        nodes.remove(&self.serial);
         self.nodes.connected.set(nodes.len() as i64);
     }
 }
@@ -141,27 +142,32 @@ mod tests {
     use super::*;
 
     #[test]
-    fn tracks_versions_and_survives_a_reconnect_race() {
+    fn tracks_versions_per_stream() {
         let nodes = Nodes::new(IntGauge::new("g", "g").unwrap());
-        let old = nodes.connect("dp-1", "0.1.0", None, "");
-        old.sent("v1");
+        let first = nodes.connect("dp-1", "0.1.0", None, "");
+        first.sent("v1");
         assert_eq!(nodes.list()[0].pending_version.as_deref(), Some("v1"));
-        old.acked("v1");
+        first.acked("v1");
         assert_eq!(nodes.list()[0].version, "v1");
 
-        // The node reconnects before the old stream noticed it is gone.
-        let new = nodes.connect("dp-1", "0.1.0", None, "v1");
-        old.nacked("v0", "stale stream");
-        drop(old);
+        // A second process with the same id (or a reconnect before the old stream ended)
+        // is tracked on its own: its refusal cannot hide behind the other's ACK.
+        let second = nodes.connect("dp-1", "0.1.0", None, "v1");
+        assert_eq!(nodes.connected.get(), 2);
+        second.sent("v2");
+        second.nacked("v1", "v2", "bad regex");
         let list = nodes.list();
-        assert_eq!(list.len(), 1, "the new stream's entry stays");
-        assert_eq!(list[0].last_error, None);
+        assert_eq!(list.len(), 2);
+        let refused = list.iter().find(|n| n.refused_version.is_some()).unwrap();
+        assert_eq!(
+            (refused.version.as_str(), refused.last_error.as_deref()),
+            ("v1", Some("bad regex"))
+        );
 
-        new.sent("v2");
-        new.nacked("v1", "bad regex");
-        assert_eq!(nodes.list()[0].version, "v1");
-        assert_eq!(nodes.list()[0].last_error.as_deref(), Some("bad regex"));
-        drop(new);
+        second.acked("v3");
+        assert!(nodes.list().iter().all(|n| n.refused_version.is_none()));
+        drop(first);
+        drop(second);
         assert!(nodes.list().is_empty());
         assert_eq!(nodes.connected.get(), 0);
     }

@@ -101,6 +101,11 @@ impl PathTableBuilder {
                 self.prefix.entry(key.into()).or_default().push(candidate);
             }
             proto::PathMatchType::RegularExpression => {
+                // On its own first: `a)|(b` would otherwise escape the anchors below.
+                RegexBuilder::new(value)
+                    .size_limit(REGEX_SIZE_LIMIT)
+                    .build()
+                    .map_err(|e| format!("invalid regular expression `{value}`: {e}"))?;
                 let regex = RegexBuilder::new(&format!("^(?:{value})$"))
                     .size_limit(REGEX_SIZE_LIMIT)
                     .build()

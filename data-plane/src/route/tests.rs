@@ -246,6 +246,11 @@ fn rules_without_matches_match_everything_and_rules_keep_their_order() {
 }
 
 #[test]
+fn a_regex_cannot_escape_its_anchors() {
+    assert!(build(&[("r", &[], vec![vec![regex("/admin)|(/x")]])]).is_err());
+}
+
+#[test]
 fn invalid_regex_is_refused_with_the_route_named() {
     let Err(error) = build(&[("bad", &[], vec![vec![regex("/(")]])]) else {
         panic!("an invalid regex must not build")

@@ -56,6 +56,14 @@ impl Target {
             .filter(|a| !a.host().is_empty() && !a.as_str().contains('@'))
             .cloned()
             .ok_or_else(|| format!("backend `{url}`: needs a host and no credentials"))?;
+        // A written port must be a real one: `http::Uri` keeps any text after the colon.
+        let has_port = authority
+            .as_str()
+            .rsplit_once(':')
+            .is_some_and(|(_, p)| !p.ends_with(']'));
+        if has_port && authority.port_u16().is_none_or(|p| p == 0) {
+            return Err(format!("backend `{url}`: invalid port"));
+        }
         Ok(Self {
             url: url.into(),
             protocol,
@@ -284,6 +292,9 @@ mod tests {
         assert!(backends(&[("http://a:1", 0)]).is_err());
         assert!(backends(&[("ftp://a:1", 1)]).is_err());
         assert!(backends(&[("http://u:p@a:1", 1)]).is_err());
+        assert!(backends(&[("http://a:90000", 1)]).is_err());
+        assert!(backends(&[("http://a:", 1)]).is_err());
+        assert!(backends(&[("http://[::1]", 1)]).is_ok());
         assert!(backends(&[("http://a:1", u32::MAX), ("http://b:1", 1)]).is_err());
         let h2c = backends(&[("h2c://grpc:50051", 1)]).unwrap();
         assert_eq!(h2c.pick().protocol, Protocol::H2c);
