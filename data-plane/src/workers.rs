@@ -22,6 +22,11 @@ const SWEEP_EVERY: Duration = Duration::from_secs(15);
 /// Binds `count` sockets to `addr` with SO_REUSEPORT. With port 0, the first socket picks
 /// the port and the others join it.
 pub fn bind(addr: SocketAddr, count: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
+    // SO_REUSEPORT would let a second gateway on the same port silently split the traffic
+    // with this one: make sure nobody listens there yet.
+    if addr.port() != 0 {
+        drop(std::net::TcpListener::bind(addr)?);
+    }
     let mut listeners = Vec::with_capacity(count);
     let mut addr = addr;
     for _ in 0..count.max(1) {
@@ -104,5 +109,23 @@ impl Workers {
         for done in self.done {
             let _ = done.await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bind;
+
+    #[test]
+    fn a_port_in_use_is_an_error_not_a_shared_listener() {
+        let first = bind("127.0.0.1:0".parse().unwrap(), 2).unwrap();
+        let taken = first[0].local_addr().unwrap();
+        assert_eq!(
+            first[1].local_addr().unwrap(),
+            taken,
+            "the workers share one port"
+        );
+        let error = bind(taken, 1).unwrap_err();
+        assert_eq!(error.kind(), std::io::ErrorKind::AddrInUse);
     }
 }
