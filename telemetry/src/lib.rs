@@ -34,7 +34,10 @@ pub fn init_logging(format: LogFormat) -> LogGuard {
             .flatten_event(true)
             .with_current_span(false)
             .init(),
-        LogFormat::Pretty => builder.with_target(false).init(),
+        LogFormat::Pretty => builder
+            .with_target(false)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
+            .init(),
     }
     LogGuard(guard)
 }
