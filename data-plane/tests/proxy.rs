@@ -8,7 +8,7 @@ use http::Request;
 use http_body_util::Full;
 use pavilion_data::{Config, DataPlane};
 use pavilion_proto as proto;
-use pavilion_tests::client::{HttpClient, Reply};
+use pavilion_tests::client::{HttpClient, Reply, send_upload, upload_of};
 use pavilion_tests::snapshot::{catch_all, prefix_rule, route, snapshot};
 use pavilion_tests::{Upstream, free_port};
 
@@ -293,21 +293,9 @@ async fn streamed_bodies_over_the_limit_get_413() {
 
 /// POSTs `chunks` chunks of `size` bytes with chunked transfer encoding.
 async fn chunked_post(url: &str, chunks: usize, size: usize) -> Reply {
-    use http_body_util::{BodyExt, StreamBody};
-    use hyper::body::Frame;
-    let (tx, rx) =
-        tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::convert::Infallible>>(chunks);
-    for _ in 0..chunks {
-        tx.send(Ok(Frame::data(Bytes::from(vec![b'y'; size]))))
-            .await
-            .unwrap();
-    }
-    drop(tx);
-    let body = StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx));
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build(hyper_util::client::legacy::connect::HttpConnector::new());
-    let response = client
-        .request(Request::post(url).body(body).unwrap())
+    use http_body_util::BodyExt;
+    let body = upload_of((0..chunks).map(|_| Bytes::from(vec![b'y'; size]))).await;
+    let response = send_upload(http::Method::POST, url, body, false)
         .await
         .unwrap();
     let (parts, body) = response.into_parts();
@@ -477,24 +465,11 @@ async fn an_upload_over_the_limit_never_looks_like_a_success() {
     dp.apply(catch_all("v1", "ns/r", &upstream.url()))
         .await
         .unwrap();
-    use http_body_util::{BodyExt, StreamBody};
-    let (tx, rx) = tokio::sync::mpsc::channel::<
-        Result<hyper::body::Frame<Bytes>, std::convert::Infallible>,
-    >(8);
-    for _ in 0..5 {
-        tx.send(Ok(hyper::body::Frame::data(Bytes::from(vec![b'z'; 1000]))))
-            .await
-            .unwrap();
-    }
-    drop(tx);
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build(hyper_util::client::legacy::connect::HttpConnector::new());
-    let request = Request::post(url(&dp, "/echo-body"))
-        .body(StreamBody::new(
-            tokio_stream::wrappers::ReceiverStream::new(rx),
-        ))
+    use http_body_util::BodyExt;
+    let body = upload_of((0..5).map(|_| Bytes::from(vec![b'z'; 1000]))).await;
+    let response = send_upload(http::Method::POST, &url(&dp, "/echo-body"), body, false)
+        .await
         .unwrap();
-    let response = client.request(request).await.unwrap();
     if response.status() == 200 {
         let body = response.into_body().collect().await;
         assert!(

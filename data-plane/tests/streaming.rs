@@ -15,6 +15,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use pavilion_data::Config;
 use pavilion_tests::Upstream;
+use pavilion_tests::client::{send_upload, upload};
 use pavilion_tests::snapshot::catch_all;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -114,12 +115,10 @@ async fn request_chunks_reach_the_upstream_before_the_client_finishes() {
         .await
         .unwrap();
 
-    let (chunks, frames) = mpsc::channel::<Result<Frame<Bytes>, Infallible>>(4);
-    let client = Client::builder(TokioExecutor::new()).build(HttpConnector::new());
-    let request = Request::post(format!("http://{}/echo-body", dp.addr))
-        .body(StreamBody::new(ReceiverStream::new(frames)))
-        .unwrap();
-    let response = tokio::spawn(client.request(request));
+    let (chunks, body) = upload(4);
+    let url = format!("http://{}/echo-body", dp.addr);
+    let response =
+        tokio::spawn(async move { send_upload(http::Method::POST, &url, body, false).await });
     chunks
         .send(Ok(Frame::data(Bytes::from_static(b"part one;"))))
         .await

@@ -5,7 +5,7 @@ use bytes::Bytes;
 use http::Request;
 use http_body_util::Full;
 use pavilion_data::{Config, DataPlane};
-use pavilion_tests::client::HttpClient;
+use pavilion_tests::client::{HttpClient, send_upload, upload, upload_of};
 use pavilion_tests::raw::{Action, RawUpstream};
 use pavilion_tests::snapshot::catch_all;
 
@@ -224,25 +224,15 @@ async fn request_bodies_are_framed_as_the_upstream_expects() {
         .unwrap();
     assert_eq!(client.send(empty_post).await.unwrap().status, 200);
     // HTTP/2 with a body of unknown length: re-framed as chunked for the HTTP/1.1 upstream.
-    let (tx, rx) = tokio::sync::mpsc::channel::<
-        Result<hyper::body::Frame<Bytes>, std::convert::Infallible>,
-    >(1);
-    tx.send(Ok(hyper::body::Frame::data(Bytes::from_static(b"abc"))))
-        .await
-        .unwrap();
-    drop(tx);
-    let body = http_body_util::StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(rx));
-    let h2 = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .http2_only(true)
-        .build(hyper_util::client::legacy::connect::HttpConnector::new());
-    let response = h2
-        .request(
-            Request::post(format!("http://{}/stream", dp.addr))
-                .body(body)
-                .unwrap(),
-        )
-        .await
-        .unwrap();
+    let body = upload_of([Bytes::from_static(b"abc")]).await;
+    let response = send_upload(
+        http::Method::POST,
+        &format!("http://{}/stream", dp.addr),
+        body,
+        true,
+    )
+    .await
+    .unwrap();
     assert_eq!(response.status(), 200);
 
     let requests = upstream.requests_text();
@@ -299,26 +289,21 @@ async fn a_timed_out_upload_stops_and_closes_the_upstream_connection() {
     dp.apply(snapshot).await.unwrap();
 
     // A client whose upload never ends.
-    let (chunks, frames) = tokio::sync::mpsc::channel::<
-        Result<hyper::body::Frame<Bytes>, std::convert::Infallible>,
-    >(1);
+    let (chunks, body) = upload(1);
     chunks
         .send(Ok(hyper::body::Frame::data(Bytes::from_static(
             b"first part",
         ))))
         .await
         .unwrap();
-    let body = http_body_util::StreamBody::new(tokio_stream::wrappers::ReceiverStream::new(frames));
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build(hyper_util::client::legacy::connect::HttpConnector::new());
-    let response = client
-        .request(
-            Request::post(format!("http://{}/upload", dp.addr))
-                .body(body)
-                .unwrap(),
-        )
-        .await
-        .unwrap();
+    let response = send_upload(
+        http::Method::POST,
+        &format!("http://{}/upload", dp.addr),
+        body,
+        false,
+    )
+    .await
+    .unwrap();
     assert_eq!(response.status(), 504);
     tokio::time::timeout(std::time::Duration::from_secs(5), hung_up_rx.recv())
         .await

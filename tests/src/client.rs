@@ -1,13 +1,17 @@
 //! A plain HTTP client for tests: HTTP/1.1 or h2c, whole bodies, no retries.
 
+use std::convert::Infallible;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderMap, Request, StatusCode};
-use http_body_util::{BodyExt, Full};
+use http::{HeaderMap, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
 
 /// A response read to the end.
 #[derive(Debug)]
@@ -83,4 +87,49 @@ impl HttpClient {
             .await
             .map_err(|_| "no answer within 10s".to_owned())?
     }
+}
+
+/// The sending end of an [`Upload`]; dropping it ends the body.
+pub type Chunks = mpsc::Sender<Result<Frame<Bytes>, Infallible>>;
+
+/// A request body of unknown length that the test feeds chunk by chunk: chunked on
+/// HTTP/1.1, without content-length on HTTP/2.
+pub type Upload = StreamBody<ReceiverStream<Result<Frame<Bytes>, Infallible>>>;
+
+/// A new upload and its sending end; `capacity` chunks can wait before anyone reads.
+pub fn upload(capacity: usize) -> (Chunks, Upload) {
+    let (chunks, frames) = mpsc::channel(capacity.max(1));
+    (chunks, StreamBody::new(ReceiverStream::new(frames)))
+}
+
+/// A complete upload of these chunks.
+pub async fn upload_of(parts: impl IntoIterator<Item = Bytes>) -> Upload {
+    let parts: Vec<Bytes> = parts.into_iter().collect();
+    let (chunks, body) = upload(parts.len());
+    for part in parts {
+        chunks
+            .send(Ok(Frame::data(part)))
+            .await
+            .expect("the body is alive");
+    }
+    body
+}
+
+/// Sends `body` with `method` to `url` (HTTP/2 with prior knowledge when `h2c`) and returns
+/// at the response head; reading the body is the caller's business.
+pub async fn send_upload(
+    method: Method,
+    url: &str,
+    body: Upload,
+    h2c: bool,
+) -> Result<Response<Incoming>, String> {
+    let mut builder = Client::builder(TokioExecutor::new());
+    builder.http2_only(h2c);
+    let client = builder.build(HttpConnector::new());
+    let request = Request::builder()
+        .method(method)
+        .uri(url)
+        .body(body)
+        .map_err(|e| e.to_string())?;
+    client.request(request).await.map_err(|e| format!("{e:?}"))
 }
