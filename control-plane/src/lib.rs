@@ -11,10 +11,12 @@ pub mod api;
 pub mod compile;
 pub mod controller;
 pub mod delivery;
+pub mod kv;
 pub mod metrics;
 pub mod source;
 pub mod status;
 pub mod validate;
+pub mod writeback;
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -29,14 +31,17 @@ use tokio::task::JoinHandle;
 
 use crate::delivery::SnapshotService;
 use crate::delivery::nodes::Nodes;
+use crate::kv::KvAddress;
 use crate::metrics::Metrics;
-use crate::source::{DirSource, Source, SourceError};
+use crate::source::{DirSource, KvSource, Source, SourceError};
 
 /// Where the control plane reads resources from (`--source`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SourceSpec {
     /// `dir:PATH` — YAML files below a directory.
     Dir(PathBuf),
+    /// `nats://HOST:PORT[?bucket=NAME]` — a JetStream KV bucket.
+    Kv(KvAddress),
 }
 
 impl FromStr for SourceSpec {
@@ -49,12 +54,17 @@ impl FromStr for SourceSpec {
             }
             return Ok(SourceSpec::Dir(path.into()));
         }
-        if text == "kube" || text.starts_with("nats://") {
+        if text.starts_with("nats://") {
+            return text.parse().map(SourceSpec::Kv);
+        }
+        if text == "kube" {
             return Err(format!(
-                "source `{text}` is not supported by this build yet; use dir:PATH"
+                "source `{text}` is not supported by this build yet; use dir:PATH or nats://"
             ));
         }
-        Err(format!("unknown source `{text}`; expected dir:PATH"))
+        Err(format!(
+            "unknown source `{text}`; expected dir:PATH or nats://HOST:PORT[?bucket=NAME]"
+        ))
     }
 }
 
@@ -62,6 +72,7 @@ impl fmt::Display for SourceSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             SourceSpec::Dir(path) => write!(f, "dir:{}", path.display()),
+            SourceSpec::Kv(address) => write!(f, "{address}"),
         }
     }
 }
@@ -91,6 +102,9 @@ pub struct ControlPlane {
     pub grpc_addr: SocketAddr,
     pub http_addr: SocketAddr,
     shutdown: watch::Sender<bool>,
+    /// Whether this replica writes statuses (always, until leader election exists for the
+    /// source); dropping it ends the write-back.
+    _leader: watch::Sender<bool>,
     source: JoinHandle<Result<(), SourceError>>,
     servers: Vec<JoinHandle<()>>,
 }
@@ -125,11 +139,26 @@ pub async fn start(config: Config) -> Result<ControlPlane, Error> {
         addr: config.http_listen,
         source,
     })?;
+    let (leader, leader_rx) = watch::channel(true);
+    let mut servers = Vec::new();
     let source: Box<dyn Source> = match &config.source {
         SourceSpec::Dir(path) => Box::new(DirSource::new(path)),
+        SourceSpec::Kv(address) => {
+            servers.push(tokio::spawn(kv_writeback(
+                address.clone(),
+                published_rx.clone(),
+                nodes.clone(),
+                leader_rx,
+            )));
+            Box::new(KvSource::new(address.clone()))
+        }
     };
     let source = tokio::spawn(source.run(items_tx));
-    let controller = tokio::spawn(controller::run(items_rx, published_tx, metrics.clone()));
+    servers.push(tokio::spawn(controller::run(
+        items_rx,
+        published_tx,
+        metrics.clone(),
+    )));
 
     let service = SnapshotService::new(
         published_rx.clone(),
@@ -160,14 +189,41 @@ pub async fn start(config: Config) -> Result<ControlPlane, Error> {
             tracing::error!(error = %e, "HTTP server failed");
         }
     });
+    servers.extend([grpc, http]);
     tracing::info!(%grpc_addr, %http_addr, source = %config.source, "control plane started");
     Ok(ControlPlane {
         grpc_addr,
         http_addr,
         shutdown,
+        _leader: leader,
         source,
-        servers: vec![controller, grpc, http],
+        servers,
     })
+}
+
+/// Writes statuses to the KV bucket, connecting (and reconnecting) on its own.
+async fn kv_writeback(
+    address: KvAddress,
+    published: controller::PublishedReceiver,
+    nodes: Arc<Nodes>,
+    leader: watch::Receiver<bool>,
+) {
+    let store = loop {
+        match kv::open(&address).await {
+            Ok(store) => break store,
+            Err(error) => {
+                tracing::warn!(%error, "status write-back cannot reach the bucket; retrying");
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+        }
+    };
+    writeback::run(
+        Box::new(kv::KvStatusSink::new(store)),
+        published,
+        nodes,
+        leader,
+    )
+    .await;
 }
 
 async fn stopped(mut shutdown: watch::Receiver<bool>) {
@@ -189,13 +245,20 @@ impl ControlPlane {
         result
     }
 
-    /// Ends every stream and server and waits for them.
+    /// Ends every stream and server and waits for them (a few seconds at most each).
     pub async fn stop(self) {
         self.shutdown.send_replace(true);
         self.source.abort();
         for server in self.servers {
-            // The controller runs until its input closes, which aborting the source does.
-            let _ = tokio::time::timeout(Duration::from_secs(5), server).await;
+            // The controller and the write-back run until their inputs close, which
+            // aborting the source does; anything stuck (a bucket that never answers) is cut.
+            let abort = server.abort_handle();
+            if tokio::time::timeout(Duration::from_secs(5), server)
+                .await
+                .is_err()
+            {
+                abort.abort();
+            }
         }
     }
 }

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use pavilion_control::SourceSpec;
+use pavilion_control::kv::KvAddress;
 use pavilion_telemetry::LogFormat;
 
 #[derive(Parser)]
@@ -34,11 +35,35 @@ enum Command {
         #[arg(long)]
         out_dir: Option<PathBuf>,
     },
+    /// Manage resources in a NATS KV bucket (Docker Swarm) without the nats CLI.
+    Kv {
+        /// nats://HOST:PORT[?bucket=NAME] (default bucket: pavilion-config)
+        #[arg(long, env = "PAVILION_NATS", default_value = "nats://127.0.0.1:4222")]
+        nats: KvAddress,
+        #[command(subcommand)]
+        command: KvCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum KvCommand {
+    /// Validate files (or directories) against the bucket's contents, then write every
+    /// document under its key; nothing is written if any document is invalid.
+    Put {
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+    },
+    /// Print the document under KEY (kind.namespace.name); its status goes to stderr.
+    Get { key: String },
+    /// Delete the resource under KEY and its status.
+    Delete { key: String },
+    /// List the resources with their Accepted and Programmed status.
+    List,
 }
 
 #[derive(clap::Args)]
 struct RunArgs {
-    /// dir:PATH
+    /// dir:PATH or nats://HOST:PORT[?bucket=NAME]
     #[arg(long, env = "PAVILION_SOURCE")]
     source: SourceSpec,
     /// Where data planes connect for snapshots.
@@ -77,6 +102,13 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         }
+        Command::Kv { nats, command } => match kv(nats, command) {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("pavilion-control: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Crds { out_dir } => match crds(out_dir) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -85,6 +117,56 @@ fn main() -> ExitCode {
             }
         },
     }
+}
+
+fn kv(address: KvAddress, command: KvCommand) -> anyhow::Result<ExitCode> {
+    use pavilion_control::kv::{cli, open};
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let store = open(&address).await?;
+        match command {
+            KvCommand::Put { paths } => {
+                let (verdict, written) = cli::put(&store, &paths).await?;
+                for line in verdict.errors.iter().chain(&verdict.warnings) {
+                    println!("{line}");
+                }
+                if !verdict.is_valid() {
+                    eprintln!("nothing written: {} problems", verdict.errors.len());
+                    return Ok(ExitCode::FAILURE);
+                }
+                for key in written {
+                    println!("put {key}");
+                }
+            }
+            KvCommand::Get { key } => match cli::get(&store, &key).await? {
+                Some((document, status)) => {
+                    print!("{document}");
+                    if let Some(status) = status {
+                        eprintln!("status: {status}");
+                    }
+                }
+                None => {
+                    eprintln!("no key `{key}` in bucket {}", address.bucket);
+                    return Ok(ExitCode::FAILURE);
+                }
+            },
+            KvCommand::Delete { key } => {
+                if !cli::delete(&store, &key).await? {
+                    eprintln!("no key `{key}` in bucket {}", address.bucket);
+                    return Ok(ExitCode::FAILURE);
+                }
+                println!("deleted {key}");
+            }
+            KvCommand::List => {
+                for line in cli::list(&store).await? {
+                    println!("{line}");
+                }
+            }
+        }
+        Ok(ExitCode::SUCCESS)
+    })
 }
 
 fn crds(out_dir: Option<PathBuf>) -> anyhow::Result<()> {

@@ -107,7 +107,8 @@ fn programmed(version: &str, nodes: &[NodeStatus]) -> (&'static str, &'static st
     (
         "True",
         "Programmed",
-        format!("running on every connected data plane ({})", nodes.len()),
+        // No count here: a data plane joining must not rewrite every resource's status.
+        "running on every connected data plane".to_owned(),
     )
 }
 

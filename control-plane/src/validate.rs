@@ -2,6 +2,7 @@
 //! applied. Files are compiled together, so duplicates and policy targets across files
 //! are checked too.
 
+use std::collections::HashSet;
 use std::path::PathBuf;
 
 use crate::compile::{Outcome, compile};
@@ -23,8 +24,15 @@ impl Verdict {
 }
 
 pub fn validate(paths: &[PathBuf]) -> Verdict {
-    let mut items: Vec<Item> = Vec::new();
+    validate_with(Vec::new(), paths).0
+}
+
+/// Validates the documents under `paths` as they would stand among `context` (what a
+/// source already holds; documents of `paths` replace those of `context` with the same
+/// key). Only problems of the new documents are reported; the new items are returned.
+pub fn validate_with(mut context: Vec<Item>, paths: &[PathBuf]) -> (Verdict, Vec<Item>) {
     let mut verdict = Verdict::default();
+    let mut items: Vec<Item> = Vec::new();
     for path in paths {
         if path.is_dir() {
             match load_tree(path) {
@@ -37,9 +45,13 @@ pub fn validate(paths: &[PathBuf]) -> Verdict {
             items.extend(load_file(path));
         }
     }
-    let compiled = compile(&items);
+    let replaced: HashSet<_> = items.iter().filter_map(Item::key).collect();
+    context.retain(|item| item.key().is_none_or(|key| !replaced.contains(&key)));
+    let first_new = context.len();
+    context.extend(items.iter().cloned());
+    let compiled = compile(&context);
     verdict.documents = items.len();
-    for (item, report) in items.iter().zip(&compiled.reports) {
+    for (item, report) in items.iter().zip(&compiled.reports[first_new..]) {
         // A document that could not be read knows the exact line of the problem.
         let origin = match (&item.origin, &item.parsed) {
             (Origin::File { path, .. }, Err(e)) => Origin::File {
@@ -61,5 +73,5 @@ pub fn validate(paths: &[PathBuf]) -> Verdict {
             }
         }
     }
-    verdict
+    (verdict, items)
 }

@@ -108,6 +108,17 @@ impl Resource {
         }
     }
 
+    /// The resource as a YAML document (without status), as stored in a KV bucket.
+    pub fn to_yaml(&self) -> String {
+        let text = match self {
+            Resource::Route(r) => serde_yaml_ng::to_string(r),
+            Resource::TenantPlacement(r) => serde_yaml_ng::to_string(r),
+            Resource::RateLimitPolicy(r) => serde_yaml_ng::to_string(r),
+            Resource::CorsPolicy(r) => serde_yaml_ng::to_string(r),
+        };
+        text.expect("resources always serialize")
+    }
+
     /// Everything wrong with this resource on its own (cross-resource checks such as policy
     /// targets belong to the compiler). Empty when valid.
     pub fn validate(&self) -> Vec<FieldError> {

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use prometheus::IntGauge;
 use serde::Serialize;
+use tokio::sync::watch;
 
 /// What the control plane knows about one connected data plane.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
@@ -32,6 +33,8 @@ pub struct Nodes {
     streams: Mutex<BTreeMap<u64, NodeStatus>>,
     next_connection: AtomicU64,
     connected: IntGauge,
+    /// Bumped on every change, for whoever derives state from the nodes (status write-back).
+    changes: watch::Sender<u64>,
 }
 
 /// One stream's registration; unregisters it when the stream ends.
@@ -47,7 +50,17 @@ impl Nodes {
             streams: Mutex::new(BTreeMap::new()),
             next_connection: AtomicU64::new(1),
             connected,
+            changes: watch::channel(0).0,
         }
+    }
+
+    /// Notified whenever a node connects, answers or leaves.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    fn changed(&self) {
+        self.changes.send_modify(|n| *n += 1);
     }
 
     /// Registers a stream.
@@ -72,6 +85,8 @@ impl Nodes {
         let mut nodes = self.lock();
         nodes.insert(serial, status);
         self.connected.set(nodes.len() as i64);
+        drop(nodes);
+        self.changed();
         Connection {
             nodes: self,
             id: id.to_owned(),
@@ -102,6 +117,7 @@ impl Connection<'_> {
         if let Some(status) = self.nodes.lock().get_mut(&self.serial) {
             change(status);
         }
+        self.nodes.changed();
     }
 
     pub fn sent(&self, version: &str) {
@@ -134,6 +150,8 @@ impl Drop for Connection<'_> {
         let mut nodes = self.nodes.lock();
         nodes.remove(&self.serial);
         self.nodes.connected.set(nodes.len() as i64);
+        drop(nodes);
+        self.nodes.changed();
     }
 }
 

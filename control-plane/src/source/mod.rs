@@ -3,6 +3,7 @@
 //! so a burst of changes costs one compile.
 
 pub mod dir;
+pub mod kv;
 
 use std::fmt;
 use std::path::PathBuf;
@@ -13,18 +14,22 @@ use pavilion_crds::{DocumentError, Resource, ResourceKey};
 use tokio::sync::watch;
 
 pub use dir::DirSource;
+pub use kv::KvSource;
 
 /// Where one document came from, for error messages and `validate` output.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Origin {
     /// A document in a file; `line` is where its content starts.
     File { path: PathBuf, line: usize },
+    /// The value of a key in a NATS KV bucket.
+    Kv { key: String },
 }
 
 impl fmt::Display for Origin {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Origin::File { path, line } => write!(f, "{}:{line}", path.display()),
+            Origin::Kv { key } => write!(f, "kv:{key}"),
         }
     }
 }

@@ -1,0 +1,110 @@
+//! `pavilion-control kv put|get|delete|list`: resources in the bucket without the `nats`
+//! CLI. `put` validates the files against what the bucket already holds and writes
+//! nothing unless every document is valid.
+
+use std::path::PathBuf;
+
+use async_nats::jetstream::kv::Store;
+use futures::StreamExt;
+
+use super::{KvError, STATUS_PREFIX, resource_key, status_key};
+use crate::source::Item;
+use crate::source::kv::item;
+use crate::validate::{Verdict, validate_with};
+
+fn operation(e: impl std::fmt::Display) -> KvError {
+    KvError::Operation(e.to_string())
+}
+
+/// Resource keys in the bucket, sorted.
+pub async fn resource_keys(store: &Store) -> Result<Vec<String>, KvError> {
+    let mut keys: Vec<String> = store
+        .keys()
+        .await
+        .map_err(operation)?
+        .filter_map(|k| async move { k.ok() })
+        .filter(|k| std::future::ready(!k.starts_with(STATUS_PREFIX)))
+        .collect()
+        .await;
+    keys.sort();
+    Ok(keys)
+}
+
+/// Every resource the bucket holds, as the KV source would read it.
+pub async fn current_items(store: &Store) -> Result<Vec<Item>, KvError> {
+    let mut items = Vec::new();
+    for key in resource_keys(store).await? {
+        if let Some(value) = store.get(&key).await.map_err(operation)? {
+            items.push(item(&key, &value));
+        }
+    }
+    Ok(items)
+}
+
+/// Validates and, when everything is valid, writes each document under its key. Returns
+/// the verdict and the keys written (none when the verdict has errors).
+pub async fn put(store: &Store, paths: &[PathBuf]) -> Result<(Verdict, Vec<String>), KvError> {
+    let (verdict, items) = validate_with(current_items(store).await?, paths);
+    if !verdict.is_valid() {
+        return Ok((verdict, Vec::new()));
+    }
+    let mut written = Vec::new();
+    for item in items {
+        let Ok(resource) = item.parsed else { continue };
+        let key = resource_key(&resource.key());
+        store
+            .put(&key, resource.to_yaml().into())
+            .await
+            .map_err(operation)?;
+        written.push(key);
+    }
+    Ok((verdict, written))
+}
+
+/// The document under `key` and, if the control plane wrote one, its status (JSON).
+pub async fn get(store: &Store, key: &str) -> Result<Option<(String, Option<String>)>, KvError> {
+    let Some(value) = store.get(key).await.map_err(operation)? else {
+        return Ok(None);
+    };
+    let status = store.get(status_key(key)).await.map_err(operation)?;
+    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+    Ok(Some((text(&value), status.as_deref().map(text))))
+}
+
+/// Deletes the resource and its status. False when there was no such key.
+pub async fn delete(store: &Store, key: &str) -> Result<bool, KvError> {
+    if store.get(key).await.map_err(operation)?.is_none() {
+        return Ok(false);
+    }
+    store.delete(key).await.map_err(operation)?;
+    store.delete(status_key(key)).await.map_err(operation)?;
+    Ok(true)
+}
+
+/// One line per resource: key, then `Accepted=…` and `Programmed=…` from its status.
+pub async fn list(store: &Store) -> Result<Vec<String>, KvError> {
+    let mut lines = Vec::new();
+    for key in resource_keys(store).await? {
+        let status = store.get(status_key(&key)).await.map_err(operation)?;
+        let conditions: Vec<String> = status
+            .and_then(|s| serde_json::from_slice::<serde_json::Value>(&s).ok())
+            .and_then(|s| s["conditions"].as_array().cloned())
+            .unwrap_or_default()
+            .iter()
+            .map(|c| {
+                format!(
+                    "{}={}",
+                    c["type"].as_str().unwrap_or("?"),
+                    c["status"].as_str().unwrap_or("?")
+                )
+            })
+            .collect();
+        let conditions = if conditions.is_empty() {
+            "no status yet".to_owned()
+        } else {
+            conditions.join(" ")
+        };
+        lines.push(format!("{key}\t{conditions}"));
+    }
+    Ok(lines)
+}

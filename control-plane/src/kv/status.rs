@@ -1,0 +1,83 @@
+//! Statuses in the bucket, beside the resources they describe.
+
+use std::collections::HashSet;
+
+use async_nats::jetstream::kv::Store;
+use futures::future::BoxFuture;
+use futures::{FutureExt, StreamExt};
+
+use super::{STATUS_PREFIX, resource_key, status_key};
+use crate::source::Origin;
+use crate::writeback::{StatusSink, StatusTarget, StoredCondition};
+
+/// Statuses as KV keys: `status.<kind>.<namespace>.<name>` = `{"conditions":[…]}`.
+pub struct KvStatusSink {
+    store: Store,
+}
+
+impl KvStatusSink {
+    pub fn new(store: Store) -> Self {
+        Self { store }
+    }
+}
+
+fn status_key_for(target: &StatusTarget) -> Option<String> {
+    match &target.origin {
+        Origin::Kv { key } => Some(status_key(key)),
+        _ => target.key.as_ref().map(|k| status_key(&resource_key(k))),
+    }
+}
+
+impl StatusSink for KvStatusSink {
+    fn write<'a>(
+        &'a mut self,
+        target: &'a StatusTarget,
+        conditions: &'a [StoredCondition],
+    ) -> BoxFuture<'a, Result<(), String>> {
+        async move {
+            let Some(key) = status_key_for(target) else {
+                return Ok(());
+            };
+            let body = serde_json::to_vec(&serde_json::json!({ "conditions": conditions }))
+                .map_err(|e| e.to_string())?;
+            self.store
+                .put(key, body.into())
+                .await
+                .map(drop)
+                .map_err(|e| e.to_string())
+        }
+        .boxed()
+    }
+
+    fn remove<'a>(&'a mut self, target: &'a StatusTarget) -> BoxFuture<'a, Result<(), String>> {
+        async move {
+            let Some(key) = status_key_for(target) else {
+                return Ok(());
+            };
+            self.store.delete(key).await.map_err(|e| e.to_string())
+        }
+        .boxed()
+    }
+
+    fn prune<'a>(&'a mut self, current: &'a [StatusTarget]) -> BoxFuture<'a, Result<(), String>> {
+        async move {
+            let keep: HashSet<String> = current.iter().filter_map(status_key_for).collect();
+            let keys: Vec<String> = self
+                .store
+                .keys()
+                .await
+                .map_err(|e| e.to_string())?
+                .filter_map(|k| async move { k.ok() })
+                .collect()
+                .await;
+            for key in keys
+                .into_iter()
+                .filter(|k| k.starts_with(STATUS_PREFIX) && !keep.contains(k))
+            {
+                self.store.delete(&key).await.map_err(|e| e.to_string())?;
+            }
+            Ok(())
+        }
+        .boxed()
+    }
+}

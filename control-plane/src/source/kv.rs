@@ -1,0 +1,143 @@
+//! A NATS JetStream KV bucket as the source (Docker Swarm): every key
+//! `<kind>.<namespace>.<name>` holds one resource document. The bucket is watched from the
+//! last value of every key on; a put or delete is published at once. When the connection or
+//! the watch breaks, the last published set stays in force while the source reconnects.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use async_nats::jetstream::kv::{Entry, Operation, Store};
+use futures::FutureExt;
+use futures::StreamExt;
+use futures::future::BoxFuture;
+use pavilion_crds::{DocumentError, parse_documents};
+
+use super::{Item, ItemsSender, Origin, Source, SourceError};
+use crate::kv::{KvAddress, KvError, STATUS_PREFIX, open, parse_key, resource_key};
+
+const FIRST_BACKOFF: Duration = Duration::from_millis(200);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+pub struct KvSource {
+    address: KvAddress,
+}
+
+impl KvSource {
+    pub fn new(address: KvAddress) -> Self {
+        Self { address }
+    }
+}
+
+impl Source for KvSource {
+    fn run(self: Box<Self>, items: ItemsSender) -> BoxFuture<'static, Result<(), SourceError>> {
+        async move {
+            let mut backoff = FIRST_BACKOFF;
+            loop {
+                let error = match open(&self.address).await {
+                    Ok(store) => {
+                        backoff = FIRST_BACKOFF;
+                        watch(&store, &items).await
+                    }
+                    Err(error) => error,
+                };
+                tracing::warn!(source = %self.address, %error, retry_in_ms = backoff.as_millis() as u64, "KV source interrupted; keeping the last read");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+        .boxed()
+    }
+}
+
+/// Follows the bucket until the watch fails. Publishes once the initial values are all in
+/// (never a partial set), then after every change.
+async fn watch(store: &Store, items: &ItemsSender) -> KvError {
+    let operation = |e: &dyn std::fmt::Display| KvError::Operation(e.to_string());
+    let empty = match store.status().await {
+        Ok(status) => status.values() == 0,
+        Err(e) => return operation(&e),
+    };
+    let mut watch = match store.watch_with_history(">").await {
+        Ok(watch) => watch,
+        Err(e) => return operation(&e),
+    };
+    let mut current: BTreeMap<String, Item> = BTreeMap::new();
+    let mut synced = empty;
+    if synced {
+        items.send_replace(Some(Vec::new().into()));
+    }
+    while let Some(entry) = watch.next().await {
+        let entry = match entry {
+            Ok(entry) => entry,
+            Err(e) => return operation(&e),
+        };
+        let changed = apply(&mut current, &entry);
+        // `delta` counts what is still pending: zero means the watch has caught up.
+        let caught_up = entry.delta == 0;
+        if (synced && changed) || (!synced && caught_up) {
+            synced = true;
+            items.send_replace(Some(current.values().cloned().collect::<Vec<_>>().into()));
+        }
+    }
+    KvError::Operation("the watch ended".into())
+}
+
+/// Applies one entry; false when it does not concern a resource (status keys).
+fn apply(current: &mut BTreeMap<String, Item>, entry: &Entry) -> bool {
+    if entry.key.starts_with(STATUS_PREFIX) {
+        return false;
+    }
+    match entry.operation {
+        Operation::Put => {
+            current.insert(entry.key.clone(), item(&entry.key, &entry.value));
+        }
+        Operation::Delete | Operation::Purge => {
+            current.remove(&entry.key);
+        }
+    }
+    true
+}
+
+/// The resource a value holds, checked against its key.
+pub fn item(key: &str, value: &[u8]) -> Item {
+    let origin = Origin::Kv {
+        key: key.to_owned(),
+    };
+    let error = |field: &str, message: String| Item {
+        origin: origin.clone(),
+        parsed: Err(DocumentError {
+            line: 1,
+            field: field.to_owned(),
+            message,
+        }),
+    };
+    if parse_key(key).is_none() {
+        return error("key", format!("`{key}` is not <kind>.<namespace>.<name>"));
+    }
+    let Ok(text) = std::str::from_utf8(value) else {
+        return error("document", "the value is not UTF-8 text".into());
+    };
+    let mut documents = parse_documents(text);
+    if documents.len() != 1 {
+        return error(
+            "document",
+            format!("a key holds exactly one document, not {}", documents.len()),
+        );
+    }
+    let parsed = documents.remove(0).result.and_then(|resource| {
+        let named = resource_key(&resource.key());
+        if named == key {
+            Ok(resource)
+        } else {
+            Err(DocumentError {
+                line: 1,
+                field: "metadata".into(),
+                message: format!(
+                    "the document is {} (key `{named}`), not what key `{key}` names",
+                    resource.key()
+                ),
+            })
+        }
+    });
+    Item { origin, parsed }
+}

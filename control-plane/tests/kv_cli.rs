@@ -1,0 +1,101 @@
+//! `pavilion-control kv`, run as a Swarm user runs it, against a real `nats-server -js`.
+
+use std::process::{Command, Output};
+
+use pavilion_tests::nats::NatsServer;
+
+fn kv(nats: &NatsServer, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_pavilion-control"))
+        .arg("kv")
+        .arg("--nats")
+        .arg(format!("{}?bucket=cli", nats.url()))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+const ROUTE: &str = "apiVersion: gateway.pavilion.dev/v1alpha1\nkind: Route\nmetadata: { name: orders, namespace: shop }\nspec:\n  rules:\n    - backends: [{ url: http://127.0.0.1:9000 }]\n";
+const POLICY: &str = "apiVersion: gateway.pavilion.dev/v1alpha1\nkind: CorsPolicy\nmetadata: { name: orders-cors, namespace: shop }\nspec:\n  targetRef: { kind: Route, name: orders }\n  allowOrigins: ['https://app.example.com']\n";
+
+#[test]
+fn put_get_list_delete() {
+    let nats = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let route = dir.path().join("route.yaml");
+    let policy = dir.path().join("policy.yaml");
+    std::fs::write(&route, ROUTE).unwrap();
+    std::fs::write(&policy, POLICY).unwrap();
+
+    // The policy alone targets a route the bucket does not hold yet: nothing is written.
+    let refused = kv(&nats, &["put", policy.to_str().unwrap()]);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(
+        stdout(&refused).contains("spec.targetRef: no accepted Route `orders` in namespace `shop`"),
+        "{}",
+        stdout(&refused)
+    );
+    assert_eq!(stdout(&kv(&nats, &["list"])), "");
+
+    let put = kv(&nats, &["put", route.to_str().unwrap()]);
+    assert!(
+        put.status.success(),
+        "{}",
+        String::from_utf8_lossy(&put.stderr)
+    );
+    assert_eq!(stdout(&put), "put route.shop.orders\n");
+    // Validated against what the bucket holds now, the policy is fine.
+    let put = kv(&nats, &["put", policy.to_str().unwrap()]);
+    assert_eq!(stdout(&put), "put corspolicy.shop.orders-cors\n");
+
+    let get = kv(&nats, &["get", "route.shop.orders"]);
+    assert!(get.status.success());
+    let document: serde_json::Value = serde_yaml_ng::from_str(&stdout(&get)).unwrap();
+    assert_eq!(
+        document["spec"]["rules"][0]["backends"][0]["url"],
+        "http://127.0.0.1:9000"
+    );
+    assert_eq!(document["kind"], "Route");
+
+    let list = stdout(&kv(&nats, &["list"]));
+    assert_eq!(
+        list,
+        "corspolicy.shop.orders-cors\tno status yet\nroute.shop.orders\tno status yet\n"
+    );
+
+    assert!(
+        kv(&nats, &["delete", "corspolicy.shop.orders-cors"])
+            .status
+            .success()
+    );
+    let missing = kv(&nats, &["delete", "corspolicy.shop.orders-cors"]);
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&missing.stderr).contains("no key `corspolicy.shop.orders-cors`")
+    );
+    assert_eq!(
+        kv(&nats, &["get", "corspolicy.shop.orders-cors"])
+            .status
+            .code(),
+        Some(1)
+    );
+}
+
+#[test]
+fn an_unreachable_server_is_a_clear_error() {
+    let port = pavilion_tests::free_port();
+    let output = Command::new(env!("CARGO_BIN_EXE_pavilion-control"))
+        .args(["kv", "--nats", &format!("nats://127.0.0.1:{port}"), "list"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&output.stderr)
+            .contains(&format!("cannot connect to nats://127.0.0.1:{port}")),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}

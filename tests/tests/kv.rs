@@ -1,0 +1,228 @@
+//! The NATS KV source against a real `nats-server -js`: puts and deletes become traffic,
+//! statuses are written beside the resources, and a server restart loses nothing.
+
+use std::time::Duration;
+
+use pavilion_control::kv::{KvAddress, open};
+use pavilion_control::{Config as ControlConfig, ControlPlane, SourceSpec};
+use pavilion_data::{Config as DataConfig, DataPlane};
+use pavilion_tests::client::HttpClient;
+use pavilion_tests::nats::NatsServer;
+use pavilion_tests::{Upstream, eventually};
+use serde_json::Value;
+
+const PATIENCE: Duration = Duration::from_secs(10);
+
+fn route(name: &str, backend: &str) -> String {
+    format!(
+        "apiVersion: gateway.pavilion.dev/v1alpha1\nkind: Route\nmetadata: {{ name: {name}, namespace: shop }}\nspec:\n  rules:\n    - matches: [{{ path: {{ type: PathPrefix, value: /{name} }} }}]\n      backends: [{{ url: '{backend}' }}]\n"
+    )
+}
+
+async fn control_plane(address: &KvAddress) -> ControlPlane {
+    pavilion_control::start(ControlConfig {
+        source: SourceSpec::Kv(address.clone()),
+        grpc_listen: "127.0.0.1:0".parse().unwrap(),
+        http_listen: "127.0.0.1:0".parse().unwrap(),
+    })
+    .await
+    .unwrap()
+}
+
+async fn data_plane(cp: &ControlPlane) -> DataPlane {
+    let mut config = DataConfig::local();
+    config.control_planes = vec![format!("http://{}", cp.grpc_addr)];
+    config.node_id = "swarm-dp".into();
+    pavilion_data::start(config).await.unwrap()
+}
+
+async fn served_by(dp: &DataPlane, path: &str, want: Option<&str>) {
+    let url = format!("http://{}{path}", dp.addr);
+    eventually(&format!("{path} served by {want:?}"), PATIENCE, || {
+        let url = url.clone();
+        async move {
+            let reply = HttpClient::http1().get(&url).await.ok()?;
+            let by = (reply.status == 200)
+                .then(|| reply.header("x-upstream").map(str::to_owned))
+                .flatten();
+            (by.as_deref() == want).then_some(())
+        }
+    })
+    .await
+}
+
+/// The conditions under `status.<key>`, once they satisfy `check`.
+async fn status_when(
+    store: &async_nats::jetstream::kv::Store,
+    key: &str,
+    check: impl Fn(&Value) -> bool,
+) -> Value {
+    let status_key = format!("status.{key}");
+    eventually(
+        &format!("{status_key} to satisfy the check"),
+        PATIENCE,
+        || {
+            let status_key = status_key.clone();
+            let check = &check;
+            async move {
+                let bytes = store.get(&status_key).await.ok()??;
+                let status: Value = serde_json::from_slice(&bytes).ok()?;
+                check(&status).then_some(status)
+            }
+        },
+    )
+    .await
+}
+
+fn condition<'a>(status: &'a Value, kind: &str) -> &'a Value {
+    status["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == kind)
+        .unwrap()
+}
+
+#[tokio::test]
+async fn puts_and_deletes_become_traffic_with_statuses_beside_them() {
+    let nats = NatsServer::start();
+    let a = Upstream::start("a").await.unwrap();
+    let b = Upstream::start("b").await.unwrap();
+    let address: KvAddress = format!("{}?bucket=routes-test", nats.url())
+        .parse()
+        .unwrap();
+    let cp = control_plane(&address).await;
+    let dp = data_plane(&cp).await;
+    let store = open(&address).await.unwrap();
+    assert_eq!(
+        store.status().await.unwrap().history(),
+        5,
+        "the bucket keeps 5 revisions per key"
+    );
+
+    store
+        .put("route.shop.orders", route("orders", &a.url()).into())
+        .await
+        .unwrap();
+    served_by(&dp, "/orders", Some("a")).await;
+    let status = status_when(&store, "route.shop.orders", |s| {
+        condition(s, "Programmed")["status"] == "True"
+    })
+    .await;
+    assert_eq!(condition(&status, "Accepted")["status"], "True");
+    assert!(condition(&status, "Accepted")["lastTransitionTime"].is_string());
+
+    // Bad values are rejected alone, with the reason in their status key.
+    store
+        .put("route.shop.broken", route("broken", "not-a-url").into())
+        .await
+        .unwrap();
+    store
+        .put("route.shop.other", route("orders", &b.url()).into())
+        .await
+        .unwrap();
+    let broken = status_when(&store, "route.shop.broken", |s| {
+        condition(s, "Accepted")["status"] == "False"
+    })
+    .await;
+    assert_eq!(condition(&broken, "Accepted")["reason"], "Invalid");
+    let other = status_when(&store, "route.shop.other", |s| {
+        condition(s, "Accepted")["status"] == "False"
+    })
+    .await;
+    assert!(
+        condition(&other, "Accepted")["message"]
+            .as_str()
+            .unwrap()
+            .contains("not what key `route.shop.other` names"),
+        "{other}"
+    );
+    served_by(&dp, "/orders", Some("a")).await;
+
+    store
+        .put("route.shop.orders", route("orders", &b.url()).into())
+        .await
+        .unwrap();
+    served_by(&dp, "/orders", Some("b")).await;
+    store.delete("route.shop.orders").await.unwrap();
+    served_by(&dp, "/orders", None).await;
+    eventually(
+        "the status of the deleted route to go",
+        PATIENCE,
+        || async {
+            store
+                .get("status.route.shop.orders")
+                .await
+                .ok()?
+                .is_none()
+                .then_some(())
+        },
+    )
+    .await;
+    dp.stop().await;
+    cp.stop().await;
+}
+
+#[tokio::test]
+async fn a_nats_restart_interrupts_nothing() {
+    let mut nats = NatsServer::start();
+    let a = Upstream::start("a").await.unwrap();
+    let b = Upstream::start("b").await.unwrap();
+    let address: KvAddress = format!("{}?bucket=restart-test", nats.url())
+        .parse()
+        .unwrap();
+    let store = open(&address).await.unwrap();
+    store
+        .put("route.shop.r", route("r", &a.url()).into())
+        .await
+        .unwrap();
+    let cp = control_plane(&address).await;
+    let dp = data_plane(&cp).await;
+    served_by(&dp, "/r", Some("a")).await;
+
+    nats.stop();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    served_by(&dp, "/r", Some("a")).await;
+    nats.resume();
+    let store = open(&address).await.unwrap();
+    store
+        .put("route.shop.r", route("r", &b.url()).into())
+        .await
+        .unwrap();
+    served_by(&dp, "/r", Some("b")).await;
+    dp.stop().await;
+    cp.stop().await;
+}
+
+#[tokio::test]
+async fn statuses_left_by_deleted_resources_are_pruned_on_start() {
+    let nats = NatsServer::start();
+    let address: KvAddress = format!("{}?bucket=prune-test", nats.url()).parse().unwrap();
+    let store = open(&address).await.unwrap();
+    store
+        .put(
+            "route.shop.kept",
+            route("kept", "http://127.0.0.1:9").into(),
+        )
+        .await
+        .unwrap();
+    store
+        .put("status.route.shop.gone", "{\"conditions\":[]}".into())
+        .await
+        .unwrap();
+    let cp = control_plane(&address).await;
+    eventually("the stale status to be pruned", PATIENCE, || async {
+        store
+            .get("status.route.shop.gone")
+            .await
+            .ok()?
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    status_when(&store, "route.shop.kept", |s| {
+        condition(s, "Accepted")["status"] == "True"
+    })
+    .await;
+    cp.stop().await;
+}
