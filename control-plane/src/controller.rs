@@ -18,7 +18,10 @@ const DEBOUNCE: Duration = Duration::from_millis(10);
 #[derive(Debug)]
 pub struct Published {
     pub snapshot: Arc<Snapshot>,
+    /// One per input item, in the same order as `items`.
     pub reports: Vec<Report>,
+    /// The resource set it was compiled from.
+    pub items: Items,
 }
 
 /// `None` until the source has listed everything once.
@@ -36,7 +39,8 @@ pub async fn run(
             continue;
         };
         // Regexes are compiled while validating: keep that off the async threads.
-        let compiled = match tokio::task::spawn_blocking(move || compile(&current)).await {
+        let inputs = current.clone();
+        let compiled = match tokio::task::spawn_blocking(move || compile(&inputs)).await {
             Ok(compiled) => compiled,
             Err(error) => {
                 tracing::error!(%error, "the compiler failed; keeping the last snapshot");
@@ -46,8 +50,11 @@ pub async fn run(
         metrics.compiles.inc();
         record_outcomes(&metrics, &compiled.reports);
         log_new_verdicts(previous.as_deref(), &compiled.reports);
+        // Items too: what the mirror copies (labels, annotations) can change alone.
         let unchanged = previous.as_ref().is_some_and(|p| {
-            p.snapshot.version == compiled.snapshot.version && p.reports == compiled.reports
+            p.snapshot.version == compiled.snapshot.version
+                && p.reports == compiled.reports
+                && p.items == current
         });
         if unchanged {
             continue;
@@ -62,6 +69,7 @@ pub async fn run(
         let next = Arc::new(Published {
             snapshot: Arc::new(compiled.snapshot),
             reports: compiled.reports,
+            items: current,
         });
         published.send_replace(Some(next.clone()));
         previous = Some(next);

@@ -11,8 +11,10 @@ pub mod api;
 pub mod compile;
 pub mod controller;
 pub mod delivery;
+pub mod kubernetes;
 pub mod kv;
 pub mod metrics;
+pub mod mirror;
 pub mod source;
 pub mod status;
 pub mod validate;
@@ -31,9 +33,10 @@ use tokio::task::JoinHandle;
 
 use crate::delivery::SnapshotService;
 use crate::delivery::nodes::Nodes;
+pub use crate::kubernetes::KubeOptions;
 use crate::kv::KvAddress;
 use crate::metrics::Metrics;
-use crate::source::{DirSource, KvSource, Source, SourceError};
+use crate::source::{DirSource, KubeSource, KvSource, Source, SourceError};
 
 /// Where the control plane reads resources from (`--source`).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -42,6 +45,8 @@ pub enum SourceSpec {
     Dir(PathBuf),
     /// `nats://HOST:PORT[?bucket=NAME]` — a JetStream KV bucket.
     Kv(KvAddress),
+    /// `kube` — custom resources in the Kubernetes API.
+    Kube,
 }
 
 impl FromStr for SourceSpec {
@@ -58,12 +63,10 @@ impl FromStr for SourceSpec {
             return text.parse().map(SourceSpec::Kv);
         }
         if text == "kube" {
-            return Err(format!(
-                "source `{text}` is not supported by this build yet; use dir:PATH or nats://"
-            ));
+            return Ok(SourceSpec::Kube);
         }
         Err(format!(
-            "unknown source `{text}`; expected dir:PATH or nats://HOST:PORT[?bucket=NAME]"
+            "unknown source `{text}`; expected dir:PATH, kube or nats://HOST:PORT[?bucket=NAME]"
         ))
     }
 }
@@ -73,6 +76,7 @@ impl fmt::Display for SourceSpec {
         match self {
             SourceSpec::Dir(path) => write!(f, "dir:{}", path.display()),
             SourceSpec::Kv(address) => write!(f, "{address}"),
+            SourceSpec::Kube => f.write_str("kube"),
         }
     }
 }
@@ -82,6 +86,23 @@ pub struct Config {
     pub source: SourceSpec,
     pub grpc_listen: SocketAddr,
     pub http_listen: SocketAddr,
+    /// Cluster access, watch scope and leader election (`--source kube`).
+    pub kube: KubeOptions,
+    /// Copy accepted resources into this KV bucket (`--source kube` only).
+    pub mirror_to: Option<KvAddress>,
+}
+
+impl Config {
+    /// Listeners on loopback ephemeral ports and default cluster options: for tests and embedding.
+    pub fn local(source: SourceSpec) -> Self {
+        Self {
+            source,
+            grpc_listen: ([127, 0, 0, 1], 0).into(),
+            http_listen: ([127, 0, 0, 1], 0).into(),
+            kube: KubeOptions::default(),
+            mirror_to: None,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -93,6 +114,10 @@ pub enum Error {
     },
     #[error("source failed: {0}")]
     Source(#[from] SourceError),
+    #[error(transparent)]
+    Kube(#[from] kubernetes::ClientError),
+    #[error("--mirror-to needs --source kube")]
+    MirrorWithoutKube,
     #[error("{0} stopped unexpectedly")]
     Stopped(&'static str),
 }
@@ -102,9 +127,9 @@ pub struct ControlPlane {
     pub grpc_addr: SocketAddr,
     pub http_addr: SocketAddr,
     shutdown: watch::Sender<bool>,
-    /// Whether this replica writes statuses (always, until leader election exists for the
-    /// source); dropping it ends the write-back.
-    _leader: watch::Sender<bool>,
+    /// Whether this replica writes statuses: always, except under Kubernetes where the
+    /// Lease decides (then the election task holds the sender).
+    _leader: Option<watch::Sender<bool>>,
     source: JoinHandle<Result<(), SourceError>>,
     servers: Vec<JoinHandle<()>>,
 }
@@ -139,7 +164,11 @@ pub async fn start(config: Config) -> Result<ControlPlane, Error> {
         addr: config.http_listen,
         source,
     })?;
-    let (leader, leader_rx) = watch::channel(true);
+    if config.mirror_to.is_some() && config.source != SourceSpec::Kube {
+        return Err(Error::MirrorWithoutKube);
+    }
+    let (leader, leader_rx) = watch::channel(config.source != SourceSpec::Kube);
+    let mut leader = Some(leader);
     let mut servers = Vec::new();
     let source: Box<dyn Source> = match &config.source {
         SourceSpec::Dir(path) => Box::new(DirSource::new(path)),
@@ -151,6 +180,31 @@ pub async fn start(config: Config) -> Result<ControlPlane, Error> {
                 leader_rx,
             )));
             Box::new(KvSource::new(address.clone()))
+        }
+        SourceSpec::Kube => {
+            let client = kubernetes::client(&config.kube).await?;
+            let election = leader.take().expect("created above");
+            servers.push(tokio::spawn(kubernetes::lease::run(
+                client.clone(),
+                config.kube.clone(),
+                election,
+                shutdown_rx.clone(),
+            )));
+            let sink = Box::new(kubernetes::status::KubeStatusSink::new(client.clone()));
+            servers.push(tokio::spawn(writeback::run(
+                sink,
+                published_rx.clone(),
+                nodes.clone(),
+                leader_rx.clone(),
+            )));
+            if let Some(address) = &config.mirror_to {
+                servers.push(tokio::spawn(mirror::run(
+                    address.clone(),
+                    published_rx.clone(),
+                    leader_rx,
+                )));
+            }
+            Box::new(KubeSource::new(client, config.kube.namespace.clone()))
         }
     };
     let source = tokio::spawn(source.run(items_tx));

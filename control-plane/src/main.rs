@@ -63,7 +63,7 @@ enum KvCommand {
 
 #[derive(clap::Args)]
 struct RunArgs {
-    /// dir:PATH or nats://HOST:PORT[?bucket=NAME]
+    /// dir:PATH, kube, or nats://HOST:PORT[?bucket=NAME]
     #[arg(long, env = "PAVILION_SOURCE")]
     source: SourceSpec,
     /// Where data planes connect for snapshots.
@@ -74,6 +74,24 @@ struct RunArgs {
     http_listen: SocketAddr,
     #[arg(long, env = "PAVILION_LOG_FORMAT", value_enum, default_value_t)]
     log_format: LogFormat,
+    /// kube: a kubeconfig file (default: KUBECONFIG, ~/.kube/config, or in-cluster).
+    #[arg(long, env = "KUBECONFIG")]
+    kubeconfig: Option<PathBuf>,
+    /// kube: watch only this namespace (default: all).
+    #[arg(long, env = "PAVILION_NAMESPACE")]
+    namespace: Option<String>,
+    /// kube: namespace of the leader-election Lease (default: the pod's, else `default`).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    lease_namespace: String,
+    /// kube: this replica's name in the Lease (default: the pod or host name).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    /// kube: how long a leader's claim lasts unrenewed, in seconds (the failover time).
+    #[arg(long, env = "PAVILION_LEASE_SECONDS", default_value_t = 15)]
+    lease_seconds: u64,
+    /// kube: also write every accepted resource to this KV bucket (nats://HOST:PORT[?bucket=NAME]).
+    #[arg(long, env = "PAVILION_MIRROR_TO")]
+    mirror_to: Option<KvAddress>,
 }
 
 fn main() -> ExitCode {
@@ -188,10 +206,22 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     let _logs = pavilion_telemetry::init_logging(args.log_format);
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async {
+        let identity = args.identity.unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+            format!("{}-{}", host.trim(), std::process::id())
+        });
         let control_plane = pavilion_control::start(pavilion_control::Config {
             source: args.source,
             grpc_listen: args.grpc_listen,
             http_listen: args.http_listen,
+            kube: pavilion_control::KubeOptions {
+                kubeconfig: args.kubeconfig,
+                namespace: args.namespace,
+                lease_namespace: args.lease_namespace,
+                identity,
+                lease_duration: std::time::Duration::from_secs(args.lease_seconds.max(1)),
+            },
+            mirror_to: args.mirror_to,
         })
         .await?;
         control_plane

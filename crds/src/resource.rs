@@ -108,6 +108,30 @@ impl Resource {
         }
     }
 
+    /// The resource as another cluster or a KV bucket should hold it: the user's metadata
+    /// (name, namespace, labels, annotations, creation time — which decides precedence)
+    /// without what the API server manages (uid, resourceVersion, managedFields, …).
+    pub fn exported(&self) -> Resource {
+        fn trim(meta: &ObjectMeta) -> ObjectMeta {
+            ObjectMeta {
+                name: meta.name.clone(),
+                namespace: meta.namespace.clone(),
+                labels: meta.labels.clone(),
+                annotations: meta.annotations.clone(),
+                creation_timestamp: meta.creation_timestamp.clone(),
+                ..ObjectMeta::default()
+            }
+        }
+        let mut exported = self.clone();
+        match &mut exported {
+            Resource::Route(r) => (r.metadata, r.status) = (trim(&r.metadata), None),
+            Resource::TenantPlacement(r) => (r.metadata, r.status) = (trim(&r.metadata), None),
+            Resource::RateLimitPolicy(r) => (r.metadata, r.status) = (trim(&r.metadata), None),
+            Resource::CorsPolicy(r) => (r.metadata, r.status) = (trim(&r.metadata), None),
+        }
+        exported
+    }
+
     /// The resource as a YAML document (without status), as stored in a KV bucket.
     pub fn to_yaml(&self) -> String {
         let text = match self {

@@ -27,9 +27,8 @@ fn route_yaml(name: &str, backend: &str) -> String {
 
 async fn control_plane(dir: &Path, grpc: SocketAddr) -> ControlPlane {
     pavilion_control::start(ControlConfig {
-        source: SourceSpec::Dir(dir.to_owned()),
         grpc_listen: grpc,
-        http_listen: "127.0.0.1:0".parse().unwrap(),
+        ..ControlConfig::local(SourceSpec::Dir(dir.to_owned()))
     })
     .await
     .expect("control plane starts")

@@ -20,13 +20,9 @@ fn route(name: &str, backend: &str) -> String {
 }
 
 async fn control_plane(address: &KvAddress) -> ControlPlane {
-    pavilion_control::start(ControlConfig {
-        source: SourceSpec::Kv(address.clone()),
-        grpc_listen: "127.0.0.1:0".parse().unwrap(),
-        http_listen: "127.0.0.1:0".parse().unwrap(),
-    })
-    .await
-    .unwrap()
+    pavilion_control::start(ControlConfig::local(SourceSpec::Kv(address.clone())))
+        .await
+        .unwrap()
 }
 
 async fn data_plane(cp: &ControlPlane) -> DataPlane {

@@ -3,6 +3,7 @@
 //! so a burst of changes costs one compile.
 
 pub mod dir;
+pub mod kube;
 pub mod kv;
 
 use std::fmt;
@@ -14,6 +15,7 @@ use pavilion_crds::{DocumentError, Resource, ResourceKey};
 use tokio::sync::watch;
 
 pub use dir::DirSource;
+pub use kube::KubeSource;
 pub use kv::KvSource;
 
 /// Where one document came from, for error messages and `validate` output.
@@ -23,6 +25,8 @@ pub enum Origin {
     File { path: PathBuf, line: usize },
     /// The value of a key in a NATS KV bucket.
     Kv { key: String },
+    /// An object in the Kubernetes API.
+    Kube { key: ResourceKey },
 }
 
 impl fmt::Display for Origin {
@@ -30,6 +34,7 @@ impl fmt::Display for Origin {
         match self {
             Origin::File { path, line } => write!(f, "{}:{line}", path.display()),
             Origin::Kv { key } => write!(f, "kv:{key}"),
+            Origin::Kube { key } => write!(f, "kubernetes:{key}"),
         }
     }
 }

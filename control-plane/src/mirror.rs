@@ -1,0 +1,98 @@
+//! The mirror (`--mirror-to nats://…`): in Kubernetes mode the leader writes every accepted
+//! resource into the KV bucket and removes what is gone, so Swarm data planes and the
+//! cluster share one truth. Idempotent: a key is written only when its value differs. On
+//! each new leadership (and after any failure) the bucket is read back and stale keys are
+//! removed.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::controller::PublishedReceiver;
+use crate::kv::{KvAddress, KvError, cli::resource_keys, open, resource_key};
+
+const RETRY_EVERY: Duration = Duration::from_secs(5);
+
+pub async fn run(
+    address: KvAddress,
+    mut published: PublishedReceiver,
+    mut leader: watch::Receiver<bool>,
+) {
+    // What the bucket holds, as far as this replica knows; `None`: read it back first.
+    let mut mirrored: Option<BTreeMap<String, String>> = None;
+    let mut store = None;
+    loop {
+        if *leader.borrow_and_update() {
+            if store.is_none() {
+                match open(&address).await {
+                    Ok(opened) => store = Some(opened),
+                    Err(error) => {
+                        tracing::warn!(%error, "mirror cannot reach the bucket; retrying")
+                    }
+                }
+            }
+            if let Some(store) = &store {
+                let current = published.borrow_and_update().clone();
+                if let Some(current) = current
+                    && let Err(error) = sync(store, &current, &mut mirrored).await
+                {
+                    tracing::warn!(%error, "mirror out of sync; retrying");
+                    mirrored = None;
+                }
+            }
+        } else {
+            mirrored = None;
+        }
+        tokio::select! {
+            changed = published.changed() => if changed.is_err() { return },
+            changed = leader.changed() => if changed.is_err() { return },
+            () = tokio::time::sleep(RETRY_EVERY), if mirrored.is_none() => {}
+        }
+    }
+}
+
+async fn sync(
+    store: &async_nats::jetstream::kv::Store,
+    current: &crate::controller::Published,
+    mirrored: &mut Option<BTreeMap<String, String>>,
+) -> Result<(), KvError> {
+    let operation = |e: &dyn std::fmt::Display| KvError::Operation(e.to_string());
+    let desired: BTreeMap<String, String> = current
+        .reports
+        .iter()
+        .zip(current.items.iter())
+        .filter(|(report, _)| report.is_accepted())
+        .filter_map(|(_, item)| item.parsed.as_ref().ok())
+        .map(|resource| (resource_key(&resource.key()), resource.exported().to_yaml()))
+        .collect();
+    if mirrored.is_none() {
+        let mut held = BTreeMap::new();
+        for key in resource_keys(store).await? {
+            if let Some(value) = store.get(&key).await.map_err(|e| operation(&e))? {
+                held.insert(key, String::from_utf8_lossy(&value).into_owned());
+            }
+        }
+        *mirrored = Some(held);
+    }
+    let held = mirrored.as_mut().expect("read back above");
+    for (key, value) in &desired {
+        if held.get(key) != Some(value) {
+            store
+                .put(key, value.clone().into())
+                .await
+                .map_err(|e| operation(&e))?;
+            held.insert(key.clone(), value.clone());
+        }
+    }
+    let stale: Vec<String> = held
+        .keys()
+        .filter(|k| !desired.contains_key(*k))
+        .cloned()
+        .collect();
+    for key in stale {
+        store.delete(&key).await.map_err(|e| operation(&e))?;
+        held.remove(&key);
+    }
+    Ok(())
+}

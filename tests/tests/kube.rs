@@ -1,0 +1,222 @@
+//! The control plane as a Kubernetes controller against a real kube-apiserver: resources
+//! applied with kubectl become traffic, statuses show in `kubectl get`, watches survive an
+//! API-server restart, the RBAC manifests suffice, and the mirror keeps a KV bucket in step.
+
+use std::time::Duration;
+
+use pavilion_control::kv::{KvAddress, open};
+use pavilion_control::{Config as ControlConfig, ControlPlane, KubeOptions, SourceSpec};
+use pavilion_data::{Config as DataConfig, DataPlane};
+use pavilion_tests::client::HttpClient;
+use pavilion_tests::kube::{CONTROL_TOKEN, KubeApiServer};
+use pavilion_tests::nats::NatsServer;
+use pavilion_tests::{Upstream, eventually};
+
+const PATIENCE: Duration = Duration::from_secs(20);
+
+fn route(name: &str, backend: &str) -> String {
+    format!(
+        "apiVersion: gateway.pavilion.dev/v1alpha1\nkind: Route\nmetadata: {{ name: {name}, namespace: shop }}\nspec:\n  hosts: [{name}.example.com]\n  rules:\n    - matches: [{{ path: {{ type: PathPrefix, value: /{name} }} }}]\n      backends: [{{ url: '{backend}' }}]\n"
+    )
+}
+
+/// A control plane watching the cluster with the least-privileged token.
+async fn controller(
+    api: &KubeApiServer,
+    identity: &str,
+    mirror_to: Option<KvAddress>,
+) -> ControlPlane {
+    pavilion_control::start(ControlConfig {
+        kube: KubeOptions {
+            kubeconfig: Some(api.kubeconfig(CONTROL_TOKEN)),
+            identity: identity.into(),
+            lease_duration: Duration::from_secs(3),
+            ..KubeOptions::default()
+        },
+        mirror_to,
+        ..ControlConfig::local(SourceSpec::Kube)
+    })
+    .await
+    .expect("control plane starts")
+}
+
+async fn data_plane(cp: &ControlPlane) -> DataPlane {
+    let mut config = DataConfig::local();
+    config.control_planes = vec![format!("http://{}", cp.grpc_addr)];
+    config.node_id = "cluster-dp".into();
+    pavilion_data::start(config).await.unwrap()
+}
+
+async fn served_by(dp: &DataPlane, host: &str, path: &str, want: Option<&str>) {
+    let url = format!("http://{}{path}", dp.addr);
+    eventually(
+        &format!("{host}{path} served by {want:?}"),
+        PATIENCE,
+        || {
+            let url = url.clone();
+            async move {
+                let request = http::Request::get(&url)
+                    .header("host", host)
+                    .body(http_body_util::Full::default())
+                    .unwrap();
+                let reply = HttpClient::http1().send(request).await.ok()?;
+                let by = (reply.status == 200)
+                    .then(|| reply.header("x-upstream").map(str::to_owned))
+                    .flatten();
+                (by.as_deref() == want).then_some(())
+            }
+        },
+    )
+    .await
+}
+
+/// `kubectl get` output once `check` holds for it (the last output when it never does).
+async fn kubectl_until(api: &KubeApiServer, args: &[&str], check: impl Fn(&str) -> bool) -> String {
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let output = api.kubectl(args);
+        let text = String::from_utf8_lossy(&output.stdout).into_owned();
+        if output.status.success() && check(&text) {
+            return text;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "kubectl {args:?} never showed the expected state; last:\n{text}{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_apply_becomes_traffic_and_status_with_the_least_privilege() {
+    let mut api = KubeApiServer::start();
+    api.kubectl_ok(&["create", "namespace", "shop"]);
+    let a = Upstream::start("a").await.unwrap();
+    let b = Upstream::start("b").await.unwrap();
+    let cp = controller(&api, "replica-1", None).await;
+    let dp = data_plane(&cp).await;
+
+    api.apply(&route("orders", &a.url()));
+    served_by(&dp, "orders.example.com", "/orders", Some("a")).await;
+    // NAME, HOSTS, ACCEPTED, PROGRAMMED, AGE
+    let table = kubectl_until(&api, &["get", "routes", "-n", "shop"], |t| {
+        t.lines()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>())
+            .any(|w| w.first() == Some(&"orders") && w.get(2..4) == Some(&["True", "True"][..]))
+    })
+    .await;
+    let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(header, ["NAME", "HOSTS", "ACCEPTED", "PROGRAMMED", "AGE"]);
+
+    // An invalid route is rejected alone, with the reason in its status.
+    api.apply(&route("broken", "not-a-url"));
+    let reason = kubectl_until(
+        &api,
+        &[
+            "get",
+            "route",
+            "broken",
+            "-n",
+            "shop",
+            "-o",
+            "jsonpath={.status.conditions[?(@.type==\"Accepted\")].reason}",
+        ],
+        |t| !t.is_empty(),
+    )
+    .await;
+    assert_eq!(reason, "Invalid");
+    let generation = api.kubectl_ok(&[
+        "get",
+        "route",
+        "broken",
+        "-n",
+        "shop",
+        "-o",
+        "jsonpath={.metadata.generation}",
+    ]);
+    let observed = api.kubectl_ok(&[
+        "get",
+        "route",
+        "broken",
+        "-n",
+        "shop",
+        "-o",
+        "jsonpath={.status.conditions[0].observedGeneration}",
+    ]);
+    assert_eq!(observed, generation);
+    served_by(&dp, "orders.example.com", "/orders", Some("a")).await;
+
+    // Watches survive an API-server restart; changes after it arrive.
+    api.restart();
+    api.apply(&route("orders", &b.url()));
+    served_by(&dp, "orders.example.com", "/orders", Some("b")).await;
+    api.kubectl_ok(&["delete", "route", "orders", "-n", "shop"]);
+    served_by(&dp, "orders.example.com", "/orders", None).await;
+    dp.stop().await;
+    cp.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_mirror_keeps_the_bucket_in_step_with_the_cluster() {
+    let api = KubeApiServer::start();
+    api.kubectl_ok(&["create", "namespace", "shop"]);
+    let nats = NatsServer::start();
+    let address: KvAddress = format!("{}?bucket=mirror", nats.url()).parse().unwrap();
+    let store = open(&address).await.unwrap();
+    // Left over from before: removed by the resync on start.
+    store
+        .put(
+            "route.shop.stale",
+            route("stale", "http://127.0.0.1:9").into(),
+        )
+        .await
+        .unwrap();
+
+    api.apply(&route("orders", "http://127.0.0.1:9000"));
+    api.apply(&route("broken", "not-a-url"));
+    let cp = controller(&api, "mirroring", Some(address.clone())).await;
+    let mirrored = eventually(
+        "the route in the bucket and the stale key gone",
+        PATIENCE,
+        || async {
+            let value = store.get("route.shop.orders").await.ok()??;
+            store
+                .get("route.shop.stale")
+                .await
+                .ok()?
+                .is_none()
+                .then_some(value)
+        },
+    )
+    .await;
+    let document: serde_json::Value = serde_yaml_ng::from_slice(&mirrored).unwrap();
+    assert_eq!(
+        document["spec"]["rules"][0]["backends"][0]["url"],
+        "http://127.0.0.1:9000"
+    );
+    assert!(
+        document["metadata"].get("resourceVersion").is_none(),
+        "server-managed metadata stays in the cluster"
+    );
+    assert!(
+        store.get("route.shop.broken").await.unwrap().is_none(),
+        "only accepted resources are mirrored"
+    );
+
+    api.kubectl_ok(&["delete", "route", "orders", "-n", "shop"]);
+    eventually(
+        "the deleted route to leave the bucket",
+        PATIENCE,
+        || async {
+            store
+                .get("route.shop.orders")
+                .await
+                .ok()?
+                .is_none()
+                .then_some(())
+        },
+    )
+    .await;
+    cp.stop().await;
+}
