@@ -398,3 +398,33 @@ async fn the_data_plane_nacks_what_it_cannot_build_and_keeps_serving() {
     dp.stop().await;
     server_task.abort();
 }
+
+#[tokio::test]
+async fn a_data_plane_moves_to_another_listed_control_plane() {
+    let a = Upstream::start("a").await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("r.yaml"), route_yaml("r", &a.url())).unwrap();
+    let first = control_plane(dir.path(), "127.0.0.1:0".parse().unwrap()).await;
+    let second = control_plane(dir.path(), "127.0.0.1:0".parse().unwrap()).await;
+    let mut config = DataConfig::local();
+    config.node_id = "roamer".into();
+    config.control_planes = vec![
+        format!("http://{}", first.grpc_addr),
+        format!("http://{}", second.grpc_addr),
+    ];
+    let dp = pavilion_data::start(config).await.unwrap();
+    served_by(&dp, "/r", "a").await;
+    eventually("the node on the first control plane", PATIENCE, || async {
+        (fetch_status(&first).await["nodes"][0]["id"] == "roamer").then_some(())
+    })
+    .await;
+
+    first.stop().await;
+    eventually("the node on the second control plane", PATIENCE, || async {
+        (fetch_status(&second).await["nodes"][0]["id"] == "roamer").then_some(())
+    })
+    .await;
+    served_by(&dp, "/r", "a").await;
+    dp.stop().await;
+    second.stop().await;
+}

@@ -147,6 +147,26 @@ async fn kubectl_apply_becomes_traffic_and_status_with_the_least_privilege() {
     assert_eq!(observed, generation);
     served_by(&dp, "orders.example.com", "/orders", Some("a")).await;
 
+    // Statuses are written when they change, not in a loop.
+    let version = |api: &KubeApiServer| {
+        api.kubectl_ok(&[
+            "get",
+            "route",
+            "orders",
+            "-n",
+            "shop",
+            "-o",
+            "jsonpath={.metadata.resourceVersion}",
+        ])
+    };
+    let before = version(&api);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        version(&api),
+        before,
+        "nothing changed, nothing was written"
+    );
+
     // Watches survive an API-server restart; changes after it arrive.
     api.restart();
     api.apply(&route("orders", &b.url()));
