@@ -11,6 +11,7 @@ pub mod api;
 pub mod compile;
 pub mod controller;
 pub mod delivery;
+pub mod fleet;
 pub mod kubernetes;
 pub mod kv;
 pub mod metrics;
@@ -175,9 +176,11 @@ pub async fn start(config: Config) -> Result<ControlPlane, Error> {
         SourceSpec::Kv(address) => {
             servers.push(tokio::spawn(kv_writeback(
                 address.clone(),
+                config.kube.identity.clone(),
                 published_rx.clone(),
                 nodes.clone(),
                 leader_rx,
+                shutdown_rx.clone(),
             )));
             Box::new(KvSource::new(address.clone()))
         }
@@ -191,15 +194,27 @@ pub async fn start(config: Config) -> Result<ControlPlane, Error> {
                 shutdown_rx.clone(),
             )));
             let sink = Box::new(kubernetes::status::KubeStatusSink::new(client.clone()));
+            let board: Arc<dyn fleet::NodeBoard> = Arc::new(kubernetes::nodes::KubeNodeBoard::new(
+                client.clone(),
+                &config.kube.lease_namespace,
+            ));
+            servers.push(tokio::spawn(fleet::post_reports(
+                board.clone(),
+                config.kube.identity.clone(),
+                nodes.clone(),
+                shutdown_rx.clone(),
+            )));
             servers.push(tokio::spawn(writeback::run(
                 sink,
                 published_rx.clone(),
                 nodes.clone(),
                 leader_rx.clone(),
+                Some((board, config.kube.identity.clone())),
             )));
             if let Some(address) = &config.mirror_to {
                 servers.push(tokio::spawn(mirror::run(
                     address.clone(),
+                    config.kube.namespace.clone(),
                     published_rx.clone(),
                     leader_rx,
                 )));
@@ -255,12 +270,15 @@ pub async fn start(config: Config) -> Result<ControlPlane, Error> {
     })
 }
 
-/// Writes statuses to the KV bucket, connecting (and reconnecting) on its own.
+/// Writes statuses to the KV bucket and posts this replica's data planes there,
+/// connecting (and reconnecting) on its own.
 async fn kv_writeback(
     address: KvAddress,
+    identity: String,
     published: controller::PublishedReceiver,
     nodes: Arc<Nodes>,
     leader: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) {
     let store = loop {
         match kv::open(&address).await {
@@ -271,13 +289,16 @@ async fn kv_writeback(
             }
         }
     };
-    writeback::run(
-        Box::new(kv::KvStatusSink::new(store)),
-        published,
-        nodes,
-        leader,
-    )
-    .await;
+    let board: Arc<dyn fleet::NodeBoard> = Arc::new(kv::KvNodeBoard::new(store.clone()));
+    let posting = tokio::spawn(fleet::post_reports(
+        board.clone(),
+        identity.clone(),
+        nodes.clone(),
+        shutdown,
+    ));
+    let sink = Box::new(kv::KvStatusSink::new(store));
+    writeback::run(sink, published, nodes, leader, Some((board, identity))).await;
+    posting.abort();
 }
 
 async fn stopped(mut shutdown: watch::Receiver<bool>) {

@@ -9,11 +9,12 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use pavilion_crds::ResourceKey;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::controller::PublishedReceiver;
 use crate::delivery::nodes::Nodes;
+use crate::fleet::{NodeBoard, REPORT_EVERY, all_nodes};
 use crate::source::Origin;
 use crate::status::{Condition, conditions};
 
@@ -21,6 +22,8 @@ use crate::status::{Condition, conditions};
 const SETTLE: Duration = Duration::from_millis(50);
 /// Failed writes are retried this often even when nothing changes.
 const RETRY_EVERY: Duration = Duration::from_secs(10);
+/// Stored statuses are read back this often, to correct what others changed.
+const REREAD_EVERY: Duration = Duration::from_secs(300);
 
 /// Which resource a status belongs to.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -30,39 +33,69 @@ pub struct StatusTarget {
     pub key: Option<ResourceKey>,
 }
 
-/// A condition as stored, with its transition time.
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+/// A condition as stored in a status, with its transition time.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct StoredCondition {
-    #[serde(flatten)]
-    pub condition: Condition,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub status: String,
+    pub reason: String,
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
     /// RFC 3339.
     pub last_transition_time: String,
 }
 
+/// What a write achieved.
+pub enum Written {
+    Done,
+    /// The resource no longer exists: nothing to remember.
+    Gone,
+}
+
 /// Where statuses are written.
 pub trait StatusSink: Send + 'static {
+    /// The conditions currently stored for `target`, if any.
+    fn read<'a>(
+        &'a mut self,
+        target: &'a StatusTarget,
+    ) -> BoxFuture<'a, Result<Option<Vec<StoredCondition>>, String>>;
     fn write<'a>(
         &'a mut self,
         target: &'a StatusTarget,
         conditions: &'a [StoredCondition],
-    ) -> BoxFuture<'a, Result<(), String>>;
+    ) -> BoxFuture<'a, Result<Written, String>>;
     /// The resource is gone: drop its status where it lives apart from it.
     fn remove<'a>(&'a mut self, target: &'a StatusTarget) -> BoxFuture<'a, Result<(), String>>;
-    /// Once per leadership: drop statuses left behind by resources that no longer exist.
+    /// Drop statuses left behind by resources that no longer exist.
     fn prune<'a>(&'a mut self, current: &'a [StatusTarget]) -> BoxFuture<'a, Result<(), String>>;
 }
 
-/// Writes statuses while `leader` is true, until the published channel closes.
+/// Writes statuses while `leader` is true, until the published channel closes. What is
+/// stored is read back on every new term and every few minutes, so statuses written by
+/// someone else (an earlier leader, a person) are corrected and transition times survive.
+/// With `board` (and this replica's name on it), `Programmed` counts the data planes of
+/// every replica, not only this one's.
 pub async fn run(
     mut sink: Box<dyn StatusSink>,
     mut published: PublishedReceiver,
     nodes: Arc<Nodes>,
     mut leader: watch::Receiver<bool>,
+    board: Option<(Arc<dyn NodeBoard>, String)>,
 ) {
+    // Other replicas' data planes only show on the board: look again as often as they post.
+    let recheck = if board.is_some() {
+        REPORT_EVERY
+    } else {
+        RETRY_EVERY
+    };
     let mut node_changes = nodes.subscribe();
-    let mut written: HashMap<StatusTarget, Vec<StoredCondition>> = HashMap::new();
+    // What is known to be stored, per resource.
+    let mut stored: HashMap<StatusTarget, Vec<StoredCondition>> = HashMap::new();
     let mut pruned = false;
+    let mut reread_at = tokio::time::Instant::now() + REREAD_EVERY;
     loop {
         tokio::select! {
             changed = published.changed() => if changed.is_err() { return },
@@ -71,42 +104,65 @@ pub async fn run(
                 if changed.is_err() {
                     return;
                 }
-                // A new term: write everything again, whatever a previous leader left.
-                written.clear();
+                stored.clear();
                 pruned = false;
             }
-            () = tokio::time::sleep(RETRY_EVERY) => {}
+            () = tokio::time::sleep(recheck) => {}
         }
         tokio::time::sleep(SETTLE).await;
-        if !*leader.borrow_and_update() {
-            continue;
+        if tokio::time::Instant::now() >= reread_at {
+            stored.clear();
+            pruned = false;
+            reread_at = tokio::time::Instant::now() + REREAD_EVERY;
         }
         let Some(current) = published.borrow_and_update().clone() else {
             continue;
         };
-        let nodes = nodes.list();
+        let nodes = match &board {
+            Some((board, replica)) => all_nodes(board.as_ref(), replica, nodes.list()).await,
+            None => nodes.list(),
+        };
         let now = k8s_openapi::jiff::Timestamp::now().to_string();
         let mut seen = HashSet::new();
         for report in &current.reports {
+            // Checked before every write: a replica that lost the lead stops at once.
+            if !*leader.borrow() {
+                break;
+            }
             let target = StatusTarget {
                 origin: report.origin.clone(),
                 key: report.key.clone(),
             };
+            seen.insert(target.clone());
+            let previous = match stored.get(&target) {
+                Some(previous) => Some(previous.clone()),
+                None => sink.read(&target).await.unwrap_or_else(|error| {
+                    tracing::warn!(origin = %target.origin, %error, "cannot read status");
+                    None
+                }),
+            };
             let fresh = conditions(report, &current.snapshot.version, &nodes);
-            let stored = with_transition_times(fresh, written.get(&target), &now);
-            if written.get(&target) != Some(&stored) {
-                match sink.write(&target, &stored).await {
-                    Ok(()) => {
-                        written.insert(target.clone(), stored);
-                    }
-                    Err(error) => {
-                        tracing::warn!(origin = %target.origin, %error, "cannot write status; will retry")
-                    }
+            let next = with_transition_times(fresh, previous.as_ref(), &now);
+            if previous.as_ref() == Some(&next) {
+                stored.insert(target, next);
+                continue;
+            }
+            match sink.write(&target, &next).await {
+                Ok(Written::Done) => {
+                    stored.insert(target, next);
+                }
+                Ok(Written::Gone) => {
+                    stored.remove(&target);
+                }
+                Err(error) => {
+                    tracing::warn!(origin = %target.origin, %error, "cannot write status; will retry")
                 }
             }
-            seen.insert(target);
         }
-        let gone: Vec<StatusTarget> = written
+        if !*leader.borrow() {
+            continue;
+        }
+        let gone: Vec<StatusTarget> = stored
             .keys()
             .filter(|t| !seen.contains(*t))
             .cloned()
@@ -114,10 +170,11 @@ pub async fn run(
         for target in gone {
             match sink.remove(&target).await {
                 Ok(()) => {
-                    written.remove(&target);
+                    stored.remove(&target);
                 }
                 Err(error) => {
-                    tracing::warn!(origin = %target.origin, %error, "cannot remove status; will retry")
+                    tracing::warn!(origin = %target.origin, %error, "cannot remove status; will retry");
+                    pruned = false;
                 }
             }
         }
@@ -141,11 +198,15 @@ fn with_transition_times(
         .into_iter()
         .map(|condition| {
             let last_transition_time = previous
-                .and_then(|p| p.iter().find(|c| c.condition.kind == condition.kind))
-                .filter(|p| p.condition.status == condition.status)
+                .and_then(|p| p.iter().find(|c| c.kind == condition.kind))
+                .filter(|p| p.status == condition.status)
                 .map_or_else(|| now.to_owned(), |p| p.last_transition_time.clone());
             StoredCondition {
-                condition,
+                kind: condition.kind.to_owned(),
+                status: condition.status.to_owned(),
+                reason: condition.reason.to_owned(),
+                message: condition.message,
+                observed_generation: condition.observed_generation,
                 last_transition_time,
             }
         })

@@ -240,3 +240,43 @@ async fn the_mirror_keeps_the_bucket_in_step_with_the_cluster() {
     .await;
     cp.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn programmed_counts_the_data_planes_of_every_replica() {
+    let api = KubeApiServer::start();
+    api.kubectl_ok(&["create", "namespace", "shop"]);
+    let leader = controller(&api, "leader", None).await;
+    eventually("the first replica to lead", PATIENCE, || {
+        let output = api.kubectl(&[
+            "get",
+            "lease",
+            "pavilion-control",
+            "-n",
+            "default",
+            "-o",
+            "jsonpath={.spec.holderIdentity}",
+        ]);
+        std::future::ready((String::from_utf8_lossy(&output.stdout) == "leader").then_some(()))
+    })
+    .await;
+    let follower = controller(&api, "follower", None).await;
+    api.apply(&route("orders", "http://127.0.0.1:9"));
+    let programmed = [
+        "get",
+        "route",
+        "orders",
+        "-n",
+        "shop",
+        "-o",
+        "jsonpath={.status.conditions[?(@.type==\"Programmed\")].reason}",
+    ];
+    kubectl_until(&api, &programmed, |reason| reason == "NoDataPlanes").await;
+
+    // The only data plane talks to the follower; the leader writes the status.
+    let dp = data_plane(&follower).await;
+    kubectl_until(&api, &programmed, |reason| reason == "Programmed").await;
+    dp.stop().await;
+    kubectl_until(&api, &programmed, |reason| reason == "NoDataPlanes").await;
+    follower.stop().await;
+    leader.stop().await;
+}

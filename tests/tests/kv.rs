@@ -222,3 +222,31 @@ async fn statuses_left_by_deleted_resources_are_pruned_on_start() {
     .await;
     cp.stop().await;
 }
+
+#[tokio::test]
+async fn replicas_sharing_a_bucket_agree_on_programmed() {
+    let nats = NatsServer::start();
+    let address: KvAddress = format!("{}?bucket=replicas", nats.url()).parse().unwrap();
+    let store = open(&address).await.unwrap();
+    store
+        .put("route.shop.r", route("r", "http://127.0.0.1:9").into())
+        .await
+        .unwrap();
+    let replica = |identity: &str| {
+        let mut config = ControlConfig::local(SourceSpec::Kv(address.clone()));
+        config.kube.identity = identity.into();
+        pavilion_control::start(config)
+    };
+    let one = replica("one").await.unwrap();
+    let two = replica("two").await.unwrap();
+    let dp = data_plane(&two).await;
+    let programmed = |s: &Value| condition(s, "Programmed")["status"] == "True";
+    status_when(&store, "route.shop.r", programmed).await;
+    // Both replicas write statuses in KV mode: wait long enough for each to have written.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let status = status_when(&store, "route.shop.r", programmed).await;
+    assert_eq!(condition(&status, "Programmed")["reason"], "Programmed");
+    dp.stop().await;
+    one.stop().await;
+    two.stop().await;
+}

@@ -1,8 +1,10 @@
 //! Leader election on a `coordination.k8s.io/v1` Lease. Every replica compiles and serves
 //! snapshots; only the leader writes statuses and the KV mirror. The leader renews every
-//! third of the lease duration; a follower takes over once a claim has gone unrenewed for
-//! the whole duration; a leader that cannot renew within the duration steps down. On a
-//! graceful stop the leader releases the Lease so a follower takes over at once.
+//! third of the lease duration and stops acting when it could not renew for two thirds of
+//! it; a follower takes over once a claim has stayed unrenewed for the whole duration, as
+//! measured on its own clock from when it first saw that claim. So two replicas never act
+//! at once, whatever their clocks say. On a graceful stop the leader releases the Lease and
+//! a follower takes over at its next check.
 
 use std::time::{Duration, Instant};
 
@@ -26,42 +28,54 @@ pub async fn run(
 ) {
     let api: Api<Lease> = Api::namespaced(client, &options.lease_namespace);
     let every = (options.lease_duration / 3).max(Duration::from_millis(200));
-    let mut renewed = Instant::now() - options.lease_duration;
+    // A leader that has not renewed for this long stops acting, well before a follower
+    // may take over (after the whole duration), so two never act at once.
+    let renew_deadline = options.lease_duration * 2 / 3;
+    let mut renewed: Option<Instant> = None;
+    let mut observed: Option<Observed> = None;
     loop {
-        match claim(&api, &options).await {
-            Ok(true) => {
-                renewed = Instant::now();
-                if !*leader.borrow() {
+        let attempt = Instant::now();
+        match tokio::time::timeout(every, claim(&api, &options, &mut observed)).await {
+            Ok(Ok(true)) => {
+                renewed = Some(attempt);
+                if leader.send_if_modified(|l| !std::mem::replace(l, true)) {
                     tracing::info!(identity = %options.identity, "became the leader");
                 }
-                leader.send_if_modified(|l| !std::mem::replace(l, true));
             }
-            Ok(false) => {
-                if *leader.borrow() {
+            Ok(Ok(false)) => {
+                renewed = None;
+                if leader.send_if_modified(|l| std::mem::replace(l, false)) {
                     tracing::warn!(identity = %options.identity, "another replica holds the lease; stepping down");
                 }
-                leader.send_if_modified(|l| std::mem::replace(l, false));
             }
-            Err(error) => {
-                tracing::warn!(%error, "cannot reach the lease");
-                if renewed.elapsed() >= options.lease_duration
-                    && leader.send_if_modified(|l| std::mem::replace(l, false))
-                {
-                    tracing::warn!("lease not renewed in time; stepping down");
-                }
-            }
+            Ok(Err(error)) => tracing::warn!(%error, "cannot reach the lease"),
+            Err(_) => tracing::warn!("the lease did not answer in time"),
+        }
+        if renewed.is_some_and(|at| at.elapsed() >= renew_deadline)
+            && leader.send_if_modified(|l| std::mem::replace(l, false))
+        {
+            renewed = None;
+            tracing::warn!("lease not renewed in time; stepping down");
         }
         tokio::select! {
-            () = tokio::time::sleep(every) => {}
+            () = tokio::time::sleep(every.saturating_sub(attempt.elapsed())) => {}
             _ = shutdown.wait_for(|s| *s) => break,
         }
     }
-    if *leader.borrow() {
-        leader.send_replace(false);
-        if let Err(error) = release(&api, &options.identity).await {
-            tracing::warn!(%error, "cannot release the lease; a follower takes over when it expires");
+    if leader.send_if_modified(|l| std::mem::replace(l, false)) {
+        match tokio::time::timeout(every, release(&api, &options.identity)).await {
+            Ok(Ok(())) => tracing::info!("released the lease"),
+            _ => tracing::warn!("cannot release the lease; a follower takes over when it expires"),
         }
     }
+}
+
+/// Another holder's claim as last seen, and when this replica first saw it. Expiry is
+/// judged on this replica's own monotonic clock (as client-go does), so clock differences
+/// between replicas cannot make a live claim look expired.
+struct Observed {
+    record: (String, Option<String>, Option<String>),
+    since: Instant,
 }
 
 fn now() -> MicroTime {
@@ -69,7 +83,11 @@ fn now() -> MicroTime {
 }
 
 /// Takes, keeps or leaves the Lease; true when this replica holds it afterwards.
-async fn claim(api: &Api<Lease>, options: &KubeOptions) -> Result<bool, kube::Error> {
+async fn claim(
+    api: &Api<Lease>,
+    options: &KubeOptions,
+    observed: &mut Option<Observed>,
+) -> Result<bool, kube::Error> {
     let seconds = i32::try_from(options.lease_duration.as_secs().max(1)).unwrap_or(i32::MAX);
     let Some(mut lease) = api.get_opt(LEASE_NAME).await? else {
         let lease = Lease {
@@ -88,18 +106,32 @@ async fn claim(api: &Api<Lease>, options: &KubeOptions) -> Result<bool, kube::Er
         };
         return settle(api.create(&PostParams::default(), &lease).await);
     };
+    let resource_version = lease.metadata.resource_version.clone();
     let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
     let holder = spec.holder_identity.clone().unwrap_or_default();
     if holder != options.identity {
-        let duration =
-            Duration::from_secs(spec.lease_duration_seconds.unwrap_or(seconds).max(0) as u64);
-        let expired = holder.is_empty()
-            || spec.renew_time.as_ref().is_none_or(|renewed| {
-                let age = Timestamp::now().duration_since(renewed.0);
-                age.is_negative() || age.unsigned_abs() >= duration
-            });
-        if !expired {
-            return Ok(false);
+        if !holder.is_empty() {
+            let record = (
+                holder,
+                spec.renew_time.as_ref().map(|t| t.0.to_string()),
+                resource_version,
+            );
+            let duration =
+                Duration::from_secs(spec.lease_duration_seconds.unwrap_or(seconds).max(1) as u64);
+            match observed {
+                Some(seen) if seen.record == record => {
+                    if seen.since.elapsed() < duration {
+                        return Ok(false);
+                    }
+                }
+                _ => {
+                    *observed = Some(Observed {
+                        record,
+                        since: Instant::now(),
+                    });
+                    return Ok(false);
+                }
+            }
         }
         spec.holder_identity = Some(options.identity.clone());
         spec.acquire_time = Some(now());

@@ -2,6 +2,7 @@
 //! subresource, and leader election on a `coordination.k8s.io/v1` Lease.
 
 pub mod lease;
+pub mod nodes;
 pub mod status;
 
 use std::path::PathBuf;

@@ -7,7 +7,7 @@ use kube::api::{Api, DynamicObject, Patch, PatchParams};
 
 use crate::source::Origin;
 use crate::source::kube::api_resource;
-use crate::writeback::{StatusSink, StatusTarget, StoredCondition};
+use crate::writeback::{StatusSink, StatusTarget, StoredCondition, Written};
 
 pub struct KubeStatusSink {
     client: kube::Client,
@@ -19,26 +19,52 @@ impl KubeStatusSink {
     }
 }
 
+fn api(client: &kube::Client, key: &pavilion_crds::ResourceKey) -> Api<DynamicObject> {
+    Api::namespaced_with(client.clone(), &key.namespace, &api_resource(key.kind))
+}
+
 impl StatusSink for KubeStatusSink {
+    fn read<'a>(
+        &'a mut self,
+        target: &'a StatusTarget,
+    ) -> BoxFuture<'a, Result<Option<Vec<StoredCondition>>, String>> {
+        async move {
+            let Origin::Kube { key } = &target.origin else {
+                return Ok(None);
+            };
+            let object = api(&self.client, key)
+                .get_opt(&key.name)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(object
+                .and_then(|o| {
+                    o.data
+                        .get("status")
+                        .and_then(|s| s.get("conditions"))
+                        .cloned()
+                })
+                .and_then(|c| serde_json::from_value(c).ok()))
+        }
+        .boxed()
+    }
+
     fn write<'a>(
         &'a mut self,
         target: &'a StatusTarget,
         conditions: &'a [StoredCondition],
-    ) -> BoxFuture<'a, Result<(), String>> {
+    ) -> BoxFuture<'a, Result<Written, String>> {
         async move {
             let Origin::Kube { key } = &target.origin else {
-                return Ok(());
+                return Ok(Written::Gone);
             };
-            let api: Api<DynamicObject> =
-                Api::namespaced_with(self.client.clone(), &key.namespace, &api_resource(key.kind));
             let patch = serde_json::json!({ "status": { "conditions": conditions } });
-            match api
+            match api(&self.client, key)
                 .patch_status(&key.name, &PatchParams::default(), &Patch::Merge(&patch))
                 .await
             {
-                Ok(_) => Ok(()),
-                // Deleted meanwhile: nothing left to describe.
-                Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+                Ok(_) => Ok(Written::Done),
+                // Deleted meanwhile: nothing left to describe, and nothing to remember.
+                Err(kube::Error::Api(e)) if e.code == 404 => Ok(Written::Gone),
                 Err(e) => Err(e.to_string()),
             }
         }

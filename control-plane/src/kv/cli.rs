@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use async_nats::jetstream::kv::Store;
 use futures::StreamExt;
 
-use super::{KvError, STATUS_PREFIX, resource_key, status_key};
+use super::{KvError, is_resource_key, resource_key, status_key};
 use crate::source::Item;
 use crate::source::kv::item;
 use crate::validate::{Verdict, validate_with};
@@ -23,7 +23,7 @@ pub async fn resource_keys(store: &Store) -> Result<Vec<String>, KvError> {
         .await
         .map_err(operation)?
         .filter_map(|k| async move { k.ok() })
-        .filter(|k| std::future::ready(!k.starts_with(STATUS_PREFIX)))
+        .filter(|k| std::future::ready(is_resource_key(k)))
         .collect()
         .await;
     keys.sort();

@@ -10,11 +10,13 @@ use std::str::FromStr;
 use std::time::Duration;
 
 pub mod cli;
+mod nodes;
 mod status;
 
 use async_nats::jetstream::{self, kv::Store};
 use pavilion_crds::{Kind, ResourceKey};
 
+pub use nodes::KvNodeBoard;
 pub use status::KvStatusSink;
 
 /// Bucket used when the URL names none.
@@ -24,6 +26,13 @@ pub const DEFAULT_BUCKET: &str = "pavilion-config";
 pub const HISTORY: i64 = 5;
 /// Prefix of status keys.
 pub const STATUS_PREFIX: &str = "status.";
+/// Prefix of the keys where control-plane replicas post their data planes.
+pub const NODES_PREFIX: &str = "nodes.";
+
+/// Whether a key holds a resource (not a status or a node report).
+pub fn is_resource_key(key: &str) -> bool {
+    !key.starts_with(STATUS_PREFIX) && !key.starts_with(NODES_PREFIX)
+}
 
 /// `nats://HOST:PORT[?bucket=NAME]`.
 #[derive(Clone, Debug, PartialEq, Eq)]

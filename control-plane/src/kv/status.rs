@@ -8,7 +8,13 @@ use futures::{FutureExt, StreamExt};
 
 use super::{STATUS_PREFIX, resource_key, status_key};
 use crate::source::Origin;
-use crate::writeback::{StatusSink, StatusTarget, StoredCondition};
+use crate::writeback::{StatusSink, StatusTarget, StoredCondition, Written};
+
+/// The value of a status key.
+#[derive(serde::Deserialize)]
+struct StatusDocument {
+    conditions: Vec<StoredCondition>,
+}
 
 /// Statuses as KV keys: `status.<kind>.<namespace>.<name>` = `{"conditions":[…]}`.
 pub struct KvStatusSink {
@@ -29,22 +35,40 @@ fn status_key_for(target: &StatusTarget) -> Option<String> {
 }
 
 impl StatusSink for KvStatusSink {
+    fn read<'a>(
+        &'a mut self,
+        target: &'a StatusTarget,
+    ) -> BoxFuture<'a, Result<Option<Vec<StoredCondition>>, String>> {
+        async move {
+            let Some(key) = status_key_for(target) else {
+                return Ok(None);
+            };
+            let Some(bytes) = self.store.get(key).await.map_err(|e| e.to_string())? else {
+                return Ok(None);
+            };
+            Ok(serde_json::from_slice::<StatusDocument>(&bytes)
+                .ok()
+                .map(|s| s.conditions))
+        }
+        .boxed()
+    }
+
     fn write<'a>(
         &'a mut self,
         target: &'a StatusTarget,
         conditions: &'a [StoredCondition],
-    ) -> BoxFuture<'a, Result<(), String>> {
+    ) -> BoxFuture<'a, Result<Written, String>> {
         async move {
             let Some(key) = status_key_for(target) else {
-                return Ok(());
+                return Ok(Written::Gone);
             };
             let body = serde_json::to_vec(&serde_json::json!({ "conditions": conditions }))
                 .map_err(|e| e.to_string())?;
             self.store
                 .put(key, body.into())
                 .await
-                .map(drop)
-                .map_err(|e| e.to_string())
+                .map_err(|e| e.to_string())?;
+            Ok(Written::Done)
         }
         .boxed()
     }

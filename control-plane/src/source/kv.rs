@@ -13,7 +13,7 @@ use futures::future::BoxFuture;
 use pavilion_crds::{DocumentError, parse_documents};
 
 use super::{Item, ItemsSender, Origin, Source, SourceError};
-use crate::kv::{KvAddress, KvError, STATUS_PREFIX, open, parse_key, resource_key};
+use crate::kv::{KvAddress, KvError, is_resource_key, open, parse_key, resource_key};
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(200);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
@@ -82,9 +82,9 @@ async fn watch(store: &Store, items: &ItemsSender) -> KvError {
     KvError::Operation("the watch ended".into())
 }
 
-/// Applies one entry; false when it does not concern a resource (status keys).
+/// Applies one entry; false when it does not concern a resource (statuses, node reports).
 fn apply(current: &mut BTreeMap<String, Item>, entry: &Entry) -> bool {
-    if entry.key.starts_with(STATUS_PREFIX) {
+    if !is_resource_key(&entry.key) {
         return false;
     }
     match entry.operation {
