@@ -33,22 +33,9 @@ fn control(api: &KubeApiServer, identity: &str) -> Child {
     )
 }
 
-fn holder(api: &KubeApiServer) -> String {
-    let output = api.kubectl(&[
-        "get",
-        "lease",
-        "pavilion-control",
-        "-n",
-        "default",
-        "-o",
-        "jsonpath={.spec.holderIdentity}",
-    ]);
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
 async fn until_holder(api: &KubeApiServer, identity: &str, within: Duration) {
     eventually(&format!("{identity} to hold the lease"), within, || {
-        std::future::ready((holder(api) == identity).then_some(()))
+        std::future::ready((api.lease_holder() == identity).then_some(()))
     })
     .await;
 }
@@ -61,16 +48,11 @@ async fn until_rejected(api: &KubeApiServer, name: &str) {
         &format!("the status of {name}"),
         Duration::from_secs(20),
         || {
-            let output = api.kubectl(&[
-                "get",
-                "route",
-                name,
-                "-n",
-                "shop",
-                "-o",
-                "jsonpath={.status.conditions[?(@.type==\"Accepted\")].status}",
-            ]);
-            std::future::ready((String::from_utf8_lossy(&output.stdout) == "False").then_some(()))
+            let accepted = api.jsonpath(
+                &["route", name, "-n", "shop"],
+                "{.status.conditions[?(@.type==\"Accepted\")].status}",
+            );
+            std::future::ready((accepted == "False").then_some(()))
         },
     )
     .await;
@@ -85,7 +67,7 @@ async fn the_follower_takes_over_when_the_leader_is_killed() {
     let _second = control(&api, "second");
     until_rejected(&api, "written-by-first").await;
     assert_eq!(
-        holder(&api),
+        api.lease_holder(),
         "first",
         "the follower does not take a held lease"
     );

@@ -206,6 +206,23 @@ impl KubeApiServer {
         String::from_utf8_lossy(&output.stdout).into_owned()
     }
 
+    /// Who holds the leader-election Lease (empty when nobody does).
+    pub fn lease_holder(&self) -> String {
+        self.jsonpath(
+            &["lease", "pavilion-control", "-n", "default"],
+            "{.spec.holderIdentity}",
+        )
+    }
+
+    /// `kubectl get OBJECT… -o jsonpath=PATH`, empty when the object is missing.
+    pub fn jsonpath(&self, object: &[&str], path: &str) -> String {
+        let mut args = vec!["get"];
+        args.extend_from_slice(object);
+        let output_flag = format!("jsonpath={path}");
+        args.extend(["-o", &output_flag]);
+        String::from_utf8_lossy(&self.kubectl(&args).stdout).into_owned()
+    }
+
     /// `kubectl apply -f -` with `yaml`.
     pub fn apply(&self, yaml: &str) -> String {
         let mut child = Command::new("kubectl")

@@ -31,6 +31,14 @@ where
     }
 }
 
+/// The condition of `kind` in a JSON object with `conditions` (a status or a resource view).
+pub fn condition<'a>(holder: &'a serde_json::Value, kind: &str) -> &'a serde_json::Value {
+    holder["conditions"]
+        .as_array()
+        .and_then(|conditions| conditions.iter().find(|c| c["type"] == kind))
+        .unwrap_or_else(|| panic!("no {kind} condition in {holder}"))
+}
+
 /// A loopback port that was free a moment ago (for processes that must be told a port).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

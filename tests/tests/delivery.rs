@@ -12,7 +12,7 @@ use pavilion_proto::v1::snapshot_discovery_server::{SnapshotDiscovery, SnapshotD
 use pavilion_proto::{Node, SnapshotRequest, SnapshotResponse};
 use pavilion_tests::client::HttpClient;
 use pavilion_tests::snapshot::{catch_all, prefix_rule, route, snapshot};
-use pavilion_tests::{Upstream, eventually};
+use pavilion_tests::{Upstream, condition, eventually};
 use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -71,15 +71,6 @@ fn resource<'a>(status: &'a Value, name: &str) -> &'a Value {
         .iter()
         .find(|r| r["name"] == name)
         .unwrap_or_else(|| panic!("no resource {name} in {status}"))
-}
-
-fn condition<'a>(resource: &'a Value, kind: &str) -> &'a Value {
-    resource["conditions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["type"] == kind)
-        .unwrap()
 }
 
 #[tokio::test]

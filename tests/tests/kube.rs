@@ -247,16 +247,7 @@ async fn programmed_counts_the_data_planes_of_every_replica() {
     api.kubectl_ok(&["create", "namespace", "shop"]);
     let leader = controller(&api, "leader", None).await;
     eventually("the first replica to lead", PATIENCE, || {
-        let output = api.kubectl(&[
-            "get",
-            "lease",
-            "pavilion-control",
-            "-n",
-            "default",
-            "-o",
-            "jsonpath={.spec.holderIdentity}",
-        ]);
-        std::future::ready((String::from_utf8_lossy(&output.stdout) == "leader").then_some(()))
+        std::future::ready((api.lease_holder() == "leader").then_some(()))
     })
     .await;
     let follower = controller(&api, "follower", None).await;

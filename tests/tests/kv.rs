@@ -8,7 +8,7 @@ use pavilion_control::{Config as ControlConfig, ControlPlane, SourceSpec};
 use pavilion_data::{Config as DataConfig, DataPlane};
 use pavilion_tests::client::HttpClient;
 use pavilion_tests::nats::NatsServer;
-use pavilion_tests::{Upstream, eventually};
+use pavilion_tests::{Upstream, condition, eventually};
 use serde_json::Value;
 
 const PATIENCE: Duration = Duration::from_secs(10);
@@ -68,15 +68,6 @@ async fn status_when(
         },
     )
     .await
-}
-
-fn condition<'a>(status: &'a Value, kind: &str) -> &'a Value {
-    status["conditions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["type"] == kind)
-        .unwrap()
 }
 
 #[tokio::test]
