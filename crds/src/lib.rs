@@ -21,6 +21,7 @@ pub use policy::{
 pub use resource::{Kind, Resource, ResourceKey};
 pub use route::{
     Backend, HeaderMatch, PathMatch, PathMatchType, Route, RouteMatch, RouteRule, RouteSpec,
+    SecurityHeaders,
 };
 pub use status::{ConditionStatus, ResourceStatus};
 pub use tenant::{Placement, ServiceKind, Shard, TenantPlacement, TenantPlacementSpec};

@@ -56,6 +56,53 @@ pub struct RouteSpec {
     pub hosts: Vec<String>,
     /// Rules in any order; the most specific match wins (see the matching precedence).
     pub rules: Vec<RouteRule>,
+    /// Overrides of the security headers the gateway adds to every response.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub security_headers: Option<SecurityHeaders>,
+}
+
+/// Each field: absent, the gateway's default; `""`, not added; otherwise this value.
+/// Headers the upstream sets itself are never replaced.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SecurityHeaders {
+    /// `X-Content-Type-Options` (default `nosniff`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_type_options: Option<String>,
+    /// `X-Frame-Options` (default `DENY`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frame_options: Option<String>,
+    /// `Referrer-Policy` (default `no-referrer`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub referrer_policy: Option<String>,
+    /// `Content-Security-Policy` (default `default-src 'none'; frame-ancestors 'none'`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_security_policy: Option<String>,
+    /// `Strict-Transport-Security`, on TLS only (default `max-age=31536000; includeSubDomains`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub strict_transport_security: Option<String>,
+}
+
+impl SecurityHeaders {
+    fn validate(&self, errors: &mut Errors) {
+        let fields = [
+            ("contentTypeOptions", &self.content_type_options),
+            ("frameOptions", &self.frame_options),
+            ("referrerPolicy", &self.referrer_policy),
+            ("contentSecurityPolicy", &self.content_security_policy),
+            ("strictTransportSecurity", &self.strict_transport_security),
+        ];
+        for (name, value) in fields {
+            if let Some(value) = value
+                && http::HeaderValue::from_str(value).is_err()
+            {
+                errors.add(
+                    format!("spec.securityHeaders.{name}"),
+                    "not a valid header value (visible ASCII only)",
+                );
+            }
+        }
+    }
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
@@ -145,6 +192,9 @@ impl RouteSpec {
         }
         for (i, rule) in self.rules.iter().enumerate() {
             rule.validate(&at("spec.rules", i), errors);
+        }
+        if let Some(headers) = &self.security_headers {
+            headers.validate(errors);
         }
     }
 }

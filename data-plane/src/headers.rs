@@ -82,13 +82,20 @@ pub fn request_id(headers: &HeaderMap) -> HeaderValue {
 pub struct Peer {
     pub addr: SocketAddr,
     pub ip: HeaderValue,
+    /// Whether the connection is TLS.
+    pub tls: bool,
 }
 
 impl Peer {
-    pub fn new(addr: SocketAddr) -> Self {
+    pub fn new(addr: SocketAddr, tls: bool) -> Self {
         let ip = HeaderValue::from_str(&addr.ip().to_string())
             .expect("an IP address is a valid header value");
-        Self { addr, ip }
+        Self { addr, ip, tls }
+    }
+
+    /// `https` or `http`, for `x-forwarded-proto`.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls { "https" } else { "http" }
     }
 }
 
@@ -215,7 +222,7 @@ mod tests {
         headers.append(&X_FORWARDED_FOR, HeaderValue::from_static("10.0.0.2"));
         add_forwarded(
             &mut headers,
-            &Peer::new("192.0.2.7:5555".parse().unwrap()),
+            &Peer::new("192.0.2.7:5555".parse().unwrap(), false),
             Some(&HeaderValue::from_static("api.example.com")),
             "http",
         );
@@ -230,7 +237,7 @@ mod tests {
         );
         add_forwarded(
             &mut headers,
-            &Peer::new("[::1]:5555".parse().unwrap()),
+            &Peer::new("[::1]:5555".parse().unwrap(), false),
             None,
             "http",
         );

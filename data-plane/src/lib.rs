@@ -14,9 +14,12 @@ pub mod listener;
 pub mod metrics;
 pub mod path;
 pub mod proxy;
+pub mod redirect;
 pub mod route;
 pub mod runtime;
+pub mod security;
 pub mod snapshot;
+pub mod tls;
 pub mod upstream;
 pub mod workers;
 
@@ -35,6 +38,7 @@ use crate::proxy::{Limits, Shared};
 use crate::runtime::BuildError;
 use crate::snapshot::Applier;
 use crate::snapshot::client::ClientOptions;
+use crate::tls::TlsOptions;
 use crate::upstream::UpstreamOptions;
 use crate::workers::{WorkerSettings, Workers};
 
@@ -50,6 +54,10 @@ pub struct Config {
     pub workers: usize,
     pub limits: Limits,
     pub upstream: UpstreamOptions,
+    /// Terminate TLS on `listen` with these certificates.
+    pub tls: Option<TlsOptions>,
+    /// A plain-HTTP listener that redirects to HTTPS (needs `tls`).
+    pub redirect_listen: Option<SocketAddr>,
     /// One log line per request.
     pub access_log: bool,
     /// How long in-flight requests may take to finish on shutdown.
@@ -68,6 +76,8 @@ impl Config {
             workers: 2,
             limits: Limits::default(),
             upstream: UpstreamOptions::default(),
+            tls: None,
+            redirect_listen: None,
             access_log: false,
             drain_timeout: Duration::from_secs(10),
         }
@@ -85,6 +95,10 @@ pub enum Error {
     Tls(#[from] rustls::Error),
     #[error("cannot start the proxy workers: {0}")]
     Workers(std::io::Error),
+    #[error(transparent)]
+    ListenerTls(#[from] tls::TlsError),
+    #[error("--redirect-listen needs TLS on --listen (--tls-cert and --tls-key)")]
+    RedirectWithoutTls,
 }
 
 /// A running data plane.
@@ -92,6 +106,8 @@ pub struct DataPlane {
     /// The proxy listener's address.
     pub addr: SocketAddr,
     pub admin_addr: SocketAddr,
+    /// The HTTPS-redirect listener's address, when there is one.
+    pub redirect_addr: Option<SocketAddr>,
     applier: Applier,
     shutdown: watch::Sender<bool>,
     workers: Workers,
@@ -129,22 +145,50 @@ pub async fn start(config: Config) -> Result<DataPlane, Error> {
         .map_err(listen_error(config.admin_listen))?;
     let (shutdown, shutdown_rx) = watch::channel(false);
 
+    if config.redirect_listen.is_some() && config.tls.is_none() {
+        return Err(Error::RedirectWithoutTls);
+    }
+    let mut tasks = Vec::new();
+    let listener_tls = match &config.tls {
+        Some(options) => {
+            let resolver = tls::CertResolver::new(options.certificates.clone())?;
+            tasks.push(tokio::spawn(tls::watch_files(
+                resolver.clone(),
+                shutdown_rx.clone(),
+            )));
+            Some(tls::server_config(resolver, options.client_ca.as_deref())?)
+        }
+        None => None,
+    };
+    let mut redirect_addr = None;
+    if let Some(wanted) = config.redirect_listen {
+        let listener = TcpListener::bind(wanted)
+            .await
+            .map_err(listen_error(wanted))?;
+        redirect_addr = Some(listener.local_addr().map_err(listen_error(wanted))?);
+        tasks.push(tokio::spawn(redirect::serve(
+            listener,
+            addr.port(),
+            shutdown_rx.clone(),
+        )));
+    }
     let settings = WorkerSettings {
         upstream: config.upstream.clone(),
-        tls,
+        upstream_tls: tls,
+        listener_tls,
         drain_timeout: config.drain_timeout,
     };
     let workers = workers::spawn(listeners, shared.clone(), settings, shutdown_rx.clone())
         .map_err(Error::Workers)?;
     let admin = admin::router(shared);
     let mut admin_shutdown = shutdown_rx.clone();
-    let mut tasks = vec![tokio::spawn(async move {
+    tasks.push(tokio::spawn(async move {
         let server = axum::serve(admin_listener, admin)
             .with_graceful_shutdown(async move { stopped(&mut admin_shutdown).await });
         if let Err(error) = server.await {
             tracing::error!(%error, "admin server failed");
         }
-    })];
+    }));
     if !config.control_planes.is_empty() {
         let options = ClientOptions {
             endpoints: config.control_planes.clone(),
@@ -161,6 +205,7 @@ pub async fn start(config: Config) -> Result<DataPlane, Error> {
     Ok(DataPlane {
         addr,
         admin_addr,
+        redirect_addr,
         applier,
         shutdown,
         workers,

@@ -1,5 +1,5 @@
-//! The client-facing listener: HTTP/1.1 and HTTP/2 (h2c prior knowledge) on one port,
-//! graceful drain on shutdown.
+//! The client-facing listener: HTTP/1.1 and HTTP/2 on one port — over TLS (ALPN) or in
+//! cleartext (h2c prior knowledge) — with graceful drain on shutdown.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -8,15 +8,19 @@ use std::time::Duration;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
 
 use crate::headers::Peer;
 use crate::proxy::Proxy;
 
 /// Time a client has to send a complete request head (slow-loris protection).
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Time a client has to complete the TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// hyper's own read buffer is sized just above the header limit so that the proxy's
 /// precise check answers in JSON, and hyper's 431 only catches the grossly oversized.
 const HEADER_SLACK: usize = 16 * 1024;
@@ -26,6 +30,7 @@ pub async fn serve(
     proxy: Arc<Proxy>,
     mut shutdown: watch::Receiver<bool>,
     drain_timeout: Duration,
+    tls: Option<TlsAcceptor>,
 ) {
     let limit = proxy.limits().max_header_bytes + HEADER_SLACK;
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -55,21 +60,24 @@ pub async fn serve(
             () = crate::stopped(&mut shutdown) => break,
         };
         let _ = stream.set_nodelay(true);
-        let proxy = proxy.clone();
-        let peer = Peer::new(client);
-        let service = service_fn(move |request| {
-            let (proxy, peer) = (proxy.clone(), peer.clone());
-            // Boxed: hyper moves the service future a few times per request, and a
-            // pointer is cheaper to move than the whole request state machine.
-            Box::pin(async move { Ok::<_, Infallible>(proxy.handle(&peer, request).await) })
-        });
-        let connection = builder
-            .serve_connection(TokioIo::new(stream), service)
-            .into_owned();
-        let connection = graceful.watch(connection);
+        let (proxy, builder, watcher, tls) = (
+            proxy.clone(),
+            builder.clone(),
+            graceful.watcher(),
+            tls.clone(),
+        );
         tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::debug!(%client, %error, "connection ended with an error");
+            let Some(acceptor) = tls else {
+                return serve_connection(builder, stream, Peer::new(client, false), proxy, watcher)
+                    .await;
+            };
+            // The handshake runs on the connection's own task: a slow client holds nothing else up.
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                Ok(Ok(stream)) => {
+                    serve_connection(builder, stream, Peer::new(client, true), proxy, watcher).await
+                }
+                Ok(Err(error)) => tracing::debug!(%client, %error, "TLS handshake failed"),
+                Err(_) => tracing::debug!(%client, "TLS handshake timed out"),
             }
         });
     }
@@ -77,5 +85,29 @@ pub async fn serve(
     tokio::select! {
         () = graceful.shutdown() => tracing::info!("all connections drained"),
         () = tokio::time::sleep(drain_timeout) => tracing::warn!(?drain_timeout, "drain timeout; closing the remaining connections"),
+    }
+}
+
+async fn serve_connection<IO>(
+    builder: auto::Builder<TokioExecutor>,
+    io: IO,
+    peer: Peer,
+    proxy: Arc<Proxy>,
+    watcher: Watcher,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let client = peer.addr;
+    let service = service_fn(move |request| {
+        let (proxy, peer) = (proxy.clone(), peer.clone());
+        // Boxed: hyper moves the service future a few times per request, and a pointer is
+        // cheaper to move than the whole request state machine.
+        Box::pin(async move { Ok::<_, Infallible>(proxy.handle(&peer, request).await) })
+    });
+    let connection = builder
+        .serve_connection(TokioIo::new(io), service)
+        .into_owned();
+    if let Err(error) = watcher.watch(connection).await {
+        tracing::debug!(%client, %error, "connection ended with an error");
     }
 }

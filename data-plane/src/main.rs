@@ -12,6 +12,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use pavilion_data::proxy::Limits;
+use pavilion_data::tls::{CertificateFiles, TlsOptions};
 use pavilion_data::upstream::UpstreamOptions;
 use pavilion_telemetry::LogFormat;
 
@@ -62,6 +63,19 @@ struct RunArgs {
     /// Largest request body in bytes; more gets 413.
     #[arg(long, env = "PAVILION_MAX_BODY_BYTES", default_value_t = Limits::default().max_body_bytes)]
     max_body_bytes: u64,
+    /// Serve HTTPS on --listen with this certificate chain (PEM); repeat for more, paired
+    /// in order with --tls-key. SNI picks the certificate; the first is the default.
+    #[arg(long, env = "PAVILION_TLS_CERT", value_delimiter = ',')]
+    tls_cert: Vec<PathBuf>,
+    /// The private key (PEM) of the --tls-cert at the same position.
+    #[arg(long, env = "PAVILION_TLS_KEY", value_delimiter = ',')]
+    tls_key: Vec<PathBuf>,
+    /// Require client certificates signed by these CAs (PEM): mutual TLS.
+    #[arg(long, env = "PAVILION_CLIENT_CA")]
+    client_ca: Option<PathBuf>,
+    /// Also listen for plain HTTP here and redirect everything to HTTPS (308).
+    #[arg(long, env = "PAVILION_REDIRECT_LISTEN")]
+    redirect_listen: Option<SocketAddr>,
     /// PEM file of CA certificates trusted for https:// backends, besides the web PKI.
     #[arg(long, env = "PAVILION_UPSTREAM_CA")]
     upstream_ca: Option<PathBuf>,
@@ -111,6 +125,28 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             }
         })
         .collect();
+    anyhow::ensure!(
+        args.tls_cert.len() == args.tls_key.len(),
+        "--tls-cert and --tls-key come in pairs ({} certificates, {} keys)",
+        args.tls_cert.len(),
+        args.tls_key.len()
+    );
+    anyhow::ensure!(
+        args.client_ca.is_none() || !args.tls_cert.is_empty(),
+        "--client-ca needs --tls-cert"
+    );
+    let tls = (!args.tls_cert.is_empty()).then(|| TlsOptions {
+        certificates: args
+            .tls_cert
+            .iter()
+            .zip(&args.tls_key)
+            .map(|(cert, key)| CertificateFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+            })
+            .collect(),
+        client_ca: args.client_ca.clone(),
+    });
     let config = pavilion_data::Config {
         control_planes,
         listen: args.listen,
@@ -123,6 +159,8 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             max_body_bytes: args.max_body_bytes,
         },
         upstream,
+        tls,
+        redirect_listen: args.redirect_listen,
         access_log: args.access_log,
         drain_timeout: Duration::from_secs(args.drain_seconds),
     };

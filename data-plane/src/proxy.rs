@@ -20,6 +20,7 @@ use crate::metrics::Metrics;
 use crate::path::{self, PathError};
 use crate::route::RequestFacts;
 use crate::runtime::{Rule, Runtime};
+use crate::security::SecurityHeaders;
 use crate::upstream::{Protocol, Target, UpstreamError, Upstreams};
 
 /// Size limits on what clients send.
@@ -46,6 +47,8 @@ pub struct Shared {
     pub metrics: Metrics,
     pub limits: Limits,
     pub access_log: bool,
+    /// For responses no route decided (404, 503 before the first snapshot, …).
+    pub security: SecurityHeaders,
 }
 
 impl Shared {
@@ -55,6 +58,7 @@ impl Shared {
             metrics,
             limits,
             access_log,
+            security: SecurityHeaders::default(),
         }
     }
 }
@@ -119,8 +123,16 @@ impl Proxy {
         let status = response.status();
         let elapsed = started.elapsed();
         match decision.rule {
-            Some(rule) => rule.metrics.observe(status, elapsed),
-            None => self.shared.metrics.unrouted.observe(status, elapsed),
+            Some(rule) => {
+                rule.metrics.observe(status, elapsed);
+                rule.security.apply(response.headers_mut(), client.tls);
+            }
+            None => {
+                self.shared.metrics.unrouted.observe(status, elapsed);
+                self.shared
+                    .security
+                    .apply(response.headers_mut(), client.tls);
+            }
         }
         if let Some((method, uri)) = logged {
             tracing::info!(
@@ -330,7 +342,7 @@ fn upstream_request(
 
     let headers = &mut parts.headers;
     headers::strip_hop_by_hop(headers, true);
-    headers::add_forwarded(headers, client, original_host.as_ref(), "http");
+    headers::add_forwarded(headers, client, original_host.as_ref(), client.scheme());
     headers.insert(&X_REQUEST_ID, request_id.clone());
     match target.protocol {
         // HTTP/2 carries the host in :authority, which is the backend's here.

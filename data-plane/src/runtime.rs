@@ -2,12 +2,14 @@
 //! handles — built once when the snapshot arrives, never per request. Building can fail
 //! (the data plane then NACKs and keeps its current runtime); serving cannot.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use pavilion_proto::Snapshot;
 
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::route::{RequestFacts, RouteError, Router, RuleId};
+use crate::security::SecurityHeaders;
 use crate::upstream::Backends;
 
 /// Used when a rule carries no timeout (the compiler always sets one).
@@ -27,6 +29,8 @@ pub struct Rule {
     pub backends: Backends,
     pub timeout: Duration,
     pub metrics: RouteMetrics,
+    /// Shared by the rules of one route.
+    pub security: Arc<SecurityHeaders>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +39,8 @@ pub enum BuildError {
     NoVersion,
     #[error(transparent)]
     Route(#[from] RouteError),
+    #[error("route {route}: securityHeaders: {message}")]
+    SecurityHeaders { route: String, message: String },
     #[error("route {route}: rule {rule}: {message}")]
     Backends {
         route: String,
@@ -62,6 +68,12 @@ impl Runtime {
         for route in &snapshot.routes {
             let name = format!("{}/{}", route.namespace, route.name);
             let route_metrics = metrics.route(&name);
+            let security = SecurityHeaders::new(route.security_headers.as_ref())
+                .map(Arc::new)
+                .map_err(|message| BuildError::SecurityHeaders {
+                    route: name.clone(),
+                    message,
+                })?;
             let mut route_ids = Vec::with_capacity(route.rules.len());
             for (index, rule) in route.rules.iter().enumerate() {
                 let backends =
@@ -79,6 +91,7 @@ impl Runtime {
                         ms => Duration::from_millis(ms),
                     },
                     metrics: route_metrics.clone(),
+                    security: security.clone(),
                 });
             }
             ids.push(route_ids);

@@ -54,7 +54,10 @@ pub struct Workers {
 
 pub struct WorkerSettings {
     pub upstream: UpstreamOptions,
-    pub tls: rustls::ClientConfig,
+    /// Client TLS for `https://` backends.
+    pub upstream_tls: rustls::ClientConfig,
+    /// Server TLS for the listener; cleartext when `None`.
+    pub listener_tls: Option<Arc<rustls::ServerConfig>>,
     pub drain_timeout: Duration,
 }
 
@@ -71,7 +74,11 @@ pub fn spawn(
             .enable_all()
             .build()?;
         let (finished, done_rx) = oneshot::channel();
-        let upstreams = Upstreams::new(&settings.upstream, settings.tls.clone());
+        let upstreams = Upstreams::new(&settings.upstream, settings.upstream_tls.clone());
+        let acceptor = settings
+            .listener_tls
+            .clone()
+            .map(tokio_rustls::TlsAcceptor::from);
         let (shared, shutdown, drain) = (shared.clone(), shutdown.clone(), settings.drain_timeout);
         std::thread::Builder::new()
             .name(format!("pavilion-worker-{index}"))
@@ -81,7 +88,7 @@ pub fn spawn(
                         Ok(listener) => {
                             let proxy = Arc::new(Proxy::new(shared, upstreams));
                             let sweeper = tokio::spawn(sweep_idle(proxy.clone()));
-                            listener::serve(listener, proxy, shutdown, drain).await;
+                            listener::serve(listener, proxy, shutdown, drain, acceptor).await;
                             sweeper.abort();
                         }
                         Err(error) => {

@@ -7,6 +7,6 @@ pub mod v1 {
 }
 
 pub use v1::{
-    Backend, HeaderMatch, Match, Node, PathMatch, PathMatchType, Route, Rule, Snapshot,
-    SnapshotRequest, SnapshotResponse,
+    Backend, HeaderMatch, Match, Node, PathMatch, PathMatchType, Route, Rule, SecurityHeaders,
+    Snapshot, SnapshotRequest, SnapshotResponse,
 };

@@ -10,6 +10,7 @@ pub fn route(name: &str, hosts: &[&str], rules: Vec<proto::Rule>) -> proto::Rout
         name: name.into(),
         hosts: hosts.iter().map(|h| h.to_string()).collect(),
         rules,
+        security_headers: None,
     }
 }
 

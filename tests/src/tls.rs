@@ -104,3 +104,142 @@ impl TlsUpstream {
         Ok(Self { addr, task })
     }
 }
+
+impl TestCa {
+    /// A leaf certificate for `names` as PEM files' contents (certificate, key), and the
+    /// certificate's DER to recognise it in a handshake.
+    pub fn leaf_pem(&self, names: &[&str]) -> (String, String, CertificateDer<'static>) {
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let params = CertificateParams::new(names).expect("leaf params");
+        let key = KeyPair::generate().expect("leaf key");
+        let certificate = params
+            .signed_by(&key, &self.issuer)
+            .expect("leaf certificate");
+        (
+            certificate.pem(),
+            key.serialize_pem(),
+            certificate.der().clone(),
+        )
+    }
+
+    /// A client configuration trusting this CA, offering `alpn`, and presenting `identity`
+    /// (a client certificate and key) when given.
+    pub fn client_config(
+        &self,
+        alpn: &[&[u8]],
+        identity: Option<(CertificateDer<'static>, PrivateKeyDer<'static>)>,
+    ) -> Arc<rustls::ClientConfig> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(self.certificate_der())
+            .expect("CA is a valid root");
+        let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("protocol versions")
+        .with_root_certificates(roots);
+        let mut config = match identity {
+            Some((certificate, key)) => builder
+                .with_client_auth_cert(vec![certificate], key)
+                .expect("client certificate"),
+            None => builder.with_no_client_auth(),
+        };
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        Arc::new(config)
+    }
+}
+
+/// One client TLS connection speaking whatever ALPN chose (h2 or HTTP/1.1).
+pub struct TlsConnection {
+    /// The negotiated ALPN protocol.
+    pub alpn: Option<Vec<u8>>,
+    /// The TLS version the handshake settled on.
+    pub version: Option<rustls::ProtocolVersion>,
+    /// The server's leaf certificate.
+    pub peer: CertificateDer<'static>,
+    sender: Sender,
+    host: String,
+}
+
+enum Sender {
+    H1(hyper::client::conn::http1::SendRequest<http_body_util::Full<bytes::Bytes>>),
+    H2(hyper::client::conn::http2::SendRequest<http_body_util::Full<bytes::Bytes>>),
+}
+
+impl TlsConnection {
+    /// Connects to `addr` asking for `server_name` (SNI and Host).
+    pub async fn open(
+        addr: SocketAddr,
+        server_name: &str,
+        config: Arc<rustls::ClientConfig>,
+    ) -> Result<Self, String> {
+        let tcp = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| e.to_string())?;
+        let name = rustls_pki_types::ServerName::try_from(server_name.to_owned())
+            .map_err(|e| e.to_string())?;
+        let stream = tokio_rustls::TlsConnector::from(config)
+            .connect(name, tcp)
+            .await
+            .map_err(|e| format!("handshake: {e}"))?;
+        let (_, session) = stream.get_ref();
+        let alpn = session.alpn_protocol().map(<[u8]>::to_vec);
+        let version = session.protocol_version();
+        let peer = session
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .cloned()
+            .ok_or("no server certificate")?;
+        let io = hyper_util::rt::TokioIo::new(stream);
+        let sender = if alpn.as_deref() == Some(b"h2") {
+            let (sender, connection) =
+                hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            tokio::spawn(connection);
+            Sender::H2(sender)
+        } else {
+            let (sender, connection) = hyper::client::conn::http1::handshake(io)
+                .await
+                .map_err(|e| e.to_string())?;
+            tokio::spawn(connection);
+            Sender::H1(sender)
+        };
+        Ok(Self {
+            alpn,
+            version,
+            peer,
+            sender,
+            host: server_name.to_owned(),
+        })
+    }
+
+    /// GET `path` on this connection.
+    pub async fn get(&mut self, path: &str) -> Result<crate::client::Reply, String> {
+        use http_body_util::BodyExt;
+        let request = match self.sender {
+            Sender::H1(_) => http::Request::get(path).header("host", &self.host),
+            Sender::H2(_) => http::Request::get(format!("https://{}{path}", self.host)),
+        }
+        .body(http_body_util::Full::default())
+        .expect("valid request");
+        let exchange = async {
+            let response = match &mut self.sender {
+                Sender::H1(sender) => sender.send_request(request).await,
+                Sender::H2(sender) => sender.send_request(request).await,
+            }
+            .map_err(|e| format!("{e:?}"))?;
+            let (parts, body) = response.into_parts();
+            let body = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
+            Ok(crate::client::Reply {
+                status: parts.status,
+                headers: parts.headers,
+                body,
+            })
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(10), exchange)
+            .await
+            .map_err(|_| "no answer within 10s".to_owned())?
+    }
+}

@@ -48,7 +48,19 @@ pub(super) fn build_snapshot(
 }
 
 fn to_proto(route: &Route) -> proto::Route {
+    let security_headers = route
+        .spec
+        .security_headers
+        .as_ref()
+        .map(|h| proto::SecurityHeaders {
+            content_type_options: h.content_type_options.clone(),
+            frame_options: h.frame_options.clone(),
+            referrer_policy: h.referrer_policy.clone(),
+            content_security_policy: h.content_security_policy.clone(),
+            strict_transport_security: h.strict_transport_security.clone(),
+        });
     proto::Route {
+        security_headers,
         namespace: route.metadata.namespace.clone().unwrap_or_default(),
         name: route.metadata.name.clone().unwrap_or_default(),
         hosts: {

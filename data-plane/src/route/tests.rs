@@ -77,6 +77,7 @@ fn build(routes: &[RouteSpec<'_>]) -> Result<Fixture, RouteError> {
                         ..Default::default()
                     })
                     .collect(),
+                ..Default::default()
             }
         })
         .collect();
