@@ -7,6 +7,7 @@ pub mod v1 {
 }
 
 pub use v1::{
-    Backend, HeaderMatch, Match, Node, PathMatch, PathMatchType, Route, Rule, SecurityHeaders,
-    Snapshot, SnapshotRequest, SnapshotResponse,
+    Allow, ApiKey, ApiKeyAuth, Auth, Backend, ClaimAllow, ClaimHeader, HeaderMatch, JwtProvider,
+    Match, Node, PathMatch, PathMatchType, Route, Rule, SecurityHeaders, Snapshot, SnapshotRequest,
+    SnapshotResponse, StaticKey, TokenRevocations,
 };

@@ -32,6 +32,7 @@ pub fn prefix_rule(prefix: &str, backends: &[(&str, u32)]) -> proto::Rule {
             })
             .collect(),
         timeout_ms: 10_000,
+        ..Default::default()
     }
 }
 
@@ -40,6 +41,7 @@ pub fn snapshot(version: &str, routes: Vec<proto::Route>) -> proto::Snapshot {
     proto::Snapshot {
         version: version.into(),
         routes,
+        ..Default::default()
     }
 }
 

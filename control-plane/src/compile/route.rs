@@ -44,6 +44,7 @@ pub(super) fn build_snapshot(
     proto::Snapshot {
         version: String::new(),
         routes,
+        ..Default::default()
     }
 }
 
@@ -96,6 +97,7 @@ fn to_proto(route: &Route) -> proto::Route {
                     .and_then(|t| parse_duration(t).ok())
                     .unwrap_or(DEFAULT_TIMEOUT)
                     .as_millis() as u64,
+                ..Default::default()
             })
             .collect(),
     }

@@ -62,6 +62,7 @@ mod tests {
         let snapshot = Snapshot {
             version: "abc".into(),
             routes: vec![],
+            ..Default::default()
         };
         write(&path, &snapshot).unwrap();
         assert_eq!(read(&path).unwrap(), Some(snapshot));
