@@ -35,12 +35,40 @@ pub enum Deny {
         route: String,
         timeout: Duration,
     },
+    /// 401: no credentials, or they are not valid; `challenges` go into `WWW-Authenticate`.
+    Unauthorized {
+        code: &'static str,
+        message: String,
+        challenges: Box<[HeaderValue]>,
+    },
+    /// 403: the identity (or address) is known and has no right here.
+    Forbidden {
+        code: &'static str,
+        message: String,
+    },
 }
 
 /// Longest request path echoed back in a message.
 const MAX_ECHOED_PATH: usize = 200;
 
 impl Deny {
+    /// An authentication verdict as a response, with the rule's challenges on a 401.
+    pub fn from_reject(reject: crate::auth::Reject, auth: &crate::auth::RuleAuth) -> Self {
+        if reject.status == 401 {
+            let challenges = auth.challenges(&reject).into();
+            Deny::Unauthorized {
+                code: reject.code,
+                message: reject.message,
+                challenges,
+            }
+        } else {
+            Deny::Forbidden {
+                code: reject.code,
+                message: reject.message,
+            }
+        }
+    }
+
     pub fn status(&self) -> StatusCode {
         match self {
             Deny::NotReady => StatusCode::SERVICE_UNAVAILABLE,
@@ -52,6 +80,8 @@ impl Deny {
                 StatusCode::BAD_GATEWAY
             }
             Deny::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            Deny::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
+            Deny::Forbidden { .. } => StatusCode::FORBIDDEN,
         }
     }
 
@@ -65,6 +95,7 @@ impl Deny {
             Deny::UpstreamUnreachable { .. } => "upstream_unreachable",
             Deny::UpstreamFailed { .. } => "upstream_failed",
             Deny::UpstreamTimeout { .. } => "upstream_timeout",
+            Deny::Unauthorized { code, .. } | Deny::Forbidden { code, .. } => code,
         }
     }
 
@@ -93,6 +124,7 @@ impl Deny {
                     timeout.as_millis()
                 )
             }
+            Deny::Unauthorized { message, .. } | Deny::Forbidden { message, .. } => message.clone(),
         }
     }
 
@@ -112,8 +144,16 @@ impl Deny {
             HeaderValue::from_static("application/json"),
         );
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        if matches!(self, Deny::NotReady) {
-            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        match self {
+            Deny::NotReady => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            Deny::Unauthorized { challenges, .. } => {
+                for challenge in challenges {
+                    headers.append(header::WWW_AUTHENTICATE, challenge);
+                }
+            }
+            _ => {}
         }
         response
     }

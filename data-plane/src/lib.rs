@@ -7,6 +7,7 @@
 //! ```
 
 pub mod admin;
+pub mod auth;
 pub mod body;
 pub mod deny;
 pub mod headers;
@@ -33,6 +34,9 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::auth::AuthContext;
+use crate::auth::ip::Cidrs;
+use crate::auth::jwks::{JwksCache, JwksOptions};
 use crate::metrics::Metrics;
 use crate::proxy::{Limits, Shared};
 use crate::runtime::BuildError;
@@ -58,6 +62,10 @@ pub struct Config {
     pub tls: Option<TlsOptions>,
     /// A plain-HTTP listener that redirects to HTTPS (needs `tls`).
     pub redirect_listen: Option<SocketAddr>,
+    /// Proxies whose `X-Forwarded-For` decides the client address for IP lists.
+    pub trusted_proxies: Cidrs,
+    /// Fetching and caching JWKS documents.
+    pub jwks: JwksOptions,
     /// One log line per request.
     pub access_log: bool,
     /// How long in-flight requests may take to finish on shutdown.
@@ -78,6 +86,8 @@ impl Config {
             upstream: UpstreamOptions::default(),
             tls: None,
             redirect_listen: None,
+            trusted_proxies: Cidrs::default(),
+            jwks: JwksOptions::default(),
             access_log: false,
             drain_timeout: Duration::from_secs(10),
         }
@@ -123,11 +133,18 @@ pub async fn start(config: Config) -> Result<DataPlane, Error> {
         metrics.clone(),
         config.limits,
         config.access_log,
+        config.trusted_proxies.clone(),
     ));
+    let jwks = JwksCache::new(
+        config.jwks.clone(),
+        tls.clone(),
+        metrics.jwks_fetches.clone(),
+    );
     let applier = Applier::new(
         shared.clone(),
         metrics.clone(),
         config.snapshot_cache.clone(),
+        AuthContext { jwks: jwks.clone() },
     );
     applier.restore_from_cache();
 
@@ -148,7 +165,7 @@ pub async fn start(config: Config) -> Result<DataPlane, Error> {
     if config.redirect_listen.is_some() && config.tls.is_none() {
         return Err(Error::RedirectWithoutTls);
     }
-    let mut tasks = Vec::new();
+    let mut tasks = vec![tokio::spawn(jwks.refresh(shutdown_rx.clone()))];
     let listener_tls = match &config.tls {
         Some(options) => {
             let resolver = tls::CertResolver::new(options.certificates.clone())?;

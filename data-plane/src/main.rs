@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use pavilion_data::auth::ip::Cidrs;
+use pavilion_data::auth::jwks::JwksOptions;
 use pavilion_data::proxy::Limits;
 use pavilion_data::tls::{CertificateFiles, TlsOptions};
 use pavilion_data::upstream::UpstreamOptions;
@@ -76,6 +78,16 @@ struct RunArgs {
     /// Also listen for plain HTTP here and redirect everything to HTTPS (308).
     #[arg(long, env = "PAVILION_REDIRECT_LISTEN")]
     redirect_listen: Option<SocketAddr>,
+    /// Proxies (CIDRs or addresses) whose X-Forwarded-For is believed when deciding the
+    /// client address for IP allow/deny lists; comma-separated.
+    #[arg(long, env = "PAVILION_TRUSTED_PROXIES", value_delimiter = ',')]
+    trusted_proxies: Vec<String>,
+    /// How often JWKS documents are fetched again.
+    #[arg(long, env = "PAVILION_JWKS_REFRESH_SECONDS", default_value_t = 300)]
+    jwks_refresh_seconds: u64,
+    /// Least seconds between two JWKS fetches caused by unknown key ids (flood protection).
+    #[arg(long, env = "PAVILION_JWKS_MIN_REFETCH_SECONDS", default_value_t = 10)]
+    jwks_min_refetch_seconds: u64,
     /// PEM file of CA certificates trusted for https:// backends, besides the web PKI.
     #[arg(long, env = "PAVILION_UPSTREAM_CA")]
     upstream_ca: Option<PathBuf>,
@@ -161,6 +173,13 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         upstream,
         tls,
         redirect_listen: args.redirect_listen,
+        trusted_proxies: Cidrs::parse(&args.trusted_proxies)
+            .map_err(|e| anyhow::anyhow!("--trusted-proxies: {e}"))?,
+        jwks: JwksOptions {
+            refresh_every: Duration::from_secs(args.jwks_refresh_seconds.max(1)),
+            min_refetch_gap: Duration::from_secs(args.jwks_min_refetch_seconds),
+            ..JwksOptions::default()
+        },
         access_log: args.access_log,
         drain_timeout: Duration::from_secs(args.drain_seconds),
     };

@@ -22,6 +22,10 @@ pub struct Metrics {
     pub snapshots_rejected: IntCounter,
     snapshot_info: IntGaugeVec,
     pub control_plane_connected: IntGauge,
+    /// Requests refused by authentication, access control or IP lists, by route and reason.
+    pub auth_denials: IntCounterVec,
+    /// JWKS fetches by URI and result (`ok`, `error`).
+    pub jwks_fetches: IntCounterVec,
     /// Requests no route matched (and requests refused before routing).
     pub unrouted: RouteMetrics,
 }
@@ -85,6 +89,22 @@ impl Metrics {
             "1 while a snapshot stream to a control plane is open.",
         )
         .expect("valid metric");
+        let auth_denials = IntCounterVec::new(
+            Opts::new(
+                "pavilion_auth_denials_total",
+                "Requests refused by authentication, access control or IP lists, by route and reason (the error code).",
+            ),
+            &["route", "reason"],
+        )
+        .expect("valid metric");
+        let jwks_fetches = IntCounterVec::new(
+            Opts::new(
+                "pavilion_jwks_fetches_total",
+                "JWKS document fetches by URI and result.",
+            ),
+            &["uri", "result"],
+        )
+        .expect("valid metric");
         for collector in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(duration.clone()),
@@ -92,6 +112,8 @@ impl Metrics {
             Box::new(snapshots_rejected.clone()),
             Box::new(snapshot_info.clone()),
             Box::new(control_plane_connected.clone()),
+            Box::new(auth_denials.clone()),
+            Box::new(jwks_fetches.clone()),
         ] {
             registry
                 .register(collector)
@@ -106,6 +128,8 @@ impl Metrics {
             snapshots_rejected,
             snapshot_info,
             control_plane_connected,
+            auth_denials,
+            jwks_fetches,
             unrouted,
         }
     }

@@ -13,6 +13,8 @@ use http_body::Body;
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
+use crate::auth::ip::{self, Cidrs};
+use crate::auth::{Identity, TokenCache};
 use crate::body::{RequestBody, ResponseBody};
 use crate::deny::Deny;
 use crate::headers::{self, Peer, X_REQUEST_ID};
@@ -49,16 +51,19 @@ pub struct Shared {
     pub access_log: bool,
     /// For responses no route decided (404, 503 before the first snapshot, …).
     pub security: SecurityHeaders,
+    /// Proxies whose `X-Forwarded-For` is believed when deciding the client's address.
+    pub trusted_proxies: Cidrs,
 }
 
 impl Shared {
-    pub fn new(metrics: Metrics, limits: Limits, access_log: bool) -> Self {
+    pub fn new(metrics: Metrics, limits: Limits, access_log: bool, trusted_proxies: Cidrs) -> Self {
         Self {
             runtime: ArcSwap::from_pointee(Runtime::empty()),
             metrics,
             limits,
             access_log,
             security: SecurityHeaders::default(),
+            trusted_proxies,
         }
     }
 }
@@ -67,6 +72,7 @@ impl Shared {
 pub struct Proxy {
     shared: Arc<Shared>,
     upstreams: Upstreams,
+    tokens: TokenCache,
 }
 
 /// What routing decided, for metrics and the access log.
@@ -74,11 +80,16 @@ pub struct Proxy {
 struct Decision<'r> {
     rule: Option<&'r Rule>,
     target: Option<&'r Target>,
+    identity: Option<Arc<Identity>>,
 }
 
 impl Proxy {
     pub fn new(shared: Arc<Shared>, upstreams: Upstreams) -> Self {
-        Self { shared, upstreams }
+        Self {
+            shared,
+            upstreams,
+            tokens: TokenCache::default(),
+        }
     }
 
     pub fn limits(&self) -> Limits {
@@ -117,6 +128,15 @@ impl Proxy {
             Ok(response) => (response, None),
             Err(deny) => {
                 let code = deny.code();
+                if let (Some(rule), Deny::Unauthorized { .. } | Deny::Forbidden { .. }) =
+                    (decision.rule, &deny)
+                {
+                    self.shared
+                        .metrics
+                        .auth_denials
+                        .with_label_values(&[&*rule.route, code])
+                        .inc();
+                }
                 (deny.into_response(&request_id), Some(code))
             }
         };
@@ -145,6 +165,7 @@ impl Proxy {
                 route = decision.rule.map_or("-", |r| &*r.route),
                 upstream = decision.target.map_or("-", |t| &*t.url),
                 error = denied.unwrap_or("-"),
+                identity = %decision.identity.as_ref().map_or(&"-" as &dyn std::fmt::Display, |i| &i.principal),
                 duration_ms = elapsed.as_secs_f64() * 1000.0,
                 "request"
             );
@@ -204,10 +225,35 @@ impl Proxy {
             Cow::Owned(path) => Some(path),
             Cow::Borrowed(_) => None,
         };
+        if let Some(ip_rules) = &rule.ip {
+            let ip = ip::client_ip(
+                client.addr.ip(),
+                request.headers(),
+                &self.shared.trusted_proxies,
+            );
+            ip_rules.check(ip).map_err(|why| Deny::Forbidden {
+                code: "ip_denied",
+                message: format!("route {}: the client address {ip} {why}", rule.route),
+            })?;
+        }
+        if let Some(auth) = &rule.auth {
+            let path = new_path.as_deref().unwrap_or(request.uri().path());
+            let identity = auth
+                .authenticate(
+                    request.headers(),
+                    request.method(),
+                    path,
+                    &self.tokens,
+                    runtime.generation,
+                )
+                .await
+                .map_err(|reject| Deny::from_reject(reject, auth))?;
+            decision.identity = Some(identity);
+        }
         let target = rule.backends.pick();
         decision.target = Some(target);
 
-        let upstream_request = upstream_request(
+        let mut upstream_request = upstream_request(
             request,
             target,
             new_path,
@@ -216,6 +262,9 @@ impl Proxy {
             request_id,
             self.shared.limits.max_body_bytes,
         )?;
+        if let (Some(auth), Some(identity)) = (&rule.auth, &decision.identity) {
+            auth.decorate(upstream_request.headers_mut(), identity);
+        }
         let deadline = started + rule.timeout;
         let response =
             match tokio::time::timeout_at(deadline, self.upstreams.send(target, upstream_request))
@@ -342,6 +391,9 @@ fn upstream_request(
 
     let headers = &mut parts.headers;
     headers::strip_hop_by_hop(headers, true);
+    // Only the gateway states identities; rules with auth put theirs in afterwards.
+    headers.remove(&crate::auth::X_AUTH_KEY_ID);
+    headers.remove(&crate::auth::X_AUTH_SUBJECT);
     headers::add_forwarded(headers, client, original_host.as_ref(), client.scheme());
     headers.insert(&X_REQUEST_ID, request_id.clone());
     match target.protocol {

@@ -7,6 +7,10 @@ use std::time::Duration;
 
 use pavilion_proto::Snapshot;
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::auth::ip::IpRules;
+use crate::auth::{AuthContext, Credentials, RuleAuth};
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::route::{RequestFacts, RouteError, Router, RuleId};
 use crate::security::SecurityHeaders;
@@ -15,9 +19,14 @@ use crate::upstream::Backends;
 /// Used when a rule carries no timeout (the compiler always sets one).
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Source of [`Runtime::generation`].
+static GENERATIONS: AtomicU64 = AtomicU64::new(1);
+
 pub struct Runtime {
     /// Empty while nothing was ever applied.
     pub version: String,
+    /// Unique per build: per-worker caches keyed by it never outlive their snapshot.
+    pub generation: u64,
     router: Router,
     rules: Box<[Rule]>,
 }
@@ -31,6 +40,10 @@ pub struct Rule {
     pub metrics: RouteMetrics,
     /// Shared by the rules of one route.
     pub security: Arc<SecurityHeaders>,
+    /// Checked before authentication; `None` when the rule has no IP lists.
+    pub ip: Option<IpRules>,
+    /// `None`: the rule is public.
+    pub auth: Option<RuleAuth>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +54,14 @@ pub enum BuildError {
     Route(#[from] RouteError),
     #[error("route {route}: securityHeaders: {message}")]
     SecurityHeaders { route: String, message: String },
+    #[error("the snapshot's credentials: {0}")]
+    Credentials(String),
+    #[error("route {route}: rule {rule}: {message}")]
+    Rule {
+        route: String,
+        rule: usize,
+        message: String,
+    },
     #[error("route {route}: rule {rule}: {message}")]
     Backends {
         route: String,
@@ -54,15 +75,21 @@ impl Runtime {
     pub fn empty() -> Self {
         Self {
             version: String::new(),
+            generation: 0,
             router: Router::default(),
             rules: Box::new([]),
         }
     }
 
-    pub fn build(snapshot: &Snapshot, metrics: &Metrics) -> Result<Self, BuildError> {
+    pub fn build(
+        snapshot: &Snapshot,
+        metrics: &Metrics,
+        context: &AuthContext,
+    ) -> Result<Self, BuildError> {
         if snapshot.version.is_empty() {
             return Err(BuildError::NoVersion);
         }
+        let credentials = Credentials::new(snapshot).map_err(BuildError::Credentials)?;
         let mut rules = Vec::new();
         let mut ids = Vec::with_capacity(snapshot.routes.len());
         for route in &snapshot.routes {
@@ -82,6 +109,21 @@ impl Runtime {
                         rule: index,
                         message,
                     })?;
+                let rule_error = |message: String| BuildError::Rule {
+                    route: name.clone(),
+                    rule: index,
+                    message,
+                };
+                let ip = (!rule.ip_allow.is_empty() || !rule.ip_deny.is_empty())
+                    .then(|| IpRules::new(&rule.ip_allow, &rule.ip_deny))
+                    .transpose()
+                    .map_err(rule_error)?;
+                let auth = rule
+                    .auth
+                    .as_ref()
+                    .map(|auth| RuleAuth::new(&name, &route.namespace, auth, &credentials, context))
+                    .transpose()
+                    .map_err(rule_error)?;
                 route_ids.push(rules.len() as RuleId);
                 rules.push(Rule {
                     route: name.as_str().into(),
@@ -92,12 +134,15 @@ impl Runtime {
                     },
                     metrics: route_metrics.clone(),
                     security: security.clone(),
+                    ip,
+                    auth,
                 });
             }
             ids.push(route_ids);
         }
         Ok(Self {
             version: snapshot.version.clone(),
+            generation: GENERATIONS.fetch_add(1, Ordering::Relaxed),
             router: Router::build(&snapshot.routes, &ids)?,
             rules: rules.into(),
         })

@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use pavilion_proto::Snapshot;
 
+use crate::auth::AuthContext;
 use crate::metrics::Metrics;
 use crate::proxy::Shared;
 use crate::runtime::{BuildError, Runtime};
@@ -20,14 +21,21 @@ pub struct Applier {
     shared: Arc<Shared>,
     metrics: Metrics,
     cache: Option<PathBuf>,
+    auth: AuthContext,
 }
 
 impl Applier {
-    pub fn new(shared: Arc<Shared>, metrics: Metrics, cache: Option<PathBuf>) -> Self {
+    pub fn new(
+        shared: Arc<Shared>,
+        metrics: Metrics,
+        cache: Option<PathBuf>,
+        auth: AuthContext,
+    ) -> Self {
         Self {
             shared,
             metrics,
             cache,
+            auth,
         }
     }
 
@@ -52,7 +60,7 @@ impl Applier {
     }
 
     fn install(&self, snapshot: &Snapshot) -> Result<(), BuildError> {
-        match Runtime::build(snapshot, &self.metrics) {
+        match Runtime::build(snapshot, &self.metrics, &self.auth) {
             Ok(runtime) => {
                 self.shared.runtime.store(Arc::new(runtime));
                 self.metrics.snapshots_applied.inc();

@@ -1,0 +1,510 @@
+//! Authentication and access control on a rule: who the client is (a JWT from one of the
+//! rule's issuers, or an API key of the route's namespace) and whether that identity may
+//! use the rule. IP lists live in [`ip`] and are checked before any of this.
+//!
+//! Verified tokens are remembered per worker (no lock shared between workers) for at most
+//! a minute and never past their `exp`, so a client reusing its token costs one hash-map
+//! lookup instead of a signature check. A new snapshot starts a fresh cache, which is how
+//! revocations and key changes take effect at once.
+
+pub mod api_key;
+pub mod ip;
+pub mod jwks;
+pub mod jwt;
+pub mod keys;
+pub mod pattern;
+
+use std::collections::{HashMap, HashSet};
+use std::hash::BuildHasher;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use http::header::{AUTHORIZATION, COOKIE};
+use http::{HeaderMap, HeaderName, HeaderValue, Method};
+use pavilion_proto as proto;
+use serde_json::{Map, Value};
+use tokio::time::Instant;
+
+use self::api_key::ApiKeys;
+use self::jwks::JwksCache;
+use self::pattern::Patterns;
+
+/// Forwarded upstream: the API key's id (never the key) or the token's subject.
+pub static X_AUTH_KEY_ID: HeaderName = HeaderName::from_static("x-auth-key-id");
+pub static X_AUTH_SUBJECT: HeaderName = HeaderName::from_static("x-auth-subject");
+static X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
+
+/// Longest a verified token is remembered.
+const CACHE_FOR: Duration = Duration::from_secs(60);
+/// Tokens remembered per worker; the cache starts over when full.
+const CACHE_ENTRIES: usize = 8192;
+
+/// Why authentication or access control refused a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reject {
+    /// 401 or 403.
+    pub status: u16,
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl Reject {
+    pub fn unauthorized(code: &'static str, message: String) -> Self {
+        Self {
+            status: 401,
+            code,
+            message,
+        }
+    }
+
+    pub fn invalid_token(message: impl Into<String>) -> Self {
+        Self::unauthorized("invalid_token", message.into())
+    }
+
+    pub fn forbidden(code: &'static str, message: String) -> Self {
+        Self {
+            status: 403,
+            code,
+            message,
+        }
+    }
+}
+
+/// Who the client proved to be.
+#[derive(Debug)]
+pub struct Identity {
+    pub principal: Principal,
+    /// Added to the upstream request.
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+#[derive(Debug)]
+pub enum Principal {
+    Subject(Box<str>),
+    Key(Box<str>),
+}
+
+impl std::fmt::Display for Principal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Principal::Subject(subject) => write!(f, "sub:{subject}"),
+            Principal::Key(id) => write!(f, "key:{id}"),
+        }
+    }
+}
+
+/// Shared by every snapshot build: the JWKS documents in use.
+#[derive(Clone)]
+pub struct AuthContext {
+    pub jwks: Arc<JwksCache>,
+}
+
+/// The snapshot-wide tables rules refer to.
+#[derive(Default)]
+pub struct Credentials {
+    pub api_keys: Arc<ApiKeys>,
+    revoked: HashMap<Box<str>, Arc<HashSet<Box<str>>>>,
+}
+
+impl Credentials {
+    pub fn new(snapshot: &proto::Snapshot) -> Result<Self, String> {
+        Ok(Self {
+            api_keys: Arc::new(ApiKeys::new(&snapshot.api_keys)?),
+            revoked: snapshot
+                .revocations
+                .iter()
+                .map(|r| {
+                    (
+                        r.namespace.as_str().into(),
+                        Arc::new(r.jtis.iter().map(|j| j.as_str().into()).collect()),
+                    )
+                })
+                .collect(),
+        })
+    }
+
+    fn revoked(&self, namespace: &str) -> Arc<HashSet<Box<str>>> {
+        self.revoked.get(namespace).cloned().unwrap_or_default()
+    }
+}
+
+/// The access list of a rule.
+struct Allow {
+    key_ids: Patterns,
+    subjects: Patterns,
+    claims: Box<[(Box<str>, Patterns)]>,
+}
+
+impl Allow {
+    fn new(allow: &proto::Allow) -> Self {
+        Self {
+            key_ids: Patterns::new(&allow.key_ids),
+            subjects: Patterns::new(&allow.subjects),
+            claims: allow
+                .claims
+                .iter()
+                .map(|c| (c.name.as_str().into(), Patterns::new(&c.values)))
+                .collect(),
+        }
+    }
+
+    /// `Err` says which entry refused.
+    fn check_claims(&self, subject: &str, claims: &Map<String, Value>) -> Result<(), String> {
+        if !self.subjects.allows(subject) {
+            return Err(format!("subject `{subject}` is not allowed"));
+        }
+        for (name, patterns) in &self.claims {
+            let allowed = match claims.get(&**name) {
+                Some(Value::String(text)) => patterns.allows(text),
+                Some(Value::Array(items)) => items.iter().any(|item| match item {
+                    Value::String(text) => patterns.allows(text),
+                    other => patterns.allows(&other.to_string()),
+                }),
+                Some(Value::Null) | None => false,
+                Some(other) => patterns.allows(&other.to_string()),
+            };
+            if !allowed {
+                return Err(format!("claim `{name}` does not have an allowed value"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// How a rule authenticates and authorises.
+pub struct RuleAuth {
+    route: Box<str>,
+    namespace: Box<str>,
+    providers: Box<[jwt::Provider]>,
+    /// Scopes every key must hold here; `None`: API keys are not accepted.
+    key_scopes: Option<u8>,
+    allow: Option<Allow>,
+    keys: Arc<ApiKeys>,
+    revoked: Arc<HashSet<Box<str>>>,
+    /// Removed from every request before ours are added, so clients cannot forge them.
+    strip: Box<[HeaderName]>,
+    /// `WWW-Authenticate` when credentials are missing, and when a token was refused.
+    challenge: Box<[HeaderValue]>,
+    token_challenge: Box<[HeaderValue]>,
+}
+
+/// The credential a request carries.
+enum Credential<'a> {
+    Jwt(&'a str),
+    ApiKey(&'a str),
+}
+
+impl RuleAuth {
+    pub fn new(
+        route: &str,
+        namespace: &str,
+        auth: &proto::Auth,
+        credentials: &Credentials,
+        context: &AuthContext,
+    ) -> Result<Self, String> {
+        let providers: Box<[jwt::Provider]> = auth
+            .jwt
+            .iter()
+            .map(|p| jwt::Provider::new(p, &context.jwks))
+            .collect::<Result<_, _>>()?;
+        let key_scopes = auth
+            .api_keys
+            .as_ref()
+            .map(|k| api_key::scope_bits(&k.scopes))
+            .transpose()?;
+        if providers.is_empty() && key_scopes.is_none() {
+            return Err("auth accepts neither JWTs nor API keys".into());
+        }
+        let mut strip = vec![X_AUTH_KEY_ID.clone(), X_AUTH_SUBJECT.clone()];
+        strip.extend(
+            providers
+                .iter()
+                .flat_map(|p| p.claim_headers.iter().map(|(_, h)| h.clone())),
+        );
+        strip.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+        strip.dedup();
+        let mut challenge = Vec::new();
+        let mut token_challenge = Vec::new();
+        if !providers.is_empty() {
+            challenge.push(HeaderValue::from_static(r#"Bearer realm="pavilion""#));
+            token_challenge.push(HeaderValue::from_static(
+                r#"Bearer realm="pavilion", error="invalid_token""#,
+            ));
+        }
+        if key_scopes.is_some() {
+            let value = HeaderValue::from_static(r#"ApiKey realm="pavilion", header="X-API-Key""#);
+            challenge.push(value.clone());
+            token_challenge.push(value);
+        }
+        Ok(Self {
+            route: route.into(),
+            namespace: namespace.into(),
+            providers,
+            key_scopes,
+            allow: auth.allow.as_ref().map(Allow::new),
+            keys: credentials.api_keys.clone(),
+            revoked: credentials.revoked(namespace),
+            strip: strip.into(),
+            challenge: challenge.into(),
+            token_challenge: token_challenge.into(),
+        })
+    }
+
+    /// What goes into `WWW-Authenticate` for a 401.
+    pub fn challenges(&self, reject: &Reject) -> &[HeaderValue] {
+        if reject.code == "missing_credentials" {
+            &self.challenge
+        } else {
+            &self.token_challenge
+        }
+    }
+
+    /// Decides who the client is and whether it may pass.
+    pub async fn authenticate(
+        &self,
+        headers: &HeaderMap,
+        method: &Method,
+        path: &str,
+        cache: &TokenCache,
+        generation: u64,
+    ) -> Result<Arc<Identity>, Reject> {
+        let credential = self.credential(headers)?.ok_or_else(|| self.missing())?;
+        match credential {
+            Credential::ApiKey(presented) => self.api_key(presented, method, path).map(Arc::new),
+            Credential::Jwt(token) => {
+                let slot = (generation, self as *const Self as usize);
+                if let Some(identity) = cache.get(slot, token) {
+                    return Ok(identity);
+                }
+                let verified = jwt::verify(&self.providers, token, &self.revoked).await?;
+                if let Some(allow) = &self.allow {
+                    allow
+                        .check_claims(&verified.subject, &verified.claims)
+                        .map_err(|why| self.forbidden(why))?;
+                }
+                let mut headers = verified.headers;
+                if !verified.subject.is_empty()
+                    && let Ok(subject) = HeaderValue::from_str(&verified.subject)
+                {
+                    headers.push((X_AUTH_SUBJECT.clone(), subject));
+                }
+                let identity = Arc::new(Identity {
+                    principal: Principal::Subject(verified.subject),
+                    headers,
+                });
+                let remaining = verified
+                    .expires_at
+                    .saturating_add(verified.leeway)
+                    .saturating_sub(unix_now());
+                cache.put(
+                    slot,
+                    token,
+                    identity.clone(),
+                    CACHE_FOR.min(Duration::from_secs(remaining)),
+                );
+                Ok(identity)
+            }
+        }
+    }
+
+    /// Takes out the credentials and forged identity headers, puts in the identity.
+    pub fn decorate(&self, headers: &mut HeaderMap, identity: &Identity) {
+        for name in &self.strip {
+            headers.remove(name);
+        }
+        if matches!(identity.principal, Principal::Key(_)) {
+            // The upstream gets the key's id, not the key.
+            headers.remove(&X_API_KEY);
+            if headers
+                .get(AUTHORIZATION)
+                .is_some_and(|v| !looks_like_jwt(bearer(v).unwrap_or_default()))
+            {
+                headers.remove(AUTHORIZATION);
+            }
+        }
+        for (name, value) in &identity.headers {
+            headers.append(name, value.clone());
+        }
+    }
+
+    fn missing(&self) -> Reject {
+        let accepted = match (self.providers.is_empty(), self.key_scopes.is_some()) {
+            (false, true) => "a bearer JWT or an API key",
+            (false, false) => "a bearer JWT",
+            _ => "an API key (X-API-Key or Authorization: Bearer)",
+        };
+        Reject::unauthorized(
+            "missing_credentials",
+            format!("route {} requires {accepted}", self.route),
+        )
+    }
+
+    fn forbidden(&self, why: String) -> Reject {
+        Reject::forbidden("forbidden", format!("route {}: {why}", self.route))
+    }
+
+    fn credential<'h>(&self, headers: &'h HeaderMap) -> Result<Option<Credential<'h>>, Reject> {
+        if let Some(value) = headers.get(AUTHORIZATION) {
+            let token = bearer(value).ok_or_else(|| {
+                Reject::invalid_token("the Authorization header is not `Bearer <token>`")
+            })?;
+            return Ok(Some(
+                if self.key_scopes.is_some()
+                    && (self.providers.is_empty() || !looks_like_jwt(token))
+                {
+                    Credential::ApiKey(token)
+                } else {
+                    Credential::Jwt(token)
+                },
+            ));
+        }
+        if self.key_scopes.is_some()
+            && let Some(value) = headers.get(&X_API_KEY)
+        {
+            let key = value.to_str().map_err(|_| {
+                Reject::unauthorized("invalid_api_key", "the API key is not valid".into())
+            })?;
+            return Ok(Some(Credential::ApiKey(key)));
+        }
+        for cookie_name in self.providers.iter().filter_map(|p| p.cookie.as_deref()) {
+            if let Some(token) = cookie(headers, cookie_name) {
+                return Ok(Some(Credential::Jwt(token)));
+            }
+        }
+        Ok(None)
+    }
+
+    fn api_key(&self, presented: &str, method: &Method, path: &str) -> Result<Identity, Reject> {
+        let invalid = || Reject::unauthorized("invalid_api_key", "the API key is not valid".into());
+        let required = self.key_scopes.ok_or_else(invalid)? | api_key::implied_scopes(method, path);
+        // A key of another namespace is as unknown here as a made-up one.
+        let key = self
+            .keys
+            .find(presented)
+            .filter(|k| *k.namespace == *self.namespace)
+            .ok_or_else(invalid)?;
+        if key.expires_at != 0 && key.expires_at <= unix_now() as i64 {
+            return Err(Reject::unauthorized(
+                "key_expired",
+                format!("API key {} has expired", key.id),
+            ));
+        }
+        if key.scopes & required != required {
+            let missing = api_key::scope_names(required & !key.scopes);
+            return Err(Reject::forbidden(
+                "insufficient_scope",
+                format!(
+                    "route {}: API key {} lacks the scope {missing} for {method} {}",
+                    self.route,
+                    key.id,
+                    shorten_path(path)
+                ),
+            ));
+        }
+        if let Some(allow) = &self.allow
+            && !allow.key_ids.allows(&key.id)
+        {
+            return Err(self.forbidden(format!("API key {} is not allowed", key.id)));
+        }
+        let mut headers = Vec::with_capacity(1);
+        if let Ok(id) = HeaderValue::from_str(&key.id) {
+            headers.push((X_AUTH_KEY_ID.clone(), id));
+        }
+        Ok(Identity {
+            principal: Principal::Key(key.id.clone()),
+            headers,
+        })
+    }
+}
+
+fn shorten_path(path: &str) -> &str {
+    let end = path.char_indices().nth(100).map_or(path.len(), |(i, _)| i);
+    &path[..end]
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The token of `Bearer <token>` (scheme case-insensitive, RFC 7235).
+fn bearer(value: &HeaderValue) -> Option<&str> {
+    let text = value.to_str().ok()?;
+    let (scheme, token) = text.split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
+fn looks_like_jwt(token: &str) -> bool {
+    token.bytes().filter(|b| *b == b'.').count() == 2
+}
+
+fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+    headers
+        .get_all(COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|pair| {
+            pair.trim()
+                .split_once('=')
+                .filter(|(n, _)| *n == name)
+                .map(|(_, v)| v.trim_matches('"'))
+        })
+        .filter(|v| !v.is_empty())
+}
+
+/// Verified tokens of one worker.
+pub struct TokenCache {
+    inner: Mutex<HashMap<u64, Cached, foldhash::fast::FixedState>>,
+    hasher: foldhash::fast::FixedState,
+}
+
+struct Cached {
+    slot: (u64, usize),
+    token: Box<str>,
+    identity: Arc<Identity>,
+    until: Instant,
+}
+
+impl Default for TokenCache {
+    fn default() -> Self {
+        Self {
+            inner: Mutex::new(HashMap::default()),
+            hasher: foldhash::fast::FixedState::with_seed(fastrand::u64(..)),
+        }
+    }
+}
+
+impl TokenCache {
+    fn get(&self, slot: (u64, usize), token: &str) -> Option<Arc<Identity>> {
+        let hash = self.hasher.hash_one((slot, token));
+        let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        inner
+            .get(&hash)
+            .filter(|c| c.slot == slot && *c.token == *token && c.until > Instant::now())
+            .map(|c| c.identity.clone())
+    }
+
+    fn put(&self, slot: (u64, usize), token: &str, identity: Arc<Identity>, ttl: Duration) {
+        if ttl.is_zero() {
+            return;
+        }
+        let hash = self.hasher.hash_one((slot, token));
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if inner.len() >= CACHE_ENTRIES {
+            // Also drops entries of older snapshots; bounded whatever clients send.
+            inner.clear();
+        }
+        inner.insert(
+            hash,
+            Cached {
+                slot,
+                token: token.into(),
+                identity,
+                until: Instant::now() + ttl,
+            },
+        );
+    }
+}
