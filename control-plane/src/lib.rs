@@ -12,6 +12,7 @@ pub mod compile;
 pub mod controller;
 pub mod delivery;
 pub mod fleet;
+pub mod keygen;
 pub mod kubernetes;
 pub mod kv;
 pub mod metrics;

@@ -1,4 +1,5 @@
-//! `pavilion-control`: run the control plane, validate resource files, print CRDs.
+//! `pavilion-control`: run the control plane, validate resource files, print CRDs, make
+//! API keys.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -35,6 +36,11 @@ enum Command {
         #[arg(long)]
         out_dir: Option<PathBuf>,
     },
+    /// Create API keys.
+    ApiKey {
+        #[command(subcommand)]
+        command: ApiKeyCommand,
+    },
     /// Manage resources in a NATS KV bucket (Docker Swarm) without the nats CLI.
     Kv {
         /// nats://HOST:PORT[?bucket=NAME] (default bucket: pavilion-config)
@@ -59,6 +65,30 @@ enum KvCommand {
     Delete { key: String },
     /// List the resources with their Accepted and Programmed status.
     List,
+}
+
+#[derive(Subcommand)]
+enum ApiKeyCommand {
+    /// Generate a key: its ApiKey resource (the key's SHA-256 only) goes to stdout, the
+    /// key itself once to stderr.
+    New {
+        /// The key's public id (spec.keyId): letters, digits, '.', '_', '-'.
+        #[arg(long)]
+        id: String,
+        #[arg(long, default_value = "default")]
+        namespace: String,
+        /// Comma-separated: read, write, admin.
+        #[arg(long, value_delimiter = ',', default_value = "read")]
+        scopes: Vec<String>,
+        /// RFC 3339 time after which the key is refused, e.g. 2027-01-01T00:00:00Z.
+        #[arg(long)]
+        expires: Option<String>,
+        #[arg(long)]
+        description: Option<String>,
+        /// The resource's metadata.name (default: the id).
+        #[arg(long)]
+        name: Option<String>,
+    },
 }
 
 #[derive(clap::Args)]
@@ -127,6 +157,38 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::ApiKey {
+            command:
+                ApiKeyCommand::New {
+                    id,
+                    namespace,
+                    scopes,
+                    expires,
+                    description,
+                    name,
+                },
+        } => {
+            let request = pavilion_control::keygen::NewKey {
+                id,
+                namespace,
+                name,
+                scopes,
+                expires_at: expires,
+                description,
+            };
+            match pavilion_control::keygen::new_key(&request) {
+                Ok(generated) => {
+                    print!("{}", generated.yaml());
+                    // The one place the key is ever shown.
+                    eprintln!("api key (shown once, store it now): {}", generated.key);
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("pavilion-control: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Crds { out_dir } => match crds(out_dir) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

@@ -49,7 +49,7 @@ pub fn conditions(report: &Report, version: &str, nodes: &[NodeStatus]) -> Vec<C
                 ("AcceptedWithWarnings", join(warnings))
             };
             let kind = report.key.as_ref().map(|k| k.kind);
-            let (status, programmed_reason, programmed_message) = if kind == Some(Kind::Route) {
+            let (status, programmed_reason, programmed_message) = if kind.is_some_and(enforced) {
                 programmed(version, nodes)
             } else {
                 // Validated and kept, but nothing enforces it yet: say so rather than
@@ -67,6 +67,12 @@ pub fn conditions(report: &Report, version: &str, nodes: &[NodeStatus]) -> Vec<C
             ]
         }
     }
+}
+
+/// Kinds the data planes act on: routes, and the API keys and token revocations their
+/// `auth` checks against. The others are validated and kept only (for now).
+fn enforced(kind: Kind) -> bool {
+    matches!(kind, Kind::Route | Kind::ApiKey | Kind::TokenRevocation)
 }
 
 fn join(errors: &[pavilion_crds::FieldError]) -> String {
@@ -205,6 +211,22 @@ mod tests {
             programmed(&[node("a", "v2", None), node("b", "v2", None)]).0,
             "True"
         );
+    }
+
+    #[test]
+    fn api_keys_and_revocations_are_programmed_like_routes() {
+        for kind in [Kind::ApiKey, Kind::TokenRevocation] {
+            let r = report(kind, Outcome::Accepted { warnings: vec![] });
+            let conditions = conditions(&r, "v1", &[node("a", "v1", None)]);
+            assert_eq!(
+                summary(&conditions),
+                [
+                    ("Accepted", "True", "Accepted"),
+                    ("Programmed", "True", "Programmed")
+                ],
+                "{kind}"
+            );
+        }
     }
 
     #[test]

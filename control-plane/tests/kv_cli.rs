@@ -19,6 +19,7 @@ fn stdout(output: &Output) -> String {
 }
 
 const ROUTE: &str = "apiVersion: gateway.pavilion.dev/v1alpha1\nkind: Route\nmetadata: { name: orders, namespace: shop }\nspec:\n  rules:\n    - backends: [{ url: http://127.0.0.1:9000 }]\n";
+const CREDENTIALS: &str = "apiVersion: gateway.pavilion.dev/v1alpha1\nkind: ApiKey\nmetadata: { name: mobile-app, namespace: shop }\nspec:\n  sha256: 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08\n  scopes: [read]\n---\napiVersion: gateway.pavilion.dev/v1alpha1\nkind: TokenRevocation\nmetadata: { name: incident-42, namespace: shop }\nspec:\n  jtis: [a1b2]\n";
 const POLICY: &str = "apiVersion: gateway.pavilion.dev/v1alpha1\nkind: CorsPolicy\nmetadata: { name: orders-cors, namespace: shop }\nspec:\n  targetRef: { kind: Route, name: orders }\n  allowOrigins: ['https://app.example.com']\n";
 
 #[test]
@@ -50,6 +51,29 @@ fn put_get_list_delete() {
     // Validated against what the bucket holds now, the policy is fine.
     let put = kv(&nats, &["put", policy.to_str().unwrap()]);
     assert_eq!(stdout(&put), "put corspolicy.shop.orders-cors\n");
+
+    // API keys and revocations live under their own kinds' keys.
+    let credentials = dir.path().join("credentials.yaml");
+    std::fs::write(&credentials, CREDENTIALS).unwrap();
+    let put = kv(&nats, &["put", credentials.to_str().unwrap()]);
+    assert_eq!(
+        stdout(&put),
+        "put apikey.shop.mobile-app\nput tokenrevocation.shop.incident-42\n"
+    );
+    let get = kv(&nats, &["get", "apikey.shop.mobile-app"]);
+    let document: serde_json::Value = serde_yaml_ng::from_str(&stdout(&get)).unwrap();
+    assert_eq!(document["kind"], "ApiKey");
+    assert_eq!(document["spec"]["scopes"][0], "read");
+    assert!(
+        kv(&nats, &["delete", "apikey.shop.mobile-app"])
+            .status
+            .success()
+    );
+    assert!(
+        kv(&nats, &["delete", "tokenrevocation.shop.incident-42"])
+            .status
+            .success()
+    );
 
     let get = kv(&nats, &["get", "route.shop.orders"]);
     assert!(get.status.success());

@@ -47,7 +47,7 @@ fn problems_are_reported_as_file_line_field_message_and_exit_1() {
         lines,
         [
             format!(
-                "{bad}:8: spec.rules[0].timout: unknown field `timout`, expected one of `matches`, `backends`, `timeout`"
+                "{bad}:8: spec.rules[0].timout: unknown field `timout`, expected one of `matches`, `backends`, `timeout`, `auth`, `ipAllow`, `ipDeny`"
             ),
             format!("{bad}:10: spec.rules[0].backends: at least one backend is required"),
         ]
@@ -77,6 +77,8 @@ fn crds_prints_every_definition() {
         "tenantplacements",
         "ratelimitpolicies",
         "corspolicies",
+        "apikeys",
+        "tokenrevocations",
     ] {
         assert!(
             text.contains(&format!("name: {name}.gateway.pavilion.dev")),

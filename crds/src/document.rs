@@ -7,7 +7,10 @@ use serde::Deserialize;
 use serde::de::{DeserializeOwned, IgnoredAny};
 
 use crate::resource::DEFAULT_NAMESPACE;
-use crate::{API_VERSION, CorsPolicy, Kind, RateLimitPolicy, Resource, Route, TenantPlacement};
+use crate::{
+    API_VERSION, ApiKey, CorsPolicy, Kind, RateLimitPolicy, Resource, Route, TenantPlacement,
+    TokenRevocation,
+};
 
 /// A document that could not be read as a resource.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -184,6 +187,22 @@ fn parse_document(
             Kind::CorsPolicy => {
                 let e: Envelope<_> = typed_document(chunk, first_line)?;
                 Resource::CorsPolicy(CorsPolicy {
+                    metadata: with_namespace(e.metadata),
+                    spec: e.spec,
+                    status: None,
+                })
+            }
+            Kind::ApiKey => {
+                let e: Envelope<_> = typed_document(chunk, first_line)?;
+                Resource::ApiKey(ApiKey {
+                    metadata: with_namespace(e.metadata),
+                    spec: e.spec,
+                    status: None,
+                })
+            }
+            Kind::TokenRevocation => {
+                let e: Envelope<_> = typed_document(chunk, first_line)?;
+                Resource::TokenRevocation(TokenRevocation {
                     metadata: with_namespace(e.metadata),
                     spec: e.spec,
                     status: None,

@@ -1,24 +1,31 @@
 //! Pavilion's custom resources — `Route`, `TenantPlacement`, `RateLimitPolicy`,
-//! `CorsPolicy` in `gateway.pavilion.dev/v1alpha1` — as Rust types, with the validation the
+//! `CorsPolicy`, `ApiKey`, `TokenRevocation` in `gateway.pavilion.dev/v1alpha1` — as Rust types, with the validation the
 //! compiler applies, the YAML reader every source shares (so one document is valid in the
 //! Kubernetes, KV and directory sources alike), and the CRD manifests derived from the types.
 
+pub mod api_key;
+pub mod auth;
+pub mod cidr;
 pub mod document;
 pub mod duration;
 pub mod manifests;
 pub mod policy;
 pub mod resource;
+pub mod revocation;
 pub mod route;
 pub mod status;
 pub mod tenant;
 mod validate;
 
+pub use api_key::{ApiKey, ApiKeySpec};
+pub use auth::{Allow, ApiKeyAuth, Auth, ClaimAllow, ClaimHeader, JwtProvider, StaticKey};
 pub use document::{DocumentError, ParsedDocument, parse_documents};
 pub use policy::{
     CorsPolicy, CorsPolicySpec, FailureMode, Limit, RateLimitBackend, RateLimitPolicy,
     RateLimitPolicySpec, TargetRef,
 };
 pub use resource::{Kind, Resource, ResourceKey};
+pub use revocation::{TokenRevocation, TokenRevocationSpec};
 pub use route::{
     Backend, HeaderMatch, PathMatch, PathMatchType, Route, RouteMatch, RouteRule, RouteSpec,
     SecurityHeaders,

@@ -4,7 +4,7 @@
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
 
-use crate::{CorsPolicy, RateLimitPolicy, Route, TenantPlacement};
+use crate::{ApiKey, CorsPolicy, RateLimitPolicy, Route, TenantPlacement, TokenRevocation};
 
 /// Every CRD with the file name it is kept under in `crds/manifests/`.
 pub fn definitions() -> Vec<(&'static str, CustomResourceDefinition)> {
@@ -13,6 +13,8 @@ pub fn definitions() -> Vec<(&'static str, CustomResourceDefinition)> {
         ("tenantplacement.yaml", TenantPlacement::crd()),
         ("ratelimitpolicy.yaml", RateLimitPolicy::crd()),
         ("corspolicy.yaml", CorsPolicy::crd()),
+        ("apikey.yaml", ApiKey::crd()),
+        ("tokenrevocation.yaml", TokenRevocation::crd()),
     ]
 }
 

@@ -6,7 +6,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::Serialize;
 
 use crate::validate::{Errors, FieldError, dns_label, dns_subdomain};
-use crate::{CorsPolicy, RateLimitPolicy, Route, TenantPlacement};
+use crate::{ApiKey, CorsPolicy, RateLimitPolicy, Route, TenantPlacement, TokenRevocation};
 
 /// Namespace of a resource whose document names none.
 pub const DEFAULT_NAMESPACE: &str = "default";
@@ -17,14 +17,18 @@ pub enum Kind {
     TenantPlacement,
     RateLimitPolicy,
     CorsPolicy,
+    ApiKey,
+    TokenRevocation,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 4] = [
+    pub const ALL: [Kind; 6] = [
         Kind::Route,
         Kind::TenantPlacement,
         Kind::RateLimitPolicy,
         Kind::CorsPolicy,
+        Kind::ApiKey,
+        Kind::TokenRevocation,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -33,6 +37,8 @@ impl Kind {
             Kind::TenantPlacement => "TenantPlacement",
             Kind::RateLimitPolicy => "RateLimitPolicy",
             Kind::CorsPolicy => "CorsPolicy",
+            Kind::ApiKey => "ApiKey",
+            Kind::TokenRevocation => "TokenRevocation",
         }
     }
 
@@ -68,6 +74,8 @@ pub enum Resource {
     TenantPlacement(TenantPlacement),
     RateLimitPolicy(RateLimitPolicy),
     CorsPolicy(CorsPolicy),
+    ApiKey(ApiKey),
+    TokenRevocation(TokenRevocation),
 }
 
 impl Resource {
@@ -77,6 +85,8 @@ impl Resource {
             Resource::TenantPlacement(_) => Kind::TenantPlacement,
             Resource::RateLimitPolicy(_) => Kind::RateLimitPolicy,
             Resource::CorsPolicy(_) => Kind::CorsPolicy,
+            Resource::ApiKey(_) => Kind::ApiKey,
+            Resource::TokenRevocation(_) => Kind::TokenRevocation,
         }
     }
 
@@ -86,6 +96,8 @@ impl Resource {
             Resource::TenantPlacement(r) => &r.metadata,
             Resource::RateLimitPolicy(r) => &r.metadata,
             Resource::CorsPolicy(r) => &r.metadata,
+            Resource::ApiKey(r) => &r.metadata,
+            Resource::TokenRevocation(r) => &r.metadata,
         }
     }
 
@@ -128,6 +140,8 @@ impl Resource {
             Resource::TenantPlacement(r) => (r.metadata, r.status) = (trim(&r.metadata), None),
             Resource::RateLimitPolicy(r) => (r.metadata, r.status) = (trim(&r.metadata), None),
             Resource::CorsPolicy(r) => (r.metadata, r.status) = (trim(&r.metadata), None),
+            Resource::ApiKey(r) => (r.metadata, r.status) = (trim(&r.metadata), None),
+            Resource::TokenRevocation(r) => (r.metadata, r.status) = (trim(&r.metadata), None),
         }
         exported
     }
@@ -139,6 +153,8 @@ impl Resource {
             Resource::TenantPlacement(r) => serde_yaml_ng::to_string(r),
             Resource::RateLimitPolicy(r) => serde_yaml_ng::to_string(r),
             Resource::CorsPolicy(r) => serde_yaml_ng::to_string(r),
+            Resource::ApiKey(r) => serde_yaml_ng::to_string(r),
+            Resource::TokenRevocation(r) => serde_yaml_ng::to_string(r),
         };
         text.expect("resources always serialize")
     }
@@ -160,6 +176,8 @@ impl Resource {
             Resource::TenantPlacement(r) => r.spec.validate(&mut errors),
             Resource::RateLimitPolicy(r) => r.spec.validate(&mut errors),
             Resource::CorsPolicy(r) => r.spec.validate(&mut errors),
+            Resource::ApiKey(r) => r.spec.validate(meta.name.as_deref(), &mut errors),
+            Resource::TokenRevocation(r) => r.spec.validate(&mut errors),
         }
         errors.0
     }

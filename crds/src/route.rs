@@ -6,6 +6,8 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::auth::Auth;
+use crate::cidr::parse_cidr;
 use crate::duration::parse_duration;
 use crate::status::ResourceStatus;
 use crate::validate::{Errors, at, backend_url, route_host};
@@ -116,6 +118,16 @@ pub struct RouteRule {
     /// Time from the request's arrival to the upstream's response headers, e.g. `30s`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<String>,
+    /// Credentials the rule requires; absent: the rule is public.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<Auth>,
+    /// Client address ranges let in (`10.0.0.0/8`, `2001:db8::/32`, or one address);
+    /// empty: every address. Checked before authentication.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ip_allow: Vec<String>,
+    /// Client address ranges refused, even when `ipAllow` lists them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ip_deny: Vec<String>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
@@ -230,6 +242,17 @@ impl RouteRule {
                     format!("`{timeout}` is longer than the maximum of 1h"),
                 ),
                 Ok(_) => {}
+            }
+        }
+        if let Some(auth) = &self.auth {
+            auth.validate(&format!("{field}.auth"), errors);
+        }
+        for (name, ranges) in [("ipAllow", &self.ip_allow), ("ipDeny", &self.ip_deny)] {
+            for (i, range) in ranges.iter().enumerate() {
+                errors.check(
+                    at(&format!("{field}.{name}"), i),
+                    parse_cidr(range).map(drop),
+                );
             }
         }
     }

@@ -95,6 +95,8 @@ impl KubeApiServer {
             "tenantplacements",
             "ratelimitpolicies",
             "corspolicies",
+            "apikeys",
+            "tokenrevocations",
         ] {
             server.kubectl_ok(&[
                 "wait",

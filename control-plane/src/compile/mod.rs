@@ -5,8 +5,13 @@
 //! are ordered oldest first (creation time, then namespace/name), which is the last
 //! tie-breaker of the matching precedence; a match that an older route already claims for
 //! the same host is reported as a warning on the younger one.
+//!
+//! API keys and token revocations travel beside the routes: keys sorted by namespace and
+//! id (only their hashes), revoked JWT ids merged per namespace.
 
+mod auth;
 mod conflicts;
+mod credentials;
 mod route;
 
 use std::collections::HashMap;
@@ -80,6 +85,16 @@ impl Report {
 
 /// Compiles the resource set.
 pub fn compile(items: &[Item]) -> Compiled {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+    compile_at(items, now)
+}
+
+/// Compiles the resource set as of `now` (seconds since the Unix epoch). Time only decides
+/// warnings (an ApiKey already expired), never the snapshot: its bytes depend on the
+/// resources alone.
+pub fn compile_at(items: &[Item], now: i64) -> Compiled {
     let mut reports: Vec<Report> = items.iter().map(first_pass).collect();
     reject_duplicates(items, &mut reports);
 
@@ -118,7 +133,15 @@ pub fn compile(items: &[Item]) -> Compiled {
         }
     }
 
-    let snapshot = route::build_snapshot(&routes, &mut reports);
+    let mut snapshot = route::build_snapshot(&routes, &mut reports);
+    let keys: Vec<(&Resource, usize)> = accepted(Kind::ApiKey)
+        .filter(|(_, i)| reports[*i].is_accepted())
+        .collect();
+    snapshot.api_keys = credentials::api_keys(&keys, &mut reports, now);
+    let revocations: Vec<(&Resource, usize)> = accepted(Kind::TokenRevocation)
+        .filter(|(_, i)| reports[*i].is_accepted())
+        .collect();
+    snapshot.revocations = credentials::revocations(&revocations);
     Compiled {
         snapshot: with_version(snapshot),
         reports,

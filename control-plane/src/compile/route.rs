@@ -6,7 +6,7 @@ use pavilion_crds::duration::parse_duration;
 use pavilion_crds::{PathMatchType, Resource, Route};
 use pavilion_proto as proto;
 
-use super::{Outcome, Report, conflicts};
+use super::{Outcome, Report, auth, conflicts};
 
 /// Timeout of a rule that sets none.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -97,7 +97,9 @@ fn to_proto(route: &Route) -> proto::Route {
                     .and_then(|t| parse_duration(t).ok())
                     .unwrap_or(DEFAULT_TIMEOUT)
                     .as_millis() as u64,
-                ..Default::default()
+                auth: rule.auth.as_ref().map(auth::to_proto),
+                ip_allow: auth::cidrs(&rule.ip_allow),
+                ip_deny: auth::cidrs(&rule.ip_deny),
             })
             .collect(),
     }

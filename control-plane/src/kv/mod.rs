@@ -226,6 +226,14 @@ mod tests {
         assert_eq!(resource_key(&key), "ratelimitpolicy.shop.orders.limit");
         assert_eq!(parse_key("ratelimitpolicy.shop.orders.limit"), Some(key));
         assert_eq!(status_key("route.a.b"), "status.route.a.b");
+        for (kind, text) in [
+            (Kind::ApiKey, "apikey.shop.mobile-app"),
+            (Kind::TokenRevocation, "tokenrevocation.shop.incident-42"),
+        ] {
+            let key = parse_key(text).unwrap();
+            assert_eq!(key.kind, kind);
+            assert_eq!(resource_key(&key), text);
+        }
         for bad in [
             "route",
             "route.shop",

@@ -1,7 +1,7 @@
 //! Kubernetes custom resources as the source: one watcher per kind (all namespaces, or
 //! one), each feeding a reflector store. `kube::runtime`'s watcher re-lists after a watch
 //! expires (410 Gone) or the connection breaks, with backoff, so no event is lost: what is
-//! published is always the complete current state of the four stores.
+//! published is always the complete current state of the stores, one per kind.
 //!
 //! Objects are read as untyped JSON and then through the same document reader as files
 //! and KV values, so a malformed object is rejected alone instead of breaking a watch.
@@ -15,8 +15,8 @@ use kube::api::{Api, ApiResource, DynamicObject};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use pavilion_crds::{
-    CorsPolicy, DocumentError, Kind, RateLimitPolicy, ResourceKey, Route, TenantPlacement,
-    parse_documents,
+    ApiKey, CorsPolicy, DocumentError, Kind, RateLimitPolicy, ResourceKey, Route, TenantPlacement,
+    TokenRevocation, parse_documents,
 };
 use tokio::sync::Notify;
 
@@ -32,6 +32,8 @@ pub fn api_resource(kind: Kind) -> ApiResource {
         Kind::TenantPlacement => ApiResource::erase::<TenantPlacement>(&()),
         Kind::RateLimitPolicy => ApiResource::erase::<RateLimitPolicy>(&()),
         Kind::CorsPolicy => ApiResource::erase::<CorsPolicy>(&()),
+        Kind::ApiKey => ApiResource::erase::<ApiKey>(&()),
+        Kind::TokenRevocation => ApiResource::erase::<TokenRevocation>(&()),
     }
 }
 
