@@ -62,6 +62,9 @@ pub struct Config {
     pub tls: Option<TlsOptions>,
     /// A plain-HTTP listener that redirects to HTTPS (needs `tls`).
     pub redirect_listen: Option<SocketAddr>,
+    /// The HTTPS port redirects point to, when clients reach the TLS listener on another
+    /// port than it binds (a Service mapping 443 to 8443); default: the bound port.
+    pub redirect_port: Option<u16>,
     /// Proxies whose `X-Forwarded-For` decides the client address for IP lists.
     pub trusted_proxies: Cidrs,
     /// Fetching and caching JWKS documents.
@@ -86,6 +89,7 @@ impl Config {
             upstream: UpstreamOptions::default(),
             tls: None,
             redirect_listen: None,
+            redirect_port: None,
             trusted_proxies: Cidrs::default(),
             jwks: JwksOptions::default(),
             access_log: false,
@@ -185,7 +189,7 @@ pub async fn start(config: Config) -> Result<DataPlane, Error> {
         redirect_addr = Some(listener.local_addr().map_err(listen_error(wanted))?);
         tasks.push(tokio::spawn(redirect::serve(
             listener,
-            addr.port(),
+            config.redirect_port.unwrap_or(addr.port()),
             shutdown_rx.clone(),
         )));
     }

@@ -78,6 +78,10 @@ struct RunArgs {
     /// Also listen for plain HTTP here and redirect everything to HTTPS (308).
     #[arg(long, env = "PAVILION_REDIRECT_LISTEN")]
     redirect_listen: Option<SocketAddr>,
+    /// The HTTPS port redirects point to (when a load balancer maps 443 to --listen's
+    /// port); default: --listen's port.
+    #[arg(long, env = "PAVILION_REDIRECT_PORT")]
+    redirect_port: Option<u16>,
     /// Proxies (CIDRs or addresses) whose X-Forwarded-For is believed when deciding the
     /// client address for IP allow/deny lists; comma-separated.
     #[arg(long, env = "PAVILION_TRUSTED_PROXIES", value_delimiter = ',')]
@@ -173,6 +177,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         upstream,
         tls,
         redirect_listen: args.redirect_listen,
+        redirect_port: args.redirect_port,
         trusted_proxies: Cidrs::parse(&args.trusted_proxies)
             .map_err(|e| anyhow::anyhow!("--trusted-proxies: {e}"))?,
         jwks: JwksOptions {

@@ -233,7 +233,7 @@ impl Proxy {
             );
             ip_rules.check(ip).map_err(|why| Deny::Forbidden {
                 code: "ip_denied",
-                message: format!("route {}: the client address {ip} {why}", rule.route),
+                message: format!("route {}: {why}", rule.route),
             })?;
         }
         if let Some(auth) = &rule.auth {
@@ -262,6 +262,10 @@ impl Proxy {
             request_id,
             self.shared.limits.max_body_bytes,
         )?;
+        // Only the gateway states identities; rules with auth put theirs in now.
+        for name in &runtime.identity_headers {
+            upstream_request.headers_mut().remove(name);
+        }
         if let (Some(auth), Some(identity)) = (&rule.auth, &decision.identity) {
             auth.decorate(upstream_request.headers_mut(), identity);
         }
@@ -391,9 +395,6 @@ fn upstream_request(
 
     let headers = &mut parts.headers;
     headers::strip_hop_by_hop(headers, true);
-    // Only the gateway states identities; rules with auth put theirs in afterwards.
-    headers.remove(&crate::auth::X_AUTH_KEY_ID);
-    headers.remove(&crate::auth::X_AUTH_SUBJECT);
     headers::add_forwarded(headers, client, original_host.as_ref(), client.scheme());
     headers.insert(&X_REQUEST_ID, request_id.clone());
     match target.protocol {

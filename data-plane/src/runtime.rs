@@ -29,6 +29,9 @@ pub struct Runtime {
     pub generation: u64,
     router: Router,
     rules: Box<[Rule]>,
+    /// Headers only the gateway may state (`x-auth-*` and every claim header of the
+    /// snapshot): removed from every request, whichever route it takes.
+    pub identity_headers: Box<[http::HeaderName]>,
 }
 
 /// One rule, ready to forward.
@@ -70,6 +73,22 @@ pub enum BuildError {
     },
 }
 
+fn identity_headers(rules: &[Rule]) -> Box<[http::HeaderName]> {
+    let mut names = vec![
+        crate::auth::X_AUTH_KEY_ID.clone(),
+        crate::auth::X_AUTH_SUBJECT.clone(),
+    ];
+    names.extend(
+        rules
+            .iter()
+            .filter_map(|r| r.auth.as_ref())
+            .flat_map(|a| a.claim_headers().cloned()),
+    );
+    names.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+    names.dedup();
+    names.into()
+}
+
 impl Runtime {
     /// The state before any snapshot: every request gets 503 `not_ready`.
     pub fn empty() -> Self {
@@ -78,6 +97,7 @@ impl Runtime {
             generation: 0,
             router: Router::default(),
             rules: Box::new([]),
+            identity_headers: Box::new([]),
         }
     }
 
@@ -144,6 +164,7 @@ impl Runtime {
             version: snapshot.version.clone(),
             generation: GENERATIONS.fetch_add(1, Ordering::Relaxed),
             router: Router::build(&snapshot.routes, &ids)?,
+            identity_headers: identity_headers(&rules),
             rules: rules.into(),
         })
     }

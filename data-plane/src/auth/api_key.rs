@@ -34,15 +34,57 @@ pub fn scope_names(bits: u8) -> String {
 }
 
 /// The scopes a request needs by itself: `read` for GET/HEAD/OPTIONS, `write` for the
-/// rest, plus `admin` under `/admin`.
+/// rest, plus `admin` under `/admin`. "Under `/admin`" is judged the way lenient upstreams
+/// read paths — percent-decoded (repeatedly), `;params` dropped, empty segments and `\`
+/// as separators, any case — so `//admin`, `/%61dmin`, `/admin;x/…` or `/Admin` cannot
+/// slip past with a `read` key.
 pub fn implied_scopes(method: &Method, path: &str) -> u8 {
     let base = if matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS) {
         READ
     } else {
         WRITE
     };
-    let admin = path == "/admin" || path.starts_with("/admin/");
-    if admin { base | ADMIN } else { base }
+    if is_admin(path) { base | ADMIN } else { base }
+}
+
+fn is_admin(path: &str) -> bool {
+    let mut path = std::borrow::Cow::Borrowed(path.as_bytes());
+    for _ in 0..3 {
+        match percent_decode(&path) {
+            Some(decoded) => path = std::borrow::Cow::Owned(decoded),
+            None => break,
+        }
+    }
+    let first = path
+        .split(|b| *b == b'/' || *b == b'\\')
+        .find(|segment| !segment.is_empty())
+        .unwrap_or_default();
+    let first = first.split(|b| *b == b';').next().unwrap_or_default();
+    first.eq_ignore_ascii_case(b"admin")
+}
+
+/// The bytes with `%XX` escapes decoded; `None` when there were none.
+fn percent_decode(input: &[u8]) -> Option<Vec<u8>> {
+    let hex = |b: u8| (b as char).to_digit(16);
+    let mut out = Vec::with_capacity(input.len());
+    let mut changed = false;
+    let mut i = 0;
+    while i < input.len() {
+        if input[i] == b'%'
+            && let (Some(high), Some(low)) = (
+                input.get(i + 1).and_then(|b| hex(*b)),
+                input.get(i + 2).and_then(|b| hex(*b)),
+            )
+        {
+            out.push((high * 16 + low) as u8);
+            changed = true;
+            i += 3;
+        } else {
+            out.push(input[i]);
+            i += 1;
+        }
+    }
+    changed.then_some(out)
 }
 
 #[derive(Debug)]
@@ -120,6 +162,22 @@ mod tests {
             READ,
             "a segment boundary"
         );
+        for sneaky in [
+            "//admin/users",
+            "/%61dmin/users",
+            "/%2561dmin",
+            "/admin%2Fusers",
+            "/admin;x=1/users",
+            "/Admin/users",
+            "/ADMIN",
+            "/\\admin",
+        ] {
+            assert_eq!(
+                implied_scopes(&Method::GET, sneaky),
+                READ | ADMIN,
+                "{sneaky}"
+            );
+        }
         assert_eq!(scope_names(READ | ADMIN), "read, admin");
         assert!(
             ApiKeys::new(&[proto::ApiKey {

@@ -50,30 +50,31 @@ fn canonical(ip: IpAddr) -> IpAddr {
 }
 
 /// The client's address: the peer, or what trusted proxies say in `X-Forwarded-For`.
-pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &Cidrs) -> IpAddr {
+/// `None` when a trusted proxy wrote something that is not an address: the client is then
+/// unknown, and IP lists refuse it rather than judge the proxy in its place.
+pub fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &Cidrs) -> Option<IpAddr> {
     let peer = canonical(peer);
     if trusted.is_empty() || !trusted.contains(peer) {
-        return peer;
+        return Some(peer);
     }
     let mut client = peer;
-    // Several X-Forwarded-For fields form one list, in order.
+    // Several X-Forwarded-For fields form one list, in order. Split as bytes: one odd byte
+    // must not hide the hops after it.
     let hops = headers
         .get_all("x-forwarded-for")
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
         .collect::<Vec<_>>();
     for hop in hops.iter().rev() {
-        let Some(ip) = parse_hop(hop.trim()) else {
-            // Garbage where an address should be: stop believing the list here.
-            return client;
-        };
+        let ip = std::str::from_utf8(hop)
+            .ok()
+            .and_then(|hop| parse_hop(hop.trim()))?;
         client = canonical(ip);
         if !trusted.contains(client) {
-            return client;
+            return Some(client);
         }
     }
-    client
+    Some(client)
 }
 
 /// An entry as proxies write it: an address, possibly with a port (`1.2.3.4:80`, `[::1]:80`).
@@ -108,13 +109,22 @@ impl IpRules {
         self.allow.is_empty() && self.deny.is_empty()
     }
 
-    /// `Err` names the list that decided.
-    pub fn check(&self, ip: IpAddr) -> Result<(), &'static str> {
+    /// `Err` says what decided.
+    pub fn check(&self, ip: Option<IpAddr>) -> Result<(), String> {
+        let Some(ip) = ip else {
+            return Err(
+                "the client address cannot be determined (unreadable X-Forwarded-For)".into(),
+            );
+        };
         if self.deny.contains(ip) {
-            return Err("is on the route's deny list");
+            return Err(format!(
+                "the client address {ip} is on the route's deny list"
+            ));
         }
         if !self.allow.is_empty() && !self.allow.contains(ip) {
-            return Err("is not on the route's allow list");
+            return Err(format!(
+                "the client address {ip} is not on the route's allow list"
+            ));
         }
         Ok(())
     }
@@ -128,59 +138,61 @@ mod tests {
         items.iter().map(|s| s.to_string()).collect()
     }
 
-    fn xff(values: &[&str]) -> HeaderMap {
+    fn xff(values: &[&[u8]]) -> HeaderMap {
         let mut headers = HeaderMap::new();
         for v in values {
-            headers.append("x-forwarded-for", v.parse().unwrap());
+            headers.append("x-forwarded-for", http::HeaderValue::from_bytes(v).unwrap());
         }
         headers
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
     }
 
     #[test]
     fn forwarded_for_is_believed_only_from_trusted_proxies() {
         let trusted = Cidrs::parse(&list(&["10.0.0.0/8", "fd00::/8"])).unwrap();
-        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let client = |peer: &str, values: &[&[u8]]| client_ip(ip(peer), &xff(values), &trusted);
         // Untrusted peer: its header is ignored.
         assert_eq!(
-            client_ip(ip("203.0.113.5"), &xff(&["1.1.1.1"]), &trusted),
-            ip("203.0.113.5")
+            client("203.0.113.5", &[b"1.1.1.1"]),
+            Some(ip("203.0.113.5"))
         );
-        // Trusted peer: the rightmost untrusted hop is the client, spoofed entries left of it are not.
+        // Trusted peer: the rightmost untrusted hop is the client, entries left of it are not believed.
         assert_eq!(
-            client_ip(
-                ip("10.0.0.2"),
-                &xff(&["6.6.6.6, 198.51.100.7, 10.0.0.9"]),
-                &trusted
-            ),
-            ip("198.51.100.7")
+            client("10.0.0.2", &[b"6.6.6.6, 198.51.100.7, 10.0.0.9"]),
+            Some(ip("198.51.100.7"))
         );
         assert_eq!(
-            client_ip(ip("10.0.0.2"), &xff(&["6.6.6.6", "198.51.100.7"]), &trusted),
-            ip("198.51.100.7"),
+            client("10.0.0.2", &[b"6.6.6.6", b"198.51.100.7"]),
+            Some(ip("198.51.100.7")),
             "several fields are one list"
+        );
+        // A byte outside ASCII left of the real client does not hide it.
+        assert_eq!(
+            client("10.0.0.2", &[b"\xff, 198.51.100.7"]),
+            Some(ip("198.51.100.7"))
         );
         // IPv6, ports and mapped addresses.
         assert_eq!(
-            client_ip(ip("fd00::1"), &xff(&["[2001:db8::7]:4711"]), &trusted),
-            ip("2001:db8::7")
+            client("fd00::1", &[b"[2001:db8::7]:4711"]),
+            Some(ip("2001:db8::7"))
         );
         assert_eq!(
-            client_ip(ip("::ffff:10.1.2.3"), &xff(&["192.0.2.1:80"]), &trusted),
-            ip("192.0.2.1")
+            client("::ffff:10.1.2.3", &[b"192.0.2.1:80"]),
+            Some(ip("192.0.2.1"))
         );
-        // Garbage stops the walk at the last good hop; no header leaves the peer.
-        assert_eq!(
-            client_ip(ip("10.0.0.2"), &xff(&["unknown"]), &trusted),
-            ip("10.0.0.2")
-        );
-        assert_eq!(
-            client_ip(ip("10.0.0.2"), &HeaderMap::new(), &trusted),
-            ip("10.0.0.2")
-        );
+        // Garbage written by a trusted hop: the client is unknown, not the proxy.
+        assert_eq!(client("10.0.0.2", &[b"unknown"]), None);
+        assert_eq!(client("10.0.0.2", &[b"198.51.100.7, \xff"]), None);
+        // No header, or every hop trusted: the leftmost trusted address.
+        assert_eq!(client("10.0.0.2", &[]), Some(ip("10.0.0.2")));
+        assert_eq!(client("10.0.0.2", &[b"10.9.9.9"]), Some(ip("10.9.9.9")));
         // Nothing trusted: the peer, always.
         assert_eq!(
-            client_ip(ip("10.0.0.2"), &xff(&["1.1.1.1"]), &Cidrs::default()),
-            ip("10.0.0.2")
+            client_ip(ip("10.0.0.2"), &xff(&[b"1.1.1.1"]), &Cidrs::default()),
+            Some(ip("10.0.0.2"))
         );
     }
 
@@ -191,29 +203,31 @@ mod tests {
             &list(&["10.6.6.0/24", "10.7.7.7"]),
         )
         .unwrap();
-        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
-        assert!(rules.check(ip("10.1.1.1")).is_ok());
-        assert!(rules.check(ip("::ffff:10.1.1.1")).is_ok(), "IPv4-mapped");
-        assert!(rules.check(ip("2001:db8:1::1")).is_ok());
-        assert_eq!(
-            rules.check(ip("10.6.6.9")),
-            Err("is on the route's deny list")
+        let check = |s: &str| rules.check(Some(ip(s)));
+        assert!(check("10.1.1.1").is_ok());
+        assert!(check("::ffff:10.1.1.1").is_ok(), "IPv4-mapped");
+        assert!(check("2001:db8:1::1").is_ok());
+        assert!(
+            check("10.6.6.9")
+                .unwrap_err()
+                .contains("10.6.6.9 is on the route's deny list")
         );
-        assert_eq!(
-            rules.check(ip("10.7.7.7")),
-            Err("is on the route's deny list")
+        assert!(check("10.7.7.7").unwrap_err().contains("deny list"));
+        assert!(
+            check("192.0.2.1")
+                .unwrap_err()
+                .contains("not on the route's allow list")
         );
-        assert_eq!(
-            rules.check(ip("192.0.2.1")),
-            Err("is not on the route's allow list")
+        assert!(
+            check("2001:db9::1")
+                .unwrap_err()
+                .contains("not on the route's allow list")
         );
-        assert_eq!(
-            rules.check(ip("2001:db9::1")),
-            Err("is not on the route's allow list")
-        );
+        assert!(rules.check(None).is_err(), "an unknown client is refused");
         assert!(IpRules::new(&list(&["10.0.0.0/33"]), &[]).is_err());
         let deny_only = IpRules::new(&[], &list(&["::1"])).unwrap();
-        assert!(deny_only.check(ip("127.0.0.1")).is_ok());
-        assert!(deny_only.check(ip("::1")).is_err());
+        assert!(deny_only.check(Some(ip("127.0.0.1"))).is_ok());
+        assert!(deny_only.check(Some(ip("::1"))).is_err());
+        assert!(deny_only.check(None).is_err());
     }
 }

@@ -155,6 +155,20 @@ impl JwksCache {
     }
 }
 
+/// Ends a fetch when dropped.
+struct FetchDone(Arc<JwksEntry>);
+
+impl Drop for FetchDone {
+    fn drop(&mut self) {
+        self.0
+            .state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .in_flight = false;
+        self.0.attempts.send_modify(|n| *n += 1);
+    }
+}
+
 impl JwksEntry {
     pub fn uri(&self) -> &str {
         &self.uri
@@ -193,10 +207,13 @@ impl JwksEntry {
         }
         state.in_flight = true;
         state.last_attempt = Some(Instant::now());
-        let entry = self.clone();
-        self.fetcher
-            .handle
-            .spawn(async move { entry.fetch().await });
+        // Whatever ends the fetch (done, a panic, the task dropped unpolled when the runtime
+        // shuts down), the guard clears the flag and wakes waiters: refreshing never stalls.
+        let done = FetchDone(self.clone());
+        self.fetcher.handle.spawn(async move {
+            done.0.clone().fetch().await;
+            drop(done);
+        });
         true
     }
 
@@ -206,7 +223,8 @@ impl JwksEntry {
         // Subscribed before the check, so a fetch ending in between is not missed.
         let mut attempts = self.attempts.subscribe();
         if !self.try_fetch(false) {
-            return false;
+            // A fetch that ended since we looked may hold the key after all.
+            return attempts.has_changed().unwrap_or(false);
         }
         let wait = self.fetcher.options.request_wait;
         matches!(
@@ -235,14 +253,10 @@ impl JwksEntry {
             .fetches
             .with_label_values(&[&*self.uri, outcome])
             .inc();
-        {
+        if outcome == "ok" {
             let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-            state.in_flight = false;
-            if outcome == "ok" {
-                state.last_success = state.last_attempt;
-            }
+            state.last_success = state.last_attempt;
         }
-        self.attempts.send_modify(|n| *n += 1);
     }
 
     async fn download(&self) -> Result<Vec<VerifyKey>, String> {

@@ -47,13 +47,15 @@ impl Provider {
         let issuer = &config.issuer;
         let mut validation = Validation::new(jsonwebtoken::Algorithm::RS256);
         validation.set_issuer(&[issuer]);
+        // A token without `exp` would be valid forever: refused. jsonwebtoken only checks
+        // `aud` when the token has one, so with audiences it must be required too.
         if config.audiences.is_empty() {
             validation.validate_aud = false;
+            validation.set_required_spec_claims(&["exp", "iss"]);
         } else {
             validation.set_audience(&config.audiences);
+            validation.set_required_spec_claims(&["exp", "iss", "aud"]);
         }
-        // A token without `exp` would be valid forever: refused.
-        validation.set_required_spec_claims(&["exp", "iss"]);
         validation.validate_nbf = true;
         validation.leeway = u64::from(config.leeway_seconds);
 
@@ -236,16 +238,21 @@ fn try_keys(
     header: &Header,
     token: &str,
 ) -> Result<Map<String, Value>, KeyOutcome> {
-    let mut candidates = keys
-        .iter()
-        .filter(|key| match (&key.kid, &header.kid) {
-            (None, _) => true,
-            (Some(ours), Some(theirs)) => **ours == **theirs,
-            (Some(_), None) => true,
-        })
-        .take(MAX_CANDIDATES)
-        .peekable();
-    candidates.peek().ok_or(KeyOutcome::NoKey)?;
+    // The key with the token's kid; else (no kid, or kid-less keys) a few keys whose
+    // algorithms fit.
+    let named = |key: &&VerifyKey| matches!((&key.kid, &header.kid), (Some(ours), Some(theirs)) if **ours == **theirs);
+    let mut candidates: Vec<&VerifyKey> = keys.iter().filter(named).collect();
+    if candidates.is_empty() {
+        candidates = keys
+            .iter()
+            .filter(|key| key.kid.is_none() || header.kid.is_none())
+            .filter(|key| key.algorithms.contains(&header.alg))
+            .take(MAX_CANDIDATES)
+            .collect();
+    }
+    if candidates.is_empty() {
+        return Err(KeyOutcome::NoKey);
+    }
     let mut last = None;
     for key in candidates {
         if !key.algorithms.contains(&header.alg) {

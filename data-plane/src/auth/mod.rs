@@ -181,8 +181,6 @@ pub struct RuleAuth {
     allow: Option<Allow>,
     keys: Arc<ApiKeys>,
     revoked: Arc<HashSet<Box<str>>>,
-    /// Removed from every request before ours are added, so clients cannot forge them.
-    strip: Box<[HeaderName]>,
     /// `WWW-Authenticate` when credentials are missing, and when a token was refused.
     challenge: Box<[HeaderValue]>,
     token_challenge: Box<[HeaderValue]>,
@@ -215,14 +213,6 @@ impl RuleAuth {
         if providers.is_empty() && key_scopes.is_none() {
             return Err("auth accepts neither JWTs nor API keys".into());
         }
-        let mut strip = vec![X_AUTH_KEY_ID.clone(), X_AUTH_SUBJECT.clone()];
-        strip.extend(
-            providers
-                .iter()
-                .flat_map(|p| p.claim_headers.iter().map(|(_, h)| h.clone())),
-        );
-        strip.sort_by(|a, b| a.as_str().cmp(b.as_str()));
-        strip.dedup();
         let mut challenge = Vec::new();
         let mut token_challenge = Vec::new();
         if !providers.is_empty() {
@@ -244,7 +234,6 @@ impl RuleAuth {
             allow: auth.allow.as_ref().map(Allow::new),
             keys: credentials.api_keys.clone(),
             revoked: credentials.revoked(namespace),
-            strip: strip.into(),
             challenge: challenge.into(),
             token_challenge: token_challenge.into(),
         })
@@ -309,22 +298,23 @@ impl RuleAuth {
 
     /// Takes out the credentials and forged identity headers, puts in the identity.
     pub fn decorate(&self, headers: &mut HeaderMap, identity: &Identity) {
-        for name in &self.strip {
-            headers.remove(name);
+        // The upstream gets the key's id, never a key.
+        if self.key_scopes.is_some() {
+            headers.remove(&X_API_KEY);
         }
         if matches!(identity.principal, Principal::Key(_)) {
-            // The upstream gets the key's id, not the key.
-            headers.remove(&X_API_KEY);
-            if headers
-                .get(AUTHORIZATION)
-                .is_some_and(|v| !looks_like_jwt(bearer(v).unwrap_or_default()))
-            {
-                headers.remove(AUTHORIZATION);
-            }
+            headers.remove(AUTHORIZATION);
         }
         for (name, value) in &identity.headers {
             headers.append(name, value.clone());
         }
+    }
+
+    /// The claim headers this rule fills in (every route strips them from clients).
+    pub fn claim_headers(&self) -> impl Iterator<Item = &HeaderName> {
+        self.providers
+            .iter()
+            .flat_map(|p| p.claim_headers.iter().map(|(_, header)| header))
     }
 
     fn missing(&self) -> Reject {
@@ -344,7 +334,11 @@ impl RuleAuth {
     }
 
     fn credential<'h>(&self, headers: &'h HeaderMap) -> Result<Option<Credential<'h>>, Reject> {
-        if let Some(value) = headers.get(AUTHORIZATION) {
+        // Two credentials of one kind: the gateway would check one and the upstream might
+        // read the other. Refused instead.
+        if let Some(value) = only(headers, &AUTHORIZATION)
+            .map_err(|()| Reject::invalid_token("more than one Authorization header"))?
+        {
             let token = bearer(value).ok_or_else(|| {
                 Reject::invalid_token("the Authorization header is not `Bearer <token>`")
             })?;
@@ -358,16 +352,25 @@ impl RuleAuth {
                 },
             ));
         }
-        if self.key_scopes.is_some()
-            && let Some(value) = headers.get(&X_API_KEY)
-        {
-            let key = value.to_str().map_err(|_| {
-                Reject::unauthorized("invalid_api_key", "the API key is not valid".into())
-            })?;
-            return Ok(Some(Credential::ApiKey(key)));
+        if self.key_scopes.is_some() {
+            let invalid = |message: &str| Reject::unauthorized("invalid_api_key", message.into());
+            if let Some(value) =
+                only(headers, &X_API_KEY).map_err(|()| invalid("more than one X-API-Key header"))?
+            {
+                let key = value
+                    .to_str()
+                    .map_err(|_| invalid("the API key is not valid"))?;
+                return Ok(Some(Credential::ApiKey(key)));
+            }
         }
-        for cookie_name in self.providers.iter().filter_map(|p| p.cookie.as_deref()) {
-            if let Some(token) = cookie(headers, cookie_name) {
+        for name in self.providers.iter().filter_map(|p| p.cookie.as_deref()) {
+            let mut found = cookies(headers, name);
+            if let Some(token) = found.next() {
+                if found.next().is_some() {
+                    return Err(Reject::invalid_token(format!(
+                        "the cookie `{name}` appears more than once"
+                    )));
+                }
                 return Ok(Some(Credential::Jwt(token)));
             }
         }
@@ -440,13 +443,26 @@ fn looks_like_jwt(token: &str) -> bool {
     token.bytes().filter(|b| *b == b'.').count() == 2
 }
 
-fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
+/// The one value of `name`; `Err` when there are several.
+fn only<'h>(headers: &'h HeaderMap, name: &HeaderName) -> Result<Option<&'h HeaderValue>, ()> {
+    let mut values = headers.get_all(name).iter();
+    match (values.next(), values.next()) {
+        (first, None) => Ok(first),
+        _ => Err(()),
+    }
+}
+
+/// The non-empty values of cookie `name`, across every `Cookie` header.
+fn cookies<'h, 'n>(
+    headers: &'h HeaderMap,
+    name: &'n str,
+) -> impl Iterator<Item = &'h str> + use<'h, 'n> {
     headers
         .get_all(COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
-        .find_map(|pair| {
+        .filter_map(move |pair| {
             pair.trim()
                 .split_once('=')
                 .filter(|(n, _)| *n == name)
