@@ -217,13 +217,26 @@ impl TlsConnection {
 
     /// GET `path` on this connection.
     pub async fn get(&mut self, path: &str) -> Result<crate::client::Reply, String> {
+        self.get_with(path, &[]).await
+    }
+
+    /// GET `path` with extra `headers` on this connection.
+    pub async fn get_with(
+        &mut self,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<crate::client::Reply, String> {
         use http_body_util::BodyExt;
-        let request = match self.sender {
+        let mut request = match self.sender {
             Sender::H1(_) => http::Request::get(path).header("host", &self.host),
             Sender::H2(_) => http::Request::get(format!("https://{}{path}", self.host)),
+        };
+        for (name, value) in headers {
+            request = request.header(*name, *value);
         }
-        .body(http_body_util::Full::default())
-        .expect("valid request");
+        let request = request
+            .body(http_body_util::Full::default())
+            .expect("valid request");
         let exchange = async {
             let response = match &mut self.sender {
                 Sender::H1(sender) => sender.send_request(request).await,
