@@ -128,6 +128,19 @@ pub struct RouteRule {
     /// Client address ranges refused, even when `ipAllow` lists them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ip_deny: Vec<String>,
+    /// TLS towards the rule's `https://` backends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream_tls: Option<UpstreamTls>,
+}
+
+/// TLS settings for `https://` backends (trusted CAs: the web PKI plus `--upstream-ca`).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct UpstreamTls {
+    /// The name sent as SNI and required in the backend's certificate, instead of the
+    /// URL's host: for backends addressed by IP or by an internal alias.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_name: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
@@ -246,6 +259,27 @@ impl RouteRule {
         }
         if let Some(auth) = &self.auth {
             auth.validate(&format!("{field}.auth"), errors);
+        }
+        if let Some(tls) = &self.upstream_tls {
+            let tls_field = format!("{field}.upstreamTls");
+            if let Some(name) = &tls.server_name
+                && rustls_pki_types::ServerName::try_from(name.as_str()).is_err()
+            {
+                errors.add(
+                    format!("{tls_field}.serverName"),
+                    format!("`{name}` is not a DNS name or IP address"),
+                );
+            }
+            let has_https = self
+                .backends
+                .iter()
+                .any(|b| b.url.as_deref().is_some_and(|u| u.starts_with("https://")));
+            if !has_https {
+                errors.add(
+                    tls_field,
+                    "applies to https:// backends, and the rule has none",
+                );
+            }
         }
         for (name, ranges) in [("ipAllow", &self.ip_allow), ("ipDeny", &self.ip_deny)] {
             for (i, range) in ranges.iter().enumerate() {

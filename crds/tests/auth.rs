@@ -388,3 +388,37 @@ fn new_kinds_survive_the_yaml_round_trip() {
         .unwrap();
     assert_eq!(resource, again);
 }
+
+#[test]
+fn upstream_tls_names_a_server_for_https_backends_only() {
+    let https = |extra: &str| {
+        format!(
+            "apiVersion: gateway.pavilion.dev/v1alpha1\nkind: Route\nmetadata: {{ name: orders, namespace: shop }}\nspec:\n  rules:\n    - backends: [{{ url: 'https://10.0.0.7:8443' }}]\n{extra}"
+        )
+    };
+    assert_eq!(
+        errors(&https(
+            "      upstreamTls: { serverName: orders.internal }\n"
+        )),
+        []
+    );
+    assert_eq!(
+        errors(&https("      upstreamTls: { serverName: 10.0.0.7 }\n")),
+        []
+    );
+    let bad = errors(&https("      upstreamTls: { serverName: 'not a name' }\n"));
+    assert!(
+        bad.iter()
+            .any(|e| e.field == "spec.rules[0].upstreamTls.serverName"),
+        "{bad:?}"
+    );
+    let plain = errors(&rule_with(
+        "      upstreamTls: { serverName: orders.internal }\n",
+    ));
+    assert!(
+        plain
+            .iter()
+            .any(|e| e.field == "spec.rules[0].upstreamTls" && e.message.contains("https://")),
+        "{plain:?}"
+    );
+}

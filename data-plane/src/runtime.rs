@@ -123,12 +123,13 @@ impl Runtime {
                 })?;
             let mut route_ids = Vec::with_capacity(route.rules.len());
             for (index, rule) in route.rules.iter().enumerate() {
-                let backends =
-                    Backends::new(&rule.backends).map_err(|message| BuildError::Backends {
+                let backends = Backends::new(&rule.backends, &rule.upstream_server_name).map_err(
+                    |message| BuildError::Backends {
                         route: name.clone(),
                         rule: index,
                         message,
-                    })?;
+                    },
+                )?;
                 let rule_error = |message: String| BuildError::Rule {
                     route: name.clone(),
                     rule: index,

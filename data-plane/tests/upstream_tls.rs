@@ -37,3 +37,45 @@ async fn https_backends_are_verified_against_the_configured_ca() {
     assert_eq!(reply.status, 502);
     assert_eq!(reply.json()["error"]["code"], "upstream_unreachable");
 }
+
+#[tokio::test]
+async fn a_rule_can_name_the_tls_server_of_backends_addressed_by_ip() {
+    let ca = TestCa::new();
+    let upstream = TlsUpstream::start("internal", ca.server_config(&["orders.internal"]))
+        .await
+        .unwrap();
+    let backend = format!("https://127.0.0.1:{}", upstream.addr.port());
+    let mut config = Config::local();
+    config.upstream.extra_roots = vec![ca.certificate_der()];
+    let dp = pavilion_data::start(config).await.unwrap();
+
+    let mut named = pavilion_tests::snapshot::prefix_rule("/named", &[(&backend, 1)]);
+    named.upstream_server_name = "orders.internal".into();
+    let plain = pavilion_tests::snapshot::prefix_rule("/plain", &[(&backend, 1)]);
+    let mut wrong = pavilion_tests::snapshot::prefix_rule("/wrong", &[(&backend, 1)]);
+    wrong.upstream_server_name = "billing.internal".into();
+    let routes = vec![pavilion_tests::snapshot::route(
+        "shop/internal",
+        &[],
+        vec![named, plain, wrong],
+    )];
+    dp.apply(pavilion_tests::snapshot::snapshot("v1", routes))
+        .await
+        .unwrap();
+
+    let client = HttpClient::http1();
+    let reply = client
+        .get(&format!("http://{}/named/x", dp.addr))
+        .await
+        .unwrap();
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(reply.header("x-upstream"), Some("internal"));
+    // The certificate names orders.internal, not 127.0.0.1 or billing.internal.
+    for path in ["/plain/x", "/wrong/x"] {
+        let reply = client
+            .get(&format!("http://{}{path}", dp.addr))
+            .await
+            .unwrap();
+        assert_eq!(reply.status, 502, "{path}: {}", reply.text());
+    }
+}

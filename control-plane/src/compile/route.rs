@@ -100,6 +100,12 @@ fn to_proto(route: &Route) -> proto::Route {
                 auth: rule.auth.as_ref().map(auth::to_proto),
                 ip_allow: auth::cidrs(&rule.ip_allow),
                 ip_deny: auth::cidrs(&rule.ip_deny),
+                upstream_server_name: rule
+                    .upstream_tls
+                    .as_ref()
+                    .and_then(|t| t.server_name.clone())
+                    .map(|name| name.to_ascii_lowercase())
+                    .unwrap_or_default(),
             })
             .collect(),
     }

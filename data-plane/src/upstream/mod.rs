@@ -36,6 +36,8 @@ pub struct Target {
     pub protocol: Protocol,
     pub scheme: Scheme,
     pub authority: Authority,
+    /// For `https://`: the TLS server name when it is not the URL's host.
+    pub server_name: Option<Box<str>>,
 }
 
 impl Target {
@@ -69,6 +71,7 @@ impl Target {
             protocol,
             scheme,
             authority,
+            server_name: None,
         })
     }
 }
@@ -82,12 +85,21 @@ pub struct Backends {
 }
 
 impl Backends {
-    pub fn new(backends: &[proto::Backend]) -> Result<Self, String> {
+    /// `server_name` (empty: none) applies to the `https://` backends.
+    pub fn new(backends: &[proto::Backend], server_name: &str) -> Result<Self, String> {
+        if !server_name.is_empty() {
+            rustls_pki_types::ServerName::try_from(server_name)
+                .map_err(|_| format!("`{server_name}` is not a valid TLS server name"))?;
+        }
         let mut targets = Vec::new();
         let mut cumulative = Vec::new();
         let mut total: u32 = 0;
         for backend in backends.iter().filter(|b| b.weight > 0) {
-            targets.push(Target::parse(&backend.url)?);
+            let mut target = Target::parse(&backend.url)?;
+            if target.protocol == Protocol::Https && !server_name.is_empty() {
+                target.server_name = Some(server_name.into());
+            }
+            targets.push(target);
             total = total
                 .checked_add(backend.weight)
                 .ok_or("backend weights add up to more than 2^32")?;
@@ -170,8 +182,17 @@ pub enum UpstreamError {
 pub struct Upstreams {
     http1: Arc<h1::Client>,
     h2c: Client<HttpConnector, RequestBody>,
-    https: Client<HttpsConnector<HttpConnector>, RequestBody>,
+    https: HttpsClient,
+    /// Clients for rules that name their backends' TLS server name, made on first use: each
+    /// has its own pool, so a connection is only reused for the name it was verified for.
+    https_named: std::sync::Mutex<std::collections::HashMap<Box<str>, HttpsClient>>,
+    make_https: Box<MakeHttps>,
 }
+
+/// Makes an HTTPS client, for a fixed TLS server name when one is given.
+type MakeHttps = dyn Fn(Option<&str>) -> HttpsClient + Send + Sync;
+
+type HttpsClient = Client<HttpsConnector<HttpConnector>, RequestBody>;
 
 impl Upstreams {
     pub fn new(options: &UpstreamOptions, tls: rustls::ClientConfig) -> Self {
@@ -189,15 +210,31 @@ impl Upstreams {
         };
         let mut tls_transport = connector.clone();
         tls_transport.enforce_http(false);
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_only()
-            .enable_http1()
-            .wrap_connector(tls_transport);
+        let idle_timeout = options.idle_timeout;
+        let make_https = move |server_name: Option<&str>| -> HttpsClient {
+            let builder = hyper_rustls::HttpsConnectorBuilder::new()
+                .with_tls_config(tls.clone())
+                .https_only();
+            let builder = match server_name
+                .and_then(|n| rustls_pki_types::ServerName::try_from(n.to_owned()).ok())
+            {
+                Some(name) => builder
+                    .with_server_name_resolver(hyper_rustls::FixedServerNameResolver::new(name)),
+                None => builder,
+            };
+            let mut client = Client::builder(TokioExecutor::new());
+            client
+                .pool_idle_timeout(idle_timeout)
+                .pool_timer(TokioTimer::new())
+                .timer(TokioTimer::new());
+            client.build(builder.enable_http1().wrap_connector(tls_transport.clone()))
+        };
         Self {
             http1: h1::Client::new(options.connect_timeout, options.idle_timeout),
             h2c: builder().http2_only(true).build(connector),
-            https: builder().build(https),
+            https: make_https(None),
+            https_named: Default::default(),
+            make_https: Box::new(make_https),
         }
     }
 
@@ -223,7 +260,22 @@ impl Upstreams {
                 Err(error) => Err(UpstreamError::Failed(error.to_string())),
             },
             Protocol::H2c => from_hyper(self.h2c.request(request).await),
-            Protocol::Https => from_hyper(self.https.request(request).await),
+            Protocol::Https => {
+                let named;
+                let client = match &target.server_name {
+                    None => &self.https,
+                    Some(name) => {
+                        let mut clients =
+                            self.https_named.lock().unwrap_or_else(|p| p.into_inner());
+                        named = clients
+                            .entry(name.clone())
+                            .or_insert_with(|| (self.make_https)(Some(name)))
+                            .clone();
+                        &named
+                    }
+                };
+                from_hyper(client.request(request).await)
+            }
         }
     }
 }
@@ -266,7 +318,7 @@ mod tests {
                 weight: *weight,
             })
             .collect();
-        Backends::new(&list)
+        Backends::new(&list, "")
     }
 
     #[test]
