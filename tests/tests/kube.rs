@@ -271,3 +271,85 @@ async fn programmed_counts_the_data_planes_of_every_replica() {
     follower.stop().await;
     leader.stop().await;
 }
+
+/// The status of `key` on `path` of `host`, with `x-api-key` when a key is given.
+async fn status_with_key(dp: &DataPlane, host: &str, path: &str, key: Option<&str>) -> u16 {
+    let mut request = http::Request::get(format!("http://{}{path}", dp.addr)).header("host", host);
+    if let Some(key) = key {
+        request = request.header("x-api-key", key);
+    }
+    let reply = HttpClient::http1()
+        .send(request.body(http_body_util::Full::default()).unwrap())
+        .await
+        .unwrap();
+    reply.status.as_u16()
+}
+
+#[tokio::test]
+async fn api_keys_are_custom_resources_holding_hashes() {
+    let api = KubeApiServer::start();
+    api.kubectl_ok(&["create", "namespace", "shop"]);
+    let upstream = Upstream::start("a").await.unwrap();
+    let cp = controller(&api, "replica-1", None).await;
+    let dp = data_plane(&cp).await;
+
+    let key = pavilion_control::keygen::generate_key().unwrap();
+    api.apply(&format!(
+        "apiVersion: gateway.pavilion.dev/v1alpha1\nkind: Route\nmetadata: {{ name: vault, namespace: shop }}\nspec:\n  hosts: [vault.example.com]\n  rules:\n    - backends: [{{ url: '{}' }}]\n      auth: {{ apiKeys: {{ scopes: [read] }} }}\n",
+        upstream.url()
+    ));
+    api.apply(&format!(
+        "apiVersion: gateway.pavilion.dev/v1alpha1\nkind: ApiKey\nmetadata: {{ name: mobile, namespace: shop }}\nspec:\n  description: mobile app\n  sha256: {}\n  scopes: [read]\n",
+        pavilion_control::keygen::sha256_hex(&key)
+    ));
+    eventually("the key opens the route", PATIENCE, || {
+        let (dp, key) = (&dp, key.as_str());
+        async move {
+            (status_with_key(dp, "vault.example.com", "/x", Some(key)).await == 200).then_some(())
+        }
+    })
+    .await;
+    assert_eq!(
+        status_with_key(&dp, "vault.example.com", "/x", None).await,
+        401
+    );
+    assert_eq!(
+        status_with_key(&dp, "vault.example.com", "/x", Some("pvk_guess")).await,
+        401
+    );
+
+    // KEY ID, SCOPES, EXPIRES, ACCEPTED, AGE
+    let table = kubectl_until(&api, &["get", "apikeys", "-n", "shop"], |t| {
+        t.contains("mobile") && t.contains("True")
+    })
+    .await;
+    let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(header[..2], ["NAME", "KEY"], "{table}");
+    assert!(!table.contains(&key));
+
+    // A key with a malformed hash is rejected alone; deleting the good one locks the door.
+    api.apply("apiVersion: gateway.pavilion.dev/v1alpha1\nkind: ApiKey\nmetadata: { name: broken, namespace: shop }\nspec:\n  sha256: nothex\n  scopes: [read]\n");
+    let reason = kubectl_until(
+        &api,
+        &[
+            "get",
+            "apikey",
+            "broken",
+            "-n",
+            "shop",
+            "-o",
+            "jsonpath={.status.conditions[?(@.type==\"Accepted\")].reason}",
+        ],
+        |t| !t.is_empty(),
+    )
+    .await;
+    assert_eq!(reason, "Invalid");
+    api.kubectl_ok(&["delete", "apikey", "mobile", "-n", "shop"]);
+    eventually("the deleted key stops working", PATIENCE, || {
+        let (dp, key) = (&dp, key.as_str());
+        async move {
+            (status_with_key(dp, "vault.example.com", "/x", Some(key)).await == 401).then_some(())
+        }
+    })
+    .await;
+}
