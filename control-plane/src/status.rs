@@ -53,7 +53,7 @@ pub fn conditions(report: &Report, version: &str, nodes: &[NodeStatus]) -> Vec<C
                 programmed(version, nodes)
             } else {
                 // Validated and kept, but nothing enforces it yet: say so rather than
-                // let anyone believe a limit or a CORS rule is active.
+                // let anyone believe a CORS rule or a placement is active.
                 let kind = kind.map_or("this kind", Kind::as_str);
                 (
                     "False",
@@ -69,10 +69,14 @@ pub fn conditions(report: &Report, version: &str, nodes: &[NodeStatus]) -> Vec<C
     }
 }
 
-/// Kinds the data planes act on: routes, and the API keys and token revocations their
-/// `auth` checks against. The others are validated and kept only (for now).
+/// Kinds the data planes act on: routes, the API keys and token revocations their `auth`
+/// checks against, and the rate limits compiled into their rules. The others are
+/// validated and kept only (for now).
 fn enforced(kind: Kind) -> bool {
-    matches!(kind, Kind::Route | Kind::ApiKey | Kind::TokenRevocation)
+    matches!(
+        kind,
+        Kind::Route | Kind::ApiKey | Kind::TokenRevocation | Kind::RateLimitPolicy
+    )
 }
 
 fn join(errors: &[pavilion_crds::FieldError]) -> String {
@@ -214,8 +218,8 @@ mod tests {
     }
 
     #[test]
-    fn api_keys_and_revocations_are_programmed_like_routes() {
-        for kind in [Kind::ApiKey, Kind::TokenRevocation] {
+    fn api_keys_revocations_and_rate_limits_are_programmed_like_routes() {
+        for kind in [Kind::ApiKey, Kind::TokenRevocation, Kind::RateLimitPolicy] {
             let r = report(kind, Outcome::Accepted { warnings: vec![] });
             let conditions = conditions(&r, "v1", &[node("a", "v1", None)]);
             assert_eq!(
@@ -231,21 +235,21 @@ mod tests {
 
     #[test]
     fn kinds_nothing_enforces_yet_say_so() {
-        let r = report(
-            Kind::RateLimitPolicy,
-            Outcome::Accepted { warnings: vec![] },
-        );
-        let conditions = conditions(&r, "v1", &[node("a", "v1", None)]);
-        assert_eq!(
-            summary(&conditions),
-            [
-                ("Accepted", "True", "Accepted"),
-                ("Programmed", "False", "NotEnforced")
-            ]
-        );
-        assert_eq!(
-            conditions[1].message,
-            "data planes do not enforce RateLimitPolicy yet"
-        );
+        for kind in [Kind::CorsPolicy, Kind::TenantPlacement] {
+            let r = report(kind, Outcome::Accepted { warnings: vec![] });
+            let conditions = conditions(&r, "v1", &[node("a", "v1", None)]);
+            assert_eq!(
+                summary(&conditions),
+                [
+                    ("Accepted", "True", "Accepted"),
+                    ("Programmed", "False", "NotEnforced")
+                ],
+                "{kind}"
+            );
+            assert_eq!(
+                conditions[1].message,
+                format!("data planes do not enforce {kind} yet")
+            );
+        }
     }
 }

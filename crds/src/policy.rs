@@ -1,6 +1,7 @@
 //! Policies attached to routes in the style of Gateway API policy attachment:
-//! `RateLimitPolicy` and `CorsPolicy`. Their core fields are here; the data plane enforces
-//! them in later work, the compiler already validates them and resolves their targets.
+//! `RateLimitPolicy` and `CorsPolicy`. The compiler validates them and resolves their
+//! targets; rate limits are compiled into every rule of the routes they reach, CORS is
+//! validated and kept only (for now).
 
 use kube::CustomResource;
 use schemars::JsonSchema;
@@ -66,8 +67,30 @@ pub struct RateLimitPolicySpec {
     /// What to do when Redis is unreachable.
     #[serde(default)]
     pub failure_mode: FailureMode,
+    /// Whether responses carry `RateLimit-Limit`, `RateLimit-Remaining` and
+    /// `RateLimit-Reset`. Default true.
+    #[serde(default = "default_true", skip_serializing_if = "is_true")]
+    pub headers: bool,
+    /// At most 16; a request must pass every one of them.
     pub limits: Vec<Limit>,
 }
+
+fn default_true() -> bool {
+    true
+}
+
+// serde's `skip_serializing_if` passes a reference.
+#[allow(clippy::trivially_copy_pass_by_ref)]
+fn is_true(value: &bool) -> bool {
+    *value
+}
+
+/// Most limits one policy may hold.
+pub const MAX_LIMITS: usize = 16;
+/// Most overrides one limit may hold.
+pub const MAX_OVERRIDES: usize = 64;
+/// Longest period a limit may count over.
+pub const MAX_PERIOD: std::time::Duration = std::time::Duration::from_secs(86_400);
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "lowercase")]
@@ -97,8 +120,25 @@ pub struct Limit {
     /// Parts of the key: clientIp, apiKey, subject, claim:NAME, header:NAME, route.
     pub key: Vec<String>,
     pub requests: u64,
-    /// Window, e.g. `1s`, `1m`, `1h`, `1d`.
+    /// Window, e.g. `1s`, `1m`, `1h`, `1d` (at least 1ms, at most 1d).
     pub per: String,
+    /// Requests allowed at once; default `requests`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<u64>,
+    /// Other rates for some key values (e.g. premium API keys); first match wins. At most 64.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub overrides: Vec<LimitOverride>,
+}
+
+/// Another rate for the key values matching `value`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LimitOverride {
+    /// Pattern matched against the key's value (its parts' values joined by `|`); `*`
+    /// matches any run of characters.
+    pub value: String,
+    pub requests: u64,
+    /// Requests allowed at once; default `requests`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub burst: Option<u64>,
 }
@@ -108,6 +148,12 @@ impl RateLimitPolicySpec {
         self.target_ref.validate(errors);
         if self.limits.is_empty() {
             errors.add("spec.limits", "at least one limit is required");
+        }
+        if self.limits.len() > MAX_LIMITS {
+            errors.add(
+                "spec.limits",
+                format!("at most {MAX_LIMITS} limits per policy"),
+            );
         }
         for (i, limit) in self.limits.iter().enumerate() {
             let field = at("spec.limits", i);
@@ -120,9 +166,42 @@ impl RateLimitPolicySpec {
             if limit.requests == 0 {
                 errors.add(format!("{field}.requests"), "must be at least 1");
             }
-            errors.check(format!("{field}.per"), parse_duration(&limit.per).map(drop));
+            if limit.burst == Some(0) {
+                errors.add(format!("{field}.burst"), "must be at least 1");
+            }
+            errors.check(format!("{field}.per"), period(&limit.per).map(drop));
+            if limit.overrides.len() > MAX_OVERRIDES {
+                errors.add(
+                    format!("{field}.overrides"),
+                    format!("at most {MAX_OVERRIDES} overrides per limit"),
+                );
+            }
+            for (k, o) in limit.overrides.iter().enumerate() {
+                let field = at(&format!("{field}.overrides"), k);
+                if o.value.is_empty() {
+                    errors.add(
+                        format!("{field}.value"),
+                        "required; `*` matches every key value",
+                    );
+                }
+                if o.requests == 0 {
+                    errors.add(format!("{field}.requests"), "must be at least 1");
+                }
+                if o.burst == Some(0) {
+                    errors.add(format!("{field}.burst"), "must be at least 1");
+                }
+            }
         }
     }
+}
+
+/// A limit's `per`: a duration of at least 1ms (the finest unit) and at most 1d.
+pub fn period(text: &str) -> Result<std::time::Duration, String> {
+    let period = parse_duration(text)?;
+    if period > MAX_PERIOD {
+        return Err(format!("`{text}` is longer than 1d, the longest period"));
+    }
+    Ok(period)
 }
 
 fn key_part(part: &str) -> Result<(), String> {

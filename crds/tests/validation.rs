@@ -199,3 +199,150 @@ fn weights_must_add_up_to_what_a_data_plane_can_count() {
         "{found:?}"
     );
 }
+
+fn rate_limit_policy(spec: &str) -> String {
+    format!(
+        "apiVersion: gateway.pavilion.dev/v1alpha1\nkind: RateLimitPolicy\nmetadata: {{ name: l, namespace: shop }}\nspec:\n  targetRef: {{ kind: Route, name: orders }}\n{spec}"
+    )
+}
+
+fn limit(fields: &str) -> String {
+    format!("  limits:\n    - {{ key: [apiKey], requests: 10, per: 1m{fields} }}\n")
+}
+
+#[test]
+fn a_full_rate_limit_policy_is_valid() {
+    let yaml = rate_limit_policy(
+        "  backend: redis\n  failureMode: closed\n  headers: false\n  limits:\n    - key: [clientIp, 'header:X-Tenant', 'claim:org', subject, route]\n      requests: 100\n      per: 500ms\n      burst: 20\n      overrides:\n        - { value: 'premium-*', requests: 1000, burst: 50 }\n        - { value: '*|acme', requests: 5 }\n    - { key: [apiKey], requests: 1, per: 1d }\n    - { key: [apiKey], requests: 1, per: 1h30m }\n",
+    );
+    assert_eq!(errors(&yaml), []);
+}
+
+#[test]
+fn headers_default_to_on_and_are_written_only_when_off() {
+    let parse = |yaml: &str| match parse_documents(yaml).remove(0).result.expect("parses") {
+        Resource::RateLimitPolicy(p) => p,
+        other => panic!("{other:?}"),
+    };
+    let on = parse(&rate_limit_policy(&limit("")));
+    assert!(on.spec.headers);
+    assert!(on.spec.limits[0].overrides.is_empty());
+    let written = serde_yaml_ng::to_string(&on.spec).unwrap();
+    assert!(
+        !written.contains("headers") && !written.contains("overrides"),
+        "{written}"
+    );
+
+    let off = parse(&rate_limit_policy(&format!(
+        "  headers: false\n{}",
+        limit("")
+    )));
+    assert!(!off.spec.headers);
+    let written = serde_yaml_ng::to_string(&off.spec).unwrap();
+    assert!(written.contains("headers: false"), "{written}");
+}
+
+#[test]
+fn bad_rate_limits_name_their_fields() {
+    let many_limits = format!(
+        "  limits:\n{}",
+        "    - { key: [clientIp], requests: 1, per: 1s }\n".repeat(17)
+    );
+    let many_overrides = limit(&format!(
+        ", overrides: [{}]",
+        vec!["{ value: a, requests: 1 }"; 65].join(", ")
+    ));
+    let cases: Vec<(&str, String, &str)> = vec![
+        (
+            "zero requests",
+            limit("").replace("10", "0"),
+            "spec.limits[0].requests",
+        ),
+        ("zero burst", limit(", burst: 0"), "spec.limits[0].burst"),
+        (
+            "unknown unit",
+            limit("").replace("1m", "1w"),
+            "spec.limits[0].per",
+        ),
+        (
+            "no unit",
+            limit("").replace("1m", "'60'"),
+            "spec.limits[0].per",
+        ),
+        (
+            "zero period",
+            limit("").replace("1m", "0ms"),
+            "spec.limits[0].per",
+        ),
+        (
+            "longer than a day",
+            limit("").replace("1m", "1d1ms"),
+            "spec.limits[0].per",
+        ),
+        (
+            "25 hours",
+            limit("").replace("1m", "25h"),
+            "spec.limits[0].per",
+        ),
+        (
+            "no key",
+            limit("").replace("[apiKey]", "[]"),
+            "spec.limits[0].key",
+        ),
+        (
+            "bad key part",
+            limit("").replace("apiKey", "'cookie:x'"),
+            "spec.limits[0].key[0]",
+        ),
+        (
+            "bad header name",
+            limit("").replace("apiKey", "'header:x y'"),
+            "spec.limits[0].key[0]",
+        ),
+        ("no limits", "  limits: []\n".into(), "spec.limits"),
+        ("17 limits", many_limits, "spec.limits"),
+        ("65 overrides", many_overrides, "spec.limits[0].overrides"),
+        (
+            "empty override value",
+            limit(", overrides: [{ value: '', requests: 1 }]"),
+            "spec.limits[0].overrides[0].value",
+        ),
+        (
+            "zero override requests",
+            limit(", overrides: [{ value: a, requests: 1 }, { value: b, requests: 0 }]"),
+            "spec.limits[0].overrides[1].requests",
+        ),
+        (
+            "zero override burst",
+            limit(", overrides: [{ value: a, requests: 1, burst: 0 }]"),
+            "spec.limits[0].overrides[0].burst",
+        ),
+    ];
+    for (what, spec, field) in cases {
+        let found = errors(&rate_limit_policy(&spec));
+        assert!(
+            found
+                .iter()
+                .any(|e| e.field == field && !e.message.is_empty()),
+            "{what}: expected an error on {field}, got {found:?}"
+        );
+    }
+    // The most limits and overrides allowed, the shortest and longest periods.
+    let most = format!(
+        "  limits:\n{}{}",
+        "    - { key: [clientIp], requests: 1, per: 1ms }\n".repeat(15),
+        limit(&format!(
+            ", overrides: [{}]",
+            vec!["{ value: a, requests: 1 }"; 64].join(", ")
+        ))
+        .replace("  limits:\n", "")
+        .replace("1m", "1d")
+    );
+    assert_eq!(errors(&rate_limit_policy(&most)), []);
+}
+
+#[test]
+fn unknown_override_fields_are_unreadable() {
+    let yaml = rate_limit_policy(&limit(", overrides: [{ value: a, requests: 1, per: 1s }]"));
+    assert!(parse_documents(&yaml).remove(0).result.is_err());
+}

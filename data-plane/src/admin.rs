@@ -28,8 +28,15 @@ pub fn router(shared: Arc<Shared>) -> Router {
 
 async fn ready(State(state): State<AdminState>) -> Response {
     let runtime = state.shared.runtime.load();
+    // Redis is a detail, not a condition: its limits follow their failure mode without it.
+    let redis = match state.shared.limiter.redis_reachable() {
+        None => "unused",
+        Some(true) => "reachable",
+        Some(false) => "unreachable",
+    };
     if runtime.is_ready() {
-        Json(serde_json::json!({ "ready": true, "version": runtime.version })).into_response()
+        Json(serde_json::json!({ "ready": true, "version": runtime.version, "redis": redis }))
+            .into_response()
     } else {
         let body = serde_json::json!({ "ready": false, "reason": "no snapshot received yet" });
         (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()

@@ -46,6 +46,15 @@ pub enum Deny {
         code: &'static str,
         message: String,
     },
+    /// 429: over a rate limit; `headers` carry `Retry-After` and `RateLimit-*`.
+    RateLimited {
+        message: String,
+        headers: Vec<(http::HeaderName, HeaderValue)>,
+    },
+    /// 503: a Redis limit that fails closed could not be checked.
+    RateLimitUnavailable {
+        message: String,
+    },
 }
 
 /// Longest request path echoed back in a message.
@@ -82,6 +91,8 @@ impl Deny {
             Deny::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             Deny::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
             Deny::Forbidden { .. } => StatusCode::FORBIDDEN,
+            Deny::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Deny::RateLimitUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -96,6 +107,8 @@ impl Deny {
             Deny::UpstreamFailed { .. } => "upstream_failed",
             Deny::UpstreamTimeout { .. } => "upstream_timeout",
             Deny::Unauthorized { code, .. } | Deny::Forbidden { code, .. } => code,
+            Deny::RateLimited { .. } => "rate_limited",
+            Deny::RateLimitUnavailable { .. } => "rate_limit_unavailable",
         }
     }
 
@@ -124,7 +137,10 @@ impl Deny {
                     timeout.as_millis()
                 )
             }
-            Deny::Unauthorized { message, .. } | Deny::Forbidden { message, .. } => message.clone(),
+            Deny::Unauthorized { message, .. }
+            | Deny::Forbidden { message, .. }
+            | Deny::RateLimited { message, .. }
+            | Deny::RateLimitUnavailable { message } => message.clone(),
         }
     }
 
@@ -145,8 +161,13 @@ impl Deny {
         );
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         match self {
-            Deny::NotReady => {
+            Deny::NotReady | Deny::RateLimitUnavailable { .. } => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            Deny::RateLimited { headers: extra, .. } => {
+                for (name, value) in extra {
+                    headers.insert(name, value);
+                }
             }
             Deny::Unauthorized { challenges, .. } => {
                 for challenge in challenges {

@@ -15,6 +15,7 @@ pub mod listener;
 pub mod metrics;
 pub mod path;
 pub mod proxy;
+pub mod ratelimit;
 pub mod redirect;
 pub mod route;
 pub mod runtime;
@@ -39,6 +40,8 @@ use crate::auth::ip::Cidrs;
 use crate::auth::jwks::{JwksCache, JwksOptions};
 use crate::metrics::Metrics;
 use crate::proxy::{Limits, Shared};
+use crate::ratelimit::redis::RedisCounters;
+use crate::ratelimit::{Limiter, LimiterMetrics, LimiterOptions};
 use crate::runtime::BuildError;
 use crate::snapshot::Applier;
 use crate::snapshot::client::ClientOptions;
@@ -69,6 +72,11 @@ pub struct Config {
     pub trusted_proxies: Cidrs,
     /// Fetching and caching JWKS documents.
     pub jwks: JwksOptions,
+    /// Redis for `backend: redis` rate limits (`redis://host:port[/db]`, `rediss://…`).
+    pub redis: Option<String>,
+    /// Deadline of one Redis round trip; past it, the limit's failure mode decides.
+    pub redis_timeout: Duration,
+    pub rate_limit: LimiterOptions,
     /// One log line per request.
     pub access_log: bool,
     /// How long in-flight requests may take to finish on shutdown.
@@ -92,6 +100,9 @@ impl Config {
             redirect_port: None,
             trusted_proxies: Cidrs::default(),
             jwks: JwksOptions::default(),
+            redis: None,
+            redis_timeout: ratelimit::DEFAULT_REDIS_TIMEOUT,
+            rate_limit: LimiterOptions::default(),
             access_log: false,
             drain_timeout: Duration::from_secs(10),
         }
@@ -113,6 +124,8 @@ pub enum Error {
     ListenerTls(#[from] tls::TlsError),
     #[error("--redirect-listen needs TLS on --listen (--tls-cert and --tls-key)")]
     RedirectWithoutTls,
+    #[error("{0}")]
+    Redis(String),
 }
 
 /// A running data plane.
@@ -133,11 +146,23 @@ pub struct DataPlane {
 pub async fn start(config: Config) -> Result<DataPlane, Error> {
     let metrics = Metrics::new();
     let tls = upstream::tls_config(&config.upstream)?;
+    let redis = config
+        .redis
+        .as_deref()
+        .map(|url| RedisCounters::new(url, config.redis_timeout))
+        .transpose()
+        .map_err(Error::Redis)?;
+    let limiter = Limiter::new(
+        &config.rate_limit,
+        redis.clone(),
+        LimiterMetrics::new(&metrics.registry),
+    );
     let shared = Arc::new(Shared::new(
         metrics.clone(),
         config.limits,
         config.access_log,
         config.trusted_proxies.clone(),
+        limiter,
     ));
     let jwks = JwksCache::new(
         config.jwks.clone(),
@@ -170,6 +195,9 @@ pub async fn start(config: Config) -> Result<DataPlane, Error> {
         return Err(Error::RedirectWithoutTls);
     }
     let mut tasks = vec![tokio::spawn(jwks.refresh(shutdown_rx.clone()))];
+    if let Some(redis) = redis {
+        tasks.push(tokio::spawn(redis.run(shutdown_rx.clone())));
+    }
     let listener_tls = match &config.tls {
         Some(options) => {
             let resolver = tls::CertResolver::new(options.certificates.clone())?;

@@ -92,6 +92,19 @@ struct RunArgs {
     /// Least seconds between two JWKS fetches caused by unknown key ids (flood protection).
     #[arg(long, env = "PAVILION_JWKS_MIN_REFETCH_SECONDS", default_value_t = 10)]
     jwks_min_refetch_seconds: u64,
+    /// Redis for `backend: redis` rate limits, e.g. redis://127.0.0.1:6379.
+    #[arg(long, env = "PAVILION_REDIS")]
+    redis: Option<String>,
+    /// Deadline of one Redis round trip, in milliseconds; past it the limit's failureMode decides.
+    #[arg(long, env = "PAVILION_REDIS_TIMEOUT_MS", default_value_t = 100)]
+    redis_timeout_ms: u64,
+    /// Data-plane replicas sharing the Redis limits: with failureMode local, each enforces
+    /// 1/N of a limit while Redis is unreachable.
+    #[arg(long, env = "PAVILION_REPLICAS", default_value_t = 1)]
+    replicas: u64,
+    /// Rate-limit keys kept in memory per counter set; beyond, idle keys are dropped first.
+    #[arg(long, env = "PAVILION_RATE_LIMIT_MAX_KEYS", default_value_t = 1 << 18)]
+    rate_limit_max_keys: usize,
     /// PEM file of CA certificates trusted for https:// backends, besides the web PKI.
     #[arg(long, env = "PAVILION_UPSTREAM_CA")]
     upstream_ca: Option<PathBuf>,
@@ -178,6 +191,12 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         tls,
         redirect_listen: args.redirect_listen,
         redirect_port: args.redirect_port,
+        redis: args.redis.clone(),
+        redis_timeout: Duration::from_millis(args.redis_timeout_ms.max(1)),
+        rate_limit: pavilion_data::ratelimit::LimiterOptions {
+            max_keys: args.rate_limit_max_keys,
+            replicas: args.replicas.max(1),
+        },
         trusted_proxies: Cidrs::parse(&args.trusted_proxies)
             .map_err(|e| anyhow::anyhow!("--trusted-proxies: {e}"))?,
         jwks: JwksOptions {

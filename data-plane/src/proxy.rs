@@ -20,6 +20,7 @@ use crate::deny::Deny;
 use crate::headers::{self, Peer, X_REQUEST_ID};
 use crate::metrics::Metrics;
 use crate::path::{self, PathError};
+use crate::ratelimit::{self, Limiter, Refusal};
 use crate::route::RequestFacts;
 use crate::runtime::{Rule, Runtime};
 use crate::security::SecurityHeaders;
@@ -53,10 +54,18 @@ pub struct Shared {
     pub security: SecurityHeaders,
     /// Proxies whose `X-Forwarded-For` is believed when deciding the client's address.
     pub trusted_proxies: Cidrs,
+    /// Rate-limit counters.
+    pub limiter: Limiter,
 }
 
 impl Shared {
-    pub fn new(metrics: Metrics, limits: Limits, access_log: bool, trusted_proxies: Cidrs) -> Self {
+    pub fn new(
+        metrics: Metrics,
+        limits: Limits,
+        access_log: bool,
+        trusted_proxies: Cidrs,
+        limiter: Limiter,
+    ) -> Self {
         Self {
             runtime: ArcSwap::from_pointee(Runtime::empty()),
             metrics,
@@ -64,6 +73,7 @@ impl Shared {
             access_log,
             security: SecurityHeaders::default(),
             trusted_proxies,
+            limiter,
         }
     }
 }
@@ -81,6 +91,8 @@ struct Decision<'r> {
     rule: Option<&'r Rule>,
     target: Option<&'r Target>,
     identity: Option<Arc<Identity>>,
+    /// `RateLimit-*` for the response.
+    rate_headers: Vec<(http::HeaderName, HeaderValue)>,
 }
 
 impl Proxy {
@@ -140,6 +152,9 @@ impl Proxy {
                 (deny.into_response(&request_id), Some(code))
             }
         };
+        for (name, value) in decision.rate_headers.drain(..) {
+            response.headers_mut().insert(name, value);
+        }
         let status = response.status();
         let elapsed = started.elapsed();
         match decision.rule {
@@ -225,12 +240,18 @@ impl Proxy {
             Cow::Owned(path) => Some(path),
             Cow::Borrowed(_) => None,
         };
+        // Decided once, for IP lists and rate-limit keys.
+        let client_ip = (rule.ip.is_some() || !rule.limits.is_empty())
+            .then(|| {
+                ip::client_ip(
+                    client.addr.ip(),
+                    request.headers(),
+                    &self.shared.trusted_proxies,
+                )
+            })
+            .flatten();
         if let Some(ip_rules) = &rule.ip {
-            let ip = ip::client_ip(
-                client.addr.ip(),
-                request.headers(),
-                &self.shared.trusted_proxies,
-            );
+            let ip = client_ip;
             ip_rules.check(ip).map_err(|why| Deny::Forbidden {
                 code: "ip_denied",
                 message: format!("route {}: {why}", rule.route),
@@ -249,6 +270,30 @@ impl Proxy {
                 .await
                 .map_err(|reject| Deny::from_reject(reject, auth))?;
             decision.identity = Some(identity);
+        }
+        if !rule.limits.is_empty() {
+            let facts = ratelimit::Facts {
+                client_ip,
+                identity: decision.identity.as_deref(),
+                headers: request.headers(),
+                route: &rule.route,
+            };
+            match self.shared.limiter.check(&rule.limits, &facts).await {
+                Ok(headers) => decision.rate_headers = headers,
+                Err(Refusal::Limited {
+                    message, headers, ..
+                }) => {
+                    return Err(Deny::RateLimited {
+                        message: format!("route {}: {message}", rule.route),
+                        headers,
+                    });
+                }
+                Err(Refusal::Unavailable { message }) => {
+                    return Err(Deny::RateLimitUnavailable {
+                        message: format!("route {}: {message}", rule.route),
+                    });
+                }
+            }
         }
         let target = rule.backends.pick();
         decision.target = Some(target);

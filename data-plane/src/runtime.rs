@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use crate::auth::ip::IpRules;
 use crate::auth::{AuthContext, Credentials, RuleAuth};
 use crate::metrics::{Metrics, RouteMetrics};
+use crate::ratelimit::RuleLimits;
 use crate::route::{RequestFacts, RouteError, Router, RuleId};
 use crate::security::SecurityHeaders;
 use crate::upstream::Backends;
@@ -47,6 +48,8 @@ pub struct Rule {
     pub ip: Option<IpRules>,
     /// `None`: the rule is public.
     pub auth: Option<RuleAuth>,
+    /// The rate limits that apply, outermost first.
+    pub limits: RuleLimits,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -145,6 +148,7 @@ impl Runtime {
                     .map(|auth| RuleAuth::new(&name, &route.namespace, auth, &credentials, context))
                     .transpose()
                     .map_err(rule_error)?;
+                let limits = RuleLimits::new(&rule.rate_limits).map_err(rule_error)?;
                 route_ids.push(rules.len() as RuleId);
                 rules.push(Rule {
                     route: name.as_str().into(),
@@ -157,6 +161,7 @@ impl Runtime {
                     security: security.clone(),
                     ip,
                     auth,
+                    limits,
                 });
             }
             ids.push(route_ids);

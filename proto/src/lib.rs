@@ -8,6 +8,7 @@ pub mod v1 {
 
 pub use v1::{
     Allow, ApiKey, ApiKeyAuth, Auth, Backend, ClaimAllow, ClaimHeader, HeaderMatch, JwtProvider,
-    Match, Node, PathMatch, PathMatchType, Route, Rule, SecurityHeaders, Snapshot, SnapshotRequest,
-    SnapshotResponse, StaticKey, TokenRevocations,
+    Match, Node, PathMatch, PathMatchType, RateLimit, RateLimitBackend, RateLimitFailureMode,
+    RateLimitOverride, Route, Rule, SecurityHeaders, Snapshot, SnapshotRequest, SnapshotResponse,
+    StaticKey, TokenRevocations,
 };

@@ -7,6 +7,7 @@ pub mod kube;
 pub mod nats;
 pub mod process;
 pub mod raw;
+pub mod redis;
 pub mod snapshot;
 pub mod tls;
 

@@ -8,10 +8,14 @@
 //!
 //! API keys and token revocations travel beside the routes: keys sorted by namespace and
 //! id (only their hashes), revoked JWT ids merged per namespace.
+//!
+//! Rate-limit policies are compiled into the rules of the routes they reach: each rule
+//! lists the limits of its namespace's policies, then those of its route's policies.
 
 mod auth;
 mod conflicts;
 mod credentials;
+mod rate_limit;
 mod route;
 
 use std::collections::HashMap;
@@ -133,7 +137,11 @@ pub fn compile_at(items: &[Item], now: i64) -> Compiled {
         }
     }
 
-    let mut snapshot = route::build_snapshot(&routes, &mut reports);
+    let rate_limit_policies: Vec<(&Resource, usize)> = accepted(Kind::RateLimitPolicy)
+        .filter(|(_, i)| reports[*i].is_accepted())
+        .collect();
+    let limits = rate_limit::Limits::new(&rate_limit_policies);
+    let mut snapshot = route::build_snapshot(&routes, &mut reports, &limits);
     let keys: Vec<(&Resource, usize)> = accepted(Kind::ApiKey)
         .filter(|(_, i)| reports[*i].is_accepted())
         .collect();

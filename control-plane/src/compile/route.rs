@@ -6,16 +6,19 @@ use pavilion_crds::duration::parse_duration;
 use pavilion_crds::{PathMatchType, Resource, Route};
 use pavilion_proto as proto;
 
+use super::rate_limit::Limits;
 use super::{Outcome, Report, auth, conflicts};
 
 /// Timeout of a rule that sets none.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Builds the snapshot from accepted routes (each with the index of its report) and
-/// records conflict warnings in those reports.
+/// Builds the snapshot from accepted routes (each with the index of its report), their
+/// rules carrying the rate limits that reach them, and records conflict warnings in those
+/// reports.
 pub(super) fn build_snapshot(
     routes: &[(&Resource, usize)],
     reports: &mut [Report],
+    limits: &Limits,
 ) -> proto::Snapshot {
     let mut ordered: Vec<(&Route, usize)> = routes
         .iter()
@@ -35,7 +38,18 @@ pub(super) fn build_snapshot(
         };
         key(a).cmp(&key(b))
     });
-    let routes: Vec<proto::Route> = ordered.iter().map(|(r, _)| to_proto(r)).collect();
+    let routes: Vec<proto::Route> = ordered
+        .iter()
+        .map(|(r, _)| {
+            let namespace = r
+                .metadata
+                .namespace
+                .as_deref()
+                .unwrap_or(pavilion_crds::resource::DEFAULT_NAMESPACE);
+            let name = r.metadata.name.as_deref().unwrap_or_default();
+            to_proto(r, &limits.for_route(namespace, name))
+        })
+        .collect();
     for (position, warning) in conflicts::find(&routes) {
         if let Outcome::Accepted { warnings } = &mut reports[ordered[position].1].outcome {
             warnings.push(warning);
@@ -48,7 +62,7 @@ pub(super) fn build_snapshot(
     }
 }
 
-fn to_proto(route: &Route) -> proto::Route {
+fn to_proto(route: &Route, rate_limits: &[proto::RateLimit]) -> proto::Route {
     let security_headers = route
         .spec
         .security_headers
@@ -106,6 +120,7 @@ fn to_proto(route: &Route) -> proto::Route {
                     .and_then(|t| t.server_name.clone())
                     .map(|name| name.to_ascii_lowercase())
                     .unwrap_or_default(),
+                rate_limits: rate_limits.to_vec(),
             })
             .collect(),
     }

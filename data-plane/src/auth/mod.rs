@@ -76,6 +76,8 @@ pub struct Identity {
     pub principal: Principal,
     /// Added to the upstream request.
     pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// A JWT's claims (empty for API keys), for rate-limit keys.
+    pub claims: Map<String, Value>,
 }
 
 #[derive(Debug)]
@@ -280,6 +282,7 @@ impl RuleAuth {
                 let identity = Arc::new(Identity {
                     principal: Principal::Subject(verified.subject),
                     headers,
+                    claims: verified.claims,
                 });
                 let remaining = verified
                     .expires_at
@@ -416,6 +419,7 @@ impl RuleAuth {
         Ok(Identity {
             principal: Principal::Key(key.id.clone()),
             headers,
+            claims: Map::new(),
         })
     }
 }

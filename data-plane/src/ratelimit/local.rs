@@ -1,0 +1,142 @@
+//! In-process GCRA counters: a fixed number of shards, each a small map behind its own
+//! lock, so workers rarely meet on the same lock and no lock is global. Memory is bounded:
+//! a full shard first drops keys whose bucket has refilled (they are equivalent to unknown
+//! keys), and if that frees too little, drops half of its keys — a flood of random keys
+//! costs those keys' history, never unbounded memory.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use super::gcra::{self, Rate, Verdict};
+
+const SHARDS: usize = 64;
+
+pub struct LocalCounters {
+    shards: Box<[Mutex<HashMap<u64, u64, foldhash::fast::FixedState>>]>,
+    per_shard: usize,
+    epoch: Instant,
+}
+
+impl LocalCounters {
+    /// Holds at most about `max_keys` keys.
+    pub fn new(max_keys: usize) -> Self {
+        Self {
+            shards: (0..SHARDS)
+                .map(|_| Mutex::new(HashMap::default()))
+                .collect(),
+            per_shard: (max_keys / SHARDS).max(16),
+            epoch: Instant::now(),
+        }
+    }
+
+    /// Nanoseconds on this process's monotonic clock (never 0, which means "unknown").
+    fn now(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_nanos())
+            .unwrap_or(u64::MAX)
+            .max(1)
+    }
+
+    /// Keys held, for tests and metrics.
+    pub fn len(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).len())
+            .sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Checks every `(key, rate)` at one instant; only when all allow is each charged, so a
+    /// request refused by one limit uses up none of the others.
+    pub fn check_all(&self, checks: &[(u64, Rate)]) -> Vec<Verdict> {
+        let now = self.now();
+        // Locks in shard order: no two callers can wait on each other.
+        let mut order: Vec<usize> = checks.iter().map(|(key, _)| shard_of(*key)).collect();
+        order.sort_unstable();
+        order.dedup();
+        let mut guards: Vec<_> = order
+            .iter()
+            .map(|&i| (i, self.shards[i].lock().unwrap_or_else(|p| p.into_inner())))
+            .collect();
+        let mut verdicts = Vec::with_capacity(checks.len());
+        let mut updates = Vec::with_capacity(checks.len());
+        for (key, rate) in checks {
+            let shard = shard_of(*key);
+            let map = &guards
+                .iter()
+                .find(|(i, _)| *i == shard)
+                .expect("locked above")
+                .1;
+            let tat = map.get(key).copied().unwrap_or(0);
+            let (verdict, new_tat) = gcra::check(*rate, tat, now);
+            verdicts.push(verdict);
+            updates.push(new_tat);
+        }
+        if verdicts.iter().all(|v| v.allowed) {
+            for ((key, _), new_tat) in checks.iter().zip(updates) {
+                let shard = shard_of(*key);
+                let map = &mut guards
+                    .iter_mut()
+                    .find(|(i, _)| *i == shard)
+                    .expect("locked above")
+                    .1;
+                if map.len() >= self.per_shard && !map.contains_key(key) {
+                    make_room(map, now, self.per_shard);
+                }
+                if let Some(new_tat) = new_tat {
+                    map.insert(*key, new_tat);
+                }
+            }
+        }
+        verdicts
+    }
+}
+
+fn shard_of(key: u64) -> usize {
+    // The low bits feed the map's own hashing; shards use the high ones.
+    (key >> 58) as usize % SHARDS
+}
+
+fn make_room(map: &mut HashMap<u64, u64, foldhash::fast::FixedState>, now: u64, capacity: usize) {
+    map.retain(|_, tat| *tat > now);
+    if map.len() > capacity - capacity / 8 {
+        let drop: Vec<u64> = map.keys().take(map.len() / 2).copied().collect();
+        for key in drop {
+            map.remove(&key);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refusal_by_one_limit_charges_none_and_memory_stays_bounded() {
+        let counters = LocalCounters::new(1024);
+        let tight = Rate::new(1, 3_600_000_000_000, 1);
+        let loose = Rate::new(100, 1_000_000_000, 100);
+        assert!(
+            counters
+                .check_all(&[(1 << 60, loose), (2 << 60, tight)])
+                .iter()
+                .all(|v| v.allowed)
+        );
+        let verdicts = counters.check_all(&[(1 << 60, loose), (2 << 60, tight)]);
+        assert!(verdicts[0].allowed && !verdicts[1].allowed);
+        // The refused call charged nothing: this is the second charge, not the third.
+        assert_eq!(counters.check_all(&[(1 << 60, loose)])[0].remaining, 98);
+
+        for i in 0..200_000u64 {
+            counters.check_all(&[(i.wrapping_mul(0x9E37_79B9_7F4A_7C15), tight)]);
+        }
+        assert!(
+            counters.len() <= 1024 + 64 * 16,
+            "{} keys held",
+            counters.len()
+        );
+    }
+}

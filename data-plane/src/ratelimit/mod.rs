@@ -1,0 +1,578 @@
+//! Rate limiting: the limits of the `RateLimitPolicy`s attached to a rule, counted in
+//! process (GCRA, sharded) or in Redis (one atomic script per request for all of a
+//! request's Redis limits), with an explicit answer for when Redis is unreachable.
+//!
+//! Limits nest: every limit that applies must allow the request, and a request refused by
+//! one is charged to none (in process; in Redis within one script).
+
+pub mod gcra;
+pub mod local;
+pub mod redis;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderMap, HeaderName, HeaderValue};
+use pavilion_proto as proto;
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, Opts, Registry};
+
+use self::gcra::{Rate, Verdict};
+use self::local::LocalCounters;
+use self::redis::RedisCounters;
+use crate::auth::pattern::Pattern;
+use crate::auth::{Identity, Principal};
+
+pub static RATELIMIT_LIMIT: HeaderName = HeaderName::from_static("ratelimit-limit");
+pub static RATELIMIT_REMAINING: HeaderName = HeaderName::from_static("ratelimit-remaining");
+pub static RATELIMIT_RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
+
+const NANOS: u64 = 1_000_000_000;
+
+/// What a key is made of.
+#[derive(Debug, Clone)]
+enum KeyPart {
+    ClientIp,
+    ApiKey,
+    Subject,
+    Route,
+    Claim(Box<str>),
+    Header(HeaderName),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Local,
+    Redis,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureMode {
+    Local,
+    Open,
+    Closed,
+}
+
+/// One limit, ready to count.
+#[derive(Debug)]
+struct Limit {
+    policy: Box<str>,
+    index: u32,
+    parts: Box<[KeyPart]>,
+    requests: u64,
+    period_ns: u64,
+    rate: Rate,
+    backend: Backend,
+    failure: FailureMode,
+    headers: bool,
+    overrides: Box<[(Pattern, u64, Rate)]>,
+    /// "100 per 1m by clientIp", for messages.
+    describe: Box<str>,
+}
+
+/// The limits of one rule, outermost first.
+#[derive(Debug, Default)]
+pub struct RuleLimits {
+    limits: Box<[Limit]>,
+}
+
+impl RuleLimits {
+    pub fn new(limits: &[proto::RateLimit]) -> Result<Self, String> {
+        limits
+            .iter()
+            .map(Limit::new)
+            .collect::<Result<_, _>>()
+            .map(|limits| Self { limits })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.limits.is_empty()
+    }
+
+    pub fn uses_redis(&self) -> bool {
+        self.limits.iter().any(|l| l.backend == Backend::Redis)
+    }
+}
+
+impl Limit {
+    fn new(limit: &proto::RateLimit) -> Result<Self, String> {
+        let at = |e: String| format!("policy {} limit {}: {e}", limit.policy, limit.index);
+        if limit.requests == 0 || limit.period_ms == 0 {
+            return Err(at("needs requests and a period above 0".into()));
+        }
+        let parts = limit
+            .key
+            .iter()
+            .map(|part| match part.as_str() {
+                "clientIp" => Ok(KeyPart::ClientIp),
+                "apiKey" => Ok(KeyPart::ApiKey),
+                "subject" => Ok(KeyPart::Subject),
+                "route" => Ok(KeyPart::Route),
+                other => {
+                    if let Some(claim) = other.strip_prefix("claim:") {
+                        Ok(KeyPart::Claim(claim.into()))
+                    } else if let Some(header) = other.strip_prefix("header:") {
+                        HeaderName::try_from(header)
+                            .map(KeyPart::Header)
+                            .map_err(|_| format!("`{header}` is not a header name"))
+                    } else {
+                        Err(format!("`{other}` is not a key part"))
+                    }
+                }
+            })
+            .collect::<Result<_, _>>()
+            .map_err(at)?;
+        let period_ns = limit.period_ms.saturating_mul(1_000_000);
+        let rate = Rate::new(
+            limit.requests,
+            period_ns,
+            if limit.burst == 0 {
+                limit.requests
+            } else {
+                limit.burst
+            },
+        );
+        let overrides = limit
+            .overrides
+            .iter()
+            .map(|o| {
+                let burst = if o.burst == 0 { o.requests } else { o.burst };
+                (
+                    Pattern::new(&o.value),
+                    o.requests.max(1),
+                    Rate::new(o.requests, period_ns, burst),
+                )
+            })
+            .collect();
+        let backend = match limit.backend() {
+            proto::RateLimitBackend::Local => Backend::Local,
+            proto::RateLimitBackend::Redis => Backend::Redis,
+        };
+        let failure = match limit.failure_mode() {
+            proto::RateLimitFailureMode::Local => FailureMode::Local,
+            proto::RateLimitFailureMode::Open => FailureMode::Open,
+            proto::RateLimitFailureMode::Closed => FailureMode::Closed,
+        };
+        Ok(Self {
+            describe: format!(
+                "{} per {} by {}",
+                limit.requests,
+                period_text(limit.period_ms),
+                limit.key.join("+")
+            )
+            .into(),
+            policy: limit.policy.as_str().into(),
+            index: limit.index,
+            parts,
+            requests: limit.requests,
+            period_ns,
+            rate,
+            backend,
+            failure,
+            headers: limit.headers,
+            overrides,
+        })
+    }
+}
+
+fn period_text(ms: u64) -> String {
+    match ms {
+        ms if ms % 86_400_000 == 0 => format!("{}d", ms / 86_400_000),
+        ms if ms % 3_600_000 == 0 => format!("{}h", ms / 3_600_000),
+        ms if ms % 60_000 == 0 => format!("{}m", ms / 60_000),
+        ms if ms % 1000 == 0 => format!("{}s", ms / 1000),
+        ms => format!("{ms}ms"),
+    }
+}
+
+/// The request facts keys are built from.
+pub struct Facts<'a> {
+    pub client_ip: Option<IpAddr>,
+    pub identity: Option<&'a Identity>,
+    pub headers: &'a HeaderMap,
+    pub route: &'a str,
+}
+
+/// Why a request may not pass.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// Over a limit: 429.
+    Limited {
+        message: String,
+        retry_after_secs: u64,
+        headers: Vec<(HeaderName, HeaderValue)>,
+    },
+    /// Redis unreachable under `failureMode: closed`: 503.
+    Unavailable { message: String },
+}
+
+/// Counters and metrics, shared by every worker.
+pub struct Limiter {
+    local: LocalCounters,
+    /// Redis limits' shares while Redis is unreachable (`failureMode: local`).
+    fallback: LocalCounters,
+    redis: Option<Arc<RedisCounters>>,
+    /// Data-plane replicas sharing Redis limits: the local fallback enforces 1/replicas.
+    replicas: u64,
+    hasher: foldhash::fast::FixedState,
+    metrics: LimiterMetrics,
+}
+
+#[derive(Clone)]
+pub struct LimiterMetrics {
+    decisions: IntCounterVec,
+    fallbacks: IntCounterVec,
+    pub redis_latency: Histogram,
+    pub redis_errors: IntCounter,
+}
+
+impl LimiterMetrics {
+    pub fn new(registry: &Registry) -> Self {
+        let decisions = IntCounterVec::new(
+            Opts::new(
+                "pavilion_rate_limit_decisions_total",
+                "Rate-limit decisions by policy and result (allowed, limited).",
+            ),
+            &["policy", "result"],
+        )
+        .expect("valid metric");
+        let fallbacks = IntCounterVec::new(
+            Opts::new(
+                "pavilion_rate_limit_fallbacks_total",
+                "Requests decided by a Redis limit's failure mode (open, closed, local) because Redis was unreachable.",
+            ),
+            &["policy", "mode"],
+        )
+        .expect("valid metric");
+        let redis_latency = Histogram::with_opts(
+            HistogramOpts::new(
+                "pavilion_rate_limit_redis_seconds",
+                "Round trips to Redis for rate limits.",
+            )
+            .buckets(vec![
+                0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+            ]),
+        )
+        .expect("valid metric");
+        let redis_errors = IntCounter::new(
+            "pavilion_rate_limit_redis_errors_total",
+            "Rate-limit round trips to Redis that failed or timed out.",
+        )
+        .expect("valid metric");
+        for collector in [
+            Box::new(decisions.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(fallbacks.clone()),
+            Box::new(redis_latency.clone()),
+            Box::new(redis_errors.clone()),
+        ] {
+            registry
+                .register(collector)
+                .expect("metric names are unique");
+        }
+        Self {
+            decisions,
+            fallbacks,
+            redis_latency,
+            redis_errors,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct LimiterOptions {
+    /// Keys kept in process (per counter set); beyond, idle and then arbitrary keys go.
+    pub max_keys: usize,
+    /// Data-plane replicas sharing the Redis limits (for the local fallback's share).
+    pub replicas: u64,
+}
+
+impl Default for LimiterOptions {
+    fn default() -> Self {
+        Self {
+            max_keys: 1 << 18,
+            replicas: 1,
+        }
+    }
+}
+
+/// A counted limit of one request.
+struct Counted<'l> {
+    limit: &'l Limit,
+    key: String,
+    rate: Rate,
+    requests: u64,
+}
+
+impl Limiter {
+    pub fn new(
+        options: &LimiterOptions,
+        redis: Option<Arc<RedisCounters>>,
+        metrics: LimiterMetrics,
+    ) -> Self {
+        Self {
+            local: LocalCounters::new(options.max_keys),
+            fallback: LocalCounters::new(options.max_keys),
+            redis,
+            replicas: options.replicas.max(1),
+            hasher: foldhash::fast::FixedState::with_seed(fastrand::u64(..)),
+            metrics,
+        }
+    }
+
+    /// Whether Redis answers (for readiness); `None` without Redis.
+    pub fn redis_reachable(&self) -> Option<bool> {
+        self.redis.as_ref().map(|r| r.is_connected())
+    }
+
+    /// Counts the request against every limit of the rule. `Ok` carries the RateLimit
+    /// headers for the response (empty when no limit wants them).
+    pub async fn check(
+        &self,
+        limits: &RuleLimits,
+        facts: &Facts<'_>,
+    ) -> Result<Vec<(HeaderName, HeaderValue)>, Refusal> {
+        let counted: Vec<Counted<'_>> = limits
+            .limits
+            .iter()
+            .map(|limit| count(limit, facts))
+            .collect();
+        let mut verdicts: Vec<Option<Verdict>> = vec![None; counted.len()];
+
+        let local: Vec<usize> = (0..counted.len())
+            .filter(|&i| counted[i].limit.backend == Backend::Local)
+            .collect();
+        if !local.is_empty() {
+            let checks: Vec<(u64, Rate)> = local
+                .iter()
+                .map(|&i| (self.local_key(&counted[i], ""), counted[i].rate))
+                .collect();
+            for (&i, verdict) in local.iter().zip(self.local.check_all(&checks)) {
+                verdicts[i] = Some(verdict);
+            }
+            if let Some(refusal) = self.refusal(&counted, &verdicts) {
+                return Err(refusal);
+            }
+        }
+
+        let remote: Vec<usize> = (0..counted.len())
+            .filter(|&i| counted[i].limit.backend == Backend::Redis)
+            .collect();
+        if !remote.is_empty() {
+            let outcome = match &self.redis {
+                Some(redis) => {
+                    let checks: Vec<(String, Rate)> = remote
+                        .iter()
+                        .map(|&i| (redis_key(&counted[i]), counted[i].rate))
+                        .collect();
+                    let started = std::time::Instant::now();
+                    let outcome = redis.check_all(&checks).await;
+                    self.metrics
+                        .redis_latency
+                        .observe(started.elapsed().as_secs_f64());
+                    if outcome.is_err() {
+                        self.metrics.redis_errors.inc();
+                    }
+                    outcome
+                }
+                None => Err("no --redis configured".into()),
+            };
+            match outcome {
+                Ok(remote_verdicts) => {
+                    for (&i, verdict) in remote.iter().zip(remote_verdicts) {
+                        verdicts[i] = Some(verdict);
+                    }
+                }
+                Err(error) => self.fall_back(&counted, &remote, &mut verdicts, &error)?,
+            }
+            if let Some(refusal) = self.refusal(&counted, &verdicts) {
+                return Err(refusal);
+            }
+        }
+        for c in &counted {
+            self.metrics
+                .decisions
+                .with_label_values(&[&*c.limit.policy, "allowed"])
+                .inc();
+        }
+        Ok(rate_limit_headers(&counted, &verdicts))
+    }
+
+    /// Redis is unreachable: each limit's failure mode decides.
+    fn fall_back(
+        &self,
+        counted: &[Counted<'_>],
+        remote: &[usize],
+        verdicts: &mut [Option<Verdict>],
+        error: &str,
+    ) -> Result<(), Refusal> {
+        let mut shares = Vec::new();
+        for &i in remote {
+            let limit = counted[i].limit;
+            let mode = match limit.failure {
+                FailureMode::Open => "open",
+                FailureMode::Closed => "closed",
+                FailureMode::Local => "local",
+            };
+            self.metrics
+                .fallbacks
+                .with_label_values(&[&*limit.policy, mode])
+                .inc();
+            match limit.failure {
+                FailureMode::Open => {}
+                FailureMode::Closed => {
+                    tracing::warn!(policy = &*limit.policy, %error, "Redis unreachable; refusing (failureMode: closed)");
+                    return Err(Refusal::Unavailable {
+                        message: format!(
+                            "policy {}: the rate limiter is unavailable and the policy fails closed",
+                            limit.policy
+                        ),
+                    });
+                }
+                FailureMode::Local => shares.push(i),
+            }
+        }
+        if !shares.is_empty() {
+            tracing::debug!(%error, "Redis unreachable; enforcing local shares");
+            let checks: Vec<(u64, Rate)> = shares
+                .iter()
+                .map(|&i| {
+                    let c = &counted[i];
+                    let share = c.requests.div_ceil(self.replicas);
+                    let burst = c.rate.burst.div_ceil(self.replicas);
+                    (
+                        self.local_key(c, "fallback"),
+                        Rate::new(share, c.limit.period_ns, burst),
+                    )
+                })
+                .collect();
+            for (&i, verdict) in shares.iter().zip(self.fallback.check_all(&checks)) {
+                verdicts[i] = Some(verdict);
+            }
+        }
+        Ok(())
+    }
+
+    fn refusal(&self, counted: &[Counted<'_>], verdicts: &[Option<Verdict>]) -> Option<Refusal> {
+        let (c, verdict) = counted
+            .iter()
+            .zip(verdicts)
+            .find_map(|(c, v)| v.filter(|v| !v.allowed).map(|v| (c, v)))?;
+        self.metrics
+            .decisions
+            .with_label_values(&[&*c.limit.policy, "limited"])
+            .inc();
+        let retry_after_secs = verdict.retry_after_ns.div_ceil(NANOS).max(1);
+        let mut headers = rate_limit_headers(counted, verdicts);
+        if let Ok(value) = HeaderValue::from_str(&retry_after_secs.to_string()) {
+            headers.push((http::header::RETRY_AFTER, value));
+        }
+        Some(Refusal::Limited {
+            message: format!(
+                "policy {}: limit {} ({}) exceeded",
+                c.limit.policy, c.limit.index, c.limit.describe
+            ),
+            retry_after_secs,
+            headers,
+        })
+    }
+
+    fn local_key(&self, counted: &Counted<'_>, salt: &str) -> u64 {
+        use std::hash::BuildHasher;
+        self.hasher.hash_one((
+            &*counted.limit.policy,
+            counted.limit.index,
+            &counted.key,
+            salt,
+        ))
+    }
+}
+
+/// The key's value and the rate that applies to it (an override's, or the limit's).
+fn count<'l>(limit: &'l Limit, facts: &Facts<'_>) -> Counted<'l> {
+    let mut key = String::new();
+    for (i, part) in limit.parts.iter().enumerate() {
+        if i > 0 {
+            key.push('|');
+        }
+        match part {
+            KeyPart::ClientIp => match facts.client_ip {
+                Some(ip) => key.push_str(&ip.to_string()),
+                None => key.push_str("unknown"),
+            },
+            KeyPart::ApiKey => match facts.identity.map(|i| &i.principal) {
+                Some(Principal::Key(id)) => key.push_str(id),
+                _ => key.push('-'),
+            },
+            KeyPart::Subject => match facts.identity.map(|i| &i.principal) {
+                Some(Principal::Subject(subject)) => key.push_str(subject),
+                _ => key.push('-'),
+            },
+            KeyPart::Route => key.push_str(facts.route),
+            KeyPart::Claim(name) => match facts.identity.and_then(|i| i.claims.get(&**name)) {
+                Some(serde_json::Value::String(text)) => key.push_str(text),
+                Some(other) => key.push_str(&other.to_string()),
+                None => key.push('-'),
+            },
+            KeyPart::Header(name) => match facts.headers.get(name) {
+                Some(value) => key.push_str(&String::from_utf8_lossy(value.as_bytes())),
+                None => key.push('-'),
+            },
+        }
+    }
+    let (requests, rate) = limit
+        .overrides
+        .iter()
+        .find(|(pattern, _, _)| pattern.matches(&key))
+        .map_or((limit.requests, limit.rate), |(_, requests, rate)| {
+            (*requests, *rate)
+        });
+    Counted {
+        limit,
+        key,
+        rate,
+        requests,
+    }
+}
+
+/// The Redis key of a counter: a digest, so client-chosen values (headers) cannot make
+/// keys long or collide with other data.
+fn redis_key(counted: &Counted<'_>) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::new()
+        .chain_update(counted.limit.policy.as_bytes())
+        .chain_update([0])
+        .chain_update(counted.limit.index.to_be_bytes())
+        .chain_update(counted.key.as_bytes())
+        .finalize();
+    let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+    format!("pavilion:rl:{hex}")
+}
+
+/// `RateLimit-*` for the tightest limit that wants headers (the fewest requests left).
+fn rate_limit_headers(
+    counted: &[Counted<'_>],
+    verdicts: &[Option<Verdict>],
+) -> Vec<(HeaderName, HeaderValue)> {
+    let tightest = counted
+        .iter()
+        .zip(verdicts)
+        .filter(|(c, _)| c.limit.headers)
+        .filter_map(|(c, v)| v.map(|v| (c, v)))
+        .min_by_key(|(_, v)| (v.allowed, v.remaining));
+    let Some((c, verdict)) = tightest else {
+        return Vec::new();
+    };
+    let number =
+        |n: u64| HeaderValue::from_str(&n.to_string()).expect("digits are a valid header value");
+    vec![
+        (RATELIMIT_LIMIT.clone(), number(c.requests)),
+        (RATELIMIT_REMAINING.clone(), number(verdict.remaining)),
+        (
+            RATELIMIT_RESET.clone(),
+            number(verdict.reset_ns.div_ceil(NANOS)),
+        ),
+    ]
+}
+
+/// How long a Redis round trip may take before the failure mode decides.
+pub const DEFAULT_REDIS_TIMEOUT: Duration = Duration::from_millis(100);

@@ -1,0 +1,170 @@
+//! Redis counters: the GCRA of [`super::gcra`] as one Lua script that checks all of a
+//! request's Redis limits and charges them only if all allow — one atomic round trip, on
+//! Redis's own clock (`TIME`), so every data plane sharing the server counts exactly.
+//!
+//! The connection is made in the background and kept by redis-rs's connection manager
+//! (reconnects on its own); every call has a deadline, after which the limit's failure
+//! mode decides. Start-up never waits for Redis.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use tokio::sync::watch;
+
+use super::gcra::{Rate, Verdict};
+
+/// KEYS: one counter per limit. ARGV: per limit, the interval and the burst (interval in
+/// microseconds). Returns per limit {allowed, remaining, reset_us, retry_after_us}.
+const SCRIPT: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local results = {}
+local new_tats = {}
+local all = 1
+for i = 1, #KEYS do
+  local interval = tonumber(ARGV[2 * i - 1])
+  local burst = tonumber(ARGV[2 * i])
+  local tat = tonumber(redis.call('GET', KEYS[i]) or '0') or 0
+  if tat < now then tat = now end
+  local new_tat = tat + interval
+  local used = new_tat - now
+  local capacity = interval * burst
+  if used > capacity then
+    all = 0
+    results[i] = {0, 0, tat - now, used - capacity}
+  else
+    new_tats[i] = new_tat
+    results[i] = {1, math.floor((capacity - used) / interval), used, 0}
+  end
+end
+if all == 1 then
+  for i = 1, #KEYS do
+    local ttl = math.ceil((new_tats[i] - now) / 1000) + 1000
+    redis.call('SET', KEYS[i], string.format('%.0f', new_tats[i]), 'PX', ttl)
+  end
+end
+return results
+"#;
+
+pub struct RedisCounters {
+    client: redis::Client,
+    manager: ArcSwapOption<ConnectionManager>,
+    connected: AtomicBool,
+    timeout: Duration,
+    script: redis::Script,
+}
+
+impl RedisCounters {
+    /// Checks the URL; connecting happens in [`RedisCounters::run`].
+    pub fn new(url: &str, timeout: Duration) -> Result<Arc<Self>, String> {
+        let client = redis::Client::open(url).map_err(|e| format!("--redis {url}: {e}"))?;
+        Ok(Arc::new(Self {
+            client,
+            manager: ArcSwapOption::empty(),
+            connected: AtomicBool::new(false),
+            timeout,
+            script: redis::Script::new(SCRIPT),
+        }))
+    }
+
+    pub fn is_connected(&self) -> bool {
+        self.connected.load(Ordering::Relaxed)
+    }
+
+    /// Connects (retrying), then checks the connection every second, until `shutdown`.
+    pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(self.timeout.max(Duration::from_millis(500))))
+            .set_response_timeout(Some(self.timeout))
+            .set_number_of_retries(1);
+        let mut delay = Duration::from_millis(100);
+        while self.manager.load().is_none() {
+            match ConnectionManager::new_with_config(self.client.clone(), config.clone()).await {
+                Ok(manager) => {
+                    self.manager.store(Some(Arc::new(manager)));
+                    self.connected.store(true, Ordering::Relaxed);
+                    tracing::info!("connected to Redis for rate limits");
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "cannot connect to Redis; Redis limits follow their failure mode");
+                    tokio::select! {
+                        () = tokio::time::sleep(delay) => {}
+                        () = crate::stopped(&mut shutdown) => return,
+                    }
+                    delay = (delay * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                () = crate::stopped(&mut shutdown) => return,
+            }
+            let Some(manager) = self.manager.load_full() else {
+                continue;
+            };
+            let mut connection = (*manager).clone();
+            let ping = tokio::time::timeout(
+                self.timeout,
+                redis::cmd("PING").query_async::<String>(&mut connection),
+            )
+            .await;
+            let up = matches!(ping, Ok(Ok(_)));
+            if up != self.connected.swap(up, Ordering::Relaxed) {
+                if up {
+                    tracing::info!("Redis reachable again");
+                } else {
+                    tracing::warn!("Redis unreachable");
+                }
+            }
+        }
+    }
+
+    /// One round trip for all `checks`.
+    pub async fn check_all(&self, checks: &[(String, Rate)]) -> Result<Vec<Verdict>, String> {
+        let manager = self.manager.load_full().ok_or("not connected to Redis")?;
+        let mut connection = (*manager).clone();
+        let mut invocation = self.script.prepare_invoke();
+        for (key, rate) in checks {
+            invocation
+                .key(key)
+                .arg((rate.interval / 1000).max(1))
+                .arg(rate.burst);
+        }
+        let reply = tokio::time::timeout(
+            self.timeout,
+            invocation.invoke_async::<Vec<Vec<i64>>>(&mut connection),
+        )
+        .await;
+        let rows = match reply {
+            Ok(Ok(rows)) => rows,
+            Ok(Err(error)) => {
+                self.connected.store(false, Ordering::Relaxed);
+                return Err(error.to_string());
+            }
+            Err(_) => {
+                self.connected.store(false, Ordering::Relaxed);
+                return Err(format!("no answer within {:?}", self.timeout));
+            }
+        };
+        self.connected.store(true, Ordering::Relaxed);
+        if rows.len() != checks.len() {
+            return Err("unexpected reply from the rate-limit script".into());
+        }
+        let micros = |n: i64| u64::try_from(n).unwrap_or(0).saturating_mul(1000);
+        rows.iter()
+            .map(|row| match row.as_slice() {
+                [allowed, remaining, reset, retry] => Ok(Verdict {
+                    allowed: *allowed == 1,
+                    remaining: u64::try_from(*remaining).unwrap_or(0),
+                    reset_ns: micros(*reset),
+                    retry_after_ns: micros(*retry),
+                }),
+                _ => Err("unexpected reply from the rate-limit script".to_string()),
+            })
+            .collect()
+    }
+}
