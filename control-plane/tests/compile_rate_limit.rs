@@ -1,7 +1,8 @@
-//! Rate-limit policies in the snapshot: every rule of a route carries the limits of its
-//! namespace's policies, then its route's, oldest policy first; defaults filled in, header
-//! names lower-cased, overrides kept in order; policies that reach nothing are reported
-//! and applied nowhere.
+//! Rate-limit policies in the snapshot: every rule of a route carries the limits and quotas
+//! of its namespace's policies, then its route's, oldest policy first, and the concurrency
+//! limit of the most specific policy that sets one; defaults filled in, header names
+//! lower-cased, overrides kept in order; policies that reach nothing are reported and
+//! applied nowhere.
 
 use std::path::PathBuf;
 
@@ -36,13 +37,24 @@ fn route(namespace: &str, name: &str) -> String {
 
 /// A policy; `created` is a creation timestamp or empty; `limits` its `limits:` items.
 fn policy(namespace: &str, name: &str, created: &str, target: &str, limits: &str) -> String {
+    policy_with(
+        namespace,
+        name,
+        created,
+        target,
+        &format!("  limits:\n{limits}"),
+    )
+}
+
+/// A policy whose spec, after `targetRef`, is `rest` (indented lines).
+fn policy_with(namespace: &str, name: &str, created: &str, target: &str, rest: &str) -> String {
     let created = if created.is_empty() {
         String::new()
     } else {
         format!("  creationTimestamp: \"{created}\"\n")
     };
     format!(
-        "apiVersion: gateway.pavilion.dev/v1alpha1\nkind: RateLimitPolicy\nmetadata:\n  name: {name}\n  namespace: {namespace}\n{created}spec:\n  targetRef: {target}\n  limits:\n{limits}---\n"
+        "apiVersion: gateway.pavilion.dev/v1alpha1\nkind: RateLimitPolicy\nmetadata:\n  name: {name}\n  namespace: {namespace}\n{created}spec:\n  targetRef: {target}\n{rest}---\n"
     )
 }
 
@@ -350,9 +362,367 @@ fn documents_without_a_namespace_share_the_default_one() {
 fn routes_without_policies_carry_no_limits() {
     let compiled = compile(&[route("shop", "orders")]);
     assert!(
-        compiled.snapshot.routes[0]
-            .rules
-            .iter()
-            .all(|r| r.rate_limits.is_empty())
+        compiled.snapshot.routes[0].rules.iter().all(|r| {
+            r.rate_limits.is_empty() && r.quotas.is_empty() && r.concurrency.is_none()
+        })
     );
+}
+
+const ONE_QUOTA: &str = "  quotas:\n    - { key: [apiKey], requests: 100, per: day }\n";
+const TWO_QUOTAS: &str = "  quotas:\n    - { key: [apiKey], requests: 100, per: day }\n    - { key: [apiKey], bytes: 1000, per: month }\n";
+
+fn rules_of<'a>(compiled: &'a Compiled, namespace: &str, name: &str) -> &'a [proto::Rule] {
+    &compiled
+        .snapshot
+        .routes
+        .iter()
+        .find(|r| r.namespace == namespace && r.name == name)
+        .unwrap_or_else(|| panic!("route {namespace}/{name} in the snapshot"))
+        .rules
+}
+
+fn quota_names(quotas: &[proto::Quota]) -> Vec<String> {
+    quotas
+        .iter()
+        .map(|q| format!("{}#{}", q.policy, q.index))
+        .collect()
+}
+
+fn concurrency_of(rule: &proto::Rule) -> Option<String> {
+    rule.concurrency.as_ref().map(|c| c.policy.clone())
+}
+
+/// Policies at both levels, some with limits only, some with quotas only, some with both.
+fn quota_scenario() -> Vec<String> {
+    vec![
+        policy_with(
+            "shop",
+            "route-b",
+            "",
+            "{ kind: Route, name: orders }",
+            ONE_QUOTA,
+        ),
+        policy_with(
+            "shop",
+            "ns-young",
+            "2026-06-01T00:00:00Z",
+            "{ kind: Namespace, name: shop }",
+            &format!("  limits:\n{ONE_LIMIT}{ONE_QUOTA}"),
+        ),
+        route("shop", "orders"),
+        policy(
+            "shop",
+            "route-a",
+            "",
+            "{ kind: Route, name: orders }",
+            ONE_LIMIT,
+        ),
+        policy_with(
+            "shop",
+            "ns-old",
+            "2026-01-01T00:00:00Z",
+            "{ kind: Namespace, name: shop }",
+            TWO_QUOTAS,
+        ),
+        policy_with(
+            "shop",
+            "route-c",
+            "",
+            "{ kind: Route, name: orders }",
+            &format!("  limits:\n{ONE_LIMIT}{TWO_QUOTAS}"),
+        ),
+        route("shop", "cart"),
+        route("billing", "invoices"),
+    ]
+}
+
+#[test]
+fn quotas_come_in_the_order_of_limits_on_every_rule() {
+    let compiled = compile(&quota_scenario());
+    assert!(compiled.reports.iter().all(|r| r.is_accepted()));
+
+    let orders = rules_of(&compiled, "shop", "orders");
+    assert_eq!(orders.len(), 2);
+    for rule in orders {
+        assert_eq!(
+            names(&rule.rate_limits),
+            ["shop/ns-young#0", "shop/route-a#0", "shop/route-c#0"]
+        );
+        assert_eq!(
+            quota_names(&rule.quotas),
+            [
+                "shop/ns-old#0",
+                "shop/ns-old#1",
+                "shop/ns-young#0",
+                "shop/route-b#0",
+                "shop/route-c#0",
+                "shop/route-c#1"
+            ]
+        );
+    }
+    for rule in rules_of(&compiled, "shop", "cart") {
+        assert_eq!(
+            quota_names(&rule.quotas),
+            ["shop/ns-old#0", "shop/ns-old#1", "shop/ns-young#0"]
+        );
+    }
+    for rule in rules_of(&compiled, "billing", "invoices") {
+        assert!(rule.quotas.is_empty() && rule.rate_limits.is_empty());
+    }
+}
+
+#[test]
+fn quota_fields_are_compiled_with_their_defaults() {
+    let quotas = "  quotas:\n    - key: [clientIp, 'header:X-Tenant', 'claim:OrgId']\n      requests: 100000\n      per: day\n    - { key: [apiKey], bytes: 10737418240, per: month, timeZone: Europe/Berlin }\n    - { key: [route], requests: 7, bytes: 9, per: day, timeZone: America/New_York }\n";
+    let plain = policy_with("shop", "plain", "", "{ kind: Route, name: orders }", quotas);
+    let redis = plain.replace("name: plain", "name: redis").replace(
+        "  quotas:\n",
+        "  backend: redis\n  failureMode: closed\n  quotas:\n",
+    );
+    let compiled = compile(&[route("shop", "orders"), plain, redis]);
+    assert!(compiled.reports.iter().all(|r| r.is_accepted()));
+    let rule = &rules_of(&compiled, "shop", "orders")[0];
+    assert!(rule.rate_limits.is_empty());
+    assert_eq!(
+        quota_names(&rule.quotas),
+        [
+            "shop/plain#0",
+            "shop/plain#1",
+            "shop/plain#2",
+            "shop/redis#0",
+            "shop/redis#1",
+            "shop/redis#2"
+        ]
+    );
+
+    let day = &rule.quotas[0];
+    assert_eq!(day.key, ["clientIp", "header:x-tenant", "claim:OrgId"]);
+    assert_eq!((day.requests, day.bytes), (100_000, 0));
+    assert_eq!(day.period, proto::QuotaPeriod::Day as i32);
+    assert_eq!(day.time_zone, "UTC");
+    assert_eq!(day.backend, proto::RateLimitBackend::Local as i32);
+    assert_eq!(day.failure_mode, proto::RateLimitFailureMode::Local as i32);
+
+    let month = &rule.quotas[1];
+    assert_eq!(month.key, ["apiKey"]);
+    assert_eq!((month.requests, month.bytes), (0, 10_737_418_240));
+    assert_eq!(month.period, proto::QuotaPeriod::Month as i32);
+    assert_eq!(month.time_zone, "Europe/Berlin");
+
+    let both = &rule.quotas[2];
+    assert_eq!((both.requests, both.bytes), (7, 9));
+    assert_eq!(both.time_zone, "America/New_York");
+
+    for quota in &rule.quotas[3..] {
+        assert_eq!(quota.backend, proto::RateLimitBackend::Redis as i32);
+        assert_eq!(
+            quota.failure_mode,
+            proto::RateLimitFailureMode::Closed as i32
+        );
+    }
+    assert_eq!(rule.quotas[4].time_zone, "Europe/Berlin");
+}
+
+/// Namespace `shop`: an old policy without a concurrency limit, then two that set one.
+/// Route `orders` has its own (two, the older wins); `cart` has only a route policy
+/// without one; `billing/invoices` has only a route policy with one.
+fn concurrency_scenario() -> Vec<String> {
+    vec![
+        policy(
+            "shop",
+            "ns-oldest",
+            "2025-01-01T00:00:00Z",
+            "{ kind: Namespace, name: shop }",
+            ONE_LIMIT,
+        ),
+        policy_with(
+            "shop",
+            "ns-young",
+            "2026-06-01T00:00:00Z",
+            "{ kind: Namespace, name: shop }",
+            "  concurrency: { max: 50 }\n",
+        ),
+        policy_with(
+            "shop",
+            "ns-old",
+            "2026-01-01T00:00:00Z",
+            "{ kind: Namespace, name: shop }",
+            "  concurrency: { max: 100 }\n",
+        ),
+        policy_with(
+            "shop",
+            "route-young",
+            "2026-06-01T00:00:00Z",
+            "{ kind: Route, name: orders }",
+            "  concurrency: { max: 10 }\n",
+        ),
+        policy_with(
+            "shop",
+            "route-old",
+            "2026-03-01T00:00:00Z",
+            "{ kind: Route, name: orders }",
+            "  concurrency: { max: 20 }\n",
+        ),
+        policy(
+            "shop",
+            "cart-limits",
+            "",
+            "{ kind: Route, name: cart }",
+            ONE_LIMIT,
+        ),
+        route("shop", "orders"),
+        route("shop", "cart"),
+        route("shop", "items"),
+        route("billing", "invoices"),
+        policy_with(
+            "billing",
+            "own",
+            "",
+            "{ kind: Route, name: invoices }",
+            "  concurrency: { max: 5 }\n",
+        ),
+    ]
+}
+
+#[test]
+fn the_most_specific_concurrency_limit_applies_the_oldest_among_equals() {
+    let compiled = compile(&concurrency_scenario());
+    assert!(compiled.reports.iter().all(|r| r.is_accepted()));
+    let expect = [
+        ("shop", "orders", "shop/route-old", 20),
+        ("shop", "cart", "shop/ns-old", 100),
+        ("shop", "items", "shop/ns-old", 100),
+        ("billing", "invoices", "billing/own", 5),
+    ];
+    for (namespace, name, policy, max) in expect {
+        let rules = rules_of(&compiled, namespace, name);
+        assert_eq!(rules.len(), 2);
+        for rule in rules {
+            assert_eq!(
+                concurrency_of(rule).as_deref(),
+                Some(policy),
+                "{namespace}/{name}"
+            );
+            assert_eq!(rule.concurrency.as_ref().unwrap().max, max);
+        }
+    }
+    // A concurrency-only policy contributes no limits or quotas.
+    for rule in rules_of(&compiled, "shop", "orders") {
+        assert_eq!(names(&rule.rate_limits), ["shop/ns-oldest#0"]);
+        assert!(rule.quotas.is_empty());
+    }
+}
+
+#[test]
+fn concurrency_limits_are_compiled_with_their_defaults() {
+    let cases = [
+        ("max: 200", (1, 200, 20, true)),
+        ("max: 200, min: 4", (4, 200, 20, true)),
+        ("max: 200, min: 50", (50, 200, 50, true)),
+        ("max: 8", (1, 8, 8, true)),
+        ("max: 8, adaptive: false", (1, 8, 8, false)),
+        (
+            "max: 300, min: 2, initial: 64, adaptive: true",
+            (2, 300, 64, true),
+        ),
+        ("max: 1", (1, 1, 1, true)),
+    ];
+    for (fields, expected) in cases {
+        let compiled = compile(&[
+            route("shop", "orders"),
+            policy_with(
+                "shop",
+                "c",
+                "",
+                "{ kind: Route, name: orders }",
+                &format!("  concurrency: {{ {fields} }}\n"),
+            ),
+        ]);
+        assert!(compiled.reports.iter().all(|r| r.is_accepted()), "{fields}");
+        let c = rules_of(&compiled, "shop", "orders")[0]
+            .concurrency
+            .clone()
+            .expect("a concurrency limit");
+        assert_eq!(c.policy, "shop/c");
+        assert_eq!((c.min, c.max, c.initial, c.adaptive), expected, "{fields}");
+    }
+}
+
+#[test]
+fn invalid_quotas_and_concurrency_reject_the_policy_alone() {
+    let compiled = compile(&[
+        route("shop", "orders"),
+        policy_with(
+            "shop",
+            "bad-zone",
+            "",
+            "{ kind: Namespace, name: shop }",
+            "  quotas:\n    - { key: [apiKey], requests: 1, per: day, timeZone: Mars/Base }\n  concurrency: { max: 1 }\n",
+        ),
+        policy_with(
+            "shop",
+            "bad-concurrency",
+            "",
+            "{ kind: Namespace, name: shop }",
+            "  concurrency: { max: 10, initial: 11 }\n",
+        ),
+        policy_with(
+            "shop",
+            "kept",
+            "",
+            "{ kind: Route, name: orders }",
+            ONE_QUOTA,
+        ),
+    ]);
+    assert_eq!(
+        reason(&compiled, 1).map(|(r, e)| (r, e.split(':').next().map(str::to_owned))),
+        Some((Reason::Invalid, Some("spec.quotas[0].timeZone".to_owned())))
+    );
+    assert_eq!(
+        reason(&compiled, 2).map(|(r, e)| (r, e.split(':').next().map(str::to_owned))),
+        Some((Reason::Invalid, Some("spec.concurrency.initial".to_owned())))
+    );
+    assert_eq!(reason(&compiled, 3), None);
+    for rule in rules_of(&compiled, "shop", "orders") {
+        assert_eq!(quota_names(&rule.quotas), ["shop/kept#0"]);
+        assert!(rule.concurrency.is_none());
+    }
+}
+
+#[test]
+fn quotas_and_concurrency_are_the_same_whatever_the_document_order() {
+    // Both scenarios' policies (renamed apart), and the routes once.
+    let docs: Vec<String> = quota_scenario()
+        .into_iter()
+        .chain(
+            concurrency_scenario()
+                .into_iter()
+                .filter(|d| d.contains("kind: RateLimitPolicy"))
+                .map(|d| d.replace("  name: ", "  name: c-")),
+        )
+        .collect();
+    let one = compile(&docs);
+    assert!(one.reports.iter().all(|r| r.is_accepted()));
+    let mut reversed = docs.clone();
+    reversed.reverse();
+    let two = compile(&reversed);
+    assert_eq!(one.snapshot, two.snapshot);
+    assert_eq!(one.snapshot.encode_to_vec(), two.snapshot.encode_to_vec());
+    let rule = &rules_of(&one, "shop", "orders")[0];
+    assert_eq!(rule.quotas.len(), 6);
+    assert_eq!(concurrency_of(rule).as_deref(), Some("shop/c-route-old"));
+
+    for (from, to) in [
+        ("bytes: 1000", "bytes: 1001"),
+        ("per: month", "per: day"),
+        ("max: 20 ", "max: 21 "),
+    ] {
+        let changed: Vec<String> = docs.iter().map(|d| d.replace(from, to)).collect();
+        assert_ne!(changed, docs, "{from}");
+        assert_ne!(
+            compile(&changed).snapshot.version,
+            one.snapshot.version,
+            "{from} → {to}"
+        );
+    }
 }

@@ -21,8 +21,8 @@ pub use api_key::{ApiKey, ApiKeySpec};
 pub use auth::{Allow, ApiKeyAuth, Auth, ClaimAllow, ClaimHeader, JwtProvider, StaticKey};
 pub use document::{DocumentError, ParsedDocument, parse_documents};
 pub use policy::{
-    CorsPolicy, CorsPolicySpec, FailureMode, Limit, LimitOverride, RateLimitBackend,
-    RateLimitPolicy, RateLimitPolicySpec, TargetRef,
+    Concurrency, CorsPolicy, CorsPolicySpec, FailureMode, Limit, LimitOverride, Quota,
+    RateLimitBackend, RateLimitPolicy, RateLimitPolicySpec, TargetRef,
 };
 pub use resource::{Kind, Resource, ResourceKey};
 pub use revocation::{TokenRevocation, TokenRevocationSpec};

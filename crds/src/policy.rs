@@ -1,7 +1,7 @@
 //! Policies attached to routes in the style of Gateway API policy attachment:
 //! `RateLimitPolicy` and `CorsPolicy`. The compiler validates them and resolves their
-//! targets; rate limits are compiled into every rule of the routes they reach, CORS is
-//! validated and kept only (for now).
+//! targets; rate limits, quotas and concurrency limits are compiled into every rule of the
+//! routes they reach, CORS is validated and kept only (for now).
 
 use kube::CustomResource;
 use schemars::JsonSchema;
@@ -33,7 +33,7 @@ impl TargetRef {
     }
 }
 
-/// Limits request rates by keys built from request facts.
+/// Limits request rates, calendar quotas and requests in flight, keyed by request facts.
 // `printcolumn(...)` repeats its keys once per column, which clippy mistakes for duplicates.
 #[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
@@ -45,7 +45,7 @@ impl TargetRef {
     derive = "PartialEq",
     status = "ResourceStatus",
     category = "pavilion",
-    doc = "Limits request rates by keys built from request facts.",
+    doc = "Limits request rates, calendar quotas and requests in flight, keyed by request facts.",
     printcolumn(name = "Target", type_ = "string", json_path = ".spec.targetRef.name"),
     printcolumn(name = "Backend", type_ = "string", json_path = ".spec.backend"),
     printcolumn(
@@ -62,17 +62,27 @@ impl TargetRef {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RateLimitPolicySpec {
     pub target_ref: TargetRef,
+    /// Where limits and quotas are counted.
     #[serde(default)]
     pub backend: RateLimitBackend,
-    /// What to do when Redis is unreachable.
+    /// What limits and quotas do when Redis is unreachable.
     #[serde(default)]
     pub failure_mode: FailureMode,
     /// Whether responses carry `RateLimit-Limit`, `RateLimit-Remaining` and
     /// `RateLimit-Reset`. Default true.
     #[serde(default = "default_true", skip_serializing_if = "is_true")]
     pub headers: bool,
-    /// At most 16; a request must pass every one of them.
+    /// At most 16; a request must pass every one of them. May be empty when the policy
+    /// sets quotas or a concurrency limit.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub limits: Vec<Limit>,
+    /// Requests and/or response bytes per calendar day or month, per key. At most 16; a
+    /// request must pass every one of them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub quotas: Vec<Quota>,
+    /// A cap on requests in flight to the upstream, optionally adapting to its latency.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<Concurrency>,
 }
 
 fn default_true() -> bool {
@@ -91,6 +101,15 @@ pub const MAX_LIMITS: usize = 16;
 pub const MAX_OVERRIDES: usize = 64;
 /// Longest period a limit may count over.
 pub const MAX_PERIOD: std::time::Duration = std::time::Duration::from_secs(86_400);
+/// Most quotas one policy may hold.
+pub const MAX_QUOTAS: usize = 16;
+/// Highest concurrency limit a policy may set.
+pub const MAX_CONCURRENCY: u32 = 100_000;
+/// Where an adaptive concurrency limit starts, unless `initial` says otherwise (kept
+/// within `min..=max`).
+pub const DEFAULT_INITIAL_CONCURRENCY: u32 = 20;
+/// The time zone of a quota that names none.
+pub const DEFAULT_TIME_ZONE: &str = "UTC";
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "lowercase")]
@@ -143,11 +162,104 @@ pub struct LimitOverride {
     pub burst: Option<u64>,
 }
 
+/// Requests and/or response body bytes allowed per key in a calendar day or month.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Quota {
+    /// Parts of the key, as for limits: clientIp, apiKey, subject, claim:NAME,
+    /// header:NAME, route.
+    pub key: Vec<String>,
+    /// Requests allowed per period; at least one of `requests` and `bytes` is required.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests: Option<u64>,
+    /// Response body bytes allowed per period.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<u64>,
+    /// The calendar period: `day` or `month`.
+    #[schemars(extend("enum" = ["day", "month"]))]
+    pub per: String,
+    /// IANA time zone the period starts and ends in, e.g. `Europe/Berlin`; default `UTC`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_zone: Option<String>,
+}
+
+impl Quota {
+    /// The time zone, defaulted.
+    pub fn time_zone(&self) -> &str {
+        self.time_zone.as_deref().unwrap_or(DEFAULT_TIME_ZONE)
+    }
+}
+
+/// A cap on requests in flight to the upstream. Adaptive limits move between `min` and
+/// `max` with the upstream's latency, starting at `initial`; fixed ones stay at `max`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Concurrency {
+    /// The most requests in flight, 1 to 100000.
+    pub max: u32,
+    /// The fewest requests in flight an adaptive limit allows; default 1, at most `max`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min: Option<u32>,
+    /// Where an adaptive limit starts, between `min` and `max`; default 20 kept within
+    /// them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initial: Option<u32>,
+    /// Whether the limit adapts to the upstream's latency (default true); false: fixed at
+    /// `max`.
+    #[serde(default = "default_true", skip_serializing_if = "is_true")]
+    pub adaptive: bool,
+}
+
+impl Concurrency {
+    /// `min`, defaulted.
+    pub fn min(&self) -> u32 {
+        self.min.unwrap_or(1)
+    }
+
+    /// `initial`, defaulted: 20 kept within `min..=max`.
+    pub fn initial(&self) -> u32 {
+        self.initial
+            .unwrap_or_else(|| DEFAULT_INITIAL_CONCURRENCY.max(self.min()).min(self.max))
+    }
+
+    fn validate(&self, errors: &mut Errors) {
+        if !(1..=MAX_CONCURRENCY).contains(&self.max) {
+            errors.add(
+                "spec.concurrency.max",
+                format!("must be 1 to {MAX_CONCURRENCY}"),
+            );
+        }
+        match self.min {
+            Some(0) => errors.add("spec.concurrency.min", "must be at least 1"),
+            Some(min) if min > self.max => errors.add(
+                "spec.concurrency.min",
+                format!("must not exceed max ({})", self.max),
+            ),
+            _ => {}
+        }
+        if let Some(initial) = self.initial
+            && (initial < self.min() || initial > self.max)
+        {
+            errors.add(
+                "spec.concurrency.initial",
+                format!(
+                    "must be between min ({}) and max ({})",
+                    self.min(),
+                    self.max
+                ),
+            );
+        }
+    }
+}
+
 impl RateLimitPolicySpec {
     pub(crate) fn validate(&self, errors: &mut Errors) {
         self.target_ref.validate(errors);
-        if self.limits.is_empty() {
-            errors.add("spec.limits", "at least one limit is required");
+        if self.limits.is_empty() && self.quotas.is_empty() && self.concurrency.is_none() {
+            errors.add(
+                "spec.limits",
+                "at least one of limits, quotas or concurrency is required",
+            );
         }
         if self.limits.len() > MAX_LIMITS {
             errors.add(
@@ -192,7 +304,53 @@ impl RateLimitPolicySpec {
                 }
             }
         }
+        if self.quotas.len() > MAX_QUOTAS {
+            errors.add(
+                "spec.quotas",
+                format!("at most {MAX_QUOTAS} quotas per policy"),
+            );
+        }
+        for (i, quota) in self.quotas.iter().enumerate() {
+            let field = at("spec.quotas", i);
+            if quota.key.is_empty() {
+                errors.add(format!("{field}.key"), "at least one key part is required");
+            }
+            for (j, part) in quota.key.iter().enumerate() {
+                errors.check(at(&format!("{field}.key"), j), key_part(part));
+            }
+            if quota.requests.is_none() && quota.bytes.is_none() {
+                errors.add(
+                    field.clone(),
+                    "at least one of requests and bytes is required",
+                );
+            }
+            if quota.requests == Some(0) {
+                errors.add(format!("{field}.requests"), "must be at least 1");
+            }
+            if quota.bytes == Some(0) {
+                errors.add(format!("{field}.bytes"), "must be at least 1");
+            }
+            if !matches!(quota.per.as_str(), "day" | "month") {
+                errors.add(
+                    format!("{field}.per"),
+                    format!("`{}` is not a quota period; use day or month", quota.per),
+                );
+            }
+            if let Some(zone) = &quota.time_zone {
+                errors.check(format!("{field}.timeZone"), time_zone(zone));
+            }
+        }
+        if let Some(concurrency) = &self.concurrency {
+            concurrency.validate(errors);
+        }
     }
+}
+
+/// An IANA time zone name as the tz database spells it, e.g. `Europe/Berlin` or `UTC`.
+fn time_zone(name: &str) -> Result<(), String> {
+    name.parse::<chrono_tz::Tz>()
+        .map(drop)
+        .map_err(|_| format!("`{name}` is not an IANA time zone, e.g. UTC or Europe/Berlin"))
 }
 
 /// A limit's `per`: a duration of at least 1ms (the finest unit) and at most 1d.

@@ -346,3 +346,212 @@ fn unknown_override_fields_are_unreadable() {
     let yaml = rate_limit_policy(&limit(", overrides: [{ value: a, requests: 1, per: 1s }]"));
     assert!(parse_documents(&yaml).remove(0).result.is_err());
 }
+
+fn quota(fields: &str) -> String {
+    format!("  quotas:\n    - {{ key: [apiKey], per: day{fields} }}\n")
+}
+
+fn concurrency(fields: &str) -> String {
+    format!("  concurrency: {{ {fields} }}\n")
+}
+
+fn parse_policy(yaml: &str) -> pavilion_crds::RateLimitPolicy {
+    match parse_documents(yaml).remove(0).result.expect("parses") {
+        Resource::RateLimitPolicy(p) => p,
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_policy_may_hold_only_quotas_or_only_a_concurrency_limit() {
+    let full_quotas = "  backend: redis\n  failureMode: local\n  quotas:\n    - key: [apiKey, 'header:X-Tenant']\n      requests: 100000\n      bytes: 10737418240\n      per: day\n      timeZone: Europe/Berlin\n    - { key: [clientIp], bytes: 1, per: month, timeZone: UTC }\n    - { key: ['claim:org'], requests: 1, per: month, timeZone: America/Argentina/Buenos_Aires }\n    - { key: [route], requests: 1, per: day }\n";
+    let only_concurrency = concurrency("max: 200, min: 4, initial: 20, adaptive: true");
+    let minimal_concurrency = concurrency("max: 1");
+    let everything = format!(
+        "{}{}{}",
+        limit(""),
+        quota(", requests: 5"),
+        concurrency("max: 100000, adaptive: false")
+    );
+    for spec in [
+        full_quotas.to_owned(),
+        only_concurrency,
+        minimal_concurrency,
+        everything,
+        quota(", requests: 1, timeZone: Etc/GMT+5"),
+    ] {
+        let yaml = rate_limit_policy(&spec);
+        assert_eq!(errors(&yaml), [], "{spec}");
+    }
+
+    // Absent limits stay absent when written back; defaults are not written.
+    let policy = parse_policy(&rate_limit_policy(&format!(
+        "{}{}",
+        quota(", requests: 5"),
+        concurrency("max: 10")
+    )));
+    assert!(policy.spec.limits.is_empty());
+    let quota = &policy.spec.quotas[0];
+    assert_eq!(quota.time_zone(), "UTC");
+    let c = policy.spec.concurrency.as_ref().expect("concurrency");
+    assert!(c.adaptive);
+    assert_eq!((c.min(), c.initial(), c.max), (1, 10, 10));
+    let written = serde_yaml_ng::to_string(&policy.spec).unwrap();
+    for absent in ["limits", "bytes", "timeZone", "min", "initial", "adaptive"] {
+        assert!(!written.contains(absent), "{absent} in {written}");
+    }
+}
+
+#[test]
+fn concurrency_defaults_keep_initial_within_min_and_max() {
+    let initial = |fields: &str| {
+        let policy = parse_policy(&rate_limit_policy(&concurrency(fields)));
+        let c = policy.spec.concurrency.unwrap();
+        (c.min(), c.initial())
+    };
+    assert_eq!(initial("max: 200"), (1, 20));
+    assert_eq!(initial("max: 200, min: 4"), (4, 20));
+    assert_eq!(initial("max: 200, min: 50"), (50, 50));
+    assert_eq!(initial("max: 8"), (1, 8));
+    assert_eq!(initial("max: 8, min: 8"), (8, 8));
+    assert_eq!(initial("max: 200, initial: 1"), (1, 1));
+}
+
+#[test]
+fn bad_quotas_and_concurrency_limits_name_their_fields() {
+    let many_quotas = format!(
+        "  quotas:\n{}",
+        "    - { key: [clientIp], requests: 1, per: day }\n".repeat(17)
+    );
+    let cases: Vec<(&str, String, &str)> = vec![
+        (
+            "nothing at all",
+            "  limits: []\n  quotas: []\n".into(),
+            "spec.limits",
+        ),
+        ("neither requests nor bytes", quota(""), "spec.quotas[0]"),
+        (
+            "zero requests",
+            quota(", requests: 0"),
+            "spec.quotas[0].requests",
+        ),
+        (
+            "zero bytes",
+            quota(", requests: 1, bytes: 0"),
+            "spec.quotas[0].bytes",
+        ),
+        (
+            "a week",
+            quota(", requests: 1").replace("day", "week"),
+            "spec.quotas[0].per",
+        ),
+        (
+            "a duration",
+            quota(", requests: 1").replace("day", "1d"),
+            "spec.quotas[0].per",
+        ),
+        (
+            "capitalised period",
+            quota(", requests: 1").replace("day", "Day"),
+            "spec.quotas[0].per",
+        ),
+        (
+            "unknown zone",
+            quota(", requests: 1, timeZone: Mars/Olympus_Mons"),
+            "spec.quotas[0].timeZone",
+        ),
+        (
+            "offset instead of a zone",
+            quota(", requests: 1, timeZone: '+02:00'"),
+            "spec.quotas[0].timeZone",
+        ),
+        (
+            "empty zone",
+            quota(", requests: 1, timeZone: ''"),
+            "spec.quotas[0].timeZone",
+        ),
+        (
+            "no key",
+            quota(", requests: 1").replace("[apiKey]", "[]"),
+            "spec.quotas[0].key",
+        ),
+        (
+            "bad key part",
+            quota(", requests: 1").replace("apiKey", "'cookie:x'"),
+            "spec.quotas[0].key[0]",
+        ),
+        ("17 quotas", many_quotas, "spec.quotas"),
+        ("zero max", concurrency("max: 0"), "spec.concurrency.max"),
+        (
+            "max too high",
+            concurrency("max: 100001"),
+            "spec.concurrency.max",
+        ),
+        (
+            "zero min",
+            concurrency("max: 10, min: 0"),
+            "spec.concurrency.min",
+        ),
+        (
+            "min above max",
+            concurrency("max: 10, min: 11"),
+            "spec.concurrency.min",
+        ),
+        (
+            "initial below min",
+            concurrency("max: 10, min: 5, initial: 4"),
+            "spec.concurrency.initial",
+        ),
+        (
+            "initial above max",
+            concurrency("max: 10, initial: 11"),
+            "spec.concurrency.initial",
+        ),
+    ];
+    for (what, spec, field) in cases {
+        let found = errors(&rate_limit_policy(&spec));
+        assert!(
+            found
+                .iter()
+                .any(|e| e.field == field && !e.message.is_empty()),
+            "{what}: expected an error on {field}, got {found:?}"
+        );
+    }
+
+    // A later quota's errors carry its own index.
+    let spec = format!(
+        "{}    - {{ key: [apiKey], requests: 0, per: year, timeZone: Nowhere }}\n",
+        quota(", requests: 1")
+    );
+    let fields: Vec<_> = errors(&rate_limit_policy(&spec))
+        .into_iter()
+        .map(|e| e.field)
+        .collect();
+    assert_eq!(
+        fields,
+        [
+            "spec.quotas[1].requests",
+            "spec.quotas[1].per",
+            "spec.quotas[1].timeZone"
+        ]
+    );
+
+    // The most quotas allowed.
+    let most = format!(
+        "  quotas:\n{}",
+        "    - { key: [clientIp], requests: 1, per: month }\n".repeat(16)
+    );
+    assert_eq!(errors(&rate_limit_policy(&most)), []);
+}
+
+#[test]
+fn unknown_quota_and_concurrency_fields_are_unreadable() {
+    for spec in [
+        quota(", requests: 1, burst: 5"),
+        concurrency("max: 10, limit: 5"),
+        concurrency("max: -1"),
+    ] {
+        let yaml = rate_limit_policy(&spec);
+        assert!(parse_documents(&yaml).remove(0).result.is_err(), "{spec}");
+    }
+}

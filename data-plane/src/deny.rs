@@ -55,6 +55,10 @@ pub enum Deny {
     RateLimitUnavailable {
         message: String,
     },
+    /// 503: the rule's concurrency limit is reached; shed before the upstream falls over.
+    Overloaded {
+        message: String,
+    },
 }
 
 /// Longest request path echoed back in a message.
@@ -92,7 +96,9 @@ impl Deny {
             Deny::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
             Deny::Forbidden { .. } => StatusCode::FORBIDDEN,
             Deny::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            Deny::RateLimitUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Deny::RateLimitUnavailable { .. } | Deny::Overloaded { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
         }
     }
 
@@ -109,6 +115,7 @@ impl Deny {
             Deny::Unauthorized { code, .. } | Deny::Forbidden { code, .. } => code,
             Deny::RateLimited { .. } => "rate_limited",
             Deny::RateLimitUnavailable { .. } => "rate_limit_unavailable",
+            Deny::Overloaded { .. } => "overloaded",
         }
     }
 
@@ -140,7 +147,8 @@ impl Deny {
             Deny::Unauthorized { message, .. }
             | Deny::Forbidden { message, .. }
             | Deny::RateLimited { message, .. }
-            | Deny::RateLimitUnavailable { message } => message.clone(),
+            | Deny::RateLimitUnavailable { message }
+            | Deny::Overloaded { message } => message.clone(),
         }
     }
 
@@ -161,7 +169,7 @@ impl Deny {
         );
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         match self {
-            Deny::NotReady | Deny::RateLimitUnavailable { .. } => {
+            Deny::NotReady | Deny::RateLimitUnavailable { .. } | Deny::Overloaded { .. } => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             Deny::RateLimited { headers: extra, .. } => {

@@ -26,6 +26,10 @@ pub struct Metrics {
     pub auth_denials: IntCounterVec,
     /// JWKS fetches by URI and result (`ok`, `error`).
     pub jwks_fetches: IntCounterVec,
+    /// The current concurrency limit per policy.
+    pub concurrency_limit: IntGaugeVec,
+    /// Requests shed by a concurrency limit, per policy.
+    pub concurrency_shed: IntCounterVec,
     /// Requests no route matched (and requests refused before routing).
     pub unrouted: RouteMetrics,
 }
@@ -105,6 +109,22 @@ impl Metrics {
             &["uri", "result"],
         )
         .expect("valid metric");
+        let concurrency_limit = IntGaugeVec::new(
+            Opts::new(
+                "pavilion_concurrency_limit",
+                "The current concurrency limit of each policy that sets one.",
+            ),
+            &["policy"],
+        )
+        .expect("valid metric");
+        let concurrency_shed = IntCounterVec::new(
+            Opts::new(
+                "pavilion_concurrency_shed_total",
+                "Requests refused (503 overloaded) by a concurrency limit.",
+            ),
+            &["policy"],
+        )
+        .expect("valid metric");
         for collector in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(duration.clone()),
@@ -114,6 +134,8 @@ impl Metrics {
             Box::new(control_plane_connected.clone()),
             Box::new(auth_denials.clone()),
             Box::new(jwks_fetches.clone()),
+            Box::new(concurrency_limit.clone()),
+            Box::new(concurrency_shed.clone()),
         ] {
             registry
                 .register(collector)
@@ -130,6 +152,8 @@ impl Metrics {
             control_plane_connected,
             auth_denials,
             jwks_fetches,
+            concurrency_limit,
+            concurrency_shed,
             unrouted,
         }
     }

@@ -20,7 +20,7 @@ use crate::deny::Deny;
 use crate::headers::{self, Peer, X_REQUEST_ID};
 use crate::metrics::Metrics;
 use crate::path::{self, PathError};
-use crate::ratelimit::{self, Limiter, Refusal};
+use crate::ratelimit::{self, Limiter, Refusal, RuleLimits};
 use crate::route::RequestFacts;
 use crate::runtime::{Rule, Runtime};
 use crate::security::SecurityHeaders;
@@ -241,15 +241,17 @@ impl Proxy {
             Cow::Borrowed(_) => None,
         };
         // Decided once, for IP lists and rate-limit keys.
-        let client_ip = (rule.ip.is_some() || !rule.limits.is_empty())
-            .then(|| {
-                ip::client_ip(
-                    client.addr.ip(),
-                    request.headers(),
-                    &self.shared.trusted_proxies,
-                )
-            })
-            .flatten();
+        let client_ip = (rule.ip.is_some()
+            || !rule.limits_before_auth.is_empty()
+            || !rule.limits_after_auth.is_empty())
+        .then(|| {
+            ip::client_ip(
+                client.addr.ip(),
+                request.headers(),
+                &self.shared.trusted_proxies,
+            )
+        })
+        .flatten();
         if let Some(ip_rules) = &rule.ip {
             let ip = client_ip;
             ip_rules.check(ip).map_err(|why| Deny::Forbidden {
@@ -257,6 +259,14 @@ impl Proxy {
                 message: format!("route {}: {why}", rule.route),
             })?;
         }
+        self.rate_limit(
+            &rule.limits_before_auth,
+            rule,
+            client_ip,
+            &request,
+            decision,
+        )
+        .await?;
         if let Some(auth) = &rule.auth {
             let path = new_path.as_deref().unwrap_or(request.uri().path());
             let identity = auth
@@ -271,30 +281,8 @@ impl Proxy {
                 .map_err(|reject| Deny::from_reject(reject, auth))?;
             decision.identity = Some(identity);
         }
-        if !rule.limits.is_empty() {
-            let facts = ratelimit::Facts {
-                client_ip,
-                identity: decision.identity.as_deref(),
-                headers: request.headers(),
-                route: &rule.route,
-            };
-            match self.shared.limiter.check(&rule.limits, &facts).await {
-                Ok(headers) => decision.rate_headers = headers,
-                Err(Refusal::Limited {
-                    message, headers, ..
-                }) => {
-                    return Err(Deny::RateLimited {
-                        message: format!("route {}: {message}", rule.route),
-                        headers,
-                    });
-                }
-                Err(Refusal::Unavailable { message }) => {
-                    return Err(Deny::RateLimitUnavailable {
-                        message: format!("route {}: {message}", rule.route),
-                    });
-                }
-            }
-        }
+        self.rate_limit(&rule.limits_after_auth, rule, client_ip, &request, decision)
+            .await?;
         let target = rule.backends.pick();
         decision.target = Some(target);
 
@@ -315,31 +303,84 @@ impl Proxy {
             auth.decorate(upstream_request.headers_mut(), identity);
         }
         let deadline = started + rule.timeout;
-        let response =
-            match tokio::time::timeout_at(deadline, self.upstreams.send(target, upstream_request))
-                .await
-            {
-                Ok(Ok(response)) => response,
-                Ok(Err(error)) => {
-                    return Err(upstream_error(
-                        error,
-                        rule,
-                        target,
-                        request_id,
-                        self.shared.limits,
-                    ));
+        let permit = match &rule.concurrency {
+            None => None,
+            Some(concurrency) => Some(concurrency.acquire().map_err(|limit| {
+                self.shared.metrics.concurrency_shed.with_label_values(&[&*concurrency.policy]).inc();
+                Deny::Overloaded {
+                    message: format!(
+                        "route {}: {limit} requests are in flight to the upstream, the concurrency limit of policy {}",
+                        rule.route, concurrency.policy
+                    ),
                 }
-                Err(_) => {
-                    return Err(Deny::UpstreamTimeout {
-                        route: rule.route.to_string(),
-                        timeout: rule.timeout,
-                    });
-                }
-            };
+            })?),
+        };
+        let outcome =
+            tokio::time::timeout_at(deadline, self.upstreams.send(target, upstream_request)).await;
+        if let Some(permit) = permit {
+            permit.finish(
+                matches!(&outcome, Ok(Ok(response)) if !response.status().is_server_error()),
+            );
+        }
+        let response = match outcome {
+            Ok(Ok(response)) => response,
+            Ok(Err(error)) => {
+                return Err(upstream_error(
+                    error,
+                    rule,
+                    target,
+                    request_id,
+                    self.shared.limits,
+                ));
+            }
+            Err(_) => {
+                return Err(Deny::UpstreamTimeout {
+                    route: rule.route.to_string(),
+                    timeout: rule.timeout,
+                });
+            }
+        };
         let (mut parts, body) = response.into_parts();
         headers::strip_hop_by_hop(&mut parts.headers, false);
         parts.version = Version::HTTP_11;
         Ok(Response::from_parts(parts, body))
+    }
+
+    /// Counts the request against `limits`; the tightest limit's headers go on the response.
+    async fn rate_limit<'r>(
+        &self,
+        limits: &RuleLimits,
+        rule: &'r Rule,
+        client_ip: Option<std::net::IpAddr>,
+        request: &Request<Incoming>,
+        decision: &mut Decision<'r>,
+    ) -> Result<(), Deny> {
+        if limits.is_empty() {
+            return Ok(());
+        }
+        let facts = ratelimit::Facts {
+            client_ip,
+            identity: decision.identity.as_deref(),
+            headers: request.headers(),
+            route: &rule.route,
+        };
+        match self.shared.limiter.check(limits, &facts).await {
+            Ok(headers) => {
+                if !headers.is_empty() {
+                    decision.rate_headers = headers;
+                }
+                Ok(())
+            }
+            Err(Refusal::Limited {
+                message, headers, ..
+            }) => Err(Deny::RateLimited {
+                message: format!("route {}: {message}", rule.route),
+                headers,
+            }),
+            Err(Refusal::Unavailable { message }) => Err(Deny::RateLimitUnavailable {
+                message: format!("route {}: {message}", rule.route),
+            }),
+        }
     }
 
     fn check_limits(&self, request: &Request<Incoming>) -> Result<(), Deny> {

@@ -13,6 +13,7 @@ use crate::auth::ip::IpRules;
 use crate::auth::{AuthContext, Credentials, RuleAuth};
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::ratelimit::RuleLimits;
+use crate::ratelimit::concurrency::Concurrency;
 use crate::route::{RequestFacts, RouteError, Router, RuleId};
 use crate::security::SecurityHeaders;
 use crate::upstream::Backends;
@@ -48,8 +49,12 @@ pub struct Rule {
     pub ip: Option<IpRules>,
     /// `None`: the rule is public.
     pub auth: Option<RuleAuth>,
-    /// The rate limits that apply, outermost first.
-    pub limits: RuleLimits,
+    /// The rate limits that apply, outermost first: those keyed by request facts alone
+    /// (checked before authentication) and those keyed by the identity (after it).
+    pub limits_before_auth: RuleLimits,
+    pub limits_after_auth: RuleLimits,
+    /// Shared by the rules of one route.
+    pub concurrency: Option<Arc<Concurrency>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -124,6 +129,20 @@ impl Runtime {
                     route: name.clone(),
                     message,
                 })?;
+            let concurrency = route
+                .rules
+                .iter()
+                .find_map(|r| r.concurrency.as_ref())
+                .map(|c| {
+                    Concurrency::new(c, metrics.concurrency_limit.with_label_values(&[&c.policy]))
+                        .map(Arc::new)
+                })
+                .transpose()
+                .map_err(|message| BuildError::Rule {
+                    route: name.clone(),
+                    rule: 0,
+                    message,
+                })?;
             let mut route_ids = Vec::with_capacity(route.rules.len());
             for (index, rule) in route.rules.iter().enumerate() {
                 let backends = Backends::new(&rule.backends, &rule.upstream_server_name).map_err(
@@ -148,7 +167,9 @@ impl Runtime {
                     .map(|auth| RuleAuth::new(&name, &route.namespace, auth, &credentials, context))
                     .transpose()
                     .map_err(rule_error)?;
-                let limits = RuleLimits::new(&rule.rate_limits).map_err(rule_error)?;
+                let (limits_before_auth, limits_after_auth) = RuleLimits::new(&rule.rate_limits)
+                    .map_err(rule_error)?
+                    .split_by_identity();
                 route_ids.push(rules.len() as RuleId);
                 rules.push(Rule {
                     route: name.as_str().into(),
@@ -161,7 +182,9 @@ impl Runtime {
                     security: security.clone(),
                     ip,
                     auth,
-                    limits,
+                    limits_before_auth,
+                    limits_after_auth,
+                    concurrency: concurrency.clone(),
                 });
             }
             ids.push(route_ids);

@@ -7,8 +7,8 @@ pub mod v1 {
 }
 
 pub use v1::{
-    Allow, ApiKey, ApiKeyAuth, Auth, Backend, ClaimAllow, ClaimHeader, HeaderMatch, JwtProvider,
-    Match, Node, PathMatch, PathMatchType, RateLimit, RateLimitBackend, RateLimitFailureMode,
-    RateLimitOverride, Route, Rule, SecurityHeaders, Snapshot, SnapshotRequest, SnapshotResponse,
-    StaticKey, TokenRevocations,
+    Allow, ApiKey, ApiKeyAuth, Auth, Backend, ClaimAllow, ClaimHeader, ConcurrencyLimit,
+    HeaderMatch, JwtProvider, Match, Node, PathMatch, PathMatchType, Quota, QuotaPeriod, RateLimit,
+    RateLimitBackend, RateLimitFailureMode, RateLimitOverride, Route, Rule, SecurityHeaders,
+    Snapshot, SnapshotRequest, SnapshotResponse, StaticKey, TokenRevocations,
 };

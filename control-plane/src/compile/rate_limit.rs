@@ -1,23 +1,40 @@
-//! Rate-limit policies into the limits every rule of a route enforces.
+//! Rate-limit policies into the limits, quotas and concurrency limit every rule of a route
+//! enforces.
 //!
 //! A route's rules carry, in order: the limits of the policies that target the route's
 //! namespace, then those of the policies that target the route itself. Policies of one
-//! level are taken oldest first (creation time, then name), like routes; a policy's limits
-//! keep their order, and `index` is a limit's position in its policy.
+//! level are taken oldest first (creation time, namespace, then name), like routes; a
+//! policy's limits keep their order, and `index` is a limit's position in its policy.
+//! Quotas are gathered the same way. A rule has at most one concurrency limit: that of the
+//! most specific policy setting one (the route's over the namespace's), the oldest among
+//! policies of the same level.
 
 use std::collections::HashMap;
 
 use pavilion_crds::policy::period;
-use pavilion_crds::{FailureMode, Limit, RateLimitBackend, RateLimitPolicy, Resource};
+use pavilion_crds::{
+    Concurrency, FailureMode, Limit, Quota, RateLimitBackend, RateLimitPolicy, Resource,
+};
 use pavilion_proto as proto;
+
+/// What the policies of one target (a namespace or a route) contribute to its rules.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub(super) struct Applied {
+    /// Limits of the policies, in order.
+    pub(super) rate_limits: Vec<proto::RateLimit>,
+    /// Quotas of the policies, in the same order.
+    pub(super) quotas: Vec<proto::Quota>,
+    /// The concurrency limit of the oldest policy that sets one.
+    pub(super) concurrency: Option<proto::ConcurrencyLimit>,
+}
 
 /// The compiled limits of accepted policies, by what they target.
 #[derive(Default)]
 pub(super) struct Limits {
-    /// Namespace → limits of the policies targeting it, in order.
-    namespaces: HashMap<String, Vec<proto::RateLimit>>,
-    /// (namespace, route name) → limits of the policies targeting that route, in order.
-    routes: HashMap<(String, String), Vec<proto::RateLimit>>,
+    /// Namespace → what the policies targeting it apply.
+    namespaces: HashMap<String, Applied>,
+    /// (namespace, route name) → what the policies targeting that route apply.
+    routes: HashMap<(String, String), Applied>,
 }
 
 impl Limits {
@@ -45,7 +62,7 @@ impl Limits {
         for policy in ordered {
             let namespace = namespace(policy).to_owned();
             let target = &policy.spec.target_ref;
-            let list = match target.kind.as_str() {
+            let applied = match target.kind.as_str() {
                 "Namespace" => limits.namespaces.entry(namespace).or_default(),
                 "Route" => limits
                     .routes
@@ -53,20 +70,40 @@ impl Limits {
                     .or_default(),
                 _ => continue,
             };
-            list.extend(to_proto(policy));
+            let name = policy_name(policy);
+            applied.rate_limits.extend(to_proto(policy, &name));
+            applied.quotas.extend(
+                policy
+                    .spec
+                    .quotas
+                    .iter()
+                    .zip(0u32..)
+                    .map(|(quota, index)| quota_to_proto(policy, &name, quota, index)),
+            );
+            if applied.concurrency.is_none() {
+                applied.concurrency = policy
+                    .spec
+                    .concurrency
+                    .as_ref()
+                    .map(|c| concurrency_to_proto(&name, c));
+            }
         }
         limits
     }
 
-    /// Every limit a rule of the route `namespace/name` must enforce, outermost first.
-    pub(super) fn for_route(&self, namespace: &str, name: &str) -> Vec<proto::RateLimit> {
-        let outer = self.namespaces.get(namespace).into_iter().flatten();
-        let own = self
-            .routes
-            .get(&(namespace.to_owned(), name.to_owned()))
-            .into_iter()
-            .flatten();
-        outer.chain(own).cloned().collect()
+    /// Everything a rule of the route `namespace/name` must enforce: limits and quotas
+    /// outermost first, and the most specific concurrency limit.
+    pub(super) fn for_route(&self, namespace: &str, name: &str) -> Applied {
+        let outer = self.namespaces.get(namespace);
+        let own = self.routes.get(&(namespace.to_owned(), name.to_owned()));
+        let levels = || outer.into_iter().chain(own);
+        Applied {
+            rate_limits: levels().flat_map(|a| &a.rate_limits).cloned().collect(),
+            quotas: levels().flat_map(|a| &a.quotas).cloned().collect(),
+            concurrency: own
+                .and_then(|a| a.concurrency.clone())
+                .or_else(|| outer.and_then(|a| a.concurrency.clone())),
+        }
     }
 }
 
@@ -78,27 +115,42 @@ fn namespace(policy: &RateLimitPolicy) -> &str {
         .unwrap_or(pavilion_crds::resource::DEFAULT_NAMESPACE)
 }
 
-fn to_proto(policy: &RateLimitPolicy) -> impl Iterator<Item = proto::RateLimit> + '_ {
-    let spec = &policy.spec;
-    let name = format!(
+/// "namespace/name", as the snapshot names a policy.
+fn policy_name(policy: &RateLimitPolicy) -> String {
+    format!(
         "{}/{}",
         namespace(policy),
         policy.metadata.name.as_deref().unwrap_or_default()
-    );
-    let backend = match spec.backend {
+    )
+}
+
+fn backend(policy: &RateLimitPolicy) -> proto::RateLimitBackend {
+    match policy.spec.backend {
         RateLimitBackend::Local => proto::RateLimitBackend::Local,
         RateLimitBackend::Redis => proto::RateLimitBackend::Redis,
-    };
-    let failure_mode = match spec.failure_mode {
+    }
+}
+
+fn failure_mode(policy: &RateLimitPolicy) -> proto::RateLimitFailureMode {
+    match policy.spec.failure_mode {
         FailureMode::Local => proto::RateLimitFailureMode::Local,
         FailureMode::Open => proto::RateLimitFailureMode::Open,
         FailureMode::Closed => proto::RateLimitFailureMode::Closed,
-    };
+    }
+}
+
+fn to_proto<'a>(
+    policy: &'a RateLimitPolicy,
+    name: &'a str,
+) -> impl Iterator<Item = proto::RateLimit> + 'a {
+    let spec = &policy.spec;
+    let backend = backend(policy);
+    let failure_mode = failure_mode(policy);
     spec.limits
         .iter()
         .zip(0u32..)
         .map(move |(limit, index)| proto::RateLimit {
-            policy: name.clone(),
+            policy: name.to_owned(),
             index,
             key: limit.key.iter().map(|part| key_part(part)).collect(),
             requests: limit.requests,
@@ -117,6 +169,36 @@ fn to_proto(policy: &RateLimitPolicy) -> impl Iterator<Item = proto::RateLimit> 
                 })
                 .collect(),
         })
+}
+
+/// The policy was validated: `per` is `day` or `month`, the time zone is known.
+fn quota_to_proto(policy: &RateLimitPolicy, name: &str, quota: &Quota, index: u32) -> proto::Quota {
+    let period = match quota.per.as_str() {
+        "month" => proto::QuotaPeriod::Month,
+        _ => proto::QuotaPeriod::Day,
+    };
+    proto::Quota {
+        policy: name.to_owned(),
+        index,
+        key: quota.key.iter().map(|part| key_part(part)).collect(),
+        requests: quota.requests.unwrap_or(0),
+        bytes: quota.bytes.unwrap_or(0),
+        period: period as i32,
+        time_zone: quota.time_zone().to_owned(),
+        backend: backend(policy) as i32,
+        failure_mode: failure_mode(policy) as i32,
+    }
+}
+
+/// Defaults filled in: `min` 1, `initial` 20 kept within `min..=max`, adaptive.
+fn concurrency_to_proto(name: &str, concurrency: &Concurrency) -> proto::ConcurrencyLimit {
+    proto::ConcurrencyLimit {
+        policy: name.to_owned(),
+        min: concurrency.min(),
+        max: concurrency.max,
+        initial: concurrency.initial(),
+        adaptive: concurrency.adaptive,
+    }
 }
 
 /// Header names are case-insensitive: the snapshot spells them lower-case. Claim names

@@ -6,15 +6,15 @@ use pavilion_crds::duration::parse_duration;
 use pavilion_crds::{PathMatchType, Resource, Route};
 use pavilion_proto as proto;
 
-use super::rate_limit::Limits;
+use super::rate_limit::{Applied, Limits};
 use super::{Outcome, Report, auth, conflicts};
 
 /// Timeout of a rule that sets none.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Builds the snapshot from accepted routes (each with the index of its report), their
-/// rules carrying the rate limits that reach them, and records conflict warnings in those
-/// reports.
+/// rules carrying the rate limits, quotas and concurrency limits that reach them, and
+/// records conflict warnings in those reports.
 pub(super) fn build_snapshot(
     routes: &[(&Resource, usize)],
     reports: &mut [Report],
@@ -62,7 +62,7 @@ pub(super) fn build_snapshot(
     }
 }
 
-fn to_proto(route: &Route, rate_limits: &[proto::RateLimit]) -> proto::Route {
+fn to_proto(route: &Route, applied: &Applied) -> proto::Route {
     let security_headers = route
         .spec
         .security_headers
@@ -120,7 +120,9 @@ fn to_proto(route: &Route, rate_limits: &[proto::RateLimit]) -> proto::Route {
                     .and_then(|t| t.server_name.clone())
                     .map(|name| name.to_ascii_lowercase())
                     .unwrap_or_default(),
-                rate_limits: rate_limits.to_vec(),
+                rate_limits: applied.rate_limits.clone(),
+                quotas: applied.quotas.clone(),
+                concurrency: applied.concurrency.clone(),
             })
             .collect(),
     }

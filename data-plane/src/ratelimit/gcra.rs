@@ -16,10 +16,10 @@ pub struct Rate {
 impl Rate {
     pub fn new(requests: u64, period_ns: u64, burst: u64) -> Self {
         let interval = (period_ns / requests.max(1)).max(1);
-        Self {
-            interval,
-            burst: burst.max(1),
-        }
+        // The bucket, interval × burst, must stay far from u64's end (2^62 ns is 146
+        // years): a saturated TAT would never refill.
+        let burst = burst.clamp(1, (1u64 << 62) / interval);
+        Self { interval, burst }
     }
 
     /// The whole bucket, in nanoseconds.
@@ -43,7 +43,15 @@ pub struct Verdict {
 /// Checks one request against `tat` (0 = unknown key), returning the verdict and the TAT to
 /// store when allowed.
 pub fn check(rate: Rate, tat: u64, now: u64) -> (Verdict, Option<u64>) {
-    let base = tat.max(now);
+    // A TAT this rate could never have produced (beyond a full bucket) is a stricter limit's
+    // from before a configuration change: it counts as this bucket with one request left,
+    // not as the old debt — otherwise it would never be replaced.
+    let ceiling = now.saturating_add(rate.capacity() - rate.interval);
+    let base = if tat > now.saturating_add(rate.capacity()) {
+        ceiling
+    } else {
+        tat.max(now)
+    };
     let new_tat = base.saturating_add(rate.interval);
     let used = new_tat - now;
     if used > rate.capacity() {
@@ -104,6 +112,35 @@ mod tests {
         // A full second later the bucket is full again.
         let (verdict, _) = check(rate, tat, now + 2 * SECOND);
         assert_eq!(verdict.remaining, 2);
+    }
+
+    #[test]
+    fn a_raised_limit_applies_at_once_and_huge_buckets_do_not_overflow() {
+        let strict = Rate::new(1, 86_400 * SECOND, 1);
+        let (_, tat) = check(strict, 0, SECOND);
+        let relaxed = Rate::new(100, SECOND, 100);
+        let (verdict, new_tat) = check(relaxed, tat.unwrap(), SECOND);
+        assert!(
+            verdict.allowed,
+            "the old day-long debt does not outlive the change"
+        );
+        assert_eq!(
+            verdict.remaining, 0,
+            "…but counts as a bucket with one request left"
+        );
+        let (verdict, _) = check(relaxed, new_tat.unwrap(), SECOND);
+        assert_eq!(
+            verdict.retry_after_ns,
+            SECOND / 100,
+            "then the new rate applies"
+        );
+        let huge = Rate::new(1, 86_400 * SECOND, 1_000_000_000);
+        assert!(huge.capacity() <= 1 << 62);
+        let mut tat = 0;
+        for _ in 0..1000 {
+            tat = check(huge, tat, SECOND).1.unwrap();
+        }
+        assert!(tat < u64::MAX / 2);
     }
 
     #[test]

@@ -49,6 +49,23 @@ impl LocalCounters {
         self.len() == 0
     }
 
+    /// Gives back one request to each `(key, rate)`: for a request these limits allowed
+    /// but a later limit refused.
+    pub fn refund(&self, checks: &[(u64, Rate)]) {
+        let now = self.now();
+        for (key, rate) in checks {
+            let mut map = self.shards[shard_of(*key)]
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if let Some(tat) = map.get_mut(key) {
+                *tat = tat.saturating_sub(rate.interval);
+                if *tat <= now {
+                    map.remove(key);
+                }
+            }
+        }
+    }
+
     /// Checks every `(key, rate)` at one instant; only when all allow is each charged, so a
     /// request refused by one limit uses up none of the others.
     pub fn check_all(&self, checks: &[(u64, Rate)]) -> Vec<Verdict> {
@@ -100,12 +117,17 @@ fn shard_of(key: u64) -> usize {
     (key >> 58) as usize % SHARDS
 }
 
+/// Frees a full shard: keys whose bucket has refilled go first (they are the same as
+/// unknown keys); if that is not enough, the half closest to refilled — the keys of clients
+/// that are currently limited are the last to be forgotten.
 fn make_room(map: &mut HashMap<u64, u64, foldhash::fast::FixedState>, now: u64, capacity: usize) {
     map.retain(|_, tat| *tat > now);
     if map.len() > capacity - capacity / 8 {
-        let drop: Vec<u64> = map.keys().take(map.len() / 2).copied().collect();
-        for key in drop {
-            map.remove(&key);
+        let mut by_debt: Vec<(u64, u64)> = map.iter().map(|(key, tat)| (*tat, *key)).collect();
+        let half = by_debt.len() / 2;
+        by_debt.select_nth_unstable(half);
+        for (_, key) in &by_debt[..half] {
+            map.remove(key);
         }
     }
 }

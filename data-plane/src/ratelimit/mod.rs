@@ -5,6 +5,7 @@
 //! Limits nest: every limit that applies must allow the request, and a request refused by
 //! one is charged to none (in process; in Redis within one script).
 
+pub mod concurrency;
 pub mod gcra;
 pub mod local;
 pub mod redis;
@@ -89,8 +90,24 @@ impl RuleLimits {
         self.limits.is_empty()
     }
 
-    pub fn uses_redis(&self) -> bool {
-        self.limits.iter().any(|l| l.backend == Backend::Redis)
+    /// Splits into the limits whose keys need no identity — checked before authentication,
+    /// so floods of bad credentials are limited too — and the rest, checked after it.
+    pub fn split_by_identity(self) -> (Self, Self) {
+        let (after, before): (Vec<Limit>, Vec<Limit>) =
+            self.limits.into_vec().into_iter().partition(|limit| {
+                limit
+                    .parts
+                    .iter()
+                    .any(|p| matches!(p, KeyPart::ApiKey | KeyPart::Subject | KeyPart::Claim(_)))
+            });
+        (
+            Self {
+                limits: before.into(),
+            },
+            Self {
+                limits: after.into(),
+            },
+        )
     }
 }
 
@@ -341,12 +358,12 @@ impl Limiter {
         let local: Vec<usize> = (0..counted.len())
             .filter(|&i| counted[i].limit.backend == Backend::Local)
             .collect();
+        let local_checks: Vec<(u64, Rate)> = local
+            .iter()
+            .map(|&i| (self.local_key(&counted[i], ""), counted[i].rate))
+            .collect();
         if !local.is_empty() {
-            let checks: Vec<(u64, Rate)> = local
-                .iter()
-                .map(|&i| (self.local_key(&counted[i], ""), counted[i].rate))
-                .collect();
-            for (&i, verdict) in local.iter().zip(self.local.check_all(&checks)) {
+            for (&i, verdict) in local.iter().zip(self.local.check_all(&local_checks)) {
                 verdicts[i] = Some(verdict);
             }
             if let Some(refusal) = self.refusal(&counted, &verdicts) {
@@ -359,7 +376,9 @@ impl Limiter {
             .collect();
         if !remote.is_empty() {
             let outcome = match &self.redis {
-                Some(redis) => {
+                // While Redis is known to be down the failure mode decides at once; the
+                // connection's own check brings Redis back within a second.
+                Some(redis) if redis.is_connected() => {
                     let checks: Vec<(String, Rate)> = remote
                         .iter()
                         .map(|&i| (redis_key(&counted[i]), counted[i].rate))
@@ -374,24 +393,31 @@ impl Limiter {
                     }
                     outcome
                 }
+                Some(_) => Err("Redis is unreachable".into()),
                 None => Err("no --redis configured".into()),
             };
-            match outcome {
+            let decided = match outcome {
                 Ok(remote_verdicts) => {
                     for (&i, verdict) in remote.iter().zip(remote_verdicts) {
                         verdicts[i] = Some(verdict);
                     }
+                    Ok(())
                 }
-                Err(error) => self.fall_back(&counted, &remote, &mut verdicts, &error)?,
-            }
-            if let Some(refusal) = self.refusal(&counted, &verdicts) {
+                Err(error) => self.fall_back(&counted, &remote, &mut verdicts, &error),
+            };
+            let refusal = decided.err().or_else(|| self.refusal(&counted, &verdicts));
+            if let Some(refusal) = refusal {
+                // Refused after all: what the local limits charged is given back.
+                self.local.refund(&local_checks);
                 return Err(refusal);
             }
         }
-        for c in &counted {
+        let mut policies: Vec<&str> = counted.iter().map(|c| &*c.limit.policy).collect();
+        policies.dedup();
+        for policy in policies {
             self.metrics
                 .decisions
-                .with_label_values(&[&*c.limit.policy, "allowed"])
+                .with_label_values(&[policy, "allowed"])
                 .inc();
         }
         Ok(rate_limit_headers(&counted, &verdicts))
@@ -437,11 +463,12 @@ impl Limiter {
                 .iter()
                 .map(|&i| {
                     let c = &counted[i];
-                    let share = c.requests.div_ceil(self.replicas);
+                    // An exact share of the rate; the bucket rounded up so it holds one request.
+                    let period = c.limit.period_ns.saturating_mul(self.replicas);
                     let burst = c.rate.burst.div_ceil(self.replicas);
                     (
                         self.local_key(c, "fallback"),
-                        Rate::new(share, c.limit.period_ns, burst),
+                        Rate::new(c.requests, period, burst),
                     )
                 })
                 .collect();
@@ -453,15 +480,23 @@ impl Limiter {
     }
 
     fn refusal(&self, counted: &[Counted<'_>], verdicts: &[Option<Verdict>]) -> Option<Refusal> {
-        let (c, verdict) = counted
+        let refused: Vec<(&Counted<'_>, Verdict)> = counted
             .iter()
             .zip(verdicts)
-            .find_map(|(c, v)| v.filter(|v| !v.allowed).map(|v| (c, v)))?;
+            .filter_map(|(c, v)| v.filter(|v| !v.allowed).map(|v| (c, v)))
+            .collect();
+        let (first, _) = refused.first()?;
         self.metrics
             .decisions
-            .with_label_values(&[&*c.limit.policy, "limited"])
+            .with_label_values(&[&*first.limit.policy, "limited"])
             .inc();
-        let retry_after_secs = verdict.retry_after_ns.div_ceil(NANOS).max(1);
+        // The longest wait: retrying after a shorter one would only be refused again.
+        let wait = refused
+            .iter()
+            .map(|(_, v)| v.retry_after_ns)
+            .max()
+            .unwrap_or(0);
+        let retry_after_secs = wait.div_ceil(NANOS).max(1);
         let mut headers = rate_limit_headers(counted, verdicts);
         if let Ok(value) = HeaderValue::from_str(&retry_after_secs.to_string()) {
             headers.push((http::header::RETRY_AFTER, value));
@@ -469,7 +504,7 @@ impl Limiter {
         Some(Refusal::Limited {
             message: format!(
                 "policy {}: limit {} ({}) exceeded",
-                c.limit.policy, c.limit.index, c.limit.describe
+                first.limit.policy, first.limit.index, first.limit.describe
             ),
             retry_after_secs,
             headers,
@@ -489,40 +524,48 @@ impl Limiter {
 
 /// The key's value and the rate that applies to it (an override's, or the limit's).
 fn count<'l>(limit: &'l Limit, facts: &Facts<'_>) -> Counted<'l> {
+    // Each part length-prefixed, so no value can pass for two parts (`a|b` + `c` vs `a` +
+    // `b|c`); overrides are matched against the parts joined by `|`, as documented.
     let mut key = String::new();
+    let mut shown = String::new();
     for (i, part) in limit.parts.iter().enumerate() {
-        if i > 0 {
-            key.push('|');
-        }
-        match part {
-            KeyPart::ClientIp => match facts.client_ip {
-                Some(ip) => key.push_str(&ip.to_string()),
-                None => key.push_str("unknown"),
-            },
+        let value: std::borrow::Cow<'_, str> = match part {
+            KeyPart::ClientIp => facts
+                .client_ip
+                .map_or("-".into(), |ip| ip.to_string().into()),
             KeyPart::ApiKey => match facts.identity.map(|i| &i.principal) {
-                Some(Principal::Key(id)) => key.push_str(id),
-                _ => key.push('-'),
+                Some(Principal::Key(id)) => (&**id).into(),
+                _ => "-".into(),
             },
             KeyPart::Subject => match facts.identity.map(|i| &i.principal) {
-                Some(Principal::Subject(subject)) => key.push_str(subject),
-                _ => key.push('-'),
+                Some(Principal::Subject(subject)) => (&**subject).into(),
+                _ => "-".into(),
             },
-            KeyPart::Route => key.push_str(facts.route),
+            KeyPart::Route => facts.route.into(),
             KeyPart::Claim(name) => match facts.identity.and_then(|i| i.claims.get(&**name)) {
-                Some(serde_json::Value::String(text)) => key.push_str(text),
-                Some(other) => key.push_str(&other.to_string()),
-                None => key.push('-'),
+                Some(serde_json::Value::String(text)) => text.as_str().into(),
+                Some(other) => other.to_string().into(),
+                None => "-".into(),
             },
             KeyPart::Header(name) => match facts.headers.get(name) {
-                Some(value) => key.push_str(&String::from_utf8_lossy(value.as_bytes())),
-                None => key.push('-'),
+                Some(value) => String::from_utf8_lossy(value.as_bytes()),
+                None => "-".into(),
             },
+        };
+        key.push_str(&value.len().to_string());
+        key.push(':');
+        key.push_str(&value);
+        if !limit.overrides.is_empty() {
+            if i > 0 {
+                shown.push('|');
+            }
+            shown.push_str(&value);
         }
     }
     let (requests, rate) = limit
         .overrides
         .iter()
-        .find(|(pattern, _, _)| pattern.matches(&key))
+        .find(|(pattern, _, _)| pattern.matches(&shown))
         .map_or((limit.requests, limit.rate), |(_, requests, rate)| {
             (*requests, *rate)
         });
@@ -565,7 +608,7 @@ fn rate_limit_headers(
     let number =
         |n: u64| HeaderValue::from_str(&n.to_string()).expect("digits are a valid header value");
     vec![
-        (RATELIMIT_LIMIT.clone(), number(c.requests)),
+        (RATELIMIT_LIMIT.clone(), number(c.rate.burst)),
         (RATELIMIT_REMAINING.clone(), number(verdict.remaining)),
         (
             RATELIMIT_RESET.clone(),

@@ -16,22 +16,26 @@ use tokio::sync::watch;
 
 use super::gcra::{Rate, Verdict};
 
-/// KEYS: one counter per limit. ARGV: per limit, the interval and the burst (interval in
-/// microseconds). Returns per limit {allowed, remaining, reset_us, retry_after_us}.
+/// KEYS: one counter per limit. ARGV: per limit, the interval (microseconds, with a
+/// fraction: 600 000 per second is 1.667 µs, and rounding it would admit more) and the
+/// burst. Times count from 2025-01-01 so that doubles keep sub-microsecond precision.
+/// Returns per limit {allowed, remaining, reset_us, retry_after_us}.
 const SCRIPT: &str = r#"
 local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local now = (tonumber(t[1]) - 1735689600) * 1000000 + tonumber(t[2])
 local results = {}
 local new_tats = {}
 local all = 1
 for i = 1, #KEYS do
   local interval = tonumber(ARGV[2 * i - 1])
   local burst = tonumber(ARGV[2 * i])
+  local capacity = interval * burst
   local tat = tonumber(redis.call('GET', KEYS[i]) or '0') or 0
   if tat < now then tat = now end
+  -- A TAT beyond a full bucket is a stricter limit's from before a change: one request left.
+  if tat > now + capacity then tat = now + capacity - interval end
   local new_tat = tat + interval
   local used = new_tat - now
-  local capacity = interval * burst
   if used > capacity then
     all = 0
     results[i] = {0, 0, tat - now, used - capacity}
@@ -43,7 +47,7 @@ end
 if all == 1 then
   for i = 1, #KEYS do
     local ttl = math.ceil((new_tats[i] - now) / 1000) + 1000
-    redis.call('SET', KEYS[i], string.format('%.0f', new_tats[i]), 'PX', ttl)
+    redis.call('SET', KEYS[i], string.format('%.3f', new_tats[i]), 'PX', ttl)
   end
 end
 return results
@@ -98,6 +102,7 @@ impl RedisCounters {
                 }
             }
         }
+        let mut failures = 0;
         loop {
             tokio::select! {
                 () = tokio::time::sleep(Duration::from_secs(1)) => {}
@@ -113,12 +118,24 @@ impl RedisCounters {
             )
             .await;
             let up = matches!(ping, Ok(Ok(_)));
+            failures = if up { 0 } else { failures + 1 };
             if up != self.connected.swap(up, Ordering::Relaxed) {
                 if up {
                     tracing::info!("Redis reachable again");
                 } else {
-                    tracing::warn!("Redis unreachable");
+                    tracing::warn!("Redis unreachable; Redis limits follow their failure mode");
                 }
+            }
+            // A server that vanished without closing the connection (a lost node) leaves a
+            // socket that only times out; after three silent pings, start afresh.
+            if failures >= 3 {
+                let fresh = ConnectionManager::new_with_config(self.client.clone(), config.clone());
+                if let Ok(Ok(fresh)) =
+                    tokio::time::timeout(self.timeout.max(Duration::from_millis(500)), fresh).await
+                {
+                    self.manager.store(Some(Arc::new(fresh)));
+                }
+                failures = 0;
             }
         }
     }
@@ -131,7 +148,7 @@ impl RedisCounters {
         for (key, rate) in checks {
             invocation
                 .key(key)
-                .arg((rate.interval / 1000).max(1))
+                .arg(format!("{:.3}", rate.interval as f64 / 1000.0))
                 .arg(rate.burst);
         }
         let reply = tokio::time::timeout(
