@@ -23,6 +23,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         )
         .route("/ready", get(ready))
         .route("/metrics", get(metrics_text))
+        .route("/admin/quota/{key}", get(quota_usage))
         .with_state(AdminState { shared })
 }
 
@@ -41,6 +42,20 @@ async fn ready(State(state): State<AdminState>) -> Response {
         let body = serde_json::json!({ "ready": false, "reason": "no snapshot received yet" });
         (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
     }
+}
+
+/// Use of every quota by one key value (the quota's key parts joined by `|`, e.g. an API
+/// key id or a tenant) in the current window.
+async fn quota_usage(
+    State(state): State<AdminState>,
+    axum::extract::Path(key): axum::extract::Path<String>,
+) -> Response {
+    let runtime = state.shared.runtime.load_full();
+    let mut quotas = Vec::new();
+    for quota in runtime.quotas() {
+        quotas.push(state.shared.limiter.quota_usage(quota, &key).await);
+    }
+    Json(serde_json::json!({ "key": key, "quotas": quotas })).into_response()
 }
 
 async fn metrics_text(State(state): State<AdminState>) -> Response {

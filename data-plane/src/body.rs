@@ -73,6 +73,33 @@ pub enum ResponseBody {
     /// From an h2c or HTTPS upstream.
     Upstream(Incoming),
     Local(Option<Bytes>),
+    /// Another body whose bytes are counted (byte quotas); the count is reported when the
+    /// body is done or dropped.
+    Metered(Box<Metered>),
+}
+
+pub struct Metered {
+    inner: ResponseBody,
+    bytes: u64,
+    report: Option<Box<dyn FnOnce(u64) + Send + Sync>>,
+}
+
+impl Metered {
+    pub fn wrap(inner: ResponseBody, report: Box<dyn FnOnce(u64) + Send + Sync>) -> ResponseBody {
+        ResponseBody::Metered(Box::new(Self {
+            inner,
+            bytes: 0,
+            report: Some(report),
+        }))
+    }
+}
+
+impl Drop for Metered {
+    fn drop(&mut self) {
+        if let Some(report) = self.report.take() {
+            report(self.bytes);
+        }
+    }
 }
 
 /// Errors of a response body; boxed only when one happens.
@@ -96,6 +123,15 @@ impl Body for ResponseBody {
             ResponseBody::H1(inner) => Pin::new(inner).poll_frame(cx).map_err(Into::into),
             ResponseBody::Upstream(inner) => Pin::new(inner).poll_frame(cx).map_err(Into::into),
             ResponseBody::Local(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            ResponseBody::Metered(metered) => {
+                let polled = Pin::new(&mut metered.inner).poll_frame(cx);
+                if let Poll::Ready(Some(Ok(frame))) = &polled
+                    && let Some(data) = frame.data_ref()
+                {
+                    metered.bytes += data.len() as u64;
+                }
+                polled
+            }
         }
     }
 
@@ -104,6 +140,7 @@ impl Body for ResponseBody {
             ResponseBody::H1(inner) => inner.is_end_stream(),
             ResponseBody::Upstream(inner) => inner.is_end_stream(),
             ResponseBody::Local(bytes) => bytes.is_none(),
+            ResponseBody::Metered(metered) => metered.inner.is_end_stream(),
         }
     }
 
@@ -114,6 +151,7 @@ impl Body for ResponseBody {
             ResponseBody::Local(bytes) => {
                 SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
             }
+            ResponseBody::Metered(metered) => metered.inner.size_hint(),
         }
     }
 }

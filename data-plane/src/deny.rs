@@ -55,6 +55,11 @@ pub enum Deny {
     RateLimitUnavailable {
         message: String,
     },
+    /// 429: a quota is used up until its window resets.
+    QuotaExceeded {
+        message: String,
+        retry_after_secs: u64,
+    },
     /// 503: the rule's concurrency limit is reached; shed before the upstream falls over.
     Overloaded {
         message: String,
@@ -65,6 +70,30 @@ pub enum Deny {
 const MAX_ECHOED_PATH: usize = 200;
 
 impl Deny {
+    /// A rate-limit or quota verdict as a response naming the route.
+    pub fn from_refusal(refusal: crate::ratelimit::Refusal, rule: &crate::runtime::Rule) -> Self {
+        use crate::ratelimit::Refusal;
+        let route = &rule.route;
+        match refusal {
+            Refusal::Limited {
+                message, headers, ..
+            } => Deny::RateLimited {
+                message: format!("route {route}: {message}"),
+                headers,
+            },
+            Refusal::Unavailable { message } => Deny::RateLimitUnavailable {
+                message: format!("route {route}: {message}"),
+            },
+            Refusal::QuotaExceeded {
+                message,
+                retry_after_secs,
+            } => Deny::QuotaExceeded {
+                message: format!("route {route}: {message}"),
+                retry_after_secs,
+            },
+        }
+    }
+
     /// An authentication verdict as a response, with the rule's challenges on a 401.
     pub fn from_reject(reject: crate::auth::Reject, auth: &crate::auth::RuleAuth) -> Self {
         if reject.status == 401 {
@@ -95,7 +124,7 @@ impl Deny {
             Deny::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             Deny::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
             Deny::Forbidden { .. } => StatusCode::FORBIDDEN,
-            Deny::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Deny::RateLimited { .. } | Deny::QuotaExceeded { .. } => StatusCode::TOO_MANY_REQUESTS,
             Deny::RateLimitUnavailable { .. } | Deny::Overloaded { .. } => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -114,6 +143,7 @@ impl Deny {
             Deny::UpstreamTimeout { .. } => "upstream_timeout",
             Deny::Unauthorized { code, .. } | Deny::Forbidden { code, .. } => code,
             Deny::RateLimited { .. } => "rate_limited",
+            Deny::QuotaExceeded { .. } => "quota_exceeded",
             Deny::RateLimitUnavailable { .. } => "rate_limit_unavailable",
             Deny::Overloaded { .. } => "overloaded",
         }
@@ -147,6 +177,7 @@ impl Deny {
             Deny::Unauthorized { message, .. }
             | Deny::Forbidden { message, .. }
             | Deny::RateLimited { message, .. }
+            | Deny::QuotaExceeded { message, .. }
             | Deny::RateLimitUnavailable { message }
             | Deny::Overloaded { message } => message.clone(),
         }
@@ -171,6 +202,13 @@ impl Deny {
         match self {
             Deny::NotReady | Deny::RateLimitUnavailable { .. } | Deny::Overloaded { .. } => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            Deny::QuotaExceeded {
+                retry_after_secs, ..
+            } => {
+                if let Ok(value) = HeaderValue::from_str(&retry_after_secs.to_string()) {
+                    headers.insert(header::RETRY_AFTER, value);
+                }
             }
             Deny::RateLimited { headers: extra, .. } => {
                 for (name, value) in extra {

@@ -15,12 +15,12 @@ use tokio::time::Instant;
 
 use crate::auth::ip::{self, Cidrs};
 use crate::auth::{Identity, TokenCache};
-use crate::body::{RequestBody, ResponseBody};
+use crate::body::{Metered, RequestBody, ResponseBody};
 use crate::deny::Deny;
 use crate::headers::{self, Peer, X_REQUEST_ID};
 use crate::metrics::Metrics;
 use crate::path::{self, PathError};
-use crate::ratelimit::{self, Limiter, Refusal, RuleLimits};
+use crate::ratelimit::{self, Limiter, RuleLimits};
 use crate::route::RequestFacts;
 use crate::runtime::{Rule, Runtime};
 use crate::security::SecurityHeaders;
@@ -283,6 +283,21 @@ impl Proxy {
         }
         self.rate_limit(&rule.limits_after_auth, rule, client_ip, &request, decision)
             .await?;
+        let byte_targets = if rule.quotas.is_empty() {
+            Vec::new()
+        } else {
+            let facts = ratelimit::Facts {
+                client_ip,
+                identity: decision.identity.as_deref(),
+                headers: request.headers(),
+                route: &rule.route,
+            };
+            self.shared
+                .limiter
+                .take_quotas(&rule.quotas, &facts)
+                .await
+                .map_err(|refusal| Deny::from_refusal(refusal, rule))?
+        };
         let target = rule.backends.pick();
         decision.target = Some(target);
 
@@ -340,7 +355,14 @@ impl Proxy {
                 });
             }
         };
-        let (mut parts, body) = response.into_parts();
+        let (mut parts, mut body) = response.into_parts();
+        if !byte_targets.is_empty() {
+            let shared = self.shared.clone();
+            body = Metered::wrap(
+                body,
+                Box::new(move |bytes| shared.limiter.add_bytes(&byte_targets, bytes)),
+            );
+        }
         headers::strip_hop_by_hop(&mut parts.headers, false);
         parts.version = Version::HTTP_11;
         Ok(Response::from_parts(parts, body))
@@ -371,15 +393,7 @@ impl Proxy {
                 }
                 Ok(())
             }
-            Err(Refusal::Limited {
-                message, headers, ..
-            }) => Err(Deny::RateLimited {
-                message: format!("route {}: {message}", rule.route),
-                headers,
-            }),
-            Err(Refusal::Unavailable { message }) => Err(Deny::RateLimitUnavailable {
-                message: format!("route {}: {message}", rule.route),
-            }),
+            Err(refusal) => Err(Deny::from_refusal(refusal, rule)),
         }
     }
 

@@ -14,6 +14,7 @@ use crate::auth::{AuthContext, Credentials, RuleAuth};
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::ratelimit::RuleLimits;
 use crate::ratelimit::concurrency::Concurrency;
+use crate::ratelimit::quota::{Quota, RuleQuotas};
 use crate::route::{RequestFacts, RouteError, Router, RuleId};
 use crate::security::SecurityHeaders;
 use crate::upstream::Backends;
@@ -53,6 +54,8 @@ pub struct Rule {
     /// (checked before authentication) and those keyed by the identity (after it).
     pub limits_before_auth: RuleLimits,
     pub limits_after_auth: RuleLimits,
+    /// Quotas that apply, outermost first.
+    pub quotas: RuleQuotas,
     /// Shared by the rules of one route.
     pub concurrency: Option<Arc<Concurrency>>,
 }
@@ -170,6 +173,7 @@ impl Runtime {
                 let (limits_before_auth, limits_after_auth) = RuleLimits::new(&rule.rate_limits)
                     .map_err(rule_error)?
                     .split_by_identity();
+                let quotas = RuleQuotas::new(&rule.quotas).map_err(rule_error)?;
                 route_ids.push(rules.len() as RuleId);
                 rules.push(Rule {
                     route: name.as_str().into(),
@@ -184,6 +188,7 @@ impl Runtime {
                     auth,
                     limits_before_auth,
                     limits_after_auth,
+                    quotas,
                     concurrency: concurrency.clone(),
                 });
             }
@@ -196,6 +201,16 @@ impl Runtime {
             identity_headers: identity_headers(&rules),
             rules: rules.into(),
         })
+    }
+
+    /// Every quota of the snapshot once (rules of a route share their policies' quotas).
+    pub fn quotas(&self) -> Vec<&Quota> {
+        let mut seen = std::collections::HashSet::new();
+        self.rules
+            .iter()
+            .flat_map(|rule| rule.quotas.iter())
+            .filter(|q| seen.insert((q.policy.clone(), q.index)))
+            .collect()
     }
 
     pub fn is_ready(&self) -> bool {

@@ -680,3 +680,232 @@ async fn a_frozen_redis_costs_at_most_the_timeout_and_recovery_is_automatic() {
     );
     assert_eq!(left(&get(&dp, "/x", &[]).await), first - 1);
 }
+
+fn quota(
+    policy: &str,
+    key: &[&str],
+    requests: u64,
+    bytes: u64,
+    zone: &str,
+    backend: proto::RateLimitBackend,
+) -> proto::Quota {
+    proto::Quota {
+        policy: policy.into(),
+        key: key.iter().map(|k| k.to_string()).collect(),
+        requests,
+        bytes,
+        period: proto::QuotaPeriod::Day as i32,
+        time_zone: zone.into(),
+        backend: backend as i32,
+        ..Default::default()
+    }
+}
+
+fn quota_rule(prefix: &str, upstream: &Upstream, quotas: Vec<proto::Quota>) -> proto::Rule {
+    let mut rule = prefix_rule(prefix, &[(&upstream.url(), 1)]);
+    rule.quotas = quotas;
+    rule
+}
+
+async fn usage(dp: &DataPlane, key: &str) -> serde_json::Value {
+    HttpClient::http1()
+        .get(&format!("http://{}/admin/quota/{key}", dp.admin_addr))
+        .await
+        .unwrap()
+        .json()
+}
+
+#[tokio::test]
+async fn quotas_count_requests_and_bytes_per_calendar_day_in_a_time_zone() {
+    let upstream = Upstream::start("u").await.unwrap();
+    let dp = data_plane(None, 1).await;
+    let tenants = quota(
+        "shop/plan",
+        &["header:x-tenant"],
+        3,
+        0,
+        "Europe/Berlin",
+        proto::RateLimitBackend::Local,
+    );
+    let mut bandwidth = quota(
+        "shop/bandwidth",
+        &["route"],
+        0,
+        100,
+        "UTC",
+        proto::RateLimitBackend::Local,
+    );
+    bandwidth.period = proto::QuotaPeriod::Month as i32;
+    dp.apply(snapshot(
+        "v1",
+        vec![route(
+            "shop/orders",
+            &[],
+            vec![
+                quota_rule("/orders", &upstream, vec![tenants]),
+                quota_rule("/bytes", &upstream, vec![bandwidth]),
+            ],
+        )],
+    ))
+    .await
+    .unwrap();
+
+    for _ in 0..3 {
+        assert_eq!(
+            get(&dp, "/orders", &[("x-tenant", "acme")]).await.status,
+            200
+        );
+    }
+    let reply = get(&dp, "/orders", &[("x-tenant", "acme")]).await;
+    assert_eq!(reply.status, 429);
+    assert_eq!(reply.json()["error"]["code"], "quota_exceeded");
+    let message = reply.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        message.contains("shop/plan")
+            && message.contains("3 requests per day (Europe/Berlin)")
+            && message.contains("resets at"),
+        "{message}"
+    );
+    // Retry-After: until the next midnight in Berlin.
+    let berlin: chrono_tz::Tz = "Europe/Berlin".parse().unwrap();
+    let now = chrono::Utc::now().with_timezone(&berlin);
+    let midnight = now
+        .date_naive()
+        .succ_opt()
+        .unwrap()
+        .and_hms_opt(0, 0, 0)
+        .unwrap();
+    let expected = (midnight - now.naive_local()).num_seconds();
+    let retry_after: i64 = reply.header("retry-after").unwrap().parse().unwrap();
+    assert!(
+        (retry_after - expected).abs() <= 3600 + 5,
+        "{retry_after} vs about {expected}"
+    );
+    assert_eq!(
+        get(&dp, "/orders", &[("x-tenant", "globex")]).await.status,
+        200,
+        "another tenant"
+    );
+
+    let report = usage(&dp, "acme").await;
+    let plan = report["quotas"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|q| q["policy"] == "shop/plan")
+        .unwrap()
+        .clone();
+    assert_eq!(plan["used"]["requests"], 3);
+    assert_eq!(plan["limit"]["requests"], 3);
+    assert_eq!(plan["window"], now.format("%Y-%m-%d").to_string());
+    assert_eq!(plan["timeZone"], "Europe/Berlin");
+
+    // Bytes: the first response uses the quota up (the last one may go past it).
+    let first = get(&dp, "/bytes", &[]).await;
+    assert_eq!(first.status, 200);
+    assert!(first.body.len() > 100);
+    let reply = get(&dp, "/bytes", &[]).await;
+    assert_eq!(reply.status, 429, "{}", reply.text());
+    assert!(
+        reply.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("no bytes left"),
+        "{}",
+        reply.text()
+    );
+    let report = usage(&dp, "shop%2Forders").await;
+    let bytes = report["quotas"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|q| q["policy"] == "shop/bandwidth")
+        .unwrap()
+        .clone();
+    assert_eq!(bytes["used"]["bytes"], first.body.len() as u64, "{report}");
+    assert_eq!(
+        bytes["window"],
+        chrono::Utc::now().format("%Y-%m").to_string()
+    );
+}
+
+#[tokio::test]
+async fn redis_quotas_are_shared_by_data_planes_and_fail_as_configured() {
+    let mut redis = RedisServer::start();
+    let upstream = Upstream::start("u").await.unwrap();
+    let one = data_plane(Some(&redis), 2).await;
+    let two = data_plane(Some(&redis), 2).await;
+    let shared = quota(
+        "shop/shared",
+        &["route"],
+        5,
+        0,
+        "UTC",
+        proto::RateLimitBackend::Redis,
+    );
+    let mut strict = quota(
+        "shop/strict",
+        &["route"],
+        100,
+        0,
+        "UTC",
+        proto::RateLimitBackend::Redis,
+    );
+    strict.failure_mode = proto::RateLimitFailureMode::Closed as i32;
+    let snap = snapshot(
+        "v1",
+        vec![route(
+            "shop/orders",
+            &[],
+            vec![
+                quota_rule("/shared", &upstream, vec![shared]),
+                quota_rule("/strict", &upstream, vec![strict]),
+            ],
+        )],
+    );
+    for dp in [&one, &two] {
+        dp.apply(snap.clone()).await.unwrap();
+        eventually(
+            "Redis is reachable",
+            Duration::from_secs(10),
+            || async move {
+                let ready = HttpClient::http1()
+                    .get(&format!("http://{}/ready", dp.admin_addr))
+                    .await
+                    .ok()?;
+                (ready.json()["redis"] == "reachable").then_some(())
+            },
+        )
+        .await;
+    }
+    assert_eq!(
+        admitted(&[&one, &two], "/shared", 20).await,
+        5,
+        "exactly the quota across both"
+    );
+    let report = usage(&two, "shop%2Forders").await;
+    let used = report["quotas"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|q| q["policy"] == "shop/shared")
+        .unwrap()["used"]["requests"]
+        .clone();
+    assert_eq!(used, 5);
+
+    redis.stop();
+    eventually("Redis is seen down", Duration::from_secs(10), || async {
+        let ready = HttpClient::http1()
+            .get(&format!("http://{}/ready", one.admin_addr))
+            .await
+            .ok()?;
+        (ready.json()["redis"] == "unreachable").then_some(())
+    })
+    .await;
+    let reply = get(&one, "/strict", &[]).await;
+    assert_eq!(reply.status, 503);
+    assert_eq!(reply.json()["error"]["code"], "rate_limit_unavailable");
+}

@@ -8,6 +8,7 @@
 pub mod concurrency;
 pub mod gcra;
 pub mod local;
+pub mod quota;
 pub mod redis;
 
 use std::net::IpAddr;
@@ -20,6 +21,7 @@ use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, Opts, Regi
 
 use self::gcra::{Rate, Verdict};
 use self::local::LocalCounters;
+use self::quota::{Exhausted, Quota, QuotaCounters, RuleQuotas};
 use self::redis::RedisCounters;
 use crate::auth::pattern::Pattern;
 use crate::auth::{Identity, Principal};
@@ -120,23 +122,7 @@ impl Limit {
         let parts = limit
             .key
             .iter()
-            .map(|part| match part.as_str() {
-                "clientIp" => Ok(KeyPart::ClientIp),
-                "apiKey" => Ok(KeyPart::ApiKey),
-                "subject" => Ok(KeyPart::Subject),
-                "route" => Ok(KeyPart::Route),
-                other => {
-                    if let Some(claim) = other.strip_prefix("claim:") {
-                        Ok(KeyPart::Claim(claim.into()))
-                    } else if let Some(header) = other.strip_prefix("header:") {
-                        HeaderName::try_from(header)
-                            .map(KeyPart::Header)
-                            .map_err(|_| format!("`{header}` is not a header name"))
-                    } else {
-                        Err(format!("`{other}` is not a key part"))
-                    }
-                }
-            })
+            .map(|part| key_part(part))
             .collect::<Result<_, _>>()
             .map_err(at)?;
         let period_ns = limit.period_ms.saturating_mul(1_000_000);
@@ -192,6 +178,27 @@ impl Limit {
     }
 }
 
+/// One part of a key as written in the snapshot.
+fn key_part(part: &str) -> Result<KeyPart, String> {
+    match part {
+        "clientIp" => Ok(KeyPart::ClientIp),
+        "apiKey" => Ok(KeyPart::ApiKey),
+        "subject" => Ok(KeyPart::Subject),
+        "route" => Ok(KeyPart::Route),
+        other => {
+            if let Some(claim) = other.strip_prefix("claim:") {
+                Ok(KeyPart::Claim(claim.into()))
+            } else if let Some(header) = other.strip_prefix("header:") {
+                HeaderName::try_from(header)
+                    .map(KeyPart::Header)
+                    .map_err(|_| format!("`{header}` is not a header name"))
+            } else {
+                Err(format!("`{other}` is not a key part"))
+            }
+        }
+    }
+}
+
 fn period_text(ms: u64) -> String {
     match ms {
         ms if ms % 86_400_000 == 0 => format!("{}d", ms / 86_400_000),
@@ -221,6 +228,11 @@ pub enum Refusal {
     },
     /// Redis unreachable under `failureMode: closed`: 503.
     Unavailable { message: String },
+    /// A quota is used up for this window: 429 until it resets.
+    QuotaExceeded {
+        message: String,
+        retry_after_secs: u64,
+    },
 }
 
 /// Counters and metrics, shared by every worker.
@@ -233,6 +245,24 @@ pub struct Limiter {
     replicas: u64,
     hasher: foldhash::fast::FixedState,
     metrics: LimiterMetrics,
+    quotas: QuotaCounters,
+    /// Redis quotas' shares while Redis is unreachable (`failureMode: local`).
+    quota_fallback: QuotaCounters,
+}
+
+/// Where a request's response bytes are added (quotas with a byte limit).
+pub struct ByteTarget {
+    store: Store,
+    key: String,
+    window: String,
+    expire_at: i64,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Store {
+    Local,
+    Fallback,
+    Redis,
 }
 
 #[derive(Clone)]
@@ -333,7 +363,263 @@ impl Limiter {
             replicas: options.replicas.max(1),
             hasher: foldhash::fast::FixedState::with_seed(fastrand::u64(..)),
             metrics,
+            quotas: QuotaCounters::new(options.max_keys),
+            quota_fallback: QuotaCounters::new(options.max_keys),
         }
+    }
+
+    /// Counts the request in every quota of the rule unless one is used up (then none is
+    /// charged). `Ok` names where the response's bytes go, for quotas with a byte limit.
+    pub async fn take_quotas(
+        &self,
+        quotas: &RuleQuotas,
+        facts: &Facts<'_>,
+    ) -> Result<Vec<ByteTarget>, Refusal> {
+        let now = chrono::Utc::now();
+        let mut taken: Vec<(Store, String, String)> = Vec::new();
+        let mut targets = Vec::new();
+        let mut remote: Vec<(&Quota, String, String, i64)> = Vec::new();
+        let outcome = (|| {
+            for quota in quotas.iter() {
+                let value = part_values(&quota.parts, facts).join("|");
+                let (window, end) = quota::window(quota.period, quota.tz, now);
+                let expire_at = end.timestamp() + 86_400;
+                if quota.backend == Backend::Redis {
+                    remote.push((
+                        quota,
+                        quota_redis_key(quota, &value, &window),
+                        window,
+                        expire_at,
+                    ));
+                    continue;
+                }
+                let key = quota_local_key(quota, &value);
+                match self.quotas.take(&key, &window, quota.requests, quota.bytes) {
+                    Ok(_) => {
+                        if quota.bytes > 0 {
+                            targets.push(ByteTarget {
+                                store: Store::Local,
+                                key: key.clone(),
+                                window: window.clone(),
+                                expire_at,
+                            });
+                        }
+                        taken.push((Store::Local, key, window));
+                    }
+                    Err((why, _)) => return Err(self.quota_refusal(quota, why, end, now)),
+                }
+            }
+            Ok(())
+        })();
+        if let Err(refusal) = outcome {
+            self.untake(&taken);
+            return Err(refusal);
+        }
+        if remote.is_empty() {
+            return Ok(targets);
+        }
+        let answer = match &self.redis {
+            Some(redis) if redis.is_connected() => {
+                let checks: Vec<redis::QuotaCheck<'_>> = remote
+                    .iter()
+                    .map(|(q, key, _, expire_at)| redis::QuotaCheck {
+                        key,
+                        requests: q.requests,
+                        bytes: q.bytes,
+                        expire_at: *expire_at,
+                    })
+                    .collect();
+                let answer = redis.take_quotas(&checks).await;
+                if answer.is_err() {
+                    self.metrics.redis_errors.inc();
+                }
+                answer
+            }
+            Some(_) => Err("Redis is unreachable".into()),
+            None => Err("no --redis configured".into()),
+        };
+        match answer {
+            Ok(rows) => {
+                if let Some(((quota, _, _, _), (why, _, _))) =
+                    remote.iter().zip(&rows).find(|(_, (why, _, _))| *why != 0)
+                {
+                    self.untake(&taken);
+                    let why = if *why == 2 {
+                        Exhausted::Bytes
+                    } else {
+                        Exhausted::Requests
+                    };
+                    let (_, end) = quota::window(quota.period, quota.tz, now);
+                    return Err(self.quota_refusal(quota, why, end, now));
+                }
+                for (quota, key, window, expire_at) in remote {
+                    if quota.bytes > 0 {
+                        targets.push(ByteTarget {
+                            store: Store::Redis,
+                            key,
+                            window,
+                            expire_at,
+                        });
+                    }
+                }
+            }
+            Err(error) => {
+                for (quota, _, window, expire_at) in remote {
+                    let mode = match quota.failure {
+                        FailureMode::Open => "open",
+                        FailureMode::Closed => "closed",
+                        FailureMode::Local => "local",
+                    };
+                    self.metrics
+                        .fallbacks
+                        .with_label_values(&[&*quota.policy, mode])
+                        .inc();
+                    match quota.failure {
+                        FailureMode::Open => {}
+                        FailureMode::Closed => {
+                            self.untake(&taken);
+                            tracing::warn!(policy = &*quota.policy, %error, "Redis unreachable; refusing (quota, failureMode: closed)");
+                            return Err(Refusal::Unavailable {
+                                message: format!(
+                                    "policy {}: the quota store is unavailable and the policy fails closed",
+                                    quota.policy
+                                ),
+                            });
+                        }
+                        FailureMode::Local => {
+                            let value = part_values(&quota.parts, facts).join("|");
+                            let key = quota_local_key(quota, &value);
+                            let share = |n: u64| if n == 0 { 0 } else { n.div_ceil(self.replicas) };
+                            match self.quota_fallback.take(
+                                &key,
+                                &window,
+                                share(quota.requests),
+                                share(quota.bytes),
+                            ) {
+                                Ok(_) => {
+                                    if quota.bytes > 0 {
+                                        targets.push(ByteTarget {
+                                            store: Store::Fallback,
+                                            key: key.clone(),
+                                            window: window.clone(),
+                                            expire_at,
+                                        });
+                                    }
+                                    taken.push((Store::Fallback, key, window));
+                                }
+                                Err((why, _)) => {
+                                    self.untake(&taken);
+                                    let (_, end) = quota::window(quota.period, quota.tz, now);
+                                    return Err(self.quota_refusal(quota, why, end, now));
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        Ok(targets)
+    }
+
+    fn untake(&self, taken: &[(Store, String, String)]) {
+        for (store, key, window) in taken {
+            match store {
+                Store::Local => self.quotas.untake(key, window),
+                Store::Fallback => self.quota_fallback.untake(key, window),
+                Store::Redis => {}
+            }
+        }
+    }
+
+    fn quota_refusal(
+        &self,
+        quota: &Quota,
+        why: Exhausted,
+        end: chrono::DateTime<chrono::Utc>,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Refusal {
+        self.metrics
+            .decisions
+            .with_label_values(&[&*quota.policy, "quota_exceeded"])
+            .inc();
+        let what = match why {
+            Exhausted::Requests => "requests",
+            Exhausted::Bytes => "bytes",
+        };
+        Refusal::QuotaExceeded {
+            message: format!(
+                "policy {}: quota {} ({}) has no {what} left; it resets at {}",
+                quota.policy,
+                quota.index,
+                quota.describe(),
+                end.with_timezone(&quota.tz).to_rfc3339()
+            ),
+            retry_after_secs: u64::try_from((end - now).num_seconds()).unwrap_or(0).max(1),
+        }
+    }
+
+    /// Adds a response's bytes to the quotas that count them.
+    pub fn add_bytes(&self, targets: &[ByteTarget], bytes: u64) {
+        for target in targets {
+            match target.store {
+                Store::Local => self.quotas.add_bytes(&target.key, &target.window, bytes),
+                Store::Fallback => {
+                    self.quota_fallback
+                        .add_bytes(&target.key, &target.window, bytes)
+                }
+                Store::Redis => {
+                    if let Some(redis) = self.redis.clone() {
+                        let (key, expire_at) = (target.key.clone(), target.expire_at);
+                        tokio::spawn(async move {
+                            if let Err(error) = redis.add_quota_bytes(&key, bytes, expire_at).await
+                            {
+                                tracing::warn!(%error, bytes, "cannot add response bytes to a quota in Redis");
+                            }
+                        });
+                    }
+                }
+            }
+        }
+    }
+
+    /// A quota's use in the current window by the key value `value` (the key parts joined
+    /// by `|`, e.g. an API key id), for the admin API.
+    pub async fn quota_usage(&self, quota: &Quota, value: &str) -> serde_json::Value {
+        let now = chrono::Utc::now();
+        let (window, end) = quota::window(quota.period, quota.tz, now);
+        let used = match quota.backend {
+            Backend::Local => Ok(self.quotas.usage(&quota_local_key(quota, value), &window)),
+            Backend::Redis => match &self.redis {
+                Some(redis) => redis
+                    .quota_usage(&quota_redis_key(quota, value, &window))
+                    .await
+                    .map(|(requests, bytes)| quota::Usage { requests, bytes }),
+                None => Err("no --redis configured".into()),
+            },
+        };
+        let limit = |n: u64| {
+            if n == 0 {
+                serde_json::Value::Null
+            } else {
+                n.into()
+            }
+        };
+        let mut body = serde_json::json!({
+            "policy": &*quota.policy,
+            "index": quota.index,
+            "window": window,
+            "timeZone": quota.tz.name(),
+            "resetsAt": end.with_timezone(&quota.tz).to_rfc3339(),
+            "limit": { "requests": limit(quota.requests), "bytes": limit(quota.bytes) },
+        });
+        match used {
+            Ok(usage) => {
+                body["used"] =
+                    serde_json::json!({ "requests": usage.requests, "bytes": usage.bytes })
+            }
+            Err(error) => body["error"] = format!("usage unavailable: {error}").into(),
+        }
+        body
     }
 
     /// Whether Redis answers (for readiness); `None` without Redis.
@@ -523,58 +809,84 @@ impl Limiter {
 }
 
 /// The key's value and the rate that applies to it (an override's, or the limit's).
+/// The values of `parts` for this request: `-` for what the request does not have.
+fn part_values<'f>(parts: &[KeyPart], facts: &'f Facts<'_>) -> Vec<std::borrow::Cow<'f, str>> {
+    parts
+        .iter()
+        .map(|part| -> std::borrow::Cow<'f, str> {
+            match part {
+                KeyPart::ClientIp => facts
+                    .client_ip
+                    .map_or("-".into(), |ip| ip.to_string().into()),
+                KeyPart::ApiKey => match facts.identity.map(|i| &i.principal) {
+                    Some(Principal::Key(id)) => (&**id).into(),
+                    _ => "-".into(),
+                },
+                KeyPart::Subject => match facts.identity.map(|i| &i.principal) {
+                    Some(Principal::Subject(subject)) => (&**subject).into(),
+                    _ => "-".into(),
+                },
+                KeyPart::Route => facts.route.into(),
+                KeyPart::Claim(name) => match facts.identity.and_then(|i| i.claims.get(&**name)) {
+                    Some(serde_json::Value::String(text)) => text.as_str().into(),
+                    Some(other) => other.to_string().into(),
+                    None => "-".into(),
+                },
+                KeyPart::Header(name) => match facts.headers.get(name) {
+                    Some(value) => String::from_utf8_lossy(value.as_bytes()),
+                    None => "-".into(),
+                },
+            }
+        })
+        .collect()
+}
+
 fn count<'l>(limit: &'l Limit, facts: &Facts<'_>) -> Counted<'l> {
     // Each part length-prefixed, so no value can pass for two parts (`a|b` + `c` vs `a` +
     // `b|c`); overrides are matched against the parts joined by `|`, as documented.
+    let values = part_values(&limit.parts, facts);
     let mut key = String::new();
-    let mut shown = String::new();
-    for (i, part) in limit.parts.iter().enumerate() {
-        let value: std::borrow::Cow<'_, str> = match part {
-            KeyPart::ClientIp => facts
-                .client_ip
-                .map_or("-".into(), |ip| ip.to_string().into()),
-            KeyPart::ApiKey => match facts.identity.map(|i| &i.principal) {
-                Some(Principal::Key(id)) => (&**id).into(),
-                _ => "-".into(),
-            },
-            KeyPart::Subject => match facts.identity.map(|i| &i.principal) {
-                Some(Principal::Subject(subject)) => (&**subject).into(),
-                _ => "-".into(),
-            },
-            KeyPart::Route => facts.route.into(),
-            KeyPart::Claim(name) => match facts.identity.and_then(|i| i.claims.get(&**name)) {
-                Some(serde_json::Value::String(text)) => text.as_str().into(),
-                Some(other) => other.to_string().into(),
-                None => "-".into(),
-            },
-            KeyPart::Header(name) => match facts.headers.get(name) {
-                Some(value) => String::from_utf8_lossy(value.as_bytes()),
-                None => "-".into(),
-            },
-        };
+    for value in &values {
         key.push_str(&value.len().to_string());
         key.push(':');
-        key.push_str(&value);
-        if !limit.overrides.is_empty() {
-            if i > 0 {
-                shown.push('|');
-            }
-            shown.push_str(&value);
-        }
+        key.push_str(value);
     }
-    let (requests, rate) = limit
-        .overrides
-        .iter()
-        .find(|(pattern, _, _)| pattern.matches(&shown))
-        .map_or((limit.requests, limit.rate), |(_, requests, rate)| {
-            (*requests, *rate)
-        });
+    let (requests, rate) = if limit.overrides.is_empty() {
+        (limit.requests, limit.rate)
+    } else {
+        let shown = values.join("|");
+        limit
+            .overrides
+            .iter()
+            .find(|(pattern, _, _)| pattern.matches(&shown))
+            .map_or((limit.requests, limit.rate), |(_, requests, rate)| {
+                (*requests, *rate)
+            })
+    };
     Counted {
         limit,
         key,
         rate,
         requests,
     }
+}
+
+fn quota_local_key(quota: &Quota, value: &str) -> String {
+    format!("{}\0{}\0{value}", quota.policy, quota.index)
+}
+
+/// `pavilion:quota:<digest>:<window>`: a digest, as for limits, and the window, so each
+/// day or month has its own hash.
+fn quota_redis_key(quota: &Quota, value: &str, window: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::new()
+        .chain_update(quota.policy.as_bytes())
+        .chain_update([0])
+        .chain_update(quota.index.to_be_bytes())
+        .chain_update(value.as_bytes())
+        .finalize();
+    let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+    format!("pavilion:quota:{hex}:{window}")
 }
 
 /// The Redis key of a counter: a digest, so client-chosen values (headers) cannot make

@@ -185,3 +185,122 @@ impl RedisCounters {
             .collect()
     }
 }
+
+/// KEYS: one hash per quota and window. ARGV: per quota, the request and byte limits (0 =
+/// none) and when the hash expires. Counts the request in every quota only if none is used
+/// up. Returns per quota {why (0 ok, 1 requests, 2 bytes), requests, bytes}.
+const QUOTA_SCRIPT: &str = r#"
+local results = {}
+local ok = 1
+for i = 1, #KEYS do
+  local requests = tonumber(ARGV[3 * i - 2])
+  local bytes = tonumber(ARGV[3 * i - 1])
+  local used = redis.call('HMGET', KEYS[i], 'requests', 'bytes')
+  local r = tonumber(used[1] or '0') or 0
+  local b = tonumber(used[2] or '0') or 0
+  local why = 0
+  if bytes > 0 and b >= bytes then why = 2 elseif requests > 0 and r >= requests then why = 1 end
+  if why > 0 then ok = 0 end
+  results[i] = {why, r, b}
+end
+if ok == 1 then
+  for i = 1, #KEYS do
+    results[i][2] = redis.call('HINCRBY', KEYS[i], 'requests', 1)
+    redis.call('EXPIREAT', KEYS[i], tonumber(ARGV[3 * i]))
+  end
+end
+return results
+"#;
+
+/// One quota's check in Redis.
+pub struct QuotaCheck<'a> {
+    pub key: &'a str,
+    pub requests: u64,
+    pub bytes: u64,
+    /// Unix seconds.
+    pub expire_at: i64,
+}
+
+impl RedisCounters {
+    async fn connection(&self) -> Result<ConnectionManager, String> {
+        let manager = self.manager.load_full().ok_or("not connected to Redis")?;
+        Ok((*manager).clone())
+    }
+
+    async fn bounded<T>(
+        &self,
+        call: impl std::future::Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, String> {
+        match tokio::time::timeout(self.timeout, call).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(error)) => {
+                self.connected.store(false, Ordering::Relaxed);
+                Err(error.to_string())
+            }
+            Err(_) => {
+                self.connected.store(false, Ordering::Relaxed);
+                Err(format!("no answer within {:?}", self.timeout))
+            }
+        }
+    }
+
+    /// Counts a request in every quota unless one is used up: `(why, requests, bytes)` per
+    /// quota, `why` 0 when counted.
+    pub async fn take_quotas(
+        &self,
+        checks: &[QuotaCheck<'_>],
+    ) -> Result<Vec<(i64, u64, u64)>, String> {
+        let mut connection = self.connection().await?;
+        let script = redis::Script::new(QUOTA_SCRIPT);
+        let mut invocation = script.prepare_invoke();
+        for check in checks {
+            invocation
+                .key(check.key)
+                .arg(check.requests)
+                .arg(check.bytes)
+                .arg(check.expire_at);
+        }
+        let rows: Vec<Vec<i64>> = self
+            .bounded(invocation.invoke_async(&mut connection))
+            .await?;
+        let unsigned = |n: i64| u64::try_from(n).unwrap_or(0);
+        rows.iter()
+            .map(|row| match row.as_slice() {
+                [why, requests, bytes] => Ok((*why, unsigned(*requests), unsigned(*bytes))),
+                _ => Err("unexpected reply from the quota script".to_string()),
+            })
+            .collect()
+    }
+
+    /// Adds response bytes to a quota's hash.
+    pub async fn add_quota_bytes(
+        &self,
+        key: &str,
+        bytes: u64,
+        expire_at: i64,
+    ) -> Result<(), String> {
+        let mut connection = self.connection().await?;
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .hincr(key, "bytes", bytes)
+            .ignore()
+            .expire_at(key, expire_at)
+            .ignore();
+        self.bounded(pipe.query_async::<()>(&mut connection)).await
+    }
+
+    /// `(requests, bytes)` used in a quota's hash.
+    pub async fn quota_usage(&self, key: &str) -> Result<(u64, u64), String> {
+        let mut connection = self.connection().await?;
+        let (requests, bytes): (Option<u64>, Option<u64>) = self
+            .bounded(
+                redis::cmd("HMGET")
+                    .arg(key)
+                    .arg("requests")
+                    .arg("bytes")
+                    .query_async(&mut connection),
+            )
+            .await?;
+        Ok((requests.unwrap_or(0), bytes.unwrap_or(0)))
+    }
+}
