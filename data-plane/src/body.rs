@@ -73,31 +73,36 @@ pub enum ResponseBody {
     /// From an h2c or HTTPS upstream.
     Upstream(Incoming),
     Local(Option<Bytes>),
-    /// Another body whose bytes are counted (byte quotas); the count is reported when the
-    /// body is done or dropped.
+    /// Another body whose bytes are counted (byte quotas): reported every megabyte while it
+    /// streams, so a long download cannot run far past a quota unnoticed, and the rest when
+    /// the body is done or dropped.
     Metered(Box<Metered>),
 }
 
 pub struct Metered {
     inner: ResponseBody,
-    bytes: u64,
-    report: Option<Box<dyn FnOnce(u64) + Send + Sync>>,
+    /// Counted and not reported yet.
+    pending: u64,
+    report: Box<dyn FnMut(u64) + Send + Sync>,
 }
 
+/// Bytes between two reports of a streaming body.
+const REPORT_EVERY: u64 = 1024 * 1024;
+
 impl Metered {
-    pub fn wrap(inner: ResponseBody, report: Box<dyn FnOnce(u64) + Send + Sync>) -> ResponseBody {
+    pub fn wrap(inner: ResponseBody, report: Box<dyn FnMut(u64) + Send + Sync>) -> ResponseBody {
         ResponseBody::Metered(Box::new(Self {
             inner,
-            bytes: 0,
-            report: Some(report),
+            pending: 0,
+            report,
         }))
     }
 }
 
 impl Drop for Metered {
     fn drop(&mut self) {
-        if let Some(report) = self.report.take() {
-            report(self.bytes);
+        if self.pending > 0 {
+            (self.report)(self.pending);
         }
     }
 }
@@ -128,7 +133,12 @@ impl Body for ResponseBody {
                 if let Poll::Ready(Some(Ok(frame))) = &polled
                     && let Some(data) = frame.data_ref()
                 {
-                    metered.bytes += data.len() as u64;
+                    metered.pending += data.len() as u64;
+                }
+                // Reported before the end reaches the client, so its next request sees it.
+                let ended = matches!(polled, Poll::Ready(None)) || metered.inner.is_end_stream();
+                if metered.pending >= REPORT_EVERY || (ended && metered.pending > 0) {
+                    (metered.report)(std::mem::take(&mut metered.pending));
                 }
                 polled
             }

@@ -30,6 +30,15 @@ pub struct Metrics {
     pub concurrency_limit: IntGaugeVec,
     /// Requests shed by a concurrency limit, per policy.
     pub concurrency_shed: IntCounterVec,
+    /// Concurrency limits alive in some runtime, so a new snapshot reuses them.
+    pub concurrency_limits: std::sync::Arc<
+        std::sync::Mutex<
+            std::collections::HashMap<
+                String,
+                std::sync::Weak<crate::ratelimit::concurrency::Concurrency>,
+            >,
+        >,
+    >,
     /// Requests no route matched (and requests refused before routing).
     pub unrouted: RouteMetrics,
 }
@@ -154,6 +163,7 @@ impl Metrics {
             jwks_fetches,
             concurrency_limit,
             concurrency_shed,
+            concurrency_limits: Default::default(),
             unrouted,
         }
     }

@@ -283,6 +283,19 @@ impl Proxy {
         }
         self.rate_limit(&rule.limits_after_auth, rule, client_ip, &request, decision)
             .await?;
+        // Before quotas: a request shed here must not use up its quota.
+        let permit = match &rule.concurrency {
+            None => None,
+            Some(concurrency) => Some(concurrency.acquire().map_err(|limit| {
+                self.shared.metrics.concurrency_shed.with_label_values(&[&*concurrency.policy]).inc();
+                Deny::Overloaded {
+                    message: format!(
+                        "route {}: {limit} requests are in flight to the upstream, the concurrency limit of policy {}",
+                        rule.route, concurrency.policy
+                    ),
+                }
+            })?),
+        };
         let byte_targets = if rule.quotas.is_empty() {
             Vec::new()
         } else {
@@ -318,18 +331,6 @@ impl Proxy {
             auth.decorate(upstream_request.headers_mut(), identity);
         }
         let deadline = started + rule.timeout;
-        let permit = match &rule.concurrency {
-            None => None,
-            Some(concurrency) => Some(concurrency.acquire().map_err(|limit| {
-                self.shared.metrics.concurrency_shed.with_label_values(&[&*concurrency.policy]).inc();
-                Deny::Overloaded {
-                    message: format!(
-                        "route {}: {limit} requests are in flight to the upstream, the concurrency limit of policy {}",
-                        rule.route, concurrency.policy
-                    ),
-                }
-            })?),
-        };
         let outcome =
             tokio::time::timeout_at(deadline, self.upstreams.send(target, upstream_request)).await;
         if let Some(permit) = permit {

@@ -137,8 +137,27 @@ impl Runtime {
                 .iter()
                 .find_map(|r| r.concurrency.as_ref())
                 .map(|c| {
-                    Concurrency::new(c, metrics.concurrency_limit.with_label_values(&[&c.policy]))
-                        .map(Arc::new)
+                    // The same limit (same route, policy and settings) carries over from the
+                    // previous snapshot with its in-flight count and estimate: a new snapshot
+                    // during an incident must not admit a fresh limit on top of the old.
+                    let key = format!(
+                        "{name}|{}|{}|{}|{}|{}",
+                        c.policy, c.min, c.max, c.initial, c.adaptive
+                    );
+                    let mut kept = metrics
+                        .concurrency_limits
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner());
+                    kept.retain(|_, limit| limit.strong_count() > 0);
+                    if let Some(limit) = kept.get(&key).and_then(std::sync::Weak::upgrade) {
+                        return Ok(limit);
+                    }
+                    let limit = Arc::new(Concurrency::new(
+                        c,
+                        metrics.concurrency_limit.with_label_values(&[&c.policy]),
+                    )?);
+                    kept.insert(key, Arc::downgrade(&limit));
+                    Ok(limit)
                 })
                 .transpose()
                 .map_err(|message| BuildError::Rule {

@@ -909,3 +909,32 @@ async fn redis_quotas_are_shared_by_data_planes_and_fail_as_configured() {
     assert_eq!(reply.status, 503);
     assert_eq!(reply.json()["error"]["code"], "rate_limit_unavailable");
 }
+
+#[tokio::test]
+async fn a_request_shed_by_the_concurrency_limit_uses_no_quota() {
+    let upstream = Upstream::start("u").await.unwrap();
+    let dp = data_plane(None, 1).await;
+    let mut rule = concurrency_rule("shop/busy", &upstream, 1, 1, 1, false);
+    rule.quotas = vec![quota(
+        "shop/busy",
+        &["route"],
+        100,
+        0,
+        "UTC",
+        proto::RateLimitBackend::Local,
+    )];
+    dp.apply(snapshot(
+        "v1",
+        vec![route("shop/busy", &["busy.test"], vec![rule])],
+    ))
+    .await
+    .unwrap();
+    let mut statuses = concurrently(&dp, "busy.test", "/delay/300", 5).await;
+    statuses.sort_unstable();
+    assert_eq!(statuses, [200, 503, 503, 503, 503]);
+    let report = usage(&dp, "shop%2Fbusy").await;
+    assert_eq!(
+        report["quotas"][0]["used"]["requests"], 1,
+        "only the request that was served: {report}"
+    );
+}

@@ -33,7 +33,7 @@ pub struct Concurrency {
 
 struct Estimate {
     limit: f64,
-    /// Latency without load: follows decreases quickly and increases very slowly (ns).
+    /// Long-term average latency, over about the last 500 samples (ns): the baseline.
     long_rtt: f64,
     /// Recent latency (ns).
     short_rtt: f64,
@@ -113,11 +113,14 @@ impl Concurrency {
         }
         estimate.samples += 1;
         estimate.short_rtt = 0.9 * estimate.short_rtt + 0.1 * rtt;
-        estimate.long_rtt = if rtt < estimate.long_rtt {
-            0.9 * estimate.long_rtt + 0.1 * rtt
-        } else {
-            0.995 * estimate.long_rtt + 0.005 * rtt
-        };
+        // Both are means (a low quantile against a mean would read any spread of latencies
+        // as overload): the ratio is about 1 for an upstream whose latency does not change.
+        estimate.long_rtt = 0.998 * estimate.long_rtt + 0.002 * rtt;
+        // Like Gradient2: when latency returns to normal after a long overload, the baseline
+        // (still full of slow samples) comes down faster than the long average would.
+        if estimate.long_rtt / estimate.short_rtt > 2.0 {
+            estimate.long_rtt *= 0.95;
+        }
         let limit = estimate.limit;
         let target = if !ok {
             // Upstream errors and timeouts: back off multiplicatively.
@@ -183,6 +186,26 @@ mod tests {
         assert_eq!(fixed.acquire().err(), Some(100));
         drop(permits);
         assert!(fixed.acquire().is_ok());
+    }
+
+    #[test]
+    fn spread_out_but_steady_latency_does_not_shrink_the_limit() {
+        let adaptive = limit(true);
+        let mut rng = fastrand::Rng::with_seed(7);
+        for _ in 0..5000 {
+            // Fast 404s mixed with slow requests: 10% at 1 ms, the rest 5 to 60 ms.
+            let rtt = if rng.u8(..10) == 0 {
+                1_000_000.0
+            } else {
+                rng.f64().mul_add(55_000_000.0, 5_000_000.0)
+            };
+            adaptive.sample(rtt, adaptive.limit(), true);
+        }
+        assert!(
+            adaptive.limit() >= 20,
+            "the mix is normal for this upstream: {}",
+            adaptive.limit()
+        );
     }
 
     #[test]

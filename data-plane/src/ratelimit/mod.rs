@@ -381,7 +381,7 @@ impl Limiter {
         let mut remote: Vec<(&Quota, String, String, i64)> = Vec::new();
         let outcome = (|| {
             for quota in quotas.iter() {
-                let value = part_values(&quota.parts, facts).join("|");
+                let value = prefixed(&part_values(&quota.parts, facts));
                 let (window, end) = quota::window(quota.period, quota.tz, now);
                 let expire_at = end.timestamp() + 86_400;
                 if quota.backend == Backend::Redis {
@@ -394,7 +394,14 @@ impl Limiter {
                     continue;
                 }
                 let key = quota_local_key(quota, &value);
-                match self.quotas.take(&key, &window, quota.requests, quota.bytes) {
+                let current = quota::Window {
+                    name: &window,
+                    ends_at: end.timestamp(),
+                };
+                match self
+                    .quotas
+                    .take(&key, &current, quota.requests, quota.bytes)
+                {
                     Ok(_) => {
                         if quota.bytes > 0 {
                             targets.push(ByteTarget {
@@ -487,12 +494,16 @@ impl Limiter {
                             });
                         }
                         FailureMode::Local => {
-                            let value = part_values(&quota.parts, facts).join("|");
+                            let value = prefixed(&part_values(&quota.parts, facts));
                             let key = quota_local_key(quota, &value);
                             let share = |n: u64| if n == 0 { 0 } else { n.div_ceil(self.replicas) };
+                            let current = quota::Window {
+                                name: &window,
+                                ends_at: expire_at - 86_400,
+                            };
                             match self.quota_fallback.take(
                                 &key,
-                                &window,
+                                &current,
                                 share(quota.requests),
                                 share(quota.bytes),
                             ) {
@@ -568,7 +579,8 @@ impl Limiter {
                         .add_bytes(&target.key, &target.window, bytes)
                 }
                 Store::Redis => {
-                    if let Some(redis) = self.redis.clone() {
+                    // While Redis is down these bytes are not counted (documented).
+                    if let Some(redis) = self.redis.clone().filter(|r| r.is_connected()) {
                         let (key, expire_at) = (target.key.clone(), target.expire_at);
                         tokio::spawn(async move {
                             if let Err(error) = redis.add_quota_bytes(&key, bytes, expire_at).await
@@ -584,16 +596,18 @@ impl Limiter {
 
     /// A quota's use in the current window by the key value `value` (the key parts joined
     /// by `|`, e.g. an API key id), for the admin API.
-    pub async fn quota_usage(&self, quota: &Quota, value: &str) -> serde_json::Value {
+    pub async fn quota_usage(&self, quota: &Quota, shown: &str) -> serde_json::Value {
+        let value = &prefixed(&shown.split('|').collect::<Vec<_>>());
         let now = chrono::Utc::now();
         let (window, end) = quota::window(quota.period, quota.tz, now);
         let used = match quota.backend {
             Backend::Local => Ok(self.quotas.usage(&quota_local_key(quota, value), &window)),
             Backend::Redis => match &self.redis {
-                Some(redis) => redis
+                Some(redis) if redis.is_connected() => redis
                     .quota_usage(&quota_redis_key(quota, value, &window))
                     .await
                     .map(|(requests, bytes)| quota::Usage { requests, bytes }),
+                Some(_) => Err("Redis is unreachable".into()),
                 None => Err("no --redis configured".into()),
             },
         };
@@ -845,12 +859,7 @@ fn count<'l>(limit: &'l Limit, facts: &Facts<'_>) -> Counted<'l> {
     // Each part length-prefixed, so no value can pass for two parts (`a|b` + `c` vs `a` +
     // `b|c`); overrides are matched against the parts joined by `|`, as documented.
     let values = part_values(&limit.parts, facts);
-    let mut key = String::new();
-    for value in &values {
-        key.push_str(&value.len().to_string());
-        key.push(':');
-        key.push_str(value);
-    }
+    let key = prefixed(&values);
     let (requests, rate) = if limit.overrides.is_empty() {
         (limit.requests, limit.rate)
     } else {
@@ -869,6 +878,18 @@ fn count<'l>(limit: &'l Limit, facts: &Facts<'_>) -> Counted<'l> {
         rate,
         requests,
     }
+}
+
+/// Values length-prefixed (`3:abc5:de|fg`): no value can pose as two parts.
+fn prefixed(values: &[impl AsRef<str>]) -> String {
+    let mut key = String::new();
+    for value in values {
+        let value = value.as_ref();
+        key.push_str(&value.len().to_string());
+        key.push(':');
+        key.push_str(value);
+    }
+    key
 }
 
 fn quota_local_key(quota: &Quota, value: &str) -> String {

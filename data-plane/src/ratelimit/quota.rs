@@ -162,93 +162,118 @@ pub enum Exhausted {
     Bytes,
 }
 
-/// In-process quota counters, sharded and bounded like the rate-limit counters: a full
-/// shard first forgets counters of past windows, then half of the rest.
+/// In-process quota counters, sharded (by a seeded hash, so keys cannot be aimed at one
+/// shard) and bounded: a full shard forgets counters whose window has ended, then the less
+/// used half of the rest — a flood of new keys evicts itself, not the heavy users whose
+/// quotas matter.
 pub struct QuotaCounters {
     shards: Box<[Mutex<Shard>]>,
     per_shard: usize,
+    hasher: foldhash::fast::FixedState,
 }
 
 const SHARDS: usize = 16;
 
-/// Counter key → (window, usage in that window).
-type Shard = HashMap<String, (String, Usage)>;
+/// One counter: its window, when the window ends (Unix seconds), the usage in it.
+struct Counter {
+    window: String,
+    ends_at: i64,
+    usage: Usage,
+}
+
+type Shard = HashMap<String, Counter>;
+
+/// Where a quota counts right now.
+pub struct Window<'a> {
+    pub name: &'a str,
+    pub ends_at: i64,
+}
 
 impl QuotaCounters {
     pub fn new(max_keys: usize) -> Self {
         Self {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             per_shard: (max_keys / SHARDS).max(16),
+            hasher: foldhash::fast::FixedState::with_seed(fastrand::u64(..)),
         }
     }
 
     fn shard(&self, key: &str) -> &Mutex<Shard> {
-        let hash = key
-            .bytes()
-            .fold(0usize, |h, b| h.wrapping_mul(31).wrapping_add(b as usize));
-        &self.shards[hash % SHARDS]
+        use std::hash::BuildHasher;
+        &self.shards[(self.hasher.hash_one(key) % SHARDS as u64) as usize]
     }
 
     /// Counts one request unless a limit (`requests`, `bytes`; 0 = none) is used up.
     pub fn take(
         &self,
         key: &str,
-        window: &str,
+        window: &Window<'_>,
         requests: u64,
         bytes: u64,
     ) -> Result<Usage, (Exhausted, Usage)> {
         let mut map = self.shard(key).lock().unwrap_or_else(|p| p.into_inner());
         if map.len() >= self.per_shard && !map.contains_key(key) {
-            map.retain(|_, (w, _)| w == window);
+            let now = chrono::Utc::now().timestamp();
+            map.retain(|_, counter| counter.ends_at > now);
             if map.len() >= self.per_shard {
-                let drop: Vec<String> = map.keys().take(map.len() / 2).cloned().collect();
-                for k in drop {
-                    map.remove(&k);
+                let mut by_use: Vec<(u64, u64, String)> = map
+                    .iter()
+                    .map(|(k, c)| (c.usage.requests, c.usage.bytes, k.clone()))
+                    .collect();
+                let half = by_use.len() / 2;
+                by_use.select_nth_unstable(half);
+                for (_, _, k) in &by_use[..half] {
+                    map.remove(k);
                 }
             }
         }
-        let entry = map
-            .entry(key.to_owned())
-            .or_insert_with(|| (window.to_owned(), Usage::default()));
-        if entry.0 != window {
-            *entry = (window.to_owned(), Usage::default());
+        let counter = map.entry(key.to_owned()).or_insert_with(|| Counter {
+            window: window.name.to_owned(),
+            ends_at: window.ends_at,
+            usage: Usage::default(),
+        });
+        if counter.window != window.name {
+            *counter = Counter {
+                window: window.name.to_owned(),
+                ends_at: window.ends_at,
+                usage: Usage::default(),
+            };
         }
-        let usage = entry.1;
+        let usage = counter.usage;
         if bytes > 0 && usage.bytes >= bytes {
             return Err((Exhausted::Bytes, usage));
         }
         if requests > 0 && usage.requests >= requests {
             return Err((Exhausted::Requests, usage));
         }
-        entry.1.requests += 1;
-        Ok(entry.1)
+        counter.usage.requests += 1;
+        Ok(counter.usage)
     }
 
     /// Gives back a request a later quota refused.
     pub fn untake(&self, key: &str, window: &str) {
         let mut map = self.shard(key).lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((w, usage)) = map.get_mut(key)
-            && w == window
+        if let Some(counter) = map.get_mut(key)
+            && counter.window == window
         {
-            usage.requests = usage.requests.saturating_sub(1);
+            counter.usage.requests = counter.usage.requests.saturating_sub(1);
         }
     }
 
     pub fn add_bytes(&self, key: &str, window: &str, bytes: u64) {
         let mut map = self.shard(key).lock().unwrap_or_else(|p| p.into_inner());
-        let entry = map
-            .entry(key.to_owned())
-            .or_insert_with(|| (window.to_owned(), Usage::default()));
-        if entry.0 == window {
-            entry.1.bytes += bytes;
+        if let Some(counter) = map.get_mut(key)
+            && counter.window == window
+        {
+            counter.usage.bytes += bytes;
         }
     }
 
     pub fn usage(&self, key: &str, window: &str) -> Usage {
         let map = self.shard(key).lock().unwrap_or_else(|p| p.into_inner());
         map.get(key)
-            .filter(|(w, _)| w == window)
-            .map(|(_, u)| *u)
+            .filter(|c| c.window == window)
+            .map(|c| c.usage)
             .unwrap_or_default()
     }
 }
@@ -285,22 +310,30 @@ mod tests {
     #[test]
     fn counters_refuse_when_used_up_and_start_over_with_the_window() {
         let counters = QuotaCounters::new(1024);
-        assert_eq!(counters.take("k", "d1", 2, 0).unwrap().requests, 1);
-        assert_eq!(counters.take("k", "d1", 2, 0).unwrap().requests, 2);
+        let later = chrono::Utc::now().timestamp() + 3600;
+        let d1 = Window {
+            name: "d1",
+            ends_at: later,
+        };
+        let d2 = Window {
+            name: "d2",
+            ends_at: later,
+        };
+        assert_eq!(counters.take("k", &d1, 2, 0).unwrap().requests, 1);
+        assert_eq!(counters.take("k", &d1, 2, 0).unwrap().requests, 2);
         assert_eq!(
-            counters.take("k", "d1", 2, 0).unwrap_err().0,
+            counters.take("k", &d1, 2, 0).unwrap_err().0,
             Exhausted::Requests
         );
         assert_eq!(
-            counters.take("k", "d2", 2, 0).unwrap().requests,
+            counters.take("k", &d2, 2, 0).unwrap().requests,
             1,
             "a new window"
         );
-        counters.add_bytes("b", "d1", 0);
-        assert!(counters.take("b", "d1", 0, 10).is_ok());
+        assert!(counters.take("b", &d1, 0, 10).is_ok());
         counters.add_bytes("b", "d1", 10);
         assert_eq!(
-            counters.take("b", "d1", 0, 10).unwrap_err().0,
+            counters.take("b", &d1, 0, 10).unwrap_err().0,
             Exhausted::Bytes
         );
         assert_eq!(
@@ -310,8 +343,17 @@ mod tests {
                 bytes: 10
             }
         );
+
+        // A heavy user's counter survives a flood of new keys in a month window.
+        let month = Window {
+            name: "2026-11",
+            ends_at: later,
+        };
+        for _ in 0..50 {
+            counters.take("heavy", &month, 100, 0).unwrap();
+        }
         for i in 0..100_000 {
-            let _ = counters.take(&format!("flood-{i}"), "d1", 5, 0);
+            let _ = counters.take(&format!("flood-{i}"), &d1, 5, 0);
         }
         let held: usize = counters
             .shards
@@ -319,5 +361,10 @@ mod tests {
             .map(|s| s.lock().unwrap().len())
             .sum();
         assert!(held <= 1024 + SHARDS, "{held}");
+        assert_eq!(
+            counters.usage("heavy", "2026-11").requests,
+            50,
+            "not forgotten"
+        );
     }
 }

@@ -263,6 +263,9 @@ impl RedisCounters {
         let rows: Vec<Vec<i64>> = self
             .bounded(invocation.invoke_async(&mut connection))
             .await?;
+        if rows.len() != checks.len() {
+            return Err("unexpected reply from the quota script".into());
+        }
         let unsigned = |n: i64| u64::try_from(n).unwrap_or(0);
         rows.iter()
             .map(|row| match row.as_slice() {
