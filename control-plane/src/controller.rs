@@ -7,7 +7,7 @@ use std::time::Duration;
 use pavilion_proto::Snapshot;
 use tokio::sync::watch;
 
-use crate::compile::{Outcome, Report, compile};
+use crate::compile::{CompileOptions, Outcome, Report, compile_with};
 use crate::metrics::Metrics;
 use crate::source::Items;
 
@@ -31,7 +31,9 @@ pub async fn run(
     mut items: watch::Receiver<Option<Items>>,
     published: watch::Sender<Option<Arc<Published>>>,
     metrics: Metrics,
+    options: CompileOptions,
 ) {
+    let options = Arc::new(options);
     let mut previous: Option<Arc<Published>> = None;
     while items.changed().await.is_ok() {
         tokio::time::sleep(DEBOUNCE).await;
@@ -40,13 +42,15 @@ pub async fn run(
         };
         // Regexes are compiled while validating: keep that off the async threads.
         let inputs = current.clone();
-        let compiled = match tokio::task::spawn_blocking(move || compile(&inputs)).await {
-            Ok(compiled) => compiled,
-            Err(error) => {
-                tracing::error!(%error, "the compiler failed; keeping the last snapshot");
-                continue;
-            }
-        };
+        let options = options.clone();
+        let compiled =
+            match tokio::task::spawn_blocking(move || compile_with(&inputs, &options)).await {
+                Ok(compiled) => compiled,
+                Err(error) => {
+                    tracing::error!(%error, "the compiler failed; keeping the last snapshot");
+                    continue;
+                }
+            };
         metrics.compiles.inc();
         record_outcomes(&metrics, &compiled.reports);
         log_new_verdicts(previous.as_deref(), &compiled.reports);

@@ -92,6 +92,9 @@ pub struct Config {
     pub kube: KubeOptions,
     /// Copy accepted resources into this KV bucket (`--source kube` only).
     pub mirror_to: Option<KvAddress>,
+    /// Only RateLimitPolicies in this namespace may target the whole gateway
+    /// (`--gateway-namespace`).
+    pub gateway_namespace: String,
 }
 
 impl Config {
@@ -103,6 +106,7 @@ impl Config {
             http_listen: ([127, 0, 0, 1], 0).into(),
             kube: KubeOptions::default(),
             mirror_to: None,
+            gateway_namespace: compile::DEFAULT_GATEWAY_NAMESPACE.to_owned(),
         }
     }
 }
@@ -228,6 +232,9 @@ pub async fn start(config: Config) -> Result<ControlPlane, Error> {
         items_rx,
         published_tx,
         metrics.clone(),
+        compile::CompileOptions {
+            gateway_namespace: config.gateway_namespace.clone(),
+        },
     )));
 
     let service = SnapshotService::new(

@@ -30,6 +30,8 @@ enum Command {
     Validate {
         #[arg(required = true)]
         paths: Vec<PathBuf>,
+        #[command(flatten)]
+        gateway: GatewayArgs,
     },
     /// Print the CustomResourceDefinitions (or write one file per CRD into a directory).
     Crds {
@@ -58,6 +60,8 @@ enum KvCommand {
     Put {
         #[arg(required = true)]
         paths: Vec<PathBuf>,
+        #[command(flatten)]
+        gateway: GatewayArgs,
     },
     /// Print the document under KEY (kind.namespace.name); its status goes to stderr.
     Get { key: String },
@@ -91,6 +95,33 @@ enum ApiKeyCommand {
     },
 }
 
+/// What the compiler needs to know beyond the resources (shared by `run`, `validate` and
+/// `kv put`, so all three judge documents alike).
+#[derive(clap::Args)]
+struct GatewayArgs {
+    /// Only RateLimitPolicies in this namespace may target the whole gateway
+    /// (`targetRef: { kind: Gateway, name: default }`).
+    #[arg(
+        long,
+        env = "PAVILION_GATEWAY_NAMESPACE",
+        default_value = pavilion_control::compile::DEFAULT_GATEWAY_NAMESPACE,
+        value_parser = namespace_name
+    )]
+    gateway_namespace: String,
+}
+
+impl GatewayArgs {
+    fn options(self) -> pavilion_control::compile::CompileOptions {
+        pavilion_control::compile::CompileOptions {
+            gateway_namespace: self.gateway_namespace,
+        }
+    }
+}
+
+fn namespace_name(text: &str) -> Result<String, String> {
+    pavilion_crds::namespace_name(text).map(|()| text.to_owned())
+}
+
 #[derive(clap::Args)]
 struct RunArgs {
     /// dir:PATH, kube, or nats://HOST:PORT[?bucket=NAME]
@@ -122,6 +153,8 @@ struct RunArgs {
     /// kube: also write every accepted resource to this KV bucket (nats://HOST:PORT[?bucket=NAME]).
     #[arg(long, env = "PAVILION_MIRROR_TO")]
     mirror_to: Option<KvAddress>,
+    #[command(flatten)]
+    gateway: GatewayArgs,
 }
 
 fn main() -> ExitCode {
@@ -133,8 +166,8 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Validate { paths } => {
-            let verdict = pavilion_control::validate::validate(&paths);
+        Command::Validate { paths, gateway } => {
+            let verdict = pavilion_control::validate::validate(&paths, &gateway.options());
             for line in verdict.errors.iter().chain(&verdict.warnings) {
                 println!("{line}");
             }
@@ -207,8 +240,8 @@ fn kv(address: KvAddress, command: KvCommand) -> anyhow::Result<ExitCode> {
     runtime.block_on(async {
         let store = open(&address).await?;
         match command {
-            KvCommand::Put { paths } => {
-                let (verdict, written) = cli::put(&store, &paths).await?;
+            KvCommand::Put { paths, gateway } => {
+                let (verdict, written) = cli::put(&store, &paths, &gateway.options()).await?;
                 for line in verdict.errors.iter().chain(&verdict.warnings) {
                     println!("{line}");
                 }
@@ -284,6 +317,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
                 lease_duration: std::time::Duration::from_secs(args.lease_seconds.max(1)),
             },
             mirror_to: args.mirror_to,
+            gateway_namespace: args.gateway.gateway_namespace,
         })
         .await?;
         control_plane

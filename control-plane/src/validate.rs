@@ -5,7 +5,7 @@
 use std::collections::HashSet;
 use std::path::PathBuf;
 
-use crate::compile::{Outcome, compile};
+use crate::compile::{CompileOptions, Outcome, compile_with};
 use crate::source::dir::{load_file, load_tree};
 use crate::source::{Item, Origin};
 
@@ -23,14 +23,18 @@ impl Verdict {
     }
 }
 
-pub fn validate(paths: &[PathBuf]) -> Verdict {
-    validate_with(Vec::new(), paths).0
+pub fn validate(paths: &[PathBuf], options: &CompileOptions) -> Verdict {
+    validate_with(Vec::new(), paths, options).0
 }
 
 /// Validates the documents under `paths` as they would stand among `context` (what a
 /// source already holds; documents of `paths` replace those of `context` with the same
 /// key). Only problems of the new documents are reported; the new items are returned.
-pub fn validate_with(mut context: Vec<Item>, paths: &[PathBuf]) -> (Verdict, Vec<Item>) {
+pub fn validate_with(
+    mut context: Vec<Item>,
+    paths: &[PathBuf],
+    options: &CompileOptions,
+) -> (Verdict, Vec<Item>) {
     let mut verdict = Verdict::default();
     let mut items: Vec<Item> = Vec::new();
     for path in paths {
@@ -49,7 +53,7 @@ pub fn validate_with(mut context: Vec<Item>, paths: &[PathBuf]) -> (Verdict, Vec
     context.retain(|item| item.key().is_none_or(|key| !replaced.contains(&key)));
     let first_new = context.len();
     context.extend(items.iter().cloned());
-    let compiled = compile(&context);
+    let compiled = compile_with(&context, options);
     verdict.documents = items.len();
     for (item, report) in items.iter().zip(&compiled.reports[first_new..]) {
         // A document that could not be read knows the exact line of the problem.

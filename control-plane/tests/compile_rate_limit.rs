@@ -1,12 +1,15 @@
 //! Rate-limit policies in the snapshot: every rule of a route carries the limits and quotas
-//! of its namespace's policies, then its route's, oldest policy first, and the concurrency
-//! limit of the most specific policy that sets one; defaults filled in, header names
-//! lower-cased, overrides kept in order; policies that reach nothing are reported and
+//! of the gateway-wide policies, then its namespace's, then its route's, oldest policy
+//! first, and the concurrency limit of the most specific policy that sets one; defaults
+//! filled in, header names lower-cased, overrides kept in order; policies that reach
+//! nothing (or target the gateway from outside the gateway namespace) are reported and
 //! applied nowhere.
 
 use std::path::PathBuf;
 
-use pavilion_control::compile::{Compiled, Outcome, Reason, compile_at};
+use pavilion_control::compile::{
+    CompileOptions, Compiled, Outcome, Reason, compile_at, compile_at_with,
+};
 use pavilion_control::source::{Item, Origin};
 use pavilion_crds::parse_documents;
 use pavilion_proto as proto;
@@ -15,7 +18,19 @@ use prost::Message;
 const NOW: i64 = 1_780_272_000;
 
 fn compile(docs: &[String]) -> Compiled {
-    let items: Vec<Item> = parse_documents(&docs.concat())
+    compile_at(&items(docs), NOW)
+}
+
+/// Compiles with `--gateway-namespace gateway_namespace`.
+fn compile_in(gateway_namespace: &str, docs: &[String]) -> Compiled {
+    let options = CompileOptions {
+        gateway_namespace: gateway_namespace.to_owned(),
+    };
+    compile_at_with(&items(docs), NOW, &options)
+}
+
+fn items(docs: &[String]) -> Vec<Item> {
+    parse_documents(&docs.concat())
         .into_iter()
         .map(|doc| Item {
             origin: Origin::File {
@@ -24,8 +39,7 @@ fn compile(docs: &[String]) -> Compiled {
             },
             parsed: doc.result,
         })
-        .collect();
-    compile_at(&items, NOW)
+        .collect()
 }
 
 /// A route of two rules in `namespace`.
@@ -725,4 +739,224 @@ fn quotas_and_concurrency_are_the_same_whatever_the_document_order() {
             "{from} → {to}"
         );
     }
+}
+
+const GATEWAY: &str = "{ kind: Gateway, name: default }";
+
+/// Gateway policies (two from the gateway namespace, one from `shop`), a namespace policy
+/// and a route policy; routes in `shop` and `billing`.
+fn gateway_scenario() -> Vec<String> {
+    vec![
+        route("shop", "orders"),
+        policy_with(
+            "pavilion-system",
+            "global-young",
+            "2026-06-01T00:00:00Z",
+            GATEWAY,
+            &format!("  limits:\n{ONE_LIMIT}{ONE_QUOTA}"),
+        ),
+        policy(
+            "shop",
+            "ns",
+            "2025-01-01T00:00:00Z",
+            "{ kind: Namespace, name: shop }",
+            ONE_LIMIT,
+        ),
+        // Not from the gateway namespace: reported, applied nowhere.
+        policy("shop", "sneaky", "2020-01-01T00:00:00Z", GATEWAY, ONE_LIMIT),
+        policy(
+            "shop",
+            "route",
+            "2024-01-01T00:00:00Z",
+            "{ kind: Route, name: orders }",
+            ONE_LIMIT,
+        ),
+        route("billing", "invoices"),
+        policy_with(
+            "pavilion-system",
+            "global-old",
+            "2026-01-01T00:00:00Z",
+            "{ kind: Gateway, name: anything }",
+            &format!("  limits:\n{TWO_LIMITS}{ONE_QUOTA}"),
+        ),
+    ]
+}
+
+#[test]
+fn gateway_policies_come_first_on_every_route_of_every_namespace() {
+    let compiled = compile(&gateway_scenario());
+    for (i, report) in compiled.reports.iter().enumerate() {
+        assert_eq!(report.is_accepted(), i != 3, "document {i}");
+    }
+
+    let orders = rules_of(&compiled, "shop", "orders");
+    assert_eq!(orders.len(), 2);
+    for rule in orders {
+        assert_eq!(
+            names(&rule.rate_limits),
+            [
+                "pavilion-system/global-old#0",
+                "pavilion-system/global-old#1",
+                "pavilion-system/global-young#0",
+                "shop/ns#0",
+                "shop/route#0"
+            ]
+        );
+        assert_eq!(
+            quota_names(&rule.quotas),
+            [
+                "pavilion-system/global-old#0",
+                "pavilion-system/global-young#0"
+            ]
+        );
+    }
+    let invoices = rules_of(&compiled, "billing", "invoices");
+    assert_eq!(invoices.len(), 2);
+    for rule in invoices {
+        assert_eq!(
+            names(&rule.rate_limits),
+            [
+                "pavilion-system/global-old#0",
+                "pavilion-system/global-old#1",
+                "pavilion-system/global-young#0"
+            ]
+        );
+        assert_eq!(quota_names(&rule.quotas).len(), 2);
+    }
+
+    // The same snapshot whatever the document order.
+    let mut reversed = gateway_scenario();
+    reversed.reverse();
+    assert_eq!(compile(&reversed).snapshot, compiled.snapshot);
+}
+
+#[test]
+fn only_the_gateway_namespace_may_target_the_gateway_and_others_are_told_why() {
+    let compiled = compile(&gateway_scenario());
+    assert_eq!(
+        reason(&compiled, 3),
+        Some((
+            Reason::TargetNotFound,
+            "spec.targetRef: only policies in the gateway namespace `pavilion-system` may target the Gateway, not one in `shop`"
+                .to_owned()
+        ))
+    );
+    let everywhere = compiled.snapshot.routes.iter().flat_map(|r| &r.rules);
+    for rule in everywhere {
+        assert!(
+            names(&rule.rate_limits)
+                .iter()
+                .all(|n| !n.starts_with("shop/sneaky")),
+            "{:?}",
+            names(&rule.rate_limits)
+        );
+    }
+
+    // Not even a policy of the gateway namespace reaches past it by naming a namespace.
+    let compiled = compile(&[
+        route("shop", "orders"),
+        policy(
+            "pavilion-system",
+            "shop",
+            "",
+            "{ kind: Namespace, name: shop }",
+            ONE_LIMIT,
+        ),
+    ]);
+    assert_eq!(
+        reason(&compiled, 1).map(|r| r.0),
+        Some(Reason::TargetNotFound)
+    );
+}
+
+#[test]
+fn the_route_concurrency_limit_wins_over_the_namespace_over_the_gateway() {
+    let compiled = compile(&[
+        route("shop", "orders"),
+        route("shop", "cart"),
+        route("billing", "invoices"),
+        policy_with(
+            "pavilion-system",
+            "global-young",
+            "2026-06-01T00:00:00Z",
+            GATEWAY,
+            "  concurrency: { max: 2000 }\n",
+        ),
+        policy_with(
+            "pavilion-system",
+            "global-old",
+            "2026-01-01T00:00:00Z",
+            GATEWAY,
+            "  concurrency: { max: 1000 }\n",
+        ),
+        policy_with(
+            "shop",
+            "ns",
+            "",
+            "{ kind: Namespace, name: shop }",
+            "  concurrency: { max: 100 }\n",
+        ),
+        policy_with(
+            "shop",
+            "orders",
+            "",
+            "{ kind: Route, name: orders }",
+            "  concurrency: { max: 10 }\n",
+        ),
+    ]);
+    assert!(compiled.reports.iter().all(|r| r.is_accepted()));
+    let expect = [
+        ("shop", "orders", "shop/orders", 10),
+        ("shop", "cart", "shop/ns", 100),
+        ("billing", "invoices", "pavilion-system/global-old", 1000),
+    ];
+    for (namespace, name, policy, max) in expect {
+        for rule in rules_of(&compiled, namespace, name) {
+            let c = rule.concurrency.as_ref().expect("a concurrency limit");
+            assert_eq!(
+                (c.policy.as_str(), c.max),
+                (policy, max),
+                "{namespace}/{name}"
+            );
+        }
+    }
+}
+
+#[test]
+fn the_gateway_namespace_is_configurable() {
+    let docs = [
+        route("shop", "orders"),
+        policy("edge", "global", "", GATEWAY, ONE_LIMIT),
+        policy("pavilion-system", "global", "", GATEWAY, ONE_LIMIT),
+    ];
+
+    let compiled = compile_in("edge", &docs);
+    assert_eq!(reason(&compiled, 1), None);
+    assert_eq!(
+        reason(&compiled, 2),
+        Some((
+            Reason::TargetNotFound,
+            "spec.targetRef: only policies in the gateway namespace `edge` may target the Gateway, not one in `pavilion-system`"
+                .to_owned()
+        ))
+    );
+    for rule in rules_of(&compiled, "shop", "orders") {
+        assert_eq!(names(&rule.rate_limits), ["edge/global#0"]);
+    }
+
+    // The default is `pavilion-system`; the option changes the snapshot.
+    let default = compile(&docs);
+    assert_eq!(
+        reason(&default, 1).map(|r| r.0),
+        Some(Reason::TargetNotFound)
+    );
+    assert_eq!(reason(&default, 2), None);
+    for rule in rules_of(&default, "shop", "orders") {
+        assert_eq!(names(&rule.rate_limits), ["pavilion-system/global#0"]);
+    }
+    assert_eq!(
+        compile_in("pavilion-system", &docs).snapshot,
+        default.snapshot
+    );
+    assert_ne!(default.snapshot.version, compiled.snapshot.version);
 }

@@ -86,3 +86,51 @@ fn crds_prints_every_definition() {
         );
     }
 }
+
+#[test]
+fn gateway_policies_are_judged_against_the_gateway_namespace() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("global.yaml");
+    std::fs::write(
+        &file,
+        "apiVersion: gateway.pavilion.dev/v1alpha1\nkind: RateLimitPolicy\nmetadata: { name: global, namespace: edge }\nspec:\n  targetRef: { kind: Gateway, name: default }\n  limits: [{ key: [clientIp], requests: 10, per: 1s }]\n",
+    )
+    .unwrap();
+    let validate = |extra: &[&str]| {
+        control()
+            .env_remove("PAVILION_GATEWAY_NAMESPACE")
+            .arg("validate")
+            .args(extra)
+            .arg(&file)
+            .output()
+            .unwrap()
+    };
+
+    let output = validate(&[]);
+    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout).trim(),
+        format!(
+            "{}:1: spec.targetRef: only policies in the gateway namespace `pavilion-system` may target the Gateway, not one in `edge`",
+            file.display()
+        )
+    );
+
+    let output = validate(&["--gateway-namespace", "edge"]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+    let output = control()
+        .env("PAVILION_GATEWAY_NAMESPACE", "edge")
+        .arg("validate")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+
+    let output = validate(&["--gateway-namespace", "Not_A_Namespace"]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--gateway-namespace"));
+}

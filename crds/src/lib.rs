@@ -40,3 +40,8 @@ pub const GROUP: &str = "gateway.pavilion.dev";
 pub const VERSION: &str = "v1alpha1";
 /// `apiVersion` as written in documents.
 pub const API_VERSION: &str = "gateway.pavilion.dev/v1alpha1";
+
+/// Checks a namespace name (an RFC 1123 label), e.g. one given on a command line.
+pub fn namespace_name(value: &str) -> Result<(), String> {
+    validate::dns_label(value)
+}

@@ -2,6 +2,10 @@
 //! `RateLimitPolicy` and `CorsPolicy`. The compiler validates them and resolves their
 //! targets; rate limits, quotas and concurrency limits are compiled into every rule of the
 //! routes they reach, CORS is validated and kept only (for now).
+//!
+//! Targets nest: a `Route` of the policy's namespace, the whole `Namespace`, or — for a
+//! `RateLimitPolicy` in the gateway namespace only (the compiler checks that) — the whole
+//! `Gateway`, every route of every namespace.
 
 use kube::CustomResource;
 use schemars::JsonSchema;
@@ -11,20 +15,33 @@ use crate::duration::parse_duration;
 use crate::status::ResourceStatus;
 use crate::validate::{Errors, at, dns_label, dns_subdomain};
 
-/// What a policy applies to: a `Route` in the policy's namespace, or the whole namespace.
+/// What a policy applies to: a `Route` in the policy's namespace, the whole namespace, or
+/// (RateLimitPolicy in the gateway namespace only) the whole gateway.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TargetRef {
-    /// `Route` or `Namespace`.
+    /// `Route`, `Namespace`, or `Gateway` (RateLimitPolicy only; name conventionally
+    /// `default`).
     pub kind: String,
     pub name: String,
 }
 
 impl TargetRef {
-    pub(crate) fn validate(&self, errors: &mut Errors) {
+    /// `gateway`: whether the policy kind may target the whole `Gateway`.
+    pub(crate) fn validate(&self, errors: &mut Errors, gateway: bool) {
         match self.kind.as_str() {
             "Route" => errors.check("spec.targetRef.name", dns_subdomain(&self.name)),
             "Namespace" => errors.check("spec.targetRef.name", dns_label(&self.name)),
+            // There is one gateway; its name is only checked for form.
+            "Gateway" if gateway => errors.check("spec.targetRef.name", dns_subdomain(&self.name)),
+            "Gateway" => errors.add(
+                "spec.targetRef.kind",
+                "`Gateway` cannot be the target of a CorsPolicy; use Route or Namespace",
+            ),
+            other if gateway => errors.add(
+                "spec.targetRef.kind",
+                format!("`{other}` cannot be a target; use Route, Namespace or Gateway"),
+            ),
             other => errors.add(
                 "spec.targetRef.kind",
                 format!("`{other}` cannot be a target; use Route or Namespace"),
@@ -254,7 +271,7 @@ impl Concurrency {
 
 impl RateLimitPolicySpec {
     pub(crate) fn validate(&self, errors: &mut Errors) {
-        self.target_ref.validate(errors);
+        self.target_ref.validate(errors, true);
         if self.limits.is_empty() && self.quotas.is_empty() && self.concurrency.is_none() {
             errors.add(
                 "spec.limits",
@@ -424,7 +441,8 @@ pub struct CorsPolicySpec {
 
 impl CorsPolicySpec {
     pub(crate) fn validate(&self, errors: &mut Errors) {
-        self.target_ref.validate(errors);
+        // CORS is per route or namespace: a gateway-wide origin list is not offered.
+        self.target_ref.validate(errors, false);
         if self.allow_origins.is_empty() {
             errors.add("spec.allowOrigins", "at least one origin is required");
         }

@@ -219,6 +219,48 @@ fn a_full_rate_limit_policy_is_valid() {
 }
 
 #[test]
+fn a_rate_limit_policy_may_target_the_gateway_a_cors_policy_may_not() {
+    let targeting = |target: &str| {
+        rate_limit_policy(&limit("")).replace("{ kind: Route, name: orders }", target)
+    };
+    for name in ["default", "edge.example"] {
+        let yaml = targeting(&format!("{{ kind: Gateway, name: {name} }}"));
+        assert_eq!(errors(&yaml), [], "{name}");
+    }
+    for (target, field, message) in [
+        (
+            "{ kind: Gateway, name: '' }",
+            "spec.targetRef.name",
+            "must be a lower-case DNS subdomain",
+        ),
+        (
+            "{ kind: Gateway, name: Default }",
+            "spec.targetRef.name",
+            "must be a lower-case DNS subdomain",
+        ),
+        (
+            "{ kind: Cluster, name: x }",
+            "spec.targetRef.kind",
+            "`Cluster` cannot be a target; use Route, Namespace or Gateway",
+        ),
+    ] {
+        let found = errors(&targeting(target));
+        assert_eq!(found.len(), 1, "{target}: {found:?}");
+        assert_eq!(found[0].field, field, "{target}");
+        assert!(found[0].message.contains(message), "{target}: {found:?}");
+    }
+
+    let cors = "apiVersion: gateway.pavilion.dev/v1alpha1\nkind: CorsPolicy\nmetadata: { name: c, namespace: pavilion-system }\nspec:\n  targetRef: { kind: Gateway, name: default }\n  allowOrigins: ['*']\n";
+    let found = errors(cors);
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0].field, "spec.targetRef.kind");
+    assert_eq!(
+        found[0].message,
+        "`Gateway` cannot be the target of a CorsPolicy; use Route or Namespace"
+    );
+}
+
+#[test]
 fn headers_default_to_on_and_are_written_only_when_off() {
     let parse = |yaml: &str| match parse_documents(yaml).remove(0).result.expect("parses") {
         Resource::RateLimitPolicy(p) => p,

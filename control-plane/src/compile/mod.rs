@@ -10,7 +10,9 @@
 //! id (only their hashes), revoked JWT ids merged per namespace.
 //!
 //! Rate-limit policies are compiled into the rules of the routes they reach: each rule
-//! lists the limits of its namespace's policies, then those of its route's policies.
+//! lists the limits of the gateway-wide policies, then those of its namespace's policies,
+//! then those of its route's policies. Only policies in the gateway namespace
+//! ([`CompileOptions::gateway_namespace`]) may target the whole gateway.
 
 mod auth;
 mod conflicts;
@@ -87,18 +89,47 @@ impl Report {
     }
 }
 
-/// Compiles the resource set.
+/// The namespace whose policies may target the whole gateway, unless configured otherwise.
+pub const DEFAULT_GATEWAY_NAMESPACE: &str = "pavilion-system";
+
+/// The control plane's settings the compiler depends on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CompileOptions {
+    /// Only RateLimitPolicies in this namespace may target the whole gateway
+    /// (`targetRef: { kind: Gateway, … }`), since they limit every route of every namespace.
+    pub gateway_namespace: String,
+}
+
+impl Default for CompileOptions {
+    fn default() -> Self {
+        Self {
+            gateway_namespace: DEFAULT_GATEWAY_NAMESPACE.to_owned(),
+        }
+    }
+}
+
+/// Compiles the resource set with the default options.
 pub fn compile(items: &[Item]) -> Compiled {
+    compile_with(items, &CompileOptions::default())
+}
+
+/// Compiles the resource set.
+pub fn compile_with(items: &[Item], options: &CompileOptions) -> Compiled {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
-    compile_at(items, now)
+    compile_at_with(items, now, options)
 }
 
-/// Compiles the resource set as of `now` (seconds since the Unix epoch). Time only decides
-/// warnings (an ApiKey already expired), never the snapshot: its bytes depend on the
-/// resources alone.
+/// Compiles the resource set as of `now` (seconds since the Unix epoch) with the default
+/// options. Time only decides warnings (an ApiKey already expired), never the snapshot:
+/// its bytes depend on the resources (and options) alone.
 pub fn compile_at(items: &[Item], now: i64) -> Compiled {
+    compile_at_with(items, now, &CompileOptions::default())
+}
+
+/// Compiles the resource set as of `now` (seconds since the Unix epoch); see [`compile_at`].
+pub fn compile_at_with(items: &[Item], now: i64, options: &CompileOptions) -> Compiled {
     let mut reports: Vec<Report> = items.iter().map(first_pass).collect();
     reject_duplicates(items, &mut reports);
 
@@ -126,7 +157,12 @@ pub fn compile_at(items: &[Item], now: i64) -> Compiled {
             Resource::CorsPolicy(p) => &p.spec.target_ref,
             _ => unreachable!("filtered by kind"),
         };
-        if let Err(message) = check_target(target, resource.namespace(), &route_names) {
+        if let Err(message) = check_target(
+            target,
+            resource.namespace(),
+            &route_names,
+            &options.gateway_namespace,
+        ) {
             reports[i].outcome = Outcome::Rejected {
                 reason: Reason::TargetNotFound,
                 errors: vec![FieldError {
@@ -240,12 +276,19 @@ fn reject_duplicates(items: &[Item], reports: &mut [Report]) {
     }
 }
 
+/// Whether a policy in `namespace` may attach to `target`. The kinds a policy may name at
+/// all were checked by validation (only a RateLimitPolicy names `Gateway`).
 fn check_target(
     target: &TargetRef,
     namespace: &str,
     routes: &std::collections::HashSet<(&str, &str)>,
+    gateway_namespace: &str,
 ) -> Result<(), String> {
     match target.kind.as_str() {
+        "Gateway" if namespace == gateway_namespace => Ok(()),
+        "Gateway" => Err(format!(
+            "only policies in the gateway namespace `{gateway_namespace}` may target the Gateway, not one in `{namespace}`"
+        )),
         "Route" if routes.contains(&(namespace, target.name.as_str())) => Ok(()),
         "Route" => Err(format!(
             "no accepted Route `{}` in namespace `{namespace}`",

@@ -1,13 +1,14 @@
 //! Rate-limit policies into the limits, quotas and concurrency limit every rule of a route
 //! enforces.
 //!
-//! A route's rules carry, in order: the limits of the policies that target the route's
-//! namespace, then those of the policies that target the route itself. Policies of one
-//! level are taken oldest first (creation time, namespace, then name), like routes; a
-//! policy's limits keep their order, and `index` is a limit's position in its policy.
-//! Quotas are gathered the same way. A rule has at most one concurrency limit: that of the
-//! most specific policy setting one (the route's over the namespace's), the oldest among
-//! policies of the same level.
+//! A route's rules carry, in order: the limits of the policies that target the whole
+//! gateway, then those of the policies that target the route's namespace, then those of
+//! the policies that target the route itself. Policies of one level are taken oldest first
+//! (creation time, namespace, then name), like routes; a policy's limits keep their order,
+//! and `index` is a limit's position in its policy. Quotas are gathered the same way. A
+//! rule has at most one concurrency limit: that of the most specific policy setting one
+//! (the route's over the namespace's over the gateway's), the oldest among policies of the
+//! same level.
 
 use std::collections::HashMap;
 
@@ -17,7 +18,8 @@ use pavilion_crds::{
 };
 use pavilion_proto as proto;
 
-/// What the policies of one target (a namespace or a route) contribute to its rules.
+/// What the policies of one target (the gateway, a namespace or a route) contribute to its
+/// rules.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub(super) struct Applied {
     /// Limits of the policies, in order.
@@ -31,6 +33,8 @@ pub(super) struct Applied {
 /// The compiled limits of accepted policies, by what they target.
 #[derive(Default)]
 pub(super) struct Limits {
+    /// What the policies targeting the whole gateway apply, to every route.
+    gateway: Applied,
     /// Namespace → what the policies targeting it apply.
     namespaces: HashMap<String, Applied>,
     /// (namespace, route name) → what the policies targeting that route apply.
@@ -39,7 +43,8 @@ pub(super) struct Limits {
 
 impl Limits {
     /// Compiles accepted policies, whose targets the compiler has already checked (a
-    /// policy targets its own namespace or a route of it).
+    /// policy targets its own namespace or a route of it, or — from the gateway namespace
+    /// — the gateway).
     pub(super) fn new(policies: &[(&Resource, usize)]) -> Limits {
         let mut ordered: Vec<&RateLimitPolicy> = policies
             .iter()
@@ -63,6 +68,7 @@ impl Limits {
             let namespace = namespace(policy).to_owned();
             let target = &policy.spec.target_ref;
             let applied = match target.kind.as_str() {
+                "Gateway" => &mut limits.gateway,
                 "Namespace" => limits.namespaces.entry(namespace).or_default(),
                 "Route" => limits
                     .routes
@@ -94,15 +100,17 @@ impl Limits {
     /// Everything a rule of the route `namespace/name` must enforce: limits and quotas
     /// outermost first, and the most specific concurrency limit.
     pub(super) fn for_route(&self, namespace: &str, name: &str) -> Applied {
-        let outer = self.namespaces.get(namespace);
-        let own = self.routes.get(&(namespace.to_owned(), name.to_owned()));
-        let levels = || outer.into_iter().chain(own);
+        let levels = [
+            Some(&self.gateway),
+            self.namespaces.get(namespace),
+            self.routes.get(&(namespace.to_owned(), name.to_owned())),
+        ];
+        let levels = || levels.iter().flatten();
         Applied {
             rate_limits: levels().flat_map(|a| &a.rate_limits).cloned().collect(),
             quotas: levels().flat_map(|a| &a.quotas).cloned().collect(),
-            concurrency: own
-                .and_then(|a| a.concurrency.clone())
-                .or_else(|| outer.and_then(|a| a.concurrency.clone())),
+            // The innermost level that sets one.
+            concurrency: levels().rev().find_map(|a| a.concurrency.clone()),
         }
     }
 }

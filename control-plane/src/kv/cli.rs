@@ -8,6 +8,7 @@ use async_nats::jetstream::kv::Store;
 use futures::StreamExt;
 
 use super::{KvError, is_resource_key, resource_key, status_key};
+use crate::compile::CompileOptions;
 use crate::source::Item;
 use crate::source::kv::item;
 use crate::validate::{Verdict, validate_with};
@@ -43,8 +44,12 @@ pub async fn current_items(store: &Store) -> Result<Vec<Item>, KvError> {
 
 /// Validates and, when everything is valid, writes each document under its key. Returns
 /// the verdict and the keys written (none when the verdict has errors).
-pub async fn put(store: &Store, paths: &[PathBuf]) -> Result<(Verdict, Vec<String>), KvError> {
-    let (verdict, items) = validate_with(current_items(store).await?, paths);
+pub async fn put(
+    store: &Store,
+    paths: &[PathBuf],
+    options: &CompileOptions,
+) -> Result<(Verdict, Vec<String>), KvError> {
+    let (verdict, items) = validate_with(current_items(store).await?, paths, options);
     if !verdict.is_valid() {
         return Ok((verdict, Vec::new()));
     }
