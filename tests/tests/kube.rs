@@ -353,3 +353,71 @@ async fn api_keys_are_custom_resources_holding_hashes() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn rate_limit_policies_with_quotas_and_concurrency_are_accepted_and_enforced() {
+    let api = KubeApiServer::start();
+    api.kubectl_ok(&["create", "namespace", "shop"]);
+    let upstream = Upstream::start("a").await.unwrap();
+    let cp = controller(&api, "replica-1", None).await;
+    let dp = data_plane(&cp).await;
+    api.apply(&route("limited", &upstream.url()));
+    api.apply(
+        "apiVersion: gateway.pavilion.dev/v1alpha1
+kind: RateLimitPolicy
+metadata: { name: limited, namespace: shop }
+spec:
+  targetRef: { kind: Route, name: limited }
+  limits:
+    - key: [clientIp]
+      requests: 3
+      per: 1h
+      overrides: [{ value: '10.*', requests: 100 }]
+  quotas:
+    - key: [route]
+      requests: 1000
+      bytes: 1048576
+      per: month
+      timeZone: Europe/Berlin
+  concurrency: { max: 50, min: 2, initial: 10 }
+",
+    );
+    let reason = kubectl_until(
+        &api,
+        &[
+            "get",
+            "ratelimitpolicy",
+            "limited",
+            "-n",
+            "shop",
+            "-o",
+            "jsonpath={.status.conditions[?(@.type==\"Programmed\")].status}",
+        ],
+        |t| t == "True",
+    )
+    .await;
+    assert_eq!(reason, "True");
+    let status = |dp: &DataPlane| {
+        let url = format!("http://{}/limited", dp.addr);
+        async move {
+            let request = http::Request::get(url)
+                .header("host", "limited.example.com")
+                .body(http_body_util::Full::default())
+                .unwrap();
+            HttpClient::http1()
+                .send(request)
+                .await
+                .unwrap()
+                .status
+                .as_u16()
+        }
+    };
+    eventually("the limit is enforced", PATIENCE, || async {
+        let mut statuses = Vec::new();
+        for _ in 0..4 {
+            statuses.push(status(&dp).await);
+        }
+        statuses.contains(&429).then_some(())
+    })
+    .await;
+}
