@@ -222,6 +222,28 @@ impl Runtime {
         })
     }
 
+    /// Policies that count in Redis (limits or quotas), sorted and unique.
+    pub fn redis_policies(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self
+            .rules
+            .iter()
+            .flat_map(|r| {
+                r.limits_before_auth
+                    .redis_policies()
+                    .chain(r.limits_after_auth.redis_policies())
+                    .chain(
+                        r.quotas
+                            .iter()
+                            .filter(|q| q.backend == crate::ratelimit::Backend::Redis)
+                            .map(|q| &*q.policy),
+                    )
+            })
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        names
+    }
+
     /// Every quota of the snapshot once (rules of a route share their policies' quotas).
     pub fn quotas(&self) -> Vec<&Quota> {
         let mut seen = std::collections::HashSet::new();

@@ -92,6 +92,14 @@ impl RuleLimits {
         self.limits.is_empty()
     }
 
+    /// Policies of these limits that count in Redis.
+    pub fn redis_policies(&self) -> impl Iterator<Item = &str> {
+        self.limits
+            .iter()
+            .filter(|l| l.backend == Backend::Redis)
+            .map(|l| &*l.policy)
+    }
+
     /// Splits into the limits whose keys need no identity — checked before authentication,
     /// so floods of bad credentials are limited too — and the rest, checked after it.
     pub fn split_by_identity(self) -> (Self, Self) {

@@ -62,6 +62,15 @@ impl Applier {
     fn install(&self, snapshot: &Snapshot) -> Result<(), BuildError> {
         match Runtime::build(snapshot, &self.metrics, &self.auth) {
             Ok(runtime) => {
+                if self.shared.limiter.redis_reachable().is_none() {
+                    let policies = runtime.redis_policies();
+                    if !policies.is_empty() {
+                        tracing::warn!(
+                            ?policies,
+                            "these policies count in Redis but this data plane has no --redis: their failureMode decides every request"
+                        );
+                    }
+                }
                 self.shared.runtime.store(Arc::new(runtime));
                 self.metrics.snapshots_applied.inc();
                 self.metrics.serving(&snapshot.version);
