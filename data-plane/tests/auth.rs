@@ -52,12 +52,8 @@ async fn data_plane(min_refetch_gap: Duration) -> DataPlane {
 }
 
 async fn get(dp: &DataPlane, path: &str, headers: &[(&str, &str)]) -> Reply {
-    let mut request = Request::get(format!("http://{}{path}", dp.addr));
-    for (name, value) in headers {
-        request = request.header(*name, *value);
-    }
     HttpClient::http1()
-        .send(request.body(Full::default()).unwrap())
+        .get_with(&format!("http://{}{path}", dp.addr), headers)
         .await
         .unwrap()
 }

@@ -40,14 +40,29 @@ fn limited_rule(prefix: &str, upstream: &Upstream, limits: Vec<proto::RateLimit>
 }
 
 async fn get(dp: &DataPlane, path: &str, headers: &[(&str, &str)]) -> Reply {
-    let mut request = Request::get(format!("http://{}{path}", dp.addr));
-    for (name, value) in headers {
-        request = request.header(*name, *value);
-    }
     HttpClient::http1()
-        .send(request.body(Full::default()).unwrap())
+        .get_with(&format!("http://{}{path}", dp.addr), headers)
         .await
         .unwrap()
+}
+
+/// What `/ready` says of Redis: `reachable`, `unreachable` or `unused`.
+async fn redis_state(dp: &DataPlane) -> String {
+    let ready = HttpClient::http1()
+        .get(&format!("http://{}/ready", dp.admin_addr))
+        .await
+        .unwrap();
+    ready.json()["redis"].as_str().unwrap().to_owned()
+}
+
+/// Waits until `/ready` says `state` of Redis.
+async fn until_redis(dp: &DataPlane, state: &str) {
+    eventually(
+        &format!("Redis is {state}"),
+        Duration::from_secs(15),
+        || async { (redis_state(dp).await == state).then_some(()) },
+    )
+    .await;
 }
 
 async fn data_plane(redis: Option<&RedisServer>, replicas: u64) -> DataPlane {
@@ -257,18 +272,7 @@ async fn redis_limits_are_exact_across_data_planes_and_local_ones_count_per_repl
     );
     for dp in [&one, &two] {
         dp.apply(snap.clone()).await.unwrap();
-        eventually(
-            "Redis is reachable",
-            Duration::from_secs(10),
-            || async move {
-                let ready = HttpClient::http1()
-                    .get(&format!("http://{}/ready", dp.admin_addr))
-                    .await
-                    .ok()?;
-                (ready.json()["redis"] == "reachable").then_some(())
-            },
-        )
-        .await;
+        until_redis(dp, "reachable").await;
     }
     assert_eq!(
         admitted(&[&one, &two], "/redis", 100).await,
@@ -308,19 +312,7 @@ async fn with_redis_down_each_failure_mode_does_what_it_says_and_redis_comes_bac
     ))
     .await
     .unwrap();
-    let ready = |dp: &DataPlane| {
-        let url = format!("http://{}/ready", dp.admin_addr);
-        async move {
-            HttpClient::http1().get(&url).await.unwrap().json()["redis"]
-                .as_str()
-                .unwrap()
-                .to_owned()
-        }
-    };
-    eventually("Redis is reachable", Duration::from_secs(10), || async {
-        (ready(&dp).await == "reachable").then_some(())
-    })
-    .await;
+    until_redis(&dp, "reachable").await;
     assert_eq!(
         admitted(&[&dp], "/closed", 10).await,
         6,
@@ -340,7 +332,7 @@ async fn with_redis_down_each_failure_mode_does_what_it_says_and_redis_comes_bac
         "local: this replica's share, 6 / 2"
     );
     eprintln!("21 requests with Redis down took {:?}", started.elapsed());
-    assert_eq!(ready(&dp).await, "unreachable");
+    assert_eq!(redis_state(&dp).await, "unreachable");
     let metrics = HttpClient::http1()
         .get(&format!("http://{}/metrics", dp.admin_addr))
         .await
@@ -354,12 +346,7 @@ async fn with_redis_down_each_failure_mode_does_what_it_says_and_redis_comes_bac
 
     // Redis returns (empty): limits are counted there again, by the full limit.
     redis.resume();
-    eventually(
-        "Redis is reachable again",
-        Duration::from_secs(15),
-        || async { (ready(&dp).await == "reachable").then_some(()) },
-    )
-    .await;
+    until_redis(&dp, "reachable").await;
     assert_eq!(admitted(&[&dp], "/closed", 10).await, 6);
 }
 
@@ -560,14 +547,7 @@ async fn a_request_refused_by_one_backend_is_charged_to_none_of_the_other() {
         )
     };
     dp.apply(build("v1", true)).await.unwrap();
-    eventually("Redis is reachable", Duration::from_secs(10), || async {
-        let ready = HttpClient::http1()
-            .get(&format!("http://{}/ready", dp.admin_addr))
-            .await
-            .ok()?;
-        (ready.json()["redis"] == "reachable").then_some(())
-    })
-    .await;
+    until_redis(&dp, "reachable").await;
 
     // Local allows, Redis refuses: the local charge is given back.
     assert_eq!(get(&dp, "/mixed", &[]).await.status, 200);
@@ -630,19 +610,7 @@ async fn a_frozen_redis_costs_at_most_the_timeout_and_recovery_is_automatic() {
     ))
     .await
     .unwrap();
-    let redis_state = || {
-        let url = format!("http://{}/ready", dp.admin_addr);
-        async move {
-            HttpClient::http1().get(&url).await.unwrap().json()["redis"]
-                .as_str()
-                .unwrap()
-                .to_owned()
-        }
-    };
-    eventually("Redis is reachable", Duration::from_secs(10), || async {
-        (redis_state().await == "reachable").then_some(())
-    })
-    .await;
+    until_redis(&dp, "reachable").await;
     assert_eq!(
         get(&dp, "/x", &[]).await.header("ratelimit-remaining"),
         Some("999")
@@ -655,15 +623,10 @@ async fn a_frozen_redis_costs_at_most_the_timeout_and_recovery_is_automatic() {
     }
     let took = started.elapsed();
     eprintln!("20 requests with Redis frozen took {took:?}");
-    assert_eq!(redis_state().await, "unreachable");
+    assert_eq!(redis_state(&dp).await, "unreachable");
 
     redis.unpause();
-    eventually(
-        "Redis is reachable again",
-        Duration::from_secs(15),
-        || async { (redis_state().await == "reachable").then_some(()) },
-    )
-    .await;
+    until_redis(&dp, "reachable").await;
     // The request that timed out while Redis was frozen may still have run there when it
     // thawed (a timeout cannot take back a sent command): 998 or 997 left.
     let left = |reply: &Reply| {
@@ -868,18 +831,7 @@ async fn redis_quotas_are_shared_by_data_planes_and_fail_as_configured() {
     );
     for dp in [&one, &two] {
         dp.apply(snap.clone()).await.unwrap();
-        eventually(
-            "Redis is reachable",
-            Duration::from_secs(10),
-            || async move {
-                let ready = HttpClient::http1()
-                    .get(&format!("http://{}/ready", dp.admin_addr))
-                    .await
-                    .ok()?;
-                (ready.json()["redis"] == "reachable").then_some(())
-            },
-        )
-        .await;
+        until_redis(dp, "reachable").await;
     }
     assert_eq!(
         admitted(&[&one, &two], "/shared", 20).await,
@@ -897,14 +849,7 @@ async fn redis_quotas_are_shared_by_data_planes_and_fail_as_configured() {
     assert_eq!(used, 5);
 
     redis.stop();
-    eventually("Redis is seen down", Duration::from_secs(10), || async {
-        let ready = HttpClient::http1()
-            .get(&format!("http://{}/ready", one.admin_addr))
-            .await
-            .ok()?;
-        (ready.json()["redis"] == "unreachable").then_some(())
-    })
-    .await;
+    until_redis(&one, "unreachable").await;
     let reply = get(&one, "/strict", &[]).await;
     assert_eq!(reply.status, 503);
     assert_eq!(reply.json()["error"]["code"], "rate_limit_unavailable");

@@ -67,6 +67,16 @@ impl HttpClient {
         .await
     }
 
+    /// GET `url` with extra `headers`.
+    pub async fn get_with(&self, url: &str, headers: &[(&str, &str)]) -> Result<Reply, String> {
+        let mut request = Request::get(url);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        self.send(request.body(Full::default()).expect("valid request"))
+            .await
+    }
+
     /// Sends with a 10 s safety timeout so a hang fails the test instead of stalling it.
     pub async fn send(&self, request: Request<Full<Bytes>>) -> Result<Reply, String> {
         let exchange = async {

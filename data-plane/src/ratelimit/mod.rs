@@ -56,6 +56,36 @@ pub enum FailureMode {
     Closed,
 }
 
+impl From<proto::RateLimitBackend> for Backend {
+    fn from(backend: proto::RateLimitBackend) -> Self {
+        match backend {
+            proto::RateLimitBackend::Local => Backend::Local,
+            proto::RateLimitBackend::Redis => Backend::Redis,
+        }
+    }
+}
+
+impl From<proto::RateLimitFailureMode> for FailureMode {
+    fn from(mode: proto::RateLimitFailureMode) -> Self {
+        match mode {
+            proto::RateLimitFailureMode::Local => FailureMode::Local,
+            proto::RateLimitFailureMode::Open => FailureMode::Open,
+            proto::RateLimitFailureMode::Closed => FailureMode::Closed,
+        }
+    }
+}
+
+impl FailureMode {
+    /// As written in policies and metric labels.
+    fn name(self) -> &'static str {
+        match self {
+            FailureMode::Local => "local",
+            FailureMode::Open => "open",
+            FailureMode::Closed => "closed",
+        }
+    }
+}
+
 /// One limit, ready to count.
 #[derive(Debug)]
 struct Limit {
@@ -155,15 +185,8 @@ impl Limit {
                 )
             })
             .collect();
-        let backend = match limit.backend() {
-            proto::RateLimitBackend::Local => Backend::Local,
-            proto::RateLimitBackend::Redis => Backend::Redis,
-        };
-        let failure = match limit.failure_mode() {
-            proto::RateLimitFailureMode::Local => FailureMode::Local,
-            proto::RateLimitFailureMode::Open => FailureMode::Open,
-            proto::RateLimitFailureMode::Closed => FailureMode::Closed,
-        };
+        let backend = Backend::from(limit.backend());
+        let failure = FailureMode::from(limit.failure_mode());
         Ok(Self {
             describe: format!(
                 "{} per {} by {}",
@@ -480,11 +503,7 @@ impl Limiter {
             }
             Err(error) => {
                 for (quota, _, window, expire_at) in remote {
-                    let mode = match quota.failure {
-                        FailureMode::Open => "open",
-                        FailureMode::Closed => "closed",
-                        FailureMode::Local => "local",
-                    };
+                    let mode = quota.failure.name();
                     self.metrics
                         .fallbacks
                         .with_label_values(&[&*quota.policy, mode])
@@ -742,11 +761,7 @@ impl Limiter {
         let mut shares = Vec::new();
         for &i in remote {
             let limit = counted[i].limit;
-            let mode = match limit.failure {
-                FailureMode::Open => "open",
-                FailureMode::Closed => "closed",
-                FailureMode::Local => "local",
-            };
+            let mode = limit.failure.name();
             self.metrics
                 .fallbacks
                 .with_label_values(&[&*limit.policy, mode])

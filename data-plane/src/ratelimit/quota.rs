@@ -86,15 +86,8 @@ impl Quota {
                 proto::QuotaPeriod::Month => Period::Month,
             },
             tz,
-            backend: match quota.backend() {
-                proto::RateLimitBackend::Local => Backend::Local,
-                proto::RateLimitBackend::Redis => Backend::Redis,
-            },
-            failure: match quota.failure_mode() {
-                proto::RateLimitFailureMode::Local => FailureMode::Local,
-                proto::RateLimitFailureMode::Open => FailureMode::Open,
-                proto::RateLimitFailureMode::Closed => FailureMode::Closed,
-            },
+            backend: quota.backend().into(),
+            failure: quota.failure_mode().into(),
         })
     }
 
