@@ -163,6 +163,10 @@ pub struct PathMatch {
     #[serde(rename = "type", default)]
     pub kind: PathMatchType,
     pub value: String,
+    /// Compare without regard to ASCII case, for upstreams whose paths are
+    /// case-insensitive (IIS, macOS file systems). Paths are case-sensitive by default.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ignore_case: bool,
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
@@ -343,6 +347,19 @@ impl PathMatch {
                         "`{value}` contains `.` or `..` segments, which requests never do"
                     ));
                 }
+                // Request paths are matched with repeated slashes merged and without
+                // `;parameters`: a value with either could never match.
+                if value.contains("//") {
+                    return Err(format!(
+                        "`{value}` contains `//`; request paths are matched with repeated slashes merged"
+                    ));
+                }
+                if value.contains(';') {
+                    return Err(format!(
+                        "`{value}` contains ';'; request paths are matched without their `;parameters`"
+                    ));
+                }
+                check_escapes(value)?;
                 if let Some(c) = value
                     .chars()
                     .find(|c| matches!(c, '?' | '#') || c.is_whitespace() || c.is_control())
@@ -376,6 +393,28 @@ impl PathMatch {
             }
         }
     }
+}
+
+/// Every `%` starts a two-digit hex escape, and none encodes NUL (requests with either are
+/// refused, so such a value could never match).
+fn check_escapes(value: &str) -> Result<(), String> {
+    let bytes = value.as_bytes();
+    for (i, _) in value.match_indices('%') {
+        let escape = bytes.get(i + 1..i + 3);
+        match escape {
+            Some([a, b]) if a.is_ascii_hexdigit() && b.is_ascii_hexdigit() => {
+                if *a == b'0' && *b == b'0' {
+                    return Err(format!("`{value}` contains %00, which requests never do"));
+                }
+            }
+            _ => {
+                return Err(format!(
+                    "`{value}` has a '%' that does not start a two-digit hex escape"
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The form in which path regexes are compiled: they must match the whole path.

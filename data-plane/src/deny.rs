@@ -13,6 +13,11 @@ pub enum Deny {
     /// No snapshot yet: nothing is known about routes.
     NotReady,
     BadRequest(&'static str),
+    /// 400: the client's request body broke while it was forwarded (bad chunked framing,
+    /// cut off). Not an upstream failure: it counts against no upstream.
+    BadRequestBody {
+        detail: String,
+    },
     NotFound {
         method: Method,
         path: String,
@@ -21,6 +26,10 @@ pub enum Deny {
         limit: u64,
     },
     HeadersTooLarge {
+        limit: usize,
+    },
+    /// 431: more header fields than `--max-header-count`.
+    TooManyHeaders {
         limit: usize,
     },
     /// Connecting to the chosen backend failed.
@@ -114,10 +123,12 @@ impl Deny {
     pub fn status(&self) -> StatusCode {
         match self {
             Deny::NotReady => StatusCode::SERVICE_UNAVAILABLE,
-            Deny::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Deny::BadRequest(_) | Deny::BadRequestBody { .. } => StatusCode::BAD_REQUEST,
             Deny::NotFound { .. } => StatusCode::NOT_FOUND,
             Deny::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            Deny::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Deny::HeadersTooLarge { .. } | Deny::TooManyHeaders { .. } => {
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+            }
             Deny::UpstreamUnreachable { .. } | Deny::UpstreamFailed { .. } => {
                 StatusCode::BAD_GATEWAY
             }
@@ -134,10 +145,10 @@ impl Deny {
     pub fn code(&self) -> &'static str {
         match self {
             Deny::NotReady => "not_ready",
-            Deny::BadRequest(_) => "bad_request",
+            Deny::BadRequest(_) | Deny::BadRequestBody { .. } => "bad_request",
             Deny::NotFound { .. } => "not_found",
             Deny::PayloadTooLarge { .. } => "payload_too_large",
-            Deny::HeadersTooLarge { .. } => "headers_too_large",
+            Deny::HeadersTooLarge { .. } | Deny::TooManyHeaders { .. } => "headers_too_large",
             Deny::UpstreamUnreachable { .. } => "upstream_unreachable",
             Deny::UpstreamFailed { .. } => "upstream_failed",
             Deny::UpstreamTimeout { .. } => "upstream_timeout",
@@ -153,6 +164,9 @@ impl Deny {
         match self {
             Deny::NotReady => "the gateway has not received its configuration yet".into(),
             Deny::BadRequest(why) => (*why).into(),
+            Deny::BadRequestBody { detail } => {
+                format!("the request body could not be read: {detail}")
+            }
             Deny::NotFound { method, path } => {
                 let mut shown: String = path.chars().take(MAX_ECHOED_PATH).collect();
                 if shown.len() < path.len() {
@@ -162,6 +176,7 @@ impl Deny {
             }
             Deny::PayloadTooLarge { limit } => format!("request body larger than {limit} bytes"),
             Deny::HeadersTooLarge { limit } => format!("request headers larger than {limit} bytes"),
+            Deny::TooManyHeaders { limit } => format!("more than {limit} request header fields"),
             Deny::UpstreamUnreachable { route } => {
                 format!("route {route}: the upstream could not be reached")
             }

@@ -4,13 +4,15 @@
 use std::borrow::Cow;
 use std::net::SocketAddr;
 
-use http::header::{CONNECTION, HOST, TE, TRANSFER_ENCODING, UPGRADE};
+use http::header::{CONNECTION, FORWARDED, HOST, TE, TRANSFER_ENCODING, UPGRADE};
 use http::{HeaderMap, HeaderName, HeaderValue, Request};
 
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
+static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
@@ -76,21 +78,28 @@ pub fn request_id(headers: &HeaderMap) -> HeaderValue {
     HeaderValue::from_str(text).expect("a UUID is a valid header value")
 }
 
-/// The client end of a connection, with its address already rendered as a header value
-/// (once per connection, not per request).
+/// The client end of a connection, with its address and the listener's port already
+/// rendered as header values (once per connection, not per request).
 #[derive(Clone, Debug)]
 pub struct Peer {
     pub addr: SocketAddr,
     pub ip: HeaderValue,
+    /// The port the client connected to, for `x-forwarded-port`.
+    pub port: HeaderValue,
     /// Whether the connection is TLS.
     pub tls: bool,
 }
 
 impl Peer {
-    pub fn new(addr: SocketAddr, tls: bool) -> Self {
+    pub fn new(addr: SocketAddr, local_port: u16, tls: bool) -> Self {
         let ip = HeaderValue::from_str(&addr.ip().to_string())
             .expect("an IP address is a valid header value");
-        Self { addr, ip, tls }
+        Self {
+            addr,
+            ip,
+            port: HeaderValue::from(local_port),
+            tls,
+        }
     }
 
     /// `https` or `http`, for `x-forwarded-proto`.
@@ -99,35 +108,103 @@ impl Peer {
     }
 }
 
-/// Appends the client to `x-forwarded-for` and states the protocol and original host.
+/// Forwarding facts only the gateway (or a trusted proxy before it) may state: a client's
+/// own values are replaced, and names that differ only in `_` for `-` are removed with them.
+static FORWARDING: [&str; 7] = [
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-forwarded-port",
+    "x-real-ip",
+    "forwarded",
+    "x-request-id",
+];
+
+/// Removes what a client must not state: the `identity` headers (the gateway fills them
+/// in after authentication), and every field whose name equals a protected one once `_`
+/// is read as `-` — CGI and WSGI servers turn both `X-Auth-Subject` and `X_Auth_Subject`
+/// into `HTTP_X_AUTH_SUBJECT`, so the underscore form would pass for the real one.
+pub fn strip_protected(headers: &mut HeaderMap, identity: &[HeaderName]) {
+    for name in identity {
+        if headers.contains_key(name) {
+            headers.remove(name);
+        }
+    }
+    let mut aliases = Vec::new();
+    for name in headers.keys() {
+        let text = name.as_str();
+        if !text.contains('_') {
+            continue;
+        }
+        let dashed = text.replace('_', "-");
+        if FORWARDING.contains(&dashed.as_str()) || identity.iter().any(|n| *n == *dashed) {
+            aliases.push(name.clone());
+        }
+    }
+    for name in aliases {
+        headers.remove(&name);
+    }
+}
+
+/// States the forwarding facts. From a trusted proxy (`behind_proxy` is then the client
+/// address its `x-forwarded-for` names, as the IP lists read it), what it says is kept and
+/// the peer is appended to `x-forwarded-for`; from anyone else, the client's own
+/// `x-forwarded-*`, `x-real-ip` and `forwarded` are replaced by what the gateway saw — so
+/// the upstream and the gateway agree on who the client is.
 pub fn add_forwarded(
     headers: &mut HeaderMap,
     client: &Peer,
     host: Option<&HeaderValue>,
-    proto: &'static str,
+    behind_proxy: Option<std::net::IpAddr>,
 ) {
-    let forwarded_for = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(earlier) if !earlier.is_empty() => {
-            // Several x-forwarded-for fields are one list; join them before appending.
+    let trusted = behind_proxy.is_some();
+    // Several x-forwarded-for fields are one list; joined before appending.
+    let joined = trusted
+        .then(|| {
             let earlier: Vec<&str> = headers
                 .get_all(&X_FORWARDED_FOR)
                 .iter()
                 .filter_map(|v| v.to_str().ok())
+                .filter(|v| !v.is_empty())
                 .collect();
             let ip = client.ip.to_str().unwrap_or_default();
-            HeaderValue::from_str(&format!("{}, {ip}", earlier.join(", "))).ok()
+            (!earlier.is_empty())
+                .then(|| HeaderValue::from_str(&format!("{}, {ip}", earlier.join(", "))).ok())
+                .flatten()
+        })
+        .flatten();
+    headers.insert(
+        &X_FORWARDED_FOR,
+        joined.unwrap_or_else(|| client.ip.clone()),
+    );
+    let ours = |headers: &mut HeaderMap, name: &HeaderName, value: Option<HeaderValue>| {
+        if trusted && headers.contains_key(name) {
+            return;
         }
-        _ => Some(client.ip.clone()),
+        match value {
+            Some(value) => headers.insert(name, value),
+            None => headers.remove(name),
+        };
     };
-    if let Some(value) = forwarded_for {
-        headers.insert(&X_FORWARDED_FOR, value);
+    ours(
+        headers,
+        &X_FORWARDED_PROTO,
+        Some(HeaderValue::from_static(client.scheme())),
+    );
+    ours(headers, &X_FORWARDED_HOST, host.cloned());
+    ours(headers, &X_FORWARDED_PORT, Some(client.port.clone()));
+    let real_ip = match behind_proxy {
+        Some(ip) if ip != client.addr.ip() => HeaderValue::from_str(&ip.to_string()).ok(),
+        _ => None,
+    };
+    ours(
+        headers,
+        &X_REAL_IP,
+        Some(real_ip.unwrap_or_else(|| client.ip.clone())),
+    );
+    if !trusted {
+        headers.remove(FORWARDED);
     }
-    headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static(proto));
-    match host {
-        Some(host) => headers.insert(&X_FORWARDED_HOST, host.clone()),
-        // Never pass on a client's own claim.
-        None => headers.remove(&X_FORWARDED_HOST),
-    };
 }
 
 /// The authority the client addressed: the URI's (HTTP/2, absolute-form) or `Host`.
@@ -215,34 +292,90 @@ mod tests {
         assert_eq!(request_id(&HeaderMap::new()).len(), 36);
     }
 
-    #[test]
-    fn forwarded_for_joins_earlier_hops() {
+    fn forwarding_fields(trusted: bool) -> HeaderMap {
         let mut headers = HeaderMap::new();
-        headers.append(&X_FORWARDED_FOR, HeaderValue::from_static("10.0.0.1"));
-        headers.append(&X_FORWARDED_FOR, HeaderValue::from_static("10.0.0.2"));
+        for (name, value) in [
+            ("x-forwarded-for", "10.0.0.1"),
+            ("x-forwarded-for", "10.0.0.2"),
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-host", "spoofed.example.com"),
+            ("x-forwarded-port", "443"),
+            ("x-real-ip", "10.0.0.1"),
+            ("forwarded", "for=10.0.0.1"),
+        ] {
+            headers.append(name, HeaderValue::from_static(value));
+        }
         add_forwarded(
             &mut headers,
-            &Peer::new("192.0.2.7:5555".parse().unwrap(), false),
+            &Peer::new("192.0.2.7:5555".parse().unwrap(), 8080, false),
             Some(&HeaderValue::from_static("api.example.com")),
-            "http",
+            trusted.then(|| "10.0.0.1".parse().unwrap()),
         );
+        headers
+    }
+
+    #[test]
+    fn a_trusted_proxy_keeps_its_forwarding_facts_and_the_peer_is_appended() {
+        let headers = forwarding_fields(true);
         assert_eq!(headers[&X_FORWARDED_FOR], "10.0.0.1, 10.0.0.2, 192.0.2.7");
+        assert_eq!(headers[&X_FORWARDED_PROTO], "https");
+        assert_eq!(headers[&X_FORWARDED_HOST], "spoofed.example.com");
+        assert_eq!(headers[&X_FORWARDED_PORT], "443");
+        assert_eq!(headers[&X_REAL_IP], "10.0.0.1");
+        assert_eq!(headers[FORWARDED], "for=10.0.0.1");
+    }
+
+    #[test]
+    fn an_untrusted_client_has_its_forwarding_facts_replaced() {
+        let headers = forwarding_fields(false);
+        assert_eq!(headers[&X_FORWARDED_FOR], "192.0.2.7");
+        assert_eq!(headers.get_all(&X_FORWARDED_FOR).iter().count(), 1);
         assert_eq!(headers[&X_FORWARDED_PROTO], "http");
         assert_eq!(headers[&X_FORWARDED_HOST], "api.example.com");
+        assert_eq!(headers[&X_FORWARDED_PORT], "8080");
+        assert_eq!(headers[&X_REAL_IP], "192.0.2.7");
+        assert!(!headers.contains_key(FORWARDED));
 
         let mut headers = HeaderMap::new();
-        headers.insert(
-            &X_FORWARDED_HOST,
-            HeaderValue::from_static("spoofed.example.com"),
-        );
+        headers.insert(&X_FORWARDED_HOST, HeaderValue::from_static("spoofed"));
         add_forwarded(
             &mut headers,
-            &Peer::new("[::1]:5555".parse().unwrap(), false),
+            &Peer::new("[::1]:5555".parse().unwrap(), 80, false),
             None,
-            "http",
+            None,
         );
         assert_eq!(headers[&X_FORWARDED_FOR], "::1");
         assert!(!headers.contains_key(&X_FORWARDED_HOST));
+    }
+
+    #[test]
+    fn underscore_aliases_of_protected_names_are_stripped() {
+        let mut headers = HeaderMap::new();
+        for (name, value) in [
+            ("x_auth_key_id", "admin"),
+            ("X_Auth_Subject", "root"),
+            ("x-auth-subject", "root"),
+            ("x_tenant", "acme"),
+            ("x_forwarded_for", "10.9.9.9"),
+            ("x_real_ip", "10.9.9.9"),
+            ("x_request_id", "forged"),
+            ("x_custom_thing", "kept"),
+            ("x-auth-token", "kept"),
+        ] {
+            headers.append(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_static(value),
+            );
+        }
+        let identity = [
+            HeaderName::from_static("x-auth-key-id"),
+            HeaderName::from_static("x-auth-subject"),
+            HeaderName::from_static("x-tenant"),
+        ];
+        strip_protected(&mut headers, &identity);
+        let mut names: Vec<_> = headers.keys().map(|k| k.as_str()).collect();
+        names.sort();
+        assert_eq!(names, ["x-auth-token", "x_custom_thing"]);
     }
 
     #[test]

@@ -7,8 +7,10 @@
 //! ```
 
 pub mod admin;
+pub mod admit;
 pub mod auth;
 pub mod body;
+pub mod connection;
 pub mod deny;
 pub mod headers;
 pub mod listener;
@@ -38,7 +40,9 @@ use tokio::task::JoinHandle;
 use crate::auth::AuthContext;
 use crate::auth::ip::Cidrs;
 use crate::auth::jwks::{JwksCache, JwksOptions};
+use crate::connection::ConnectionLimits;
 use crate::metrics::Metrics;
+use crate::path::EscapedSlashes;
 use crate::proxy::{Limits, Shared};
 use crate::ratelimit::redis::RedisCounters;
 use crate::ratelimit::{Limiter, LimiterMetrics, LimiterOptions};
@@ -60,6 +64,8 @@ pub struct Config {
     /// Proxy worker threads, each with its own listener socket and upstream pools.
     pub workers: usize,
     pub limits: Limits,
+    /// What an encoded `/` or `\` in a request path means.
+    pub escaped_slashes: EscapedSlashes,
     pub upstream: UpstreamOptions,
     /// Terminate TLS on `listen` with these certificates.
     pub tls: Option<TlsOptions>,
@@ -81,6 +87,8 @@ pub struct Config {
     pub access_log: bool,
     /// How long in-flight requests may take to finish on shutdown.
     pub drain_timeout: Duration,
+    /// Idle and send timeouts, and the cap on open client connections.
+    pub connections: ConnectionLimits,
 }
 
 impl Config {
@@ -94,6 +102,7 @@ impl Config {
             node_id: "local".into(),
             workers: 2,
             limits: Limits::default(),
+            escaped_slashes: EscapedSlashes::default(),
             upstream: UpstreamOptions::default(),
             tls: None,
             redirect_listen: None,
@@ -105,6 +114,7 @@ impl Config {
             rate_limit: LimiterOptions::default(),
             access_log: false,
             drain_timeout: Duration::from_secs(10),
+            connections: ConnectionLimits::default(),
         }
     }
 }
@@ -157,13 +167,7 @@ pub async fn start(config: Config) -> Result<DataPlane, Error> {
         redis.clone(),
         LimiterMetrics::new(&metrics.registry),
     );
-    let shared = Arc::new(Shared::new(
-        metrics.clone(),
-        config.limits,
-        config.access_log,
-        config.trusted_proxies.clone(),
-        limiter,
-    ));
+    let shared = Arc::new(Shared::new(metrics.clone(), &config, limiter));
     let jwks = JwksCache::new(
         config.jwks.clone(),
         tls.clone(),
@@ -225,6 +229,7 @@ pub async fn start(config: Config) -> Result<DataPlane, Error> {
         upstream: config.upstream.clone(),
         upstream_tls: tls,
         listener_tls,
+        connections: config.connections,
         drain_timeout: config.drain_timeout,
     };
     let workers = workers::spawn(listeners, shared.clone(), settings, shutdown_rx.clone())

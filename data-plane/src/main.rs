@@ -13,6 +13,8 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use pavilion_data::auth::ip::Cidrs;
 use pavilion_data::auth::jwks::JwksOptions;
+use pavilion_data::connection::ConnectionLimits;
+use pavilion_data::path::EscapedSlashes;
 use pavilion_data::proxy::Limits;
 use pavilion_data::tls::{CertificateFiles, TlsOptions};
 use pavilion_data::upstream::UpstreamOptions;
@@ -62,6 +64,13 @@ struct RunArgs {
     /// Largest request head (sum of header names and values) in bytes; more gets 431.
     #[arg(long, env = "PAVILION_MAX_HEADER_BYTES", default_value_t = Limits::default().max_header_bytes)]
     max_header_bytes: usize,
+    /// Most header fields in one request; more gets 431.
+    #[arg(long, env = "PAVILION_MAX_HEADER_COUNT", default_value_t = Limits::default().max_header_count)]
+    max_header_count: usize,
+    /// What `%2F`, `%5C` or `\` in a request path means: reject (400), unescape (a `/`
+    /// before matching and forwarding), or keep (one segment, for upstreams that never decode it).
+    #[arg(long, env = "PAVILION_ESCAPED_SLASHES", value_enum, default_value_t)]
+    escaped_slashes: EscapedSlashes,
     /// Largest request body in bytes; more gets 413.
     #[arg(long, env = "PAVILION_MAX_BODY_BYTES", default_value_t = Limits::default().max_body_bytes)]
     max_body_bytes: u64,
@@ -111,6 +120,18 @@ struct RunArgs {
     /// One JSON line per request (`--access-log false` to turn off).
     #[arg(long, env = "PAVILION_ACCESS_LOG", default_value_t = true, action = clap::ArgAction::Set)]
     access_log: bool,
+    /// Close a client connection after this many seconds without a request in flight
+    /// (a new connection that sends nothing included).
+    #[arg(long, env = "PAVILION_IDLE_TIMEOUT_SECONDS", default_value_t = 60)]
+    idle_timeout_seconds: u64,
+    /// Drop a client connection when a write to it waits this many seconds (the client
+    /// stopped reading).
+    #[arg(long, env = "PAVILION_SEND_TIMEOUT_SECONDS", default_value_t = 60)]
+    send_timeout_seconds: u64,
+    /// Open client connections per worker; more are refused (503 in cleartext). Default:
+    /// half the file descriptors the process may open, shared by the workers.
+    #[arg(long, env = "PAVILION_MAX_CONNECTIONS")]
+    max_connections: Option<usize>,
     /// How long in-flight requests may take to finish after SIGTERM, in seconds.
     #[arg(long, env = "PAVILION_DRAIN_SECONDS", default_value_t = 10)]
     drain_seconds: u64,
@@ -131,6 +152,7 @@ fn main() -> std::process::ExitCode {
 
 fn run(args: RunArgs) -> anyhow::Result<()> {
     let _logs = pavilion_telemetry::init_logging(args.log_format);
+    let open_files = raise_open_files_limit();
     let mut upstream = UpstreamOptions::default();
     if let Some(path) = &args.upstream_ca {
         upstream.extra_roots = read_certificates(path)?;
@@ -185,8 +207,10 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         workers,
         limits: Limits {
             max_header_bytes: args.max_header_bytes,
+            max_header_count: args.max_header_count,
             max_body_bytes: args.max_body_bytes,
         },
+        escaped_slashes: args.escaped_slashes,
         upstream,
         tls,
         redirect_listen: args.redirect_listen,
@@ -206,6 +230,15 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         },
         access_log: args.access_log,
         drain_timeout: Duration::from_secs(args.drain_seconds),
+        connections: ConnectionLimits {
+            idle_timeout: Duration::from_secs(args.idle_timeout_seconds.max(1)),
+            send_timeout: Duration::from_secs(args.send_timeout_seconds.max(1)),
+            max_per_worker: match args.max_connections {
+                Some(0) => anyhow::bail!("--max-connections must be at least 1"),
+                Some(n) => n,
+                None => (open_files / 2 / workers as u64).max(64) as usize,
+            },
+        },
     };
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     if let Some(workers) = args.workers {
@@ -224,6 +257,23 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         tracing::info!("data plane stopped");
         anyhow::Ok(())
     })
+}
+
+/// Raises the soft limit on open files to the hard one (a proxy holds two descriptors per
+/// request in flight; the usual soft default of 1024 runs out long before the machine does),
+/// and returns the limit in force.
+fn raise_open_files_limit() -> u64 {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => {
+            tracing::info!(limit, "open files limit");
+            limit
+        }
+        Err(error) => {
+            let (soft, _) = rlimit::Resource::NOFILE.get().unwrap_or((1024, 1024));
+            tracing::warn!(%error, soft, "cannot raise the open files limit");
+            soft
+        }
+    }
 }
 
 fn read_certificates(

@@ -41,6 +41,12 @@ pub struct Metrics {
     >,
     /// Requests no route matched (and requests refused before routing).
     pub unrouted: RouteMetrics,
+    /// Client connections open, all workers together.
+    pub connections_open: IntGauge,
+    /// Client connections the gateway closed or refused, by reason (`limit`: over
+    /// `--max-connections`; `idle`: no request for `--idle-timeout`; `send_timeout`: the
+    /// client stopped reading).
+    pub connections_closed: IntCounterVec,
 }
 
 /// Handles of one route's series.
@@ -134,8 +140,23 @@ impl Metrics {
             &["policy"],
         )
         .expect("valid metric");
+        let connections_open = IntGauge::new(
+            "pavilion_connections_open",
+            "Client connections open, all workers together.",
+        )
+        .expect("valid metric");
+        let connections_closed = IntCounterVec::new(
+            Opts::new(
+                "pavilion_connections_closed_total",
+                "Client connections the gateway refused or closed, by reason: limit (over --max-connections), idle (--idle-timeout), send_timeout (the client stopped reading).",
+            ),
+            &["reason"],
+        )
+        .expect("valid metric");
         for collector in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(connections_open.clone()),
+            Box::new(connections_closed.clone()),
             Box::new(duration.clone()),
             Box::new(snapshots_applied.clone()),
             Box::new(snapshots_rejected.clone()),
@@ -165,6 +186,8 @@ impl Metrics {
             concurrency_shed,
             concurrency_limits: Default::default(),
             unrouted,
+            connections_open,
+            connections_closed,
         }
     }
 

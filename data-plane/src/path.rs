@@ -1,55 +1,220 @@
-//! Request paths as the matcher sees them: dot segments removed (RFC 3986 §5.2.4), also
-//! when percent-encoded or followed by `;parameters`, so `/public/../admin` cannot reach a
-//! route for `/admin` through a route for `/public` — and the upstream receives the same
-//! path that was matched. A dot segment hidden behind an encoded or backslash separator
-//! (`/public/..%2Fadmin`) cannot be resolved without guessing how the upstream decodes,
-//! so such a path is refused.
+//! Request paths, normalised once before routing so that the gateway and the upstream can
+//! never read one path two ways. The normalised path is what the matcher sees **and** what
+//! the upstream receives:
+//!
+//! * percent-encoded unreserved characters are decoded (`/%61dmin` is `/admin`) and the
+//!   remaining escapes upper-cased (RFC 3986 §6.2.2.1–2);
+//! * repeated slashes are merged (`//admin` is `/admin`);
+//! * dot segments are resolved (RFC 3986 §5.2.4), also when they carry `;parameters`;
+//! * an encoded separator (`%2F`, `%5C`) or a backslash is refused by default, since
+//!   upstreams disagree on whether it separates segments ([`EscapedSlashes`]);
+//! * `%00` and escapes that are not UTF-8 (overlong forms such as `%C0%AF`) are refused.
+//!
+//! `;parameters` stay in the forwarded path but never decide the route: the matcher sees
+//! `/admin;x/y` as `/admin/y`, as Tomcat, Jetty and Spring read it, so a server that strips
+//! them and one that keeps them both get a request the `/admin` rule admitted.
 
 use std::borrow::Cow;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum PathError {
-    /// The request target does not start with `/`.
-    NotAPath,
-    /// `..` or `.` next to `%2F`, `%5C` or `\`.
-    HiddenDotSegment,
+/// What an encoded `/` or `\` (`%2F`, `%5C`, and a literal `\`) in a path means.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum EscapedSlashes {
+    /// 400: upstreams differ in whether it separates segments (Envoy's `REJECT_REQUEST`).
+    #[default]
+    Reject,
+    /// Decoded into `/` before matching and forwarding (Envoy's `UNESCAPE_AND_FORWARD`).
+    Unescape,
+    /// Kept as `%2F`/`%5C`, one segment with the rest: only for upstreams that never decode
+    /// it into a separator (e.g. `/repos/a%2Fb` as one name). A dot segment next to one is
+    /// still refused.
+    Keep,
 }
 
-/// The normalised path, borrowed when nothing had to change.
-pub fn normalize(path: &str) -> Result<Cow<'_, str>, PathError> {
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PathError {
+    NotAPath,
+    EncodedSeparator,
+    HiddenDotSegment,
+    BadEscape,
+    Nul,
+    NotUtf8,
+}
+
+impl PathError {
+    /// Why the path is refused, for the 400's message.
+    pub fn message(self) -> &'static str {
+        match self {
+            PathError::NotAPath => "the request target must be a path starting with '/'",
+            PathError::EncodedSeparator => {
+                "the path contains an encoded '/' or '\\' (%2F, %5C) or a backslash"
+            }
+            PathError::HiddenDotSegment => {
+                "the path hides a dot segment behind an encoded separator"
+            }
+            PathError::BadEscape => "the path contains a '%' that does not start a valid escape",
+            PathError::Nul => "the path contains an encoded NUL (%00)",
+            PathError::NotUtf8 => "the path's percent-encoded bytes are not valid UTF-8",
+        }
+    }
+}
+
+/// A request path after normalisation.
+#[derive(Debug, PartialEq, Eq)]
+pub struct NormalPath<'a> {
+    /// Forwarded upstream (and shown in errors); borrowed when nothing had to change.
+    pub path: Cow<'a, str>,
+    /// What the matcher sees when it differs from `path`: without `;parameters`.
+    key: Option<String>,
+}
+
+impl NormalPath<'_> {
+    /// The path the route matcher compares.
+    pub fn key(&self) -> &str {
+        self.key.as_deref().unwrap_or(&self.path)
+    }
+
+    /// Whether normalisation changed the path (it must then be forwarded rewritten).
+    pub fn changed(&self) -> bool {
+        matches!(self.path, Cow::Owned(_))
+    }
+
+    /// The path to forward when it differs from the request's.
+    pub fn into_rewritten(self) -> Option<String> {
+        match self.path {
+            Cow::Owned(path) => Some(path),
+            Cow::Borrowed(_) => None,
+        }
+    }
+}
+
+/// Normalises `path` (without its query).
+pub fn normalize(path: &str, slashes: EscapedSlashes) -> Result<NormalPath<'_>, PathError> {
     if !path.starts_with('/') {
         return Err(PathError::NotAPath);
     }
-    let suspicious = path.contains("/.") || path.bytes().any(|b| matches!(b, b'%' | b'\\' | b';'));
-    if !suspicious {
-        return Ok(Cow::Borrowed(path));
+    let plain = !path.contains("//")
+        && !path.contains("/.")
+        && !path.bytes().any(|b| matches!(b, b'%' | b'\\' | b';'));
+    if plain {
+        return Ok(NormalPath {
+            path: Cow::Borrowed(path),
+            key: None,
+        });
     }
+    let decoded = decode(path, slashes)?;
+    let resolved = resolve(&decoded)?;
+    let key = resolved
+        .contains(';')
+        .then(|| without_parameters(&resolved));
+    Ok(NormalPath {
+        path: if resolved == path {
+            Cow::Borrowed(path)
+        } else {
+            Cow::Owned(resolved)
+        },
+        key,
+    })
+}
+
+fn is_unreserved(byte: u8) -> bool {
+    byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~')
+}
+
+fn hex(byte: u8) -> Option<u8> {
+    match byte {
+        b'0'..=b'9' => Some(byte - b'0'),
+        b'a'..=b'f' => Some(byte - b'a' + 10),
+        b'A'..=b'F' => Some(byte - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// Decodes unreserved escapes, upper-cases the rest, applies `slashes`, and checks that
+/// every run of encoded non-ASCII bytes is UTF-8.
+fn decode(path: &str, slashes: EscapedSlashes) -> Result<String, PathError> {
+    const UPPER: &[u8; 16] = b"0123456789ABCDEF";
+    let bytes = path.as_bytes();
+    let mut out = String::with_capacity(path.len());
+    // Consecutive encoded bytes >= 0x80, checked as one UTF-8 sequence when the run ends.
+    let mut high: Vec<u8> = Vec::new();
+    let end_run = |high: &mut Vec<u8>| -> Result<(), PathError> {
+        if !high.is_empty() {
+            std::str::from_utf8(high).map_err(|_| PathError::NotUtf8)?;
+            high.clear();
+        }
+        Ok(())
+    };
+    let mut i = 0;
+    while i < bytes.len() {
+        let byte = bytes[i];
+        if byte != b'%' {
+            end_run(&mut high)?;
+            if byte == b'\\' {
+                separator(&mut out, slashes, b'\\')?;
+            } else {
+                out.push(char::from(byte));
+            }
+            i += 1;
+            continue;
+        }
+        let (Some(&h), Some(&l)) = (bytes.get(i + 1), bytes.get(i + 2)) else {
+            return Err(PathError::BadEscape);
+        };
+        let (Some(h), Some(l)) = (hex(h), hex(l)) else {
+            return Err(PathError::BadEscape);
+        };
+        let value = h << 4 | l;
+        i += 3;
+        if value >= 0x80 {
+            high.push(value);
+        } else {
+            end_run(&mut high)?;
+        }
+        match value {
+            0 => return Err(PathError::Nul),
+            b'/' | b'\\' => separator(&mut out, slashes, value)?,
+            v if is_unreserved(v) => out.push(char::from(v)),
+            v => {
+                out.push('%');
+                out.push(char::from(UPPER[usize::from(v >> 4)]));
+                out.push(char::from(UPPER[usize::from(v & 15)]));
+            }
+        }
+    }
+    end_run(&mut high)?;
+    Ok(out)
+}
+
+fn separator(out: &mut String, slashes: EscapedSlashes, which: u8) -> Result<(), PathError> {
+    match slashes {
+        EscapedSlashes::Reject => return Err(PathError::EncodedSeparator),
+        EscapedSlashes::Unescape => out.push('/'),
+        EscapedSlashes::Keep => out.push_str(if which == b'/' { "%2F" } else { "%5C" }),
+    }
+    Ok(())
+}
+
+/// Merges repeated slashes and resolves dot segments; refuses dot segments hidden behind
+/// kept `%2F`/`%5C`.
+fn resolve(path: &str) -> Result<String, PathError> {
     let mut segments: Vec<&str> = Vec::new();
     let mut trailing_slash = false;
-    let mut changed = false;
     for segment in path[1..].split('/') {
         trailing_slash = false;
         match dot_segment(segment) {
-            Some(1) => {
-                trailing_slash = true;
-                changed = true;
-            }
-            Some(_) => {
+            _ if segment.is_empty() => trailing_slash = true,
+            Some(Dots::One) => trailing_slash = true,
+            Some(Dots::Two) => {
                 segments.pop();
                 trailing_slash = true;
-                changed = true;
             }
             None => segments.push(segment),
         }
     }
-    if segments
-        .iter()
-        .any(|segment| hidden_pieces(segment).any(|piece| dot_segment(piece).is_some()))
-    {
+    if segments.iter().any(|segment| {
+        segment.contains('%') && hidden_pieces(segment).any(|piece| dot_segment(piece).is_some())
+    }) {
         return Err(PathError::HiddenDotSegment);
-    }
-    if !changed {
-        return Ok(Cow::Borrowed(path));
     }
     let mut out = String::with_capacity(path.len());
     for segment in &segments {
@@ -59,94 +224,93 @@ pub fn normalize(path: &str) -> Result<Cow<'_, str>, PathError> {
     if segments.is_empty() || trailing_slash {
         out.push('/');
     }
-    Ok(Cow::Owned(out))
+    Ok(out)
 }
 
-/// `Some(1)` for `.`, `Some(2)` for `..`, in any mix of literal and `%2e`/`%2E` dots, and
-/// with any `;parameters` (which some servers strip before resolving).
-fn dot_segment(segment: &str) -> Option<u8> {
-    let mut rest = segment.split(';').next().unwrap_or_default().as_bytes();
-    let mut dots = 0u8;
-    while !rest.is_empty() {
-        if rest[0] == b'.' {
-            rest = &rest[1..];
-        } else if rest.len() >= 3
-            && rest[0] == b'%'
-            && rest[1] == b'2'
-            && rest[2].eq_ignore_ascii_case(&b'e')
-        {
-            rest = &rest[3..];
-        } else {
-            return None;
-        }
-        dots += 1;
-        if dots > 2 {
-            return None;
+enum Dots {
+    One,
+    Two,
+}
+
+/// `.` or `..`, also with `;parameters` (which some servers strip before resolving).
+/// Escaped dots are already decoded here.
+fn dot_segment(segment: &str) -> Option<Dots> {
+    match segment.split(';').next().unwrap_or_default() {
+        "." => Some(Dots::One),
+        ".." => Some(Dots::Two),
+        _ => None,
+    }
+}
+
+/// The pieces of a segment between the kept separators `%2F` and `%5C`.
+fn hidden_pieces(segment: &str) -> impl Iterator<Item = &str> {
+    segment.split("%2F").flat_map(|piece| piece.split("%5C"))
+}
+
+/// The path without the `;parameters` of its segments (empty segments that leaves merged).
+fn without_parameters(path: &str) -> String {
+    let mut out = String::with_capacity(path.len());
+    let mut ends_with_slash = false;
+    for segment in path[1..].split('/') {
+        let name = segment.split(';').next().unwrap_or_default();
+        ends_with_slash = name.is_empty();
+        if !ends_with_slash {
+            out.push('/');
+            out.push_str(name);
         }
     }
-    (dots > 0).then_some(dots)
-}
-
-/// The pieces of a segment between separators an upstream might decode into `/`:
-/// `%2F`, `%5C` and `\`.
-fn hidden_pieces(segment: &str) -> impl Iterator<Item = &str> {
-    let bytes = segment.as_bytes();
-    let mut start = 0;
-    let mut i = 0;
-    let mut done = false;
-    std::iter::from_fn(move || {
-        if done {
-            return None;
-        }
-        while i < bytes.len() {
-            let width = if bytes[i] == b'\\' {
-                1
-            } else if i + 2 < bytes.len()
-                && bytes[i] == b'%'
-                && (bytes[i + 1] == b'2' && bytes[i + 2].eq_ignore_ascii_case(&b'f')
-                    || bytes[i + 1] == b'5' && bytes[i + 2].eq_ignore_ascii_case(&b'c'))
-            {
-                3
-            } else {
-                0
-            };
-            if width > 0 {
-                let piece = &segment[start..i];
-                i += width;
-                start = i;
-                return Some(piece);
-            }
-            i += 1;
-        }
-        done = true;
-        Some(&segment[start..])
-    })
+    if out.is_empty() || ends_with_slash {
+        out.push('/');
+    }
+    out
 }
 
 #[cfg(test)]
 mod tests {
-    use super::normalize;
+    use super::EscapedSlashes::{Keep, Reject, Unescape};
+    use super::{PathError, normalize};
 
-    use super::PathError;
+    fn forwarded(path: &str) -> String {
+        normalize(path, Reject).unwrap().path.into_owned()
+    }
 
     #[test]
     fn plain_paths_are_borrowed_untouched() {
         for path in [
-            "/",
-            "/a/b",
-            "/a/b/",
-            "/a.b/c.d",
-            "/a..b",
-            "/%20x",
-            "/repo/a%2Fb",
-            "/a;v=1/b",
+            "/", "/a/b", "/a/b/", "/a.b/c.d", "/a..b", "/%20x", "/a;v=1/b",
         ] {
-            let normalized = normalize(path).unwrap();
-            assert!(
-                matches!(normalized, std::borrow::Cow::Borrowed(_)),
-                "{path}"
-            );
-            assert_eq!(normalized, path);
+            let normalized = normalize(path, Reject).unwrap();
+            assert!(!normalized.changed(), "{path}");
+            assert_eq!(normalized.path, path);
+        }
+    }
+
+    #[test]
+    fn unreserved_escapes_are_decoded_and_others_upper_cased() {
+        let cases = [
+            ("/%61dmin/x", "/admin/x"),
+            ("/adm%69n", "/admin"),
+            ("/%41%7e%2D%5f", "/A~-_"),
+            ("/a%20b", "/a%20b"),
+            ("/a%3fb%3Ac", "/a%3Fb%3Ac"),
+            ("/caf%c3%a9", "/caf%C3%A9"),
+            ("/%25", "/%25"),
+            ("/%252e%252e/x", "/%252e%252e/x"),
+        ];
+        for (input, expected) in cases {
+            assert_eq!(forwarded(input), expected, "{input}");
+        }
+    }
+
+    #[test]
+    fn repeated_slashes_are_merged() {
+        for (input, expected) in [
+            ("//admin", "/admin"),
+            ("///a//b///", "/a/b/"),
+            ("//", "/"),
+            ("/a/%2e//b", "/a/b"),
+        ] {
+            assert_eq!(forwarded(input), expected, "{input}");
         }
     }
 
@@ -167,19 +331,40 @@ mod tests {
             ("/a/.;x/b", "/a/b"),
         ];
         for (input, expected) in cases {
-            assert_eq!(normalize(input).unwrap(), expected, "{input}");
+            assert_eq!(forwarded(input), expected, "{input}");
         }
     }
 
     #[test]
-    fn non_paths_are_refused() {
-        assert_eq!(normalize("*"), Err(PathError::NotAPath));
-        assert_eq!(normalize("a/b"), Err(PathError::NotAPath));
-        assert_eq!(normalize(""), Err(PathError::NotAPath));
+    fn parameters_are_forwarded_but_not_matched() {
+        let normalized = normalize("/admin;x=1/secret.txt", Reject).unwrap();
+        assert_eq!(normalized.path, "/admin;x=1/secret.txt");
+        assert_eq!(normalized.key(), "/admin/secret.txt");
+        assert_eq!(normalize("/;x/a;/", Reject).unwrap().key(), "/a/");
+        assert_eq!(normalize("/;x", Reject).unwrap().key(), "/");
+        assert_eq!(normalize("/a/b", Reject).unwrap().key(), "/a/b");
     }
 
     #[test]
-    fn dot_segments_behind_encoded_separators_are_refused() {
+    fn encoded_separators_follow_the_setting() {
+        for path in ["/%2fadmin/x", "/a%2Fb", "/a%5cb", "/a\\b"] {
+            assert_eq!(
+                normalize(path, Reject),
+                Err(PathError::EncodedSeparator),
+                "{path}"
+            );
+        }
+        let unescape = |p| normalize(p, Unescape).unwrap().path.into_owned();
+        assert_eq!(unescape("/%2fadmin/x"), "/admin/x");
+        assert_eq!(unescape("/a\\..\\admin"), "/admin");
+        assert_eq!(unescape("/public/..%2Fadmin"), "/admin");
+        let keep = |p| normalize(p, Keep).unwrap().path.into_owned();
+        assert_eq!(keep("/repos/a%2fb"), "/repos/a%2Fb");
+        assert_eq!(keep("/a\\b"), "/a%5Cb");
+    }
+
+    #[test]
+    fn kept_separators_cannot_hide_dot_segments() {
         for path in [
             "/public/..%2Finternal/x",
             "/public/..%2finternal",
@@ -188,7 +373,32 @@ mod tests {
             "/public/x%2F..%2F..%2Fadmin",
             "/a/.%2Fb",
         ] {
-            assert_eq!(normalize(path), Err(PathError::HiddenDotSegment), "{path}");
+            assert_eq!(
+                normalize(path, Keep),
+                Err(PathError::HiddenDotSegment),
+                "{path}"
+            );
+        }
+    }
+
+    #[test]
+    fn malformed_escapes_nul_and_overlong_utf8_are_refused() {
+        assert_eq!(normalize("/a%", Reject), Err(PathError::BadEscape));
+        assert_eq!(normalize("/a%4", Reject), Err(PathError::BadEscape));
+        assert_eq!(normalize("/a%zz", Reject), Err(PathError::BadEscape));
+        assert_eq!(normalize("/a%00b", Reject), Err(PathError::Nul));
+        // Overlong '/', overlong 'a', a lone continuation byte, a truncated sequence.
+        for path in ["/%C0%AFadmin", "/%C1%A1dmin", "/%80", "/%E2%82", "/%E2%82x"] {
+            assert_eq!(normalize(path, Unescape), Err(PathError::NotUtf8), "{path}");
+        }
+        // Fullwidth 'ａ' is valid UTF-8 and stays what it is: not an 'a'.
+        assert_eq!(forwarded("/%ef%bd%81dmin"), "/%EF%BD%81dmin");
+    }
+
+    #[test]
+    fn non_paths_are_refused() {
+        for path in ["*", "a/b", ""] {
+            assert_eq!(normalize(path, Reject), Err(PathError::NotAPath), "{path}");
         }
     }
 }

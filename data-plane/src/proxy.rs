@@ -2,24 +2,23 @@
 //! typed [`Deny`]: readiness → limits → path → route → upstream. One snapshot load per
 //! request: the runtime a request starts with is the one it finishes with.
 
-use std::borrow::Cow;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use http::header::HOST;
 use http::uri::PathAndQuery;
 use http::{Extensions, HeaderValue, Request, Response, Uri, Version};
-use http_body::Body;
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
+use crate::admit;
 use crate::auth::ip::{self, Cidrs};
 use crate::auth::{Identity, TokenCache};
 use crate::body::{Metered, RequestBody, ResponseBody};
 use crate::deny::Deny;
 use crate::headers::{self, Peer, X_REQUEST_ID};
 use crate::metrics::Metrics;
-use crate::path::{self, PathError};
+use crate::path::EscapedSlashes;
 use crate::ratelimit::{self, Limiter, RuleLimits};
 use crate::route::RequestFacts;
 use crate::runtime::{Rule, Runtime};
@@ -31,6 +30,8 @@ use crate::upstream::{Protocol, Target, UpstreamError, Upstreams};
 pub struct Limits {
     /// Sum of header name and value lengths; more gets 431.
     pub max_header_bytes: usize,
+    /// Header fields in one request; more gets 431.
+    pub max_header_count: usize,
     /// Request body; a larger Content-Length gets 413 at once, a longer stream is cut off.
     pub max_body_bytes: u64,
 }
@@ -39,6 +40,7 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             max_header_bytes: 64 * 1024,
+            max_header_count: 100,
             max_body_bytes: 10 * 1024 * 1024,
         }
     }
@@ -49,6 +51,8 @@ pub struct Shared {
     pub runtime: ArcSwap<Runtime>,
     pub metrics: Metrics,
     pub limits: Limits,
+    /// What `%2F`, `%5C` and `\` in a path mean.
+    pub escaped_slashes: EscapedSlashes,
     pub access_log: bool,
     /// For responses no route decided (404, 503 before the first snapshot, …).
     pub security: SecurityHeaders,
@@ -59,20 +63,15 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn new(
-        metrics: Metrics,
-        limits: Limits,
-        access_log: bool,
-        trusted_proxies: Cidrs,
-        limiter: Limiter,
-    ) -> Self {
+    pub fn new(metrics: Metrics, config: &crate::Config, limiter: Limiter) -> Self {
         Self {
             runtime: ArcSwap::from_pointee(Runtime::empty()),
             metrics,
-            limits,
-            access_log,
+            limits: config.limits,
+            escaped_slashes: config.escaped_slashes,
+            access_log: config.access_log,
             security: SecurityHeaders::default(),
-            trusted_proxies,
+            trusted_proxies: config.trusted_proxies.clone(),
             limiter,
         }
     }
@@ -106,6 +105,10 @@ impl Proxy {
 
     pub fn limits(&self) -> Limits {
         self.shared.limits
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.shared.metrics
     }
 
     pub fn upstreams(&self) -> &Upstreams {
@@ -201,45 +204,18 @@ impl Proxy {
         if !runtime.is_ready() {
             return Err(Deny::NotReady);
         }
-        self.check_limits(&request)?;
-
-        // Routing borrows the request; what forwarding needs is taken out before it moves.
-        let original_host = original_host(&request);
-        // RFC 9110 §4.2.4: userinfo has no place in an HTTP authority, and routing and the
-        // upstream could read such a host differently.
-        if original_host
-            .as_ref()
-            .is_some_and(|h| h.as_bytes().contains(&b'@'))
-        {
-            return Err(Deny::BadRequest("the request's host carries credentials"));
-        }
-        let host = original_host
-            .as_ref()
-            .and_then(|h| h.to_str().ok())
-            .map(headers::host_of);
-        let normalized = path::normalize(request.uri().path()).map_err(|error| match error {
-            PathError::NotAPath => {
-                Deny::BadRequest("the request target must be a path starting with '/'")
-            }
-            PathError::HiddenDotSegment => {
-                Deny::BadRequest("the path hides a dot segment behind an encoded separator")
-            }
-        })?;
+        let admitted = admit::admit(&request, &self.shared.limits, self.shared.escaped_slashes)?;
         let facts = RequestFacts {
-            host: host.as_deref(),
-            path: &normalized,
+            host: admitted.host.as_deref(),
+            path: admitted.path.key(),
             method: request.method(),
             headers: request.headers(),
         };
         let rule = runtime.find(&facts).ok_or_else(|| Deny::NotFound {
             method: request.method().clone(),
-            path: normalized.to_string(),
+            path: admitted.path.path.to_string(),
         })?;
         decision.rule = Some(rule);
-        let new_path = match normalized {
-            Cow::Owned(path) => Some(path),
-            Cow::Borrowed(_) => None,
-        };
         // Decided once, for IP lists and rate-limit keys.
         let client_ip = (rule.ip.is_some()
             || !rule.limits_before_auth.is_empty()
@@ -268,12 +244,11 @@ impl Proxy {
         )
         .await?;
         if let Some(auth) = &rule.auth {
-            let path = new_path.as_deref().unwrap_or(request.uri().path());
             let identity = auth
                 .authenticate(
                     request.headers(),
                     request.method(),
-                    path,
+                    admitted.path.key(),
                     &self.tokens,
                     runtime.generation,
                 )
@@ -314,29 +289,55 @@ impl Proxy {
         let target = rule.backends.pick();
         decision.target = Some(target);
 
+        // What forwarding needs is taken out before the request moves.
+        let admit::Admitted {
+            authority,
+            host,
+            path,
+        } = admitted;
+        drop(host);
+        let new_path = path.into_rewritten();
+        // A trusted proxy's client, as the IP lists read it (the proxy itself if its
+        // header names none).
+        let behind_proxy = self
+            .shared
+            .trusted_proxies
+            .contains(client.addr.ip())
+            .then(|| {
+                client_ip
+                    .or_else(|| {
+                        ip::client_ip(
+                            client.addr.ip(),
+                            request.headers(),
+                            &self.shared.trusted_proxies,
+                        )
+                    })
+                    .unwrap_or(client.addr.ip())
+            });
         let mut upstream_request = upstream_request(
             request,
             target,
             new_path,
-            original_host,
-            client,
+            authority,
+            (client, behind_proxy),
             request_id,
             self.shared.limits.max_body_bytes,
         )?;
         // Only the gateway states identities; rules with auth put theirs in now.
-        for name in &runtime.identity_headers {
-            upstream_request.headers_mut().remove(name);
-        }
+        headers::strip_protected(upstream_request.headers_mut(), &runtime.identity_headers);
         if let (Some(auth), Some(identity)) = (&rule.auth, &decision.identity) {
             auth.decorate(upstream_request.headers_mut(), identity);
         }
         let deadline = started + rule.timeout;
         let outcome =
             tokio::time::timeout_at(deadline, self.upstreams.send(target, upstream_request)).await;
-        if let Some(permit) = permit {
-            permit.finish(
+        match (permit, &outcome) {
+            // The client's own fault says nothing about the upstream: no sample.
+            (Some(permit), Ok(Err(UpstreamError::ClientBody(_)))) => drop(permit),
+            (Some(permit), _) => permit.finish(
                 matches!(&outcome, Ok(Ok(response)) if !response.status().is_server_error()),
-            );
+            ),
+            (None, _) => {}
         }
         let response = match outcome {
             Ok(Ok(response)) => response,
@@ -397,26 +398,6 @@ impl Proxy {
             Err(refusal) => Err(Deny::from_refusal(refusal, rule)),
         }
     }
-
-    fn check_limits(&self, request: &Request<Incoming>) -> Result<(), Deny> {
-        let header_bytes: usize = request
-            .headers()
-            .iter()
-            .map(|(name, value)| name.as_str().len() + value.len())
-            .sum();
-        if header_bytes > self.shared.limits.max_header_bytes {
-            return Err(Deny::HeadersTooLarge {
-                limit: self.shared.limits.max_header_bytes,
-            });
-        }
-        // The lower bound is the Content-Length when there is one.
-        if request.body().size_hint().lower() > self.shared.limits.max_body_bytes {
-            return Err(Deny::PayloadTooLarge {
-                limit: self.shared.limits.max_body_bytes,
-            });
-        }
-        Ok(())
-    }
 }
 
 fn upstream_error(
@@ -431,6 +412,15 @@ fn upstream_error(
             return Deny::PayloadTooLarge {
                 limit: limits.max_body_bytes,
             };
+        }
+        UpstreamError::ClientBody(detail) => {
+            tracing::debug!(
+                request_id = request_id.to_str().unwrap_or_default(),
+                route = &*rule.route,
+                error = %detail,
+                "the client's request body failed"
+            );
+            return Deny::BadRequestBody { detail };
         }
         UpstreamError::Unreachable(detail) => (detail, true),
         UpstreamError::Failed(detail) => (detail, false),
@@ -450,15 +440,6 @@ fn upstream_error(
     }
 }
 
-/// The authority the client addressed, as a header value: the URI's (HTTP/2 `:authority`,
-/// absolute-form) takes precedence over `Host`, as RFC 9112 and RFC 9113 say.
-fn original_host(request: &Request<Incoming>) -> Option<HeaderValue> {
-    match request.uri().authority() {
-        Some(authority) => HeaderValue::from_str(authority.as_str()).ok(),
-        None => request.headers().get(HOST).cloned(),
-    }
-}
-
 /// Turns the client's request into the upstream's: target URI, hop-by-hop fields gone,
 /// forwarding facts and request id added, the body streamed through the size limit.
 fn upstream_request(
@@ -466,17 +447,25 @@ fn upstream_request(
     target: &Target,
     new_path: Option<String>,
     original_host: Option<HeaderValue>,
-    client: &Peer,
+    (client, behind_proxy): (&Peer, Option<std::net::IpAddr>),
     request_id: &HeaderValue,
     max_body_bytes: u64,
 ) -> Result<Request<RequestBody>, Deny> {
     let (mut parts, body) = request.into_parts();
     let path_and_query = match new_path {
-        None => parts
-            .uri
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/")),
+        // Origin-form as received; an absolute-form target without a path
+        // (`http://a.test?x=1`) still gets its `/`.
+        None => match parts.uri.path_and_query() {
+            Some(pq) if pq.as_str().starts_with('/') => pq.clone(),
+            _ => {
+                let full = match parts.uri.query() {
+                    Some(query) => format!("/?{query}"),
+                    None => "/".to_owned(),
+                };
+                PathAndQuery::try_from(full)
+                    .map_err(|_| Deny::BadRequest("the request target is not a valid path"))?
+            }
+        },
         Some(path) => {
             let full = match parts.uri.query() {
                 Some(query) => format!("{path}?{query}"),
@@ -496,7 +485,7 @@ fn upstream_request(
 
     let headers = &mut parts.headers;
     headers::strip_hop_by_hop(headers, true);
-    headers::add_forwarded(headers, client, original_host.as_ref(), client.scheme());
+    headers::add_forwarded(headers, client, original_host.as_ref(), behind_proxy);
     headers.insert(&X_REQUEST_ID, request_id.clone());
     match target.protocol {
         // HTTP/2 carries the host in :authority, which is the backend's here.

@@ -49,8 +49,8 @@ pub async fn serve(listener: TcpListener, https_port: u16, mut shutdown: watch::
 fn redirect(request: &Request<Incoming>, https_port: u16) -> Response<ResponseBody> {
     let request_id = headers::request_id(request.headers());
     let host = headers::authority(request)
-        .map(headers::host_of)
-        .filter(|h| !h.is_empty() && valid_host(h));
+        .filter(|a| crate::admit::valid_authority(a))
+        .map(headers::host_of);
     let Some(host) = host else {
         let mut response = Deny::BadRequest("a request needs a Host to be redirected to HTTPS")
             .into_response(&request_id);
@@ -71,10 +71,4 @@ fn redirect(request: &Request<Incoming>, https_port: u16) -> Response<ResponseBo
     }
     response.headers_mut().insert(&X_REQUEST_ID, request_id);
     response
-}
-
-/// Letters, digits, `-`, `.` and a bracketed IPv6 literal: nothing that could bend the URL.
-fn valid_host(host: &str) -> bool {
-    host.bytes()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'[' | b']' | b':'))
 }

@@ -10,7 +10,8 @@ use std::time::Duration;
 use socket2::{Domain, Protocol as IpProtocol, Socket, Type};
 use tokio::sync::{oneshot, watch};
 
-use crate::listener;
+use crate::connection::ConnectionLimits;
+use crate::listener::{self, ListenerSettings};
 use crate::proxy::{Proxy, Shared};
 use crate::upstream::{UpstreamOptions, Upstreams};
 
@@ -58,6 +59,7 @@ pub struct WorkerSettings {
     pub upstream_tls: rustls::ClientConfig,
     /// Server TLS for the listener; cleartext when `None`.
     pub listener_tls: Option<Arc<rustls::ServerConfig>>,
+    pub connections: ConnectionLimits,
     pub drain_timeout: Duration,
 }
 
@@ -75,11 +77,15 @@ pub fn spawn(
             .build()?;
         let (finished, done_rx) = oneshot::channel();
         let upstreams = Upstreams::new(&settings.upstream, settings.upstream_tls.clone());
-        let acceptor = settings
-            .listener_tls
-            .clone()
-            .map(tokio_rustls::TlsAcceptor::from);
-        let (shared, shutdown, drain) = (shared.clone(), shutdown.clone(), settings.drain_timeout);
+        let listener_settings = ListenerSettings {
+            connections: settings.connections,
+            drain_timeout: settings.drain_timeout,
+            tls: settings
+                .listener_tls
+                .clone()
+                .map(tokio_rustls::TlsAcceptor::from),
+        };
+        let (shared, shutdown) = (shared.clone(), shutdown.clone());
         std::thread::Builder::new()
             .name(format!("pavilion-worker-{index}"))
             .spawn(move || {
@@ -88,7 +94,7 @@ pub fn spawn(
                         Ok(listener) => {
                             let proxy = Arc::new(Proxy::new(shared, upstreams));
                             let sweeper = tokio::spawn(sweep_idle(proxy.clone()));
-                            listener::serve(listener, proxy, shutdown, drain, acceptor).await;
+                            listener::serve(listener, proxy, shutdown, listener_settings).await;
                             sweeper.abort();
                         }
                         Err(error) => {

@@ -13,10 +13,9 @@ use pavilion_data::{Config, DataPlane};
 use pavilion_proto as proto;
 use pavilion_tests::client::{HttpClient, Reply};
 use pavilion_tests::jwt::{JwksServer, SigningKey, claims, now, sign_hmac};
-use pavilion_tests::snapshot::{prefix_rule, route, snapshot};
+use pavilion_tests::snapshot::{api_key, prefix_rule, route, snapshot};
 use pavilion_tests::{Upstream, eventually};
 use serde_json::json;
-use sha2::{Digest, Sha256};
 
 const ISSUER: &str = "https://idp.test/realms/main";
 const AUDIENCE: &str = "orders-api";
@@ -185,6 +184,16 @@ async fn jwt_attack_table_every_case_is_refused_with_the_right_status() {
     )
     .unwrap();
     let unknown = SigningKey::ec("nobody");
+    let critical = |names: Vec<String>| {
+        let mut header = Header::new(Algorithm::RS256);
+        header.kid = Some("rsa-1".into());
+        header.crit = Some(names);
+        rsa.sign_with(header, &good())
+    };
+    let mut from_the_future = good();
+    from_the_future["iat"] = json!(now() + 3600);
+    let mut odd_iat = good();
+    odd_iat["iat"] = json!("yesterday");
 
     let cases: Vec<(&str, String, u16, &str)> = vec![
         (
@@ -232,6 +241,20 @@ async fn jwt_attack_table_every_case_is_refused_with_the_right_status() {
         ("not a JWT", "abc".into(), 401, "invalid_token"),
         ("garbage segments", "a.b.c".into(), 401, "invalid_token"),
         ("unknown key", unknown.sign(&good()), 401, "invalid_token"),
+        (
+            "crit names an unknown extension",
+            critical(vec!["exp-ext".into()]),
+            401,
+            "invalid_token",
+        ),
+        ("crit empty", critical(Vec::new()), 401, "invalid_token"),
+        (
+            "issued in the future",
+            rsa.sign(&from_the_future),
+            401,
+            "token_not_yet_valid",
+        ),
+        ("iat not a number", rsa.sign(&odd_iat), 401, "invalid_token"),
         (
             "kid with path characters",
             {
@@ -471,23 +494,6 @@ async fn several_issuers_with_static_keys_and_cookies() {
     assert_eq!(dp.version(), "v1");
 }
 
-fn api_key(
-    namespace: &str,
-    id: &str,
-    key: &str,
-    scopes: &[&str],
-    expires_at: i64,
-) -> proto::ApiKey {
-    proto::ApiKey {
-        namespace: namespace.into(),
-        id: id.into(),
-        sha256: Sha256::digest(key.as_bytes()).to_vec(),
-        scopes: scopes.iter().map(|s| s.to_string()).collect(),
-        expires_at,
-        ..Default::default()
-    }
-}
-
 #[tokio::test]
 async fn api_keys_with_scopes_expiry_and_access_lists() {
     let upstream = Upstream::start("orders").await.unwrap();
@@ -721,6 +727,23 @@ async fn ip_lists_believe_forwarded_for_only_from_trusted_proxies() {
             assert_eq!(reply.json()["error"]["code"], "ip_denied");
         }
     }
+    // The trusted proxy's statements reach the upstream, with the proxy appended.
+    let reply = get(
+        &behind_proxy,
+        "/",
+        &[
+            ("x-forwarded-for", "203.0.113.5"),
+            ("x-forwarded-proto", "https"),
+        ],
+    )
+    .await;
+    let headers = &reply.json()["headers"];
+    assert_eq!(headers["x-forwarded-for"], "203.0.113.5, 127.0.0.1");
+    assert_eq!(headers["x-forwarded-proto"], "https");
+    assert_eq!(
+        headers["x-real-ip"], "203.0.113.5",
+        "the client the proxy names"
+    );
     let reply = get(&behind_proxy, "/", &[("x-forwarded-for", "203.0.113.66")]).await;
     assert!(
         reply.json()["error"]["message"]

@@ -78,7 +78,12 @@ async fn forwards_with_forwarding_headers_and_request_id_and_without_hop_by_hop_
     );
     assert_eq!(headers["x-forwarded-host"], "Api.Example.com:8080");
     assert_eq!(headers["x-forwarded-proto"], "http");
-    assert_eq!(headers["x-forwarded-for"], "203.0.113.9, 127.0.0.1");
+    assert_eq!(
+        headers["x-forwarded-for"], "127.0.0.1",
+        "an untrusted client's own claim is replaced"
+    );
+    assert_eq!(headers["x-real-ip"], "127.0.0.1");
+    assert_eq!(headers["x-forwarded-port"], dp.addr.port().to_string());
     assert_eq!(headers["x-request-id"], "req-42");
     assert!(
         headers.get("x-hop").is_none(),
@@ -357,6 +362,7 @@ async fn invalid_snapshots_are_refused_and_the_current_one_keeps_serving() {
     bad.matches[0].path = Some(proto::PathMatch {
         r#type: proto::PathMatchType::RegularExpression as i32,
         value: "/(".into(),
+        ignore_case: false,
     });
     let error = dp
         .apply(snapshot("v2", vec![route("ns/bad", &[], vec![bad])]))

@@ -6,6 +6,7 @@ pub mod jwt;
 pub mod kube;
 pub mod nats;
 pub mod process;
+pub mod python;
 pub mod raw;
 pub mod redis;
 pub mod snapshot;

@@ -82,6 +82,25 @@ impl RawUpstream {
     }
 }
 
+/// Sends `request` as raw bytes to `addr` and returns everything the server wrote until it
+/// closed the connection (at most 10 s), as text: for requests no HTTP client would send.
+pub async fn exchange(addr: SocketAddr, request: &[u8]) -> String {
+    let mut stream = TcpStream::connect(addr).await.expect("connect");
+    stream.write_all(request).await.expect("write the request");
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        stream.read_to_end(&mut answer),
+    )
+    .await;
+    assert!(
+        read.is_ok(),
+        "the server did not close within 10 s; it wrote: {}",
+        String::from_utf8_lossy(&answer)
+    );
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
 async fn serve(mut stream: TcpStream, script: Arc<Script>, requests: Arc<Mutex<Vec<Vec<u8>>>>) {
     let mut buffer = Vec::new();
     for index in 0.. {

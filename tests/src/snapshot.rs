@@ -21,6 +21,7 @@ pub fn prefix_rule(prefix: &str, backends: &[(&str, u32)]) -> proto::Rule {
             path: Some(proto::PathMatch {
                 r#type: proto::PathMatchType::Prefix as i32,
                 value: prefix.into(),
+                ignore_case: false,
             }),
             ..Default::default()
         }],
@@ -51,4 +52,24 @@ pub fn catch_all(version: &str, name: &str, backend: &str) -> proto::Snapshot {
         version,
         vec![route(name, &[], vec![prefix_rule("/", &[(backend, 1)])])],
     )
+}
+
+/// An API key of `namespace` with `scopes`, stored as the SHA-256 of `key` (as the control
+/// plane compiles an `ApiKey` resource); `expires_at` in Unix seconds, 0 for never.
+pub fn api_key(
+    namespace: &str,
+    id: &str,
+    key: &str,
+    scopes: &[&str],
+    expires_at: i64,
+) -> proto::ApiKey {
+    use sha2::Digest;
+    proto::ApiKey {
+        namespace: namespace.into(),
+        id: id.into(),
+        sha256: sha2::Sha256::digest(key.as_bytes()).to_vec(),
+        scopes: scopes.iter().map(|s| s.to_string()).collect(),
+        expires_at,
+        ..Default::default()
+    }
 }

@@ -22,6 +22,7 @@ pub(super) fn find(routes: &[proto::Route]) -> Vec<(usize, FieldError)> {
                 path: Some(proto::PathMatch {
                     r#type: proto::PathMatchType::Prefix as i32,
                     value: "/".into(),
+                    ignore_case: false,
                 }),
                 ..Default::default()
             }];
@@ -74,9 +75,10 @@ fn match_key(host: &str, m: &proto::Match) -> String {
         .map(|h| format!("{}={}", h.name, h.value))
         .collect();
     format!(
-        "{host}\0{}\0{}\0{}\0{}",
+        "{host}\0{}\0{}\0{}\0{}\0{}",
         path.r#type,
         path.value,
+        path.ignore_case,
         m.methods.join(","),
         headers.join("\0")
     )

@@ -133,6 +133,7 @@ fn to_proto_match(m: &pavilion_crds::RouteMatch) -> proto::Match {
         proto::PathMatch {
             r#type: proto::PathMatchType::Prefix as i32,
             value: "/".into(),
+            ignore_case: false,
         },
         |p| proto::PathMatch {
             r#type: match p.kind {
@@ -144,6 +145,7 @@ fn to_proto_match(m: &pavilion_crds::RouteMatch) -> proto::Match {
                 PathMatchType::PathPrefix => normalize_prefix(&p.value),
                 _ => p.value.clone(),
             },
+            ignore_case: p.ignore_case,
         },
     );
     let mut methods: Vec<String> = m.methods.iter().map(|x| x.to_ascii_uppercase()).collect();

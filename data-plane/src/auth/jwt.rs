@@ -151,6 +151,15 @@ pub async fn verify(
     let header = jsonwebtoken::decode_header(token).map_err(|_| {
         Reject::invalid_token("the token is not a well-formed JWT with a supported alg")
     })?;
+    // RFC 7515 §4.1.11: a recipient that does not understand every extension `crit`
+    // names must refuse the token. The gateway implements none (and an empty list is
+    // itself invalid).
+    if let Some(critical) = &header.crit {
+        return Err(Reject::invalid_token(format!(
+            "the token requires header extensions the gateway does not implement (crit: [{}])",
+            shorten(&critical.join(", "))
+        )));
+    }
     // Only to choose the issuer's keys; everything is checked again after the signature.
     let unverified: Unverified = jsonwebtoken::dangerous::insecure_decode_claims(token)
         .map_err(|_| Reject::invalid_token("the token's claims are not readable"))?;
@@ -191,6 +200,24 @@ pub async fn verify(
         }
         Err(KeyOutcome::Failed(reject)) => return Err(reject),
     };
+    // jsonwebtoken does not look at `iat`; a token issued in the future (beyond the leeway)
+    // comes from a clock or an issuer that cannot be trusted.
+    match claims.get("iat") {
+        None => {}
+        Some(Value::Number(iat)) => {
+            let now = super::unix_now() as f64;
+            if iat
+                .as_f64()
+                .is_some_and(|iat| iat > now + provider.leeway as f64)
+            {
+                return Err(Reject::unauthorized(
+                    "token_not_yet_valid",
+                    "the token was issued in the future (iat)".into(),
+                ));
+            }
+        }
+        Some(_) => return Err(Reject::invalid_token("the token's iat is not a number")),
+    }
     for claim in &provider.required_claims {
         if !claims.contains_key(&**claim) {
             return Err(Reject::invalid_token(format!(

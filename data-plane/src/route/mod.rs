@@ -77,10 +77,12 @@ impl Router {
                         conditions: Conditions::new(m).map_err(invalid)?,
                         rule: rule_ids[position][rule_index],
                         order: (position as u32, rule_index as u32, match_index as u32),
+                        ignore_case: false,
                     };
                     let path = m.path.clone().unwrap_or(proto::PathMatch {
                         r#type: proto::PathMatchType::Prefix as i32,
                         value: "/".into(),
+                        ignore_case: false,
                     });
                     if route.hosts.is_empty() {
                         any.add(&path, candidate.clone()).map_err(invalid)?;

@@ -63,17 +63,45 @@ pub(super) struct Candidate {
     pub(super) rule: RuleId,
     /// Route position, rule index, match index: the final tie-breakers.
     pub(super) order: (u32, u32, u32),
+    /// Set by `add` from the path match: the path is compared in lower case.
+    pub(super) ignore_case: bool,
+}
+
+impl Candidate {
+    fn precedence(&self) -> (Reverse<usize>, (u32, u32, u32)) {
+        (Reverse(self.conditions.weight()), self.order)
+    }
 }
 
 fn sort(candidates: &mut [Candidate]) {
-    candidates.sort_by_key(|c| (Reverse(c.conditions.weight()), c.order));
+    candidates.sort_by_key(Candidate::precedence);
 }
 
-fn first(candidates: &[Candidate], request: &RequestFacts<'_>) -> Option<RuleId> {
+/// The first candidate (in precedence order) whose conditions hold and that `fits`.
+fn first<'c>(
+    candidates: &'c [Candidate],
+    request: &RequestFacts<'_>,
+    fits: impl Fn(&Candidate) -> bool,
+) -> Option<&'c Candidate> {
     candidates
         .iter()
-        .find(|c| c.conditions.hold(request.method, request.headers))
-        .map(|c| c.rule)
+        .find(|c| fits(c) && c.conditions.hold(request.method, request.headers))
+}
+
+/// The better of two candidates for one key: as the path is, and in lower case for the
+/// case-insensitive ones.
+fn better<'c>(a: Option<&'c Candidate>, b: Option<&'c Candidate>) -> Option<RuleId> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(
+            if b.precedence() < a.precedence() {
+                b
+            } else {
+                a
+            }
+            .rule,
+        ),
+        (a, b) => a.or(b).map(|c| c.rule),
+    }
 }
 
 #[derive(Default)]
@@ -81,24 +109,36 @@ pub(super) struct PathTableBuilder {
     exact: HashMap<Box<str>, Vec<Candidate>>,
     prefix: HashMap<Box<str>, Vec<Candidate>>,
     regex: Vec<(Regex, Candidate)>,
+    ignore_case: bool,
 }
 
 impl PathTableBuilder {
     pub(super) fn add(
         &mut self,
         path: &proto::PathMatch,
-        candidate: Candidate,
+        mut candidate: Candidate,
     ) -> Result<(), String> {
         let value = path.value.as_str();
+        candidate.ignore_case = path.ignore_case;
+        self.ignore_case |= path.ignore_case;
         match path.r#type() {
-            proto::PathMatchType::Exact => {
-                self.exact.entry(value.into()).or_default().push(candidate)
-            }
-            proto::PathMatchType::Prefix => {
-                // The compiler already strips trailing slashes; snapshots from elsewhere may not.
-                let trimmed = value.trim_end_matches('/');
-                let key = if trimmed.is_empty() { "/" } else { trimmed };
-                self.prefix.entry(key.into()).or_default().push(candidate);
+            kind @ (proto::PathMatchType::Exact | proto::PathMatchType::Prefix) => {
+                // Values are compared with normalised request paths: normalised the same
+                // way here (`/%61dmin` is `/admin`), whatever produced the snapshot.
+                let normal = crate::path::normalize(value, crate::path::EscapedSlashes::Keep)
+                    .map_err(|e| format!("path `{value}`: {}", e.message()))?;
+                let mut key = normal.key().to_owned();
+                if path.ignore_case {
+                    key.make_ascii_lowercase();
+                }
+                if kind == proto::PathMatchType::Exact {
+                    self.exact.entry(key.into()).or_default().push(candidate);
+                } else {
+                    // The compiler already strips trailing slashes; snapshots from elsewhere may not.
+                    let trimmed = key.trim_end_matches('/');
+                    let key = if trimmed.is_empty() { "/" } else { trimmed };
+                    self.prefix.entry(key.into()).or_default().push(candidate);
+                }
             }
             proto::PathMatchType::RegularExpression => {
                 // On its own first: `a)|(b` would otherwise escape the anchors below.
@@ -106,7 +146,9 @@ impl PathTableBuilder {
                     .size_limit(REGEX_SIZE_LIMIT)
                     .build()
                     .map_err(|e| format!("invalid regular expression `{value}`: {e}"))?;
-                let regex = RegexBuilder::new(&format!("^(?:{value})$"))
+                // The flag inline, so that the set built from the patterns' text keeps it.
+                let flags = if path.ignore_case { "(?i)" } else { "" };
+                let regex = RegexBuilder::new(&format!("{flags}^(?:{value})$"))
                     .size_limit(REGEX_SIZE_LIMIT)
                     .build()
                     .map_err(|e| format!("invalid regular expression `{value}`: {e}"))?;
@@ -143,6 +185,7 @@ impl PathTableBuilder {
             exact: finish(self.exact),
             prefix: finish(self.prefix),
             regex,
+            ignore_case: self.ignore_case,
         })
     }
 }
@@ -153,6 +196,8 @@ pub(super) struct PathTable {
     /// Keyed by prefix without trailing slash (`/` for the root).
     prefix: HashMap<Box<str>, Box<[Candidate]>, RandomState>,
     regex: Option<Regexes>,
+    /// Whether some exact or prefix entry is case-insensitive (stored in lower case).
+    ignore_case: bool,
 }
 
 struct Regexes {
@@ -165,15 +210,28 @@ struct Regexes {
 impl PathTable {
     pub(super) fn find(&self, request: &RequestFacts<'_>) -> Option<RuleId> {
         let path = request.path;
-        if let Some(rule) = self.exact.get(path).and_then(|c| first(c, request)) {
+        // Case-insensitive entries are kept in lower case; the path is lowered only when
+        // there are such entries and it has upper case (same length, same boundaries).
+        let lower = (self.ignore_case && path.bytes().any(|b| b.is_ascii_uppercase()))
+            .then(|| path.to_ascii_lowercase());
+        let lookup = |map: &HashMap<Box<str>, Box<[Candidate]>, RandomState>, end: usize| {
+            let exact_case = map
+                .get(&path[..end])
+                .and_then(|c| first(c, request, |_| true));
+            let any_case = lower.as_ref().and_then(|lower| {
+                map.get(&lower[..end])
+                    .and_then(|c| first(c, request, |c| c.ignore_case))
+            });
+            better(exact_case, any_case)
+        };
+        if let Some(rule) = lookup(&self.exact, path.len()) {
             return Some(rule);
         }
         if !self.prefix.is_empty() {
             // "/a/b/c", "/a/b", "/a", "/": every segment boundary, longest first.
             let mut end = path.len();
             loop {
-                let key = &path[..end.max(1)];
-                if let Some(rule) = self.prefix.get(key).and_then(|c| first(c, request)) {
+                if let Some(rule) = lookup(&self.prefix, end.max(1)) {
                     return Some(rule);
                 }
                 if end <= 1 {

@@ -14,6 +14,7 @@ fn path(kind: proto::PathMatchType, value: &str) -> Option<proto::PathMatch> {
     Some(proto::PathMatch {
         r#type: kind as i32,
         value: value.into(),
+        ignore_case: false,
     })
 }
 
@@ -262,4 +263,75 @@ fn invalid_regex_is_refused_with_the_route_named() {
             .starts_with("route ns/bad: rule 0: invalid regular expression"),
         "{error}"
     );
+}
+
+fn ignoring_case(mut m: proto::Match) -> proto::Match {
+    if let Some(path) = &mut m.path {
+        path.ignore_case = true;
+    }
+    m
+}
+
+#[test]
+fn paths_are_case_sensitive_unless_a_match_ignores_case() {
+    let f = build(&[
+        ("public", &[], vec![vec![prefix("/")]]),
+        ("admin", &[], vec![vec![ignoring_case(prefix("/Admin"))]]),
+        ("exact", &[], vec![vec![exact("/Login")]]),
+    ])
+    .unwrap();
+    for path in ["/admin/x", "/ADMIN/x", "/aDmIn", "/Admin"] {
+        assert_eq!(f.find(None, "GET", path), Some("admin#0"), "{path}");
+    }
+    assert_eq!(f.find(None, "GET", "/Login"), Some("exact#0"));
+    assert_eq!(
+        f.find(None, "GET", "/login"),
+        Some("public#0"),
+        "case-sensitive"
+    );
+    let f = build(&[(
+        "any-case",
+        &[],
+        vec![vec![ignoring_case(regex("/files/[a-z]+"))]],
+    )])
+    .unwrap();
+    assert_eq!(f.find(None, "GET", "/FILES/Report"), Some("any-case#0"));
+}
+
+#[test]
+fn an_exact_case_entry_and_an_ignore_case_entry_of_one_key_keep_their_precedence() {
+    let f = build(&[
+        ("older", &[], vec![vec![ignoring_case(prefix("/api"))]]),
+        ("younger", &[], vec![vec![prefix("/API")]]),
+    ])
+    .unwrap();
+    assert_eq!(f.find(None, "GET", "/API/x"), Some("older#0"), "older wins");
+    assert_eq!(f.find(None, "GET", "/Api/x"), Some("older#0"));
+    let f = build(&[
+        ("older", &[], vec![vec![prefix("/API")]]),
+        (
+            "younger",
+            &[],
+            vec![vec![with_methods(ignoring_case(prefix("/api")), &["GET"])]],
+        ),
+    ])
+    .unwrap();
+    assert_eq!(
+        f.find(None, "GET", "/API/x"),
+        Some("younger#0"),
+        "more conditions win"
+    );
+    assert_eq!(f.find(None, "POST", "/API/x"), Some("older#0"));
+}
+
+#[test]
+fn route_values_are_normalised_like_request_paths() {
+    let f = build(&[(
+        "admin",
+        &[],
+        vec![vec![prefix("/%61dmin"), exact("/caf%c3%a9")]],
+    )])
+    .unwrap();
+    assert_eq!(f.find(None, "GET", "/admin/x"), Some("admin#0"));
+    assert_eq!(f.find(None, "GET", "/caf%C3%A9"), Some("admin#0"));
 }

@@ -175,6 +175,10 @@ pub enum UpstreamError {
     Failed(String),
     #[error("request body exceeds the configured limit")]
     BodyTooLarge,
+    /// The client's request body broke (malformed chunked framing, cut off): the client's
+    /// fault, not the upstream's.
+    #[error("the request body could not be read: {0}")]
+    ClientBody(String),
 }
 
 /// Pooled clients, one per protocol. Each worker thread owns one set, so pools are never
@@ -254,6 +258,9 @@ impl Upstreams {
             Protocol::Http1 => match self.http1.send(&target.authority, request).await {
                 Ok(response) => Ok(response.map(ResponseBody::H1)),
                 Err(h1::Error::BodyTooLarge) => Err(UpstreamError::BodyTooLarge),
+                Err(h1::Error::ClientBody(error)) => {
+                    Err(UpstreamError::ClientBody(error.to_string()))
+                }
                 Err(error @ h1::Error::Connect(_)) => {
                     Err(UpstreamError::Unreachable(error.to_string()))
                 }
@@ -290,8 +297,12 @@ fn from_hyper(
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&error);
     let mut text = String::new();
     while let Some(e) = source {
-        if let Some(BodyError::TooLarge) = e.downcast_ref::<BodyError>() {
-            return Err(UpstreamError::BodyTooLarge);
+        match e.downcast_ref::<BodyError>() {
+            Some(BodyError::TooLarge) => return Err(UpstreamError::BodyTooLarge),
+            Some(BodyError::Client(error)) => {
+                return Err(UpstreamError::ClientBody(error.to_string()));
+            }
+            None => {}
         }
         if !text.is_empty() {
             text.push_str(": ");

@@ -3,7 +3,9 @@
 //!
 //! * `/fast` — a fixed `ok` (benchmarks);
 //! * `/delay/MS` — after MS milliseconds;
-//! * `/stream/N` — N chunks, 100 ms apart (streaming must reach the client chunk by chunk);
+//! * `/stream/N[/MS]` — N chunks, MS (default 100) milliseconds apart (streaming must reach
+//!   the client chunk by chunk);
+//! * `/blob/N` — N bytes, streamed in 64 KiB chunks as fast as the client reads;
 //! * `/echo-body` — the request body, streamed back as it arrives;
 //! * `/consume` — reads the whole request body, then answers with its length;
 //! * `/status/CODE` — that status;
@@ -99,7 +101,14 @@ async fn respond(name: &str, request: Request<Incoming>) -> Response<Body> {
             tokio::time::sleep(Duration::from_millis(ms)).await;
             echo(name, &request)
         }
-        "stream" => stream(argument.parse().unwrap_or(3)),
+        "stream" => {
+            let (chunks, gap) = argument.split_once('/').unwrap_or((argument, "100"));
+            stream(
+                chunks.parse().unwrap_or(3),
+                Duration::from_millis(gap.parse().unwrap_or(100)),
+            )
+        }
+        "blob" => blob(argument.parse().unwrap_or(0)),
         "echo-body" => Response::new(request.into_body().boxed()),
         "consume" => match request.into_body().collect().await {
             Ok(body) => text_owned(StatusCode::OK, format!("{}", body.to_bytes().len())),
@@ -170,12 +179,12 @@ fn echo(name: &str, request: &Request<Incoming>) -> Response<Body> {
     response
 }
 
-fn stream(chunks: u32) -> Response<Body> {
+fn stream(chunks: u32, gap: Duration) -> Response<Body> {
     let (frames, receiver) = mpsc::channel(1);
     tokio::spawn(async move {
         for i in 0..chunks {
             if i > 0 {
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                tokio::time::sleep(gap).await;
             }
             let chunk = Frame::data(Bytes::from(format!("chunk {i}\n")));
             if frames.send(Ok::<_, hyper::Error>(chunk)).await.is_err() {
@@ -186,4 +195,20 @@ fn stream(chunks: u32) -> Response<Body> {
     Response::new(BodyExt::boxed(StreamBody::new(ReceiverStream::new(
         receiver,
     ))))
+}
+
+fn blob(total: u64) -> Response<Body> {
+    const CHUNK: u64 = 64 * 1024;
+    let block = Bytes::from(vec![b'x'; CHUNK as usize]);
+    let frames = (0..total.div_ceil(CHUNK)).map(move |i| {
+        let len = CHUNK.min(total - i * CHUNK) as usize;
+        Ok::<_, hyper::Error>(Frame::data(block.slice(..len)))
+    });
+    let mut response = Response::new(BodyExt::boxed(StreamBody::new(tokio_stream::iter(frames))));
+    if let Ok(length) = HeaderValue::from_str(&total.to_string()) {
+        response
+            .headers_mut()
+            .insert(header::CONTENT_LENGTH, length);
+    }
+    response
 }

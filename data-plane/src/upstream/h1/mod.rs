@@ -264,13 +264,15 @@ impl Client {
             framing == RequestFraming::Chunked,
         )));
         let (response, writer) = tokio::select! {
-            response = read_head(&mut read, &mut buf, method) => (response, Writer::Running(running)),
-            // The upload ended before any answer. If it failed (body over the limit,
-            // client gone), report that rather than what the upstream makes of it.
+            // The upload first: when it failed (body over the limit, malformed or cut off
+            // by the client), that is the error to report, not what the upstream makes of
+            // the truncated request (often closing the connection at once).
+            biased;
             written = &mut running => match written {
                 Ok(write) => (read_head(&mut read, &mut buf, method).await, Writer::Done(write)),
                 Err(error) => return Err(error),
             },
+            response = read_head(&mut read, &mut buf, method) => (response, Writer::Running(running)),
         };
         match response {
             Ok(response) => Ok(response.into_response(
