@@ -35,6 +35,7 @@ use tokio::task::JoinHandle;
 
 use crate::delivery::SnapshotService;
 use crate::delivery::nodes::Nodes;
+pub use crate::delivery::peer::StreamLimits;
 pub use crate::kubernetes::KubeOptions;
 use crate::kv::KvAddress;
 use crate::metrics::Metrics;
@@ -95,6 +96,21 @@ pub struct Config {
     /// Only RateLimitPolicies in this namespace may target the whole gateway
     /// (`--gateway-namespace`).
     pub gateway_namespace: String,
+    /// TLS (and, with a client CA, mutual TLS) on the snapshot stream; cleartext when `None`.
+    pub grpc_tls: Option<GrpcTls>,
+    /// Caps on snapshot streams.
+    pub streams: StreamLimits,
+}
+
+/// The control plane's certificate for the snapshot stream, and the CA that signs data
+/// planes' client certificates.
+#[derive(Clone, Debug)]
+pub struct GrpcTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// Require client certificates signed by this CA (PEM); a node's id must then be a
+    /// name of its certificate.
+    pub client_ca: Option<PathBuf>,
 }
 
 impl Config {
@@ -107,6 +123,8 @@ impl Config {
             kube: KubeOptions::default(),
             mirror_to: None,
             gateway_namespace: compile::DEFAULT_GATEWAY_NAMESPACE.to_owned(),
+            grpc_tls: None,
+            streams: StreamLimits::default(),
         }
     }
 }
@@ -126,6 +144,13 @@ pub enum Error {
     MirrorWithoutKube,
     #[error("{0} stopped unexpectedly")]
     Stopped(&'static str),
+    #[error("cannot read {path}: {source}")]
+    ReadTls {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("gRPC TLS settings: {0}")]
+    GrpcTls(tonic::transport::Error),
 }
 
 /// A running control plane.
@@ -242,8 +267,21 @@ pub async fn start(config: Config) -> Result<ControlPlane, Error> {
         nodes.clone(),
         metrics.clone(),
         shutdown_rx.clone(),
+        config.streams,
     );
-    let grpc = tonic::transport::Server::builder()
+    let mut grpc = tonic::transport::Server::builder();
+    match &config.grpc_tls {
+        Some(tls) => {
+            grpc = grpc.tls_config(server_tls(tls)?).map_err(Error::GrpcTls)?;
+            if tls.client_ca.is_none() {
+                tracing::warn!(%grpc_addr, "the snapshot stream is encrypted but clients are not authenticated: anyone who reaches it receives every snapshot and can report as any data plane; set --grpc-client-ca");
+            }
+        }
+        None => {
+            tracing::warn!(%grpc_addr, "the snapshot stream is NOT encrypted: anyone who reaches it receives every snapshot and can report as any data plane; set --grpc-tls-cert, --grpc-tls-key and --grpc-client-ca")
+        }
+    }
+    let grpc = grpc
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(5)))
         .add_service(SnapshotDiscoveryServer::new(service))
@@ -276,6 +314,23 @@ pub async fn start(config: Config) -> Result<ControlPlane, Error> {
         source,
         servers,
     })
+}
+
+/// The server side of the snapshot stream's TLS, from PEM files.
+fn server_tls(tls: &GrpcTls) -> Result<tonic::transport::ServerTlsConfig, Error> {
+    let read = |path: &PathBuf| {
+        std::fs::read(path).map_err(|source| Error::ReadTls {
+            path: path.clone(),
+            source,
+        })
+    };
+    let mut config = tonic::transport::ServerTlsConfig::new().identity(
+        tonic::transport::Identity::from_pem(read(&tls.cert)?, read(&tls.key)?),
+    );
+    if let Some(ca) = &tls.client_ca {
+        config = config.client_ca_root(tonic::transport::Certificate::from_pem(read(ca)?));
+    }
+    Ok(config)
 }
 
 /// Writes statuses to the KV bucket and posts this replica's data planes there,

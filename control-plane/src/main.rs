@@ -1,6 +1,11 @@
 //! `pavilion-control`: run the control plane, validate resource files, print CRDs, make
 //! API keys.
 
+/// mimalloc, as in the data plane: it hands freed memory back to the system promptly, so
+/// reading one huge file does not leave the control plane at its peak size for good.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -25,7 +30,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Watch a source, compile snapshots and stream them to data planes.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Check resource files (or directories); exit 1 with `file:line: field: message` lines if any is invalid.
     Validate {
         #[arg(required = true)]
@@ -155,11 +160,27 @@ struct RunArgs {
     mirror_to: Option<KvAddress>,
     #[command(flatten)]
     gateway: GatewayArgs,
+    /// Serve the snapshot stream over TLS with this certificate chain (PEM).
+    #[arg(long, env = "PAVILION_GRPC_TLS_CERT", requires = "grpc_tls_key")]
+    grpc_tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --grpc-tls-cert.
+    #[arg(long, env = "PAVILION_GRPC_TLS_KEY", requires = "grpc_tls_cert")]
+    grpc_tls_key: Option<PathBuf>,
+    /// Require data planes to present a client certificate signed by these CAs (PEM); a
+    /// data plane's --node-id must then be a name (DNS SAN or CN) of its certificate.
+    #[arg(long, env = "PAVILION_GRPC_CLIENT_CA", requires = "grpc_tls_cert")]
+    grpc_client_ca: Option<PathBuf>,
+    /// Snapshot streams one address may hold.
+    #[arg(long, env = "PAVILION_MAX_STREAMS_PER_PEER", default_value_t = pavilion_control::StreamLimits::default().per_peer)]
+    max_streams_per_peer: usize,
+    /// Snapshot streams in all.
+    #[arg(long, env = "PAVILION_MAX_STREAMS", default_value_t = pavilion_control::StreamLimits::default().total)]
+    max_streams: usize,
 }
 
 fn main() -> ExitCode {
     match Cli::parse().command {
-        Command::Run(args) => match run(args) {
+        Command::Run(args) => match run(*args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("pavilion-control: {e:#}");
@@ -318,6 +339,18 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             },
             mirror_to: args.mirror_to,
             gateway_namespace: args.gateway.gateway_namespace,
+            grpc_tls: args
+                .grpc_tls_cert
+                .zip(args.grpc_tls_key)
+                .map(|(cert, key)| pavilion_control::GrpcTls {
+                    cert,
+                    key,
+                    client_ca: args.grpc_client_ca,
+                }),
+            streams: pavilion_control::StreamLimits {
+                per_peer: args.max_streams_per_peer.max(1),
+                total: args.max_streams.max(1),
+            },
         })
         .await?;
         control_plane

@@ -153,6 +153,7 @@ mod tests {
             id: id.into(),
             build_version: "t".into(),
             address: None,
+            authenticated: false,
             connected_at: String::new(),
             version: version.into(),
             pending_version: None,

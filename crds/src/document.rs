@@ -31,26 +31,85 @@ pub struct ParsedDocument {
     pub result: Result<Resource, DocumentError>,
 }
 
+/// Largest document read; Kubernetes itself stores objects of at most about 1.5 MiB.
+pub const MAX_DOCUMENT_BYTES: usize = 1 << 20;
+/// Documents read from one text; the rest is reported in one error, not read.
+pub const MAX_DOCUMENTS: usize = 20_000;
+/// Problems listed per text; the others are counted in one closing error.
+pub const MAX_LISTED_ERRORS: usize = 100;
+
 /// Splits `text` into YAML documents and reads each one. Empty documents (only comments or
 /// blank lines) are skipped; every other document yields a resource or an error.
+///
+/// Bounded whatever the text: documents over [`MAX_DOCUMENT_BYTES`] are refused unread,
+/// at most [`MAX_DOCUMENTS`] are read, and past [`MAX_LISTED_ERRORS`] problems the rest are
+/// summed up in one error, so a huge file of garbage costs little memory and a small status.
 pub fn parse_documents(text: &str) -> Vec<ParsedDocument> {
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-    split_documents(text)
-        .into_iter()
-        .filter_map(|(first_line, chunk)| {
-            let line = first_content_line(chunk).map(|offset| first_line + offset)?;
-            Some(ParsedDocument {
+    let (chunks, unread) = split_documents(text, MAX_DOCUMENTS);
+    let mut documents = Vec::new();
+    let mut errors = 0usize;
+    let mut unlisted: Option<(usize, usize)> = None;
+    for (first_line, chunk) in chunks {
+        let Some(line) = first_content_line(chunk).map(|offset| first_line + offset) else {
+            continue;
+        };
+        let result = if chunk.len() > MAX_DOCUMENT_BYTES {
+            Err(DocumentError {
                 line,
-                result: parse_document(chunk, first_line, line),
+                field: "document".into(),
+                message: format!(
+                    "{} bytes; documents of more than {MAX_DOCUMENT_BYTES} bytes are not read",
+                    chunk.len()
+                ),
             })
-        })
-        .collect()
+        } else {
+            parse_document(chunk, first_line, line)
+        };
+        if result.is_err() {
+            errors += 1;
+            if errors > MAX_LISTED_ERRORS {
+                let (_, count) = unlisted.get_or_insert((line, 0));
+                *count += 1;
+                continue;
+            }
+        }
+        documents.push(ParsedDocument { line, result });
+    }
+    if let Some((line, count)) = unlisted {
+        documents.push(ParsedDocument {
+            line,
+            result: Err(DocumentError {
+                line,
+                field: "document".into(),
+                message: format!(
+                    "{count} more invalid documents from here on (only the first {MAX_LISTED_ERRORS} problems are listed)"
+                ),
+            }),
+        });
+    }
+    if let Some(line) = unread {
+        documents.push(ParsedDocument {
+            line,
+            result: Err(DocumentError {
+                line,
+                field: "document".into(),
+                message: format!(
+                    "more than {MAX_DOCUMENTS} documents; the rest of the text from here on is not read"
+                ),
+            }),
+        });
+    }
+    documents
 }
 
-/// Splits at document markers (`---` or `...` at the start of a line). A marker in column
-/// 0 ends any block scalar in YAML too, so this split agrees with a full YAML parser.
-fn split_documents(text: &str) -> Vec<(usize, &str)> {
+/// Splits at document markers (`---` or `...` at the start of a line), into at most `max`
+/// documents; when there are more, also the line where the unread rest begins. A marker in
+/// column 0 ends any block scalar in YAML too, so this split agrees with a full YAML parser.
+fn split_documents(text: &str, max: usize) -> (Vec<(usize, &str)>, Option<usize>) {
     let mut documents = Vec::new();
+    // Documents with content so far (empty ones are free).
+    let mut counted = 0;
     let mut start = 0;
     let mut start_line = 1;
     let mut offset = 0;
@@ -61,21 +120,28 @@ fn split_documents(text: &str) -> Vec<(usize, &str)> {
                 .strip_prefix(marker)
                 .is_some_and(|rest| rest.is_empty() || rest.starts_with([' ', '\t']))
         };
-        if is_marker("---") {
-            // Content may follow the marker on its line (`--- {kind: Route, …}`): the next
-            // document starts right after the three dashes, on this line.
-            documents.push((start_line, &text[start..offset]));
-            start = offset + 3;
-            start_line = index + 1;
-        } else if is_marker("...") {
-            documents.push((start_line, &text[start..offset]));
-            start = offset + line.len();
-            start_line = index + 2;
+        if is_marker("---") || is_marker("...") {
+            let chunk = &text[start..offset];
+            counted += usize::from(first_content_line(chunk).is_some());
+            documents.push((start_line, chunk));
+            // Whatever follows is unread, if it holds anything but blanks and comments.
+            if counted >= max && first_content_line(&text[offset + 3..]).is_some() {
+                return (documents, Some(index + 1));
+            }
+            if is_marker("---") {
+                // Content may follow the marker on its line (`--- {kind: Route, …}`): the
+                // next document starts right after the three dashes, on this line.
+                start = offset + 3;
+                start_line = index + 1;
+            } else {
+                start = offset + line.len();
+                start_line = index + 2;
+            }
         }
         offset += line.len();
     }
     documents.push((start_line, &text[start..]));
-    documents
+    (documents, None)
 }
 
 /// Offset (in lines) of the first line that is neither blank nor a comment.
@@ -424,5 +490,70 @@ spec:
     #[test]
     fn a_document_that_is_not_a_mapping() {
         assert_eq!(only_error("- just\n- a list\n").field, "document");
+    }
+
+    #[test]
+    fn oversized_documents_are_refused_unread() {
+        let text = format!(
+            "{ROUTE}---\nkind: Route\nx: \"{}\"\n",
+            "a".repeat(MAX_DOCUMENT_BYTES)
+        );
+        let docs = parse_documents(&text);
+        assert_eq!(docs.len(), 2);
+        assert!(docs[0].result.is_ok());
+        let error = docs[1].result.as_ref().unwrap_err();
+        assert_eq!(error.line, 9);
+        assert!(error.message.contains("are not read"), "{error}");
+    }
+
+    #[test]
+    fn problems_past_the_listed_ones_are_summed_up_and_good_documents_still_read() {
+        let mut text = String::new();
+        for i in 0..(MAX_LISTED_ERRORS + 50) {
+            text.push_str(&format!("---\nnot: a resource {i}\n"));
+        }
+        text.push_str("---\n");
+        text.push_str(ROUTE);
+        let docs = parse_documents(&text);
+        let errors: Vec<_> = docs
+            .iter()
+            .filter_map(|d| d.result.as_ref().err())
+            .collect();
+        assert_eq!(errors.len(), MAX_LISTED_ERRORS + 1);
+        let last = errors.last().unwrap();
+        assert!(
+            last.message.starts_with("50 more invalid documents"),
+            "{last}"
+        );
+        assert_eq!(
+            last.line,
+            2 * MAX_LISTED_ERRORS + 2,
+            "where the unlisted ones start"
+        );
+        assert_eq!(docs.iter().filter(|d| d.result.is_ok()).count(), 1);
+    }
+
+    #[test]
+    fn documents_past_the_maximum_are_not_read() {
+        let text = "---\nx: 1\n".repeat(MAX_DOCUMENTS + 10);
+        let docs = parse_documents(&text);
+        assert!(docs.len() <= MAX_LISTED_ERRORS + 2, "{}", docs.len());
+        let last = docs.last().unwrap().result.as_ref().unwrap_err();
+        assert!(
+            last.message.starts_with("more than 20000 documents"),
+            "{last}"
+        );
+        assert_eq!(
+            last.line,
+            2 * MAX_DOCUMENTS + 1,
+            "the marker after the last one read"
+        );
+        // Exactly the maximum, with trailing comments: all read, nothing refused.
+        let text = format!("{}# the end\n", "---\nx: 1\n".repeat(MAX_DOCUMENTS));
+        let docs = parse_documents(&text);
+        assert!(
+            docs.iter()
+                .all(|d| !d.result.as_ref().unwrap_err().message.contains("more than"))
+        );
     }
 }

@@ -114,6 +114,26 @@ fn bad_routes_name_their_fields() {
             "spec.rules[0].matches[0].path.value",
         ),
         (
+            "repeated slashes in a prefix",
+            "    - matches: [{ path: { type: PathPrefix, value: //admin } }]\n      backends: [{ url: http://a:1 }]\n",
+            "spec.rules[0].matches[0].path.value",
+        ),
+        (
+            "parameters in an exact path",
+            "    - matches: [{ path: { type: Exact, value: '/a;v=1' } }]\n      backends: [{ url: http://a:1 }]\n",
+            "spec.rules[0].matches[0].path.value",
+        ),
+        (
+            "a broken escape",
+            "    - matches: [{ path: { type: PathPrefix, value: '/a%zz' } }]\n      backends: [{ url: http://a:1 }]\n",
+            "spec.rules[0].matches[0].path.value",
+        ),
+        (
+            "an encoded NUL",
+            "    - matches: [{ path: { type: PathPrefix, value: '/a%00' } }]\n      backends: [{ url: http://a:1 }]\n",
+            "spec.rules[0].matches[0].path.value",
+        ),
+        (
             "port out of range",
             "    - backends: [{ url: 'http://a:90000' }]\n",
             "spec.rules[0].backends[0].url",

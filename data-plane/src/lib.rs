@@ -48,7 +48,7 @@ use crate::ratelimit::redis::RedisCounters;
 use crate::ratelimit::{Limiter, LimiterMetrics, LimiterOptions};
 use crate::runtime::BuildError;
 use crate::snapshot::Applier;
-use crate::snapshot::client::ClientOptions;
+use crate::snapshot::client::{ClientOptions, ControlPlaneTls};
 use crate::tls::TlsOptions;
 use crate::upstream::UpstreamOptions;
 use crate::workers::{WorkerSettings, Workers};
@@ -57,6 +57,8 @@ use crate::workers::{WorkerSettings, Workers};
 pub struct Config {
     /// Control-plane gRPC URLs; empty runs on the cache (or `DataPlane::apply`) alone.
     pub control_planes: Vec<String>,
+    /// TLS towards `https://` control planes (required for them).
+    pub control_plane_tls: Option<ControlPlaneTls>,
     pub listen: SocketAddr,
     pub admin_listen: SocketAddr,
     pub snapshot_cache: Option<PathBuf>,
@@ -96,6 +98,7 @@ impl Config {
     pub fn local() -> Self {
         Self {
             control_planes: Vec::new(),
+            control_plane_tls: None,
             listen: ([127, 0, 0, 1], 0).into(),
             admin_listen: ([127, 0, 0, 1], 0).into(),
             snapshot_cache: None,
@@ -136,6 +139,15 @@ pub enum Error {
     RedirectWithoutTls,
     #[error("{0}")]
     Redis(String),
+    #[error("cannot read {}: {source}", path.display())]
+    ControlPlaneTls {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "control plane {0}: https:// needs --control-plane-ca, and --control-plane-ca needs https://"
+    )]
+    ControlPlaneScheme(String),
 }
 
 /// A running data plane.
@@ -154,6 +166,14 @@ pub struct DataPlane {
 /// Binds the listeners, restores the cached snapshot if any, and starts the workers, the
 /// admin listener and the snapshot stream (on the caller's runtime).
 pub async fn start(config: Config) -> Result<DataPlane, Error> {
+    for endpoint in &config.control_planes {
+        if endpoint.starts_with("https://") != config.control_plane_tls.is_some() {
+            return Err(Error::ControlPlaneScheme(endpoint.clone()));
+        }
+        if endpoint.starts_with("http://") {
+            tracing::warn!(%endpoint, "the snapshot stream to this control plane is NOT encrypted: whoever sits between them can read or change every snapshot; use https:// with --control-plane-ca (and --control-plane-cert/--control-plane-key for mutual TLS)");
+        }
+    }
     let metrics = Metrics::new();
     let tls = upstream::tls_config(&config.upstream)?;
     let redis = config
@@ -247,6 +267,12 @@ pub async fn start(config: Config) -> Result<DataPlane, Error> {
         let options = ClientOptions {
             endpoints: config.control_planes.clone(),
             node_id: config.node_id.clone(),
+            tls: config
+                .control_plane_tls
+                .as_ref()
+                .map(ControlPlaneTls::client_config)
+                .transpose()
+                .map_err(|(path, source)| Error::ControlPlaneTls { path, source })?,
         };
         tasks.push(tokio::spawn(snapshot::client::run(
             options,

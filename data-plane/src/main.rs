@@ -47,6 +47,28 @@ struct RunArgs {
         required = true
     )]
     control_plane: Vec<String>,
+    /// CA certificates (PEM) the control plane's certificate must chain to; the control
+    /// plane is then reached over TLS (addresses without a scheme become https://).
+    #[arg(long, env = "PAVILION_CONTROL_PLANE_CA")]
+    control_plane_ca: Option<PathBuf>,
+    /// This data plane's client certificate (PEM) for mutual TLS with the control plane;
+    /// --node-id must be one of its names.
+    #[arg(long, env = "PAVILION_CONTROL_PLANE_CERT", requires_all = ["control_plane_key", "control_plane_ca"])]
+    control_plane_cert: Option<PathBuf>,
+    /// The private key (PEM) of --control-plane-cert.
+    #[arg(
+        long,
+        env = "PAVILION_CONTROL_PLANE_KEY",
+        requires = "control_plane_cert"
+    )]
+    control_plane_key: Option<PathBuf>,
+    /// The name the control plane's certificate must carry, when the address does not use it.
+    #[arg(
+        long,
+        env = "PAVILION_CONTROL_PLANE_SERVER_NAME",
+        requires = "control_plane_ca"
+    )]
+    control_plane_server_name: Option<String>,
     #[arg(long, env = "PAVILION_LISTEN", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
     /// Health, readiness and metrics.
@@ -171,11 +193,24 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         .map(|a| {
             if a.contains("://") {
                 a.to_owned()
+            } else if args.control_plane_ca.is_some() {
+                format!("https://{a}")
             } else {
                 format!("http://{a}")
             }
         })
         .collect();
+    let control_plane_tls =
+        args.control_plane_ca
+            .clone()
+            .map(|ca| pavilion_data::snapshot::client::ControlPlaneTls {
+                ca,
+                identity: args
+                    .control_plane_cert
+                    .clone()
+                    .zip(args.control_plane_key.clone()),
+                server_name: args.control_plane_server_name.clone(),
+            });
     anyhow::ensure!(
         args.tls_cert.len() == args.tls_key.len(),
         "--tls-cert and --tls-key come in pairs ({} certificates, {} keys)",
@@ -200,6 +235,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     });
     let config = pavilion_data::Config {
         control_planes,
+        control_plane_tls,
         listen: args.listen,
         admin_listen: args.admin_listen,
         snapshot_cache: args.snapshot_cache,

@@ -3,6 +3,7 @@
 //! a node that connects late gets the current snapshot at once.
 
 pub mod nodes;
+pub mod peer;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,6 +17,7 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::controller::PublishedReceiver;
 use crate::metrics::Metrics;
 use nodes::Nodes;
+use peer::{StreamLimits, Streams};
 
 /// How long a new stream may take to name its node.
 const FIRST_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -25,6 +27,7 @@ pub struct SnapshotService {
     nodes: Arc<Nodes>,
     metrics: Metrics,
     shutdown: watch::Receiver<bool>,
+    streams: Arc<Streams>,
 }
 
 impl SnapshotService {
@@ -33,12 +36,14 @@ impl SnapshotService {
         nodes: Arc<Nodes>,
         metrics: Metrics,
         shutdown: watch::Receiver<bool>,
+        limits: StreamLimits,
     ) -> Self {
         Self {
             published,
             nodes,
             metrics,
             shutdown,
+            streams: Streams::new(limits),
         }
     }
 }
@@ -52,16 +57,28 @@ impl SnapshotDiscovery for SnapshotService {
         request: Request<Streaming<SnapshotRequest>>,
     ) -> Result<Response<Self::StreamSnapshotsStream>, Status> {
         let address = request.remote_addr();
+        // With mutual TLS, the names the client certificate vouches for.
+        let certificate = request.peer_certs().map(|chain| {
+            chain
+                .first()
+                .map(|leaf| peer::certificate_names(leaf))
+                .unwrap_or_default()
+        });
+        let slot = self
+            .streams
+            .admit(address.map(|a| a.ip()))
+            .inspect_err(|status| {
+                tracing::warn!(address = ?address, reason = status.message(), "snapshot stream refused");
+            })?;
         let mut inbound = request.into_inner();
         let first = tokio::time::timeout(FIRST_REQUEST_TIMEOUT, inbound.message())
             .await
             .map_err(|_| Status::deadline_exceeded("no first request naming the node"))??
             .ok_or_else(|| Status::invalid_argument("the stream ended before naming the node"))?;
-        let node = first
-            .node
-            .clone()
-            .filter(|n| !n.id.is_empty())
-            .ok_or_else(|| Status::invalid_argument("the first request must carry node.id"))?;
+        let node = first.node.clone().unwrap_or_default();
+        peer::check_node_id(&node.id, certificate.as_deref()).inspect_err(|status| {
+            tracing::warn!(address = ?address, node = %node.id, reason = status.message(), "snapshot stream refused");
+        })?;
 
         let (responses, stream) = mpsc::channel(2);
         let stream_state = NodeStream {
@@ -71,9 +88,15 @@ impl SnapshotDiscovery for SnapshotService {
             shutdown: self.shutdown.clone(),
         };
         tokio::spawn(async move {
+            let _slot = slot;
             let nodes = stream_state.nodes.clone();
-            let connection =
-                nodes.connect(&node.id, &node.build_version, address, &first.version_info);
+            let connection = nodes.connect(
+                &node.id,
+                &node.build_version,
+                address,
+                &first.version_info,
+                certificate.is_some(),
+            );
             tracing::info!(node = %node.id, address = ?address, version = %first.version_info, "data plane connected");
             stream_state
                 .serve(&connection, first.version_info, inbound, responses)
@@ -145,7 +168,8 @@ impl NodeStream {
             tracing::debug!(node = %connection.id(), nonce = %request.response_nonce, "ignoring an answer to an older snapshot");
             return;
         }
-        if request.error_detail.is_empty() {
+        let error_detail = peer::bounded_detail(&request.error_detail);
+        if error_detail.is_empty() {
             self.metrics.acks.inc();
             connection.acked(&request.version_info);
         } else {
@@ -154,10 +178,10 @@ impl NodeStream {
                 node = %connection.id(),
                 refused = %sent,
                 running = %request.version_info,
-                error = %request.error_detail,
+                error = %error_detail,
                 "data plane refused a snapshot"
             );
-            connection.nacked(&request.version_info, sent, &request.error_detail);
+            connection.nacked(&request.version_info, sent, error_detail);
         }
     }
 }

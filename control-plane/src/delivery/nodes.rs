@@ -16,6 +16,9 @@ pub struct NodeStatus {
     pub id: String,
     pub build_version: String,
     pub address: Option<String>,
+    /// Whether the id was vouched for by the node's client certificate (mutual TLS).
+    #[serde(default)]
+    pub authenticated: bool,
     pub connected_at: String,
     /// The version the node reported running (ACKed, or kept after a NACK). Empty: none.
     pub version: String,
@@ -70,12 +73,14 @@ impl Nodes {
         build_version: &str,
         address: Option<SocketAddr>,
         version: &str,
+        authenticated: bool,
     ) -> Connection<'_> {
         let serial = self.next_connection.fetch_add(1, Ordering::Relaxed);
         let status = NodeStatus {
             id: id.to_owned(),
             build_version: build_version.to_owned(),
             address: address.map(|a| a.to_string()),
+            authenticated,
             connected_at: k8s_openapi::jiff::Timestamp::now().to_string(),
             version: version.to_owned(),
             pending_version: None,
@@ -162,7 +167,7 @@ mod tests {
     #[test]
     fn tracks_versions_per_stream() {
         let nodes = Nodes::new(IntGauge::new("g", "g").unwrap());
-        let first = nodes.connect("dp-1", "0.1.0", None, "");
+        let first = nodes.connect("dp-1", "0.1.0", None, "", false);
         first.sent("v1");
         assert_eq!(nodes.list()[0].pending_version.as_deref(), Some("v1"));
         first.acked("v1");
@@ -170,7 +175,7 @@ mod tests {
 
         // A second process with the same id (or a reconnect before the old stream ended)
         // is tracked on its own: its refusal cannot hide behind the other's ACK.
-        let second = nodes.connect("dp-1", "0.1.0", None, "v1");
+        let second = nodes.connect("dp-1", "0.1.0", None, "v1", false);
         assert_eq!(nodes.connected.get(), 2);
         second.sent("v2");
         second.nacked("v1", "v2", "bad regex");

@@ -82,9 +82,14 @@ impl DirSource {
         loop {
             let root = self.root.clone();
             self.reads.fetch_add(1, Ordering::Relaxed);
-            let loaded = tokio::task::spawn_blocking(move || load_tree(&root))
-                .await
-                .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+            let loaded = tokio::task::spawn_blocking(move || {
+                let loaded = load_tree(&root);
+                // The file texts are freed by now: return them, however large they were.
+                pavilion_telemetry::release_free_memory();
+                loaded
+            })
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)));
             match loaded {
                 Ok(loaded) if last.as_ref() != Some(&loaded) => {
                     tracing::info!(path = %self.root.display(), documents = loaded.len(), "read configuration directory");
@@ -116,16 +121,54 @@ impl DirSource {
     }
 }
 
+/// Resource files one read of the tree takes; more are reported, not read.
+pub const MAX_FILES: usize = 50_000;
+/// Largest file read.
+pub const MAX_FILE_BYTES: u64 = 32 << 20;
+/// Bytes one read of the tree takes in all; files past it are reported, not read.
+pub const MAX_TREE_BYTES: u64 = 256 << 20;
+
 /// Reads every resource file below `root`, in path order. Only an unreadable `root` is an
-/// error; an unreadable file or subdirectory becomes an item carrying the reason.
+/// error; an unreadable file or subdirectory, a dangling link, a directory reached a second
+/// time (a symbolic link loop, or two links to one directory) and whatever exceeds the
+/// bounds above become items carrying the reason, so a tree of any shape is read in
+/// bounded time and memory and every surprise shows in the status.
 pub fn load_tree(root: &Path) -> std::io::Result<Vec<Item>> {
-    let mut files = Vec::new();
-    let mut problems = Vec::new();
-    for entry in std::fs::read_dir(root)? {
-        visit(entry?.path(), &mut files, &mut problems);
+    let mut scan = Scan::default();
+    let root_meta = std::fs::metadata(root)?;
+    scan.first_visit(&root_meta, root);
+    for path in sorted_entries(root)? {
+        scan.visit(path);
     }
+    let Scan {
+        mut files,
+        mut problems,
+        ..
+    } = scan;
     files.sort();
-    let mut items: Vec<Item> = files.iter().flat_map(|f| load_file(f)).collect();
+    let mut items = Vec::new();
+    let mut budget = MAX_TREE_BYTES;
+    for file in &files {
+        let size = std::fs::metadata(file).map_or(0, |m| m.len());
+        let refused = if size > MAX_FILE_BYTES {
+            Some(format!(
+                "{size} bytes; files of more than {MAX_FILE_BYTES} bytes are not read"
+            ))
+        } else if size > budget {
+            Some(format!(
+                "not read: the configuration directory holds more than {MAX_TREE_BYTES} bytes of resource files"
+            ))
+        } else {
+            None
+        };
+        match refused {
+            Some(message) => items.push(problem(file, "file", message)),
+            None => {
+                budget -= size;
+                items.extend(load_file(file));
+            }
+        }
+    }
     problems.sort_by(|a: &Item, b: &Item| a.origin.cmp(&b.origin));
     items.extend(problems);
     Ok(items)
@@ -133,67 +176,129 @@ pub fn load_tree(root: &Path) -> std::io::Result<Vec<Item>> {
 
 /// Reads one file; an unreadable file becomes one item carrying the reason.
 pub fn load_file(path: &Path) -> Vec<Item> {
-    let origin = |line| Origin::File {
-        path: path.to_owned(),
-        line,
-    };
     match std::fs::read_to_string(path) {
         Ok(text) => parse_documents(&text)
             .into_iter()
             .map(|doc| Item {
-                origin: origin(doc.line),
+                origin: Origin::File {
+                    path: path.to_owned(),
+                    line: doc.line,
+                },
                 parsed: doc.result,
             })
             .collect(),
-        Err(e) => vec![Item {
-            origin: origin(1),
-            parsed: Err(DocumentError {
-                line: 1,
-                field: "file".into(),
-                message: format!("cannot read: {e}"),
-            }),
-        }],
+        Err(e) => vec![problem(path, "file", format!("cannot read: {e}"))],
     }
 }
 
-fn visit(path: PathBuf, files: &mut Vec<PathBuf>, problems: &mut Vec<Item>) {
-    if path
-        .file_name()
-        .is_some_and(|n| n.to_string_lossy().starts_with('.'))
-    {
-        return;
-    }
-    // `metadata` follows symlinks, so linked files and directories count.
-    let Ok(meta) = std::fs::metadata(&path) else {
-        return;
-    };
-    if meta.is_file() {
-        if is_resource_file(&path) {
-            files.push(path);
-        }
-        return;
-    }
-    if !meta.is_dir() {
-        return;
-    }
-    match std::fs::read_dir(&path) {
-        Ok(entries) => {
-            for entry in entries.flatten() {
-                visit(entry.path(), files, problems);
-            }
-        }
-        Err(e) => problems.push(Item {
-            origin: Origin::File {
-                path: path.clone(),
-                line: 1,
-            },
-            parsed: Err(DocumentError {
-                line: 1,
-                field: "directory".into(),
-                message: format!("cannot read: {e}"),
-            }),
+/// An item that is not a resource, only the reason `path` could not give any.
+fn problem(path: &Path, field: &str, message: String) -> Item {
+    Item {
+        origin: Origin::File {
+            path: path.to_owned(),
+            line: 1,
+        },
+        parsed: Err(DocumentError {
+            line: 1,
+            field: field.into(),
+            message,
         }),
     }
+}
+
+/// One walk of the tree.
+#[derive(Default)]
+struct Scan {
+    files: Vec<PathBuf>,
+    problems: Vec<Item>,
+    /// Directories read so far, by (device, inode), with the path they were read under.
+    visited: std::collections::HashMap<(u64, u64), PathBuf>,
+    /// Resource files found beyond [`MAX_FILES`].
+    excess: usize,
+}
+
+impl Scan {
+    /// Records a directory; `false` when it was read before.
+    fn first_visit(&mut self, meta: &std::fs::Metadata, path: &Path) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        match self.visited.entry((meta.dev(), meta.ino())) {
+            std::collections::hash_map::Entry::Occupied(first) => {
+                let message = format!(
+                    "the same directory as {}: a symbolic link loop or a second link to one directory; not read again",
+                    first.get().display()
+                );
+                self.problems.push(problem(path, "directory", message));
+                false
+            }
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                slot.insert(path.to_owned());
+                true
+            }
+        }
+    }
+
+    fn visit(&mut self, path: PathBuf) {
+        if path
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+        {
+            return;
+        }
+        // `metadata` follows symlinks, so linked files and directories count.
+        let meta = match std::fs::metadata(&path) {
+            Ok(meta) => meta,
+            Err(e) => {
+                let link = std::fs::symlink_metadata(&path).is_ok_and(|m| m.is_symlink());
+                let message = if link {
+                    format!("a symbolic link that leads nowhere readable: {e}")
+                } else {
+                    format!("cannot read: {e}")
+                };
+                self.problems.push(problem(&path, "file", message));
+                return;
+            }
+        };
+        if meta.is_file() {
+            if is_resource_file(&path) {
+                if self.files.len() < MAX_FILES {
+                    self.files.push(path);
+                } else {
+                    if self.excess == 0 {
+                        self.problems.push(problem(
+                            &path,
+                            "file",
+                            format!("more than {MAX_FILES} resource files; this one and the others past it are not read"),
+                        ));
+                    }
+                    self.excess += 1;
+                }
+            }
+            return;
+        }
+        if !meta.is_dir() || !self.first_visit(&meta, &path) {
+            return;
+        }
+        match sorted_entries(&path) {
+            Ok(entries) => {
+                for entry in entries {
+                    self.visit(entry);
+                }
+            }
+            Err(e) => self
+                .problems
+                .push(problem(&path, "directory", format!("cannot read: {e}"))),
+        }
+    }
+}
+
+/// A directory's entries in name order, so every walk meets them, and reports a directory
+/// reached twice, in the same order.
+fn sorted_entries(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .collect();
+    entries.sort();
+    Ok(entries)
 }
 
 fn is_resource_file(path: &Path) -> bool {

@@ -6,9 +6,11 @@ use std::time::Duration;
 
 use pavilion_proto::v1::snapshot_discovery_client::SnapshotDiscoveryClient;
 use pavilion_proto::{Node, SnapshotRequest, SnapshotResponse};
+use std::path::PathBuf;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::Endpoint;
+
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 
 use super::Applier;
 use crate::metrics::Metrics;
@@ -22,6 +24,35 @@ pub struct ClientOptions {
     /// Control-plane gRPC URLs, tried in turn.
     pub endpoints: Vec<String>,
     pub node_id: String,
+    /// For `https://` endpoints: the CA to trust, and this node's client certificate.
+    pub tls: Option<ClientTlsConfig>,
+}
+
+/// Files of the control channel's TLS, as the flags name them.
+#[derive(Clone, Debug)]
+pub struct ControlPlaneTls {
+    /// CA certificates (PEM) the control plane's certificate must chain to.
+    pub ca: PathBuf,
+    /// This data plane's client certificate and key (PEM), for mutual TLS.
+    pub identity: Option<(PathBuf, PathBuf)>,
+    /// The name the control plane's certificate must carry, when it is not the URL's host.
+    pub server_name: Option<String>,
+}
+
+impl ControlPlaneTls {
+    /// Reads the files; an unreadable one stops the start.
+    pub fn client_config(&self) -> Result<ClientTlsConfig, (PathBuf, std::io::Error)> {
+        let read = |path: &PathBuf| std::fs::read(path).map_err(|e| (path.clone(), e));
+        let mut config =
+            ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(&self.ca)?));
+        if let Some((cert, key)) = &self.identity {
+            config = config.identity(Identity::from_pem(read(cert)?, read(key)?));
+        }
+        if let Some(name) = &self.server_name {
+            config = config.domain_name(name.clone());
+        }
+        Ok(config)
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -47,7 +78,7 @@ pub async fn run(
     for attempt in 0usize.. {
         let endpoint = &options.endpoints[attempt % options.endpoints.len()];
         let outcome = tokio::select! {
-            outcome = stream(endpoint, &options.node_id, &applier, &metrics, &mut backoff) => outcome,
+            outcome = stream(endpoint, &options, &applier, &metrics, &mut backoff) => outcome,
             () = crate::stopped(&mut shutdown) => return,
         };
         metrics.control_plane_connected.set(0);
@@ -65,13 +96,21 @@ pub async fn run(
 
 async fn stream(
     endpoint: &str,
-    node_id: &str,
+    options: &ClientOptions,
     applier: &Applier,
     metrics: &Metrics,
     backoff: &mut Duration,
 ) -> Result<(), StreamError> {
-    let channel = Endpoint::from_shared(endpoint.to_owned())
-        .map_err(StreamError::Address)?
+    let node_id = &options.node_id;
+    let mut channel = Endpoint::from_shared(endpoint.to_owned()).map_err(StreamError::Address)?;
+    if let Some(tls) = options
+        .tls
+        .clone()
+        .filter(|_| endpoint.starts_with("https://"))
+    {
+        channel = channel.tls_config(tls).map_err(StreamError::Address)?;
+    }
+    let channel = channel
         .connect_timeout(CONNECT_TIMEOUT)
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(10))
