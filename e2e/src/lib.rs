@@ -19,23 +19,26 @@ pub struct ControlProcess {
 
 impl ControlProcess {
     pub async fn start(config_dir: &Path, grpc_port: u16) -> Self {
+        Self::start_with(config_dir, grpc_port, &[]).await
+    }
+
+    /// Starts with `extra` arguments after the usual ones.
+    pub async fn start_with(config_dir: &Path, grpc_port: u16, extra: &[&str]) -> Self {
         let http_port = free_port();
         let grpc = format!("127.0.0.1:{grpc_port}");
         let http = format!("127.0.0.1:{http_port}");
         let source = format!("dir:{}", config_dir.display());
-        let child = Child::spawn(
-            "pavilion-control",
-            &binary("pavilion-control"),
-            &[
-                "run",
-                "--source",
-                &source,
-                "--grpc-listen",
-                &grpc,
-                "--http-listen",
-                &http,
-            ],
-        );
+        let mut args = vec![
+            "run",
+            "--source",
+            &source,
+            "--grpc-listen",
+            &grpc,
+            "--http-listen",
+            &http,
+        ];
+        args.extend_from_slice(extra);
+        let child = Child::spawn("pavilion-control", &binary("pavilion-control"), &args);
         let process = Self { child, grpc, http };
         wait_ready(&format!("http://{}/ready", process.http)).await;
         process
@@ -60,28 +63,37 @@ pub struct DataProcess {
 impl DataProcess {
     /// Starts and waits until ready (which needs a snapshot from the control plane or the cache).
     pub async fn start(control_plane: &str, cache: &Path, listen_port: u16) -> Self {
+        Self::start_with(&format!("http://{control_plane}"), cache, listen_port, &[]).await
+    }
+
+    /// Starts against `control_plane` (a URL) with `extra` arguments after the usual ones
+    /// (a later `--node-id` wins over the default `e2e-data`).
+    pub async fn start_with(
+        control_plane: &str,
+        cache: &Path,
+        listen_port: u16,
+        extra: &[&str],
+    ) -> Self {
         let listen = format!("127.0.0.1:{listen_port}");
         let admin = format!("127.0.0.1:{}", free_port());
-        let control_plane = format!("http://{control_plane}");
-        let child = Child::spawn(
-            "pavilion-data",
-            &binary("pavilion-data"),
-            &[
-                "run",
-                "--control-plane",
-                &control_plane,
-                "--listen",
-                &listen,
-                "--admin-listen",
-                &admin,
-                "--snapshot-cache",
-                cache.to_str().unwrap(),
-                "--node-id",
-                "e2e-data",
-                "--workers",
-                "2",
-            ],
-        );
+        let mut args = vec![
+            "run",
+            "--control-plane",
+            control_plane,
+            "--listen",
+            &listen,
+            "--admin-listen",
+            &admin,
+            "--snapshot-cache",
+            cache.to_str().unwrap(),
+            "--workers",
+            "2",
+        ];
+        if !extra.contains(&"--node-id") {
+            args.extend_from_slice(&["--node-id", "e2e-data"]);
+        }
+        args.extend_from_slice(extra);
+        let child = Child::spawn("pavilion-data", &binary("pavilion-data"), &args);
         let process = Self {
             child,
             listen,

@@ -199,3 +199,118 @@ spec:
         );
     }
 }
+
+/// Writes `contents` to `dir/name` and returns the path as text.
+fn file(dir: &std::path::Path, name: &str, contents: &str) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, contents).unwrap();
+    path.to_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn the_control_channel_with_mutual_tls_through_the_real_binaries() {
+    let upstream = UpstreamProcess::start("orders").await;
+    let config = tempfile::tempdir().unwrap();
+    std::fs::write(
+        config.path().join("orders.yaml"),
+        pavilion_e2e::route_yaml("orders", "/orders", &upstream.url),
+    )
+    .unwrap();
+    let pki = tempfile::tempdir().unwrap();
+    let ca = TestCa::new();
+    let ca_file = file(pki.path(), "ca.pem", &ca.certificate_pem());
+    let (cert, key, _) = ca.leaf_pem(&["control.e2e.test"]);
+    let cp_cert = file(pki.path(), "cp.pem", &cert);
+    let cp_key = file(pki.path(), "cp.key", &key);
+    let (cert, key, _) = ca.leaf_pem(&["dp-e2e"]);
+    let dp_cert = file(pki.path(), "dp.pem", &cert);
+    let dp_key = file(pki.path(), "dp.key", &key);
+
+    let cp = pavilion_e2e::ControlProcess::start_with(
+        config.path(),
+        free_port(),
+        &[
+            "--grpc-tls-cert",
+            &cp_cert,
+            "--grpc-tls-key",
+            &cp_key,
+            "--grpc-client-ca",
+            &ca_file,
+        ],
+    )
+    .await;
+    let cache = tempfile::tempdir().unwrap();
+    let dp = pavilion_e2e::DataProcess::start_with(
+        &cp.grpc,
+        &cache.path().join("snapshot.bin"),
+        free_port(),
+        &[
+            "--control-plane-ca",
+            &ca_file,
+            "--control-plane-cert",
+            &dp_cert,
+            "--control-plane-key",
+            &dp_key,
+            "--control-plane-server-name",
+            "control.e2e.test",
+            "--node-id",
+            "dp-e2e",
+        ],
+    )
+    .await;
+    assert_eq!(
+        dp.served_by("/orders/1").await,
+        (200, Some("orders".into()))
+    );
+    let status = cp.status().await;
+    assert_eq!(status["nodes"][0]["id"], "dp-e2e");
+    assert_eq!(status["nodes"][0]["authenticated"], true);
+    assert!(
+        !cp.child.output().contains("NOT encrypted"),
+        "no cleartext warning with TLS on"
+    );
+
+    // A data plane presenting no certificate gets nothing, and says why in its log.
+    let no_cert_cache = tempfile::tempdir().unwrap();
+    let admin = format!("127.0.0.1:{}", free_port());
+    let listen = format!("127.0.0.1:{}", free_port());
+    let mut stranger = Child::spawn(
+        "pavilion-data-without-certificate",
+        &binary("pavilion-data"),
+        &[
+            "run",
+            "--control-plane",
+            &cp.grpc,
+            "--control-plane-ca",
+            &ca_file,
+            "--control-plane-server-name",
+            "control.e2e.test",
+            "--listen",
+            &listen,
+            "--admin-listen",
+            &admin,
+            "--snapshot-cache",
+            no_cert_cache.path().join("s.bin").to_str().unwrap(),
+            "--node-id",
+            "intruder",
+        ],
+    );
+    eventually("the refused stream in the log", STARTUP, || async {
+        stranger
+            .output()
+            .contains("snapshot stream down")
+            .then_some(())
+    })
+    .await;
+    let ready = HttpClient::http1()
+        .get(&format!("http://{admin}/ready"))
+        .await
+        .unwrap();
+    assert_eq!(ready.status, 503, "no snapshot without a certificate");
+    assert!(stranger.is_running());
+    assert_eq!(
+        cp.status().await["nodes"].as_array().unwrap().len(),
+        1,
+        "the intruder is not listed"
+    );
+}

@@ -92,6 +92,10 @@ async fn config_to_traffic_under_load_through_control_plane_death_and_data_plane
         data.served_by("/orders/1").await,
         (200, Some("a".to_owned()))
     );
+    // In cleartext both halves say loudly that the control channel is open.
+    for log in [control.child.output(), data.child.output()] {
+        assert!(log.contains("NOT encrypted"), "{log}");
+    }
 
     // Edit the route under continuous load: traffic moves, nothing fails.
     let load = Load::start(data.url("/orders/fast"), 4);
