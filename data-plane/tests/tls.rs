@@ -330,3 +330,34 @@ async fn security_headers_by_default_and_per_route() {
     assert!(error.to_string().contains("shop/broken"), "{error}");
     assert_eq!(dp.version(), "v1");
 }
+
+#[tokio::test]
+async fn a_tls_connection_that_sends_nothing_after_the_handshake_is_closed_when_idle() {
+    let ca = TestCa::new();
+    let dir = tempfile::tempdir().unwrap();
+    let (pair, _) = write_pair(&ca, dir.path(), "api", &["api.example.com"]);
+    let mut config = Config::local();
+    config.tls = Some(TlsOptions {
+        certificates: vec![pair],
+        client_ca: None,
+    });
+    config.connections.idle_timeout = Duration::from_millis(300);
+    let dp = pavilion_data::start(config).await.unwrap();
+    for alpn in [&b"http/1.1"[..], &b"h2"[..]] {
+        let connector = tokio_rustls::TlsConnector::from(ca.client_config(&[alpn], None));
+        let tcp = tokio::net::TcpStream::connect(dp.addr).await.unwrap();
+        let name = rustls_pki_types::ServerName::try_from("api.example.com").unwrap();
+        let mut stream = connector.connect(name, tcp).await.expect("handshake");
+        let mut received = Vec::new();
+        let closed = tokio::time::timeout(
+            Duration::from_secs(5),
+            tokio::io::AsyncReadExt::read_to_end(&mut stream, &mut received),
+        )
+        .await;
+        assert!(
+            closed.is_ok(),
+            "{}: the idle TLS connection stayed open",
+            String::from_utf8_lossy(alpn)
+        );
+    }
+}

@@ -207,3 +207,43 @@ async fn sigterm_lets_in_flight_requests_finish() {
         "the control plane stops gracefully too: {status}"
     );
 }
+
+#[tokio::test]
+async fn the_data_plane_raises_its_soft_open_files_limit_to_the_hard_one() {
+    let admin = format!("127.0.0.1:{}", free_port());
+    let listen = format!("127.0.0.1:{}", free_port());
+    let binary = pavilion_tests::process::binary("pavilion-data");
+    // Started with a soft limit of 256, as many systems start services with 1024.
+    let data = pavilion_tests::process::Child::spawn(
+        "pavilion-data",
+        std::path::Path::new("prlimit"),
+        &[
+            "--nofile=256:",
+            binary.to_str().unwrap(),
+            "run",
+            "--control-plane",
+            "http://127.0.0.1:9",
+            "--listen",
+            &listen,
+            "--admin-listen",
+            &admin,
+        ],
+    );
+    pavilion_tests::eventually("the admin listener", pavilion_e2e::STARTUP, || async {
+        let reply = pavilion_tests::client::HttpClient::http1()
+            .get(&format!("http://{admin}/health"))
+            .await
+            .ok()?;
+        (reply.status == 200).then_some(())
+    })
+    .await;
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", data.id())).unwrap();
+    let open_files: Vec<&str> = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    assert_eq!(open_files[3], open_files[4], "soft = hard: {limits}");
+    assert_ne!(open_files[3], "256");
+}
