@@ -8,7 +8,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::get;
 
-use crate::proxy::Shared;
+use crate::pipeline::Shared;
 
 #[derive(Clone)]
 struct AdminState {

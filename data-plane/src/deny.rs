@@ -105,18 +105,15 @@ impl Deny {
 
     /// An authentication verdict as a response, with the rule's challenges on a 401.
     pub fn from_reject(reject: crate::auth::Reject, auth: &crate::auth::RuleAuth) -> Self {
-        if reject.status == 401 {
-            let challenges = auth.challenges(&reject).into();
-            Deny::Unauthorized {
-                code: reject.code,
-                message: reject.message,
+        let challenges = auth.challenges(&reject).into();
+        let code = reject.code();
+        match reject {
+            crate::auth::Reject::Forbidden { message, .. } => Deny::Forbidden { code, message },
+            reject => Deny::Unauthorized {
+                code,
+                message: reject.into_message(),
                 challenges,
-            }
-        } else {
-            Deny::Forbidden {
-                code: reject.code,
-                message: reject.message,
-            }
+            },
         }
     }
 

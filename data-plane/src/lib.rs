@@ -3,11 +3,10 @@
 //! ```text
 //!  control plane ──gRPC──▶ snapshot::client ──▶ Runtime::build ──▶ ArcSwap<Runtime> ◀── load per request
 //!                                   └──▶ snapshot::cache (last known good)                    │
-//!  client ──▶ listener (h1/h2c) ──▶ proxy: ready ▸ limits ▸ path ▸ route ▸ upstream ───────────┘
+//!  client ──▶ listener (h1/h2, TLS) ──▶ pipeline: admit ▸ route ▸ ip ▸ limits ▸ authn ▸ quota ▸ forward ▸ respond
 //! ```
 
 pub mod admin;
-pub mod admit;
 pub mod auth;
 pub mod body;
 pub mod connection;
@@ -16,7 +15,7 @@ pub mod headers;
 pub mod listener;
 pub mod metrics;
 pub mod path;
-pub mod proxy;
+pub mod pipeline;
 pub mod ratelimit;
 pub mod redirect;
 pub mod route;
@@ -43,7 +42,7 @@ use crate::auth::jwks::{JwksCache, JwksOptions};
 use crate::connection::ConnectionLimits;
 use crate::metrics::Metrics;
 use crate::path::EscapedSlashes;
-use crate::proxy::{Limits, Shared};
+use crate::pipeline::{Limits, Shared};
 use crate::ratelimit::redis::RedisCounters;
 use crate::ratelimit::{Limiter, LimiterMetrics, LimiterOptions};
 use crate::runtime::BuildError;

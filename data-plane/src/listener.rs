@@ -18,7 +18,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::connection::{ConnState, ConnectionLimits, Tracked, Watched};
 use crate::headers::Peer;
-use crate::proxy::Proxy;
+use crate::pipeline::Proxy;
 
 /// Time a client has to send a complete request head (slow-loris protection).
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);

@@ -15,7 +15,7 @@ use pavilion_data::auth::ip::Cidrs;
 use pavilion_data::auth::jwks::JwksOptions;
 use pavilion_data::connection::ConnectionLimits;
 use pavilion_data::path::EscapedSlashes;
-use pavilion_data::proxy::Limits;
+use pavilion_data::pipeline::Limits;
 use pavilion_data::tls::{CertificateFiles, TlsOptions};
 use pavilion_data::upstream::UpstreamOptions;
 use pavilion_telemetry::LogFormat;

@@ -49,7 +49,7 @@ pub async fn serve(listener: TcpListener, https_port: u16, mut shutdown: watch::
 fn redirect(request: &Request<Incoming>, https_port: u16) -> Response<ResponseBody> {
     let request_id = headers::request_id(request.headers());
     let host = headers::authority(request)
-        .filter(|a| crate::admit::valid_authority(a))
+        .filter(|a| crate::pipeline::admit::valid_authority(a))
         .map(headers::host_of);
     let Some(host) = host else {
         let mut response = Deny::BadRequest("a request needs a Host to be redirected to HTTPS")

@@ -12,7 +12,7 @@ use tokio::sync::{oneshot, watch};
 
 use crate::connection::ConnectionLimits;
 use crate::listener::{self, ListenerSettings};
-use crate::proxy::{Proxy, Shared};
+use crate::pipeline::{Proxy, Shared};
 use crate::upstream::{UpstreamOptions, Upstreams};
 
 /// Pending connections per worker socket.

@@ -883,3 +883,38 @@ async fn a_request_shed_by_the_concurrency_limit_uses_no_quota() {
         "only the request that was served: {report}"
     );
 }
+
+#[tokio::test]
+async fn a_quota_keyed_by_client_address_alone_counts_per_address() {
+    // A rule whose only counting is a quota still decides the client's address (it used
+    // to be left undecided, and every client shared the key `-`).
+    let upstream = Upstream::start("u").await.unwrap();
+    let dp = data_plane(None, 1).await;
+    let per_client = quota(
+        "shop/per-client",
+        &["clientIp"],
+        5,
+        0,
+        "UTC",
+        proto::RateLimitBackend::Local,
+    );
+    dp.apply(snapshot(
+        "v1",
+        vec![route(
+            "shop/orders",
+            &[],
+            vec![quota_rule("/orders", &upstream, vec![per_client])],
+        )],
+    ))
+    .await
+    .unwrap();
+    assert_eq!(get(&dp, "/orders", &[]).await.status, 200);
+    let report = usage(&dp, "127.0.0.1").await;
+    let used = report["quotas"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|q| q["policy"] == "shop/per-client")
+        .map(|q| q["used"]["requests"].clone());
+    assert_eq!(used, Some(serde_json::json!(1)), "{report}");
+}

@@ -39,22 +39,21 @@ const CACHE_FOR: Duration = Duration::from_secs(60);
 /// Tokens remembered per worker; the cache starts over when full.
 const CACHE_ENTRIES: usize = 8192;
 
-/// Why authentication or access control refused a request.
+/// Why authentication or access control refused a request. Each kind answers with its own
+/// status and challenge, so no caller needs to look at the code to know which.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Reject {
-    /// 401 or 403.
-    pub status: u16,
-    pub code: &'static str,
-    pub message: String,
+pub enum Reject {
+    /// 401 for a request without credentials: the rule's plain challenges.
+    Missing { message: String },
+    /// 401 for credentials that were refused: the challenges say `error="invalid_token"`.
+    Refused { code: &'static str, message: String },
+    /// 403: the identity is known and has no right here.
+    Forbidden { code: &'static str, message: String },
 }
 
 impl Reject {
     pub fn unauthorized(code: &'static str, message: String) -> Self {
-        Self {
-            status: 401,
-            code,
-            message,
-        }
+        Reject::Refused { code, message }
     }
 
     pub fn invalid_token(message: impl Into<String>) -> Self {
@@ -62,10 +61,22 @@ impl Reject {
     }
 
     pub fn forbidden(code: &'static str, message: String) -> Self {
-        Self {
-            status: 403,
-            code,
-            message,
+        Reject::Forbidden { code, message }
+    }
+
+    /// The error code of the JSON envelope.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Reject::Missing { .. } => "missing_credentials",
+            Reject::Refused { code, .. } | Reject::Forbidden { code, .. } => code,
+        }
+    }
+
+    pub fn into_message(self) -> String {
+        match self {
+            Reject::Missing { message }
+            | Reject::Refused { message, .. }
+            | Reject::Forbidden { message, .. } => message,
         }
     }
 }
@@ -241,12 +252,12 @@ impl RuleAuth {
         })
     }
 
-    /// What goes into `WWW-Authenticate` for a 401.
+    /// What goes into `WWW-Authenticate` for a 401 (nothing for a 403).
     pub fn challenges(&self, reject: &Reject) -> &[HeaderValue] {
-        if reject.code == "missing_credentials" {
-            &self.challenge
-        } else {
-            &self.token_challenge
+        match reject {
+            Reject::Missing { .. } => &self.challenge,
+            Reject::Refused { .. } => &self.token_challenge,
+            Reject::Forbidden { .. } => &[],
         }
     }
 
@@ -326,10 +337,9 @@ impl RuleAuth {
             (false, false) => "a bearer JWT",
             _ => "an API key (X-API-Key or Authorization: Bearer)",
         };
-        Reject::unauthorized(
-            "missing_credentials",
-            format!("route {} requires {accepted}", self.route),
-        )
+        Reject::Missing {
+            message: format!("route {} requires {accepted}", self.route),
+        }
     }
 
     fn forbidden(&self, why: String) -> Reject {

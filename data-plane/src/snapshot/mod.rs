@@ -12,7 +12,7 @@ use pavilion_proto::Snapshot;
 
 use crate::auth::AuthContext;
 use crate::metrics::Metrics;
-use crate::proxy::Shared;
+use crate::pipeline::Shared;
 use crate::runtime::{BuildError, Runtime};
 
 /// Applies snapshots to the proxy and keeps the cache file current.

@@ -1,6 +1,7 @@
-//! The first phase of a request: can the gateway read it one way only? Size limits, the
-//! host it addresses and its path are checked and normalised here, before routing, so the
-//! rule that decides and the upstream that serves see the same request.
+//! The first phase of a request: can the gateway serve at all, and can it read the request
+//! one way only? Size limits, the host it addresses and its path are checked and normalised
+//! here, before routing, so the rule that decides and the upstream that serves see the same
+//! request.
 
 use std::borrow::Cow;
 
@@ -11,7 +12,9 @@ use http_body::Body;
 use crate::deny::Deny;
 use crate::headers;
 use crate::path::{self, EscapedSlashes, NormalPath};
-use crate::proxy::Limits;
+use crate::runtime::Runtime;
+
+use super::Limits;
 
 /// What routing needs from a request that passed admission.
 pub struct Admitted<'r> {
@@ -21,6 +24,32 @@ pub struct Admitted<'r> {
     /// Its host, lower-case, without port or trailing dot: what routes are matched on.
     pub host: Option<Cow<'r, str>>,
     pub path: NormalPath<'r>,
+}
+
+/// What forwarding keeps of an admitted request, owned, so the request itself can move on.
+pub struct Rewrite {
+    /// See [`Admitted::authority`].
+    pub authority: Option<HeaderValue>,
+    /// The normalised path when it differs from the request's.
+    pub path: Option<String>,
+}
+
+impl Admitted<'_> {
+    pub fn into_rewrite(self) -> Rewrite {
+        Rewrite {
+            authority: self.authority,
+            path: self.path.into_rewritten(),
+        }
+    }
+}
+
+/// 503 `not_ready` until the first snapshot arrives: nothing is known about routes.
+pub fn ready(runtime: &Runtime) -> Result<(), Deny> {
+    if runtime.is_ready() {
+        Ok(())
+    } else {
+        Err(Deny::NotReady)
+    }
 }
 
 /// Checks sizes, host and path; `Err` is a 400 (or 413/431) naming what is wrong.

@@ -1,0 +1,209 @@
+//! The request path, phase by phase (DESIGN.md §5). [`Proxy::handle`] loads the snapshot
+//! once and runs the phases in order; each phase is a module with one entry function over
+//! the request, the rule and the per-request [`Context`], that lets the request through —
+//! possibly noting what it learnt in the context — or returns a typed [`Deny`]:
+//!
+//! ```text
+//! admit ▸ route ▸ ip ▸ limits (request facts) ▸ authn ▸ limits (identity) ▸ quota ▸ forward
+//!       └──────────────────────── Deny ─────────────────────────┘            │
+//!                                                                respond: response filters,
+//!                                                                metrics, access log
+//! ```
+//!
+//! Pingora's `ProxyHttp` phases are the model: the place where a decision is made is the
+//! module named after it, and a new feature is a new phase or a change inside one.
+
+pub mod admit;
+mod authn;
+mod forward;
+mod ip;
+mod limits;
+mod quota;
+mod respond;
+mod route;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use http::{HeaderName, HeaderValue, Request, Response};
+use hyper::body::Incoming;
+use tokio::time::Instant;
+
+use crate::auth::ip::Cidrs;
+use crate::auth::{Identity, TokenCache};
+use crate::body::ResponseBody;
+use crate::deny::Deny;
+use crate::headers::{self, Peer};
+use crate::metrics::Metrics;
+use crate::path::EscapedSlashes;
+use crate::ratelimit::concurrency::Permit;
+use crate::ratelimit::{ByteTarget, Limiter};
+use crate::runtime::{Rule, Runtime};
+use crate::security::SecurityHeaders;
+use crate::upstream::{Target, Upstreams};
+
+/// Size limits on what clients send.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Sum of header name and value lengths; more gets 431.
+    pub max_header_bytes: usize,
+    /// Header fields in one request; more gets 431.
+    pub max_header_count: usize,
+    /// Request body; a larger Content-Length gets 413 at once, a longer stream is cut off.
+    pub max_body_bytes: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_header_bytes: 64 * 1024,
+            max_header_count: 100,
+            max_body_bytes: 10 * 1024 * 1024,
+        }
+    }
+}
+
+/// What every worker shares: the current runtime (swapped per snapshot), metrics, limits.
+pub struct Shared {
+    pub runtime: ArcSwap<Runtime>,
+    pub metrics: Metrics,
+    pub limits: Limits,
+    /// What `%2F`, `%5C` and `\` in a path mean.
+    pub escaped_slashes: EscapedSlashes,
+    pub access_log: bool,
+    /// For responses no route decided (404, 503 before the first snapshot, …).
+    pub security: SecurityHeaders,
+    /// Proxies whose `X-Forwarded-For` is believed when deciding the client's address.
+    pub trusted_proxies: Cidrs,
+    /// Rate-limit counters.
+    pub limiter: Limiter,
+}
+
+impl Shared {
+    pub fn new(metrics: Metrics, config: &crate::Config, limiter: Limiter) -> Self {
+        Self {
+            runtime: ArcSwap::from_pointee(Runtime::empty()),
+            metrics,
+            limits: config.limits,
+            escaped_slashes: config.escaped_slashes,
+            access_log: config.access_log,
+            security: SecurityHeaders::default(),
+            trusted_proxies: config.trusted_proxies.clone(),
+            limiter,
+        }
+    }
+}
+
+/// One worker's request path: the shared state plus the worker's own upstream pools and
+/// verified-token cache.
+pub struct Proxy {
+    shared: Arc<Shared>,
+    upstreams: Upstreams,
+    tokens: TokenCache,
+}
+
+/// What the phases learn about one request, in the order they learn it; `respond` reads
+/// it for the response, the metrics and the access log.
+pub(crate) struct Context<'r> {
+    pub client: &'r Peer,
+    pub request_id: HeaderValue,
+    pub started: Instant,
+    /// Set by `route`.
+    pub rule: Option<&'r Rule>,
+    /// The client's address as IP lists and rate-limit keys read it (trusted proxies
+    /// believed); set by `ip` when the rule needs it.
+    pub client_ip: Option<IpAddr>,
+    /// Set by `authn` on rules with `auth`.
+    pub identity: Option<Arc<Identity>>,
+    /// `RateLimit-*` for the response, from the tightest limit.
+    pub rate_headers: Vec<(HeaderName, HeaderValue)>,
+    /// A place under the rule's concurrency limit, held until the upstream answers.
+    pub permit: Option<Permit<'r>>,
+    /// Where the response's bytes count (byte quotas).
+    pub byte_targets: Vec<ByteTarget>,
+    /// Set by `forward`.
+    pub target: Option<&'r Target>,
+}
+
+impl Proxy {
+    pub fn new(shared: Arc<Shared>, upstreams: Upstreams) -> Self {
+        Self {
+            shared,
+            upstreams,
+            tokens: TokenCache::default(),
+        }
+    }
+
+    pub fn limits(&self) -> Limits {
+        self.shared.limits
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.shared.metrics
+    }
+
+    pub fn upstreams(&self) -> &Upstreams {
+        &self.upstreams
+    }
+
+    /// Serves one request; never fails — every problem becomes a JSON error response.
+    pub async fn handle(
+        &self,
+        client: &Peer,
+        request: Request<Incoming>,
+    ) -> Response<ResponseBody> {
+        let started = Instant::now();
+        // One snapshot per request: the runtime it starts with is the one it finishes with.
+        let runtime = self.shared.runtime.load_full();
+        let line = respond::AccessLine::take(&self.shared, &request);
+        let mut context = Context {
+            client,
+            request_id: headers::request_id(request.headers()),
+            started,
+            rule: None,
+            client_ip: None,
+            identity: None,
+            rate_headers: Vec::new(),
+            permit: None,
+            byte_targets: Vec::new(),
+            target: None,
+        };
+        let outcome = self.phases(&runtime, request, &mut context).await;
+        respond::respond(&self.shared, context, outcome, line)
+    }
+
+    /// The phases up to the upstream's response head, in order.
+    async fn phases<'r>(
+        &self,
+        runtime: &'r Runtime,
+        request: Request<Incoming>,
+        context: &mut Context<'r>,
+    ) -> Result<Response<ResponseBody>, Deny> {
+        let shared = &*self.shared;
+        admit::ready(runtime)?;
+        let admitted = admit::admit(&request, &shared.limits, shared.escaped_slashes)?;
+        let rule = route::find(runtime, &admitted, &request, context)?;
+        ip::check(rule, &request, &shared.trusted_proxies, context)?;
+        limits::check(
+            &shared.limiter,
+            &rule.limits_before_auth,
+            rule,
+            &request,
+            context,
+        )
+        .await?;
+        authn::authenticate(rule, &request, &admitted, &self.tokens, runtime, context).await?;
+        limits::check(
+            &shared.limiter,
+            &rule.limits_after_auth,
+            rule,
+            &request,
+            context,
+        )
+        .await?;
+        quota::take(shared, rule, &request, context).await?;
+        let rewrite = admitted.into_rewrite();
+        forward::forward(self, runtime, rule, request, rewrite, context).await
+    }
+}

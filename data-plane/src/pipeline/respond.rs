@@ -1,0 +1,91 @@
+//! The last phase, whatever happened before: a refusal becomes its JSON envelope, the
+//! response gets the rate-limit and security headers and the request id, and the request
+//! is counted in the route's metrics and written to the access log.
+
+use http::{Method, Request, Response, Uri};
+use hyper::body::Incoming;
+
+use crate::body::ResponseBody;
+use crate::deny::Deny;
+use crate::headers::X_REQUEST_ID;
+
+use super::{Context, Shared};
+
+/// What the access log needs from the request, taken before the request moves on.
+pub(super) struct AccessLine(Option<(Method, Uri)>);
+
+impl AccessLine {
+    pub(super) fn take(shared: &Shared, request: &Request<Incoming>) -> Self {
+        Self(
+            shared
+                .access_log
+                .then(|| (request.method().clone(), request.uri().clone())),
+        )
+    }
+}
+
+pub(super) fn respond(
+    shared: &Shared,
+    context: Context<'_>,
+    outcome: Result<Response<ResponseBody>, Deny>,
+    line: AccessLine,
+) -> Response<ResponseBody> {
+    let Context {
+        client,
+        request_id,
+        started,
+        rule,
+        identity,
+        rate_headers,
+        target,
+        ..
+    } = context;
+    let (mut response, denied) = match outcome {
+        Ok(response) => (response, None),
+        Err(deny) => {
+            let code = deny.code();
+            if let (Some(rule), Deny::Unauthorized { .. } | Deny::Forbidden { .. }) = (rule, &deny)
+            {
+                shared
+                    .metrics
+                    .auth_denials
+                    .with_label_values(&[&*rule.route, code])
+                    .inc();
+            }
+            (deny.into_response(&request_id), Some(code))
+        }
+    };
+    for (name, value) in rate_headers {
+        response.headers_mut().insert(name, value);
+    }
+    let status = response.status();
+    let elapsed = started.elapsed();
+    match rule {
+        Some(rule) => {
+            rule.metrics.observe(status, elapsed);
+            rule.security.apply(response.headers_mut(), client.tls);
+        }
+        None => {
+            shared.metrics.unrouted.observe(status, elapsed);
+            shared.security.apply(response.headers_mut(), client.tls);
+        }
+    }
+    if let AccessLine(Some((method, uri))) = line {
+        tracing::info!(
+            target: "pavilion::access",
+            request_id = request_id.to_str().unwrap_or_default(),
+            client = %client.addr.ip(),
+            method = %method,
+            path = uri.path(),
+            status = status.as_u16(),
+            route = rule.map_or("-", |r| &*r.route),
+            upstream = target.map_or("-", |t| &*t.url),
+            error = denied.unwrap_or("-"),
+            identity = %identity.as_ref().map_or(&"-" as &dyn std::fmt::Display, |i| &i.principal),
+            duration_ms = elapsed.as_secs_f64() * 1000.0,
+            "request"
+        );
+    }
+    response.headers_mut().insert(&X_REQUEST_ID, request_id);
+    response
+}
