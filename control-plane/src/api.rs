@@ -1,4 +1,5 @@
-//! The control plane's HTTP listener: health, readiness, metrics and `GET /v1/status`.
+//! The control plane's HTTP listener: health, readiness, metrics, `GET /v1/status` and the
+//! placement lookup.
 
 use std::sync::Arc;
 
@@ -33,6 +34,8 @@ pub fn router(state: ApiState) -> Router {
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
         .route("/v1/status", get(status))
+        .route("/v1/placements", get(placements))
+        .route("/v1/placements/{tenant}", get(placement))
         .with_state(state)
 }
 
@@ -143,4 +146,60 @@ async fn status(State(state): State<ApiState>) -> Json<StatusView> {
         resources,
         nodes,
     })
+}
+
+/// `{"error":{"code","message"}}` with `status`.
+fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
+    let body = serde_json::json!({ "error": { "code": code, "message": message.into() } });
+    (status, Json(body)).into_response()
+}
+
+fn not_ready() -> Response {
+    error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "not_ready",
+        "the source has not been read yet",
+    )
+}
+
+async fn placement(
+    State(state): State<ApiState>,
+    axum::extract::Path(tenant): axum::extract::Path<String>,
+) -> Response {
+    let Some(published) = state.published.borrow().clone() else {
+        return not_ready();
+    };
+    let empty = pavilion_proto::Placements::default();
+    let table = published.snapshot.placements.as_ref().unwrap_or(&empty);
+    match crate::placements::lookup(table, &tenant) {
+        Some(view) => Json(view).into_response(),
+        None => error(
+            StatusCode::NOT_FOUND,
+            "unknown_tenant",
+            format!("no placement for tenant {tenant}"),
+        ),
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct PageQuery {
+    limit: Option<usize>,
+    #[serde(rename = "continue")]
+    continue_token: Option<String>,
+}
+
+async fn placements(
+    State(state): State<ApiState>,
+    axum::extract::Query(query): axum::extract::Query<PageQuery>,
+) -> Response {
+    let Some(published) = state.published.borrow().clone() else {
+        return not_ready();
+    };
+    let empty = pavilion_proto::Placements::default();
+    let table = published.snapshot.placements.as_ref().unwrap_or(&empty);
+    let limit = query.limit.unwrap_or(crate::placements::DEFAULT_PAGE);
+    match crate::placements::page(table, limit, query.continue_token.as_deref()) {
+        Ok(page) => Json(page).into_response(),
+        Err(why) => error(StatusCode::BAD_REQUEST, "invalid_continue", why),
+    }
 }

@@ -26,6 +26,10 @@ pub struct NewKey {
     pub scopes: Vec<String>,
     pub expires_at: Option<String>,
     pub description: Option<String>,
+    /// Tenants the key acts for (plain members, no roles).
+    pub tenants: Vec<String>,
+    /// Platform roles (`platform-admin`).
+    pub roles: Vec<String>,
 }
 
 /// A generated key and its resource.
@@ -134,6 +138,9 @@ pub fn resource_for(request: &NewKey, key: &str) -> ApiKey {
             sha256: sha256_hex(key),
             scopes: request.scopes.clone(),
             expires_at: request.expires_at.clone(),
+            tenants: (!request.tenants.is_empty())
+                .then(|| pavilion_crds::Membership::Tenants(request.tenants.clone())),
+            roles: request.roles.clone(),
         },
         status: None,
     }

@@ -17,6 +17,7 @@ pub mod kubernetes;
 pub mod kv;
 pub mod metrics;
 pub mod mirror;
+pub mod placements;
 pub mod source;
 pub mod status;
 pub mod validate;

@@ -97,6 +97,12 @@ enum ApiKeyCommand {
         /// The resource's metadata.name (default: the id).
         #[arg(long)]
         name: Option<String>,
+        /// Comma-separated tenant ids the key acts for (rules with `tenancy`).
+        #[arg(long, value_delimiter = ',')]
+        tenants: Vec<String>,
+        /// Comma-separated platform roles, e.g. platform-admin.
+        #[arg(long, value_delimiter = ',')]
+        roles: Vec<String>,
     },
 }
 
@@ -220,6 +226,8 @@ fn main() -> ExitCode {
                     expires,
                     description,
                     name,
+                    tenants,
+                    roles,
                 },
         } => {
             let request = pavilion_control::keygen::NewKey {
@@ -229,6 +237,8 @@ fn main() -> ExitCode {
                 scopes,
                 expires_at: expires,
                 description,
+                tenants,
+                roles,
             };
             match pavilion_control::keygen::new_key(&request) {
                 Ok(generated) => {

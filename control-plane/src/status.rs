@@ -70,12 +70,17 @@ pub fn conditions(report: &Report, version: &str, nodes: &[NodeStatus]) -> Vec<C
 }
 
 /// Kinds the data planes act on: routes, the API keys and token revocations their `auth`
-/// checks against, and the rate limits compiled into their rules. The others are
-/// validated and kept only (for now).
+/// checks against, the rate limits compiled into their rules, and the shards and
+/// placements tenant-scoped rules resolve. The others are validated and kept only (for now).
 fn enforced(kind: Kind) -> bool {
     matches!(
         kind,
-        Kind::Route | Kind::ApiKey | Kind::TokenRevocation | Kind::RateLimitPolicy
+        Kind::Route
+            | Kind::ApiKey
+            | Kind::TokenRevocation
+            | Kind::RateLimitPolicy
+            | Kind::Shard
+            | Kind::TenantPlacement
     )
 }
 
@@ -220,7 +225,13 @@ mod tests {
 
     #[test]
     fn api_keys_revocations_and_rate_limits_are_programmed_like_routes() {
-        for kind in [Kind::ApiKey, Kind::TokenRevocation, Kind::RateLimitPolicy] {
+        for kind in [
+            Kind::ApiKey,
+            Kind::TokenRevocation,
+            Kind::RateLimitPolicy,
+            Kind::Shard,
+            Kind::TenantPlacement,
+        ] {
             let r = report(kind, Outcome::Accepted { warnings: vec![] });
             let conditions = conditions(&r, "v1", &[node("a", "v1", None)]);
             assert_eq!(
@@ -236,21 +247,18 @@ mod tests {
 
     #[test]
     fn kinds_nothing_enforces_yet_say_so() {
-        for kind in [Kind::CorsPolicy, Kind::TenantPlacement] {
-            let r = report(kind, Outcome::Accepted { warnings: vec![] });
-            let conditions = conditions(&r, "v1", &[node("a", "v1", None)]);
-            assert_eq!(
-                summary(&conditions),
-                [
-                    ("Accepted", "True", "Accepted"),
-                    ("Programmed", "False", "NotEnforced")
-                ],
-                "{kind}"
-            );
-            assert_eq!(
-                conditions[1].message,
-                format!("data planes do not enforce {kind} yet")
-            );
-        }
+        let r = report(Kind::CorsPolicy, Outcome::Accepted { warnings: vec![] });
+        let conditions = conditions(&r, "v1", &[node("a", "v1", None)]);
+        assert_eq!(
+            summary(&conditions),
+            [
+                ("Accepted", "True", "Accepted"),
+                ("Programmed", "False", "NotEnforced")
+            ]
+        );
+        assert_eq!(
+            conditions[1].message,
+            "data planes do not enforce CorsPolicy yet"
+        );
     }
 }

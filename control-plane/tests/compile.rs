@@ -204,16 +204,24 @@ fn policies_must_target_an_accepted_route_in_their_namespace() {
 fn a_tenant_is_placed_once() {
     let placement = |name: &str| {
         format!(
-            "apiVersion: gateway.pavilion.dev/v1alpha1\nkind: TenantPlacement\nmetadata: {{ name: {name} }}\nspec:\n  tenant: acme\n  revision: 1\n  shards: [{{ name: s1, endpoints: ['http://10.0.0.1:80'] }}]\n  placements: [{{ service: aggregate, shard: s1 }}]\n---\n"
+            "apiVersion: gateway.pavilion.dev/v1alpha1\nkind: TenantPlacement\nmetadata: {{ name: {name} }}\nspec:\n  tenant: acme\n  shards: {{ aggregate: s1 }}\n---\n"
         )
     };
+    let shard = "apiVersion: gateway.pavilion.dev/v1alpha1\nkind: Shard\nmetadata: { name: s1 }\nspec:\n  service: aggregate\n  endpoints: ['http://10.0.0.1:80']\n---\n";
     let compiled = compile(&items(&[(
         "t.yaml",
-        &[placement("first"), placement("second")].concat(),
+        &[shard.to_owned(), placement("first"), placement("second")].concat(),
     )]));
     assert!(compiled.reports[0].is_accepted());
+    assert!(compiled.reports[1].is_accepted());
+    let table = compiled.snapshot.placements.as_ref().unwrap();
+    assert_eq!(table.tenants.len(), 1);
+    assert_eq!(
+        (table.tenants[0].aggregate, table.tenants[0].runner),
+        (0, -1)
+    );
     assert!(matches!(
-        compiled.reports[1].outcome,
+        compiled.reports[2].outcome,
         Outcome::Rejected {
             reason: Reason::Duplicate,
             ..

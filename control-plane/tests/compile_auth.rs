@@ -139,6 +139,8 @@ fn auth_and_address_lists_are_normalised() {
             ],
             cookie: "session".into(),
             leeway_seconds: 30,
+            tenants_claim: "tenants".into(),
+            roles_claim: "roles".into(),
         }
     );
     assert_eq!(auth.jwt[1].issuer, "https://other.example.com");
@@ -205,6 +207,8 @@ fn api_keys_travel_as_raw_hashes_sorted_by_namespace_and_id() {
             scopes: vec!["read".into(), "write".into()],
             // 2027-01-01T00:00:00Z
             expires_at: 1_798_761_600,
+            tenants: Vec::new(),
+            roles: Vec::new(),
         }
     );
     assert_eq!(compiled.snapshot.api_keys[1].expires_at, 0, "never expires");

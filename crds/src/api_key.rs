@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::auth::check_scope;
 use crate::status::ResourceStatus;
+use crate::tenant::{Membership, role_name};
 use crate::validate::{Errors, at};
 
 /// Longest key id: ids are logged and forwarded upstream, so they stay short.
@@ -56,6 +57,13 @@ pub struct ApiKeySpec {
     /// RFC 3339 time after which the key is refused; absent: never.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_at: Option<String>,
+    /// The tenants the key may act for: tenant ids, or a map from tenant id to the roles
+    /// it holds there (for rules with `tenancy` and `authorize`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenants: Option<Membership>,
+    /// Platform roles; `platform-admin` may act on any tenant.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub roles: Vec<String>,
 }
 
 impl ApiKeySpec {
@@ -99,6 +107,12 @@ impl ApiKeySpec {
         }
         for (i, scope) in self.scopes.iter().enumerate() {
             errors.check(at("spec.scopes", i), check_scope(scope));
+        }
+        if let Some(tenants) = &self.tenants {
+            tenants.validate("spec.tenants", errors);
+        }
+        for (i, role) in self.roles.iter().enumerate() {
+            errors.check(at("spec.roles", i), role_name(role));
         }
         if let Some(text) = &self.expires_at
             && let Err(e) = DateTime::parse_from_rfc3339(text)

@@ -61,6 +61,14 @@ pub struct JwtProvider {
     /// Clock skew allowed on `exp`/`nbf`/`iat`, e.g. `30s` (the default); at most `5m`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub leeway: Option<String>,
+    /// The claim naming the principal's tenants: a list of tenant ids, or a map from
+    /// tenant id to the roles held there. Default `tenants`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenants_claim: Option<String>,
+    /// The claim listing the principal's platform roles (`platform-admin` may act on any
+    /// tenant). Default `roles`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub roles_claim: Option<String>,
 }
 
 /// One signing key: a public key in PEM, or an HMAC secret the data plane reads from a

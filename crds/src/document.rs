@@ -8,8 +8,8 @@ use serde::de::{DeserializeOwned, IgnoredAny};
 
 use crate::resource::DEFAULT_NAMESPACE;
 use crate::{
-    API_VERSION, ApiKey, CorsPolicy, Kind, RateLimitPolicy, Resource, Route, TenantPlacement,
-    TokenRevocation,
+    API_VERSION, ApiKey, CorsPolicy, Kind, RateLimitPolicy, Resource, Route, Shard,
+    TenantPlacement, TokenRevocation,
 };
 
 /// A document that could not be read as a resource.
@@ -229,6 +229,14 @@ fn parse_document(
             Kind::Route => {
                 let e: Envelope<_> = typed_document(chunk, first_line)?;
                 Resource::Route(Route {
+                    metadata: with_namespace(e.metadata),
+                    spec: e.spec,
+                    status: None,
+                })
+            }
+            Kind::Shard => {
+                let e: Envelope<_> = typed_document(chunk, first_line)?;
+                Resource::Shard(Shard {
                     metadata: with_namespace(e.metadata),
                     spec: e.spec,
                     status: None,

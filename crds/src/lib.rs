@@ -1,4 +1,4 @@
-//! Pavilion's custom resources — `Route`, `TenantPlacement`, `RateLimitPolicy`,
+//! Pavilion's custom resources — `Route`, `Shard`, `TenantPlacement`, `RateLimitPolicy`,
 //! `CorsPolicy`, `ApiKey`, `TokenRevocation` in `gateway.pavilion.dev/v1alpha1` — as Rust types, with the validation the
 //! compiler applies, the YAML reader every source shares (so one document is valid in the
 //! Kubernetes, KV and directory sources alike), and the CRD manifests derived from the types.
@@ -31,7 +31,10 @@ pub use route::{
     SecurityHeaders,
 };
 pub use status::{ConditionStatus, ResourceStatus};
-pub use tenant::{Placement, ServiceKind, Shard, TenantPlacement, TenantPlacementSpec};
+pub use tenant::{
+    Authorize, Membership, PLATFORM_ADMIN, PlacementShards, ServiceKind, Shard, ShardSpec, Tenancy,
+    TenantPlacement, TenantPlacementSpec,
+};
 pub use validate::FieldError;
 
 /// API group of every Pavilion resource.

@@ -4,12 +4,13 @@
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
 
-use crate::{ApiKey, CorsPolicy, RateLimitPolicy, Route, TenantPlacement, TokenRevocation};
+use crate::{ApiKey, CorsPolicy, RateLimitPolicy, Route, Shard, TenantPlacement, TokenRevocation};
 
 /// Every CRD with the file name it is kept under in `crds/manifests/`.
 pub fn definitions() -> Vec<(&'static str, CustomResourceDefinition)> {
     vec![
         ("route.yaml", Route::crd()),
+        ("shard.yaml", Shard::crd()),
         ("tenantplacement.yaml", TenantPlacement::crd()),
         ("ratelimitpolicy.yaml", RateLimitPolicy::crd()),
         ("corspolicy.yaml", CorsPolicy::crd()),

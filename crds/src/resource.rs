@@ -6,7 +6,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use serde::Serialize;
 
 use crate::validate::{Errors, FieldError, dns_label, dns_subdomain};
-use crate::{ApiKey, CorsPolicy, RateLimitPolicy, Route, TenantPlacement, TokenRevocation};
+use crate::{ApiKey, CorsPolicy, RateLimitPolicy, Route, Shard, TenantPlacement, TokenRevocation};
 
 /// Namespace of a resource whose document names none.
 pub const DEFAULT_NAMESPACE: &str = "default";
@@ -14,6 +14,7 @@ pub const DEFAULT_NAMESPACE: &str = "default";
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 pub enum Kind {
     Route,
+    Shard,
     TenantPlacement,
     RateLimitPolicy,
     CorsPolicy,
@@ -22,8 +23,9 @@ pub enum Kind {
 }
 
 impl Kind {
-    pub const ALL: [Kind; 6] = [
+    pub const ALL: [Kind; 7] = [
         Kind::Route,
+        Kind::Shard,
         Kind::TenantPlacement,
         Kind::RateLimitPolicy,
         Kind::CorsPolicy,
@@ -34,6 +36,7 @@ impl Kind {
     pub fn as_str(self) -> &'static str {
         match self {
             Kind::Route => "Route",
+            Kind::Shard => "Shard",
             Kind::TenantPlacement => "TenantPlacement",
             Kind::RateLimitPolicy => "RateLimitPolicy",
             Kind::CorsPolicy => "CorsPolicy",
@@ -71,6 +74,7 @@ impl fmt::Display for ResourceKey {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Resource {
     Route(Route),
+    Shard(Shard),
     TenantPlacement(TenantPlacement),
     RateLimitPolicy(RateLimitPolicy),
     CorsPolicy(CorsPolicy),
@@ -82,6 +86,7 @@ impl Resource {
     pub fn kind(&self) -> Kind {
         match self {
             Resource::Route(_) => Kind::Route,
+            Resource::Shard(_) => Kind::Shard,
             Resource::TenantPlacement(_) => Kind::TenantPlacement,
             Resource::RateLimitPolicy(_) => Kind::RateLimitPolicy,
             Resource::CorsPolicy(_) => Kind::CorsPolicy,
@@ -93,6 +98,7 @@ impl Resource {
     pub fn metadata(&self) -> &ObjectMeta {
         match self {
             Resource::Route(r) => &r.metadata,
+            Resource::Shard(r) => &r.metadata,
             Resource::TenantPlacement(r) => &r.metadata,
             Resource::RateLimitPolicy(r) => &r.metadata,
             Resource::CorsPolicy(r) => &r.metadata,
@@ -137,6 +143,7 @@ impl Resource {
         let mut exported = self.clone();
         match &mut exported {
             Resource::Route(r) => (r.metadata, r.status) = (trim(&r.metadata), None),
+            Resource::Shard(r) => (r.metadata, r.status) = (trim(&r.metadata), None),
             Resource::TenantPlacement(r) => (r.metadata, r.status) = (trim(&r.metadata), None),
             Resource::RateLimitPolicy(r) => (r.metadata, r.status) = (trim(&r.metadata), None),
             Resource::CorsPolicy(r) => (r.metadata, r.status) = (trim(&r.metadata), None),
@@ -150,6 +157,7 @@ impl Resource {
     pub fn to_yaml(&self) -> String {
         let text = match self {
             Resource::Route(r) => serde_yaml_ng::to_string(r),
+            Resource::Shard(r) => serde_yaml_ng::to_string(r),
             Resource::TenantPlacement(r) => serde_yaml_ng::to_string(r),
             Resource::RateLimitPolicy(r) => serde_yaml_ng::to_string(r),
             Resource::CorsPolicy(r) => serde_yaml_ng::to_string(r),
@@ -173,6 +181,7 @@ impl Resource {
         }
         match self {
             Resource::Route(r) => r.spec.validate(&mut errors),
+            Resource::Shard(r) => r.spec.validate(&mut errors),
             Resource::TenantPlacement(r) => r.spec.validate(&mut errors),
             Resource::RateLimitPolicy(r) => r.spec.validate(&mut errors),
             Resource::CorsPolicy(r) => r.spec.validate(&mut errors),

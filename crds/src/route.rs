@@ -10,6 +10,7 @@ use crate::auth::Auth;
 use crate::cidr::parse_cidr;
 use crate::duration::parse_duration;
 use crate::status::ResourceStatus;
+use crate::tenant::{Authorize, ServiceKind, Tenancy};
 use crate::validate::{Errors, at, backend_url, route_host};
 
 /// Longest regular expression accepted in a path match; keeps compiled matchers small.
@@ -131,6 +132,13 @@ pub struct RouteRule {
     /// TLS towards the rule's `https://` backends.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upstream_tls: Option<UpstreamTls>,
+    /// Scope the rule to the request's tenant (`x-tenant-id`), of which the principal must
+    /// be a member. Needs `auth`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenancy: Option<Tenancy>,
+    /// Roles the principal must hold (one of them) in the request's tenant. Needs `tenancy`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authorize: Option<Authorize>,
 }
 
 /// TLS settings for `https://` backends (trusted CAs: the web PKI plus `--upstream-ca`).
@@ -193,9 +201,11 @@ pub struct Backend {
     /// `http://`, `https://` or `h2c://` host and port.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
-    /// A service kind resolved per tenant through `TenantPlacement`.
+    /// A service kind, resolved per request to the shard the request's tenant is placed on
+    /// (`TenantPlacement`). Needs `tenancy` on the rule; the rule's only backend.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub service: Option<String>,
+    #[schemars(schema_with = "crate::tenant::optional_service_schema")]
+    pub service: Option<ServiceKind>,
     /// Share of traffic relative to the rule's other backends; default 1, 0 disables.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub weight: Option<u32>,
@@ -263,6 +273,36 @@ impl RouteRule {
         }
         if let Some(auth) = &self.auth {
             auth.validate(&format!("{field}.auth"), errors);
+        }
+        if self.backends.iter().any(|b| b.service.is_some()) {
+            if self.backends.len() > 1 {
+                errors.add(
+                    &backends,
+                    "a service backend (resolved per tenant) is the rule's only backend",
+                );
+            }
+            if self.tenancy.is_none() {
+                errors.add(
+                    &backends,
+                    "a service backend needs `tenancy` on the rule: the tenant decides the shard",
+                );
+            }
+        }
+        if self.tenancy.is_some() && self.auth.is_none() {
+            errors.add(
+                format!("{field}.tenancy"),
+                "needs `auth`: membership is a property of the authenticated principal",
+            );
+        }
+        if let Some(authorize) = &self.authorize {
+            let authorize_field = format!("{field}.authorize");
+            if self.tenancy.is_none() {
+                errors.add(
+                    &authorize_field,
+                    "needs `tenancy`: roles are held in a tenant",
+                );
+            }
+            authorize.validate(&authorize_field, errors);
         }
         if let Some(tls) = &self.upstream_tls {
             let tls_field = format!("{field}.upstreamTls");
@@ -438,12 +478,9 @@ impl Backend {
     fn validate(&self, field: &str, errors: &mut Errors) {
         match (&self.url, &self.service) {
             (Some(url), None) => errors.check(format!("{field}.url"), backend_url(url)),
-            (None, Some(_)) => errors.add(
-                format!("{field}.service"),
-                "service backends (resolved through TenantPlacement) are not supported yet; use url",
-            ),
+            (None, Some(_)) => {}
             (Some(_), Some(_)) => errors.add(field, "set either url or service, not both"),
-            (None, None) => errors.add(field, "a backend needs a url"),
+            (None, None) => errors.add(field, "a backend needs a url or a service"),
         }
         if self.weight() > MAX_WEIGHT {
             errors.add(format!("{field}.weight"), format!("at most {MAX_WEIGHT}"));

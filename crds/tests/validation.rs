@@ -186,9 +186,91 @@ fn policies_and_placements_are_validated() {
     let fields: Vec<_> = errors(cors).into_iter().map(|e| e.field).collect();
     assert_eq!(fields, ["spec.allowOrigins[0]", "spec.allowOrigins[1]"]);
 
-    let tp = "apiVersion: gateway.pavilion.dev/v1alpha1\nkind: TenantPlacement\nmetadata: { name: acme }\nspec:\n  tenant: acme\n  revision: 1\n  shards: [{ name: s1, endpoints: [http://10.0.0.1:80] }]\n  placements: [{ service: aggregate, shard: s2 }]\n";
+    let tp = "apiVersion: gateway.pavilion.dev/v1alpha1\nkind: TenantPlacement\nmetadata: { name: acme }\nspec:\n  tenant: Acme_Corp\n  shards: { aggregate: 'Not A Name' }\n";
     let fields: Vec<_> = errors(tp).into_iter().map(|e| e.field).collect();
-    assert_eq!(fields, ["spec.placements[0].shard"]);
+    assert_eq!(fields, ["spec.tenant", "spec.shards.aggregate"]);
+    let empty = "apiVersion: gateway.pavilion.dev/v1alpha1\nkind: TenantPlacement\nmetadata: { name: acme }\nspec:\n  tenant: acme\n  shards: {}\n";
+    let fields: Vec<_> = errors(empty).into_iter().map(|e| e.field).collect();
+    assert_eq!(fields, ["spec.shards"]);
+
+    let shard = "apiVersion: gateway.pavilion.dev/v1alpha1\nkind: Shard\nmetadata: { name: agg-1 }\nspec:\n  service: aggregate\n  endpoints: ['ftp://x:1']\n  readiness: 'ready?x'\n";
+    let fields: Vec<_> = errors(shard).into_iter().map(|e| e.field).collect();
+    assert_eq!(fields, ["spec.endpoints[0]", "spec.readiness"]);
+    let no_endpoints = "apiVersion: gateway.pavilion.dev/v1alpha1\nkind: Shard\nmetadata: { name: agg-1 }\nspec:\n  service: aggregate\n  endpoints: []\n";
+    let fields: Vec<_> = errors(no_endpoints).into_iter().map(|e| e.field).collect();
+    assert_eq!(fields, ["spec.endpoints"]);
+    let wrong_kind = "apiVersion: gateway.pavilion.dev/v1alpha1\nkind: Shard\nmetadata: { name: agg-1 }\nspec:\n  service: billing\n  endpoints: ['http://x:1']\n";
+    assert!(
+        parse_documents(wrong_kind).remove(0).result.is_err(),
+        "an unknown service kind"
+    );
+}
+
+#[test]
+fn tenant_scoped_rules_need_auth_tenancy_and_one_service_backend() {
+    let cases = [
+        (
+            "service without tenancy",
+            "    - auth: { apiKeys: {} }\n      backends: [{ service: aggregate }]\n",
+            "spec.rules[0].backends",
+        ),
+        (
+            "service beside another backend",
+            "    - auth: { apiKeys: {} }\n      tenancy: {}\n      backends: [{ service: aggregate }, { url: 'http://a:1' }]\n",
+            "spec.rules[0].backends",
+        ),
+        (
+            "tenancy without auth",
+            "    - tenancy: {}\n      backends: [{ url: 'http://a:1' }]\n",
+            "spec.rules[0].tenancy",
+        ),
+        (
+            "authorize without tenancy",
+            "    - auth: { apiKeys: {} }\n      authorize: { roles: [admin] }\n      backends: [{ url: 'http://a:1' }]\n",
+            "spec.rules[0].authorize",
+        ),
+        (
+            "a malformed role",
+            "    - auth: { apiKeys: {} }\n      tenancy: {}\n      authorize: { roles: ['Tenant Admin'] }\n      backends: [{ url: 'http://a:1' }]\n",
+            "spec.rules[0].authorize.roles[0]",
+        ),
+        (
+            "no roles",
+            "    - auth: { apiKeys: {} }\n      tenancy: {}\n      authorize: { roles: [] }\n      backends: [{ url: 'http://a:1' }]\n",
+            "spec.rules[0].authorize.roles",
+        ),
+    ];
+    for (what, rules, field) in cases {
+        let found = errors(&route(rules));
+        assert!(
+            found.iter().any(|e| e.field == field),
+            "{what}: expected an error on {field}, got {found:?}"
+        );
+    }
+    let good = "    - auth: { apiKeys: {} }\n      tenancy: { required: false }\n      authorize: { roles: [tenant-admin] }\n      backends: [{ service: runner }]\n";
+    assert_eq!(errors(&route(good)), []);
+}
+
+#[test]
+fn api_keys_name_tenants_as_a_list_or_with_roles() {
+    let key = |tenants: &str| {
+        format!(
+            "apiVersion: gateway.pavilion.dev/v1alpha1\nkind: ApiKey\nmetadata: {{ name: k }}\nspec:\n  sha256: '{}'\n  scopes: [read]\n  tenants: {tenants}\n  roles: [platform-admin]\n",
+            "a".repeat(64)
+        )
+    };
+    assert_eq!(errors(&key("[acme, globex]")), []);
+    assert_eq!(errors(&key("{ acme: [tenant-admin] }")), []);
+    let fields: Vec<_> = errors(&key("[Acme]"))
+        .into_iter()
+        .map(|e| e.field)
+        .collect();
+    assert_eq!(fields, ["spec.tenants[0]"]);
+    let fields: Vec<_> = errors(&key("{ acme: ['Bad Role'] }"))
+        .into_iter()
+        .map(|e| e.field)
+        .collect();
+    assert_eq!(fields, ["spec.tenants.acme[0]"]);
 }
 
 #[test]
@@ -196,7 +278,9 @@ fn every_kind_parses() {
     let docs = parse_documents(concat!(
         include_str!("../../examples/config/routes.yaml"),
         "---\n",
-        include_str!("../../examples/config/policies.yaml")
+        include_str!("../../examples/config/policies.yaml"),
+        "---\n",
+        include_str!("../../examples/config/tenants.yaml")
     ));
     assert!(!docs.is_empty());
     for doc in docs {

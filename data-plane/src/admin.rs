@@ -1,4 +1,4 @@
-//! The admin listener: health, readiness and metrics.
+//! The admin listener: health, readiness, metrics, quota use and the tenant table.
 
 use std::sync::Arc;
 
@@ -24,6 +24,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/ready", get(ready))
         .route("/metrics", get(metrics_text))
         .route("/admin/quota/{key}", get(quota_usage))
+        .route("/admin/routing", get(routing))
         .with_state(AdminState { shared })
 }
 
@@ -56,6 +57,41 @@ async fn quota_usage(
         quotas.push(state.shared.limiter.quota_usage(quota, &key).await);
     }
     Json(serde_json::json!({ "key": key, "quotas": quotas })).into_response()
+}
+
+#[derive(serde::Deserialize)]
+struct RoutingQuery {
+    tenant: Option<String>,
+}
+
+/// The tenant table this data plane runs: its revision and size, or with `?tenant=T` its
+/// own lookup for that tenant — the same document as the control plane's
+/// `GET /v1/placements/{tenant}`, so the two can be compared.
+async fn routing(
+    State(state): State<AdminState>,
+    axum::extract::Query(query): axum::extract::Query<RoutingQuery>,
+) -> Response {
+    let runtime = state.shared.runtime.load();
+    let placements = &runtime.placements;
+    match query.tenant {
+        None => Json(serde_json::json!({
+            "revision": placements.revision,
+            "tenants": placements.tenant_count(),
+            "shards": placements.shard_count(),
+        }))
+        .into_response(),
+        Some(tenant) => match placements.describe(&tenant) {
+            Some(view) => Json(view).into_response(),
+            None => (
+                StatusCode::NOT_FOUND,
+                Json(serde_json::json!({"error": {
+                    "code": "unknown_tenant",
+                    "message": format!("no placement for tenant {tenant}"),
+                }})),
+            )
+                .into_response(),
+        },
+    }
 }
 
 async fn metrics_text(State(state): State<AdminState>) -> Response {

@@ -73,6 +73,28 @@ pub enum Deny {
     Overloaded {
         message: String,
     },
+    /// 400: a rule with `tenancy` and no `x-tenant-id`.
+    MissingTenant {
+        route: String,
+    },
+    /// 400: `x-tenant-id` is not a tenant id (or appears twice).
+    InvalidTenant {
+        why: &'static str,
+    },
+    /// 403: the principal is not a member of the tenant it names.
+    TenantForbidden {
+        route: String,
+        tenant: String,
+    },
+    /// 404: no placement names the tenant (the same for every unknown tenant).
+    UnknownTenant {
+        tenant: String,
+    },
+    /// 503: the tenant is placed, but not for the service kind the rule needs.
+    NoPlacement {
+        tenant: String,
+        service: &'static str,
+    },
 }
 
 /// Longest request path echoed back in a message.
@@ -133,9 +155,12 @@ impl Deny {
             Deny::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
             Deny::Forbidden { .. } => StatusCode::FORBIDDEN,
             Deny::RateLimited { .. } | Deny::QuotaExceeded { .. } => StatusCode::TOO_MANY_REQUESTS,
-            Deny::RateLimitUnavailable { .. } | Deny::Overloaded { .. } => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Deny::RateLimitUnavailable { .. }
+            | Deny::Overloaded { .. }
+            | Deny::NoPlacement { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Deny::MissingTenant { .. } | Deny::InvalidTenant { .. } => StatusCode::BAD_REQUEST,
+            Deny::TenantForbidden { .. } => StatusCode::FORBIDDEN,
+            Deny::UnknownTenant { .. } => StatusCode::NOT_FOUND,
         }
     }
 
@@ -154,6 +179,11 @@ impl Deny {
             Deny::QuotaExceeded { .. } => "quota_exceeded",
             Deny::RateLimitUnavailable { .. } => "rate_limit_unavailable",
             Deny::Overloaded { .. } => "overloaded",
+            Deny::MissingTenant { .. } => "missing_tenant",
+            Deny::InvalidTenant { .. } => "invalid_tenant",
+            Deny::TenantForbidden { .. } => "tenant_forbidden",
+            Deny::UnknownTenant { .. } => "unknown_tenant",
+            Deny::NoPlacement { .. } => "no_placement",
         }
     }
 
@@ -192,6 +222,17 @@ impl Deny {
             | Deny::QuotaExceeded { message, .. }
             | Deny::RateLimitUnavailable { message }
             | Deny::Overloaded { message } => message.clone(),
+            Deny::MissingTenant { route } => {
+                format!("route {route} needs the request's tenant in x-tenant-id")
+            }
+            Deny::InvalidTenant { why } => format!("x-tenant-id {why}"),
+            Deny::TenantForbidden { route, tenant } => {
+                format!("route {route}: the principal is not a member of tenant {tenant}")
+            }
+            Deny::UnknownTenant { tenant } => format!("no placement for tenant {tenant}"),
+            Deny::NoPlacement { tenant, service } => {
+                format!("tenant {tenant} is not placed on any {service} shard")
+            }
         }
     }
 
@@ -212,7 +253,10 @@ impl Deny {
         );
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         match self {
-            Deny::NotReady | Deny::RateLimitUnavailable { .. } | Deny::Overloaded { .. } => {
+            Deny::NotReady
+            | Deny::RateLimitUnavailable { .. }
+            | Deny::Overloaded { .. }
+            | Deny::NoPlacement { .. } => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             Deny::QuotaExceeded {

@@ -16,6 +16,7 @@ pub mod listener;
 pub mod metrics;
 pub mod path;
 pub mod pipeline;
+pub mod placement;
 pub mod ratelimit;
 pub mod redirect;
 pub mod route;
@@ -90,6 +91,8 @@ pub struct Config {
     pub drain_timeout: Duration,
     /// Idle and send timeouts, and the cap on open client connections.
     pub connections: ConnectionLimits,
+    /// Tenants labelled individually in `pavilion_tenant_requests_total`.
+    pub tenant_metric_labels: usize,
 }
 
 impl Config {
@@ -117,6 +120,7 @@ impl Config {
             access_log: false,
             drain_timeout: Duration::from_secs(10),
             connections: ConnectionLimits::default(),
+            tenant_metric_labels: metrics::DEFAULT_TENANT_LABELS,
         }
     }
 }
@@ -173,7 +177,8 @@ pub async fn start(config: Config) -> Result<DataPlane, Error> {
             tracing::warn!(%endpoint, "the snapshot stream to this control plane is NOT encrypted: whoever sits between them can read or change every snapshot; use https:// with --control-plane-ca (and --control-plane-cert/--control-plane-key for mutual TLS)");
         }
     }
-    let metrics = Metrics::new();
+    let mut metrics = Metrics::new();
+    metrics.tenant_labels = config.tenant_metric_labels;
     let tls = upstream::tls_config(&config.upstream)?;
     let redis = config
         .redis

@@ -154,6 +154,10 @@ struct RunArgs {
     /// half the file descriptors the process may open, shared by the workers.
     #[arg(long, env = "PAVILION_MAX_CONNECTIONS")]
     max_connections: Option<usize>,
+    /// Tenants counted under their own label in pavilion_tenant_requests_total (the first
+    /// ones of the placement table, in tenant order); the rest share `_other`.
+    #[arg(long, env = "PAVILION_TENANT_METRIC_LABELS", default_value_t = pavilion_data::metrics::DEFAULT_TENANT_LABELS)]
+    tenant_metric_labels: usize,
     /// How long in-flight requests may take to finish after SIGTERM, in seconds.
     #[arg(long, env = "PAVILION_DRAIN_SECONDS", default_value_t = 10)]
     drain_seconds: u64,
@@ -266,6 +270,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         },
         access_log: args.access_log,
         drain_timeout: Duration::from_secs(args.drain_seconds),
+        tenant_metric_labels: args.tenant_metric_labels,
         connections: ConnectionLimits {
             idle_timeout: Duration::from_secs(args.idle_timeout_seconds.max(1)),
             send_timeout: Duration::from_secs(args.send_timeout_seconds.max(1)),

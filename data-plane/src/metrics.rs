@@ -41,6 +41,14 @@ pub struct Metrics {
     >,
     /// Requests no route matched (and requests refused before routing).
     pub unrouted: RouteMetrics,
+    /// Requests on tenant-scoped rules by tenant and status class; tenants past the first
+    /// `tenant_labels` of the placement table share the label `_other`.
+    tenant_requests: IntCounterVec,
+    /// How many tenants get a label of their own.
+    pub tenant_labels: usize,
+    /// The tenants labelled by the latest snapshot: series of tenants that drop out are
+    /// removed, so the label stays bounded over time too.
+    labelled_tenants: std::sync::Arc<std::sync::Mutex<Vec<Box<str>>>>,
     /// Client connections open, all workers together.
     pub connections_open: IntGauge,
     /// Client connections the gateway closed or refused, by reason (`limit`: over
@@ -140,6 +148,14 @@ impl Metrics {
             &["policy"],
         )
         .expect("valid metric");
+        let tenant_requests = IntCounterVec::new(
+            Opts::new(
+                "pavilion_tenant_requests_total",
+                "Requests on tenant-scoped rules by tenant and status class; tenants beyond the first --tenant-metric-labels of the placement table (in tenant order) are counted under _other.",
+            ),
+            &["tenant", "class"],
+        )
+        .expect("valid metric");
         let connections_open = IntGauge::new(
             "pavilion_connections_open",
             "Client connections open, all workers together.",
@@ -156,6 +172,7 @@ impl Metrics {
         for collector in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(connections_open.clone()),
+            Box::new(tenant_requests.clone()),
             Box::new(connections_closed.clone()),
             Box::new(duration.clone()),
             Box::new(snapshots_applied.clone()),
@@ -186,6 +203,9 @@ impl Metrics {
             concurrency_shed,
             concurrency_limits: Default::default(),
             unrouted,
+            tenant_requests,
+            tenant_labels: DEFAULT_TENANT_LABELS,
+            labelled_tenants: Default::default(),
             connections_open,
             connections_closed,
         }
@@ -199,6 +219,52 @@ impl Metrics {
     pub fn serving(&self, version: &str) {
         self.snapshot_info.reset();
         self.snapshot_info.with_label_values(&[version]).set(1);
+    }
+}
+
+/// Tenants labelled individually in `pavilion_tenant_requests_total` unless configured.
+pub const DEFAULT_TENANT_LABELS: usize = 100;
+
+/// Per-tenant request counters of one snapshot: a handle per labelled tenant, one shared
+/// `_other` handle for the rest, so the label's cardinality is bounded whatever clients do.
+#[derive(Default)]
+pub struct TenantMetrics {
+    labelled: std::collections::HashMap<Box<str>, [IntCounter; 5], foldhash::fast::RandomState>,
+    other: Option<[IntCounter; 5]>,
+}
+
+impl TenantMetrics {
+    pub fn observe(&self, tenant: &str, status: StatusCode) {
+        let class = (status.as_u16() / 100).clamp(1, 5) as usize - 1;
+        if let Some(counters) = self.labelled.get(tenant).or(self.other.as_ref()) {
+            counters[class].inc();
+        }
+    }
+}
+
+impl Metrics {
+    /// Handles for `tenants` (in table order): the first `tenant_labels` by name.
+    pub fn tenants<'a>(&self, tenants: impl Iterator<Item = &'a str>) -> TenantMetrics {
+        const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+        let classes = |tenant: &str| {
+            CLASSES.map(|class| self.tenant_requests.with_label_values(&[tenant, class]))
+        };
+        let chosen: Vec<Box<str>> = tenants.take(self.tenant_labels).map(Into::into).collect();
+        let mut previous = self
+            .labelled_tenants
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        for gone in previous.iter().filter(|t| !chosen.contains(t)) {
+            for class in CLASSES {
+                let _ = self.tenant_requests.remove_label_values(&[gone, class]);
+            }
+        }
+        let labelled = chosen.iter().map(|t| (t.clone(), classes(t))).collect();
+        *previous = chosen;
+        TenantMetrics {
+            labelled,
+            other: Some(classes("_other")),
+        }
     }
 }
 

@@ -11,7 +11,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::auth::ip::IpRules;
 use crate::auth::{AuthContext, Credentials, RuleAuth};
-use crate::metrics::{Metrics, RouteMetrics};
+use crate::metrics::{Metrics, RouteMetrics, TenantMetrics};
+use crate::placement::{Placements, Service};
 use crate::ratelimit::RuleLimits;
 use crate::ratelimit::concurrency::Concurrency;
 use crate::ratelimit::quota::{Quota, RuleQuotas};
@@ -32,16 +33,38 @@ pub struct Runtime {
     pub generation: u64,
     router: Router,
     rules: Box<[Rule]>,
-    /// Headers only the gateway may state (`x-auth-*` and every claim header of the
-    /// snapshot): removed from every request, whichever route it takes.
+    /// Where tenants are served, per service kind.
+    pub placements: Placements,
+    /// Request counters of the labelled tenants.
+    pub tenant_metrics: TenantMetrics,
+    /// Headers only the gateway may state (`x-auth-*`, `x-tenant-id` and every claim header
+    /// of the snapshot): removed from every request, whichever route it takes.
     pub identity_headers: Box<[http::HeaderName]>,
+}
+
+/// Where a rule sends its requests.
+pub enum Upstream {
+    /// Its own weighted backends.
+    Backends(Backends),
+    /// The request's tenant's shard of this service kind.
+    Service(Service),
+}
+
+/// `tenancy:` of a rule.
+pub struct TenancyRule {
+    /// A request without `x-tenant-id` is refused.
+    pub required: bool,
 }
 
 /// One rule, ready to forward.
 pub struct Rule {
     /// `namespace/name` of the route, for errors, logs and metrics.
     pub route: Box<str>,
-    pub backends: Backends,
+    pub upstream: Upstream,
+    /// `None`: the rule is not scoped to a tenant.
+    pub tenancy: Option<TenancyRule>,
+    /// One of these roles is needed in the request's tenant; empty: none.
+    pub roles: Box<[Box<str>]>,
     pub timeout: Duration,
     pub metrics: RouteMetrics,
     /// Shared by the rules of one route.
@@ -70,6 +93,8 @@ pub enum BuildError {
     SecurityHeaders { route: String, message: String },
     #[error("the snapshot's credentials: {0}")]
     Credentials(String),
+    #[error("the snapshot's placements: {0}")]
+    Placements(String),
     #[error("route {route}: rule {rule}: {message}")]
     Rule {
         route: String,
@@ -88,6 +113,7 @@ fn identity_headers(rules: &[Rule]) -> Box<[http::HeaderName]> {
     let mut names = vec![
         crate::auth::X_AUTH_KEY_ID.clone(),
         crate::auth::X_AUTH_SUBJECT.clone(),
+        crate::headers::X_TENANT_ID.clone(),
     ];
     names.extend(
         rules
@@ -108,6 +134,8 @@ impl Runtime {
             generation: 0,
             router: Router::default(),
             rules: Box::new([]),
+            placements: Placements::default(),
+            tenant_metrics: TenantMetrics::default(),
             identity_headers: Box::new([]),
         }
     }
@@ -167,13 +195,21 @@ impl Runtime {
                 })?;
             let mut route_ids = Vec::with_capacity(route.rules.len());
             for (index, rule) in route.rules.iter().enumerate() {
-                let backends = Backends::new(&rule.backends, &rule.upstream_server_name).map_err(
-                    |message| BuildError::Backends {
-                        route: name.clone(),
-                        rule: index,
-                        message,
-                    },
-                )?;
+                let backends_error = |message| BuildError::Backends {
+                    route: name.clone(),
+                    rule: index,
+                    message,
+                };
+                let upstream = if rule.service.is_empty() {
+                    Upstream::Backends(
+                        Backends::new(&rule.backends, &rule.upstream_server_name)
+                            .map_err(backends_error)?,
+                    )
+                } else {
+                    Upstream::Service(Service::from_name(&rule.service).ok_or_else(|| {
+                        backends_error(format!("unknown service `{}`", rule.service))
+                    })?)
+                };
                 let rule_error = |message: String| BuildError::Rule {
                     route: name.clone(),
                     rule: index,
@@ -196,7 +232,11 @@ impl Runtime {
                 route_ids.push(rules.len() as RuleId);
                 rules.push(Rule {
                     route: name.as_str().into(),
-                    backends,
+                    upstream,
+                    tenancy: rule.tenancy.as_ref().map(|t| TenancyRule {
+                        required: t.required,
+                    }),
+                    roles: rule.roles.iter().map(|r| r.as_str().into()).collect(),
                     timeout: match rule.timeout_ms {
                         0 => DEFAULT_TIMEOUT,
                         ms => Duration::from_millis(ms),
@@ -213,10 +253,14 @@ impl Runtime {
             }
             ids.push(route_ids);
         }
+        let placements =
+            Placements::build(snapshot.placements.as_ref()).map_err(BuildError::Placements)?;
         Ok(Self {
             version: snapshot.version.clone(),
             generation: GENERATIONS.fetch_add(1, Ordering::Relaxed),
             router: Router::build(&snapshot.routes, &ids)?,
+            tenant_metrics: metrics.tenants(placements.tenant_ids()),
+            placements,
             identity_headers: identity_headers(&rules),
             rules: rules.into(),
         })

@@ -8,7 +8,8 @@ pub mod v1 {
 
 pub use v1::{
     Allow, ApiKey, ApiKeyAuth, Auth, Backend, ClaimAllow, ClaimHeader, ConcurrencyLimit,
-    HeaderMatch, JwtProvider, Match, Node, PathMatch, PathMatchType, Quota, QuotaPeriod, RateLimit,
-    RateLimitBackend, RateLimitFailureMode, RateLimitOverride, Route, Rule, SecurityHeaders,
-    Snapshot, SnapshotRequest, SnapshotResponse, StaticKey, TokenRevocations,
+    HeaderMatch, JwtProvider, Match, Node, PathMatch, PathMatchType, Placements, Quota,
+    QuotaPeriod, RateLimit, RateLimitBackend, RateLimitFailureMode, RateLimitOverride, Route, Rule,
+    SecurityHeaders, Shard, Snapshot, SnapshotRequest, SnapshotResponse, StaticKey, Tenancy,
+    TenantPlacement, TenantRoles, TokenRevocations,
 };

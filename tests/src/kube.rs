@@ -92,6 +92,7 @@ impl KubeApiServer {
         server.kubectl_ok(&["apply", "-f", crds.to_str().unwrap()]);
         for crd in [
             "routes",
+            "shards",
             "tenantplacements",
             "ratelimitpolicies",
             "corspolicies",

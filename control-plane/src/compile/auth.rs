@@ -6,6 +6,11 @@ use pavilion_crds::cidr;
 use pavilion_proto as proto;
 use pavilion_proto::v1::static_key::Source;
 
+/// The claim naming a token's tenants unless an issuer says otherwise (API.md).
+pub const DEFAULT_TENANTS_CLAIM: &str = "tenants";
+/// The claim listing a token's platform roles unless an issuer says otherwise.
+pub const DEFAULT_ROLES_CLAIM: &str = "roles";
+
 pub(super) fn to_proto(auth: &auth::Auth) -> proto::Auth {
     proto::Auth {
         jwt: auth.jwt.iter().map(provider).collect(),
@@ -58,6 +63,14 @@ fn provider(p: &auth::JwtProvider) -> proto::JwtProvider {
         claims_to_headers,
         cookie: p.cookie.clone().unwrap_or_default(),
         leeway_seconds: u32::try_from(p.leeway().as_secs()).unwrap_or(u32::MAX),
+        tenants_claim: p
+            .tenants_claim
+            .clone()
+            .unwrap_or_else(|| DEFAULT_TENANTS_CLAIM.to_owned()),
+        roles_claim: p
+            .roles_claim
+            .clone()
+            .unwrap_or_else(|| DEFAULT_ROLES_CLAIM.to_owned()),
     }
 }
 

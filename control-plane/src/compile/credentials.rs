@@ -103,6 +103,8 @@ pub(super) fn api_keys(
             sha256: decode_hex(&hash),
             scopes: auth::scopes(&key.spec.scopes),
             expires_at,
+            tenants: super::tenancy::membership(key.spec.tenants.as_ref()),
+            roles: super::tenancy::roles(&key.spec.roles),
         });
     }
     compiled.sort_by(|a, b| (&a.namespace, &a.id).cmp(&(&b.namespace, &b.id)));

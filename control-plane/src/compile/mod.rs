@@ -19,6 +19,7 @@ mod conflicts;
 mod credentials;
 mod rate_limit;
 mod route;
+mod tenancy;
 
 use std::collections::HashMap;
 
@@ -186,6 +187,13 @@ pub fn compile_at_with(items: &[Item], now: i64, options: &CompileOptions) -> Co
         .filter(|(_, i)| reports[*i].is_accepted())
         .collect();
     snapshot.revocations = credentials::revocations(&revocations);
+    let shards: Vec<(&Resource, usize)> = accepted(Kind::Shard)
+        .filter(|(_, i)| reports[*i].is_accepted())
+        .collect();
+    let placements: Vec<(&Resource, usize)> = accepted(Kind::TenantPlacement)
+        .filter(|(_, i)| reports[*i].is_accepted())
+        .collect();
+    snapshot.placements = Some(tenancy::placements(&shards, &placements, &mut reports));
     Compiled {
         snapshot: with_version(snapshot),
         reports,

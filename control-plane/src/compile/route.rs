@@ -123,6 +123,20 @@ fn to_proto(route: &Route, applied: &Applied) -> proto::Route {
                 rate_limits: applied.rate_limits.clone(),
                 quotas: applied.quotas.clone(),
                 concurrency: applied.concurrency.clone(),
+                service: rule
+                    .backends
+                    .iter()
+                    .find_map(|b| b.service)
+                    .map(|kind| kind.as_str().to_owned())
+                    .unwrap_or_default(),
+                tenancy: rule.tenancy.as_ref().map(|t| proto::Tenancy {
+                    required: t.required,
+                }),
+                roles: rule
+                    .authorize
+                    .as_ref()
+                    .map(|a| super::tenancy::roles(&a.roles))
+                    .unwrap_or_default(),
             })
             .collect(),
     }

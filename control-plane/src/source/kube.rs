@@ -15,8 +15,8 @@ use kube::api::{Api, ApiResource, DynamicObject};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use pavilion_crds::{
-    ApiKey, CorsPolicy, DocumentError, Kind, RateLimitPolicy, ResourceKey, Route, TenantPlacement,
-    TokenRevocation, parse_documents,
+    ApiKey, CorsPolicy, DocumentError, Kind, RateLimitPolicy, ResourceKey, Route, Shard,
+    TenantPlacement, TokenRevocation, parse_documents,
 };
 use tokio::sync::Notify;
 
@@ -29,6 +29,7 @@ const SETTLE: Duration = Duration::from_millis(10);
 pub fn api_resource(kind: Kind) -> ApiResource {
     match kind {
         Kind::Route => ApiResource::erase::<Route>(&()),
+        Kind::Shard => ApiResource::erase::<Shard>(&()),
         Kind::TenantPlacement => ApiResource::erase::<TenantPlacement>(&()),
         Kind::RateLimitPolicy => ApiResource::erase::<RateLimitPolicy>(&()),
         Kind::CorsPolicy => ApiResource::erase::<CorsPolicy>(&()),

@@ -94,6 +94,8 @@ pub struct ApiKey {
     pub scopes: u8,
     /// Unix seconds; 0 = never.
     pub expires_at: i64,
+    /// The tenants it acts for, shared by every request it authenticates.
+    pub membership: std::sync::Arc<super::membership::Membership>,
 }
 
 /// Every key of the snapshot, by hash.
@@ -119,6 +121,10 @@ impl ApiKeys {
                 id: key.id.as_str().into(),
                 scopes,
                 expires_at: key.expires_at,
+                membership: std::sync::Arc::new(super::membership::Membership::from_key(
+                    &key.tenants,
+                    &key.roles,
+                )),
             };
             by_hash.insert(hash, entry);
         }

@@ -12,6 +12,7 @@ use serde_json::{Map, Value};
 use super::Reject;
 use super::jwks::{JwksCache, JwksEntry};
 use super::keys::{self, VerifyKey};
+use super::membership::Membership;
 
 /// Longest token looked at; anything larger is refused before any parsing.
 pub const MAX_TOKEN_BYTES: usize = 8 * 1024;
@@ -29,6 +30,9 @@ pub struct Provider {
     pub claim_headers: Box<[(Box<str>, HeaderName)]>,
     pub cookie: Option<Box<str>>,
     pub leeway: u64,
+    /// Where tokens state their tenants and platform roles.
+    tenants_claim: Box<str>,
+    roles_claim: Box<str>,
 }
 
 /// A verified token's facts.
@@ -39,6 +43,7 @@ pub struct Verified {
     pub expires_at: u64,
     pub leeway: u64,
     pub headers: Vec<(HeaderName, HeaderValue)>,
+    pub membership: Membership,
 }
 
 impl Provider {
@@ -118,12 +123,18 @@ impl Provider {
                 .filter(|c| !c.is_empty())
                 .map(Into::into),
             leeway: u64::from(config.leeway_seconds),
+            tenants_claim: or_default(&config.tenants_claim, "tenants"),
+            roles_claim: or_default(&config.roles_claim, "roles"),
         })
     }
 
     pub fn issuer(&self) -> &str {
         &self.issuer
     }
+}
+
+fn or_default(name: &str, default: &str) -> Box<str> {
+    if name.is_empty() { default } else { name }.into()
 }
 
 /// A file written by an editor usually ends in a newline that is not part of the secret.
@@ -239,7 +250,10 @@ pub async fn verify(
             headers.push((header.clone(), value));
         }
     }
+    let membership =
+        Membership::from_claims(&claims, &provider.tenants_claim, &provider.roles_claim);
     Ok(Verified {
+        membership,
         subject: claims
             .get("sub")
             .and_then(Value::as_str)

@@ -12,6 +12,7 @@ pub mod ip;
 pub mod jwks;
 pub mod jwt;
 pub mod keys;
+pub mod membership;
 pub mod pattern;
 
 use std::collections::{HashMap, HashSet};
@@ -27,6 +28,7 @@ use tokio::time::Instant;
 
 use self::api_key::ApiKeys;
 use self::jwks::JwksCache;
+use self::membership::Membership;
 use self::pattern::Patterns;
 
 /// Forwarded upstream: the API key's id (never the key) or the token's subject.
@@ -89,6 +91,8 @@ pub struct Identity {
     pub headers: Vec<(HeaderName, HeaderValue)>,
     /// A JWT's claims (empty for API keys), for rate-limit keys.
     pub claims: Map<String, Value>,
+    /// The tenants it acts for and its roles there.
+    pub membership: Arc<Membership>,
 }
 
 #[derive(Debug)]
@@ -294,6 +298,7 @@ impl RuleAuth {
                     principal: Principal::Subject(verified.subject),
                     headers,
                     claims: verified.claims,
+                    membership: Arc::new(verified.membership),
                 });
                 let remaining = verified
                     .expires_at
@@ -430,6 +435,7 @@ impl RuleAuth {
             principal: Principal::Key(key.id.clone()),
             headers,
             claims: Map::new(),
+            membership: key.membership.clone(),
         })
     }
 }

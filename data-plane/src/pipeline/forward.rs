@@ -13,7 +13,7 @@ use hyper::body::Incoming;
 use crate::auth::ip;
 use crate::body::{Metered, RequestBody, ResponseBody};
 use crate::deny::Deny;
-use crate::headers::{self, Peer, X_REQUEST_ID};
+use crate::headers::{self, Peer, X_REQUEST_ID, X_TENANT_ID};
 use crate::runtime::{Rule, Runtime};
 use crate::upstream::{Protocol, Target, UpstreamError};
 
@@ -24,13 +24,12 @@ pub(super) async fn forward<'r>(
     proxy: &Proxy,
     runtime: &Runtime,
     rule: &'r Rule,
+    target: &'r Target,
     request: Request<Incoming>,
     rewrite: Rewrite,
     context: &mut Context<'r>,
 ) -> Result<Response<ResponseBody>, Deny> {
     let shared = &*proxy.shared;
-    let target = rule.backends.pick();
-    context.target = Some(target);
     let client = context.client;
     // A trusted proxy's client, as the IP lists read it (the proxy itself if its header
     // names none).
@@ -49,10 +48,13 @@ pub(super) async fn forward<'r>(
         &context.request_id,
         shared.limits.max_body_bytes,
     )?;
-    // Only the gateway states identities; rules with auth put theirs in now.
+    // Only the gateway states identities and tenants; rules with auth put theirs in now.
     headers::strip_protected(upstream.headers_mut(), &runtime.identity_headers);
     if let (Some(auth), Some(identity)) = (&rule.auth, &context.identity) {
         auth.decorate(upstream.headers_mut(), identity);
+    }
+    if let Some(tenant) = &context.tenant {
+        upstream.headers_mut().insert(&X_TENANT_ID, tenant.clone());
     }
 
     let deadline = context.started + rule.timeout;

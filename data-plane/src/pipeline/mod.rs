@@ -4,10 +4,9 @@
 //! possibly noting what it learnt in the context — or returns a typed [`Deny`]:
 //!
 //! ```text
-//! admit ▸ route ▸ ip ▸ limits (request facts) ▸ authn ▸ limits (identity) ▸ quota ▸ forward
-//!       └──────────────────────── Deny ─────────────────────────┘            │
-//!                                                                respond: response filters,
-//!                                                                metrics, access log
+//! admit ▸ route ▸ ip ▸ limits (request facts) ▸ authn ▸ tenant ▸ authorize ▸ placement
+//!       ▸ limits (identity) ▸ quota ▸ forward
+//!       └──── any phase's Deny ────┘──▶ respond: response filters, metrics, access log
 //! ```
 //!
 //! Pingora's `ProxyHttp` phases are the model: the place where a decision is made is the
@@ -15,12 +14,15 @@
 
 pub mod admit;
 mod authn;
+mod authorize;
 mod forward;
 mod ip;
 mod limits;
+mod placement;
 mod quota;
 mod respond;
 mod route;
+pub mod tenant;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -116,13 +118,15 @@ pub(crate) struct Context<'r> {
     pub client_ip: Option<IpAddr>,
     /// Set by `authn` on rules with `auth`.
     pub identity: Option<Arc<Identity>>,
+    /// The checked `x-tenant-id`, on rules with `tenancy`; set by `tenant`.
+    pub tenant: Option<HeaderValue>,
     /// `RateLimit-*` for the response, from the tightest limit.
     pub rate_headers: Vec<(HeaderName, HeaderValue)>,
     /// A place under the rule's concurrency limit, held until the upstream answers.
     pub permit: Option<Permit<'r>>,
     /// Where the response's bytes count (byte quotas).
     pub byte_targets: Vec<ByteTarget>,
-    /// Set by `forward`.
+    /// The backend; set by `placement`.
     pub target: Option<&'r Target>,
 }
 
@@ -164,13 +168,14 @@ impl Proxy {
             rule: None,
             client_ip: None,
             identity: None,
+            tenant: None,
             rate_headers: Vec::new(),
             permit: None,
             byte_targets: Vec::new(),
             target: None,
         };
         let outcome = self.phases(&runtime, request, &mut context).await;
-        respond::respond(&self.shared, context, outcome, line)
+        respond::respond(&self.shared, &runtime, context, outcome, line)
     }
 
     /// The phases up to the upstream's response head, in order.
@@ -194,6 +199,9 @@ impl Proxy {
         )
         .await?;
         authn::authenticate(rule, &request, &admitted, &self.tokens, runtime, context).await?;
+        tenant::check(rule, &request, runtime, context)?;
+        authorize::check(rule, context)?;
+        let target = placement::pick(runtime, rule, context)?;
         limits::check(
             &shared.limiter,
             &rule.limits_after_auth,
@@ -204,6 +212,6 @@ impl Proxy {
         .await?;
         quota::take(shared, rule, &request, context).await?;
         let rewrite = admitted.into_rewrite();
-        forward::forward(self, runtime, rule, request, rewrite, context).await
+        forward::forward(self, runtime, rule, target, request, rewrite, context).await
     }
 }

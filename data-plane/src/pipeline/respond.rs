@@ -8,6 +8,7 @@ use hyper::body::Incoming;
 use crate::body::ResponseBody;
 use crate::deny::Deny;
 use crate::headers::X_REQUEST_ID;
+use crate::runtime::Runtime;
 
 use super::{Context, Shared};
 
@@ -26,6 +27,7 @@ impl AccessLine {
 
 pub(super) fn respond(
     shared: &Shared,
+    runtime: &Runtime,
     context: Context<'_>,
     outcome: Result<Response<ResponseBody>, Deny>,
     line: AccessLine,
@@ -36,6 +38,7 @@ pub(super) fn respond(
         started,
         rule,
         identity,
+        tenant,
         rate_headers,
         target,
         ..
@@ -70,6 +73,10 @@ pub(super) fn respond(
             shared.security.apply(response.headers_mut(), client.tls);
         }
     }
+    let tenant = tenant.as_ref().and_then(|t| t.to_str().ok());
+    if let Some(tenant) = tenant {
+        runtime.tenant_metrics.observe(tenant, status);
+    }
     if let AccessLine(Some((method, uri))) = line {
         tracing::info!(
             target: "pavilion::access",
@@ -82,6 +89,7 @@ pub(super) fn respond(
             upstream = target.map_or("-", |t| &*t.url),
             error = denied.unwrap_or("-"),
             identity = %identity.as_ref().map_or(&"-" as &dyn std::fmt::Display, |i| &i.principal),
+            tenant = tenant.unwrap_or("-"),
             duration_ms = elapsed.as_secs_f64() * 1000.0,
             "request"
         );
