@@ -25,7 +25,17 @@ pub struct ApiState {
     pub metrics: Metrics,
 }
 
-pub fn router(state: ApiState) -> Router {
+/// The API: `/health`, `/ready` and `/metrics` open, everything under `/v1` behind
+/// [`access`](crate::access).
+pub fn router(state: ApiState, access: Arc<crate::access::Access>) -> Router {
+    let api = Router::new()
+        .route("/v1/status", get(status))
+        .route("/v1/placements", get(placements))
+        .route("/v1/placements/{tenant}", get(placement))
+        .route_layer(axum::middleware::from_fn_with_state(
+            access,
+            crate::access::require,
+        ));
     Router::new()
         .route(
             "/health",
@@ -33,9 +43,7 @@ pub fn router(state: ApiState) -> Router {
         )
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))
-        .route("/v1/status", get(status))
-        .route("/v1/placements", get(placements))
-        .route("/v1/placements/{tenant}", get(placement))
+        .merge(api)
         .with_state(state)
 }
 

@@ -7,6 +7,7 @@
 //!                                              └──▶ GET /v1/status (conditions, nodes)
 //! ```
 
+pub mod access;
 pub mod api;
 pub mod compile;
 pub mod controller;
@@ -101,6 +102,10 @@ pub struct Config {
     pub grpc_tls: Option<GrpcTls>,
     /// Caps on snapshot streams.
     pub streams: StreamLimits,
+    /// Bearer tokens of the control-plane API, one per line (`--api-token-file`).
+    pub api_token_file: Option<PathBuf>,
+    /// Bearer tokens given directly (tests, embedding), besides the file's.
+    pub api_tokens: Vec<String>,
 }
 
 /// The control plane's certificate for the snapshot stream, and the CA that signs data
@@ -126,6 +131,8 @@ impl Config {
             gateway_namespace: compile::DEFAULT_GATEWAY_NAMESPACE.to_owned(),
             grpc_tls: None,
             streams: StreamLimits::default(),
+            api_token_file: None,
+            api_tokens: Vec::new(),
         }
     }
 }
@@ -152,6 +159,8 @@ pub enum Error {
     },
     #[error("gRPC TLS settings: {0}")]
     GrpcTls(tonic::transport::Error),
+    #[error(transparent)]
+    Access(#[from] access::AccessError),
 }
 
 /// A running control plane.
@@ -202,6 +211,12 @@ pub async fn start(config: Config) -> Result<ControlPlane, Error> {
     let (leader, leader_rx) = watch::channel(config.source != SourceSpec::Kube);
     let mut leader = Some(leader);
     let mut servers = Vec::new();
+    let tokens = config.api_tokens.iter().map(String::as_str);
+    let from_file = match &config.api_token_file {
+        Some(path) => Some(access::Tokens::read(path)?),
+        None => None,
+    };
+    let mut kube_client = None;
     let source: Box<dyn Source> = match &config.source {
         SourceSpec::Dir(path) => Box::new(DirSource::new(path)),
         SourceSpec::Kv(address) => {
@@ -217,6 +232,7 @@ pub async fn start(config: Config) -> Result<ControlPlane, Error> {
         }
         SourceSpec::Kube => {
             let client = kubernetes::client(&config.kube).await?;
+            kube_client = Some(client.clone());
             let election = leader.take().expect("created above");
             servers.push(tokio::spawn(kubernetes::lease::run(
                 client.clone(),
@@ -293,12 +309,23 @@ pub async fn start(config: Config) -> Result<ControlPlane, Error> {
         }
     });
 
-    let api = api::router(api::ApiState {
-        source: config.source.to_string(),
-        published: published_rx,
-        nodes,
-        metrics,
-    });
+    let token_set = match from_file {
+        Some(mut file) => {
+            file.extend(tokens);
+            file
+        }
+        None => access::Tokens::from_list(tokens),
+    };
+    let access = Arc::new(access::Access::new(token_set, kube_client));
+    let api = api::router(
+        api::ApiState {
+            source: config.source.to_string(),
+            published: published_rx,
+            nodes,
+            metrics,
+        },
+        access,
+    );
     let http = tokio::spawn(async move {
         let server = axum::serve(http_listener, api).with_graceful_shutdown(stopped(shutdown_rx));
         if let Err(e) = server.await {

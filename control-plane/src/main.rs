@@ -179,6 +179,10 @@ struct RunArgs {
     /// Snapshot streams one address may hold.
     #[arg(long, env = "PAVILION_MAX_STREAMS_PER_PEER", default_value_t = pavilion_control::StreamLimits::default().per_peer)]
     max_streams_per_peer: usize,
+    /// Bearer tokens of the control-plane API (`/v1/*`), one per line, `#` comments; on
+    /// Kubernetes, ServiceAccount tokens are accepted too (TokenReview + SubjectAccessReview).
+    #[arg(long, env = "PAVILION_API_TOKEN_FILE")]
+    api_token_file: Option<PathBuf>,
     /// Snapshot streams in all.
     #[arg(long, env = "PAVILION_MAX_STREAMS", default_value_t = pavilion_control::StreamLimits::default().total)]
     max_streams: usize,
@@ -357,6 +361,8 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
                     key,
                     client_ca: args.grpc_client_ca,
                 }),
+            api_token_file: args.api_token_file,
+            api_tokens: Vec::new(),
             streams: pavilion_control::StreamLimits {
                 per_peer: args.max_streams_per_peer.max(1),
                 total: args.max_streams.max(1),

@@ -25,11 +25,21 @@ impl ControlProcess {
     /// Starts with `extra` arguments after the usual ones.
     pub async fn start_with(config_dir: &Path, grpc_port: u16, extra: &[&str]) -> Self {
         let http_port = free_port();
+        // Hidden, so the directory source never reads it as configuration.
+        let token_file = config_dir.join(".api-tokens");
+        std::fs::write(
+            &token_file,
+            format!("# e2e\n{}\n", pavilion_tests::API_TOKEN),
+        )
+        .unwrap();
         let grpc = format!("127.0.0.1:{grpc_port}");
         let http = format!("127.0.0.1:{http_port}");
         let source = format!("dir:{}", config_dir.display());
+        let token_file = token_file.to_str().unwrap().to_owned();
         let mut args = vec![
             "run",
+            "--api-token-file",
+            &token_file,
             "--source",
             &source,
             "--grpc-listen",
@@ -45,10 +55,8 @@ impl ControlProcess {
     }
 
     pub async fn status(&self) -> serde_json::Value {
-        HttpClient::http1()
-            .get(&format!("http://{}/v1/status", self.http))
+        pavilion_tests::control_api(&self.http, "/v1/status")
             .await
-            .unwrap()
             .json()
     }
 }

@@ -110,10 +110,8 @@ async fn a_huge_file_of_garbage_costs_bounded_memory_and_a_small_status() {
     let garbage = "---\nnot: a resource\n".repeat((30 << 20) / 20);
     write_atomically(&dir.path().join("garbage.yaml"), &garbage);
     let status_text = eventually("the garbage in the status", PATIENCE, || async {
-        let text = pavilion_tests::client::HttpClient::http1()
-            .get(&format!("http://{}/v1/status", cp.http))
+        let text = pavilion_tests::control_api(&cp.http, "/v1/status")
             .await
-            .ok()?
             .text();
         text.contains("garbage.yaml").then_some(text)
     })

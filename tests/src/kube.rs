@@ -42,6 +42,11 @@ fn workspace() -> PathBuf {
         .to_owned()
 }
 
+/// A file of the workspace (manifests under `deploy/`, say).
+pub fn workspace_file(relative: &str) -> PathBuf {
+    workspace().join(relative)
+}
+
 impl KubeApiServer {
     /// Starts etcd and the API server, waits until it is ready, applies CRDs and RBAC.
     pub fn start() -> Self {

@@ -16,6 +16,20 @@ pub use pavilion_upstream::Upstream;
 
 use std::time::Duration;
 
+/// The bearer token test control planes are given (`api_tokens`, `--api-token-file`).
+pub const API_TOKEN: &str = "pavilion-test-api-token";
+
+/// GETs `path` from a control plane's API at `addr` with [`API_TOKEN`].
+pub async fn control_api(addr: impl std::fmt::Display, path: &str) -> client::Reply {
+    client::HttpClient::http1()
+        .get_with(
+            &format!("http://{addr}{path}"),
+            &[("authorization", &format!("Bearer {API_TOKEN}"))],
+        )
+        .await
+        .expect("the control plane answers")
+}
+
 /// Polls `check` every 10 ms until it returns `Some`, or panics after `timeout` naming `what`.
 pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
 where

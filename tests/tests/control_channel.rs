@@ -11,7 +11,6 @@ use pavilion_data::snapshot::client::ControlPlaneTls;
 use pavilion_data::{Config as DataConfig, DataPlane};
 use pavilion_proto::v1::snapshot_discovery_client::SnapshotDiscoveryClient;
 use pavilion_proto::{Node, SnapshotRequest, SnapshotResponse};
-use pavilion_tests::client::HttpClient;
 use pavilion_tests::eventually;
 use pavilion_tests::tls::TestCa;
 use serde_json::Value;
@@ -78,17 +77,16 @@ impl Pki {
     }
 }
 
-async fn control_plane(config: ControlConfig) -> ControlPlane {
+async fn control_plane(mut config: ControlConfig) -> ControlPlane {
+    config.api_tokens = vec![pavilion_tests::API_TOKEN.into()];
     pavilion_control::start(config)
         .await
         .expect("control plane starts")
 }
 
 async fn status(cp: &ControlPlane) -> Value {
-    HttpClient::http1()
-        .get(&format!("http://{}/v1/status", cp.http_addr))
+    pavilion_tests::control_api(cp.http_addr, "/v1/status")
         .await
-        .unwrap()
         .json()
 }
 

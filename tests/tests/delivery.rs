@@ -28,6 +28,7 @@ fn route_yaml(name: &str, backend: &str) -> String {
 async fn control_plane(dir: &Path, grpc: SocketAddr) -> ControlPlane {
     pavilion_control::start(ControlConfig {
         grpc_listen: grpc,
+        api_tokens: vec![pavilion_tests::API_TOKEN.into()],
         ..ControlConfig::local(SourceSpec::Dir(dir.to_owned()))
     })
     .await
@@ -44,10 +45,8 @@ async fn data_plane(node: &str, cp: SocketAddr) -> DataPlane {
 }
 
 async fn fetch_status(cp: &ControlPlane) -> Value {
-    HttpClient::http1()
-        .get(&format!("http://{}/v1/status", cp.http_addr))
+    pavilion_tests::control_api(cp.http_addr, "/v1/status")
         .await
-        .unwrap()
         .json()
 }
 

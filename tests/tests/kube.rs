@@ -421,3 +421,113 @@ spec:
     })
     .await;
 }
+
+/// GETs `path` from the control plane's API with `token` (if any): the status code.
+async fn api_status(cp: &ControlPlane, path: &str, token: Option<&str>) -> u16 {
+    let bearer = token.map(|t| format!("Bearer {t}"));
+    let headers: Vec<(&str, &str)> = bearer
+        .iter()
+        .map(|b| ("authorization", b.as_str()))
+        .collect();
+    HttpClient::http1()
+        .get_with(&format!("http://{}{path}", cp.http_addr), &headers)
+        .await
+        .unwrap()
+        .status
+        .as_u16()
+}
+
+#[tokio::test]
+async fn shards_and_placements_are_custom_resources_and_the_api_trusts_service_accounts_by_role() {
+    let api = KubeApiServer::start();
+    let agg = Upstream::start("agg-1").await.unwrap();
+    let cp = controller(&api, "tenancy-0", None).await;
+    let dp = data_plane(&cp).await;
+    let manifests = tempfile::tempdir().unwrap();
+    let file = manifests.path().join("tenancy.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "apiVersion: v1\nkind: Namespace\nmetadata: {{ name: platform }}\n---\napiVersion: gateway.pavilion.dev/v1alpha1\nkind: Shard\nmetadata: {{ name: agg-1, namespace: platform }}\nspec:\n  service: aggregate\n  endpoints: ['{}']\n---\napiVersion: gateway.pavilion.dev/v1alpha1\nkind: TenantPlacement\nmetadata: {{ name: acme, namespace: platform }}\nspec:\n  tenant: acme\n  shards: {{ aggregate: agg-1 }}\n---\napiVersion: gateway.pavilion.dev/v1alpha1\nkind: TenantPlacement\nmetadata: {{ name: broken, namespace: platform }}\nspec:\n  tenant: initech\n  shards: {{ aggregate: agg-9 }}\n",
+            agg.url()
+        ),
+    )
+    .unwrap();
+    api.kubectl_ok(&["apply", "-f", file.to_str().unwrap()]);
+    // The printer columns tell where a tenant lives and whether its placement holds.
+    let listed = kubectl_until(
+        &api,
+        &["get", "tenantplacements", "-n", "platform"],
+        |text| text.contains("broken") && text.contains("False") && text.contains("True"),
+    )
+    .await;
+    assert!(listed.contains("AGGREGATE"), "{listed}");
+    let acme_line = listed.lines().find(|l| l.starts_with("acme")).unwrap();
+    assert!(
+        acme_line.contains("agg-1") && acme_line.contains("True"),
+        "{listed}"
+    );
+    let reason = api.kubectl_ok(&[
+        "get",
+        "tenantplacement",
+        "broken",
+        "-n",
+        "platform",
+        "-o",
+        "jsonpath={.status.conditions[?(@.type==\"Accepted\")].reason}",
+    ]);
+    assert_eq!(reason, "TargetNotFound");
+    let shards = api.kubectl_ok(&["get", "shards", "-n", "platform"]);
+    assert!(shards.contains("aggregate"), "{shards}");
+    eventually("acme in the data plane's table", PATIENCE, || async {
+        let reply = HttpClient::http1()
+            .get(&format!(
+                "http://{}/admin/routing?tenant=acme",
+                dp.admin_addr
+            ))
+            .await
+            .ok()?;
+        (reply.status == 200).then_some(())
+    })
+    .await;
+
+    // The API: a ServiceAccount bound to the shipped rebalancer role may look placements up;
+    // one without the role may not; a made-up token is no one.
+    let rebalancer = pavilion_tests::kube::workspace_file("deploy/kubernetes/rebalancer.yaml");
+    api.kubectl_ok(&["apply", "-f", rebalancer.to_str().unwrap()]);
+    api.kubectl_ok(&["create", "serviceaccount", "intruder", "-n", "platform"]);
+    let token = |account: &str| {
+        api.kubectl_ok(&["create", "token", account, "-n", "platform"])
+            .trim()
+            .to_owned()
+    };
+    let (allowed, stranger) = (token("rebalancer"), token("intruder"));
+    assert_eq!(
+        api_status(&cp, "/v1/placements/acme", Some(&allowed)).await,
+        200
+    );
+    assert_eq!(
+        api_status(&cp, "/v1/placements/acme", Some(&allowed)).await,
+        200,
+        "remembered"
+    );
+    assert_eq!(
+        api_status(&cp, "/v1/status", Some(&allowed)).await,
+        403,
+        "not in the role"
+    );
+    assert_eq!(
+        api_status(&cp, "/v1/placements/acme", Some(&stranger)).await,
+        403
+    );
+    assert_eq!(
+        api_status(&cp, "/v1/placements/acme", Some("made-up")).await,
+        401
+    );
+    assert_eq!(api_status(&cp, "/v1/placements/acme", None).await, 401);
+    assert_eq!(
+        api_status(&cp, "/health", None).await,
+        200,
+        "health stays open"
+    );
+}

@@ -122,9 +122,12 @@ async fn platform() -> Platform {
         ]
         .join("---\n"),
     );
-    let cp = pavilion_control::start(ControlConfig::local(SourceSpec::Dir(d.to_owned())))
-        .await
-        .unwrap();
+    let cp = pavilion_control::start(ControlConfig {
+        api_tokens: vec![pavilion_tests::API_TOKEN.into()],
+        ..ControlConfig::local(SourceSpec::Dir(d.to_owned()))
+    })
+    .await
+    .unwrap();
     let mut config = DataConfig::local();
     config.control_planes = vec![format!("http://{}", cp.grpc_addr)];
     config.node_id = "dp-tenancy".into();
@@ -153,10 +156,7 @@ impl Platform {
     }
 
     async fn control(&self, path: &str) -> Reply {
-        HttpClient::http1()
-            .get(&format!("http://{}{path}", self.cp.http_addr))
-            .await
-            .unwrap()
+        pavilion_tests::control_api(self.cp.http_addr, path).await
     }
 
     async fn admin(&self, path: &str) -> Reply {
