@@ -23,6 +23,8 @@ pub struct ApiState {
     pub published: PublishedReceiver,
     pub nodes: Arc<Nodes>,
     pub metrics: Metrics,
+    /// Set once the plan store is reachable.
+    pub rebalancer: Arc<std::sync::OnceLock<Arc<crate::rebalance::Rebalancer>>>,
 }
 
 /// The API: `/health`, `/ready` and `/metrics` open, everything under `/v1` behind
@@ -32,6 +34,16 @@ pub fn router(state: ApiState, access: Arc<crate::access::Access>) -> Router {
         .route("/v1/status", get(status))
         .route("/v1/placements", get(placements))
         .route("/v1/placements/{tenant}", get(placement))
+        .route("/v1/rebalance/plans", axum::routing::post(create_plan))
+        .route("/v1/rebalance/plans/{id}", get(get_plan))
+        .route(
+            "/v1/rebalance/plans/{id}/apply",
+            axum::routing::post(apply_plan),
+        )
+        .route(
+            "/v1/rebalance/plans/{id}/rollback",
+            axum::routing::post(rollback_plan),
+        )
         .route_layer(axum::middleware::from_fn_with_state(
             access,
             crate::access::require,
@@ -210,4 +222,93 @@ async fn placements(
         Ok(page) => Json(page).into_response(),
         Err(why) => error(StatusCode::BAD_REQUEST, "invalid_continue", why),
     }
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct NewPlan {
+    tenant: String,
+    service: String,
+    target_shard: String,
+}
+
+/// Runs `call` with the rebalancer, or answers 503 while its plan store is not reachable.
+async fn with_rebalancer<F, Fut>(state: &ApiState, call: F) -> Response
+where
+    F: FnOnce(Arc<crate::rebalance::Rebalancer>) -> Fut,
+    Fut: Future<Output = Response>,
+{
+    match state.rebalancer.get().cloned() {
+        Some(rebalancer) => call(rebalancer).await,
+        None => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_ready",
+            "the plan store is not reachable yet",
+        ),
+    }
+}
+
+fn answer(
+    status: StatusCode,
+    outcome: Result<crate::rebalance::Plan, crate::rebalance::Refusal>,
+) -> Response {
+    match outcome {
+        Ok(plan) => (status, Json(plan.view())).into_response(),
+        Err(refusal) => error(
+            StatusCode::from_u16(refusal.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            refusal.code,
+            refusal.message,
+        ),
+    }
+}
+
+/// The body is read as JSON whatever its content type says (`curl -d` says form data).
+async fn create_plan(State(state): State<ApiState>, body: axum::body::Bytes) -> Response {
+    let new: NewPlan = match serde_json::from_slice(&body) {
+        Ok(new) => new,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                format!("expected {{\"tenant\",\"service\",\"targetShard\"}}: {e}"),
+            );
+        }
+    };
+    with_rebalancer(&state, |r| async move {
+        answer(
+            StatusCode::CREATED,
+            r.create(&new.tenant, &new.service, &new.target_shard).await,
+        )
+    })
+    .await
+}
+
+async fn get_plan(
+    State(state): State<ApiState>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Response {
+    with_rebalancer(&state, |r| async move {
+        answer(StatusCode::OK, r.get(&id).await)
+    })
+    .await
+}
+
+async fn apply_plan(
+    State(state): State<ApiState>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Response {
+    with_rebalancer(&state, |r| async move {
+        answer(StatusCode::ACCEPTED, r.apply(&id).await)
+    })
+    .await
+}
+
+async fn rollback_plan(
+    State(state): State<ApiState>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Response {
+    with_rebalancer(&state, |r| async move {
+        answer(StatusCode::ACCEPTED, r.rollback(&id).await)
+    })
+    .await
 }

@@ -19,6 +19,7 @@ pub mod kv;
 pub mod metrics;
 pub mod mirror;
 pub mod placements;
+pub mod rebalance;
 pub mod source;
 pub mod status;
 pub mod validate;
@@ -41,6 +42,7 @@ pub use crate::delivery::peer::StreamLimits;
 pub use crate::kubernetes::KubeOptions;
 use crate::kv::KvAddress;
 use crate::metrics::Metrics;
+use crate::rebalance::Rebalancer;
 use crate::source::{DirSource, KubeSource, KvSource, Source, SourceError};
 
 /// Where the control plane reads resources from (`--source`).
@@ -217,8 +219,29 @@ pub async fn start(config: Config) -> Result<ControlPlane, Error> {
         None => None,
     };
     let mut kube_client = None;
+    // Set once the plan store can be reached; the API answers 503 until then.
+    let rebalancer: Arc<std::sync::OnceLock<Arc<Rebalancer>>> = Arc::default();
     let source: Box<dyn Source> = match &config.source {
-        SourceSpec::Dir(path) => Box::new(DirSource::new(path)),
+        SourceSpec::Dir(path) => {
+            let started = Rebalancer::new(
+                Box::new(rebalance::store::FilePlans::new(
+                    path.join(".pavilion/plans"),
+                )),
+                Box::new(rebalance::cutover::FileCutover),
+                published_rx.clone(),
+                rebalance::Fleet {
+                    nodes: nodes.clone(),
+                    board: None,
+                },
+            );
+            servers.push(tokio::spawn(
+                started
+                    .clone()
+                    .reconcile(leader_rx.clone(), shutdown_rx.clone()),
+            ));
+            let _ = rebalancer.set(started);
+            Box::new(DirSource::new(path))
+        }
         SourceSpec::Kv(address) => {
             servers.push(tokio::spawn(kv_writeback(
                 address.clone(),
@@ -227,6 +250,7 @@ pub async fn start(config: Config) -> Result<ControlPlane, Error> {
                 nodes.clone(),
                 leader_rx,
                 shutdown_rx.clone(),
+                rebalancer.clone(),
             )));
             Box::new(KvSource::new(address.clone()))
         }
@@ -251,6 +275,24 @@ pub async fn start(config: Config) -> Result<ControlPlane, Error> {
                 nodes.clone(),
                 shutdown_rx.clone(),
             )));
+            let started = Rebalancer::new(
+                Box::new(rebalance::store::KubePlans::new(
+                    client.clone(),
+                    &config.kube.lease_namespace,
+                )),
+                Box::new(rebalance::cutover::KubeCutover::new(client.clone())),
+                published_rx.clone(),
+                rebalance::Fleet {
+                    nodes: nodes.clone(),
+                    board: Some((board.clone(), config.kube.identity.clone())),
+                },
+            );
+            servers.push(tokio::spawn(
+                started
+                    .clone()
+                    .reconcile(leader_rx.clone(), shutdown_rx.clone()),
+            ));
+            let _ = rebalancer.set(started);
             servers.push(tokio::spawn(writeback::run(
                 sink,
                 published_rx.clone(),
@@ -323,6 +365,7 @@ pub async fn start(config: Config) -> Result<ControlPlane, Error> {
             published: published_rx,
             nodes,
             metrics,
+            rebalancer,
         },
         access,
     );
@@ -361,8 +404,8 @@ fn server_tls(tls: &GrpcTls) -> Result<tonic::transport::ServerTlsConfig, Error>
     Ok(config)
 }
 
-/// Writes statuses to the KV bucket and posts this replica's data planes there,
-/// connecting (and reconnecting) on its own.
+/// Writes statuses to the KV bucket and posts this replica's data planes there, and keeps
+/// rebalancing plans there too, connecting (and reconnecting) on its own.
 async fn kv_writeback(
     address: KvAddress,
     identity: String,
@@ -370,6 +413,7 @@ async fn kv_writeback(
     nodes: Arc<Nodes>,
     leader: watch::Receiver<bool>,
     shutdown: watch::Receiver<bool>,
+    rebalancer: Arc<std::sync::OnceLock<Arc<Rebalancer>>>,
 ) {
     let store = loop {
         match kv::open(&address).await {
@@ -381,6 +425,17 @@ async fn kv_writeback(
         }
     };
     let board: Arc<dyn fleet::NodeBoard> = Arc::new(kv::KvNodeBoard::new(store.clone()));
+    let started = Rebalancer::new(
+        Box::new(rebalance::store::KvPlans::new(store.clone())),
+        Box::new(rebalance::cutover::KvCutover::new(store.clone())),
+        published.clone(),
+        rebalance::Fleet {
+            nodes: nodes.clone(),
+            board: Some((board.clone(), identity.clone())),
+        },
+    );
+    let reconciling = tokio::spawn(started.clone().reconcile(leader.clone(), shutdown.clone()));
+    let _ = rebalancer.set(started);
     let posting = tokio::spawn(fleet::post_reports(
         board.clone(),
         identity.clone(),
@@ -390,6 +445,7 @@ async fn kv_writeback(
     let sink = Box::new(kv::KvStatusSink::new(store));
     writeback::run(sink, published, nodes, leader, Some((board, identity))).await;
     posting.abort();
+    reconciling.abort();
 }
 
 async fn stopped(mut shutdown: watch::Receiver<bool>) {

@@ -103,6 +103,12 @@ pub fn parse_documents(text: &str) -> Vec<ParsedDocument> {
     documents
 }
 
+/// The documents of `text` as `(first line, text)` pairs, markers excluded: for tools that
+/// rewrite one document of a file and keep the others byte for byte.
+pub fn document_chunks(text: &str) -> Vec<(usize, &str)> {
+    split_documents(text, usize::MAX).0
+}
+
 /// Splits at document markers (`---` or `...` at the start of a line), into at most `max`
 /// documents; when there are more, also the line where the unread rest begins. A marker in
 /// column 0 ends any block scalar in YAML too, so this split agrees with a full YAML parser.

@@ -10,6 +10,7 @@ pub mod document;
 pub mod duration;
 pub mod manifests;
 pub mod policy;
+pub mod rebalance;
 pub mod resource;
 pub mod revocation;
 pub mod route;
@@ -19,11 +20,12 @@ mod validate;
 
 pub use api_key::{ApiKey, ApiKeySpec};
 pub use auth::{Allow, ApiKeyAuth, Auth, ClaimAllow, ClaimHeader, JwtProvider, StaticKey};
-pub use document::{DocumentError, ParsedDocument, parse_documents};
+pub use document::{DocumentError, ParsedDocument, document_chunks, parse_documents};
 pub use policy::{
     Concurrency, CorsPolicy, CorsPolicySpec, FailureMode, Limit, LimitOverride, Quota,
     RateLimitBackend, RateLimitPolicy, RateLimitPolicySpec, TargetRef,
 };
+pub use rebalance::{PlanState, PlanStatus, PlanStep, RebalancePlan, RebalancePlanSpec};
 pub use resource::{Kind, Resource, ResourceKey};
 pub use revocation::{TokenRevocation, TokenRevocationSpec};
 pub use route::{

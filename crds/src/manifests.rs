@@ -4,7 +4,10 @@
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::CustomResourceExt;
 
-use crate::{ApiKey, CorsPolicy, RateLimitPolicy, Route, Shard, TenantPlacement, TokenRevocation};
+use crate::{
+    ApiKey, CorsPolicy, RateLimitPolicy, RebalancePlan, Route, Shard, TenantPlacement,
+    TokenRevocation,
+};
 
 /// Every CRD with the file name it is kept under in `crds/manifests/`.
 pub fn definitions() -> Vec<(&'static str, CustomResourceDefinition)> {
@@ -16,6 +19,7 @@ pub fn definitions() -> Vec<(&'static str, CustomResourceDefinition)> {
         ("corspolicy.yaml", CorsPolicy::crd()),
         ("apikey.yaml", ApiKey::crd()),
         ("tokenrevocation.yaml", TokenRevocation::crd()),
+        ("rebalanceplan.yaml", RebalancePlan::crd()),
     ]
 }
 

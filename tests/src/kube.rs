@@ -103,6 +103,7 @@ impl KubeApiServer {
             "corspolicies",
             "apikeys",
             "tokenrevocations",
+            "rebalanceplans",
         ] {
             server.kubectl_ok(&[
                 "wait",

@@ -86,17 +86,17 @@ impl TlsUpstream {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let acceptor = tokio_rustls::TlsAcceptor::from(config);
-        let name: Arc<str> = name.into();
+        let state = pavilion_upstream::State::new(name);
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
                 let acceptor = acceptor.clone();
-                let name = name.clone();
+                let state = state.clone();
                 tokio::spawn(async move {
                     if let Ok(tls) = acceptor.accept(stream).await {
-                        pavilion_upstream::serve_connection(tls, name).await;
+                        pavilion_upstream::serve_connection(tls, state).await;
                     }
                 });
             }

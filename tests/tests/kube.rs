@@ -34,6 +34,7 @@ async fn controller(
             ..KubeOptions::default()
         },
         mirror_to,
+        api_tokens: vec![pavilion_tests::API_TOKEN.into()],
         ..ControlConfig::local(SourceSpec::Kube)
     })
     .await
@@ -529,5 +530,121 @@ async fn shards_and_placements_are_custom_resources_and_the_api_trusts_service_a
         api_status(&cp, "/health", None).await,
         200,
         "health stays open"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebalancing_plan_survives_the_leader_being_stopped_half_way() {
+    use sha2::Digest as _;
+    let api = KubeApiServer::start();
+    let (one, two) = (
+        Upstream::start("agg-1").await.unwrap(),
+        Upstream::start("agg-2").await.unwrap(),
+    );
+    let hash: String = sha2::Sha256::digest(b"pvk_acme_key")
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let manifests = tempfile::tempdir().unwrap();
+    let file = manifests.path().join("platform.yaml");
+    std::fs::write(
+        &file,
+        format!(
+            "apiVersion: v1\nkind: Namespace\nmetadata: {{ name: platform }}\n---\n\
+apiVersion: gateway.pavilion.dev/v1alpha1\nkind: Shard\nmetadata: {{ name: agg-1, namespace: platform }}\nspec: {{ service: aggregate, endpoints: ['{}'] }}\n---\n\
+apiVersion: gateway.pavilion.dev/v1alpha1\nkind: Shard\nmetadata: {{ name: agg-2, namespace: platform }}\nspec: {{ service: aggregate, endpoints: ['{}'], readiness: /readiness }}\n---\n\
+apiVersion: gateway.pavilion.dev/v1alpha1\nkind: TenantPlacement\nmetadata: {{ name: acme, namespace: platform }}\nspec: {{ tenant: acme, shards: {{ aggregate: agg-1 }} }}\n---\n\
+apiVersion: gateway.pavilion.dev/v1alpha1\nkind: ApiKey\nmetadata: {{ name: acme, namespace: shop }}\nspec: {{ sha256: '{hash}', scopes: [read], tenants: [acme] }}\n---\n\
+apiVersion: gateway.pavilion.dev/v1alpha1\nkind: Route\nmetadata: {{ name: commands, namespace: shop }}\nspec:\n  rules:\n    - auth: {{ apiKeys: {{}} }}\n      tenancy: {{}}\n      backends: [{{ service: aggregate }}]\n",
+            one.url(),
+            two.url()
+        ),
+    )
+    .unwrap();
+    api.kubectl_ok(&["create", "namespace", "shop"]);
+    api.kubectl_ok(&["apply", "-f", file.to_str().unwrap()]);
+
+    let leader = controller(&api, "leader", None).await;
+    eventually("the first replica leads", PATIENCE, || {
+        std::future::ready((api.lease_holder() == "leader").then_some(()))
+    })
+    .await;
+    let follower = controller(&api, "follower", None).await;
+    // The data plane follows the replica that survives.
+    let dp = data_plane(&follower).await;
+    let upstream_of = || async {
+        HttpClient::http1()
+            .get_with(
+                &format!("http://{}/commands", dp.addr),
+                &[("x-api-key", "pvk_acme_key"), ("x-tenant-id", "acme")],
+            )
+            .await
+            .ok()?
+            .header("x-upstream")
+            .map(str::to_owned)
+    };
+    eventually("acme on agg-1", PATIENCE, || async {
+        (upstream_of().await.as_deref() == Some("agg-1")).then_some(())
+    })
+    .await;
+
+    let post = |path: String, body: &'static str| {
+        let url = format!("http://{}{path}", follower.http_addr);
+        async move {
+            let request = http::Request::post(url)
+                .header(
+                    "authorization",
+                    format!("Bearer {}", pavilion_tests::API_TOKEN),
+                )
+                .body(http_body_util::Full::new(bytes::Bytes::from_static(
+                    body.as_bytes(),
+                )))
+                .unwrap();
+            HttpClient::http1().send(request).await.unwrap()
+        }
+    };
+    let made = post(
+        "/v1/rebalance/plans".into(),
+        r#"{"tenant":"acme","service":"aggregate","targetShard":"agg-2"}"#,
+    )
+    .await;
+    assert_eq!(made.status, 201, "{}", made.text());
+    let id = made.json()["id"].as_str().unwrap().to_owned();
+    // The plan is a Kubernetes object.
+    let listed = api.kubectl_ok(&["get", "rebalanceplans", "-n", "default"]);
+    assert!(listed.contains(&id) && listed.contains("agg-2"), "{listed}");
+
+    // Applied through the follower, and the leader stopped at once: the follower takes the
+    // lease over and carries the plan to its end.
+    let applied = post(format!("/v1/rebalance/plans/{id}/apply"), "").await;
+    assert_eq!(applied.status, 202, "{}", applied.text());
+    leader.stop().await;
+    let plan = eventually("the plan completed by the new leader", PATIENCE, || async {
+        let plan =
+            pavilion_tests::control_api(follower.http_addr, &format!("/v1/rebalance/plans/{id}"))
+                .await
+                .json();
+        (plan["state"] == "Completed").then_some(plan)
+    })
+    .await;
+    assert_eq!(api.lease_holder(), "follower", "{plan}");
+    assert_eq!(upstream_of().await.as_deref(), Some("agg-2"));
+    let shard = api.kubectl_ok(&[
+        "get",
+        "tenantplacement",
+        "acme",
+        "-n",
+        "platform",
+        "-o",
+        "jsonpath={.spec.shards.aggregate}",
+    ]);
+    assert_eq!(shard, "agg-2");
+    let state = kubectl_until(&api, &["get", "rebalanceplan", &id, "-n", "default"], |t| {
+        t.contains("Completed")
+    })
+    .await;
+    assert!(
+        state.contains("agg-1") && state.contains("agg-2"),
+        "{state}"
     );
 }

@@ -10,6 +10,7 @@ use pavilion_tests::client::HttpClient;
 use pavilion_tests::nats::NatsServer;
 use pavilion_tests::{Upstream, condition, eventually};
 use serde_json::Value;
+use sha2::Digest;
 
 const PATIENCE: Duration = Duration::from_secs(10);
 
@@ -240,4 +241,179 @@ async fn replicas_sharing_a_bucket_agree_on_programmed() {
     dp.stop().await;
     one.stop().await;
     two.stop().await;
+}
+
+#[tokio::test]
+async fn a_rebalancing_plan_moves_a_tenant_by_compare_and_set_in_the_bucket() {
+    let nats = NatsServer::start();
+    let address: KvAddress = nats.url().parse().unwrap();
+    let store = open(&address).await.unwrap();
+    let (one, two) = (
+        Upstream::start("agg-1").await.unwrap(),
+        Upstream::start("agg-2").await.unwrap(),
+    );
+    let hash: String = sha2::Sha256::digest(b"pvk_acme_key")
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let doc = |kind: &str, name: &str, namespace: &str, spec: &str| {
+        format!(
+            "apiVersion: gateway.pavilion.dev/v1alpha1\nkind: {kind}\nmetadata: {{ name: {name}, namespace: {namespace} }}\nspec:\n{spec}"
+        )
+    };
+    for (key, value) in [
+        (
+            "shard.platform.agg-1",
+            doc(
+                "Shard",
+                "agg-1",
+                "platform",
+                &format!("  service: aggregate\n  endpoints: ['{}']\n", one.url()),
+            ),
+        ),
+        (
+            "shard.platform.agg-2",
+            doc(
+                "Shard",
+                "agg-2",
+                "platform",
+                &format!(
+                    "  service: aggregate\n  endpoints: ['{}']\n  readiness: /readiness\n",
+                    two.url()
+                ),
+            ),
+        ),
+        (
+            "tenantplacement.platform.acme",
+            doc(
+                "TenantPlacement",
+                "acme",
+                "platform",
+                "  tenant: acme\n  shards: { aggregate: agg-1 }\n",
+            ),
+        ),
+        (
+            "apikey.shop.acme",
+            doc(
+                "ApiKey",
+                "acme",
+                "shop",
+                &format!("  sha256: '{hash}'\n  scopes: [read, write]\n  tenants: [acme]\n"),
+            ),
+        ),
+        (
+            "route.shop.commands",
+            doc(
+                "Route",
+                "commands",
+                "shop",
+                "  rules:\n    - auth: { apiKeys: {} }\n      tenancy: {}\n      backends: [{ service: aggregate }]\n",
+            ),
+        ),
+    ] {
+        store.put(key, value.into_bytes().into()).await.unwrap();
+    }
+    let cp = pavilion_control::start(ControlConfig {
+        api_tokens: vec![pavilion_tests::API_TOKEN.into()],
+        ..ControlConfig::local(SourceSpec::Kv(address.clone()))
+    })
+    .await
+    .unwrap();
+    let dp = data_plane(&cp).await;
+    let upstream_of = || async {
+        HttpClient::http1()
+            .get_with(
+                &format!("http://{}/x", dp.addr),
+                &[("x-api-key", "pvk_acme_key"), ("x-tenant-id", "acme")],
+            )
+            .await
+            .ok()?
+            .header("x-upstream")
+            .map(str::to_owned)
+    };
+    eventually("acme on agg-1", PATIENCE, || async {
+        (upstream_of().await.as_deref() == Some("agg-1")).then_some(())
+    })
+    .await;
+
+    let post = |path: String, body: &'static str| {
+        let url = format!("http://{}{path}", cp.http_addr);
+        async move {
+            let request = http::Request::post(url)
+                .header(
+                    "authorization",
+                    format!("Bearer {}", pavilion_tests::API_TOKEN),
+                )
+                .body(http_body_util::Full::new(bytes::Bytes::from_static(
+                    body.as_bytes(),
+                )))
+                .unwrap();
+            HttpClient::http1().send(request).await.unwrap()
+        }
+    };
+    let plan = eventually("the plan store reachable", PATIENCE, || async {
+        let reply = post(
+            "/v1/rebalance/plans".into(),
+            r#"{"tenant":"acme","service":"aggregate","targetShard":"agg-2"}"#,
+        )
+        .await;
+        (reply.status == 201).then(|| reply.json())
+    })
+    .await;
+    let id = plan["id"].as_str().unwrap().to_owned();
+    // The plan is an entry of the bucket, beside the resources.
+    let stored = store
+        .get(format!("rebalanceplan.{id}"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&stored).contains("Pending"));
+
+    two.set_not_ready("catching up");
+    let refused = post(format!("/v1/rebalance/plans/{id}/apply"), "").await;
+    assert_eq!(refused.status, 409, "{}", refused.text());
+    assert!(refused.text().contains("catching up"));
+    two.set_ready();
+    assert_eq!(
+        post(format!("/v1/rebalance/plans/{id}/apply"), "")
+            .await
+            .status,
+        202
+    );
+    eventually("completed", PATIENCE, || async {
+        let plan = pavilion_tests::control_api(cp.http_addr, &format!("/v1/rebalance/plans/{id}"))
+            .await
+            .json();
+        (plan["state"] == "Completed").then_some(())
+    })
+    .await;
+    assert_eq!(upstream_of().await.as_deref(), Some("agg-2"));
+    let placement = store
+        .get("tenantplacement.platform.acme")
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&placement).contains("aggregate: agg-2"),
+        "{}",
+        String::from_utf8_lossy(&placement)
+    );
+
+    assert_eq!(
+        post(format!("/v1/rebalance/plans/{id}/rollback"), "")
+            .await
+            .status,
+        202
+    );
+    eventually("rolled back", PATIENCE, || async {
+        (upstream_of().await.as_deref() == Some("agg-1")).then_some(())
+    })
+    .await;
+    eventually("the plan says so", PATIENCE, || async {
+        let plan = pavilion_tests::control_api(cp.http_addr, &format!("/v1/rebalance/plans/{id}"))
+            .await
+            .json();
+        (plan["state"] == "RolledBack").then_some(())
+    })
+    .await;
 }

@@ -70,7 +70,7 @@ struct Platform {
     cp: ControlPlane,
     dp: DataPlane,
     dir: tempfile::TempDir,
-    _upstreams: Vec<Upstream>,
+    upstreams: Vec<Upstream>,
 }
 
 async fn platform() -> Platform {
@@ -91,10 +91,14 @@ async fn platform() -> Platform {
             &[&upstreams[0].url(), &upstreams[1].url()],
         ),
     );
+    // agg-2 has a readiness gate (its upstream answers it).
     write(
         d,
         "agg-2.yaml",
-        &shard("agg-2", "aggregate", &[&upstreams[2].url()]),
+        &format!(
+            "{}  readiness: /readiness\n",
+            shard("agg-2", "aggregate", &[&upstreams[2].url()])
+        ),
     );
     write(
         d,
@@ -140,7 +144,7 @@ async fn platform() -> Platform {
         cp,
         dp,
         dir,
-        _upstreams: upstreams,
+        upstreams,
     }
 }
 
@@ -157,6 +161,20 @@ impl Platform {
 
     async fn control(&self, path: &str) -> Reply {
         pavilion_tests::control_api(self.cp.http_addr, path).await
+    }
+
+    async fn post(&self, path: &str, body: &str) -> Reply {
+        let request = http::Request::post(format!("http://{}{path}", self.cp.http_addr))
+            .header(
+                "authorization",
+                format!("Bearer {}", pavilion_tests::API_TOKEN),
+            )
+            .header("content-type", "application/json")
+            .body(http_body_util::Full::new(bytes::Bytes::from(
+                body.to_owned(),
+            )))
+            .unwrap();
+        HttpClient::http1().send(request).await.unwrap()
     }
 
     async fn admin(&self, path: &str) -> Reply {
@@ -386,4 +404,197 @@ async fn placements_naming_missing_or_mismatched_shards_or_a_placed_tenant_are_r
             .then_some(())
     })
     .await;
+}
+
+#[tokio::test]
+async fn a_rebalancer_moves_a_tenant_behind_a_readiness_gate_under_load_and_rolls_it_back() {
+    let p = platform().await;
+    let agg_2 = &p.upstreams[2];
+
+    // Plans that cannot be made, each with its reason.
+    for (body, status, code) in [
+        (
+            r#"{"tenant":"initech","service":"aggregate","targetShard":"agg-2"}"#,
+            404,
+            "unknown_tenant",
+        ),
+        (
+            r#"{"tenant":"acme","service":"aggregate","targetShard":"agg-9"}"#,
+            404,
+            "unknown_shard",
+        ),
+        (
+            r#"{"tenant":"acme","service":"aggregate","targetShard":"proj-1"}"#,
+            400,
+            "wrong_service",
+        ),
+        (
+            r#"{"tenant":"acme","service":"aggregate","targetShard":"agg-1"}"#,
+            409,
+            "already_placed",
+        ),
+        (
+            r#"{"tenant":"acme","service":"billing","targetShard":"agg-2"}"#,
+            400,
+            "invalid_service",
+        ),
+        (r#"{"tenant":"acme"}"#, 400, "invalid_request"),
+    ] {
+        refused(&p.post("/v1/rebalance/plans", body).await, status, code);
+    }
+    refused(
+        &p.control("/v1/rebalance/plans/nope").await,
+        404,
+        "unknown_plan",
+    );
+
+    let made = p
+        .post(
+            "/v1/rebalance/plans",
+            r#"{"tenant":"acme","service":"aggregate","targetShard":"agg-2"}"#,
+        )
+        .await;
+    assert_eq!(made.status, 201, "{}", made.text());
+    let plan = made.json();
+    assert_eq!(
+        (
+            plan["state"].as_str(),
+            plan["fromShard"].as_str(),
+            plan["targetShard"].as_str()
+        ),
+        (Some("Pending"), Some("agg-1"), Some("agg-2"))
+    );
+    let id = plan["id"].as_str().unwrap().to_owned();
+
+    // The target's gate says not ready: apply is refused with the shard's own reason.
+    agg_2.set_not_ready("projection lag 1200 > 100");
+    let message = refused(
+        &p.post(&format!("/v1/rebalance/plans/{id}/apply"), "").await,
+        409,
+        "target_not_ready",
+    );
+    assert!(
+        message.contains("projection lag 1200 > 100") && message.contains("agg-2"),
+        "{message}"
+    );
+    assert_eq!(
+        p.control(&format!("/v1/rebalance/plans/{id}")).await.json()["state"],
+        "Pending"
+    );
+
+    // Clients keep sending while the move happens: not one request fails.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut clients = Vec::new();
+    for _ in 0..4 {
+        let (url, stop) = (format!("http://{}/v1/commands/x", p.dp.addr), stop.clone());
+        clients.push(tokio::spawn(async move {
+            let (mut ok, mut failed) = (0u32, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let reply = HttpClient::http1()
+                    .get_with(&url, &[("x-api-key", "pvk_acme"), ("x-tenant-id", "acme")])
+                    .await;
+                match reply {
+                    Ok(r) if r.status == 200 => ok += 1,
+                    other => failed.push(format!("{:?}", other.map(|r| r.status))),
+                }
+            }
+            (ok, failed)
+        }));
+    }
+    agg_2.set_ready();
+    let applied = p.post(&format!("/v1/rebalance/plans/{id}/apply"), "").await;
+    assert_eq!(applied.status, 202, "{}", applied.text());
+    let done = eventually("the plan completed", PATIENCE, || async {
+        let plan = p.control(&format!("/v1/rebalance/plans/{id}")).await.json();
+        (plan["state"] == "Completed").then_some(plan)
+    })
+    .await;
+    // After every data plane runs the new placement, new requests reach the target only.
+    for _ in 0..10 {
+        let reply = p.get("/v1/commands/x", "acme", &["acme"]).await;
+        assert_eq!(reply.header("x-upstream"), Some("agg-2"));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for client in clients {
+        let (ok, failed) = client.await.unwrap();
+        assert!(ok > 0 && failed.is_empty(), "{ok} ok, failed: {failed:?}");
+    }
+    let states: Vec<&str> = done["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        states,
+        [
+            "Pending",
+            "Pending",
+            "Applying",
+            "WaitingForDataPlanes",
+            "Completed"
+        ],
+        "{done}"
+    );
+    assert!(
+        done["steps"][1]["message"]
+            .as_str()
+            .unwrap()
+            .contains("apply refused")
+    );
+    // The placement in the source names the target now.
+    let file = std::fs::read_to_string(p.dir.path().join("acme.yaml")).unwrap();
+    assert!(file.contains("aggregate: agg-2"), "{file}");
+
+    // Rollback returns to the shard the plan started from.
+    let rolled = p
+        .post(&format!("/v1/rebalance/plans/{id}/rollback"), "")
+        .await;
+    assert_eq!(rolled.status, 202, "{}", rolled.text());
+    eventually("rolled back", PATIENCE, || async {
+        let plan = p.control(&format!("/v1/rebalance/plans/{id}")).await.json();
+        (plan["state"] == "RolledBack").then_some(())
+    })
+    .await;
+    let reply = p.get("/v1/commands/x", "acme", &["acme"]).await;
+    assert!(reply.header("x-upstream").unwrap().starts_with("agg-1"));
+    // A plan applied after someone else moved the tenant fails instead of overwriting.
+    let again = p
+        .post(
+            "/v1/rebalance/plans",
+            r#"{"tenant":"acme","service":"aggregate","targetShard":"agg-2"}"#,
+        )
+        .await
+        .json();
+    let second = again["id"].as_str().unwrap().to_owned();
+    write(
+        p.dir.path(),
+        "acme.yaml",
+        &placement("acme", "acme", "aggregate: agg-3"),
+    );
+    write(
+        p.dir.path(),
+        "agg-3.yaml",
+        &shard("agg-3", "aggregate", &[&p.upstreams[0].url()]),
+    );
+    eventually("the manual move served", PATIENCE, || async {
+        let table = p.control("/v1/placements/acme").await.json();
+        (table["services"]["aggregate"]["shard"] == "agg-3").then_some(())
+    })
+    .await;
+    assert_eq!(
+        p.post(&format!("/v1/rebalance/plans/{second}/apply"), "")
+            .await
+            .status,
+        202
+    );
+    let failed = eventually("the stale plan failed", PATIENCE, || async {
+        let plan = p
+            .control(&format!("/v1/rebalance/plans/{second}"))
+            .await
+            .json();
+        (plan["state"] == "Failed").then_some(plan)
+    })
+    .await;
+    assert!(failed.to_string().contains("names agg-3 now"), "{failed}");
 }

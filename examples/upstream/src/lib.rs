@@ -9,6 +9,8 @@
 //! * `/echo-body` — the request body, streamed back as it arrives;
 //! * `/consume` — reads the whole request body, then answers with its length;
 //! * `/status/CODE` — that status;
+//! * `/readiness` — the rebalancing gate's answer (`{"ready": true}`, or 503 with
+//!   `{"ready": false, "reason": …}` after [`Upstream::set_not_ready`]);
 //! * anything else — JSON naming this upstream, the method, path, query and headers.
 
 use std::convert::Infallible;
@@ -31,10 +33,34 @@ use tokio_stream::wrappers::ReceiverStream;
 
 pub type Body = BoxBody<Bytes, hyper::Error>;
 
+/// What an upstream says about itself: its name, and whether its gate says ready.
+pub struct State {
+    pub name: Arc<str>,
+    /// `Some(reason)` while the gate says not ready.
+    not_ready: std::sync::Mutex<Option<String>>,
+}
+
+impl State {
+    pub fn new(name: &str) -> Arc<Self> {
+        Arc::new(Self {
+            name: name.into(),
+            not_ready: std::sync::Mutex::new(None),
+        })
+    }
+
+    fn not_ready(&self) -> Option<String> {
+        self.not_ready
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
 /// A running upstream; stops when dropped.
 pub struct Upstream {
     pub addr: SocketAddr,
     pub name: Arc<str>,
+    state: Arc<State>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -47,9 +73,32 @@ impl Upstream {
     pub async fn start_on(name: &str, addr: SocketAddr) -> std::io::Result<Self> {
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
-        let name: Arc<str> = name.into();
-        let task = tokio::spawn(serve(listener, name.clone()));
-        Ok(Self { addr, name, task })
+        let state = State::new(name);
+        let task = tokio::spawn(serve(listener, state.clone()));
+        Ok(Self {
+            addr,
+            name: state.name.clone(),
+            state,
+            task,
+        })
+    }
+
+    /// From now on `/readiness` says not ready, for `reason`.
+    pub fn set_not_ready(&self, reason: &str) {
+        *self
+            .state
+            .not_ready
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(reason.to_owned());
+    }
+
+    /// From now on `/readiness` says ready.
+    pub fn set_ready(&self) {
+        *self
+            .state
+            .not_ready
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = None;
     }
 
     /// `http://127.0.0.1:PORT`
@@ -65,31 +114,32 @@ impl Drop for Upstream {
 }
 
 /// Accepts connections until the task is dropped.
-pub async fn serve(listener: TcpListener, name: Arc<str>) {
+pub async fn serve(listener: TcpListener, state: Arc<State>) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
         let _ = stream.set_nodelay(true);
-        tokio::spawn(serve_connection(stream, name.clone()));
+        tokio::spawn(serve_connection(stream, state.clone()));
     }
 }
 
 /// Serves one connection (plain TCP, or a TLS stream a test accepted).
-pub async fn serve_connection<IO>(io: IO, name: Arc<str>)
+pub async fn serve_connection<IO>(io: IO, state: Arc<State>)
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let service = service_fn(move |request| {
-        let name = name.clone();
-        async move { Ok::<_, Infallible>(respond(&name, request).await) }
+        let state = state.clone();
+        async move { Ok::<_, Infallible>(respond(&state, request).await) }
     });
     let _ = auto::Builder::new(TokioExecutor::new())
         .serve_connection(TokioIo::new(io), service)
         .await;
 }
 
-async fn respond(name: &str, request: Request<Incoming>) -> Response<Body> {
+async fn respond(state: &State, request: Request<Incoming>) -> Response<Body> {
+    let name = &*state.name;
     let path = request.uri().path().to_owned();
     let mut segments = path.trim_start_matches('/').splitn(2, '/');
     let first = segments.next().unwrap_or_default();
@@ -113,6 +163,13 @@ async fn respond(name: &str, request: Request<Incoming>) -> Response<Body> {
         "consume" => match request.into_body().collect().await {
             Ok(body) => text_owned(StatusCode::OK, format!("{}", body.to_bytes().len())),
             Err(_) => text(StatusCode::BAD_REQUEST, "body failed"),
+        },
+        "readiness" => match state.not_ready() {
+            None => text(StatusCode::OK, r#"{"ready":true}"#),
+            Some(reason) => text_owned(
+                StatusCode::SERVICE_UNAVAILABLE,
+                serde_json::json!({ "ready": false, "reason": reason }).to_string(),
+            ),
         },
         "status" => match argument
             .parse::<u16>()

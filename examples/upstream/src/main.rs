@@ -1,7 +1,6 @@
 //! `pavilion-upstream --listen 127.0.0.1:9000 --name demo`: the demo and benchmark upstream.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 
 use clap::Parser;
 
@@ -34,7 +33,7 @@ fn main() -> std::io::Result<()> {
             args.name,
             listener.local_addr()?
         );
-        pavilion_upstream::serve(listener, Arc::<str>::from(args.name)).await;
+        pavilion_upstream::serve(listener, pavilion_upstream::State::new(&args.name)).await;
         Ok(())
     })
 }
