@@ -10,6 +10,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         &[
             "proto/pavilion/v1/snapshot.proto",
             "proto/pavilion/v1/discovery.proto",
+            "proto/aggregate/gateway/v1/command.proto",
         ],
         &["proto"],
     )?;

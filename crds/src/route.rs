@@ -139,6 +139,36 @@ pub struct RouteRule {
     /// Roles the principal must hold (one of them) in the request's tenant. Needs `tenancy`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub authorize: Option<Authorize>,
+    /// The rule serves the platform's command API: gRPC
+    /// `aggregate.gateway.v1.CommandService/SubmitCommand`, and its JSON form `POST
+    /// …/{aggregate_type}/{aggregate_id}`, to the tenant's aggregate shard, with retries made
+    /// safe by `command_id`. Needs `tenancy` and `backends: [{ service: aggregate }]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commands: Option<Commands>,
+}
+
+/// `commands:` on a rule.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Commands {
+    /// How long a `command_id` is remembered: a repeat within it gets the first result and
+    /// the command runs once. Default `10m`, at most `24h`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<String>,
+}
+
+/// Default of `commands.window`.
+pub const DEFAULT_COMMAND_WINDOW: std::time::Duration = std::time::Duration::from_secs(600);
+/// Longest `commands.window`.
+pub const MAX_COMMAND_WINDOW_SECS: u64 = 24 * 3600;
+
+impl Commands {
+    pub fn window(&self) -> std::time::Duration {
+        self.window
+            .as_deref()
+            .and_then(|w| parse_duration(w).ok())
+            .unwrap_or(DEFAULT_COMMAND_WINDOW)
+    }
 }
 
 /// TLS settings for `https://` backends (trusted CAs: the web PKI plus `--upstream-ca`).
@@ -293,6 +323,27 @@ impl RouteRule {
                 format!("{field}.tenancy"),
                 "needs `auth`: membership is a property of the authenticated principal",
             );
+        }
+        if let Some(commands) = &self.commands {
+            let commands_field = format!("{field}.commands");
+            let aggregate = self.backends.len() == 1
+                && self.backends[0].service == Some(ServiceKind::Aggregate);
+            if self.tenancy.is_none() || !aggregate {
+                errors.add(
+                    &commands_field,
+                    "needs `tenancy` and `backends: [{ service: aggregate }]`: commands go to the tenant's aggregate shard",
+                );
+            }
+            if let Some(window) = &commands.window {
+                match parse_duration(window) {
+                    Err(message) => errors.add(format!("{commands_field}.window"), message),
+                    Ok(d) if d.as_secs() > MAX_COMMAND_WINDOW_SECS || d.is_zero() => errors.add(
+                        format!("{commands_field}.window"),
+                        format!("`{window}` must be between 1s and 24h"),
+                    ),
+                    Ok(_) => {}
+                }
+            }
         }
         if let Some(authorize) = &self.authorize {
             let authorize_field = format!("{field}.authorize");

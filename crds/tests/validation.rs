@@ -235,6 +235,16 @@ fn tenant_scoped_rules_need_auth_tenancy_and_one_service_backend() {
             "spec.rules[0].authorize.roles[0]",
         ),
         (
+            "commands without an aggregate service backend",
+            "    - auth: { apiKeys: {} }\n      tenancy: {}\n      commands: {}\n      backends: [{ service: projection }]\n",
+            "spec.rules[0].commands",
+        ),
+        (
+            "a command window of two days",
+            "    - auth: { apiKeys: {} }\n      tenancy: {}\n      commands: { window: 48h }\n      backends: [{ service: aggregate }]\n",
+            "spec.rules[0].commands.window",
+        ),
+        (
             "no roles",
             "    - auth: { apiKeys: {} }\n      tenancy: {}\n      authorize: { roles: [] }\n      backends: [{ url: 'http://a:1' }]\n",
             "spec.rules[0].authorize.roles",
@@ -249,6 +259,8 @@ fn tenant_scoped_rules_need_auth_tenancy_and_one_service_backend() {
     }
     let good = "    - auth: { apiKeys: {} }\n      tenancy: { required: false }\n      authorize: { roles: [tenant-admin] }\n      backends: [{ service: runner }]\n";
     assert_eq!(errors(&route(good)), []);
+    let commands = "    - auth: { apiKeys: {} }\n      tenancy: {}\n      commands: { window: 1h }\n      backends: [{ service: aggregate }]\n";
+    assert_eq!(errors(&route(commands)), []);
 }
 
 #[test]

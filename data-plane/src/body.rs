@@ -8,17 +8,31 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
-/// The client's request body on its way upstream, cut off past `limit` bytes.
+/// The client's request body on its way upstream, cut off past `limit` bytes — or a body
+/// the gateway made itself (a transcoded command).
 pub struct RequestBody {
-    inner: Incoming,
+    inner: Source,
     remaining: u64,
+}
+
+enum Source {
+    Client(Incoming),
+    Full(Option<Bytes>),
 }
 
 impl RequestBody {
     pub fn new(inner: Incoming, limit: u64) -> Self {
         Self {
-            inner,
+            inner: Source::Client(inner),
             remaining: limit,
+        }
+    }
+
+    /// A whole body in hand.
+    pub fn full(bytes: Bytes) -> Self {
+        Self {
+            remaining: bytes.len() as u64,
+            inner: Source::Full(Some(bytes)),
         }
     }
 }
@@ -40,7 +54,11 @@ impl Body for RequestBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        let frame = match Pin::new(&mut self.inner).poll_frame(cx) {
+        let inner = match &mut self.inner {
+            Source::Full(bytes) => return Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            Source::Client(inner) => inner,
+        };
+        let frame = match Pin::new(inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => frame,
             Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e.into()))),
             Poll::Ready(None) => return Poll::Ready(None),
@@ -57,11 +75,19 @@ impl Body for RequestBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        match &self.inner {
+            Source::Client(inner) => inner.is_end_stream(),
+            Source::Full(bytes) => bytes.is_none(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match &self.inner {
+            Source::Client(inner) => inner.size_hint(),
+            Source::Full(bytes) => {
+                SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
+            }
+        }
     }
 }
 
@@ -73,6 +99,8 @@ pub enum ResponseBody {
     /// From an h2c or HTTPS upstream.
     Upstream(Incoming),
     Local(Option<Bytes>),
+    /// A gRPC answer the gateway writes: the message (if any), then the status trailers.
+    Grpc(Option<Bytes>, Option<http::HeaderMap>),
     /// Another body whose bytes are counted (byte quotas): reported every megabyte while it
     /// streams, so a long download cannot run far past a quota unnoticed, and the rest when
     /// the body is done or dropped.
@@ -128,6 +156,13 @@ impl Body for ResponseBody {
             ResponseBody::H1(inner) => Pin::new(inner).poll_frame(cx).map_err(Into::into),
             ResponseBody::Upstream(inner) => Pin::new(inner).poll_frame(cx).map_err(Into::into),
             ResponseBody::Local(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            ResponseBody::Grpc(message, trailers) => Poll::Ready(
+                message
+                    .take()
+                    .map(Frame::data)
+                    .or_else(|| trailers.take().map(Frame::trailers))
+                    .map(Ok),
+            ),
             ResponseBody::Metered(metered) => {
                 let polled = Pin::new(&mut metered.inner).poll_frame(cx);
                 if let Poll::Ready(Some(Ok(frame))) = &polled
@@ -150,6 +185,7 @@ impl Body for ResponseBody {
             ResponseBody::H1(inner) => inner.is_end_stream(),
             ResponseBody::Upstream(inner) => inner.is_end_stream(),
             ResponseBody::Local(bytes) => bytes.is_none(),
+            ResponseBody::Grpc(message, trailers) => message.is_none() && trailers.is_none(),
             ResponseBody::Metered(metered) => metered.inner.is_end_stream(),
         }
     }
@@ -160,6 +196,9 @@ impl Body for ResponseBody {
             ResponseBody::Upstream(inner) => inner.size_hint(),
             ResponseBody::Local(bytes) => {
                 SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
+            }
+            ResponseBody::Grpc(message, _) => {
+                SizeHint::with_exact(message.as_ref().map_or(0, |b| b.len() as u64))
             }
             ResponseBody::Metered(metered) => metered.inner.size_hint(),
         }

@@ -95,6 +95,20 @@ pub enum Deny {
         tenant: String,
         service: &'static str,
     },
+    /// 400: a command without what the command API needs.
+    InvalidCommand {
+        why: String,
+    },
+    /// 409: the same command id is running right now (a concurrent retry).
+    CommandInProgress {
+        command_id: String,
+    },
+    /// The aggregate shard refused the command with a gRPC status (JSON clients get the
+    /// matching HTTP status).
+    CommandRejected {
+        grpc: u32,
+        message: String,
+    },
 }
 
 /// Longest request path echoed back in a message.
@@ -158,7 +172,11 @@ impl Deny {
             Deny::RateLimitUnavailable { .. }
             | Deny::Overloaded { .. }
             | Deny::NoPlacement { .. } => StatusCode::SERVICE_UNAVAILABLE,
-            Deny::MissingTenant { .. } | Deny::InvalidTenant { .. } => StatusCode::BAD_REQUEST,
+            Deny::MissingTenant { .. }
+            | Deny::InvalidTenant { .. }
+            | Deny::InvalidCommand { .. } => StatusCode::BAD_REQUEST,
+            Deny::CommandInProgress { .. } => StatusCode::CONFLICT,
+            Deny::CommandRejected { grpc, .. } => http_status_of(*grpc),
             Deny::TenantForbidden { .. } => StatusCode::FORBIDDEN,
             Deny::UnknownTenant { .. } => StatusCode::NOT_FOUND,
         }
@@ -184,6 +202,9 @@ impl Deny {
             Deny::TenantForbidden { .. } => "tenant_forbidden",
             Deny::UnknownTenant { .. } => "unknown_tenant",
             Deny::NoPlacement { .. } => "no_placement",
+            Deny::InvalidCommand { .. } => "invalid_command",
+            Deny::CommandInProgress { .. } => "command_in_progress",
+            Deny::CommandRejected { .. } => "command_rejected",
         }
     }
 
@@ -233,6 +254,13 @@ impl Deny {
             Deny::NoPlacement { tenant, service } => {
                 format!("tenant {tenant} is not placed on any {service} shard")
             }
+            Deny::InvalidCommand { why } => why.clone(),
+            Deny::CommandInProgress { command_id } => {
+                format!("command {command_id} is running; retry for its result")
+            }
+            Deny::CommandRejected { grpc, message } => {
+                format!("the aggregate shard answered gRPC status {grpc}: {message}")
+            }
         }
     }
 
@@ -280,4 +308,101 @@ impl Deny {
         }
         response
     }
+}
+
+/// gRPC status codes the gateway answers with.
+pub mod grpc {
+    pub const OK: u32 = 0;
+    pub const INVALID_ARGUMENT: u32 = 3;
+    pub const DEADLINE_EXCEEDED: u32 = 4;
+    pub const NOT_FOUND: u32 = 5;
+    pub const PERMISSION_DENIED: u32 = 7;
+    pub const RESOURCE_EXHAUSTED: u32 = 8;
+    pub const ABORTED: u32 = 10;
+    pub const UNIMPLEMENTED: u32 = 12;
+    pub const INTERNAL: u32 = 13;
+    pub const UNAVAILABLE: u32 = 14;
+    pub const UNAUTHENTICATED: u32 = 16;
+}
+
+impl Deny {
+    /// The gRPC status a gRPC client gets for this refusal.
+    pub fn grpc_status(&self) -> u32 {
+        match self {
+            Deny::NotFound { .. } => return grpc::UNIMPLEMENTED,
+            Deny::CommandRejected { grpc, .. } => return *grpc,
+            _ => {}
+        }
+        match self.status().as_u16() {
+            400 => grpc::INVALID_ARGUMENT,
+            401 => grpc::UNAUTHENTICATED,
+            403 => grpc::PERMISSION_DENIED,
+            404 => grpc::NOT_FOUND,
+            409 => grpc::ABORTED,
+            413 | 429 | 431 => grpc::RESOURCE_EXHAUSTED,
+            504 => grpc::DEADLINE_EXCEEDED,
+            502 | 503 => grpc::UNAVAILABLE,
+            _ => grpc::INTERNAL,
+        }
+    }
+
+    /// The refusal as a gRPC client expects it: HTTP 200 with `grpc-status` and
+    /// `grpc-message` (the envelope's message, which names what decided) and no message
+    /// — a "trailers-only" answer. `x-request-id` and `Retry-After` stay as headers.
+    pub fn into_grpc_response(self, request_id: &HeaderValue) -> Response<ResponseBody> {
+        let status = self.grpc_status();
+        let message = format!("{}: {}", self.code(), self.message());
+        let extra = self.into_response(request_id);
+        let mut response = grpc_status_response(status, &message);
+        for name in [header::RETRY_AFTER, header::WWW_AUTHENTICATE] {
+            if let Some(value) = extra.headers().get(&name) {
+                response.headers_mut().insert(name, value.clone());
+            }
+        }
+        response
+    }
+}
+
+/// The HTTP status a JSON client gets for a gRPC status of the aggregate shard.
+fn http_status_of(grpc_status: u32) -> StatusCode {
+    match grpc_status {
+        3 | 11 => StatusCode::BAD_REQUEST,
+        5 => StatusCode::NOT_FOUND,
+        6 | 9 | 10 => StatusCode::CONFLICT,
+        7 => StatusCode::FORBIDDEN,
+        8 => StatusCode::TOO_MANY_REQUESTS,
+        12 => StatusCode::NOT_IMPLEMENTED,
+        14 => StatusCode::SERVICE_UNAVAILABLE,
+        16 => StatusCode::UNAUTHORIZED,
+        4 => StatusCode::GATEWAY_TIMEOUT,
+        _ => StatusCode::BAD_GATEWAY,
+    }
+}
+
+/// A trailers-only gRPC answer: `grpc-status` and `grpc-message` in the headers.
+pub fn grpc_status_response(status: u32, message: &str) -> Response<ResponseBody> {
+    let mut response = Response::new(ResponseBody::Local(None));
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    headers.insert("grpc-status", HeaderValue::from(status));
+    if let Ok(value) = HeaderValue::from_str(&grpc_message(message)) {
+        headers.insert("grpc-message", value);
+    }
+    response
+}
+
+/// `grpc-message` encoding: percent-encoding of everything but printable ASCII and `%`.
+pub fn grpc_message(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if (0x20..=0x7e).contains(&byte) && byte != b'%' {
+            out.push(char::from(byte));
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
 }

@@ -9,6 +9,7 @@
 pub mod admin;
 pub mod auth;
 pub mod body;
+pub mod commands;
 pub mod connection;
 pub mod deny;
 pub mod headers;
@@ -191,7 +192,8 @@ pub async fn start(config: Config) -> Result<DataPlane, Error> {
         redis.clone(),
         LimiterMetrics::new(&metrics.registry),
     );
-    let shared = Arc::new(Shared::new(metrics.clone(), &config, limiter));
+    let commands = commands::Commands::new(redis.clone());
+    let shared = Arc::new(Shared::new(metrics.clone(), &config, limiter, commands));
     let jwks = JwksCache::new(
         config.jwks.clone(),
         tls.clone(),

@@ -65,6 +65,8 @@ pub struct Rule {
     pub tenancy: Option<TenancyRule>,
     /// One of these roles is needed in the request's tenant; empty: none.
     pub roles: Box<[Box<str>]>,
+    /// The rule serves the command API; how long a command id is remembered.
+    pub commands: Option<Duration>,
     pub timeout: Duration,
     pub metrics: RouteMetrics,
     /// Shared by the rules of one route.
@@ -237,6 +239,10 @@ impl Runtime {
                         required: t.required,
                     }),
                     roles: rule.roles.iter().map(|r| r.as_str().into()).collect(),
+                    commands: rule
+                        .commands
+                        .as_ref()
+                        .map(|c| Duration::from_millis(c.window_ms.max(1))),
                     timeout: match rule.timeout_ms {
                         0 => DEFAULT_TIMEOUT,
                         ms => Duration::from_millis(ms),

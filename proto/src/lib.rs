@@ -1,15 +1,22 @@
-//! The contract between Pavilion's halves: the snapshot and the gRPC stream that delivers
-//! it. Nothing else crosses from the control plane to the data plane.
+//! The contract between Pavilion's halves — the snapshot and the gRPC stream that delivers
+//! it; nothing else crosses from the control plane to the data plane — and the platform's
+//! command API the data plane proxies.
 
 /// Generated code for package `pavilion.v1`.
 pub mod v1 {
     tonic::include_proto!("pavilion.v1");
 }
 
+/// The platform's command API (package `aggregate.gateway.v1`), which the data plane serves
+/// for tenant-scoped rules with `commands` and forwards to aggregate shards.
+pub mod commands {
+    tonic::include_proto!("aggregate.gateway.v1");
+}
+
 pub use v1::{
-    Allow, ApiKey, ApiKeyAuth, Auth, Backend, ClaimAllow, ClaimHeader, ConcurrencyLimit,
-    HeaderMatch, JwtProvider, Match, Node, PathMatch, PathMatchType, Placements, Quota,
-    QuotaPeriod, RateLimit, RateLimitBackend, RateLimitFailureMode, RateLimitOverride, Route, Rule,
-    SecurityHeaders, Shard, Snapshot, SnapshotRequest, SnapshotResponse, StaticKey, Tenancy,
-    TenantPlacement, TenantRoles, TokenRevocations,
+    Allow, ApiKey, ApiKeyAuth, Auth, Backend, ClaimAllow, ClaimHeader, CommandApi,
+    ConcurrencyLimit, HeaderMatch, JwtProvider, Match, Node, PathMatch, PathMatchType, Placements,
+    Quota, QuotaPeriod, RateLimit, RateLimitBackend, RateLimitFailureMode, RateLimitOverride,
+    Route, Rule, SecurityHeaders, Shard, Snapshot, SnapshotRequest, SnapshotResponse, StaticKey,
+    Tenancy, TenantPlacement, TenantRoles, TokenRevocations,
 };

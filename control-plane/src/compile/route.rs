@@ -137,6 +137,9 @@ fn to_proto(route: &Route, applied: &Applied) -> proto::Route {
                     .as_ref()
                     .map(|a| super::tenancy::roles(&a.roles))
                     .unwrap_or_default(),
+                commands: rule.commands.as_ref().map(|c| proto::CommandApi {
+                    window_ms: c.window().as_millis() as u64,
+                }),
             })
             .collect(),
     }

@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! admit ▸ route ▸ ip ▸ limits (request facts) ▸ authn ▸ tenant ▸ authorize ▸ placement
-//!       ▸ limits (identity) ▸ quota ▸ forward
+//!       ▸ limits (identity) ▸ quota ▸ forward (or, on `commands` rules, command)
 //!       └──── any phase's Deny ────┘──▶ respond: response filters, metrics, access log
 //! ```
 //!
@@ -15,6 +15,7 @@
 pub mod admit;
 mod authn;
 mod authorize;
+mod command;
 mod forward;
 mod ip;
 mod limits;
@@ -35,6 +36,7 @@ use tokio::time::Instant;
 use crate::auth::ip::Cidrs;
 use crate::auth::{Identity, TokenCache};
 use crate::body::ResponseBody;
+use crate::commands::Commands;
 use crate::deny::Deny;
 use crate::headers::{self, Peer};
 use crate::metrics::Metrics;
@@ -80,10 +82,17 @@ pub struct Shared {
     pub trusted_proxies: Cidrs,
     /// Rate-limit counters.
     pub limiter: Limiter,
+    /// Command ids remembered for idempotency.
+    pub commands: Commands,
 }
 
 impl Shared {
-    pub fn new(metrics: Metrics, config: &crate::Config, limiter: Limiter) -> Self {
+    pub fn new(
+        metrics: Metrics,
+        config: &crate::Config,
+        limiter: Limiter,
+        commands: Commands,
+    ) -> Self {
         Self {
             runtime: ArcSwap::from_pointee(Runtime::empty()),
             metrics,
@@ -93,6 +102,7 @@ impl Shared {
             security: SecurityHeaders::default(),
             trusted_proxies: config.trusted_proxies.clone(),
             limiter,
+            commands,
         }
     }
 }
@@ -109,6 +119,8 @@ pub struct Proxy {
 /// it for the response, the metrics and the access log.
 pub(crate) struct Context<'r> {
     pub client: &'r Peer,
+    /// A gRPC call: refusals are gRPC statuses.
+    pub grpc: bool,
     pub request_id: HeaderValue,
     pub started: Instant,
     /// Set by `route`.
@@ -128,6 +140,14 @@ pub(crate) struct Context<'r> {
     pub byte_targets: Vec<ByteTarget>,
     /// The backend; set by `placement`.
     pub target: Option<&'r Target>,
+}
+
+/// Whether the request is a gRPC call (`content-type: application/grpc…`).
+fn is_grpc<B>(request: &Request<B>) -> bool {
+    request
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
 }
 
 impl Proxy {
@@ -163,6 +183,7 @@ impl Proxy {
         let line = respond::AccessLine::take(&self.shared, &request);
         let mut context = Context {
             client,
+            grpc: is_grpc(&request),
             request_id: headers::request_id(request.headers()),
             started,
             rule: None,
@@ -211,6 +232,9 @@ impl Proxy {
         )
         .await?;
         quota::take(shared, rule, &request, context).await?;
+        if let Some(window) = rule.commands {
+            return command::serve(self, rule, target, request, window, context).await;
+        }
         let rewrite = admitted.into_rewrite();
         forward::forward(self, runtime, rule, target, request, rewrite, context).await
     }

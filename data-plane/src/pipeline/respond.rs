@@ -34,6 +34,7 @@ pub(super) fn respond(
 ) -> Response<ResponseBody> {
     let Context {
         client,
+        grpc,
         request_id,
         started,
         rule,
@@ -55,7 +56,12 @@ pub(super) fn respond(
                     .with_label_values(&[&*rule.route, code])
                     .inc();
             }
-            (deny.into_response(&request_id), Some(code))
+            let response = if grpc {
+                deny.into_grpc_response(&request_id)
+            } else {
+                deny.into_response(&request_id)
+            };
+            (response, Some(code))
         }
     };
     for (name, value) in rate_headers {

@@ -78,6 +78,17 @@ impl RedisCounters {
         self.connected.load(Ordering::Relaxed)
     }
 
+    /// The shared connection while Redis is reachable, for other users of the same server
+    /// (command idempotency), with the deadline every call must keep.
+    pub fn shared_connection(&self) -> Option<(ConnectionManager, Duration)> {
+        if !self.is_connected() {
+            return None;
+        }
+        self.manager
+            .load_full()
+            .map(|manager| ((*manager).clone(), self.timeout))
+    }
+
     /// Connects (retrying), then checks the connection every second, until `shutdown`.
     pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         let config = ConnectionManagerConfig::new()
