@@ -246,6 +246,12 @@ impl Membership {
                     errors.check(&field, tenant_id(tenant));
                     for (i, role) in roles.iter().enumerate() {
                         errors.check(at(&field, i), role_name(role));
+                        if role == PLATFORM_ADMIN {
+                            errors.add(
+                                at(&field, i),
+                                "platform-admin is a platform role: list it under spec.roles",
+                            );
+                        }
                     }
                 }
             }

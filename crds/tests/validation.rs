@@ -283,6 +283,13 @@ fn api_keys_name_tenants_as_a_list_or_with_roles() {
         .map(|e| e.field)
         .collect();
     assert_eq!(fields, ["spec.tenants.acme[0]"]);
+    let found = errors(&key("{ acme: [platform-admin] }"));
+    assert!(
+        found
+            .iter()
+            .any(|e| e.field == "spec.tenants.acme[0]" && e.message.contains("platform role")),
+        "{found:?}"
+    );
 }
 
 #[test]

@@ -47,9 +47,18 @@ impl Membership {
                 .filter_map(Value::as_str)
                 .map(|t| (t.into(), Box::default()))
                 .collect(),
+            // `platform-admin` is a platform role: held in one tenant it means nothing, or a
+            // tenant's own issuer could make someone a platform admin there.
             Some(Value::Object(map)) => map
                 .iter()
-                .map(|(t, roles)| (t.as_str().into(), strings(roles)))
+                .map(|(t, roles)| {
+                    let held = strings(roles)
+                        .into_vec()
+                        .into_iter()
+                        .filter(|role| &**role != PLATFORM_ADMIN)
+                        .collect();
+                    (t.as_str().into(), held)
+                })
                 .collect(),
             _ => HashMap::default(),
         };
@@ -71,7 +80,11 @@ impl Membership {
                 .map(|t| {
                     (
                         t.tenant.as_str().into(),
-                        t.roles.iter().map(|r| r.as_str().into()).collect(),
+                        t.roles
+                            .iter()
+                            .filter(|r| *r != PLATFORM_ADMIN)
+                            .map(|r| r.as_str().into())
+                            .collect(),
                     )
                 })
                 .collect(),
@@ -128,6 +141,15 @@ mod tests {
         );
         assert!(admin.member_of("anyone") && admin.holds_any("anyone", &roles));
 
+        let smuggled = Membership::from_claims(
+            &claims(serde_json::json!({"tenants": {"acme": ["platform-admin"]}})),
+            "tenants",
+            "roles",
+        );
+        assert!(
+            !smuggled.holds_any("acme", &["platform-admin".into()]),
+            "a tenant role is not the platform role"
+        );
         let odd = Membership::from_claims(
             &claims(serde_json::json!({"tenants": "acme", "roles": {"platform-admin": true}})),
             "tenants",
