@@ -227,6 +227,30 @@ fn a_tenant_is_placed_once() {
             ..
         }
     ));
+
+    // In a cluster the older object keeps the tenant, wherever it comes in the listing.
+    let dated = |name: &str, created: &str| {
+        format!(
+            "apiVersion: gateway.pavilion.dev/v1alpha1\nkind: TenantPlacement\nmetadata: {{ name: {name}, creationTimestamp: '{created}' }}\nspec:\n  tenant: acme\n  shards: {{ aggregate: s1 }}\n---\n"
+        )
+    };
+    let compiled = compile(&items(&[(
+        "t.yaml",
+        &[
+            shard.to_owned(),
+            dated("a-young", "2026-06-01T00:00:00Z"),
+            dated("z-old", "2026-01-01T00:00:00Z"),
+        ]
+        .concat(),
+    )]));
+    assert!(compiled.reports[2].is_accepted(), "the older one");
+    match &compiled.reports[1].outcome {
+        Outcome::Rejected {
+            reason: Reason::Duplicate,
+            errors,
+        } => assert!(errors[0].message.contains("z-old"), "{errors:?}"),
+        other => panic!("{other:?}"),
+    }
 }
 
 #[test]

@@ -46,7 +46,7 @@ fn api_key(id: &str, extra: &str) -> String {
         .map(|b| format!("{b:02x}"))
         .collect();
     format!(
-        "apiVersion: gateway.pavilion.dev/v1alpha1\nkind: ApiKey\nmetadata: {{ name: {id}, namespace: shop }}\nspec:\n  sha256: '{hash}'\n  scopes: [read, write]\n{extra}"
+        "apiVersion: gateway.pavilion.dev/v1alpha1\nkind: ApiKey\nmetadata: {{ name: {id}, namespace: shop }}\nspec:\n  sha256: '{hash}'\n  scopes: [read, write, admin]\n{extra}"
     )
 }
 
@@ -64,6 +64,11 @@ spec:
       tenancy: {}
       authorize: { roles: [tenant-admin, tenant-analyst] }
       backends: [{ service: projection }]
+    - matches: [{ path: { type: PathPrefix, value: /admin/runner } }]
+      auth: { apiKeys: {} }
+      tenancy: {}
+      authorize: { roles: [platform-admin] }
+      backends: [{ service: runner }]
 ";
 
 struct Platform {
@@ -79,6 +84,7 @@ async fn platform() -> Platform {
         Upstream::start("agg-1b").await.unwrap(),
         Upstream::start("agg-2").await.unwrap(),
         Upstream::start("proj-1").await.unwrap(),
+        Upstream::start("run-1").await.unwrap(),
     ];
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
@@ -107,8 +113,17 @@ async fn platform() -> Platform {
     );
     write(
         d,
+        "run-1.yaml",
+        &shard("run-1", "runner", &[&upstreams[4].url()]),
+    );
+    write(
+        d,
         "acme.yaml",
-        &placement("acme", "acme", "aggregate: agg-1, projection: proj-1"),
+        &placement(
+            "acme",
+            "acme",
+            "aggregate: agg-1, projection: proj-1, runner: run-1",
+        ),
     );
     write(
         d,
@@ -271,6 +286,19 @@ async fn requests_reach_their_tenants_shard_and_only_members_get_through() {
         message.contains("tenant-admin, tenant-analyst") && message.contains("globex"),
         "{message}"
     );
+    // The runners' admin API: platform admins only, on the tenant's runner shard.
+    let reply = p.get("/admin/runner/jobs", "ops", &["acme"]).await;
+    assert_eq!(
+        reply.header("x-upstream"),
+        Some("run-1"),
+        "{}",
+        reply.text()
+    );
+    refused(
+        &p.get("/admin/runner/jobs", "acme", &["acme"]).await,
+        403,
+        "forbidden",
+    );
     // A placed tenant without a shard of the kind the rule needs.
     refused(
         &p.get("/v1/query/orders", "ops", &["globex"]).await,
@@ -298,7 +326,7 @@ async fn both_halves_answer_a_placement_lookup_alike_and_a_move_takes_effect() {
     let acme = p.control("/v1/placements/acme").await.json();
     assert_eq!(acme["services"]["aggregate"]["shard"], "agg-1");
     assert_eq!(acme["services"]["projection"]["shard"], "proj-1");
-    assert!(acme["services"].get("runner").is_none());
+    assert_eq!(acme["services"]["runner"]["shard"], "run-1");
     refused(
         &p.control("/v1/placements/initech").await,
         404,
@@ -307,7 +335,7 @@ async fn both_halves_answer_a_placement_lookup_alike_and_a_move_takes_effect() {
     let summary = p.admin("/admin/routing").await.json();
     assert_eq!(
         (summary["tenants"].as_u64(), summary["shards"].as_u64()),
-        (Some(2), Some(3))
+        (Some(2), Some(4))
     );
     let page = p.control("/v1/placements?limit=1").await.json();
     assert_eq!(page["items"][0]["tenant"], "acme");

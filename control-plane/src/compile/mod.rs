@@ -241,11 +241,10 @@ fn first_pass(item: &Item) -> Report {
     }
 }
 
-/// The first valid definition of a key wins; later ones are rejected and point at it. The
-/// same holds for two placements of one tenant.
+/// The first valid definition of a key wins; later ones are rejected and point at it. Of two
+/// placements of one tenant, the older wins.
 fn reject_duplicates(items: &[Item], reports: &mut [Report]) {
     let mut first_key: HashMap<ResourceKey, &Origin> = HashMap::new();
-    let mut first_tenant: HashMap<&str, (&Origin, ResourceKey)> = HashMap::new();
     for (item, report) in items.iter().zip(reports.iter_mut()) {
         // Only valid documents claim their key: an invalid one keeps its own errors, and a
         // valid definition after it still counts.
@@ -265,21 +264,41 @@ fn reject_duplicates(items: &[Item], reports: &mut [Report]) {
             continue;
         }
         first_key.insert(key.clone(), &item.origin);
-        if let Resource::TenantPlacement(p) = resource {
-            if let Some((origin, other)) = first_tenant.get(p.spec.tenant.as_str()) {
-                report.outcome = Outcome::Rejected {
-                    reason: Reason::Duplicate,
-                    errors: vec![FieldError {
-                        field: "spec.tenant".into(),
-                        message: format!(
-                            "tenant `{}` is already placed by {other} at {origin}",
-                            p.spec.tenant
-                        ),
-                    }],
-                };
-            } else {
-                first_tenant.insert(&p.spec.tenant, (&item.origin, key));
-            }
+    }
+    // Two placements of one tenant: the older keeps it (creation time, then namespace and
+    // name; documents without a creation time — files — count as oldest), as for routes.
+    let mut placements: HashMap<&str, Vec<usize>> = HashMap::new();
+    for (index, item) in items.iter().enumerate() {
+        if let Ok(Resource::TenantPlacement(p)) = &item.parsed
+            && reports[index].is_accepted()
+        {
+            placements.entry(&p.spec.tenant).or_default().push(index);
+        }
+    }
+    let age = |index: usize| {
+        let meta = items[index].parsed.as_ref().map(Resource::metadata).ok();
+        (
+            meta.and_then(|m| m.creation_timestamp.clone()),
+            meta.and_then(|m| m.namespace.clone()),
+            meta.and_then(|m| m.name.clone()),
+            index,
+        )
+    };
+    for (tenant, mut claims) in placements {
+        claims.sort_by_key(|&index| age(index));
+        let (winner, younger) = claims.split_first().expect("grouped, so never empty");
+        let owner = items[*winner].key().expect("a parsed resource");
+        for &index in younger {
+            reports[index].outcome = Outcome::Rejected {
+                reason: Reason::Duplicate,
+                errors: vec![FieldError {
+                    field: "spec.tenant".into(),
+                    message: format!(
+                        "tenant `{tenant}` is already placed by the older {owner} at {}",
+                        items[*winner].origin
+                    ),
+                }],
+            };
         }
     }
 }
