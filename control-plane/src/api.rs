@@ -111,6 +111,10 @@ pub struct ResourceView {
     pub errors: Vec<FieldErrorView>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<FieldErrorView>,
+    /// When this version is rejected but its last accepted version still serves: which
+    /// (`generation 3`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub serving: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -136,12 +140,19 @@ async fn status(State(state): State<ApiState>) -> Json<StatusView> {
         .flat_map(|p| {
             let nodes = &nodes;
             p.reports.iter().map(move |report| {
-                let (errors, warnings) = match &report.outcome {
+                let (errors, warnings, serving) = match &report.outcome {
                     Outcome::Rejected { errors, .. } => {
-                        (errors.iter().map(Into::into).collect(), Vec::new())
+                        (errors.iter().map(Into::into).collect(), Vec::new(), None)
                     }
+                    Outcome::Stale {
+                        errors, serving, ..
+                    } => (
+                        errors.iter().map(Into::into).collect(),
+                        Vec::new(),
+                        Some(serving.clone()),
+                    ),
                     Outcome::Accepted { warnings } => {
-                        (Vec::new(), warnings.iter().map(Into::into).collect())
+                        (Vec::new(), warnings.iter().map(Into::into).collect(), None)
                     }
                 };
                 ResourceView {
@@ -152,6 +163,7 @@ async fn status(State(state): State<ApiState>) -> Json<StatusView> {
                     conditions: conditions(report, &p.snapshot.version, nodes),
                     errors,
                     warnings,
+                    serving,
                 }
             })
         })

@@ -1,15 +1,17 @@
 //! Turns the source's resource sets into published snapshots: compile the latest set,
 //! log what changed in the verdicts, publish when the snapshot or a verdict changed.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use pavilion_crds::{Resource, ResourceKey};
 use pavilion_proto::Snapshot;
 use tokio::sync::watch;
 
 use crate::compile::{CompileOptions, Outcome, Report, compile_with};
 use crate::metrics::Metrics;
-use crate::source::Items;
+use crate::source::{Item, Items, LastAccepted};
 
 /// Extra quiet time after a change, so a burst of source events compiles once.
 const DEBOUNCE: Duration = Duration::from_millis(10);
@@ -20,8 +22,26 @@ pub struct Published {
     pub snapshot: Arc<Snapshot>,
     /// One per input item, in the same order as `items`.
     pub reports: Vec<Report>,
-    /// The resource set it was compiled from.
+    /// The resource set it was compiled from, each item's `last_accepted` filled in.
     pub items: Items,
+    /// Per item: the last accepted version of its resource after this compile (itself when
+    /// accepted), which the status write-back stores so a restart can recall it.
+    pub last_accepted: Vec<Option<Arc<LastAccepted>>>,
+}
+
+impl Published {
+    /// The documents whose resource is in the snapshot, each with the version that is:
+    /// its own, or the last accepted one standing in for it.
+    pub fn served(&self) -> impl Iterator<Item = (&Item, &Resource)> {
+        self.items
+            .iter()
+            .zip(&self.reports)
+            .filter_map(|(item, report)| match report.outcome {
+                Outcome::Accepted { .. } => item.parsed.as_ref().ok().map(|r| (item, r)),
+                Outcome::Stale { .. } => item.last_accepted.as_ref().map(|l| (item, &l.resource)),
+                Outcome::Rejected { .. } => None,
+            })
+    }
 }
 
 /// `None` until the source has listed everything once.
@@ -35,11 +55,13 @@ pub async fn run(
 ) {
     let options = Arc::new(options);
     let mut previous: Option<Arc<Published>> = None;
+    let mut memory = Memory::default();
     while items.changed().await.is_ok() {
         tokio::time::sleep(DEBOUNCE).await;
-        let Some(current) = items.borrow_and_update().clone() else {
+        let Some(from_source) = items.borrow_and_update().clone() else {
             continue;
         };
+        let current = memory.recall(&from_source);
         // Regexes are compiled while validating: keep that off the async threads.
         let inputs = current.clone();
         let options = options.clone();
@@ -51,6 +73,7 @@ pub async fn run(
                     continue;
                 }
             };
+        let last_accepted = memory.learn(&current, &compiled.reports);
         metrics.compiles.inc();
         record_outcomes(&metrics, &compiled.reports);
         log_new_verdicts(previous.as_deref(), &compiled.reports);
@@ -74,9 +97,92 @@ pub async fn run(
             snapshot: Arc::new(compiled.snapshot),
             reports: compiled.reports,
             items: current,
+            last_accepted,
         });
         published.send_replace(Some(next.clone()));
         previous = Some(next);
+    }
+}
+
+/// The last accepted version of every resource of the source, so that a bad edit compiles
+/// the previous version instead of dropping the resource. A resource that disappears from
+/// the source is forgotten: a deletion deletes, and a later invalid document of the same
+/// name starts out with nothing to fall back on.
+#[derive(Default)]
+struct Memory {
+    versions: HashMap<ResourceKey, Arc<LastAccepted>>,
+    /// Until the first compile, what sources recall from an earlier run (statuses) is all
+    /// there is; afterwards this process's own memory decides, so a resource deleted and
+    /// recreated meanwhile cannot bring back a version from before.
+    started: bool,
+}
+
+impl Memory {
+    /// The items with `last_accepted` set from memory (or, on the first compile, as the
+    /// source recalled it).
+    fn recall(&self, items: &Items) -> Items {
+        items
+            .iter()
+            .map(|item| {
+                let remembered = item
+                    .identity
+                    .as_ref()
+                    .and_then(|identity| self.versions.get(identity))
+                    .cloned();
+                let last_accepted = if self.started {
+                    remembered
+                } else {
+                    remembered.or_else(|| item.last_accepted.clone())
+                };
+                Item {
+                    last_accepted,
+                    ..item.clone()
+                }
+            })
+            .collect()
+    }
+
+    /// Remembers what this compile accepted; returns each item's last accepted version.
+    fn learn(&mut self, items: &[Item], reports: &[Report]) -> Vec<Option<Arc<LastAccepted>>> {
+        let now = k8s_openapi::jiff::Timestamp::now().to_string();
+        let mut versions = HashMap::new();
+        for (item, report) in items.iter().zip(reports) {
+            if let (Outcome::Accepted { .. }, Ok(resource), Some(identity)) =
+                (&report.outcome, &item.parsed, &item.identity)
+            {
+                let resource = resource.exported();
+                let unchanged = item.last_accepted.as_ref().filter(|last| {
+                    last.resource == resource && last.generation == report.generation
+                });
+                let version = unchanged.cloned().unwrap_or_else(|| {
+                    Arc::new(LastAccepted {
+                        resource,
+                        generation: report.generation,
+                        accepted_at: now.clone(),
+                    })
+                });
+                versions.insert(identity.clone(), version);
+            }
+        }
+        // Rejected documents keep what they had (a duplicate never displaces the original).
+        for item in items {
+            if let (Some(identity), Some(last)) = (&item.identity, &item.last_accepted) {
+                versions
+                    .entry(identity.clone())
+                    .or_insert_with(|| last.clone());
+            }
+        }
+        self.versions = versions;
+        self.started = true;
+        items
+            .iter()
+            .map(|item| {
+                item.identity
+                    .as_ref()
+                    .and_then(|identity| self.versions.get(identity))
+                    .cloned()
+            })
+            .collect()
     }
 }
 
@@ -84,10 +190,10 @@ fn record_outcomes(metrics: &Metrics, reports: &[Report]) {
     metrics.resources.reset();
     for report in reports {
         let kind = report.key.as_ref().map_or("Unknown", |k| k.kind.as_str());
-        let outcome = if report.is_accepted() {
-            "accepted"
-        } else {
-            "rejected"
+        let outcome = match report.outcome {
+            Outcome::Accepted { .. } => "accepted",
+            Outcome::Stale { .. } => "stale",
+            Outcome::Rejected { .. } => "rejected",
         };
         metrics.resources.with_label_values(&[kind, outcome]).inc();
     }
@@ -110,8 +216,25 @@ fn log_new_verdicts(previous: Option<&Published>, reports: &[Report]) {
                         resource = %resource,
                         reason = reason.as_str(),
                         field = %error.field,
-                        message = %error.message,
+                        error = %error.message,
                         "resource rejected"
+                    );
+                }
+            }
+            Outcome::Stale {
+                reason,
+                errors,
+                serving,
+            } => {
+                for error in errors {
+                    tracing::warn!(
+                        origin = %report.origin,
+                        resource = %resource,
+                        reason = reason.as_str(),
+                        field = %error.field,
+                        error = %error.message,
+                        serving = %serving,
+                        "resource rejected; its last accepted version goes on serving"
                     );
                 }
             }
@@ -121,7 +244,7 @@ fn log_new_verdicts(previous: Option<&Published>, reports: &[Report]) {
                         origin = %report.origin,
                         resource = %resource,
                         field = %warning.field,
-                        message = %warning.message,
+                        warning = %warning.message,
                         "resource accepted with a warning"
                     );
                 }

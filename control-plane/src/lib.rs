@@ -12,6 +12,7 @@ pub mod api;
 pub mod compile;
 pub mod controller;
 pub mod delivery;
+pub mod dir_status;
 pub mod fleet;
 pub mod keygen;
 pub mod kubernetes;
@@ -240,6 +241,13 @@ pub async fn start(config: Config) -> Result<ControlPlane, Error> {
                     .reconcile(leader_rx.clone(), shutdown_rx.clone()),
             ));
             let _ = rebalancer.set(started);
+            servers.push(tokio::spawn(writeback::run(
+                Box::new(dir_status::DirStatusSink::new(path)),
+                published_rx.clone(),
+                nodes.clone(),
+                leader_rx.clone(),
+                None,
+            )));
             Box::new(DirSource::new(path))
         }
         SourceSpec::Kv(address) => {

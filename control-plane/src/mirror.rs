@@ -79,13 +79,11 @@ async fn sync(
 ) -> Result<(), KvError> {
     let lost_lead = || KvError::Operation("no longer the leader".into());
     let operation = |e: &dyn std::fmt::Display| KvError::Operation(e.to_string());
+    // What serves: a resource whose latest edit is invalid is mirrored as the version
+    // still in force.
     let desired: BTreeMap<String, String> = current
-        .reports
-        .iter()
-        .zip(current.items.iter())
-        .filter(|(report, _)| report.is_accepted())
-        .filter_map(|(_, item)| item.parsed.as_ref().ok())
-        .map(|resource| (resource_key(&resource.key()), resource.exported().to_yaml()))
+        .served()
+        .map(|(_, resource)| (resource_key(&resource.key()), resource.exported().to_yaml()))
         .collect();
     if mirrored.is_none() {
         let mut held = BTreeMap::new();

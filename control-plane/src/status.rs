@@ -30,6 +30,22 @@ pub fn conditions(report: &Report, version: &str, nodes: &[NodeStatus]) -> Vec<C
         message,
         observed_generation: report.generation,
     };
+    let kind = report.key.as_ref().map(|k| k.kind);
+    // The version in the snapshot: whether data planes run it.
+    let served = || -> (&'static str, &'static str, String) {
+        if kind.is_some_and(enforced) {
+            programmed(version, nodes)
+        } else {
+            // Validated and kept, but nothing enforces it yet: say so rather than let
+            // anyone believe a CORS rule is active.
+            let kind = kind.map_or("this kind", Kind::as_str);
+            (
+                "False",
+                "NotEnforced",
+                format!("data planes do not enforce {kind} yet"),
+            )
+        }
+    };
     match &report.outcome {
         Outcome::Rejected { reason, errors } => {
             vec![
@@ -42,25 +58,34 @@ pub fn conditions(report: &Report, version: &str, nodes: &[NodeStatus]) -> Vec<C
                 ),
             ]
         }
+        Outcome::Stale {
+            reason,
+            errors,
+            serving,
+        } => {
+            let (status, programmed_reason, programmed_message) = served();
+            vec![
+                condition(
+                    ACCEPTED,
+                    "False",
+                    reason.as_str(),
+                    format!("{}; serving {serving}", join(errors)),
+                ),
+                condition(
+                    PROGRAMMED,
+                    status,
+                    programmed_reason,
+                    format!("{programmed_message} ({serving})"),
+                ),
+            ]
+        }
         Outcome::Accepted { warnings } => {
             let (reason, message) = if warnings.is_empty() {
                 ("Accepted", "valid".to_owned())
             } else {
                 ("AcceptedWithWarnings", join(warnings))
             };
-            let kind = report.key.as_ref().map(|k| k.kind);
-            let (status, programmed_reason, programmed_message) = if kind.is_some_and(enforced) {
-                programmed(version, nodes)
-            } else {
-                // Validated and kept, but nothing enforces it yet: say so rather than
-                // let anyone believe a CORS rule or a placement is active.
-                let kind = kind.map_or("this kind", Kind::as_str);
-                (
-                    "False",
-                    "NotEnforced",
-                    format!("data planes do not enforce {kind} yet"),
-                )
-            };
+            let (status, programmed_reason, programmed_message) = served();
             vec![
                 condition(ACCEPTED, "True", reason, message),
                 condition(PROGRAMMED, status, programmed_reason, programmed_message),

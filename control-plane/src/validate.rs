@@ -65,7 +65,7 @@ pub fn validate_with(
             (origin, _) => origin.clone(),
         };
         match &report.outcome {
-            Outcome::Rejected { errors, .. } => {
+            Outcome::Rejected { errors, .. } | Outcome::Stale { errors, .. } => {
                 verdict
                     .errors
                     .extend(errors.iter().map(|e| format!("{origin}: {e}")));

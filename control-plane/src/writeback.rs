@@ -48,6 +48,17 @@ pub struct StoredCondition {
     pub last_transition_time: String,
 }
 
+/// Everything written into a resource's status.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct StoredStatus {
+    #[serde(default)]
+    pub conditions: Vec<StoredCondition>,
+    /// Kept so that a restarted control plane serves it while the resource is invalid.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_accepted: Option<pavilion_crds::status::LastAccepted>,
+}
+
 /// What a write achieved.
 pub enum Written {
     Done,
@@ -57,15 +68,15 @@ pub enum Written {
 
 /// Where statuses are written.
 pub trait StatusSink: Send + 'static {
-    /// The conditions currently stored for `target`, if any.
+    /// The status currently stored for `target`, if any.
     fn read<'a>(
         &'a mut self,
         target: &'a StatusTarget,
-    ) -> BoxFuture<'a, Result<Option<Vec<StoredCondition>>, String>>;
+    ) -> BoxFuture<'a, Result<Option<StoredStatus>, String>>;
     fn write<'a>(
         &'a mut self,
         target: &'a StatusTarget,
-        conditions: &'a [StoredCondition],
+        status: &'a StoredStatus,
     ) -> BoxFuture<'a, Result<Written, String>>;
     /// The resource is gone: drop its status where it lives apart from it.
     fn remove<'a>(&'a mut self, target: &'a StatusTarget) -> BoxFuture<'a, Result<(), String>>;
@@ -93,7 +104,7 @@ pub async fn run(
     };
     let mut node_changes = nodes.subscribe();
     // What is known to be stored, per resource.
-    let mut stored: HashMap<StatusTarget, Vec<StoredCondition>> = HashMap::new();
+    let mut stored: HashMap<StatusTarget, StoredStatus> = HashMap::new();
     let mut pruned = false;
     let mut reread_at = tokio::time::Instant::now() + REREAD_EVERY;
     loop {
@@ -124,7 +135,7 @@ pub async fn run(
         };
         let now = k8s_openapi::jiff::Timestamp::now().to_string();
         let mut seen = HashSet::new();
-        for report in &current.reports {
+        for (report, last_accepted) in current.reports.iter().zip(&current.last_accepted) {
             // Checked before every write: a replica that lost the lead stops at once.
             if !*leader.borrow() {
                 break;
@@ -142,7 +153,14 @@ pub async fn run(
                 }),
             };
             let fresh = conditions(report, &current.snapshot.version, &nodes);
-            let next = with_transition_times(fresh, previous.as_ref(), &now);
+            let next = StoredStatus {
+                conditions: with_transition_times(
+                    fresh,
+                    previous.as_ref().map(|p| p.conditions.as_slice()),
+                    &now,
+                ),
+                last_accepted: last_accepted.as_ref().map(|l| l.to_status()),
+            };
             if previous.as_ref() == Some(&next) {
                 stored.insert(target, next);
                 continue;
@@ -191,7 +209,7 @@ pub async fn run(
 /// Keeps a condition's transition time while its status stays the same.
 fn with_transition_times(
     fresh: Vec<Condition>,
-    previous: Option<&Vec<StoredCondition>>,
+    previous: Option<&[StoredCondition]>,
     now: &str,
 ) -> Vec<StoredCondition> {
     fresh
@@ -232,13 +250,13 @@ mod tests {
         let first = with_transition_times(vec![condition("Accepted", "True", "valid")], None, "t1");
         let same = with_transition_times(
             vec![condition("Accepted", "True", "still valid")],
-            Some(&first),
+            Some(&first[..]),
             "t2",
         );
         assert_eq!(same[0].last_transition_time, "t1");
         let flipped = with_transition_times(
             vec![condition("Accepted", "False", "broken")],
-            Some(&same),
+            Some(&same[..]),
             "t3",
         );
         assert_eq!(flipped[0].last_transition_time, "t3");

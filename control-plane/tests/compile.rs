@@ -1,23 +1,19 @@
 //! The compiler as the pure function it is: verdicts per document, isolation of bad
 //! documents, deterministic versions, precedence order and conflict reports.
 
-use std::path::PathBuf;
+use std::sync::Arc;
 
 use pavilion_control::compile::{Outcome, Reason, compile};
-use pavilion_control::source::{Item, Origin};
+use pavilion_control::source::{Item, LastAccepted};
 use pavilion_crds::parse_documents;
 
 fn items(files: &[(&str, &str)]) -> Vec<Item> {
     files
         .iter()
         .flat_map(|(name, text)| {
-            parse_documents(text).into_iter().map(move |doc| Item {
-                origin: Origin::File {
-                    path: PathBuf::from(name),
-                    line: doc.line,
-                },
-                parsed: doc.result,
-            })
+            parse_documents(text)
+                .into_iter()
+                .map(move |doc| Item::from_document(std::path::Path::new(name), doc))
         })
         .collect()
 }
@@ -53,7 +49,7 @@ fn bad_documents_are_rejected_alone() {
         .map(|r| {
             let reason = match &r.outcome {
                 Outcome::Accepted { .. } => None,
-                Outcome::Rejected { reason, .. } => Some(*reason),
+                Outcome::Rejected { reason, .. } | Outcome::Stale { reason, .. } => Some(*reason),
             };
             (r.origin.to_string(), reason)
         })
@@ -271,7 +267,9 @@ fn only_valid_documents_claim_a_name() {
         .iter()
         .map(|r| match &r.outcome {
             Outcome::Accepted { .. } => ("accepted".to_owned(), String::new()),
-            Outcome::Rejected { reason, errors } => (format!("{reason:?}"), errors[0].to_string()),
+            Outcome::Rejected { reason, errors } | Outcome::Stale { reason, errors, .. } => {
+                (format!("{reason:?}"), errors[0].to_string())
+            }
         })
         .collect();
     assert_eq!(
@@ -307,4 +305,87 @@ fn hosts_are_sorted_and_unique_in_the_snapshot() {
         compiled.snapshot.routes[0].hosts,
         ["a.example.com", "b.example.com"]
     );
+}
+
+/// The version a control plane accepted earlier, as the controller hands it to the compiler.
+fn last_accepted(text: &str, generation: i64) -> Arc<LastAccepted> {
+    let resource = parse_documents(text).remove(0).result.expect("valid");
+    Arc::new(LastAccepted {
+        resource,
+        generation: Some(generation),
+        accepted_at: "2026-11-26T10:00:00Z".into(),
+    })
+}
+
+#[test]
+fn a_bad_edit_compiles_the_last_accepted_version_with_its_policies() {
+    let good = route("orders", "", SIMPLE);
+    let policy = "apiVersion: gateway.pavilion.dev/v1alpha1\nkind: RateLimitPolicy\nmetadata: { name: slow, namespace: shop }\nspec:\n  targetRef: { kind: Route, name: orders }\n  limits: [{ key: [clientIp], requests: 5, per: 1s }]\n---\n";
+    let edits = [
+        // Invalid: a backend scheme nobody serves.
+        route("orders", "", SIMPLE).replace("http://127.0.0.1:9000", "ftp://x:1"),
+        // Unreadable: a field of the wrong type; the identity is still plain to read.
+        route("orders", "", "  rules: 7\n"),
+    ];
+    let baseline = compile(&items(&[("r.yaml", &good), ("p.yaml", policy)]));
+    assert!(
+        baseline.reports.iter().all(|r| r.is_accepted()),
+        "{:?}",
+        baseline.reports
+    );
+    for edit in edits {
+        let mut input = items(&[("r.yaml", &edit), ("p.yaml", policy)]);
+        assert_eq!(
+            input[0].identity.as_ref().map(|k| k.name.as_str()),
+            Some("orders")
+        );
+        input[0].last_accepted = Some(last_accepted(&good, 3));
+        let compiled = compile(&input);
+        let Outcome::Stale {
+            serving, errors, ..
+        } = &compiled.reports[0].outcome
+        else {
+            panic!("{:?}", compiled.reports[0]);
+        };
+        assert_eq!(serving, "generation 3");
+        assert!(!errors.is_empty());
+        assert!(
+            compiled.reports[1].is_accepted(),
+            "the policy stays attached"
+        );
+        assert_eq!(compiled.snapshot.routes, baseline.snapshot.routes);
+        assert_eq!(compiled.snapshot.version, baseline.snapshot.version);
+
+        // Without a last accepted version (never valid, or deleted and recreated) the
+        // document stays out, and the policy with it.
+        let compiled = compile(&items(&[("r.yaml", &edit), ("p.yaml", policy)]));
+        assert!(matches!(
+            compiled.reports[0].outcome,
+            Outcome::Rejected { .. }
+        ));
+        assert!(compiled.snapshot.routes.is_empty());
+        assert!(!compiled.reports[1].is_accepted());
+    }
+}
+
+#[test]
+fn a_last_accepted_version_never_displaces_a_valid_definition() {
+    let good = route("orders", "", SIMPLE);
+    let moved = route("orders", "", SIMPLE).replace("9000", "9100");
+    let mut input = items(&[
+        ("a.yaml", &route("orders", "", "  rules: []\n")),
+        ("b.yaml", &moved),
+    ]);
+    for item in &mut input {
+        item.last_accepted = Some(last_accepted(&good, 1));
+    }
+    let compiled = compile(&input);
+    assert!(
+        matches!(compiled.reports[0].outcome, Outcome::Rejected { .. }),
+        "{:?}",
+        compiled.reports[0]
+    );
+    assert!(compiled.reports[1].is_accepted());
+    assert_eq!(compiled.snapshot.routes.len(), 1);
+    assert!(format!("{:?}", compiled.snapshot.routes[0]).contains("9100"));
 }

@@ -1,8 +1,6 @@
 //! Authentication in the snapshot: rule `auth` and address lists normalised, API keys as
 //! raw hashes sorted by namespace and id, duplicates refused, revocations merged.
 
-use std::path::PathBuf;
-
 use pavilion_control::compile::{Compiled, Outcome, Reason, compile_at};
 use pavilion_control::source::{Item, Origin};
 use pavilion_crds::parse_documents;
@@ -15,13 +13,7 @@ const NOW: i64 = 1_780_272_000;
 fn compile(text: &str) -> Compiled {
     let items: Vec<Item> = parse_documents(text)
         .into_iter()
-        .map(|doc| Item {
-            origin: Origin::File {
-                path: PathBuf::from("r.yaml"),
-                line: doc.line,
-            },
-            parsed: doc.result,
-        })
+        .map(|doc| Item::from_document(std::path::Path::new("r.yaml"), doc))
         .collect();
     compile_at(&items, NOW)
 }
@@ -32,13 +24,16 @@ fn reason(compiled: &Compiled, index: usize) -> Option<(Reason, Vec<String>)> {
         Outcome::Rejected { reason, errors } => {
             Some((*reason, errors.iter().map(ToString::to_string).collect()))
         }
+        stale @ Outcome::Stale { .. } => panic!("nothing was accepted before: {stale:?}"),
     }
 }
 
 fn warnings(compiled: &Compiled, index: usize) -> Vec<String> {
     match &compiled.reports[index].outcome {
         Outcome::Accepted { warnings } => warnings.iter().map(ToString::to_string).collect(),
-        Outcome::Rejected { errors, .. } => panic!("rejected: {errors:?}"),
+        Outcome::Rejected { errors, .. } | Outcome::Stale { errors, .. } => {
+            panic!("rejected: {errors:?}")
+        }
     }
 }
 
@@ -306,10 +301,7 @@ fn an_expired_key_is_accepted_with_a_warning() {
     // Time decides warnings only, never the snapshot.
     let items: Vec<Item> = parse_documents(&text)
         .into_iter()
-        .map(|doc| Item {
-            origin: Origin::Kv { key: "k".into() },
-            parsed: doc.result,
-        })
+        .map(|doc| Item::new(Origin::Kv { key: "k".into() }, doc.result))
         .collect();
     assert_eq!(
         compile_at(&items, 0).snapshot,

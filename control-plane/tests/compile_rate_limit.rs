@@ -5,12 +5,10 @@
 //! nothing (or target the gateway from outside the gateway namespace) are reported and
 //! applied nowhere.
 
-use std::path::PathBuf;
-
 use pavilion_control::compile::{
     CompileOptions, Compiled, Outcome, Reason, compile_at, compile_at_with,
 };
-use pavilion_control::source::{Item, Origin};
+use pavilion_control::source::Item;
 use pavilion_crds::parse_documents;
 use pavilion_proto as proto;
 use prost::Message;
@@ -32,13 +30,7 @@ fn compile_in(gateway_namespace: &str, docs: &[String]) -> Compiled {
 fn items(docs: &[String]) -> Vec<Item> {
     parse_documents(&docs.concat())
         .into_iter()
-        .map(|doc| Item {
-            origin: Origin::File {
-                path: PathBuf::from("r.yaml"),
-                line: doc.line,
-            },
-            parsed: doc.result,
-        })
+        .map(|doc| Item::from_document(std::path::Path::new("r.yaml"), doc))
         .collect()
 }
 
@@ -104,6 +96,7 @@ fn reason(compiled: &Compiled, index: usize) -> Option<(Reason, String)> {
     match &compiled.reports[index].outcome {
         Outcome::Accepted { .. } => None,
         Outcome::Rejected { reason, errors } => Some((*reason, errors[0].to_string())),
+        stale @ Outcome::Stale { .. } => panic!("nothing was accepted before: {stale:?}"),
     }
 }
 

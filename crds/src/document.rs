@@ -8,7 +8,7 @@ use serde::de::{DeserializeOwned, IgnoredAny};
 
 use crate::resource::DEFAULT_NAMESPACE;
 use crate::{
-    API_VERSION, ApiKey, CorsPolicy, Kind, RateLimitPolicy, Resource, Route, Shard,
+    API_VERSION, ApiKey, CorsPolicy, Kind, RateLimitPolicy, Resource, ResourceKey, Route, Shard,
     TenantPlacement, TokenRevocation,
 };
 
@@ -28,6 +28,11 @@ pub struct DocumentError {
 pub struct ParsedDocument {
     /// 1-based line where the document's content starts.
     pub line: usize,
+    /// Which resource the document claims to be (`kind`, `metadata.namespace`,
+    /// `metadata.name`), read leniently: known even when `result` is an error, as long as the
+    /// text is YAML and names a known kind. A broken edit of a live resource is recognised
+    /// by it, so the last accepted version can go on serving.
+    pub identity: Option<ResourceKey>,
     pub result: Result<Resource, DocumentError>,
 }
 
@@ -54,15 +59,18 @@ pub fn parse_documents(text: &str) -> Vec<ParsedDocument> {
         let Some(line) = first_content_line(chunk).map(|offset| first_line + offset) else {
             continue;
         };
-        let result = if chunk.len() > MAX_DOCUMENT_BYTES {
-            Err(DocumentError {
-                line,
-                field: "document".into(),
-                message: format!(
-                    "{} bytes; documents of more than {MAX_DOCUMENT_BYTES} bytes are not read",
-                    chunk.len()
-                ),
-            })
+        let (identity, result) = if chunk.len() > MAX_DOCUMENT_BYTES {
+            (
+                None,
+                Err(DocumentError {
+                    line,
+                    field: "document".into(),
+                    message: format!(
+                        "{} bytes; documents of more than {MAX_DOCUMENT_BYTES} bytes are not read",
+                        chunk.len()
+                    ),
+                }),
+            )
         } else {
             parse_document(chunk, first_line, line)
         };
@@ -74,11 +82,20 @@ pub fn parse_documents(text: &str) -> Vec<ParsedDocument> {
                 continue;
             }
         }
-        documents.push(ParsedDocument { line, result });
+        let identity = match &result {
+            Ok(resource) => Some(resource.key()),
+            Err(_) => identity,
+        };
+        documents.push(ParsedDocument {
+            line,
+            identity,
+            result,
+        });
     }
     if let Some((line, count)) = unlisted {
         documents.push(ParsedDocument {
             line,
+            identity: None,
             result: Err(DocumentError {
                 line,
                 field: "document".into(),
@@ -91,6 +108,7 @@ pub fn parse_documents(text: &str) -> Vec<ParsedDocument> {
     if let Some(line) = unread {
         documents.push(ParsedDocument {
             line,
+            identity: None,
             result: Err(DocumentError {
                 line,
                 field: "document".into(),
@@ -174,7 +192,52 @@ struct Envelope<S> {
     status: Option<IgnoredAny>,
 }
 
+/// Reads one document: the identity it claims (see [`ParsedDocument::identity`]) and the
+/// resource, or why it is not one.
 fn parse_document(
+    chunk: &str,
+    first_line: usize,
+    content_line: usize,
+) -> (Option<ResourceKey>, Result<Resource, DocumentError>) {
+    let value: serde_yaml_ng::Value = match serde_yaml_ng::from_str(chunk) {
+        Ok(value) => value,
+        Err(e) => {
+            let line = e
+                .location()
+                .map_or(content_line, |l| first_line + l.line() - 1);
+            let error = DocumentError {
+                line,
+                field: "document".into(),
+                message: strip_location(&e.to_string()),
+            };
+            return (None, Err(error));
+        }
+    };
+    (
+        claimed_identity(&value),
+        read_resource(&value, chunk, first_line, content_line),
+    )
+}
+
+/// `kind`, `metadata.namespace` (default `default`) and `metadata.name`, when the document
+/// names a known kind and a name.
+fn claimed_identity(value: &serde_yaml_ng::Value) -> Option<ResourceKey> {
+    let kind = Kind::from_name(value.get("kind")?.as_str()?)?;
+    let metadata = value.get("metadata")?;
+    let name = metadata.get("name")?.as_str()?.to_owned();
+    let namespace = match metadata.get("namespace") {
+        None => DEFAULT_NAMESPACE.to_owned(),
+        Some(namespace) => namespace.as_str()?.to_owned(),
+    };
+    Some(ResourceKey {
+        kind,
+        namespace,
+        name,
+    })
+}
+
+fn read_resource(
+    value: &serde_yaml_ng::Value,
     chunk: &str,
     first_line: usize,
     content_line: usize,
@@ -184,12 +247,6 @@ fn parse_document(
         field: field.to_owned(),
         message,
     };
-    let value: serde_yaml_ng::Value = serde_yaml_ng::from_str(chunk).map_err(|e| {
-        let line = e
-            .location()
-            .map_or(content_line, |l| first_line + l.line() - 1);
-        error_at(line, "document", strip_location(&e.to_string()))
-    })?;
     let Some(map) = value.as_mapping() else {
         return Err(error_at(
             content_line,

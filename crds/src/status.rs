@@ -14,6 +14,24 @@ pub const PROGRAMMED: &str = "Programmed";
 pub struct ResourceStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+    /// The last version the control plane accepted, kept so that after a bad edit (and
+    /// across a control-plane restart) that version goes on serving.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_accepted: Option<LastAccepted>,
+}
+
+/// The last accepted version of a resource, as written into its status.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LastAccepted {
+    /// `metadata.generation` of that version, where the source counts generations.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generation: Option<i64>,
+    /// When the control plane first accepted it (RFC 3339).
+    pub accepted_at: String,
+    /// The resource as YAML, without status: one string, so that a merge patch of the
+    /// status replaces it whole rather than merging two versions' fields.
+    pub document: String,
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]

@@ -6,12 +6,11 @@
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use pavilion_control::compile;
-use pavilion_control::source::{Item, Origin};
+use pavilion_control::source::Item;
 use pavilion_data::placement::{Lookup, Placements, Service};
 use prost::Message;
 
@@ -79,13 +78,7 @@ fn main() {
     let started = Instant::now();
     let items: Vec<Item> = pavilion_crds::parse_documents(&text)
         .into_iter()
-        .map(|doc| Item {
-            origin: Origin::File {
-                path: PathBuf::from("placements.yaml"),
-                line: doc.line,
-            },
-            parsed: doc.result,
-        })
+        .map(|doc| Item::from_document(std::path::Path::new("placements.yaml"), doc))
         .collect();
     let parsing = started.elapsed();
     let mut compiling = Vec::new();

@@ -58,6 +58,14 @@ pub enum Outcome {
         reason: Reason,
         errors: Vec<FieldError>,
     },
+    /// The document is rejected for `reason`, but the last accepted version of the same
+    /// resource (`serving`: `generation 3`) is compiled in its place: a bad edit keeps the
+    /// previous version live, with its policies attached, until it is fixed or deleted.
+    Stale {
+        reason: Reason,
+        errors: Vec<FieldError>,
+        serving: String,
+    },
 }
 
 /// Machine-readable reason of a rejection; the `reason` of the `Accepted=False` condition.
@@ -87,6 +95,15 @@ impl Reason {
 impl Report {
     pub fn is_accepted(&self) -> bool {
         matches!(self.outcome, Outcome::Accepted { .. })
+    }
+
+    /// Whether some version of the resource is in the snapshot: this one, or the last
+    /// accepted one standing in for it.
+    pub fn is_served(&self) -> bool {
+        matches!(
+            self.outcome,
+            Outcome::Accepted { .. } | Outcome::Stale { .. }
+        )
     }
 }
 
@@ -132,14 +149,24 @@ pub fn compile_at(items: &[Item], now: i64) -> Compiled {
 /// Compiles the resource set as of `now` (seconds since the Unix epoch); see [`compile_at`].
 pub fn compile_at_with(items: &[Item], now: i64, options: &CompileOptions) -> Compiled {
     let mut reports: Vec<Report> = items.iter().map(first_pass).collect();
-    reject_duplicates(items, &mut reports);
+    let held = stand_in_last_accepted(items, &mut reports);
+    // What each document contributes: its resource, or the version standing in for it.
+    let resources: Vec<Option<&Resource>> = items
+        .iter()
+        .zip(&held)
+        .map(|(item, held)| match held {
+            Some(_) => item.last_accepted.as_ref().map(|l| &l.resource),
+            None => item.parsed.as_ref().ok(),
+        })
+        .collect();
+    reject_duplicates(items, &resources, &mut reports);
 
     let accepted = |kind: Kind| {
-        items
+        resources
             .iter()
             .zip(0..)
-            .filter(move |(item, _)| item.key().is_some_and(|k| k.kind == kind))
-            .filter_map(|(item, i)| item.parsed.as_ref().ok().map(|r| (r, i)))
+            .filter_map(|(resource, i)| resource.map(|r| (r, i)))
+            .filter(move |(resource, _)| resource.kind() == kind)
     };
     // Policies can only attach to routes that are themselves accepted.
     let routes: Vec<(&Resource, usize)> = accepted(Kind::Route)
@@ -194,17 +221,84 @@ pub fn compile_at_with(items: &[Item], now: i64, options: &CompileOptions) -> Co
         .filter(|(_, i)| reports[*i].is_accepted())
         .collect();
     snapshot.placements = Some(tenancy::placements(&shards, &placements, &mut reports));
+    for (report, held) in reports.iter_mut().zip(held) {
+        let Some(Held {
+            reason,
+            errors,
+            serving,
+        }) = held
+        else {
+            continue;
+        };
+        report.outcome = match report.outcome {
+            Outcome::Accepted { .. } => Outcome::Stale {
+                reason,
+                errors,
+                serving,
+            },
+            // The old version no longer fits either (a duplicate appeared, say): the
+            // document's own problem is what to fix.
+            _ => Outcome::Rejected { reason, errors },
+        };
+    }
     Compiled {
         snapshot: with_version(snapshot),
         reports,
     }
 }
 
+/// Why a document is not compiled itself while its last accepted version stands in.
+struct Held {
+    reason: Reason,
+    errors: Vec<FieldError>,
+    serving: String,
+}
+
+/// A document that is unreadable or invalid but has a last accepted version of the same
+/// resource is compiled as that version: a bad edit must not take a live resource down.
+/// Its report keeps the new version's problems (see [`Outcome::Stale`]). A resource that
+/// never was valid has no such version and stays out.
+fn stand_in_last_accepted(items: &[Item], reports: &mut [Report]) -> Vec<Option<Held>> {
+    // A valid definition elsewhere (another file, say) is the resource now: an old
+    // version must not displace it.
+    let defined: std::collections::HashSet<&ResourceKey> = items
+        .iter()
+        .zip(reports.iter())
+        .filter(|(_, report)| report.is_accepted())
+        .filter_map(|(item, _)| item.identity.as_ref())
+        .collect();
+    items
+        .iter()
+        .zip(reports.iter_mut())
+        .map(|(item, report)| {
+            let Outcome::Rejected { reason, errors } = &report.outcome else {
+                return None;
+            };
+            let last = item.last_accepted.as_ref()?;
+            if item.identity.as_ref() != Some(&last.resource.key())
+                || defined.contains(&last.resource.key())
+                || !last.resource.validate().is_empty()
+            {
+                return None;
+            }
+            let held = Held {
+                reason: *reason,
+                errors: errors.clone(),
+                serving: last.describe(),
+            };
+            report.outcome = Outcome::Accepted {
+                warnings: Vec::new(),
+            };
+            Some(held)
+        })
+        .collect()
+}
+
 /// Per-document checks: readable, and valid on its own.
 fn first_pass(item: &Item) -> Report {
     let (key, generation, outcome) = match &item.parsed {
         Err(e) => (
-            None,
+            item.identity.clone(),
             None,
             Outcome::Rejected {
                 reason: Reason::Unreadable,
@@ -243,12 +337,12 @@ fn first_pass(item: &Item) -> Report {
 
 /// The first valid definition of a key wins; later ones are rejected and point at it. Of two
 /// placements of one tenant, the older wins.
-fn reject_duplicates(items: &[Item], reports: &mut [Report]) {
+fn reject_duplicates(items: &[Item], resources: &[Option<&Resource>], reports: &mut [Report]) {
     let mut first_key: HashMap<ResourceKey, &Origin> = HashMap::new();
-    for (item, report) in items.iter().zip(reports.iter_mut()) {
+    for ((item, resource), report) in items.iter().zip(resources).zip(reports.iter_mut()) {
         // Only valid documents claim their key: an invalid one keeps its own errors, and a
         // valid definition after it still counts.
-        let Ok(resource) = &item.parsed else { continue };
+        let Some(resource) = resource else { continue };
         if !report.is_accepted() {
             continue;
         }
@@ -268,15 +362,15 @@ fn reject_duplicates(items: &[Item], reports: &mut [Report]) {
     // Two placements of one tenant: the older keeps it (creation time, then namespace and
     // name; documents without a creation time — files — count as oldest), as for routes.
     let mut placements: HashMap<&str, Vec<usize>> = HashMap::new();
-    for (index, item) in items.iter().enumerate() {
-        if let Ok(Resource::TenantPlacement(p)) = &item.parsed
+    for (index, resource) in resources.iter().enumerate() {
+        if let Some(Resource::TenantPlacement(p)) = resource
             && reports[index].is_accepted()
         {
             placements.entry(&p.spec.tenant).or_default().push(index);
         }
     }
     let age = |index: usize| {
-        let meta = items[index].parsed.as_ref().map(Resource::metadata).ok();
+        let meta = resources[index].map(Resource::metadata);
         (
             meta.and_then(|m| m.creation_timestamp.clone()),
             meta.and_then(|m| m.namespace.clone()),
@@ -287,7 +381,7 @@ fn reject_duplicates(items: &[Item], reports: &mut [Report]) {
     for (tenant, mut claims) in placements {
         claims.sort_by_key(|&index| age(index));
         let (winner, younger) = claims.split_first().expect("grouped, so never empty");
-        let owner = items[*winner].key().expect("a parsed resource");
+        let owner = resources[*winner].expect("a resource").key();
         for &index in younger {
             reports[index].outcome = Outcome::Rejected {
                 reason: Reason::Duplicate,

@@ -1,5 +1,5 @@
-//! Conditions written to each resource's status subresource (merge patch of
-//! `status.conditions`), which `kubectl get` shows in its columns.
+//! Statuses written to each resource's status subresource (merge patch of
+//! `status.conditions` and `status.lastAccepted`), which `kubectl get` shows in its columns.
 
 use futures::FutureExt;
 use futures::future::BoxFuture;
@@ -7,7 +7,7 @@ use kube::api::{Api, DynamicObject, Patch, PatchParams};
 
 use crate::source::Origin;
 use crate::source::kube::api_resource;
-use crate::writeback::{StatusSink, StatusTarget, StoredCondition, Written};
+use crate::writeback::{StatusSink, StatusTarget, StoredStatus, Written};
 
 pub struct KubeStatusSink {
     client: kube::Client,
@@ -27,7 +27,7 @@ impl StatusSink for KubeStatusSink {
     fn read<'a>(
         &'a mut self,
         target: &'a StatusTarget,
-    ) -> BoxFuture<'a, Result<Option<Vec<StoredCondition>>, String>> {
+    ) -> BoxFuture<'a, Result<Option<StoredStatus>, String>> {
         async move {
             let Origin::Kube { key } = &target.origin else {
                 return Ok(None);
@@ -37,13 +37,8 @@ impl StatusSink for KubeStatusSink {
                 .await
                 .map_err(|e| e.to_string())?;
             Ok(object
-                .and_then(|o| {
-                    o.data
-                        .get("status")
-                        .and_then(|s| s.get("conditions"))
-                        .cloned()
-                })
-                .and_then(|c| serde_json::from_value(c).ok()))
+                .and_then(|o| o.data.get("status").cloned())
+                .and_then(|s| serde_json::from_value(s).ok()))
         }
         .boxed()
     }
@@ -51,13 +46,15 @@ impl StatusSink for KubeStatusSink {
     fn write<'a>(
         &'a mut self,
         target: &'a StatusTarget,
-        conditions: &'a [StoredCondition],
+        status: &'a StoredStatus,
     ) -> BoxFuture<'a, Result<Written, String>> {
         async move {
             let Origin::Kube { key } = &target.origin else {
                 return Ok(Written::Gone);
             };
-            let patch = serde_json::json!({ "status": { "conditions": conditions } });
+            // A merge patch replaces `conditions` (a list) and `lastAccepted.document` (a
+            // string) whole.
+            let patch = serde_json::json!({ "status": status });
             match api(&self.client, key)
                 .patch_status(&key.name, &PatchParams::default(), &Patch::Merge(&patch))
                 .await

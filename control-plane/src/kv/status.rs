@@ -8,15 +8,10 @@ use futures::{FutureExt, StreamExt};
 
 use super::{STATUS_PREFIX, resource_key, status_key};
 use crate::source::Origin;
-use crate::writeback::{StatusSink, StatusTarget, StoredCondition, Written};
+use crate::writeback::{StatusSink, StatusTarget, StoredStatus, Written};
 
-/// The value of a status key.
-#[derive(serde::Deserialize)]
-struct StatusDocument {
-    conditions: Vec<StoredCondition>,
-}
-
-/// Statuses as KV keys: `status.<kind>.<namespace>.<name>` = `{"conditions":[…]}`.
+/// Statuses as KV keys: `status.<kind>.<namespace>.<name>` =
+/// `{"conditions":[…],"lastAccepted":{…}}`.
 pub struct KvStatusSink {
     store: Store,
 }
@@ -38,7 +33,7 @@ impl StatusSink for KvStatusSink {
     fn read<'a>(
         &'a mut self,
         target: &'a StatusTarget,
-    ) -> BoxFuture<'a, Result<Option<Vec<StoredCondition>>, String>> {
+    ) -> BoxFuture<'a, Result<Option<StoredStatus>, String>> {
         async move {
             let Some(key) = status_key_for(target) else {
                 return Ok(None);
@@ -46,9 +41,7 @@ impl StatusSink for KvStatusSink {
             let Some(bytes) = self.store.get(key).await.map_err(|e| e.to_string())? else {
                 return Ok(None);
             };
-            Ok(serde_json::from_slice::<StatusDocument>(&bytes)
-                .ok()
-                .map(|s| s.conditions))
+            Ok(serde_json::from_slice(&bytes).ok())
         }
         .boxed()
     }
@@ -56,14 +49,13 @@ impl StatusSink for KvStatusSink {
     fn write<'a>(
         &'a mut self,
         target: &'a StatusTarget,
-        conditions: &'a [StoredCondition],
+        status: &'a StoredStatus,
     ) -> BoxFuture<'a, Result<Written, String>> {
         async move {
             let Some(key) = status_key_for(target) else {
                 return Ok(Written::Gone);
             };
-            let body = serde_json::to_vec(&serde_json::json!({ "conditions": conditions }))
-                .map_err(|e| e.to_string())?;
+            let body = serde_json::to_vec(status).map_err(|e| e.to_string())?;
             self.store
                 .put(key, body.into())
                 .await

@@ -450,21 +450,16 @@ impl Rebalancer {
 /// The accepted placement of `tenant` in a published snapshot.
 fn placed<'a>(published: &'a Published, tenant: &str) -> Option<Placed<'a>> {
     published
-        .items
-        .iter()
-        .zip(&published.reports)
-        .filter(|(_, report)| report.is_accepted())
-        .find_map(|(item, _)| match &item.parsed {
-            Ok(resource @ Resource::TenantPlacement(p)) if p.spec.tenant == tenant => {
-                Some(Placed {
-                    placement: (
-                        resource.namespace().to_owned(),
-                        resource.name().to_owned(),
-                        item.origin.clone(),
-                    ),
-                    shards: &p.spec.shards,
-                })
-            }
+        .served()
+        .find_map(|(item, resource)| match resource {
+            Resource::TenantPlacement(p) if p.spec.tenant == tenant => Some(Placed {
+                placement: (
+                    resource.namespace().to_owned(),
+                    resource.name().to_owned(),
+                    item.origin.clone(),
+                ),
+                shards: &p.spec.shards,
+            }),
             _ => None,
         })
 }

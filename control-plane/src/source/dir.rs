@@ -13,7 +13,7 @@ use notify::{RecursiveMode, Watcher};
 use pavilion_crds::{DocumentError, parse_documents};
 use tokio::sync::Notify;
 
-use super::{Item, ItemsSender, Origin, Source, SourceError};
+use super::{Item, ItemsSender, LastAccepted, Origin, Source, SourceError};
 
 /// Quiet time after a file event before the directory is read again: editors save in
 /// several steps, and one read should see all of them.
@@ -59,17 +59,21 @@ impl DirSource {
         }
         let changed = Arc::new(Notify::new());
         let notify_changed = changed.clone();
+        let own_files = self.root.join(".pavilion");
         let mut watcher =
             notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
                 // Reading the tree opens every file; those access events must not trigger
-                // another read (which would loop forever).
-                if !matches!(
-                    event,
-                    Ok(notify::Event {
-                        kind: notify::EventKind::Access(_),
-                        ..
-                    })
-                ) {
+                // another read (which would loop forever). Nor do the statuses and plans
+                // the control plane itself writes below `.pavilion/`.
+                let ignored = match &event {
+                    Ok(event) => {
+                        matches!(event.kind, notify::EventKind::Access(_))
+                            || (!event.paths.is_empty()
+                                && event.paths.iter().all(|p| p.starts_with(&own_files)))
+                    }
+                    Err(_) => false,
+                };
+                if !ignored {
                     notify_changed.notify_one();
                 }
             })
@@ -91,7 +95,11 @@ impl DirSource {
             .await
             .unwrap_or_else(|e| Err(std::io::Error::other(e)));
             match loaded {
-                Ok(loaded) if last.as_ref() != Some(&loaded) => {
+                Ok(mut loaded) if last.as_ref() != Some(&loaded) => {
+                    if last.is_none() {
+                        // What an earlier run accepted, for documents that are now invalid.
+                        recall(&self.root, &mut loaded);
+                    }
                     tracing::info!(path = %self.root.display(), documents = loaded.len(), "read configuration directory");
                     items.send_replace(Some(loaded.clone().into()));
                     last = Some(loaded);
@@ -118,6 +126,16 @@ impl DirSource {
                 _ = tokio::time::sleep(RESCAN_EVERY) => {}
             }
         }
+    }
+}
+
+/// Sets each item's last accepted version from the status files an earlier run wrote.
+fn recall(root: &Path, items: &mut [Item]) {
+    for item in items {
+        item.last_accepted = item.identity.as_ref().and_then(|identity| {
+            let stored = crate::dir_status::read_status(root, identity)?.last_accepted?;
+            LastAccepted::from_status(&stored, identity).map(Arc::new)
+        });
     }
 }
 
@@ -179,13 +197,7 @@ pub fn load_file(path: &Path) -> Vec<Item> {
     match std::fs::read_to_string(path) {
         Ok(text) => parse_documents(&text)
             .into_iter()
-            .map(|doc| Item {
-                origin: Origin::File {
-                    path: path.to_owned(),
-                    line: doc.line,
-                },
-                parsed: doc.result,
-            })
+            .map(|doc| Item::from_document(path, doc))
             .collect(),
         Err(e) => vec![problem(path, "file", format!("cannot read: {e}"))],
     }
@@ -193,17 +205,17 @@ pub fn load_file(path: &Path) -> Vec<Item> {
 
 /// An item that is not a resource, only the reason `path` could not give any.
 fn problem(path: &Path, field: &str, message: String) -> Item {
-    Item {
-        origin: Origin::File {
+    Item::new(
+        Origin::File {
             path: path.to_owned(),
             line: 1,
         },
-        parsed: Err(DocumentError {
+        Err(DocumentError {
             line: 1,
             field: field.into(),
             message,
         }),
-    }
+    )
 }
 
 /// One walk of the tree.

@@ -20,7 +20,7 @@ use pavilion_crds::{
 };
 use tokio::sync::Notify;
 
-use super::{Item, ItemsSender, Origin, Source, SourceError};
+use super::{Item, ItemsSender, LastAccepted, Origin, Source, SourceError};
 
 /// Quiet time after an event before publishing, so a burst (a re-list) publishes once.
 const SETTLE: Duration = Duration::from_millis(10);
@@ -86,8 +86,12 @@ impl Source for KubeSource {
                     return Ok(());
                 }
             }
+            // Only the first set recalls last accepted versions from the statuses: from
+            // then on the controller remembers them, and reading them costs a parse each.
+            let mut recall = true;
             loop {
-                items.send_replace(Some(collect(&stores).into()));
+                items.send_replace(Some(collect(&stores, recall).into()));
+                recall = false;
                 changed.notified().await;
                 tokio::time::sleep(SETTLE).await;
             }
@@ -97,14 +101,17 @@ impl Source for KubeSource {
 }
 
 /// Every object of every store as items, ordered by kind, namespace and name.
-fn collect(stores: &[(Kind, Store<DynamicObject>)]) -> Vec<Item> {
+fn collect(stores: &[(Kind, Store<DynamicObject>)], recall: bool) -> Vec<Item> {
     let mut items: Vec<Item> = stores
         .iter()
         .flat_map(|(kind, store)| {
-            store
-                .state()
-                .into_iter()
-                .map(move |object| item(*kind, &object))
+            store.state().into_iter().map(move |object| {
+                let mut item = item(*kind, &object);
+                if recall {
+                    item.last_accepted = last_accepted(&object, item.identity.as_ref());
+                }
+                item
+            })
         })
         .collect();
     items.sort_by(|a, b| a.origin.cmp(&b.origin));
@@ -137,5 +144,15 @@ pub fn item(kind: Kind, object: &DynamicObject) -> Item {
             message: e.to_string(),
         }),
     };
-    Item { origin, parsed }
+    Item::new(origin, parsed)
+}
+
+/// What the object's status says was last accepted (written by the control plane).
+fn last_accepted(
+    object: &DynamicObject,
+    identity: Option<&ResourceKey>,
+) -> Option<Arc<LastAccepted>> {
+    let stored = object.data.get("status")?.get("lastAccepted")?;
+    let stored = serde_json::from_value(stored.clone()).ok()?;
+    LastAccepted::from_status(&stored, identity?).map(Arc::new)
 }

@@ -4,16 +4,21 @@
 //! the watch breaks, the last published set stays in force while the source reconnects.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::kv::{Entry, Operation, Store};
 use futures::FutureExt;
 use futures::StreamExt;
 use futures::future::BoxFuture;
+use pavilion_crds::status::LastAccepted as StoredLastAccepted;
 use pavilion_crds::{DocumentError, parse_documents};
 
-use super::{Item, ItemsSender, Origin, Source, SourceError};
-use crate::kv::{KvAddress, KvError, is_resource_key, open, parse_key, resource_key};
+use super::{Item, ItemsSender, LastAccepted, Origin, Source, SourceError};
+use crate::kv::{
+    KvAddress, KvError, STATUS_PREFIX, is_resource_key, open, parse_key, resource_key,
+};
+use crate::writeback::StoredStatus;
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(200);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
@@ -62,6 +67,9 @@ async fn watch(store: &Store, items: &ItemsSender) -> KvError {
         Err(e) => return operation(&e),
     };
     let mut current: BTreeMap<String, Item> = BTreeMap::new();
+    // Last accepted versions in the statuses an earlier run wrote, read with the initial
+    // values; the controller remembers them from then on.
+    let mut recalled: BTreeMap<String, StoredLastAccepted> = BTreeMap::new();
     let mut synced = empty;
     if synced {
         items.send_replace(Some(Vec::new().into()));
@@ -72,14 +80,49 @@ async fn watch(store: &Store, items: &ItemsSender) -> KvError {
             Err(e) => return operation(&e),
         };
         let changed = apply(&mut current, &entry);
+        if !synced {
+            recall(&mut recalled, &entry);
+        }
         // `delta` counts what is still pending: zero means the watch has caught up.
         let caught_up = entry.delta == 0;
-        if (synced && changed) || (!synced && caught_up) {
-            synced = true;
+        if synced && changed {
             items.send_replace(Some(current.values().cloned().collect::<Vec<_>>().into()));
+        } else if !synced && caught_up {
+            synced = true;
+            let first: Vec<Item> = current
+                .iter()
+                .map(|(key, item)| {
+                    let mut item = item.clone();
+                    item.last_accepted = recalled
+                        .get(key)
+                        .zip(item.identity.as_ref())
+                        .and_then(|(stored, identity)| LastAccepted::from_status(stored, identity))
+                        .map(Arc::new);
+                    item
+                })
+                .collect();
+            recalled.clear();
+            items.send_replace(Some(first.into()));
         }
     }
     KvError::Operation("the watch ended".into())
+}
+
+/// Notes the last accepted version a status entry holds, by the key of its resource.
+fn recall(recalled: &mut BTreeMap<String, StoredLastAccepted>, entry: &Entry) {
+    let Some(resource) = entry.key.strip_prefix(STATUS_PREFIX) else {
+        return;
+    };
+    let stored = match entry.operation {
+        Operation::Put => serde_json::from_slice::<StoredStatus>(&entry.value)
+            .ok()
+            .and_then(|status| status.last_accepted),
+        Operation::Delete | Operation::Purge => None,
+    };
+    match stored {
+        Some(stored) => recalled.insert(resource.to_owned(), stored),
+        None => recalled.remove(resource),
+    };
 }
 
 /// Applies one entry; false when it does not concern a resource (statuses, node reports).
@@ -103,13 +146,15 @@ pub fn item(key: &str, value: &[u8]) -> Item {
     let origin = Origin::Kv {
         key: key.to_owned(),
     };
-    let error = |field: &str, message: String| Item {
-        origin: origin.clone(),
-        parsed: Err(DocumentError {
-            line: 1,
-            field: field.to_owned(),
-            message,
-        }),
+    let error = |field: &str, message: String| {
+        Item::new(
+            origin.clone(),
+            Err(DocumentError {
+                line: 1,
+                field: field.to_owned(),
+                message,
+            }),
+        )
     };
     if parse_key(key).is_none() {
         return error("key", format!("`{key}` is not <kind>.<namespace>.<name>"));
@@ -139,5 +184,5 @@ pub fn item(key: &str, value: &[u8]) -> Item {
             })
         }
     });
-    Item { origin, parsed }
+    Item::new(origin, parsed)
 }

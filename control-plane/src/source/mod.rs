@@ -7,11 +7,12 @@ pub mod kube;
 pub mod kv;
 
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
-use pavilion_crds::{DocumentError, Resource, ResourceKey};
+use pavilion_crds::status::LastAccepted as StoredLastAccepted;
+use pavilion_crds::{DocumentError, ParsedDocument, Resource, ResourceKey};
 use tokio::sync::watch;
 
 pub use dir::DirSource;
@@ -44,11 +45,90 @@ impl fmt::Display for Origin {
 pub struct Item {
     pub origin: Origin,
     pub parsed: Result<Resource, DocumentError>,
+    /// Which resource the document is, even when it cannot be read as one: from the
+    /// resource, else from where it lives (a Kubernetes object, a KV key), else from what
+    /// the text claims (`kind` and `metadata`).
+    pub identity: Option<ResourceKey>,
+    /// The version to serve while this one is invalid. Sources fill it in from what an
+    /// earlier run stored (so a restart keeps serving it); the controller from memory.
+    pub last_accepted: Option<Arc<LastAccepted>>,
 }
 
 impl Item {
+    /// An item whose identity comes from the resource or its origin.
+    pub fn new(origin: Origin, parsed: Result<Resource, DocumentError>) -> Self {
+        let identity = match (&parsed, &origin) {
+            (Ok(resource), _) => Some(resource.key()),
+            (Err(_), Origin::Kube { key }) => Some(key.clone()),
+            (Err(_), Origin::Kv { key }) => crate::kv::parse_key(key),
+            (Err(_), Origin::File { .. }) => None,
+        };
+        Self {
+            origin,
+            parsed,
+            identity,
+            last_accepted: None,
+        }
+    }
+
+    /// A document of the file at `path`.
+    pub fn from_document(path: &Path, document: ParsedDocument) -> Self {
+        let mut item = Item::new(
+            Origin::File {
+                path: path.to_owned(),
+                line: document.line,
+            },
+            document.result,
+        );
+        item.identity = item.identity.or(document.identity);
+        item
+    }
+
     pub fn key(&self) -> Option<ResourceKey> {
         self.parsed.as_ref().ok().map(Resource::key)
+    }
+}
+
+/// The last version of a resource the control plane accepted.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LastAccepted {
+    /// Without status and server-managed metadata ([`Resource::exported`]).
+    pub resource: Resource,
+    pub generation: Option<i64>,
+    /// RFC 3339: when this version was first accepted.
+    pub accepted_at: String,
+}
+
+impl LastAccepted {
+    /// What a status holds; `None` when it no longer reads as a resource of `identity`
+    /// (written by another version, or edited by hand).
+    pub fn from_status(stored: &StoredLastAccepted, identity: &ResourceKey) -> Option<Self> {
+        let mut documents = pavilion_crds::parse_documents(&stored.document);
+        if documents.len() != 1 {
+            return None;
+        }
+        let resource = documents.remove(0).result.ok()?;
+        (resource.key() == *identity).then(|| Self {
+            resource,
+            generation: stored.generation,
+            accepted_at: stored.accepted_at.clone(),
+        })
+    }
+
+    pub fn to_status(&self) -> StoredLastAccepted {
+        StoredLastAccepted {
+            generation: self.generation,
+            accepted_at: self.accepted_at.clone(),
+            document: self.resource.to_yaml(),
+        }
+    }
+
+    /// How a status message names it: `generation 3`, or when it was accepted.
+    pub fn describe(&self) -> String {
+        match self.generation {
+            Some(generation) => format!("generation {generation}"),
+            None => format!("the version accepted at {}", self.accepted_at),
+        }
     }
 }
 
