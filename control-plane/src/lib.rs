@@ -8,6 +8,7 @@
 //! ```
 
 pub mod access;
+pub mod admission;
 pub mod api;
 pub mod compile;
 pub mod controller;
@@ -109,6 +110,8 @@ pub struct Config {
     pub api_token_file: Option<PathBuf>,
     /// Bearer tokens given directly (tests, embedding), besides the file's.
     pub api_tokens: Vec<String>,
+    /// Serve the validating admission webhook here (HTTPS, with `grpc_tls`'s certificate).
+    pub webhook_listen: Option<SocketAddr>,
 }
 
 /// The control plane's certificate for the snapshot stream, and the CA that signs data
@@ -136,6 +139,7 @@ impl Config {
             streams: StreamLimits::default(),
             api_token_file: None,
             api_tokens: Vec::new(),
+            webhook_listen: None,
         }
     }
 }
@@ -164,12 +168,16 @@ pub enum Error {
     GrpcTls(tonic::transport::Error),
     #[error(transparent)]
     Access(#[from] access::AccessError),
+    #[error(transparent)]
+    Webhook(#[from] admission::WebhookError),
 }
 
 /// A running control plane.
 pub struct ControlPlane {
     pub grpc_addr: SocketAddr,
     pub http_addr: SocketAddr,
+    /// The admission webhook's address, when it is served.
+    pub webhook_addr: Option<SocketAddr>,
     shutdown: watch::Sender<bool>,
     /// Whether this replica writes statuses: always, except under Kubernetes where the
     /// Lease decides (then the election task holds the sender).
@@ -211,6 +219,29 @@ pub async fn start(config: Config) -> Result<ControlPlane, Error> {
     if config.mirror_to.is_some() && config.source != SourceSpec::Kube {
         return Err(Error::MirrorWithoutKube);
     }
+    let webhook = match config.webhook_listen {
+        Some(addr) => {
+            let tls = config
+                .grpc_tls
+                .as_ref()
+                .ok_or(admission::WebhookError::NoCertificate)?;
+            let options = compile::CompileOptions {
+                gateway_namespace: config.gateway_namespace.clone(),
+            };
+            Some(
+                admission::Webhook::bind(addr, &tls.cert, &tls.key, published_rx.clone(), options)
+                    .await?,
+            )
+        }
+        None => None,
+    };
+    let webhook_addr = match &webhook {
+        Some(webhook) => Some(webhook.local_addr().map_err(|source| Error::Listen {
+            addr: config.webhook_listen.unwrap_or(http_addr),
+            source,
+        })?),
+        None => None,
+    };
     let (leader, leader_rx) = watch::channel(config.source != SourceSpec::Kube);
     let mut leader = Some(leader);
     let mut servers = Vec::new();
@@ -272,7 +303,10 @@ pub async fn start(config: Config) -> Result<ControlPlane, Error> {
                 election,
                 shutdown_rx.clone(),
             )));
-            let sink = Box::new(kubernetes::status::KubeStatusSink::new(client.clone()));
+            let sink = Box::new(kubernetes::status::KubeStatusSink::new(
+                client.clone(),
+                &config.kube.identity,
+            ));
             let board: Arc<dyn fleet::NodeBoard> = Arc::new(kubernetes::nodes::KubeNodeBoard::new(
                 client.clone(),
                 &config.kube.lease_namespace,
@@ -377,6 +411,9 @@ pub async fn start(config: Config) -> Result<ControlPlane, Error> {
         },
         access,
     );
+    if let Some(webhook) = webhook {
+        servers.push(tokio::spawn(webhook.serve(shutdown_rx.clone())));
+    }
     let http = tokio::spawn(async move {
         let server = axum::serve(http_listener, api).with_graceful_shutdown(stopped(shutdown_rx));
         if let Err(e) = server.await {
@@ -384,10 +421,11 @@ pub async fn start(config: Config) -> Result<ControlPlane, Error> {
         }
     });
     servers.extend([grpc, http]);
-    tracing::info!(%grpc_addr, %http_addr, source = %config.source, "control plane started");
+    tracing::info!(%grpc_addr, %http_addr, webhook = webhook_addr.map(tracing::field::display), source = %config.source, "control plane started");
     Ok(ControlPlane {
         grpc_addr,
         http_addr,
+        webhook_addr,
         shutdown,
         _leader: leader,
         source,
@@ -456,7 +494,7 @@ async fn kv_writeback(
     reconciling.abort();
 }
 
-async fn stopped(mut shutdown: watch::Receiver<bool>) {
+pub(crate) async fn stopped(mut shutdown: watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|stop| *stop).await;
 }
 

@@ -186,6 +186,10 @@ struct RunArgs {
     /// Snapshot streams in all.
     #[arg(long, env = "PAVILION_MAX_STREAMS", default_value_t = pavilion_control::StreamLimits::default().total)]
     max_streams: usize,
+    /// Serve the validating admission webhook (POST /validate) over HTTPS on this address,
+    /// with the certificate of --grpc-tls-cert; see deploy/kubernetes/webhook.yaml.
+    #[arg(long, env = "PAVILION_WEBHOOK_LISTEN", requires = "grpc_tls_cert")]
+    webhook_listen: Option<SocketAddr>,
 }
 
 fn main() -> ExitCode {
@@ -363,6 +367,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
                 }),
             api_token_file: args.api_token_file,
             api_tokens: Vec::new(),
+            webhook_listen: args.webhook_listen,
             streams: pavilion_control::StreamLimits {
                 per_peer: args.max_streams_per_peer.max(1),
                 total: args.max_streams.max(1),

@@ -5,7 +5,9 @@
 use std::collections::HashSet;
 use std::path::PathBuf;
 
-use crate::compile::{CompileOptions, Outcome, compile_with};
+use pavilion_crds::FieldError;
+
+use crate::compile::{CompileOptions, Outcome, Reason, compile_with};
 use crate::source::dir::{load_file, load_tree};
 use crate::source::{Item, Origin};
 
@@ -27,35 +29,97 @@ pub fn validate(paths: &[PathBuf], options: &CompileOptions) -> Verdict {
     validate_with(Vec::new(), paths, options).0
 }
 
-/// Validates the documents under `paths` as they would stand among `context` (what a
-/// source already holds; documents of `paths` replace those of `context` with the same
-/// key). Only problems of the new documents are reported; the new items are returned.
+/// What the compiler says about one document, as `validate`, `kv put` and the admission
+/// webhook report it.
+#[derive(Debug, Default, PartialEq)]
+pub struct Findings {
+    pub errors: Vec<FieldError>,
+    pub warnings: Vec<FieldError>,
+}
+
+/// Judges `items` as they would stand among `context` (what a source already holds;
+/// documents of `items` replace those of `context` with the same key): one [`Findings`]
+/// per item. A policy or placement whose target is not there (yet) is a warning, not an
+/// error: targets may arrive later, or live in another file, and the compiler attaches the
+/// policy as soon as its target is accepted.
+pub fn judge(mut context: Vec<Item>, items: &[Item], options: &CompileOptions) -> Vec<Findings> {
+    let replaced: HashSet<_> = items.iter().filter_map(|i| i.identity.clone()).collect();
+    context.retain(|item| {
+        item.identity
+            .as_ref()
+            .is_none_or(|key| !replaced.contains(key))
+    });
+    let first_new = context.len();
+    context.extend(items.iter().cloned());
+    let compiled = compile_with(&context, options);
+    compiled.reports[first_new..]
+        .iter()
+        .map(|report| match &report.outcome {
+            Outcome::Rejected {
+                reason: Reason::TargetNotFound,
+                errors,
+            } => Findings {
+                errors: Vec::new(),
+                warnings: errors
+                    .iter()
+                    .map(|e| FieldError {
+                        field: e.field.clone(),
+                        message: format!(
+                            "{}; accepted, it takes effect once the target is",
+                            e.message
+                        ),
+                    })
+                    .collect(),
+            },
+            Outcome::Rejected { errors, .. } | Outcome::Stale { errors, .. } => Findings {
+                errors: errors.clone(),
+                warnings: Vec::new(),
+            },
+            Outcome::Accepted { warnings } => Findings {
+                errors: Vec::new(),
+                warnings: warnings.clone(),
+            },
+        })
+        .collect()
+}
+
+/// Validates the documents under `paths` as they would stand among `context` (see
+/// [`judge`]). Only problems of the new documents are reported; the new items are returned.
 pub fn validate_with(
-    mut context: Vec<Item>,
+    context: Vec<Item>,
     paths: &[PathBuf],
     options: &CompileOptions,
 ) -> (Verdict, Vec<Item>) {
     let mut verdict = Verdict::default();
     let mut items: Vec<Item> = Vec::new();
     for path in paths {
-        if path.is_dir() {
+        let found = if path.is_dir() {
             match load_tree(path) {
-                Ok(found) => items.extend(found),
-                Err(e) => verdict
-                    .errors
-                    .push(format!("{}: cannot read directory: {e}", path.display())),
+                Ok(found) => found,
+                Err(e) => {
+                    verdict
+                        .errors
+                        .push(format!("{}: cannot read directory: {e}", path.display()));
+                    continue;
+                }
             }
         } else {
-            items.extend(load_file(path));
+            load_file(path)
+        };
+        let empty = found.is_empty();
+        items.extend(found);
+        if empty {
+            // An empty file or directory is almost always a wrong path or a failed
+            // redirect: say so instead of reporting success for nothing.
+            verdict.errors.push(format!(
+                "{}: no resources (an empty file, or a directory without .yaml, .yml or .json files)",
+                path.display()
+            ));
         }
     }
-    let replaced: HashSet<_> = items.iter().filter_map(Item::key).collect();
-    context.retain(|item| item.key().is_none_or(|key| !replaced.contains(&key)));
-    let first_new = context.len();
-    context.extend(items.iter().cloned());
-    let compiled = compile_with(&context, options);
+    let findings = judge(context, &items, options);
     verdict.documents = items.len();
-    for (item, report) in items.iter().zip(&compiled.reports[first_new..]) {
+    for (item, findings) in items.iter().zip(findings) {
         // A document that could not be read knows the exact line of the problem.
         let origin = match (&item.origin, &item.parsed) {
             (Origin::File { path, .. }, Err(e)) => Origin::File {
@@ -64,18 +128,15 @@ pub fn validate_with(
             },
             (origin, _) => origin.clone(),
         };
-        match &report.outcome {
-            Outcome::Rejected { errors, .. } | Outcome::Stale { errors, .. } => {
-                verdict
-                    .errors
-                    .extend(errors.iter().map(|e| format!("{origin}: {e}")));
-            }
-            Outcome::Accepted { warnings } => {
-                verdict
-                    .warnings
-                    .extend(warnings.iter().map(|w| format!("{origin}: warning: {w}")));
-            }
-        }
+        verdict
+            .errors
+            .extend(findings.errors.iter().map(|e| format!("{origin}: {e}")));
+        verdict.warnings.extend(
+            findings
+                .warnings
+                .iter()
+                .map(|w| format!("{origin}: warning: {w}")),
+        );
     }
     (verdict, items)
 }

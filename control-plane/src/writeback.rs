@@ -8,14 +8,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use pavilion_crds::ResourceKey;
+use pavilion_crds::status::{ACCEPTED, PROGRAMMED};
+use pavilion_crds::{Resource, ResourceKey};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::controller::PublishedReceiver;
 use crate::delivery::nodes::Nodes;
 use crate::fleet::{NodeBoard, REPORT_EVERY, all_nodes};
-use crate::source::Origin;
+use crate::source::{Item, LastAccepted, Origin};
 use crate::status::{Condition, conditions};
 
 /// Quiet time after a change before writing: a burst of ACKs is written once.
@@ -54,9 +55,56 @@ pub struct StoredCondition {
 pub struct StoredStatus {
     #[serde(default)]
     pub conditions: Vec<StoredCondition>,
+    /// The reason `kubectl get` shows (see [`summary`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// ApiKey only: the key id in force, which `kubectl get apikeys` shows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_id: Option<String>,
     /// Kept so that a restarted control plane serves it while the resource is invalid.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_accepted: Option<pavilion_crds::status::LastAccepted>,
+}
+
+impl StoredStatus {
+    fn new(
+        conditions: Vec<StoredCondition>,
+        item: &Item,
+        last_accepted: Option<&LastAccepted>,
+    ) -> Self {
+        let reason = summary(&conditions).map(str::to_owned);
+        // The key id of the version that serves, else of the document as written.
+        let resource = last_accepted
+            .map(|l| &l.resource)
+            .or(item.parsed.as_ref().ok());
+        let key_id =
+            match resource {
+                Some(Resource::ApiKey(key)) => Some(key.spec.key_id.clone().unwrap_or_else(|| {
+                    resource.map(Resource::name).unwrap_or_default().to_owned()
+                })),
+                _ => None,
+            };
+        Self {
+            conditions,
+            reason,
+            key_id,
+            last_accepted: last_accepted.map(LastAccepted::to_status),
+        }
+    }
+}
+
+/// The reason `kubectl get` shows: a refusal's, else a warning (`AcceptedWithWarnings`),
+/// else why the resource is not programmed, else `Accepted`.
+fn summary(conditions: &[StoredCondition]) -> Option<&str> {
+    let find = |kind: &str| conditions.iter().find(|c| c.kind == kind);
+    let accepted = find(ACCEPTED)?;
+    if accepted.status != "True" || accepted.reason != ACCEPTED {
+        return Some(&accepted.reason);
+    }
+    match find(PROGRAMMED) {
+        Some(programmed) if programmed.status != "True" => Some(&programmed.reason),
+        _ => Some(&accepted.reason),
+    }
 }
 
 /// What a write achieved.
@@ -78,6 +126,16 @@ pub trait StatusSink: Send + 'static {
         target: &'a StatusTarget,
         status: &'a StoredStatus,
     ) -> BoxFuture<'a, Result<Written, String>>;
+    /// The status of `target` went from `previous` to `next` (just written): tell whoever
+    /// listens beyond the status itself (Kubernetes Events). Nothing by default.
+    fn changed<'a>(
+        &'a mut self,
+        _target: &'a StatusTarget,
+        _previous: Option<&'a StoredStatus>,
+        _next: &'a StoredStatus,
+    ) -> BoxFuture<'a, ()> {
+        Box::pin(async {})
+    }
     /// The resource is gone: drop its status where it lives apart from it.
     fn remove<'a>(&'a mut self, target: &'a StatusTarget) -> BoxFuture<'a, Result<(), String>>;
     /// Drop statuses left behind by resources that no longer exist.
@@ -135,7 +193,12 @@ pub async fn run(
         };
         let now = k8s_openapi::jiff::Timestamp::now().to_string();
         let mut seen = HashSet::new();
-        for (report, last_accepted) in current.reports.iter().zip(&current.last_accepted) {
+        let documents = current
+            .reports
+            .iter()
+            .zip(current.items.iter())
+            .zip(&current.last_accepted);
+        for ((report, item), last_accepted) in documents {
             // Checked before every write: a replica that lost the lead stops at once.
             if !*leader.borrow() {
                 break;
@@ -153,20 +216,19 @@ pub async fn run(
                 }),
             };
             let fresh = conditions(report, &current.snapshot.version, &nodes);
-            let next = StoredStatus {
-                conditions: with_transition_times(
-                    fresh,
-                    previous.as_ref().map(|p| p.conditions.as_slice()),
-                    &now,
-                ),
-                last_accepted: last_accepted.as_ref().map(|l| l.to_status()),
-            };
+            let conditions = with_transition_times(
+                fresh,
+                previous.as_ref().map(|p| p.conditions.as_slice()),
+                &now,
+            );
+            let next = StoredStatus::new(conditions, item, last_accepted.as_deref());
             if previous.as_ref() == Some(&next) {
                 stored.insert(target, next);
                 continue;
             }
             match sink.write(&target, &next).await {
                 Ok(Written::Done) => {
+                    sink.changed(&target, previous.as_ref(), &next).await;
                     stored.insert(target, next);
                 }
                 Ok(Written::Gone) => {

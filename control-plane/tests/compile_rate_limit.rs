@@ -328,7 +328,7 @@ fn policies_that_reach_no_route_are_reported_and_applied_nowhere() {
     assert_eq!(
         reason(&compiled, 4),
         Some((
-            Reason::TargetNotFound,
+            Reason::Invalid,
             "spec.targetRef: a policy can only target its own namespace `billing`, not `shop`"
                 .to_owned()
         ))
@@ -829,7 +829,7 @@ fn only_the_gateway_namespace_may_target_the_gateway_and_others_are_told_why() {
     assert_eq!(
         reason(&compiled, 3),
         Some((
-            Reason::TargetNotFound,
+            Reason::Invalid,
             "spec.targetRef: only policies in the gateway namespace `pavilion-system` may target the Gateway, not one in `shop`"
                 .to_owned()
         ))
@@ -856,10 +856,7 @@ fn only_the_gateway_namespace_may_target_the_gateway_and_others_are_told_why() {
             ONE_LIMIT,
         ),
     ]);
-    assert_eq!(
-        reason(&compiled, 1).map(|r| r.0),
-        Some(Reason::TargetNotFound)
-    );
+    assert_eq!(reason(&compiled, 1).map(|r| r.0), Some(Reason::Invalid));
 }
 
 #[test]
@@ -928,7 +925,7 @@ fn the_gateway_namespace_is_configurable() {
     assert_eq!(
         reason(&compiled, 2),
         Some((
-            Reason::TargetNotFound,
+            Reason::Invalid,
             "spec.targetRef: only policies in the gateway namespace `edge` may target the Gateway, not one in `pavilion-system`"
                 .to_owned()
         ))
@@ -939,10 +936,7 @@ fn the_gateway_namespace_is_configurable() {
 
     // The default is `pavilion-system`; the option changes the snapshot.
     let default = compile(&docs);
-    assert_eq!(
-        reason(&default, 1).map(|r| r.0),
-        Some(Reason::TargetNotFound)
-    );
+    assert_eq!(reason(&default, 1).map(|r| r.0), Some(Reason::Invalid));
     assert_eq!(reason(&default, 2), None);
     for rule in rules_of(&default, "shop", "orders") {
         assert_eq!(names(&rule.rate_limits), ["pavilion-system/global#0"]);

@@ -23,24 +23,15 @@ pub const MAX_KEY_ID_LEN: usize = 128;
     group = "gateway.pavilion.dev",
     version = "v1alpha1",
     kind = "ApiKey",
+    shortname = "ak",
     namespaced,
     derive = "PartialEq",
     status = "ResourceStatus",
     category = "pavilion",
     doc = "An API key for the routes of its namespace, known only by its SHA-256.",
-    printcolumn(name = "Key ID", type_ = "string", json_path = ".spec.keyId"),
+    printcolumn(name = "Key ID", type_ = "string", json_path = ".status.keyId"),
     printcolumn(name = "Scopes", type_ = "string", json_path = ".spec.scopes"),
-    printcolumn(name = "Expires", type_ = "string", json_path = ".spec.expiresAt"),
-    printcolumn(
-        name = "Accepted",
-        type_ = "string",
-        json_path = ".status.conditions[?(@.type==\"Accepted\")].status"
-    ),
-    printcolumn(
-        name = "Age",
-        type_ = "date",
-        json_path = ".metadata.creationTimestamp"
-    )
+    printcolumn(name = "Expires", type_ = "string", json_path = ".spec.expiresAt")
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ApiKeySpec {

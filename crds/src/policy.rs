@@ -22,6 +22,7 @@ use crate::validate::{Errors, at, dns_label, dns_subdomain};
 pub struct TargetRef {
     /// `Route`, `Namespace`, or `Gateway` (RateLimitPolicy only; name conventionally
     /// `default`).
+    #[schemars(extend("enum" = ["Gateway", "Namespace", "Route"]))]
     pub kind: String,
     pub name: String,
 }
@@ -58,23 +59,14 @@ impl TargetRef {
     group = "gateway.pavilion.dev",
     version = "v1alpha1",
     kind = "RateLimitPolicy",
+    shortname = "rlp",
     namespaced,
     derive = "PartialEq",
     status = "ResourceStatus",
     category = "pavilion",
     doc = "Limits request rates, calendar quotas and requests in flight, keyed by request facts.",
     printcolumn(name = "Target", type_ = "string", json_path = ".spec.targetRef.name"),
-    printcolumn(name = "Backend", type_ = "string", json_path = ".spec.backend"),
-    printcolumn(
-        name = "Accepted",
-        type_ = "string",
-        json_path = ".status.conditions[?(@.type==\"Accepted\")].status"
-    ),
-    printcolumn(
-        name = "Age",
-        type_ = "date",
-        json_path = ".metadata.creationTimestamp"
-    )
+    printcolumn(name = "Backend", type_ = "string", json_path = ".spec.backend")
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RateLimitPolicySpec {
@@ -154,12 +146,15 @@ pub enum FailureMode {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Limit {
     /// Parts of the key: clientIp, apiKey, subject, claim:NAME, header:NAME, route.
+    #[schemars(length(min = 1))]
     pub key: Vec<String>,
+    #[schemars(range(min = 1))]
     pub requests: u64,
     /// Window, e.g. `1s`, `1m`, `1h`, `1d` (at least 1ms, at most 1d).
     pub per: String,
     /// Requests allowed at once; default `requests`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
     pub burst: Option<u64>,
     /// Other rates for some key values (e.g. premium API keys); first match wins. At most 64.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -173,9 +168,11 @@ pub struct LimitOverride {
     /// Pattern matched against the key's value (its parts' values joined by `|`); `*`
     /// matches any run of characters.
     pub value: String,
+    #[schemars(range(min = 1))]
     pub requests: u64,
     /// Requests allowed at once; default `requests`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
     pub burst: Option<u64>,
 }
 
@@ -185,12 +182,15 @@ pub struct LimitOverride {
 pub struct Quota {
     /// Parts of the key, as for limits: clientIp, apiKey, subject, claim:NAME,
     /// header:NAME, route.
+    #[schemars(length(min = 1))]
     pub key: Vec<String>,
     /// Requests allowed per period; at least one of `requests` and `bytes` is required.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
     pub requests: Option<u64>,
     /// Response body bytes allowed per period.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
     pub bytes: Option<u64>,
     /// The calendar period: `day` or `month`.
     #[schemars(extend("enum" = ["day", "month"]))]
@@ -213,9 +213,11 @@ impl Quota {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Concurrency {
     /// The most requests in flight, 1 to 100000.
+    #[schemars(range(min = 1, max = MAX_CONCURRENCY))]
     pub max: u32,
     /// The fewest requests in flight an adaptive limit allows; default 1, at most `max`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
     pub min: Option<u32>,
     /// Where an adaptive limit starts, between `min` and `max`; default 20 kept within
     /// them.
@@ -404,27 +406,19 @@ fn key_part(part: &str) -> Result<(), String> {
     group = "gateway.pavilion.dev",
     version = "v1alpha1",
     kind = "CorsPolicy",
+    shortname = "cors",
     namespaced,
     derive = "PartialEq",
     status = "ResourceStatus",
     category = "pavilion",
     doc = "Cross-origin resource sharing for the routes it targets.",
-    printcolumn(name = "Target", type_ = "string", json_path = ".spec.targetRef.name"),
-    printcolumn(
-        name = "Accepted",
-        type_ = "string",
-        json_path = ".status.conditions[?(@.type==\"Accepted\")].status"
-    ),
-    printcolumn(
-        name = "Age",
-        type_ = "date",
-        json_path = ".metadata.creationTimestamp"
-    )
+    printcolumn(name = "Target", type_ = "string", json_path = ".spec.targetRef.name")
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CorsPolicySpec {
     pub target_ref: TargetRef,
     /// Exact origins (`https://app.example.com`), `https://*.example.com`, or `*`.
+    #[schemars(length(min = 1))]
     pub allow_origins: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allow_methods: Vec<String>,

@@ -16,6 +16,7 @@ use crate::tenant::ServiceKind;
     group = "gateway.pavilion.dev",
     version = "v1alpha1",
     kind = "RebalancePlan",
+    shortname = "rbp",
     namespaced,
     derive = "PartialEq",
     status = "PlanStatus",
@@ -25,12 +26,7 @@ use crate::tenant::ServiceKind;
     printcolumn(name = "Service", type_ = "string", json_path = ".spec.service"),
     printcolumn(name = "From", type_ = "string", json_path = ".spec.fromShard"),
     printcolumn(name = "Target", type_ = "string", json_path = ".spec.targetShard"),
-    printcolumn(name = "State", type_ = "string", json_path = ".status.state"),
-    printcolumn(
-        name = "Age",
-        type_ = "date",
-        json_path = ".metadata.creationTimestamp"
-    )
+    printcolumn(name = "State", type_ = "string", json_path = ".status.state")
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RebalancePlanSpec {

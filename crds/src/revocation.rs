@@ -19,21 +19,12 @@ pub const MAX_JTI_LEN: usize = 256;
     group = "gateway.pavilion.dev",
     version = "v1alpha1",
     kind = "TokenRevocation",
+    shortname = "revocation",
     namespaced,
     derive = "PartialEq",
     status = "ResourceStatus",
     category = "pavilion",
-    doc = "JWT ids (jti) refused on the routes of this namespace.",
-    printcolumn(
-        name = "Accepted",
-        type_ = "string",
-        json_path = ".status.conditions[?(@.type==\"Accepted\")].status"
-    ),
-    printcolumn(
-        name = "Age",
-        type_ = "date",
-        json_path = ".metadata.creationTimestamp"
-    )
+    doc = "JWT ids (jti) refused on the routes of this namespace."
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TokenRevocationSpec {

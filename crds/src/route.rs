@@ -30,27 +30,13 @@ pub const MAX_TIMEOUT_SECS: u64 = 3600;
     group = "gateway.pavilion.dev",
     version = "v1alpha1",
     kind = "Route",
+    shortname = "rt",
     namespaced,
     derive = "PartialEq",
     status = "ResourceStatus",
     category = "pavilion",
     doc = "Routes requests for some hosts to weighted backends, by path, method and headers.",
-    printcolumn(name = "Hosts", type_ = "string", json_path = ".spec.hosts"),
-    printcolumn(
-        name = "Accepted",
-        type_ = "string",
-        json_path = ".status.conditions[?(@.type==\"Accepted\")].status"
-    ),
-    printcolumn(
-        name = "Programmed",
-        type_ = "string",
-        json_path = ".status.conditions[?(@.type==\"Programmed\")].status"
-    ),
-    printcolumn(
-        name = "Age",
-        type_ = "date",
-        json_path = ".metadata.creationTimestamp"
-    )
+    printcolumn(name = "Hosts", type_ = "string", json_path = ".spec.hosts")
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RouteSpec {
@@ -58,6 +44,7 @@ pub struct RouteSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub hosts: Vec<String>,
     /// Rules in any order; the most specific match wins (see the matching precedence).
+    #[schemars(length(min = 1))]
     pub rules: Vec<RouteRule>,
     /// Overrides of the security headers the gateway adds to every response.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -115,6 +102,7 @@ pub struct RouteRule {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub matches: Vec<RouteMatch>,
     /// Weighted upstreams; at least one.
+    #[schemars(length(min = 1))]
     pub backends: Vec<Backend>,
     /// Time from the request's arrival to the upstream's response headers, e.g. `30s`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -238,6 +226,7 @@ pub struct Backend {
     pub service: Option<ServiceKind>,
     /// Share of traffic relative to the rule's other backends; default 1, 0 disables.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(max = MAX_WEIGHT))]
     pub weight: Option<u32>,
 }
 

@@ -14,6 +14,13 @@ pub const PROGRAMMED: &str = "Programmed";
 pub struct ResourceStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+    /// The reason that matters most, for `kubectl get`: a refusal's, else a warning
+    /// (`AcceptedWithWarnings`), else why it is not programmed, else `Accepted`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// ApiKey only: the key id in force (`spec.keyId`, else `metadata.name`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_id: Option<String>,
     /// The last version the control plane accepted, kept so that after a bad edit (and
     /// across a control-plane restart) that version goes on serving.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -23,34 +23,21 @@ pub const PLATFORM_ADMIN: &str = "platform-admin";
     group = "gateway.pavilion.dev",
     version = "v1alpha1",
     kind = "Shard",
+    shortname = "shard",
     namespaced,
     derive = "PartialEq",
     status = "ResourceStatus",
     category = "pavilion",
     doc = "One service kind's shard: the endpoints that serve the tenants placed on it.",
     printcolumn(name = "Service", type_ = "string", json_path = ".spec.service"),
-    printcolumn(name = "Endpoints", type_ = "string", json_path = ".spec.endpoints"),
-    printcolumn(
-        name = "Accepted",
-        type_ = "string",
-        json_path = ".status.conditions[?(@.type==\"Accepted\")].status"
-    ),
-    printcolumn(
-        name = "Programmed",
-        type_ = "string",
-        json_path = ".status.conditions[?(@.type==\"Programmed\")].status"
-    ),
-    printcolumn(
-        name = "Age",
-        type_ = "date",
-        json_path = ".metadata.creationTimestamp"
-    )
+    printcolumn(name = "Endpoints", type_ = "string", json_path = ".spec.endpoints")
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ShardSpec {
     /// The service kind every endpoint serves.
     pub service: ServiceKind,
     /// `http://`, `https://` or `h2c://` host and port; requests are spread evenly.
+    #[schemars(length(min = 1))]
     pub endpoints: Vec<String>,
     /// Path of the readiness gate polled on every endpoint before a tenant moves here
     /// (`GET {endpoint}{readiness}?tenant=T&service=S`); absent: the shard is always ready.
@@ -65,6 +52,7 @@ pub struct ShardSpec {
     group = "gateway.pavilion.dev",
     version = "v1alpha1",
     kind = "TenantPlacement",
+    shortname = "tp",
     namespaced,
     derive = "PartialEq",
     status = "ResourceStatus",
@@ -81,22 +69,7 @@ pub struct ShardSpec {
         type_ = "string",
         json_path = ".spec.shards.projection"
     ),
-    printcolumn(name = "Runner", type_ = "string", json_path = ".spec.shards.runner"),
-    printcolumn(
-        name = "Accepted",
-        type_ = "string",
-        json_path = ".status.conditions[?(@.type==\"Accepted\")].status"
-    ),
-    printcolumn(
-        name = "Programmed",
-        type_ = "string",
-        json_path = ".status.conditions[?(@.type==\"Programmed\")].status"
-    ),
-    printcolumn(
-        name = "Age",
-        type_ = "date",
-        json_path = ".metadata.creationTimestamp"
-    )
+    printcolumn(name = "Runner", type_ = "string", json_path = ".spec.shards.runner")
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TenantPlacementSpec {

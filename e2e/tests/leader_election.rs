@@ -42,7 +42,7 @@ async fn until_holder(api: &KubeApiServer, identity: &str, within: Duration) {
 
 async fn until_rejected(api: &KubeApiServer, name: &str) {
     api.apply(&format!(
-        "apiVersion: gateway.pavilion.dev/v1alpha1\nkind: Route\nmetadata: {{ name: {name}, namespace: shop }}\nspec:\n  rules:\n    - backends: []\n"
+        "apiVersion: gateway.pavilion.dev/v1alpha1\nkind: Route\nmetadata: {{ name: {name}, namespace: shop }}\nspec:\n  rules:\n    - backends: [{{ url: not-a-url }}]\n"
     ));
     eventually(
         &format!("the status of {name}"),

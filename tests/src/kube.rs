@@ -232,12 +232,24 @@ impl KubeApiServer {
         String::from_utf8_lossy(&self.kubectl(&args).stdout).into_owned()
     }
 
-    /// `kubectl apply -f -` with `yaml`.
+    /// `kubectl apply -f -` with `yaml`; panics with stderr on failure.
     pub fn apply(&self, yaml: &str) -> String {
+        let output = self.try_apply(yaml, &[]);
+        assert!(
+            output.status.success(),
+            "kubectl apply: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    /// `kubectl apply -f - ARGS…` with `yaml`, whatever its outcome.
+    pub fn try_apply(&self, yaml: &str, args: &[&str]) -> std::process::Output {
         let mut child = Command::new("kubectl")
             .arg("--kubeconfig")
             .arg(self.kubeconfig(ADMIN_TOKEN))
             .args(["apply", "-f", "-"])
+            .args(args)
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
@@ -250,13 +262,7 @@ impl KubeApiServer {
             .unwrap()
             .write_all(yaml.as_bytes())
             .unwrap();
-        let output = child.wait_with_output().unwrap();
-        assert!(
-            output.status.success(),
-            "kubectl apply: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        String::from_utf8_lossy(&output.stdout).into_owned()
+        child.wait_with_output().unwrap()
     }
 }
 

@@ -100,15 +100,15 @@ async fn kubectl_apply_becomes_traffic_and_status_with_the_least_privilege() {
 
     api.apply(&route("orders", &a.url()));
     served_by(&dp, "orders.example.com", "/orders", Some("a")).await;
-    // NAME, HOSTS, ACCEPTED, PROGRAMMED, AGE
     let table = kubectl_until(&api, &["get", "routes", "-n", "shop"], |t| {
-        t.lines()
-            .map(|l| l.split_whitespace().collect::<Vec<_>>())
-            .any(|w| w.first() == Some(&"orders") && w.get(2..4) == Some(&["True", "True"][..]))
+        row(t, "orders").is_some_and(|w| w.get(2..5) == Some(&["True", "True", "Accepted"][..]))
     })
     .await;
     let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
-    assert_eq!(header, ["NAME", "HOSTS", "ACCEPTED", "PROGRAMMED", "AGE"]);
+    assert_eq!(
+        header,
+        ["NAME", "HOSTS", "ACCEPTED", "PROGRAMMED", "REASON", "AGE"]
+    );
 
     // An invalid route is rejected alone, with the reason in its status.
     api.apply(&route("broken", "not-a-url"));
@@ -459,7 +459,10 @@ async fn shards_and_placements_are_custom_resources_and_the_api_trusts_service_a
     let listed = kubectl_until(
         &api,
         &["get", "tenantplacements", "-n", "platform"],
-        |text| text.contains("broken") && text.contains("False") && text.contains("True"),
+        |text| {
+            row(text, "broken").is_some_and(|r| r.contains(&"TargetNotFound"))
+                && row(text, "acme").is_some()
+        },
     )
     .await;
     assert!(listed.contains("AGGREGATE"), "{listed}");
@@ -647,4 +650,109 @@ apiVersion: gateway.pavilion.dev/v1alpha1\nkind: Route\nmetadata: {{ name: comma
         state.contains("agg-1") && state.contains("agg-2"),
         "{state}"
     );
+}
+
+/// One row of a `kubectl get` table as columns, by the row's first column.
+fn row<'a>(table: &'a str, name: &str) -> Option<Vec<&'a str>> {
+    table
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|w| w.first() == Some(&name))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_shows_verdicts_with_reasons_events_short_names_and_typed_fields() {
+    let api = KubeApiServer::start();
+    api.kubectl_ok(&["create", "namespace", "shop"]);
+    let upstream = Upstream::start("a").await.unwrap();
+    let cp = controller(&api, "replica-1", None).await;
+
+    // A younger route claiming an older one's match is accepted with a warning, and the
+    // REASON column says so.
+    api.apply(&route("first", &upstream.url()).replace("first.example.com", "w.example.com"));
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    api.apply(
+        &route("second", &upstream.url())
+            .replace("second.example.com", "w.example.com")
+            .replace("/second", "/first"),
+    );
+    let table = kubectl_until(&api, &["get", "rt", "-n", "shop"], |t| {
+        row(t, "second").is_some_and(|r| r.contains(&"AcceptedWithWarnings"))
+    })
+    .await;
+    let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(
+        header,
+        ["NAME", "HOSTS", "ACCEPTED", "PROGRAMMED", "REASON", "AGE"]
+    );
+    assert_eq!(
+        row(&table, "first").unwrap()[2..5],
+        ["True", "False", "NoDataPlanes"]
+    );
+
+    // A bad edit: Accepted=False with its reason, and an event on the object.
+    api.apply(&route("first", "ftp://x:1").replace("first.example.com", "w.example.com"));
+    kubectl_until(&api, &["get", "rt", "-n", "shop"], |t| {
+        row(t, "first").is_some_and(|r| r[2..5] == ["False", "False", "Invalid"])
+    })
+    .await;
+    let described = kubectl_until(&api, &["describe", "route", "first", "-n", "shop"], |t| {
+        t.contains("Warning") && t.contains("serving generation 1")
+    })
+    .await;
+    assert!(described.contains("Invalid"), "{described}");
+    // Fixed: a Normal event says it is accepted again.
+    api.apply(&route("first", &upstream.url()).replace("first.example.com", "w.example.com"));
+    let events = kubectl_until(
+        &api,
+        &[
+            "get",
+            "events",
+            "-n",
+            "shop",
+            "--field-selector",
+            "involvedObject.name=first",
+        ],
+        |t| t.contains("Normal") && t.contains("Accepted"),
+    )
+    .await;
+    assert!(events.contains("Warning"), "{events}");
+
+    // An API key without keyId shows its name as KEY ID.
+    api.apply(&format!(
+        "apiVersion: gateway.pavilion.dev/v1alpha1\nkind: ApiKey\nmetadata: {{ name: mobile, namespace: shop }}\nspec:\n  sha256: {}\n  scopes: [read]\n",
+        "ab".repeat(32)
+    ));
+    kubectl_until(&api, &["get", "ak", "-n", "shop"], |t| {
+        row(t, "mobile").is_some_and(|r| r.get(1) == Some(&"mobile"))
+    })
+    .await;
+
+    // Every short name works, and `kubectl explain` shows every field's type.
+    api.kubectl_ok(&[
+        "get",
+        "rt,rlp,cors,tp,shard,ak,revocation,rbp",
+        "-n",
+        "shop",
+    ]);
+    for kind in [
+        "routes",
+        "shards",
+        "tenantplacements",
+        "ratelimitpolicies",
+        "corspolicies",
+        "apikeys",
+        "tokenrevocations",
+        "rebalanceplans",
+    ] {
+        let explained = api.kubectl_ok(&["explain", kind, "--recursive"]);
+        let untyped: Vec<&str> = explained
+            .lines()
+            .filter(|l| l.trim_end().ends_with("<>"))
+            // A list of tenant ids or a map of them to roles: no single OpenAPI type.
+            .filter(|l| !(kind == "apikeys" && l.trim_start().starts_with("tenants")))
+            .collect();
+        assert!(untyped.is_empty(), "{kind}: {untyped:?}");
+    }
+    cp.stop().await;
 }

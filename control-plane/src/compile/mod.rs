@@ -77,7 +77,7 @@ pub enum Reason {
     Invalid,
     /// Another document already defines this kind, namespace and name (or tenant).
     Duplicate,
-    /// A policy names a target that does not exist or may not be targeted.
+    /// A policy (or placement) names a target that does not exist, or is not accepted.
     TargetNotFound,
 }
 
@@ -185,14 +185,14 @@ pub fn compile_at_with(items: &[Item], now: i64, options: &CompileOptions) -> Co
             Resource::CorsPolicy(p) => &p.spec.target_ref,
             _ => unreachable!("filtered by kind"),
         };
-        if let Err(message) = check_target(
+        if let Err((reason, message)) = check_target(
             target,
             resource.namespace(),
             &route_names,
             &options.gateway_namespace,
         ) {
             reports[i].outcome = Outcome::Rejected {
-                reason: Reason::TargetNotFound,
+                reason,
                 errors: vec![FieldError {
                     field: "spec.targetRef".into(),
                     message,
@@ -397,28 +397,38 @@ fn reject_duplicates(items: &[Item], resources: &[Option<&Resource>], reports: &
     }
 }
 
-/// Whether a policy in `namespace` may attach to `target`. The kinds a policy may name at
-/// all were checked by validation (only a RateLimitPolicy names `Gateway`).
+/// Whether a policy in `namespace` may attach to `target`: `TargetNotFound` when the target
+/// does not exist (yet), `Invalid` when the policy may not name it. The kinds a policy may
+/// name at all were checked by validation (only a RateLimitPolicy names `Gateway`).
 fn check_target(
     target: &TargetRef,
     namespace: &str,
     routes: &std::collections::HashSet<(&str, &str)>,
     gateway_namespace: &str,
-) -> Result<(), String> {
+) -> Result<(), (Reason, String)> {
     match target.kind.as_str() {
         "Gateway" if namespace == gateway_namespace => Ok(()),
-        "Gateway" => Err(format!(
-            "only policies in the gateway namespace `{gateway_namespace}` may target the Gateway, not one in `{namespace}`"
+        "Gateway" => Err((
+            Reason::Invalid,
+            format!(
+                "only policies in the gateway namespace `{gateway_namespace}` may target the Gateway, not one in `{namespace}`"
+            ),
         )),
         "Route" if routes.contains(&(namespace, target.name.as_str())) => Ok(()),
-        "Route" => Err(format!(
-            "no accepted Route `{}` in namespace `{namespace}`",
-            target.name
+        "Route" => Err((
+            Reason::TargetNotFound,
+            format!(
+                "no accepted Route `{}` in namespace `{namespace}`",
+                target.name
+            ),
         )),
         "Namespace" if target.name == namespace => Ok(()),
-        _ => Err(format!(
-            "a policy can only target its own namespace `{namespace}`, not `{}`",
-            target.name
+        _ => Err((
+            Reason::Invalid,
+            format!(
+                "a policy can only target its own namespace `{namespace}`, not `{}`",
+                target.name
+            ),
         )),
     }
 }

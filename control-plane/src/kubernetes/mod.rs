@@ -1,6 +1,7 @@
 //! Kubernetes as the control plane's home: the client, status write-back to the status
 //! subresource, and leader election on a `coordination.k8s.io/v1` Lease.
 
+pub mod events;
 pub mod lease;
 pub mod nodes;
 pub mod status;

@@ -5,17 +5,23 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 use kube::api::{Api, DynamicObject, Patch, PatchParams};
 
+use super::events::{Events, Notice};
 use crate::source::Origin;
 use crate::source::kube::api_resource;
 use crate::writeback::{StatusSink, StatusTarget, StoredStatus, Written};
 
 pub struct KubeStatusSink {
     client: kube::Client,
+    events: Events,
 }
 
 impl KubeStatusSink {
-    pub fn new(client: kube::Client) -> Self {
-        Self { client }
+    /// `identity` names this replica in the events it reports.
+    pub fn new(client: kube::Client, identity: &str) -> Self {
+        Self {
+            events: Events::new(client.clone(), identity),
+            client,
+        }
     }
 }
 
@@ -29,7 +35,7 @@ impl StatusSink for KubeStatusSink {
         target: &'a StatusTarget,
     ) -> BoxFuture<'a, Result<Option<StoredStatus>, String>> {
         async move {
-            let Origin::Kube { key } = &target.origin else {
+            let Origin::Kube { key, .. } = &target.origin else {
                 return Ok(None);
             };
             let object = api(&self.client, key)
@@ -49,7 +55,7 @@ impl StatusSink for KubeStatusSink {
         status: &'a StoredStatus,
     ) -> BoxFuture<'a, Result<Written, String>> {
         async move {
-            let Origin::Kube { key } = &target.origin else {
+            let Origin::Kube { key, .. } = &target.origin else {
                 return Ok(Written::Gone);
             };
             // A merge patch replaces `conditions` (a list) and `lastAccepted.document` (a
@@ -63,6 +69,22 @@ impl StatusSink for KubeStatusSink {
                 // Deleted meanwhile: nothing left to describe, and nothing to remember.
                 Err(kube::Error::Api(e)) if e.code == 404 => Ok(Written::Gone),
                 Err(e) => Err(e.to_string()),
+            }
+        }
+        .boxed()
+    }
+
+    /// Rejections, recoveries, conflicts and refusals become Events on the object.
+    fn changed<'a>(
+        &'a mut self,
+        target: &'a StatusTarget,
+        previous: Option<&'a StoredStatus>,
+        next: &'a StoredStatus,
+    ) -> BoxFuture<'a, ()> {
+        async move {
+            let before = previous.map(|p| p.conditions.as_slice());
+            for notice in Notice::between(before, &next.conditions) {
+                self.events.publish(&target.origin, &notice).await;
             }
         }
         .boxed()

@@ -125,7 +125,10 @@ pub fn item(kind: Kind, object: &DynamicObject) -> Item {
         namespace: object.metadata.namespace.clone().unwrap_or_default(),
         name: object.metadata.name.clone().unwrap_or_default(),
     };
-    let origin = Origin::Kube { key };
+    let origin = Origin::Kube {
+        key,
+        uid: object.metadata.uid.clone().unwrap_or_default(),
+    };
     let parsed = match serde_json::to_string(object) {
         Ok(text) => {
             let mut documents = parse_documents(&text);

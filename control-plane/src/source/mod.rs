@@ -26,8 +26,9 @@ pub enum Origin {
     File { path: PathBuf, line: usize },
     /// The value of a key in a NATS KV bucket.
     Kv { key: String },
-    /// An object in the Kubernetes API.
-    Kube { key: ResourceKey },
+    /// An object in the Kubernetes API; `uid` tells a recreated object from the old one
+    /// (and is how events name it).
+    Kube { key: ResourceKey, uid: String },
 }
 
 impl fmt::Display for Origin {
@@ -35,7 +36,7 @@ impl fmt::Display for Origin {
         match self {
             Origin::File { path, line } => write!(f, "{}:{line}", path.display()),
             Origin::Kv { key } => write!(f, "kv:{key}"),
-            Origin::Kube { key } => write!(f, "kubernetes:{key}"),
+            Origin::Kube { key, .. } => write!(f, "kubernetes:{key}"),
         }
     }
 }
@@ -59,7 +60,7 @@ impl Item {
     pub fn new(origin: Origin, parsed: Result<Resource, DocumentError>) -> Self {
         let identity = match (&parsed, &origin) {
             (Ok(resource), _) => Some(resource.key()),
-            (Err(_), Origin::Kube { key }) => Some(key.clone()),
+            (Err(_), Origin::Kube { key, .. }) => Some(key.clone()),
             (Err(_), Origin::Kv { key }) => crate::kv::parse_key(key),
             (Err(_), Origin::File { .. }) => None,
         };
