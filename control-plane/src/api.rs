@@ -115,6 +115,12 @@ pub struct ResourceView {
     /// (`generation 3`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub serving: Option<String>,
+    /// Route only: the policies that reach it.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub policies: Vec<pavilion_crds::status::AttachedPolicy>,
+    /// Policies only: the routes they reached.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reached: Option<pavilion_crds::status::Reached>,
 }
 
 #[derive(Serialize)]
@@ -164,6 +170,8 @@ async fn status(State(state): State<ApiState>) -> Json<StatusView> {
                     errors,
                     warnings,
                     serving,
+                    policies: report.attachments.policies.clone(),
+                    reached: report.attachments.reached.clone(),
                 }
             })
         })

@@ -175,6 +175,7 @@ mod tests {
             }),
             generation: Some(3),
             outcome,
+            attachments: Default::default(),
         }
     }
 

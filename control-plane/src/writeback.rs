@@ -13,6 +13,7 @@ use pavilion_crds::{Resource, ResourceKey};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
+use crate::compile::Report;
 use crate::controller::PublishedReceiver;
 use crate::delivery::nodes::Nodes;
 use crate::fleet::{NodeBoard, REPORT_EVERY, all_nodes};
@@ -58,6 +59,12 @@ pub struct StoredStatus {
     /// The reason `kubectl get` shows (see [`summary`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// Route only: the policies that reach it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub policies: Vec<pavilion_crds::status::AttachedPolicy>,
+    /// Policies only: the routes they reached.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reached: Option<pavilion_crds::status::Reached>,
     /// ApiKey only: the key id in force, which `kubectl get apikeys` shows.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_id: Option<String>,
@@ -69,6 +76,7 @@ pub struct StoredStatus {
 impl StoredStatus {
     fn new(
         conditions: Vec<StoredCondition>,
+        report: &Report,
         item: &Item,
         last_accepted: Option<&LastAccepted>,
     ) -> Self {
@@ -87,6 +95,8 @@ impl StoredStatus {
         Self {
             conditions,
             reason,
+            policies: report.attachments.policies.clone(),
+            reached: report.attachments.reached.clone(),
             key_id,
             last_accepted: last_accepted.map(LastAccepted::to_status),
         }
@@ -221,7 +231,7 @@ pub async fn run(
                 previous.as_ref().map(|p| p.conditions.as_slice()),
                 &now,
             );
-            let next = StoredStatus::new(conditions, item, last_accepted.as_deref());
+            let next = StoredStatus::new(conditions, report, item, last_accepted.as_deref());
             if previous.as_ref() == Some(&next) {
                 stored.insert(target, next);
                 continue;

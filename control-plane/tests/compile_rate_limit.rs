@@ -947,3 +947,81 @@ fn the_gateway_namespace_is_configurable() {
     );
     assert_ne!(default.snapshot.version, compiled.snapshot.version);
 }
+
+#[test]
+fn routes_list_the_policies_that_reach_them_and_policies_the_routes_they_reached() {
+    let cors = "apiVersion: gateway.pavilion.dev/v1alpha1\nkind: CorsPolicy\nmetadata: { name: web, namespace: shop }\nspec:\n  targetRef: { kind: Route, name: orders }\n  allowOrigins: ['https://app.example.com']\n---\n";
+    let compiled = compile(&[
+        route("shop", "orders"),
+        route("shop", "carts"),
+        route("billing", "invoices"),
+        policy_with(
+            "pavilion-system",
+            "global",
+            "",
+            "{ kind: Gateway, name: default }",
+            "  concurrency: { max: 100 }\n",
+        ),
+        policy_with(
+            "shop",
+            "shop-wide",
+            "",
+            "{ kind: Namespace, name: shop }",
+            &format!("  limits:\n{ONE_LIMIT}  concurrency: {{ max: 50 }}\n"),
+        ),
+        policy(
+            "shop",
+            "orders-only",
+            "",
+            "{ kind: Route, name: orders }",
+            ONE_LIMIT,
+        ),
+        cors.to_owned(),
+    ]);
+    assert!(compiled.reports.iter().all(|r| r.is_accepted()));
+    let attached: Vec<(String, String, Option<String>)> = compiled.reports[0]
+        .attachments
+        .policies
+        .iter()
+        .map(|p| {
+            (
+                format!("{} {}/{}", p.kind, p.namespace, p.name),
+                p.target.clone(),
+                p.overridden_by.clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        attached,
+        [
+            (
+                "RateLimitPolicy pavilion-system/global".to_owned(),
+                "Gateway".to_owned(),
+                Some("concurrency: RateLimitPolicy shop/shop-wide".to_owned())
+            ),
+            (
+                "RateLimitPolicy shop/shop-wide".to_owned(),
+                "Namespace".to_owned(),
+                None
+            ),
+            (
+                "RateLimitPolicy shop/orders-only".to_owned(),
+                "Route".to_owned(),
+                None
+            ),
+            ("CorsPolicy shop/web".to_owned(), "Route".to_owned(), None),
+        ]
+    );
+    // The other namespace's route is reached by the gateway's policy alone.
+    assert_eq!(compiled.reports[2].attachments.policies.len(), 1);
+    let reached = |i: usize| compiled.reports[i].attachments.reached.clone().unwrap();
+    assert_eq!(reached(3).count, 3);
+    assert_eq!(
+        reached(3).routes,
+        ["billing/invoices", "shop/carts", "shop/orders"]
+    );
+    assert_eq!(reached(4).routes, ["shop/carts", "shop/orders"]);
+    assert_eq!(reached(5).routes, ["shop/orders"]);
+    assert_eq!(reached(6).routes, ["shop/orders"]);
+    assert_eq!(compiled.reports[0].attachments.reached, None);
+}

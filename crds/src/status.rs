@@ -18,6 +18,13 @@ pub struct ResourceStatus {
     /// (`AcceptedWithWarnings`), else why it is not programmed, else `Accepted`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// Route only: the policies that reach it, outermost first (Gateway, Namespace, Route;
+    /// oldest first within a level).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub policies: Vec<AttachedPolicy>,
+    /// Policies only: the routes they reached.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reached: Option<Reached>,
     /// ApiKey only: the key id in force (`spec.keyId`, else `metadata.name`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_id: Option<String>,
@@ -25,6 +32,32 @@ pub struct ResourceStatus {
     /// across a control-plane restart) that version goes on serving.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_accepted: Option<LastAccepted>,
+}
+
+/// A policy that reaches a route.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AttachedPolicy {
+    pub kind: String,
+    pub namespace: String,
+    pub name: String,
+    /// What the policy targets: `Gateway`, `Namespace` or `Route`.
+    pub target: String,
+    /// Set when a part of the policy that only one policy can supply is supplied by another
+    /// (`concurrency: RateLimitPolicy shop/strict`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overridden_by: Option<String>,
+}
+
+/// The routes a policy reached.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Reached {
+    /// How many routes.
+    pub count: u32,
+    /// The first of them (`namespace/name`, sorted), at most 20.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<String>,
 }
 
 /// The last accepted version of a resource, as written into its status.

@@ -718,6 +718,39 @@ async fn kubectl_shows_verdicts_with_reasons_events_short_names_and_typed_fields
     .await;
     assert!(events.contains("Warning"), "{events}");
 
+    // Policy attachment: the route lists the policy, the policy the routes it reached.
+    api.apply("apiVersion: gateway.pavilion.dev/v1alpha1\nkind: RateLimitPolicy\nmetadata: { name: first-limit, namespace: shop }\nspec:\n  targetRef: { kind: Route, name: first }\n  limits: [{ key: [clientIp], requests: 100, per: 1s }]\n");
+    let attached = kubectl_until(
+        &api,
+        &[
+            "get",
+            "route",
+            "first",
+            "-n",
+            "shop",
+            "-o",
+            "jsonpath={.status.policies[*].name}",
+        ],
+        |t| t == "first-limit",
+    )
+    .await;
+    assert_eq!(attached, "first-limit");
+    let reached = kubectl_until(
+        &api,
+        &[
+            "get",
+            "rlp",
+            "first-limit",
+            "-n",
+            "shop",
+            "-o",
+            "jsonpath={.status.reached.count} {.status.reached.routes[*]}",
+        ],
+        |t| !t.is_empty(),
+    )
+    .await;
+    assert_eq!(reached, "1 shop/first");
+
     // An API key without keyId shows its name as KEY ID.
     api.apply(&format!(
         "apiVersion: gateway.pavilion.dev/v1alpha1\nkind: ApiKey\nmetadata: {{ name: mobile, namespace: shop }}\nspec:\n  sha256: {}\n  scopes: [read]\n",

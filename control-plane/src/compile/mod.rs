@@ -14,6 +14,7 @@
 //! then those of its route's policies. Only policies in the gateway namespace
 //! ([`CompileOptions::gateway_namespace`]) may target the whole gateway.
 
+mod attachment;
 mod auth;
 mod conflicts;
 mod credentials;
@@ -48,6 +49,17 @@ pub struct Report {
     /// `metadata.generation`, echoed as `observedGeneration` in conditions.
     pub generation: Option<i64>,
     pub outcome: Outcome,
+    /// Which policies reach a route, which routes a policy reached.
+    pub attachments: Attachments,
+}
+
+/// Policy attachment, as the status shows it.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Attachments {
+    /// Route only: the policies that reach it, outermost first.
+    pub policies: Vec<pavilion_crds::status::AttachedPolicy>,
+    /// Policies only: the routes they reached.
+    pub reached: Option<pavilion_crds::status::Reached>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -205,6 +217,11 @@ pub fn compile_at_with(items: &[Item], now: i64, options: &CompileOptions) -> Co
         .filter(|(_, i)| reports[*i].is_accepted())
         .collect();
     let limits = rate_limit::Limits::new(&rate_limit_policies);
+    let policies: Vec<(&Resource, usize)> = accepted(Kind::RateLimitPolicy)
+        .chain(accepted(Kind::CorsPolicy))
+        .filter(|(_, i)| reports[*i].is_accepted())
+        .collect();
+    attachment::attach(&routes, &policies, &limits, &mut reports);
     let mut snapshot = route::build_snapshot(&routes, &mut reports, &limits);
     let keys: Vec<(&Resource, usize)> = accepted(Kind::ApiKey)
         .filter(|(_, i)| reports[*i].is_accepted())
@@ -332,6 +349,7 @@ fn first_pass(item: &Item) -> Report {
         key,
         generation,
         outcome,
+        attachments: Attachments::default(),
     }
 }
 
