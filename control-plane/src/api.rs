@@ -20,6 +20,7 @@ use crate::status::{Condition, conditions};
 #[derive(Clone)]
 pub struct ApiState {
     pub source: String,
+    pub health: crate::source::SourceHealth,
     pub published: PublishedReceiver,
     pub nodes: Arc<Nodes>,
     pub metrics: Metrics,
@@ -63,8 +64,7 @@ async fn ready(State(state): State<ApiState>) -> Response {
     if state.published.borrow().is_some() {
         Json(serde_json::json!({ "ready": true })).into_response()
     } else {
-        let body =
-            serde_json::json!({ "ready": false, "reason": "the source has not been read yet" });
+        let body = serde_json::json!({ "ready": false, "reason": "no snapshot yet: the source has not been read completely" });
         (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
     }
 }
@@ -85,10 +85,24 @@ async fn metrics(State(state): State<ApiState>) -> Response {
 #[serde(rename_all = "camelCase")]
 pub struct StatusView {
     pub source: String,
+    pub source_health: SourceHealthView,
+    /// True once a snapshot exists; it stays true while the source is lost (the last good
+    /// state is served).
     pub ready: bool,
     pub snapshot: Option<SnapshotView>,
     pub resources: Vec<ResourceView>,
     pub nodes: Vec<NodeStatus>,
+}
+
+/// Whether the source is reachable, and what is served while it is not.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SourceHealthView {
+    #[serde(flatten)]
+    pub state: crate::source::HealthState,
+    /// While the source is down: what the control plane serves instead.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub serving: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -176,8 +190,21 @@ async fn status(State(state): State<ApiState>) -> Json<StatusView> {
             })
         })
         .collect();
+    let health = state.health.state();
+    let serving = match (&published, health.up) {
+        (_, true) => None,
+        (Some(p), false) => Some(format!(
+            "the last good state (snapshot {}) until the source is back",
+            p.snapshot.version
+        )),
+        (None, false) => Some("nothing: no snapshot yet".to_owned()),
+    };
     Json(StatusView {
         source: state.source.clone(),
+        source_health: SourceHealthView {
+            state: health,
+            serving,
+        },
         ready: published.is_some(),
         snapshot: published.as_ref().map(|p| SnapshotView {
             version: p.snapshot.version.clone(),

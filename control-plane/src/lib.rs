@@ -353,7 +353,8 @@ pub async fn start(config: Config) -> Result<ControlPlane, Error> {
             Box::new(KubeSource::new(client, config.kube.namespace.clone()))
         }
     };
-    let source = tokio::spawn(source.run(items_tx));
+    let health = source::SourceHealth::new(metrics.source_up.clone());
+    let source = tokio::spawn(source.run(items_tx, health.clone()));
     servers.push(tokio::spawn(controller::run(
         items_rx,
         published_tx,
@@ -404,6 +405,7 @@ pub async fn start(config: Config) -> Result<ControlPlane, Error> {
     let api = api::router(
         api::ApiState {
             source: config.source.to_string(),
+            health,
             published: published_rx,
             nodes,
             metrics,

@@ -10,6 +10,8 @@ pub struct Metrics {
     pub connected: IntGauge,
     pub acks: IntCounter,
     pub nacks: IntCounter,
+    /// 1 while the source is reachable.
+    pub source_up: IntGauge,
 }
 
 impl Metrics {
@@ -43,8 +45,14 @@ impl Metrics {
             "Snapshots data planes refused.",
         )
         .expect("valid metric");
+        let source_up = IntGauge::new(
+            "pavilion_source_up",
+            "1 while the control plane reaches its source (NATS, the Kubernetes API, the directory); 0 while it serves the last good state without it.",
+        )
+        .expect("valid metric");
         for collector in [
-            Box::new(compiles.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(source_up.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(compiles.clone()),
             Box::new(resources.clone()),
             Box::new(connected.clone()),
             Box::new(acks.clone()),
@@ -61,6 +69,7 @@ impl Metrics {
             connected,
             acks,
             nacks,
+            source_up,
         }
     }
 }

@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use pavilion_control::source::{DirSource, Items, Source};
+use pavilion_control::source::{DirSource, Items, Source, SourceHealth};
 use tokio::sync::watch;
 
 fn route(name: &str, port: u16) -> String {
@@ -53,6 +53,47 @@ async fn wait_for(rx: &mut watch::Receiver<Option<Items>>, what: &str, want: &[(
     eprintln!("{what}: seen after {:?}", started.elapsed());
 }
 
+fn health() -> SourceHealth {
+    SourceHealth::new(prometheus::IntGauge::new("pavilion_source_up", "test").unwrap())
+}
+
+#[tokio::test]
+async fn an_unreadable_directory_shows_in_the_health_and_the_last_read_stays() {
+    let parent = tempfile::tempdir().unwrap();
+    let dir = parent.path().join("config");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(dir.join("a.yaml"), route("a", 1)).unwrap();
+    let (tx, mut rx) = watch::channel(None);
+    let health = health();
+    let source: Box<dyn Source> = Box::new(DirSource::new(&dir));
+    let task = tokio::spawn(source.run(tx, health.clone()));
+    wait_for(&mut rx, "the initial listing", &[("a", "1")]).await;
+    assert!(health.state().up);
+
+    // A mount being swapped: the directory is gone for a while.
+    std::fs::rename(&dir, parent.path().join("away")).unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while health.state().up {
+        assert!(tokio::time::Instant::now() < deadline, "never noticed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(health.state().error.is_some());
+    assert_eq!(
+        rx.borrow().as_ref().map(|items| items.len()),
+        Some(1),
+        "the last read stays"
+    );
+    std::fs::rename(parent.path().join("away"), &dir).unwrap();
+    while !health.state().up {
+        assert!(
+            tokio::time::Instant::now() < deadline + Duration::from_secs(10),
+            "never recovered"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    task.abort();
+}
+
 #[tokio::test]
 async fn follows_edits_additions_and_deletions() {
     let dir = tempfile::tempdir().unwrap();
@@ -62,7 +103,7 @@ async fn follows_edits_additions_and_deletions() {
     std::fs::write(dir.path().join("notes.txt"), "not a resource").unwrap();
     let (tx, mut rx) = watch::channel(None);
     let source: Box<dyn Source> = Box::new(DirSource::new(dir.path()));
-    let task = tokio::spawn(source.run(tx));
+    let task = tokio::spawn(source.run(tx, health()));
 
     wait_for(&mut rx, "the initial listing", &[("a", "1")]).await;
     std::fs::write(dir.path().join("a.yaml"), route("a", 2)).unwrap();
@@ -87,7 +128,7 @@ async fn follows_edits_additions_and_deletions() {
 async fn a_missing_directory_is_an_error_at_once() {
     let (tx, _rx) = watch::channel(None);
     let source: Box<dyn Source> = Box::new(DirSource::new("/nonexistent/pavilion"));
-    let error = source.run(tx).await.unwrap_err();
+    let error = source.run(tx, health()).await.unwrap_err();
     assert!(error.to_string().contains("not a directory"), "{error}");
 }
 
@@ -98,7 +139,7 @@ async fn reading_the_files_does_not_trigger_another_read() {
     let (tx, mut rx) = watch::channel(None);
     let source = DirSource::new(dir.path());
     let reads = source.read_counter();
-    let task = tokio::spawn((Box::new(source) as Box<dyn Source>).run(tx));
+    let task = tokio::spawn((Box::new(source) as Box<dyn Source>).run(tx, health()));
     wait_for(&mut rx, "the initial listing", &[("a", "1")]).await;
     // Someone (or the source itself) opens and reads the files: nothing changed.
     for _ in 0..5 {

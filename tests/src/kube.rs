@@ -164,7 +164,16 @@ impl KubeApiServer {
     /// Kills the API server (etcd keeps the data) and starts it again on the same port:
     /// every watch breaks and must resume.
     pub fn restart(&mut self) {
+        self.pause();
+        self.resume();
+    }
+
+    /// Kills the API server; [`resume`](Self::resume) starts it again on the same port.
+    pub fn pause(&mut self) {
         drop(self.apiserver.take());
+    }
+
+    pub fn resume(&mut self) {
         let etcd_port = self.etcd_port();
         self.apiserver = Some(self.spawn_apiserver(etcd_port));
         self.wait_ready();

@@ -168,8 +168,26 @@ async fn kubectl_apply_becomes_traffic_and_status_with_the_least_privilege() {
         "nothing changed, nothing was written"
     );
 
-    // Watches survive an API-server restart; changes after it arrive.
-    api.restart();
+    // Watches survive an API-server restart; changes after it arrive. While it is gone,
+    // the status says so and the last good state serves.
+    api.pause();
+    let health = eventually("the lost API server to show", PATIENCE, || async {
+        let status = pavilion_tests::control_api(cp.http_addr, "/v1/status")
+            .await
+            .json();
+        (status["sourceHealth"]["up"] == false).then(|| status["sourceHealth"].clone())
+    })
+    .await;
+    assert!(health["error"].is_string(), "{health}");
+    served_by(&dp, "orders.example.com", "/orders", Some("a")).await;
+    api.resume();
+    eventually("the API server to be back", PATIENCE, || async {
+        let status = pavilion_tests::control_api(cp.http_addr, "/v1/status")
+            .await
+            .json();
+        (status["sourceHealth"]["up"] == true).then_some(())
+    })
+    .await;
     api.apply(&route("orders", &b.url()));
     served_by(&dp, "orders.example.com", "/orders", Some("b")).await;
     api.kubectl_ok(&["delete", "route", "orders", "-n", "shop"]);

@@ -21,9 +21,36 @@ fn route(name: &str, backend: &str) -> String {
 }
 
 async fn control_plane(address: &KvAddress) -> ControlPlane {
-    pavilion_control::start(ControlConfig::local(SourceSpec::Kv(address.clone())))
-        .await
-        .unwrap()
+    pavilion_control::start(ControlConfig {
+        api_tokens: vec![pavilion_tests::API_TOKEN.into()],
+        ..ControlConfig::local(SourceSpec::Kv(address.clone()))
+    })
+    .await
+    .unwrap()
+}
+
+/// `sourceHealth` of `/v1/status` once its `up` is `want`, with the `/metrics` gauge line.
+async fn source_health_when(cp: &ControlPlane, want: bool) -> (Value, String) {
+    eventually(&format!("the source to be up={want}"), PATIENCE, || async {
+        let status = pavilion_tests::control_api(cp.http_addr, "/v1/status")
+            .await
+            .json();
+        let health = status["sourceHealth"].clone();
+        if health["up"] != want {
+            return None;
+        }
+        let metrics = HttpClient::http1()
+            .get(&format!("http://{}/metrics", cp.http_addr))
+            .await
+            .ok()?
+            .text();
+        let gauge = metrics
+            .lines()
+            .find(|l| l.starts_with("pavilion_source_up "))?
+            .to_owned();
+        Some((health, gauge))
+    })
+    .await
 }
 
 async fn data_plane(cp: &ControlPlane) -> DataPlane {
@@ -168,10 +195,30 @@ async fn a_nats_restart_interrupts_nothing() {
     let dp = data_plane(&cp).await;
     served_by(&dp, "/r", Some("a")).await;
 
+    let (_, gauge) = source_health_when(&cp, true).await;
+    assert_eq!(gauge, "pavilion_source_up 1");
+
+    // NATS goes away: said in the status and the metric, while the last good state serves
+    // and the control plane stays ready.
     nats.stop();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (health, gauge) = source_health_when(&cp, false).await;
+    assert_eq!(gauge, "pavilion_source_up 0");
+    assert!(
+        health["serving"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("the last good state")),
+        "{health}"
+    );
+    assert!(health["error"].is_string(), "{health}");
+    let ready = HttpClient::http1()
+        .get(&format!("http://{}/ready", cp.http_addr))
+        .await
+        .unwrap();
+    assert_eq!(ready.status, 200);
     served_by(&dp, "/r", Some("a")).await;
     nats.resume();
+    let (_, gauge) = source_health_when(&cp, true).await;
+    assert_eq!(gauge, "pavilion_source_up 1");
     let store = open(&address).await.unwrap();
     store
         .put("route.shop.r", route("r", &b.url()).into())

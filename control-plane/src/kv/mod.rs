@@ -16,6 +16,8 @@ mod status;
 use async_nats::jetstream::{self, kv::Store};
 use pavilion_crds::{Kind, ResourceKey};
 
+use crate::source::SourceHealth;
+
 pub use nodes::KvNodeBoard;
 pub use status::KvStatusSink;
 
@@ -99,9 +101,31 @@ pub enum KvError {
 
 /// Connects and opens the bucket, creating it (with [`HISTORY`]) when it does not exist.
 pub async fn open(address: &KvAddress) -> Result<Store, KvError> {
+    open_with(address, async_nats::ConnectOptions::new()).await
+}
+
+/// [`open`], reporting the connection's losses and recoveries into `health`.
+pub async fn open_watched(address: &KvAddress, health: SourceHealth) -> Result<Store, KvError> {
+    let options = async_nats::ConnectOptions::new().event_callback(move |event| {
+        let health = health.clone();
+        async move {
+            match event {
+                async_nats::Event::Disconnected => health.down(&"disconnected from NATS"),
+                async_nats::Event::Connected => health.up(),
+                _ => {}
+            }
+        }
+    });
+    open_with(address, options).await
+}
+
+async fn open_with(
+    address: &KvAddress,
+    options: async_nats::ConnectOptions,
+) -> Result<Store, KvError> {
     // No retry here: callers decide (the source retries with backoff, the CLI fails fast).
     // Once connected, the client reconnects by itself.
-    let client = async_nats::ConnectOptions::new()
+    let client = options
         .connection_timeout(Duration::from_secs(5))
         .connect(address.servers.as_str());
     let client = tokio::time::timeout(Duration::from_secs(10), client)

@@ -13,7 +13,7 @@ use notify::{RecursiveMode, Watcher};
 use pavilion_crds::{DocumentError, parse_documents};
 use tokio::sync::Notify;
 
-use super::{Item, ItemsSender, LastAccepted, Origin, Source, SourceError};
+use super::{Item, ItemsSender, LastAccepted, Origin, Source, SourceError, SourceHealth};
 
 /// Quiet time after a file event before the directory is read again: editors save in
 /// several steps, and one read should see all of them.
@@ -43,13 +43,17 @@ impl DirSource {
 }
 
 impl Source for DirSource {
-    fn run(self: Box<Self>, items: ItemsSender) -> BoxFuture<'static, Result<(), SourceError>> {
-        async move { self.watch(items).await }.boxed()
+    fn run(
+        self: Box<Self>,
+        items: ItemsSender,
+        health: SourceHealth,
+    ) -> BoxFuture<'static, Result<(), SourceError>> {
+        async move { self.watch(items, health).await }.boxed()
     }
 }
 
 impl DirSource {
-    async fn watch(self, items: ItemsSender) -> Result<(), SourceError> {
+    async fn watch(self, items: ItemsSender, health: SourceHealth) -> Result<(), SourceError> {
         let fail = |message: String| SourceError::Directory {
             path: self.root.clone(),
             message,
@@ -94,6 +98,10 @@ impl DirSource {
             })
             .await
             .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+            match &loaded {
+                Ok(_) => health.up(),
+                Err(error) => health.down(error),
+            }
             match loaded {
                 Ok(mut loaded) if last.as_ref() != Some(&loaded) => {
                     if last.is_none() {
@@ -108,7 +116,7 @@ impl DirSource {
                 // Keep serving what was read last: a vanished directory is more likely a
                 // mount being swapped than a wish to delete every route.
                 Err(e) => {
-                    tracing::warn!(path = %self.root.display(), error = %e, "cannot read configuration directory; keeping the last good read")
+                    tracing::debug!(path = %self.root.display(), error = %e, "cannot read configuration directory; keeping the last good read")
                 }
             }
             tokio::select! {

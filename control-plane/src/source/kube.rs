@@ -20,7 +20,7 @@ use pavilion_crds::{
 };
 use tokio::sync::Notify;
 
-use super::{Item, ItemsSender, LastAccepted, Origin, Source, SourceError};
+use super::{Item, ItemsSender, LastAccepted, Origin, Source, SourceError, SourceHealth};
 
 /// Quiet time after an event before publishing, so a burst (a re-list) publishes once.
 const SETTLE: Duration = Duration::from_millis(10);
@@ -51,7 +51,11 @@ impl KubeSource {
 }
 
 impl Source for KubeSource {
-    fn run(self: Box<Self>, items: ItemsSender) -> BoxFuture<'static, Result<(), SourceError>> {
+    fn run(
+        self: Box<Self>,
+        items: ItemsSender,
+        health: SourceHealth,
+    ) -> BoxFuture<'static, Result<(), SourceError>> {
         async move {
             let changed = Arc::new(Notify::new());
             // Dropped with this future: the watchers stop with the source.
@@ -68,13 +72,18 @@ impl Source for KubeSource {
                 let writer = reflector::store::Writer::new(resource);
                 stores.push((kind, writer.as_reader()));
                 let changed = changed.clone();
+                let health = health.clone();
                 let stream = reflector::reflector(
                     writer,
                     watcher(api, watcher::Config::default()).default_backoff(),
                 );
                 watchers.spawn(stream.for_each(move |event| {
-                    if let Err(error) = &event {
-                        tracing::warn!(kind = kind.as_str(), %error, "watch interrupted; resuming");
+                    match &event {
+                        Err(error) => {
+                            tracing::debug!(kind = kind.as_str(), %error, "watch interrupted; resuming");
+                            health.down(error);
+                        }
+                        Ok(_) => health.up(),
                     }
                     changed.notify_one();
                     std::future::ready(())

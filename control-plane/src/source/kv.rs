@@ -14,9 +14,9 @@ use futures::future::BoxFuture;
 use pavilion_crds::status::LastAccepted as StoredLastAccepted;
 use pavilion_crds::{DocumentError, parse_documents};
 
-use super::{Item, ItemsSender, LastAccepted, Origin, Source, SourceError};
+use super::{Item, ItemsSender, LastAccepted, Origin, Source, SourceError, SourceHealth};
 use crate::kv::{
-    KvAddress, KvError, STATUS_PREFIX, is_resource_key, open, parse_key, resource_key,
+    KvAddress, KvError, STATUS_PREFIX, is_resource_key, open_watched, parse_key, resource_key,
 };
 use crate::writeback::StoredStatus;
 
@@ -34,18 +34,23 @@ impl KvSource {
 }
 
 impl Source for KvSource {
-    fn run(self: Box<Self>, items: ItemsSender) -> BoxFuture<'static, Result<(), SourceError>> {
+    fn run(
+        self: Box<Self>,
+        items: ItemsSender,
+        health: SourceHealth,
+    ) -> BoxFuture<'static, Result<(), SourceError>> {
         async move {
             let mut backoff = FIRST_BACKOFF;
             loop {
-                let error = match open(&self.address).await {
+                let error = match open_watched(&self.address, health.clone()).await {
                     Ok(store) => {
                         backoff = FIRST_BACKOFF;
-                        watch(&store, &items).await
+                        watch(&store, &items, &health).await
                     }
                     Err(error) => error,
                 };
-                tracing::warn!(source = %self.address, %error, retry_in_ms = backoff.as_millis() as u64, "KV source interrupted; keeping the last read");
+                health.down(&error);
+                tracing::debug!(source = %self.address, %error, retry_in_ms = backoff.as_millis() as u64, "KV source interrupted; keeping the last read");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(MAX_BACKOFF);
             }
@@ -56,12 +61,13 @@ impl Source for KvSource {
 
 /// Follows the bucket until the watch fails. Publishes once the initial values are all in
 /// (never a partial set), then after every change.
-async fn watch(store: &Store, items: &ItemsSender) -> KvError {
+async fn watch(store: &Store, items: &ItemsSender, health: &SourceHealth) -> KvError {
     let operation = |e: &dyn std::fmt::Display| KvError::Operation(e.to_string());
     let empty = match store.status().await {
         Ok(status) => status.values() == 0,
         Err(e) => return operation(&e),
     };
+    health.up();
     let mut watch = match store.watch_with_history(">").await {
         Ok(watch) => watch,
         Err(e) => return operation(&e),

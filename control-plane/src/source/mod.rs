@@ -3,6 +3,7 @@
 //! so a burst of changes costs one compile.
 
 pub mod dir;
+pub mod health;
 pub mod kube;
 pub mod kv;
 
@@ -16,6 +17,7 @@ use pavilion_crds::{DocumentError, ParsedDocument, Resource, ResourceKey};
 use tokio::sync::watch;
 
 pub use dir::DirSource;
+pub use health::{HealthState, SourceHealth};
 pub use kube::KubeSource;
 pub use kv::KvSource;
 
@@ -148,6 +150,11 @@ pub enum SourceError {
 /// A place resources are read from.
 pub trait Source: Send + 'static {
     /// Publishes the complete resource set into `items`, and again after each change,
-    /// until the process stops. Returns only on a failure it cannot recover from.
-    fn run(self: Box<Self>, items: ItemsSender) -> BoxFuture<'static, Result<(), SourceError>>;
+    /// until the process stops, reporting into `health` whether it reaches what it reads.
+    /// Returns only on a failure it cannot recover from.
+    fn run(
+        self: Box<Self>,
+        items: ItemsSender,
+        health: SourceHealth,
+    ) -> BoxFuture<'static, Result<(), SourceError>>;
 }
