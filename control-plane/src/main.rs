@@ -33,6 +33,8 @@ enum Command {
     Run(Box<RunArgs>),
     /// Check resource files (or directories); exit 1 with `file:line: field: message` lines if any is invalid.
     Validate {
+        /// Resource files or directories (`.yaml`, `.yml`, `.json` below them); `-` reads
+        /// standard input.
         #[arg(required = true)]
         paths: Vec<PathBuf>,
         #[command(flatten)]
@@ -40,6 +42,7 @@ enum Command {
     },
     /// Print the CustomResourceDefinitions (or write one file per CRD into a directory).
     Crds {
+        /// Write `<kind>.yaml` files into this directory instead of printing one stream.
         #[arg(long)]
         out_dir: Option<PathBuf>,
     },
@@ -50,8 +53,14 @@ enum Command {
     },
     /// Manage resources in a NATS KV bucket (Docker Swarm) without the nats CLI.
     Kv {
-        /// nats://HOST:PORT[?bucket=NAME] (default bucket: pavilion-config)
-        #[arg(long, env = "PAVILION_NATS", default_value = "nats://127.0.0.1:4222")]
+        /// nats://HOST:PORT[?bucket=NAME] (default bucket: pavilion-config); accepted before
+        /// or after the subcommand.
+        #[arg(
+            long,
+            global = true,
+            env = "PAVILION_NATS",
+            default_value = "nats://127.0.0.1:4222"
+        )]
         nats: KvAddress,
         #[command(subcommand)]
         command: KvCommand,
@@ -63,15 +72,22 @@ enum KvCommand {
     /// Validate files (or directories) against the bucket's contents, then write every
     /// document under its key; nothing is written if any document is invalid.
     Put {
+        /// Resource files or directories; `-` reads standard input (like `kubectl apply -f -`).
         #[arg(required = true)]
         paths: Vec<PathBuf>,
         #[command(flatten)]
         gateway: GatewayArgs,
     },
-    /// Print the document under KEY (kind.namespace.name); its status goes to stderr.
-    Get { key: String },
+    /// Print the document under KEY; its status goes to stderr.
+    Get {
+        /// `<kind>.<namespace>.<name>`, e.g. route.shop.orders.
+        key: String,
+    },
     /// Delete the resource under KEY and its status.
-    Delete { key: String },
+    Delete {
+        /// `<kind>.<namespace>.<name>`, e.g. route.shop.orders.
+        key: String,
+    },
     /// List the resources with their Accepted and Programmed status.
     List,
 }
@@ -84,6 +100,7 @@ enum ApiKeyCommand {
         /// The key's public id (spec.keyId): letters, digits, '.', '_', '-'.
         #[arg(long)]
         id: String,
+        /// The namespace of the ApiKey resource (the key works for its routes only).
         #[arg(long, default_value = "default")]
         namespace: String,
         /// Comma-separated: read, write, admin.
@@ -92,6 +109,7 @@ enum ApiKeyCommand {
         /// RFC 3339 time after which the key is refused, e.g. 2027-01-01T00:00:00Z.
         #[arg(long)]
         expires: Option<String>,
+        /// Free text kept in spec.description (who holds the key, what for).
         #[arg(long)]
         description: Option<String>,
         /// The resource's metadata.name (default: the id).
@@ -144,6 +162,7 @@ struct RunArgs {
     /// Health, readiness, metrics and /v1/status.
     #[arg(long, env = "PAVILION_HTTP_LISTEN", default_value = "127.0.0.1:18001")]
     http_listen: SocketAddr,
+    /// How log lines are written.
     #[arg(long, env = "PAVILION_LOG_FORMAT", value_enum, default_value_t)]
     log_format: LogFormat,
     /// kube: a kubeconfig file (default: KUBECONFIG, ~/.kube/config, or in-cluster).
@@ -272,12 +291,16 @@ fn main() -> ExitCode {
 }
 
 fn kv(address: KvAddress, command: KvCommand) -> anyhow::Result<ExitCode> {
-    use pavilion_control::kv::{cli, open};
+    use pavilion_control::kv::{cli, open, open_existing};
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        let store = open(&address).await?;
+        // Only `put` may create the bucket: reading a misspelt one must not leave it behind.
+        let store = match &command {
+            KvCommand::Put { .. } => open(&address).await?,
+            _ => open_existing(&address).await?,
+        };
         match command {
             KvCommand::Put { paths, gateway } => {
                 let (verdict, written) = cli::put(&store, &paths, &gateway.options()).await?;
@@ -295,18 +318,23 @@ fn kv(address: KvAddress, command: KvCommand) -> anyhow::Result<ExitCode> {
             KvCommand::Get { key } => match cli::get(&store, &key).await? {
                 Some((document, status)) => {
                     print!("{document}");
-                    if let Some(status) = status {
-                        eprintln!("status: {status}");
+                    match status {
+                        Some(status) => {
+                            for line in cli::describe(&status) {
+                                eprintln!("{line}");
+                            }
+                        }
+                        None => eprintln!("no status yet"),
                     }
                 }
                 None => {
-                    eprintln!("no key `{key}` in bucket {}", address.bucket);
+                    eprintln!("{}", cli::missing(&key, &address.bucket));
                     return Ok(ExitCode::FAILURE);
                 }
             },
             KvCommand::Delete { key } => {
                 if !cli::delete(&store, &key).await? {
-                    eprintln!("no key `{key}` in bucket {}", address.bucket);
+                    eprintln!("{}", cli::missing(&key, &address.bucket));
                     return Ok(ExitCode::FAILURE);
                 }
                 println!("deleted {key}");
@@ -380,4 +408,15 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         tracing::info!("control plane stopped");
         anyhow::Ok(())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn every_flag_and_argument_has_help_text() {
+        let missing = pavilion_telemetry::undocumented_args(&super::Cli::command());
+        assert!(missing.is_empty(), "without help text: {missing:?}");
+    }
 }

@@ -3,7 +3,7 @@
 //! are checked too.
 
 use std::collections::HashSet;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use pavilion_crds::FieldError;
 
@@ -27,6 +27,35 @@ impl Verdict {
 
 pub fn validate(paths: &[PathBuf], options: &CompileOptions) -> Verdict {
     validate_with(Vec::new(), paths, options).0
+}
+
+/// How documents read from standard input (`-`) are named in messages.
+pub const STDIN: &str = "<stdin>";
+
+/// Standard input and its documents, like a file's.
+fn read_stdin() -> std::io::Result<(String, Vec<Item>)> {
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)?;
+    let items = pavilion_crds::parse_documents(&text)
+        .into_iter()
+        .map(|doc| Item::from_document(std::path::Path::new(STDIN), doc))
+        .collect();
+    Ok((text, items))
+}
+
+/// The texts problems were found in, read again only when a problem needs its line.
+#[derive(Default)]
+struct Texts(std::collections::HashMap<PathBuf, Option<String>>);
+
+impl Texts {
+    fn field_line(&mut self, path: &Path, document_line: usize, field: &str) -> Option<usize> {
+        let text = self
+            .0
+            .entry(path.to_owned())
+            .or_insert_with(|| std::fs::read_to_string(path).ok())
+            .as_deref()?;
+        pavilion_crds::lines::field_line(text, document_line, field)
+    }
 }
 
 /// What the compiler says about one document, as `validate`, `kv put` and the admission
@@ -92,8 +121,22 @@ pub fn validate_with(
 ) -> (Verdict, Vec<Item>) {
     let mut verdict = Verdict::default();
     let mut items: Vec<Item> = Vec::new();
+    let mut stdin_text = None;
     for path in paths {
-        let found = if path.is_dir() {
+        let found = if path.as_os_str() == "-" {
+            match read_stdin() {
+                Ok((text, found)) => {
+                    stdin_text = Some(text);
+                    found
+                }
+                Err(e) => {
+                    verdict
+                        .errors
+                        .push(format!("{STDIN}: cannot read standard input: {e}"));
+                    continue;
+                }
+            }
+        } else if path.is_dir() {
             match load_tree(path) {
                 Ok(found) => found,
                 Err(e) => {
@@ -119,24 +162,34 @@ pub fn validate_with(
     }
     let findings = judge(context, &items, options);
     verdict.documents = items.len();
+    let mut texts = Texts::default();
+    if let Some(text) = stdin_text {
+        texts.0.insert(PathBuf::from(STDIN), Some(text));
+    }
     for (item, findings) in items.iter().zip(findings) {
-        // A document that could not be read knows the exact line of the problem.
-        let origin = match (&item.origin, &item.parsed) {
+        // Each problem at the exact line: a document that could not be read knows it; for
+        // the others, the line where the field (or its nearest ancestor) is written.
+        let at = |field: &str, texts: &mut Texts| match (&item.origin, &item.parsed) {
             (Origin::File { path, .. }, Err(e)) => Origin::File {
                 path: path.clone(),
                 line: e.line,
             },
+            (Origin::File { path, line }, Ok(_)) => Origin::File {
+                path: path.clone(),
+                line: texts.field_line(path, *line, field).unwrap_or(*line),
+            },
             (origin, _) => origin.clone(),
         };
-        verdict
-            .errors
-            .extend(findings.errors.iter().map(|e| format!("{origin}: {e}")));
-        verdict.warnings.extend(
-            findings
+        for error in &findings.errors {
+            let origin = at(&error.field, &mut texts);
+            verdict.errors.push(format!("{origin}: {error}"));
+        }
+        for warning in &findings.warnings {
+            let origin = at(&warning.field, &mut texts);
+            verdict
                 .warnings
-                .iter()
-                .map(|w| format!("{origin}: warning: {w}")),
-        );
+                .push(format!("{origin}: warning: {warning}"));
+        }
     }
     (verdict, items)
 }

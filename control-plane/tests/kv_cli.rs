@@ -103,6 +103,16 @@ fn put_get_list_delete() {
     assert!(
         String::from_utf8_lossy(&missing.stderr).contains("no key `corspolicy.shop.orders-cors`")
     );
+    // A key in the wrong shape gets the format explained.
+    let wrong = kv(&nats, &["get", "orders"]);
+    assert_eq!(wrong.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&wrong.stderr).contains(
+            "`orders` is not a key: keys are <kind>.<namespace>.<name>, e.g. route.shop.orders"
+        ),
+        "{}",
+        String::from_utf8_lossy(&wrong.stderr)
+    );
     assert_eq!(
         kv(&nats, &["get", "corspolicy.shop.orders-cors"])
             .status
@@ -125,4 +135,69 @@ fn an_unreachable_server_is_a_clear_error() {
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
+}
+
+/// `pavilion-control ARGS…` with `stdin` as standard input.
+fn control_with_stdin(args: &[&str], stdin: &str) -> Output {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pavilion-control"))
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn flags_after_the_subcommand_standard_input_and_no_bucket_made_by_reading() {
+    let nats = NatsServer::start();
+    let address = format!("{}?bucket=late", nats.url());
+
+    // Reading a bucket that does not exist says so, and creates nothing.
+    let list = Command::new(env!("CARGO_BIN_EXE_pavilion-control"))
+        .args(["kv", "list", "--nats", &address])
+        .output()
+        .unwrap();
+    assert_eq!(list.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&list.stderr).contains("no bucket `late`"),
+        "{}",
+        String::from_utf8_lossy(&list.stderr)
+    );
+    let get = Command::new(env!("CARGO_BIN_EXE_pavilion-control"))
+        .args(["kv", "get", "route.shop.orders", "--nats", &address])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&get.stderr).contains("no bucket `late`"));
+
+    // `--nats` after the subcommand, the document on standard input.
+    let put = control_with_stdin(&["kv", "put", "-", "--nats", &address], ROUTE);
+    assert!(
+        put.status.success(),
+        "{}",
+        String::from_utf8_lossy(&put.stderr)
+    );
+    assert_eq!(stdout(&put), "put route.shop.orders\n");
+    // Empty input is an error, not a silent success.
+    let empty = control_with_stdin(&["kv", "put", "-", "--nats", &address], "");
+    assert_eq!(empty.status.code(), Some(1));
+    assert!(
+        stdout(&empty).contains("no resources"),
+        "{}",
+        stdout(&empty)
+    );
+
+    let list = Command::new(env!("CARGO_BIN_EXE_pavilion-control"))
+        .args(["kv", "list", "--nats", &address])
+        .output()
+        .unwrap();
+    assert_eq!(stdout(&list), "route.shop.orders\tno status yet\n");
 }

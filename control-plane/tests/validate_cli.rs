@@ -49,7 +49,7 @@ fn problems_are_reported_as_file_line_field_message_and_exit_1() {
             format!(
                 "{bad}:8: spec.rules[0].timout: unknown field `timout`, expected one of `matches`, `backends`, `timeout`, `auth`, `ipAllow`, `ipDeny`, `upstreamTls`, `tenancy`, `authorize`, `commands`"
             ),
-            format!("{bad}:10: spec.rules[0].backends: at least one backend is required"),
+            format!("{bad}:15: spec.rules[0].backends: at least one backend is required"),
         ]
     );
 }
@@ -112,7 +112,7 @@ fn gateway_policies_are_judged_against_the_gateway_namespace() {
     assert_eq!(
         String::from_utf8_lossy(&output.stdout).trim(),
         format!(
-            "{}:1: spec.targetRef: only policies in the gateway namespace `pavilion-system` may target the Gateway, not one in `edge`",
+            "{}:5: spec.targetRef: only policies in the gateway namespace `pavilion-system` may target the Gateway, not one in `edge`",
             file.display()
         )
     );
@@ -134,4 +134,42 @@ fn gateway_policies_are_judged_against_the_gateway_namespace() {
     let output = validate(&["--gateway-namespace", "Not_A_Namespace"]);
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("--gateway-namespace"));
+}
+
+#[test]
+fn empty_input_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = control().arg("validate").arg(dir.path()).output().unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("no resources"), "{stdout}");
+    let empty = dir.path().join("empty.yaml");
+    std::fs::write(&empty, "# nothing here\n").unwrap();
+    let output = control().arg("validate").arg(&empty).output().unwrap();
+    assert_eq!(output.status.code(), Some(1));
+}
+
+#[test]
+fn standard_input_is_read_for_a_dash_and_problems_name_their_line() {
+    use std::io::Write;
+    let mut child = control()
+        .args(["validate", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"apiVersion: gateway.pavilion.dev/v1alpha1\nkind: Route\nmetadata: { name: orders }\nspec:\n  rules:\n    - matches: [{ path: { type: PathPrefix, value: /a } }]\n      backends:\n        - url: http://127.0.0.1:9000\n        - url: ftp://x\n")
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.starts_with("<stdin>:9: spec.rules[0].backends[1].url: "),
+        "{stdout}"
+    );
 }

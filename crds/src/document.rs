@@ -169,7 +169,7 @@ fn split_documents(text: &str, max: usize) -> (Vec<(usize, &str)>, Option<usize>
 }
 
 /// Offset (in lines) of the first line that is neither blank nor a comment.
-fn first_content_line(chunk: &str) -> Option<usize> {
+pub(crate) fn first_content_line(chunk: &str) -> Option<usize> {
     chunk.lines().position(|l| {
         let l = l.trim();
         !l.is_empty() && !l.starts_with('#') && l != "%YAML" && !l.starts_with("%YAML ")

@@ -8,6 +8,7 @@ pub mod auth;
 pub mod cidr;
 pub mod document;
 pub mod duration;
+pub mod lines;
 pub mod manifests;
 pub mod policy;
 pub mod rebalance;

@@ -208,6 +208,28 @@ impl Deny {
         }
     }
 
+    /// Envoy-style response flags for the access log: why the gateway answered, in the
+    /// terms operators of other proxies grep for (`UF` upstream connection failure, `UC`
+    /// upstream connection termination or invalid response, `UT` upstream timeout, `NR` no
+    /// route, `RL` rate limited, `RLSE` rate-limit service error, `UO` overflow — the
+    /// concurrency limit, `DPE` downstream protocol error); `-` when none applies.
+    pub fn flags(&self) -> &'static str {
+        match self {
+            Deny::UpstreamUnreachable { .. } => "UF",
+            Deny::UpstreamFailed { .. } => "UC",
+            Deny::UpstreamTimeout { .. } => "UT",
+            Deny::NotFound { .. } => "NR",
+            Deny::RateLimited { .. } | Deny::QuotaExceeded { .. } => "RL",
+            Deny::RateLimitUnavailable { .. } => "RLSE",
+            Deny::Overloaded { .. } => "UO",
+            Deny::BadRequest(_)
+            | Deny::BadRequestBody { .. }
+            | Deny::HeadersTooLarge { .. }
+            | Deny::TooManyHeaders { .. } => "DPE",
+            _ => "-",
+        }
+    }
+
     pub fn message(&self) -> String {
         match self {
             Deny::NotReady => "the gateway has not received its configuration yet".into(),

@@ -287,7 +287,7 @@ pub async fn start(config: Config) -> Result<DataPlane, Error> {
             shutdown_rx,
         )));
     }
-    tracing::info!(%addr, %admin_addr, workers = config.workers, node = %config.node_id, control_planes = ?config.control_planes, "data plane started");
+    tracing::info!(%addr, %admin_addr, workers = config.workers, node = %config.node_id, control_planes = %config.control_planes.join(","), "data plane started");
     Ok(DataPlane {
         addr,
         admin_addr,

@@ -164,7 +164,7 @@ pub async fn serve(
     let drain_timeout = settings.drain_timeout;
     tokio::select! {
         () = open.drained() => tracing::info!("all connections drained"),
-        () = tokio::time::sleep(drain_timeout) => tracing::warn!(?drain_timeout, "drain timeout; closing the remaining connections"),
+        () = tokio::time::sleep(drain_timeout) => tracing::warn!(drain_timeout_ms = drain_timeout.as_millis() as u64, "drain timeout; closing the remaining connections"),
     }
 }
 

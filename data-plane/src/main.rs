@@ -69,6 +69,7 @@ struct RunArgs {
         requires = "control_plane_ca"
     )]
     control_plane_server_name: Option<String>,
+    /// Where clients connect (HTTP, or HTTPS with --tls-cert).
     #[arg(long, env = "PAVILION_LISTEN", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
     /// Health, readiness and metrics.
@@ -161,6 +162,7 @@ struct RunArgs {
     /// How long in-flight requests may take to finish after SIGTERM, in seconds.
     #[arg(long, env = "PAVILION_DRAIN_SECONDS", default_value_t = 10)]
     drain_seconds: u64,
+    /// How log lines are written (the access log included).
     #[arg(long, env = "PAVILION_LOG_FORMAT", value_enum, default_value_t)]
     log_format: LogFormat,
 }
@@ -340,4 +342,15 @@ fn host_name() -> String {
         .filter(|h| !h.is_empty())
         .or_else(|| std::env::var("HOSTNAME").ok())
         .unwrap_or_else(|| "pavilion-data".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn every_flag_and_argument_has_help_text() {
+        let missing = pavilion_telemetry::undocumented_args(&super::Cli::command());
+        assert!(missing.is_empty(), "without help text: {missing:?}");
+    }
 }

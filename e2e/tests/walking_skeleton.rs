@@ -171,9 +171,17 @@ async fn sigterm_lets_in_flight_requests_finish() {
         route_yaml("slow", "/", &upstream.url),
     )
     .unwrap();
+    // Nothing listens on port 1: connecting fails at once.
+    std::fs::write(
+        config.path().join("dead.yaml"),
+        route_yaml("dead", "/dead", "http://127.0.0.1:1"),
+    )
+    .unwrap();
     let mut control = ControlProcess::start(config.path(), free_port()).await;
     let mut data =
         DataProcess::start(&control.grpc, &state.path().join("cache.pb"), free_port()).await;
+    let dead = HttpClient::http1().get(&data.url("/dead")).await.unwrap();
+    assert_eq!(dead.status, 502);
 
     let url = data.url("/delay/700");
     let in_flight = tokio::spawn(async move { HttpClient::http1().get(&url).await });
@@ -192,7 +200,7 @@ async fn sigterm_lets_in_flight_requests_finish() {
     let access: serde_json::Value = output
         .lines()
         .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
-        .find(|line| line["target"] == "pavilion::access")
+        .find(|line| line["target"] == "pavilion::access" && line["path"] == "/delay/700")
         .expect("an access log line");
     assert_eq!(access["path"], "/delay/700");
     assert_eq!(access["status"], 200);
@@ -200,6 +208,20 @@ async fn sigterm_lets_in_flight_requests_finish() {
     assert_eq!(access["upstream"], upstream.url.as_str());
     assert_eq!(access["request_id"], reply.header("x-request-id").unwrap());
     assert!(access["duration_ms"].as_f64().unwrap() >= 700.0, "{access}");
+    assert_eq!(access["flags"], "-");
+    // Why an upstream failed, Envoy-style: UF, the connection failed.
+    let failed: serde_json::Value = output
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .find(|line| line["target"] == "pavilion::access" && line["path"] == "/dead")
+        .expect("an access log line for the failed request");
+    assert_eq!(failed["flags"], "UF", "{failed}");
+    assert_eq!(failed["error"], "upstream_unreachable", "{failed}");
+    // No JSON line names a key twice, and none shows Rust's debug formatting.
+    for line in output.lines().filter(|l| l.starts_with('{')) {
+        assert!(line.matches("\"message\":").count() <= 1, "{line}");
+        assert!(!line.contains("Some("), "{line}");
+    }
 
     let status = control.child.terminate();
     assert!(

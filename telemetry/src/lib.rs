@@ -84,3 +84,26 @@ pub fn release_free_memory() {
     // (and does nothing useful, but no harm, where mimalloc is not the global allocator).
     unsafe { libmimalloc_sys::mi_collect(true) }
 }
+
+/// Every option and argument of `command` and its subcommands without help text, as
+/// `subcommand path: --flag` (for a test per binary: every flag says what it is for).
+pub fn undocumented_args(command: &clap::Command) -> Vec<String> {
+    let mut missing = Vec::new();
+    collect_undocumented(command, command.get_name(), &mut missing);
+    missing
+}
+
+fn collect_undocumented(command: &clap::Command, path: &str, missing: &mut Vec<String>) {
+    for arg in command.get_arguments() {
+        let builtin = matches!(arg.get_id().as_str(), "help" | "version");
+        if !builtin && arg.get_help().is_none() && arg.get_long_help().is_none() {
+            let name = arg
+                .get_long()
+                .map_or_else(|| format!("<{}>", arg.get_id()), |long| format!("--{long}"));
+            missing.push(format!("{path}: {name}"));
+        }
+    }
+    for sub in command.get_subcommands() {
+        collect_undocumented(sub, &format!("{path} {}", sub.get_name()), missing);
+    }
+}

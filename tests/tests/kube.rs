@@ -807,3 +807,26 @@ async fn kubectl_shows_verdicts_with_reasons_events_short_names_and_typed_fields
     }
     cp.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_examples_apply_in_order_on_an_empty_cluster_and_are_all_accepted() {
+    let api = KubeApiServer::start();
+    let namespaces = pavilion_tests::kube::workspace_file("examples/namespaces.yaml");
+    let config = pavilion_tests::kube::workspace_file("examples/config");
+    api.kubectl_ok(&["apply", "-f", namespaces.to_str().unwrap()]);
+    api.kubectl_ok(&["apply", "-f", config.to_str().unwrap()]);
+    let cp = controller(&api, "replica-1", None).await;
+    // Every resource of the examples, by the category all Pavilion kinds share.
+    // Every kind's rows end with ACCEPTED, PROGRAMMED, REASON, AGE.
+    let accepted = |row: &Vec<&str>| row.len().checked_sub(4).map(|i| row[i] == "True");
+    let table = kubectl_until(&api, &["get", "pavilion", "-A", "--no-headers"], |t| {
+        let rows: Vec<Vec<&str>> = t.lines().map(|l| l.split_whitespace().collect()).collect();
+        rows.len() >= 12 && rows.iter().all(|r| accepted(r) == Some(true))
+    })
+    .await;
+    assert!(
+        table.contains("tenantplacement.gateway.pavilion.dev/acme"),
+        "{table}"
+    );
+    cp.stop().await;
+}

@@ -141,6 +141,27 @@ async fn puts_and_deletes_become_traffic_with_statuses_beside_them() {
     })
     .await;
     assert_eq!(condition(&broken, "Accepted")["reason"], "Invalid");
+    // `kv list` and `kv get` show the reason beside each condition.
+    let cli = |args: &[&str]| {
+        let address = address.to_string();
+        std::process::Command::new(pavilion_tests::process::binary("pavilion-control"))
+            .arg("kv")
+            .args(args)
+            .args(["--nats", &address])
+            .output()
+            .unwrap()
+    };
+    let list = String::from_utf8_lossy(&cli(&["list"]).stdout).into_owned();
+    assert!(
+        list.contains("route.shop.broken\tAccepted=False (Invalid) Programmed=False (Invalid)"),
+        "{list}"
+    );
+    let get = cli(&["get", "route.shop.broken"]);
+    let described = String::from_utf8_lossy(&get.stderr).into_owned();
+    assert!(
+        described.contains("Accepted=False (Invalid): spec.rules[0].backends[0].url:"),
+        "{described}"
+    );
     let other = status_when(&store, "route.shop.other", |s| {
         condition(s, "Accepted")["status"] == "False"
     })

@@ -68,7 +68,11 @@ impl SnapshotDiscovery for SnapshotService {
             .streams
             .admit(address.map(|a| a.ip()))
             .inspect_err(|status| {
-                tracing::warn!(address = ?address, reason = status.message(), "snapshot stream refused");
+                tracing::warn!(
+                    address = address.map(tracing::field::display),
+                    reason = status.message(),
+                    "snapshot stream refused"
+                );
             })?;
         let mut inbound = request.into_inner();
         let first = tokio::time::timeout(FIRST_REQUEST_TIMEOUT, inbound.message())
@@ -77,7 +81,7 @@ impl SnapshotDiscovery for SnapshotService {
             .ok_or_else(|| Status::invalid_argument("the stream ended before naming the node"))?;
         let node = first.node.clone().unwrap_or_default();
         peer::check_node_id(&node.id, certificate.as_deref()).inspect_err(|status| {
-            tracing::warn!(address = ?address, node = %node.id, reason = status.message(), "snapshot stream refused");
+            tracing::warn!(address = address.map(tracing::field::display), node = %node.id, reason = status.message(), "snapshot stream refused");
         })?;
 
         let (responses, stream) = mpsc::channel(2);
@@ -97,7 +101,7 @@ impl SnapshotDiscovery for SnapshotService {
                 &first.version_info,
                 certificate.is_some(),
             );
-            tracing::info!(node = %node.id, address = ?address, version = %first.version_info, "data plane connected");
+            tracing::info!(node = %node.id, address = address.map(tracing::field::display), version = %first.version_info, "data plane connected");
             stream_state
                 .serve(&connection, first.version_info, inbound, responses)
                 .await;

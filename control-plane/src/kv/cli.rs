@@ -12,6 +12,7 @@ use crate::compile::CompileOptions;
 use crate::source::Item;
 use crate::source::kv::item;
 use crate::validate::{Verdict, validate_with};
+use crate::writeback::StoredStatus;
 
 fn operation(e: impl std::fmt::Display) -> KvError {
     KvError::Operation(e.to_string())
@@ -66,14 +67,17 @@ pub async fn put(
     Ok((verdict, written))
 }
 
-/// The document under `key` and, if the control plane wrote one, its status (JSON).
-pub async fn get(store: &Store, key: &str) -> Result<Option<(String, Option<String>)>, KvError> {
+/// The document under `key` and, if the control plane wrote one, its status.
+pub async fn get(
+    store: &Store,
+    key: &str,
+) -> Result<Option<(String, Option<StoredStatus>)>, KvError> {
     let Some(value) = store.get(key).await.map_err(operation)? else {
         return Ok(None);
     };
     let status = store.get(status_key(key)).await.map_err(operation)?;
-    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
-    Ok(Some((text(&value), status.as_deref().map(text))))
+    let status = status.and_then(|bytes| serde_json::from_slice(&bytes).ok());
+    Ok(Some((String::from_utf8_lossy(&value).into_owned(), status)))
 }
 
 /// Deletes the resource and its status. False when there was no such key.
@@ -86,30 +90,62 @@ pub async fn delete(store: &Store, key: &str) -> Result<bool, KvError> {
     Ok(true)
 }
 
-/// One line per resource: key, then `Accepted=…` and `Programmed=…` from its status.
+/// One line per resource: key, then each condition with its reason when it is not `True`
+/// (`Accepted=True Programmed=False (Pending)`).
 pub async fn list(store: &Store) -> Result<Vec<String>, KvError> {
     let mut lines = Vec::new();
     for key in resource_keys(store).await? {
         let status = store.get(status_key(&key)).await.map_err(operation)?;
-        let conditions: Vec<String> = status
-            .and_then(|s| serde_json::from_slice::<serde_json::Value>(&s).ok())
-            .and_then(|s| s["conditions"].as_array().cloned())
-            .unwrap_or_default()
-            .iter()
-            .map(|c| {
-                format!(
-                    "{}={}",
-                    c["type"].as_str().unwrap_or("?"),
-                    c["status"].as_str().unwrap_or("?")
-                )
-            })
-            .collect();
-        let conditions = if conditions.is_empty() {
-            "no status yet".to_owned()
-        } else {
-            conditions.join(" ")
+        let status: Option<StoredStatus> = status.and_then(|s| serde_json::from_slice(&s).ok());
+        let conditions = match status {
+            Some(status) if !status.conditions.is_empty() => status
+                .conditions
+                .iter()
+                .map(|c| {
+                    if c.status == "True" && c.reason == c.kind {
+                        format!("{}={}", c.kind, c.status)
+                    } else {
+                        format!("{}={} ({})", c.kind, c.status, c.reason)
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join(" "),
+            _ => "no status yet".to_owned(),
         };
         lines.push(format!("{key}\t{conditions}"));
     }
     Ok(lines)
+}
+
+/// The status as `kv get` prints it: a line per condition with reason and message, and the
+/// version still serving when the current one is refused.
+pub fn describe(status: &StoredStatus) -> Vec<String> {
+    let mut lines: Vec<String> = status
+        .conditions
+        .iter()
+        .map(|c| format!("{}={} ({}): {}", c.kind, c.status, c.reason, c.message))
+        .collect();
+    if let Some(last) = &status.last_accepted
+        && status
+            .conditions
+            .iter()
+            .any(|c| c.kind == "Accepted" && c.status == "False")
+    {
+        lines.push(format!(
+            "serving the version accepted at {} until this one is fixed",
+            last.accepted_at
+        ));
+    }
+    lines
+}
+
+/// Why `key` is not in the bucket, with a hint at the key format.
+pub fn missing(key: &str, bucket: &str) -> String {
+    if super::parse_key(key).is_none() {
+        format!("`{key}` is not a key: keys are <kind>.<namespace>.<name>, e.g. route.shop.orders")
+    } else {
+        format!(
+            "no key `{key}` in bucket {bucket} (keys are <kind>.<namespace>.<name>, e.g. route.shop.orders; `kv list` shows them)"
+        )
+    }
 }

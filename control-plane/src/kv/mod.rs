@@ -97,11 +97,21 @@ pub enum KvError {
     Bucket { bucket: String, message: String },
     #[error("{0}")]
     Operation(String),
+    #[error(
+        "no bucket `{bucket}` at {servers}: nothing was put there yet (`pavilion-control kv put` creates it)"
+    )]
+    NoBucket { bucket: String, servers: String },
 }
 
 /// Connects and opens the bucket, creating it (with [`HISTORY`]) when it does not exist.
 pub async fn open(address: &KvAddress) -> Result<Store, KvError> {
-    open_with(address, async_nats::ConnectOptions::new()).await
+    open_with(address, async_nats::ConnectOptions::new(), true).await
+}
+
+/// Connects and opens the bucket, which must exist: for reading commands, which must not
+/// leave an empty bucket behind a typo in `?bucket=`.
+pub async fn open_existing(address: &KvAddress) -> Result<Store, KvError> {
+    open_with(address, async_nats::ConnectOptions::new(), false).await
 }
 
 /// [`open`], reporting the connection's losses and recoveries into `health`.
@@ -116,12 +126,13 @@ pub async fn open_watched(address: &KvAddress, health: SourceHealth) -> Result<S
             }
         }
     });
-    open_with(address, options).await
+    open_with(address, options, true).await
 }
 
 async fn open_with(
     address: &KvAddress,
     options: async_nats::ConnectOptions,
+    create: bool,
 ) -> Result<Store, KvError> {
     // No retry here: callers decide (the source retries with backoff, the CLI fails fast).
     // Once connected, the client reconnects by itself.
@@ -143,8 +154,29 @@ async fn open_with(
         bucket: address.bucket.clone(),
         message: e.to_string(),
     };
-    if let Ok(store) = jetstream.get_key_value(address.bucket.as_str()).await {
-        return Ok(store);
+    match jetstream.get_key_value(address.bucket.as_str()).await {
+        Ok(store) => return Ok(store),
+        Err(error) if !create => {
+            // The stream's absence is a JetStream API error ("stream not found"); anything
+            // else (JetStream off, no permission) is told as it is.
+            let chain =
+                std::iter::successors(Some(&error as &dyn std::error::Error), |e| e.source())
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(": ");
+            return Err(if chain.contains("not found") {
+                KvError::NoBucket {
+                    bucket: address.bucket.clone(),
+                    servers: address.servers.clone(),
+                }
+            } else {
+                KvError::Bucket {
+                    bucket: address.bucket.clone(),
+                    message: chain,
+                }
+            });
+        }
+        Err(_) => {}
     }
     // The bucket's stream, as async-nats' `create_key_value` would make it. That function
     // first asks for account details in a shape older servers (Debian's 2.9) do not send,

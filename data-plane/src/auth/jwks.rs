@@ -285,7 +285,7 @@ impl JwksEntry {
             match keys::from_jwk(jwk) {
                 Ok(key) => keys.push(key),
                 Err(why) => {
-                    tracing::debug!(uri = %self.uri, kid = ?jwk.common.key_id, why, "skipping a JWKS key")
+                    tracing::debug!(uri = %self.uri, kid = jwk.common.key_id.as_deref().unwrap_or_default(), why, "skipping a JWKS key")
                 }
             }
         }

@@ -47,13 +47,13 @@ pub(super) fn respond(
     let (mut response, denied) = match outcome {
         Ok(response) => (response, None),
         Err(deny) => {
-            let code = deny.code();
+            let code = (deny.code(), deny.flags());
             if let (Some(rule), Deny::Unauthorized { .. } | Deny::Forbidden { .. }) = (rule, &deny)
             {
                 shared
                     .metrics
                     .auth_denials
-                    .with_label_values(&[&*rule.route, code])
+                    .with_label_values(&[&*rule.route, code.0])
                     .inc();
             }
             let response = if grpc {
@@ -93,10 +93,12 @@ pub(super) fn respond(
             status = status.as_u16(),
             route = rule.map_or("-", |r| &*r.route),
             upstream = target.map_or("-", |t| &*t.url),
-            error = denied.unwrap_or("-"),
+            error = denied.map_or("-", |(code, _)| code),
+            flags = denied.map_or("-", |(_, flags)| flags),
             identity = %identity.as_ref().map_or(&"-" as &dyn std::fmt::Display, |i| &i.principal),
             tenant = tenant.unwrap_or("-"),
-            duration_ms = elapsed.as_secs_f64() * 1000.0,
+            // Microsecond precision is all a log reader can use.
+            duration_ms = elapsed.as_micros() as f64 / 1000.0,
             "request"
         );
     }

@@ -66,7 +66,7 @@ impl Applier {
                     let policies = runtime.redis_policies();
                     if !policies.is_empty() {
                         tracing::warn!(
-                            ?policies,
+                            policies = %policies.join(", "),
                             "these policies count in Redis but this data plane has no --redis: their failureMode decides every request"
                         );
                     }

@@ -10,7 +10,12 @@ use clap::Parser;
     about = "A small HTTP/1.1 + h2c upstream for demos, tests and benchmarks"
 )]
 struct Args {
-    #[arg(long, default_value = "127.0.0.1:9000")]
+    /// Where to listen (HTTP/1.1 and h2c on one port).
+    #[arg(
+        long,
+        env = "PAVILION_UPSTREAM_LISTEN",
+        default_value = "127.0.0.1:9000"
+    )]
     listen: SocketAddr,
     /// Reported in the `x-upstream` header and the JSON echo.
     #[arg(long, default_value = "demo")]
@@ -36,4 +41,15 @@ fn main() -> std::io::Result<()> {
         pavilion_upstream::serve(listener, pavilion_upstream::State::new(&args.name)).await;
         Ok(())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn every_flag_has_help_text() {
+        let missing = pavilion_telemetry::undocumented_args(&super::Args::command());
+        assert!(missing.is_empty(), "without help text: {missing:?}");
+    }
 }
