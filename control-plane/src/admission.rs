@@ -36,8 +36,13 @@ const MAX_BODY: usize = 4 << 20;
 /// Judgements running at once: each compiles the whole resource set, so a flood of
 /// reviews queues instead of taking every core.
 const CONCURRENT: usize = 2;
-/// A TLS handshake that takes longer is abandoned.
+/// A TLS handshake (or a request head) that takes longer is abandoned.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a review waits for a judge before it is answered 503 (the API server then
+/// applies the registration's failurePolicy).
+const QUEUE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Connections served at once; more are closed on arrival.
+const MAX_CONNECTIONS: usize = 64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WebhookError {
@@ -102,6 +107,7 @@ impl Webhook {
     /// Serves until `shutdown` turns true.
     pub async fn serve(self, shutdown: watch::Receiver<bool>) {
         let service = hyper_util::service::TowerToHyperService::new(self.router);
+        let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
         loop {
             let (stream, peer) = tokio::select! {
                 accepted = self.listener.accept() => match accepted {
@@ -114,9 +120,14 @@ impl Webhook {
                 },
                 () = crate::stopped(shutdown.clone()) => return,
             };
+            let Ok(slot) = connections.clone().try_acquire_owned() else {
+                tracing::warn!(%peer, "admission webhook: too many connections; closing one");
+                continue;
+            };
             let tls = self.tls.clone();
             let service = service.clone();
             tokio::spawn(async move {
+                let _slot = slot;
                 let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.accept(stream)).await
                 {
                     Ok(Ok(stream)) => stream,
@@ -126,9 +137,13 @@ impl Webhook {
                     }
                     Err(_) => return,
                 };
-                let builder = hyper_util::server::conn::auto::Builder::new(
+                let mut builder = hyper_util::server::conn::auto::Builder::new(
                     hyper_util::rt::TokioExecutor::new(),
                 );
+                builder
+                    .http1()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(HANDSHAKE_TIMEOUT);
                 if let Err(error) = builder
                     .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
                     .await
@@ -164,24 +179,29 @@ fn tls_acceptor(cert: &Path, key: &Path) -> Result<tokio_rustls::TlsAcceptor, We
 async fn review(
     State(state): State<Judge>,
     Json(review): Json<AdmissionReview<DynamicObject>>,
-) -> Json<AdmissionReview<DynamicObject>> {
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
     let request: AdmissionRequest<DynamicObject> = match review.try_into() {
         Ok(request) => request,
         Err(_) => {
-            return Json(
-                AdmissionResponse::invalid("no request in the AdmissionReview").into_review(),
-            );
+            let invalid = AdmissionResponse::invalid("no request in the AdmissionReview");
+            return Json(invalid.into_review()).into_response();
         }
     };
-    let Ok(_permit) = state.running.clone().acquire_owned().await else {
-        return Json(AdmissionResponse::from(&request).into_review());
+    // The permit travels with the judgement: a review the API server gave up on still
+    // holds its place until its compile is done, so abandoned reviews cannot pile up.
+    let waited = tokio::time::timeout(QUEUE_TIMEOUT, state.running.clone().acquire_owned()).await;
+    let Ok(Ok(permit)) = waited else {
+        let busy = "busy judging other reviews; try again";
+        return (http::StatusCode::SERVICE_UNAVAILABLE, busy).into_response();
     };
-    let response = tokio::task::spawn_blocking(move || decide(&state, &request))
-        .await
-        .unwrap_or_else(|error| {
-            AdmissionResponse::invalid(format!("the judgement failed: {error}"))
-        });
-    Json(response.into_review())
+    let response = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        decide(&state, &request)
+    })
+    .await
+    .unwrap_or_else(|error| AdmissionResponse::invalid(format!("the judgement failed: {error}")));
+    Json(response.into_review()).into_response()
 }
 
 /// The answer to one request: allowed (with warnings) or denied with every problem.
@@ -201,6 +221,14 @@ fn decide(state: &Judge, request: &AdmissionRequest<DynamicObject>) -> Admission
     let Some(mut object) = request.object.clone() else {
         return response.deny("the request carries no object");
     };
+    // Labels, annotations and finalizers may always change, and an object being deleted
+    // may always be let go: only a new spec is judged.
+    if let Some(old) = &request.old_object
+        && (old.data.get("spec") == object.data.get("spec")
+            || object.metadata.deletion_timestamp.is_some())
+    {
+        return response;
+    }
     if object.metadata.namespace.is_none() {
         object.metadata.namespace = request.namespace.clone();
     }

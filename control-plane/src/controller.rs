@@ -110,11 +110,23 @@ pub async fn run(
 /// name starts out with nothing to fall back on.
 #[derive(Default)]
 struct Memory {
-    versions: HashMap<ResourceKey, Arc<LastAccepted>>,
+    versions: HashMap<Remembered, Arc<LastAccepted>>,
     /// Until the first compile, what sources recall from an earlier run (statuses) is all
     /// there is; afterwards this process's own memory decides, so a resource deleted and
     /// recreated meanwhile cannot bring back a version from before.
     started: bool,
+}
+
+/// What a version is remembered by: the resource, and on Kubernetes the object's uid, so
+/// an object deleted and recreated between two compiles does not inherit the old one's.
+type Remembered = (ResourceKey, String);
+
+fn remembered(item: &Item) -> Option<Remembered> {
+    let uid = match &item.origin {
+        crate::source::Origin::Kube { uid, .. } => uid.clone(),
+        _ => String::new(),
+    };
+    item.identity.clone().map(|identity| (identity, uid))
 }
 
 impl Memory {
@@ -124,10 +136,8 @@ impl Memory {
         items
             .iter()
             .map(|item| {
-                let remembered = item
-                    .identity
-                    .as_ref()
-                    .and_then(|identity| self.versions.get(identity))
+                let remembered = remembered(item)
+                    .and_then(|key| self.versions.get(&key))
                     .cloned();
                 let last_accepted = if self.started {
                     remembered
@@ -147,10 +157,10 @@ impl Memory {
         let now = k8s_openapi::jiff::Timestamp::now().to_string();
         let mut versions = HashMap::new();
         for (item, report) in items.iter().zip(reports) {
-            if let (Outcome::Accepted { .. }, Ok(resource), Some(identity)) =
-                (&report.outcome, &item.parsed, &item.identity)
+            if let (Outcome::Accepted { .. }, Ok(resource), Some(key)) =
+                (&report.outcome, &item.parsed, remembered(item))
             {
-                let resource = resource.exported();
+                let resource = last_accepted_form(resource);
                 let unchanged = item.last_accepted.as_ref().filter(|last| {
                     last.resource == resource && last.generation == report.generation
                 });
@@ -161,15 +171,13 @@ impl Memory {
                         accepted_at: now.clone(),
                     })
                 });
-                versions.insert(identity.clone(), version);
+                versions.insert(key, version);
             }
         }
         // Rejected documents keep what they had (a duplicate never displaces the original).
         for item in items {
-            if let (Some(identity), Some(last)) = (&item.identity, &item.last_accepted) {
-                versions
-                    .entry(identity.clone())
-                    .or_insert_with(|| last.clone());
+            if let (Some(key), Some(last)) = (remembered(item), &item.last_accepted) {
+                versions.entry(key).or_insert_with(|| last.clone());
             }
         }
         self.versions = versions;
@@ -177,13 +185,21 @@ impl Memory {
         items
             .iter()
             .map(|item| {
-                item.identity
-                    .as_ref()
-                    .and_then(|identity| self.versions.get(identity))
+                remembered(item)
+                    .and_then(|key| self.versions.get(&key))
                     .cloned()
             })
             .collect()
     }
+}
+
+/// A resource as its last accepted version is kept: without status and server-managed
+/// metadata, and without kubectl's copy of the whole object in an annotation (which would
+/// make the stored version three times the size of the spec).
+fn last_accepted_form(resource: &Resource) -> Resource {
+    let mut resource = resource.exported();
+    resource.strip_annotation("kubectl.kubernetes.io/last-applied-configuration");
+    resource
 }
 
 fn record_outcomes(metrics: &Metrics, reports: &[Report]) {

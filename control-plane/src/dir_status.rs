@@ -9,41 +9,40 @@ use std::path::{Path, PathBuf};
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use pavilion_crds::ResourceKey;
-use sha2::{Digest, Sha256};
 
 use crate::writeback::{StatusSink, StatusTarget, StoredStatus, Written};
 
 /// Where statuses live below the configuration directory.
 pub const STATUS_DIR: &str = ".pavilion/status";
 
-/// A file name must stay within the usual 255-byte limit; longer names are hashed (the
-/// file's document still names the resource).
-const MAX_NAME: usize = 200;
-
-/// The status file of `key` below `root`.
-pub fn status_path(root: &Path, key: &ResourceKey) -> PathBuf {
-    let name = if key.name.len() <= MAX_NAME {
-        key.name.clone()
-    } else {
-        Sha256::digest(key.name.as_bytes())
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect()
-    };
-    root.join(STATUS_DIR)
-        .join(key.kind.as_str().to_ascii_lowercase())
-        .join(&key.namespace)
-        .join(format!("{name}.json"))
+/// The status file of `key` below `root`. Only well-formed names get one: an identity read
+/// from a document that failed validation may hold `..` or `/`, and must not choose a path
+/// (such a document never had an accepted version to keep anyway). Names are RFC 1123, so
+/// at most 253 bytes: `<name>.json` fits the usual 255-byte limit.
+pub fn status_path(root: &Path, key: &ResourceKey) -> Option<PathBuf> {
+    let well_formed = pavilion_crds::namespace_name(&key.namespace).is_ok()
+        && pavilion_crds::resource_name(&key.name).is_ok()
+        && key.name.len() <= 250;
+    well_formed.then(|| {
+        root.join(STATUS_DIR)
+            .join(key.kind.as_str().to_ascii_lowercase())
+            .join(&key.namespace)
+            .join(format!("{}.json", key.name))
+    })
 }
 
 /// The status stored for `key`, if any can be read.
 pub fn read_status(root: &Path, key: &ResourceKey) -> Option<StoredStatus> {
-    let bytes = std::fs::read(status_path(root, key)).ok()?;
+    let bytes = std::fs::read(status_path(root, key)?).ok()?;
     serde_json::from_slice(&bytes).ok()
 }
 
 pub struct DirStatusSink {
     root: PathBuf,
+    /// The document each file last spoke for. Files are per resource but write-back targets
+    /// are per document position, so a line added above a document makes a new target for
+    /// the same file: removing the old target must not delete the new one's file.
+    owners: std::collections::HashMap<PathBuf, StatusTarget>,
     /// Set when the directory cannot be written (a read-only mount): said once, then
     /// statuses live in `/v1/status` only.
     read_only: bool,
@@ -53,12 +52,16 @@ impl DirStatusSink {
     pub fn new(root: impl Into<PathBuf>) -> Self {
         Self {
             root: root.into(),
+            owners: std::collections::HashMap::new(),
             read_only: false,
         }
     }
 
     fn path(&self, target: &StatusTarget) -> Option<PathBuf> {
-        target.key.as_ref().map(|key| status_path(&self.root, key))
+        target
+            .key
+            .as_ref()
+            .and_then(|key| status_path(&self.root, key))
     }
 }
 
@@ -68,6 +71,9 @@ impl StatusSink for DirStatusSink {
         target: &'a StatusTarget,
     ) -> BoxFuture<'a, Result<Option<StoredStatus>, String>> {
         let status = target.key.as_ref().and_then(|k| read_status(&self.root, k));
+        if let (Some(_), Some(path)) = (&status, self.path(target)) {
+            self.owners.insert(path, target.clone());
+        }
         async move { Ok(status) }.boxed()
     }
 
@@ -82,6 +88,7 @@ impl StatusSink for DirStatusSink {
                 return Ok(Written::Done);
             };
             let body = serde_json::to_vec_pretty(status).map_err(|e| e.to_string())?;
+            self.owners.insert(path.clone(), target.clone());
             let written = tokio::task::spawn_blocking(move || write_atomically(&path, &body))
                 .await
                 .map_err(|e| e.to_string())?;
@@ -105,7 +112,13 @@ impl StatusSink for DirStatusSink {
     }
 
     fn remove<'a>(&'a mut self, target: &'a StatusTarget) -> BoxFuture<'a, Result<(), String>> {
-        let path = self.path(target).filter(|_| !self.read_only);
+        let path = self
+            .path(target)
+            .filter(|_| !self.read_only)
+            .filter(|path| self.owners.get(path).is_none_or(|owner| owner == target));
+        if let Some(path) = &path {
+            self.owners.remove(path);
+        }
         async move {
             match path.map(std::fs::remove_file) {
                 Some(Err(e)) if e.kind() != std::io::ErrorKind::NotFound => Err(e.to_string()),
@@ -159,4 +172,67 @@ fn prune_tree(dir: &Path, keep: &std::collections::HashSet<PathBuf>) -> std::io:
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::Origin;
+    use pavilion_crds::Kind;
+
+    fn key(namespace: &str, name: &str) -> ResourceKey {
+        ResourceKey {
+            kind: Kind::Route,
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+
+    fn target(line: usize) -> StatusTarget {
+        StatusTarget {
+            origin: Origin::File {
+                path: "r.yaml".into(),
+                line,
+            },
+            key: Some(key("shop", "orders")),
+        }
+    }
+
+    #[test]
+    fn only_well_formed_names_choose_a_path() {
+        let root = Path::new("/cfg");
+        assert_eq!(
+            status_path(root, &key("shop", "orders")),
+            Some(PathBuf::from(
+                "/cfg/.pavilion/status/route/shop/orders.json"
+            ))
+        );
+        for (namespace, name) in [
+            ("shop", "../../etc/x"),
+            ("/etc", "x"),
+            ("shop", "a/b"),
+            ("..", "x"),
+        ] {
+            assert_eq!(
+                status_path(root, &key(namespace, name)),
+                None,
+                "{namespace}/{name}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_moved_document_keeps_its_status_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sink = DirStatusSink::new(dir.path());
+        let status = StoredStatus::default();
+        // The document moves down a line: the new target writes, then the old one goes.
+        sink.write(&target(1), &status).await.unwrap();
+        sink.write(&target(2), &status).await.unwrap();
+        sink.remove(&target(1)).await.unwrap();
+        let path = status_path(dir.path(), &key("shop", "orders")).unwrap();
+        assert!(path.exists(), "the file the current document wrote stays");
+        sink.remove(&target(2)).await.unwrap();
+        assert!(!path.exists(), "removed with the resource");
+    }
 }

@@ -68,9 +68,26 @@ pub struct StoredStatus {
     /// ApiKey only: the key id in force, which `kubectl get apikeys` shows.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_id: Option<String>,
+    /// While the resource is refused but its last accepted version serves: which
+    /// (`generation 3`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serving: Option<String>,
     /// Kept so that a restarted control plane serves it while the resource is invalid.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_accepted: Option<pavilion_crds::status::LastAccepted>,
+}
+
+impl StoredStatus {
+    /// The fields besides `conditions`, which a merge patch must name (as `null` when
+    /// absent) to clear what an earlier status set.
+    pub const OPTIONAL_FIELDS: [&str; 6] = [
+        "reason",
+        "policies",
+        "reached",
+        "keyId",
+        "serving",
+        "lastAccepted",
+    ];
 }
 
 impl StoredStatus {
@@ -98,7 +115,11 @@ impl StoredStatus {
             policies: report.attachments.policies.clone(),
             reached: report.attachments.reached.clone(),
             key_id,
-            last_accepted: last_accepted.map(LastAccepted::to_status),
+            serving: match &report.outcome {
+                crate::compile::Outcome::Stale { serving, .. } => Some(serving.clone()),
+                _ => None,
+            },
+            last_accepted: last_accepted.and_then(LastAccepted::to_status),
         }
     }
 }

@@ -51,3 +51,8 @@ pub const API_VERSION: &str = "gateway.pavilion.dev/v1alpha1";
 pub fn namespace_name(value: &str) -> Result<(), String> {
     validate::dns_label(value)
 }
+
+/// Checks a resource name (an RFC 1123 subdomain: lower-case letters, digits, `-`, `.`).
+pub fn resource_name(value: &str) -> Result<(), String> {
+    validate::dns_subdomain(value)
+}

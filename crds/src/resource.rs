@@ -153,6 +153,25 @@ impl Resource {
         exported
     }
 
+    /// Removes one annotation (and the annotations map when it is left empty).
+    pub fn strip_annotation(&mut self, name: &str) {
+        let meta = match self {
+            Resource::Route(r) => &mut r.metadata,
+            Resource::Shard(r) => &mut r.metadata,
+            Resource::TenantPlacement(r) => &mut r.metadata,
+            Resource::RateLimitPolicy(r) => &mut r.metadata,
+            Resource::CorsPolicy(r) => &mut r.metadata,
+            Resource::ApiKey(r) => &mut r.metadata,
+            Resource::TokenRevocation(r) => &mut r.metadata,
+        };
+        if let Some(annotations) = &mut meta.annotations {
+            annotations.remove(name);
+            if annotations.is_empty() {
+                meta.annotations = None;
+            }
+        }
+    }
+
     /// The resource as a YAML document (without status), as stored in a KV bucket.
     pub fn to_yaml(&self) -> String {
         let text = match self {

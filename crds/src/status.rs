@@ -25,6 +25,10 @@ pub struct ResourceStatus {
     /// Policies only: the routes they reached.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reached: Option<Reached>,
+    /// While this version is refused but the last accepted one serves: which
+    /// (`generation 3`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serving: Option<String>,
     /// ApiKey only: the key id in force (`spec.keyId`, else `metadata.name`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_id: Option<String>,

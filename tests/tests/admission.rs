@@ -63,6 +63,8 @@ async fn kubectl_apply_of_an_invalid_resource_is_refused_with_the_field_path() {
     let dir = tempfile::tempdir().unwrap();
     let ca = TestCa::new();
     let cp = controller(&api, dir.path(), &ca).await;
+    // An object that was invalid before the webhook existed.
+    api.apply(&route("legacy", "ftp://x:1"));
     let url = format!("https://{}/validate", cp.webhook_addr.unwrap());
     api.apply(&registration(&url, &ca));
 
@@ -116,6 +118,12 @@ async fn kubectl_apply_of_an_invalid_resource_is_refused_with_the_field_path() {
         "{.spec.rules[0].backends[0].url}",
     );
     assert_eq!(stored, "http://127.0.0.1:9000");
+
+    // Only a new spec is judged: the invalid object can still be labelled and let go.
+    api.kubectl_ok(&["label", "route", "legacy", "-n", "shop", "team=payments"]);
+    let output = api.try_apply(&route("legacy", "ftp://y:1"), &[]);
+    assert!(!output.status.success(), "a new spec is judged");
+    api.kubectl_ok(&["delete", "route", "legacy", "-n", "shop"]);
 
     // Deletions always pass.
     api.kubectl_ok(&["delete", "route", "orders", "-n", "shop"]);

@@ -768,6 +768,22 @@ async fn kubectl_shows_verdicts_with_reasons_events_short_names_and_typed_fields
     )
     .await;
     assert_eq!(reached, "1 shop/first");
+    // Removed, it leaves the route's status (a merge patch must clear the field).
+    api.kubectl_ok(&["delete", "rlp", "first-limit", "-n", "shop"]);
+    kubectl_until(
+        &api,
+        &[
+            "get",
+            "route",
+            "first",
+            "-n",
+            "shop",
+            "-o",
+            "jsonpath={.status.policies}",
+        ],
+        |t| t.is_empty(),
+    )
+    .await;
 
     // An API key without keyId shows its name as KEY ID.
     api.apply(&format!(

@@ -476,6 +476,30 @@ async fn a_rebalancer_moves_a_tenant_behind_a_readiness_gate_under_load_and_roll
         "unknown_plan",
     );
 
+    // A placement whose latest edit was refused (the last accepted version serves) is not
+    // moved until it is fixed.
+    write(
+        p.dir.path(),
+        "globex.yaml",
+        &placement("globex", "globex", "aggregate: Agg_2"),
+    );
+    let stale = eventually("the refused edit", PATIENCE, || async {
+        let reply = p
+            .post(
+                "/v1/rebalance/plans",
+                r#"{"tenant":"globex","service":"aggregate","targetShard":"agg-1"}"#,
+            )
+            .await;
+        (reply.status == 409).then_some(reply)
+    })
+    .await;
+    refused(&stale, 409, "placement_not_accepted");
+    write(
+        p.dir.path(),
+        "globex.yaml",
+        &placement("globex", "globex", "aggregate: agg-2"),
+    );
+
     let made = p
         .post(
             "/v1/rebalance/plans",

@@ -59,8 +59,14 @@ impl StatusSink for KubeStatusSink {
                 return Ok(Written::Gone);
             };
             // A merge patch replaces `conditions` (a list) and `lastAccepted.document` (a
-            // string) whole.
-            let patch = serde_json::json!({ "status": status });
+            // string) whole; fields now absent are sent as null, or the old values stay.
+            let mut fields = serde_json::to_value(status).map_err(|e| e.to_string())?;
+            if let Some(fields) = fields.as_object_mut() {
+                for name in StoredStatus::OPTIONAL_FIELDS {
+                    fields.entry(name).or_insert(serde_json::Value::Null);
+                }
+            }
+            let patch = serde_json::json!({ "status": fields });
             match api(&self.client, key)
                 .patch_status(&key.name, &PatchParams::default(), &Patch::Merge(&patch))
                 .await

@@ -125,16 +125,8 @@ pub fn describe(status: &StoredStatus) -> Vec<String> {
         .iter()
         .map(|c| format!("{}={} ({}): {}", c.kind, c.status, c.reason, c.message))
         .collect();
-    if let Some(last) = &status.last_accepted
-        && status
-            .conditions
-            .iter()
-            .any(|c| c.kind == "Accepted" && c.status == "False")
-    {
-        lines.push(format!(
-            "serving the version accepted at {} until this one is fixed",
-            last.accepted_at
-        ));
+    if let Some(serving) = &status.serving {
+        lines.push(format!("serving {serving} until this version is fixed"));
     }
     lines
 }

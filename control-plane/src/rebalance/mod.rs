@@ -154,6 +154,9 @@ struct Placed<'a> {
     placement: (String, String, Origin),
     /// The shard of each kind it names now.
     shards: &'a pavilion_crds::PlacementShards,
+    /// Its latest edit was refused and the last accepted version serves: a cutover would
+    /// rewrite the refused version, and its completion would never show.
+    stale: bool,
 }
 
 impl Rebalancer {
@@ -197,6 +200,15 @@ impl Rebalancer {
                 format!("no placement for tenant {tenant}"),
             )
         })?;
+        if placed.stale {
+            return Err(Refusal::new(
+                409,
+                "placement_not_accepted",
+                format!(
+                    "the latest edit of tenant {tenant}'s placement was refused (its last accepted version serves): fix it before moving the tenant"
+                ),
+            ));
+        }
         let (namespace, name, _) = &placed.placement;
         let shard = shard(&published, namespace, target).ok_or_else(|| {
             Refusal::new(
@@ -375,6 +387,16 @@ impl Rebalancer {
             self.store.update(&plan).await.map_err(|e| e.to_string())?;
             return Ok(());
         };
+        if placed.stale {
+            plan.step(
+                PlanState::Failed,
+                format!(
+                    "an edit of tenant {tenant}'s placement was refused meanwhile; fix it and plan the move again"
+                ),
+            );
+            self.store.update(&plan).await.map_err(|e| e.to_string())?;
+            return Ok(());
+        }
         if placed.shards.get(service) != Some(to.as_str()) {
             if plan.status.state == PlanState::Applying {
                 // The gate again, right before the cutover: readiness may have changed.
@@ -459,6 +481,7 @@ fn placed<'a>(published: &'a Published, tenant: &str) -> Option<Placed<'a>> {
                     item.origin.clone(),
                 ),
                 shards: &p.spec.shards,
+                stale: !matches!(&item.parsed, Ok(own) if std::ptr::eq(own, resource)),
             }),
             _ => None,
         })

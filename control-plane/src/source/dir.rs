@@ -13,7 +13,9 @@ use notify::{RecursiveMode, Watcher};
 use pavilion_crds::{DocumentError, parse_documents};
 use tokio::sync::Notify;
 
-use super::{Item, ItemsSender, LastAccepted, Origin, Source, SourceError, SourceHealth};
+use super::{
+    Item, ItemsSender, LastAccepted, Origin, RECALL_WINDOW, Source, SourceError, SourceHealth,
+};
 
 /// Quiet time after a file event before the directory is read again: editors save in
 /// several steps, and one read should see all of them.
@@ -87,6 +89,7 @@ impl DirSource {
             .map_err(|e| fail(format!("cannot watch: {e}")))?;
 
         let mut last: Option<Vec<Item>> = None;
+        let mut recall_until = None;
         loop {
             let root = self.root.clone();
             self.reads.fetch_add(1, Ordering::Relaxed);
@@ -104,8 +107,10 @@ impl DirSource {
             }
             match loaded {
                 Ok(mut loaded) if last.as_ref() != Some(&loaded) => {
-                    if last.is_none() {
-                        // What an earlier run accepted, for documents that are now invalid.
+                    // What an earlier run accepted, for documents that are now invalid.
+                    let recall_until = *recall_until
+                        .get_or_insert_with(|| tokio::time::Instant::now() + RECALL_WINDOW);
+                    if tokio::time::Instant::now() < recall_until {
                         recall(&self.root, &mut loaded);
                     }
                     tracing::info!(path = %self.root.display(), documents = loaded.len(), "read configuration directory");

@@ -20,7 +20,9 @@ use pavilion_crds::{
 };
 use tokio::sync::Notify;
 
-use super::{Item, ItemsSender, LastAccepted, Origin, Source, SourceError, SourceHealth};
+use super::{
+    Item, ItemsSender, LastAccepted, Origin, RECALL_WINDOW, Source, SourceError, SourceHealth,
+};
 
 /// Quiet time after an event before publishing, so a burst (a re-list) publishes once.
 const SETTLE: Duration = Duration::from_millis(10);
@@ -58,6 +60,7 @@ impl Source for KubeSource {
     ) -> BoxFuture<'static, Result<(), SourceError>> {
         async move {
             let changed = Arc::new(Notify::new());
+            let failing: Arc<std::sync::Mutex<std::collections::HashSet<Kind>>> = Arc::default();
             // Dropped with this future: the watchers stop with the source.
             let mut watchers = tokio::task::JoinSet::new();
             let mut stores: Vec<(Kind, Store<DynamicObject>)> = Vec::new();
@@ -73,18 +76,29 @@ impl Source for KubeSource {
                 stores.push((kind, writer.as_reader()));
                 let changed = changed.clone();
                 let health = health.clone();
+                let failing = failing.clone();
                 let stream = reflector::reflector(
                     writer,
                     watcher(api, watcher::Config::default()).default_backoff(),
                 );
                 watchers.spawn(stream.for_each(move |event| {
+                    // Up only while every kind's watch works: one failing kind (a missing
+                    // CRD, say) must not flap the health with every other kind's events.
+                    let mut failing = failing.lock().unwrap_or_else(|e| e.into_inner());
                     match &event {
                         Err(error) => {
                             tracing::debug!(kind = kind.as_str(), %error, "watch interrupted; resuming");
-                            health.down(error);
+                            failing.insert(kind);
+                            health.down(&format_args!("{kind}: {error}"));
                         }
-                        Ok(_) => health.up(),
+                        Ok(_) => {
+                            failing.remove(&kind);
+                            if failing.is_empty() {
+                                health.up();
+                            }
+                        }
                     }
+                    drop(failing);
                     changed.notify_one();
                     std::future::ready(())
                 }));
@@ -95,12 +109,12 @@ impl Source for KubeSource {
                     return Ok(());
                 }
             }
-            // Only the first set recalls last accepted versions from the statuses: from
+            // Only the first sets recall last accepted versions from the statuses: from
             // then on the controller remembers them, and reading them costs a parse each.
-            let mut recall = true;
+            let recall_until = tokio::time::Instant::now() + RECALL_WINDOW;
             loop {
+                let recall = tokio::time::Instant::now() < recall_until;
                 items.send_replace(Some(collect(&stores, recall).into()));
-                recall = false;
                 changed.notified().await;
                 tokio::time::sleep(SETTLE).await;
             }

@@ -14,7 +14,9 @@ use futures::future::BoxFuture;
 use pavilion_crds::status::LastAccepted as StoredLastAccepted;
 use pavilion_crds::{DocumentError, parse_documents};
 
-use super::{Item, ItemsSender, LastAccepted, Origin, Source, SourceError, SourceHealth};
+use super::{
+    Item, ItemsSender, LastAccepted, Origin, RECALL_WINDOW, Source, SourceError, SourceHealth,
+};
 use crate::kv::{
     KvAddress, KvError, STATUS_PREFIX, is_resource_key, open_watched, parse_key, resource_key,
 };
@@ -77,6 +79,7 @@ async fn watch(store: &Store, items: &ItemsSender, health: &SourceHealth) -> KvE
     // values; the controller remembers them from then on.
     let mut recalled: BTreeMap<String, StoredLastAccepted> = BTreeMap::new();
     let mut synced = empty;
+    let mut recall_until = tokio::time::Instant::now() + RECALL_WINDOW;
     if synced {
         items.send_replace(Some(Vec::new().into()));
     }
@@ -91,11 +94,15 @@ async fn watch(store: &Store, items: &ItemsSender, health: &SourceHealth) -> KvE
         }
         // `delta` counts what is still pending: zero means the watch has caught up.
         let caught_up = entry.delta == 0;
-        if synced && changed {
-            items.send_replace(Some(current.values().cloned().collect::<Vec<_>>().into()));
-        } else if !synced && caught_up {
-            synced = true;
-            let first: Vec<Item> = current
+        if (synced && changed) || (!synced && caught_up) {
+            if !synced {
+                synced = true;
+                recall_until = tokio::time::Instant::now() + RECALL_WINDOW;
+            }
+            if tokio::time::Instant::now() >= recall_until {
+                recalled.clear();
+            }
+            let set: Vec<Item> = current
                 .iter()
                 .map(|(key, item)| {
                     let mut item = item.clone();
@@ -107,8 +114,7 @@ async fn watch(store: &Store, items: &ItemsSender, health: &SourceHealth) -> KvE
                     item
                 })
                 .collect();
-            recalled.clear();
-            items.send_replace(Some(first.into()));
+            items.send_replace(Some(set.into()));
         }
     }
     KvError::Operation("the watch ended".into())

@@ -92,6 +92,9 @@ impl Item {
     }
 }
 
+/// Largest last accepted version written into a status.
+pub const MAX_STORED_BYTES: usize = 256 << 10;
+
 /// The last version of a resource the control plane accepted.
 #[derive(Clone, Debug, PartialEq)]
 pub struct LastAccepted {
@@ -118,12 +121,16 @@ impl LastAccepted {
         })
     }
 
-    pub fn to_status(&self) -> StoredLastAccepted {
-        StoredLastAccepted {
+    /// As a status holds it; `None` for a document over [`MAX_STORED_BYTES`], which stays
+    /// in memory only (a status twice the size of a large object would exceed what the
+    /// API server or NATS store).
+    pub fn to_status(&self) -> Option<StoredLastAccepted> {
+        let document = self.resource.to_yaml();
+        (document.len() <= MAX_STORED_BYTES).then(|| StoredLastAccepted {
             generation: self.generation,
             accepted_at: self.accepted_at.clone(),
-            document: self.resource.to_yaml(),
-        }
+            document,
+        })
     }
 
     /// How a status message names it: `generation 3`, or when it was accepted.
@@ -134,6 +141,12 @@ impl LastAccepted {
         }
     }
 }
+
+/// How long after its first complete read a source attaches the last accepted versions an
+/// earlier run stored ([`Item::last_accepted`]) to what it publishes. The controller uses
+/// them in its first compile only; attaching them for a while (not just to the first set)
+/// makes sure that compile sees them even when changes arrive during the start.
+pub const RECALL_WINDOW: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The complete resource set, in the source's order (for files: path, then position).
 pub type Items = Arc<[Item]>;
