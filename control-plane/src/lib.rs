@@ -353,6 +353,7 @@ pub async fn start(config: Config) -> Result<ControlPlane, Error> {
             Box::new(KubeSource::new(client, config.kube.namespace.clone()))
         }
     };
+    register_scraped(&metrics, &config, published_rx.clone(), nodes.clone());
     let health = source::SourceHealth::new(metrics.source_up.clone());
     let source = tokio::spawn(source.run(items_tx, health.clone()));
     servers.push(tokio::spawn(controller::run(
@@ -433,6 +434,36 @@ pub async fn start(config: Config) -> Result<ControlPlane, Error> {
         source,
         servers,
     })
+}
+
+/// Gauges read at scrape time: data planes (of this replica) not on the latest snapshot,
+/// and when the control channel's certificate expires.
+fn register_scraped(
+    metrics: &Metrics,
+    config: &Config,
+    published: controller::PublishedReceiver,
+    nodes: Arc<Nodes>,
+) {
+    use pavilion_telemetry::scraped::{ScrapedGauge, certificate_expiry};
+    let behind = ScrapedGauge::single(
+        "pavilion_control_data_planes_behind",
+        "Connected data planes not running the latest snapshot (refused it, or not yet applied).",
+        move || {
+            let version = published.borrow().as_ref()?.snapshot.version.clone();
+            let behind = nodes.list().iter().filter(|n| n.version != version).count();
+            Some(behind as f64)
+        },
+    );
+    let mut collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![Box::new(behind)];
+    if let Some(tls) = &config.grpc_tls {
+        collectors.push(Box::new(certificate_expiry(vec![tls.cert.clone()])));
+    }
+    for collector in collectors {
+        metrics
+            .registry
+            .register(collector)
+            .expect("metric names are unique");
+    }
 }
 
 /// The server side of the snapshot stream's TLS, from PEM files.

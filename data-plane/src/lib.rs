@@ -192,6 +192,7 @@ pub async fn start(config: Config) -> Result<DataPlane, Error> {
         redis.clone(),
         LimiterMetrics::new(&metrics.registry),
     );
+    register_scraped(&metrics.registry, &config, redis.clone());
     let commands = commands::Commands::new(redis.clone());
     let shared = Arc::new(Shared::new(metrics.clone(), &config, limiter, commands));
     let jwks = JwksCache::new(
@@ -297,6 +298,44 @@ pub async fn start(config: Config) -> Result<DataPlane, Error> {
         workers,
         tasks,
     })
+}
+
+/// Gauges read at scrape time: whether Redis answers (only with `--redis`), and when each
+/// configured certificate expires (the listener's, and the control channel's client one).
+fn register_scraped(
+    registry: &prometheus::Registry,
+    config: &Config,
+    redis: Option<Arc<RedisCounters>>,
+) {
+    use pavilion_telemetry::scraped::{ScrapedGauge, certificate_expiry};
+    let mut certificates: Vec<PathBuf> = config
+        .tls
+        .iter()
+        .flat_map(|tls| tls.certificates.iter().map(|c| c.cert.clone()))
+        .collect();
+    if let Some((cert, _)) = config
+        .control_plane_tls
+        .as_ref()
+        .and_then(|t| t.identity.as_ref())
+    {
+        certificates.push(cert.clone());
+    }
+    let mut collectors: Vec<Box<dyn prometheus::core::Collector>> = Vec::new();
+    if !certificates.is_empty() {
+        collectors.push(Box::new(certificate_expiry(certificates)));
+    }
+    if let Some(redis) = redis {
+        collectors.push(Box::new(ScrapedGauge::single(
+            "pavilion_rate_limit_redis_up",
+            "1 while Redis answers (pinged every second); 0 while Redis limits follow their failure mode.",
+            move || Some(if redis.is_connected() { 1.0 } else { 0.0 }),
+        )));
+    }
+    for collector in collectors {
+        registry
+            .register(collector)
+            .expect("metric names are unique");
+    }
 }
 
 /// Resolves once `shutdown` turns true (or its sender is gone).
