@@ -14,6 +14,7 @@ pub mod compile;
 pub mod controller;
 pub mod delivery;
 pub mod dir_status;
+pub mod explain;
 pub mod fleet;
 pub mod keygen;
 pub mod kubernetes;

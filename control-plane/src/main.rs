@@ -65,6 +65,42 @@ enum Command {
         #[command(subcommand)]
         command: KvCommand,
     },
+    /// Show what the gateway would do with a request: the candidate routes in precedence
+    /// order, each phase's verdict and the upstream, from the compiled snapshot and the data
+    /// plane's own phase code (nothing is sent, nothing is counted).
+    Explain(Box<ExplainArgs>),
+}
+
+#[derive(clap::Args)]
+#[command(group = clap::ArgGroup::new("from").required(true).args(["source", "snapshot"]))]
+struct ExplainArgs {
+    /// The request: 'GET https://api.example.com/orders/1' as one argument or two (a URL
+    /// alone means GET); a path alone needs a Host header.
+    #[arg(required = true, num_args = 1..=2, value_name = "REQUEST")]
+    request: Vec<String>,
+    /// Compile the snapshot from this source: dir:PATH, kube, or nats://HOST:PORT[?bucket=NAME].
+    #[arg(long)]
+    source: Option<SourceSpec>,
+    /// Or read it from a data plane's snapshot cache file (its --snapshot-cache).
+    #[arg(long)]
+    snapshot: Option<PathBuf>,
+    /// A request header, `name: value` (repeatable), e.g. -H 'authorization: Bearer …'.
+    #[arg(short = 'H', long = "header", value_name = "NAME: VALUE")]
+    headers: Vec<String>,
+    /// The client's address, for IP lists and per-client limits (default 127.0.0.1).
+    #[arg(long)]
+    client: Option<std::net::IpAddr>,
+    /// Print the report as JSON (the document `POST /admin/explain` answers).
+    #[arg(long)]
+    json: bool,
+    /// kube: a kubeconfig file (default: KUBECONFIG, ~/.kube/config, or in-cluster).
+    #[arg(long, env = "KUBECONFIG")]
+    kubeconfig: Option<PathBuf>,
+    /// kube: read only this namespace (default: all).
+    #[arg(long)]
+    namespace: Option<String>,
+    #[command(flatten)]
+    gateway: GatewayArgs,
 }
 
 #[derive(Subcommand)]
@@ -280,6 +316,13 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Explain(args) => match explain(*args) {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("pavilion-control: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Crds { out_dir } => match crds(out_dir) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -347,6 +390,55 @@ fn kv(address: KvAddress, command: KvCommand) -> anyhow::Result<ExitCode> {
         }
         Ok(ExitCode::SUCCESS)
     })
+}
+
+fn explain(args: ExplainArgs) -> anyhow::Result<ExitCode> {
+    use pavilion_control::explain::{From, explain};
+    use pavilion_data::pipeline::explain::Described;
+    let (method, url) = match args.request.as_slice() {
+        [one] => match one.trim().split_once(char::is_whitespace) {
+            Some((method, url)) => (method.to_owned(), url.trim().to_owned()),
+            None => ("GET".to_owned(), one.trim().to_owned()),
+        },
+        [method, url] => (method.clone(), url.clone()),
+        _ => anyhow::bail!("the request is METHOD URL"),
+    };
+    let headers = args
+        .headers
+        .iter()
+        .map(|header| {
+            header
+                .split_once(':')
+                .map(|(name, value)| (name.trim().to_owned(), value.trim().to_owned()))
+                .with_context(|| format!("header `{header}` is not `name: value`"))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let described = Described {
+        method,
+        url,
+        headers,
+        client: args.client,
+    };
+    let from = match (args.source, args.snapshot) {
+        (_, Some(path)) => From::Snapshot(path),
+        (Some(source), None) => From::Source(source),
+        (None, None) => anyhow::bail!("--source or --snapshot is required"),
+    };
+    let kube = pavilion_control::KubeOptions {
+        kubeconfig: args.kubeconfig,
+        namespace: args.namespace,
+        ..pavilion_control::KubeOptions::default()
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let report = runtime.block_on(explain(&from, &described, &args.gateway.options(), &kube))?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{report}");
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn crds(out_dir: Option<PathBuf>) -> anyhow::Result<()> {

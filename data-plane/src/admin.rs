@@ -25,6 +25,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/metrics", get(metrics_text))
         .route("/admin/quota/{key}", get(quota_usage))
         .route("/admin/routing", get(routing))
+        .route("/admin/explain", axum::routing::post(explain))
         .with_state(AdminState { shared })
 }
 
@@ -42,6 +43,22 @@ async fn ready(State(state): State<AdminState>) -> Response {
     } else {
         let body = serde_json::json!({ "ready": false, "reason": "no snapshot received yet" });
         (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+    }
+}
+
+/// What this data plane would do with the described request, phase by phase (the same
+/// report as `pavilion-control explain`).
+async fn explain(
+    State(state): State<AdminState>,
+    Json(described): Json<crate::pipeline::explain::Described>,
+) -> Response {
+    let runtime = state.shared.runtime.load_full();
+    match crate::pipeline::explain::explain(&state.shared, &runtime, &described).await {
+        Ok(report) => Json(report).into_response(),
+        Err(error) => {
+            let body = serde_json::json!({ "error": { "code": "bad_request", "message": error.to_string() } });
+            (StatusCode::BAD_REQUEST, Json(body)).into_response()
+        }
     }
 }
 

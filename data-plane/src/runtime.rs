@@ -60,6 +60,8 @@ pub struct TenancyRule {
 pub struct Rule {
     /// `namespace/name` of the route, for errors, logs and metrics.
     pub route: Box<str>,
+    /// The rule's position in its route.
+    pub index: usize,
     pub upstream: Upstream,
     /// `None`: the rule is not scoped to a tenant.
     pub tenancy: Option<TenancyRule>,
@@ -234,6 +236,7 @@ impl Runtime {
                 route_ids.push(rules.len() as RuleId);
                 rules.push(Rule {
                     route: name.as_str().into(),
+                    index,
                     upstream,
                     tenancy: rule.tenancy.as_ref().map(|t| TenancyRule {
                         required: t.required,
@@ -312,5 +315,15 @@ impl Runtime {
         self.router
             .find(request)
             .and_then(|id| self.rules.get(id as usize))
+    }
+
+    /// The rules whose host and path match, in precedence order, each with whether its
+    /// conditions hold (for `explain`; see [`Router::candidates`]).
+    pub fn candidates(&self, request: &RequestFacts<'_>) -> Vec<(&Rule, bool)> {
+        self.router
+            .candidates(request)
+            .into_iter()
+            .filter_map(|(id, holds)| self.rules.get(id as usize).map(|rule| (rule, holds)))
+            .collect()
     }
 }

@@ -143,7 +143,7 @@ impl DirSource {
 }
 
 /// Sets each item's last accepted version from the status files an earlier run wrote.
-fn recall(root: &Path, items: &mut [Item]) {
+pub(crate) fn recall(root: &Path, items: &mut [Item]) {
     for item in items {
         item.last_accepted = item.identity.as_ref().and_then(|identity| {
             let stored = crate::dir_status::read_status(root, identity)?.last_accepted?;

@@ -174,7 +174,7 @@ pub fn item(kind: Kind, object: &DynamicObject) -> Item {
 }
 
 /// What the object's status says was last accepted (written by the control plane).
-fn last_accepted(
+pub(crate) fn last_accepted(
     object: &DynamicObject,
     identity: Option<&ResourceKey>,
 ) -> Option<Arc<LastAccepted>> {

@@ -2,7 +2,6 @@
 //! the rule's issuers, or an API key of the route's namespace), on rules with `auth`.
 
 use http::Request;
-use hyper::body::Incoming;
 
 use crate::auth::TokenCache;
 use crate::deny::Deny;
@@ -11,9 +10,9 @@ use crate::runtime::{Rule, Runtime};
 use super::Context;
 use super::admit::Admitted;
 
-pub(super) async fn authenticate(
+pub(super) async fn authenticate<B>(
     rule: &Rule,
-    request: &Request<Incoming>,
+    request: &Request<B>,
     admitted: &Admitted<'_>,
     tokens: &TokenCache,
     runtime: &Runtime,

@@ -2,7 +2,6 @@
 //! in `X-Forwarded-For`) when the rule needs it, and the rule's IP allow/deny lists.
 
 use http::Request;
-use hyper::body::Incoming;
 
 use crate::auth::ip::{self, Cidrs};
 use crate::deny::Deny;
@@ -10,9 +9,9 @@ use crate::runtime::Rule;
 
 use super::Context;
 
-pub(super) fn check(
+pub(super) fn check<B>(
     rule: &Rule,
-    request: &Request<Incoming>,
+    request: &Request<B>,
     trusted_proxies: &Cidrs,
     context: &mut Context<'_>,
 ) -> Result<(), Deny> {

@@ -3,7 +3,6 @@
 //! the identity. The tightest limit's `RateLimit-*` headers go on the response.
 
 use http::Request;
-use hyper::body::Incoming;
 
 use crate::deny::Deny;
 use crate::ratelimit::{self, Limiter, RuleLimits};
@@ -11,11 +10,11 @@ use crate::runtime::Rule;
 
 use super::Context;
 
-pub(super) async fn check(
+pub(super) async fn check<B>(
     limiter: &Limiter,
     limits: &RuleLimits,
     rule: &Rule,
-    request: &Request<Incoming>,
+    request: &Request<B>,
     context: &mut Context<'_>,
 ) -> Result<(), Deny> {
     if limits.is_empty() {

@@ -16,6 +16,7 @@ pub mod admit;
 mod authn;
 mod authorize;
 mod command;
+pub mod explain;
 mod forward;
 mod ip;
 mod limits;

@@ -3,7 +3,6 @@
 //! (requests and bytes per period).
 
 use http::Request;
-use hyper::body::Incoming;
 
 use crate::deny::Deny;
 use crate::ratelimit;
@@ -11,10 +10,10 @@ use crate::runtime::Rule;
 
 use super::{Context, Shared};
 
-pub(super) async fn take<'r>(
+pub(super) async fn take<'r, B>(
     shared: &Shared,
     rule: &'r Rule,
-    request: &Request<Incoming>,
+    request: &Request<B>,
     context: &mut Context<'r>,
 ) -> Result<(), Deny> {
     if let Some(concurrency) = &rule.concurrency {

@@ -2,7 +2,6 @@
 //! (precedence in [`crate::route`]); no rule is a 404 naming method and path.
 
 use http::Request;
-use hyper::body::Incoming;
 
 use crate::deny::Deny;
 use crate::route::RequestFacts;
@@ -11,10 +10,10 @@ use crate::runtime::{Rule, Runtime};
 use super::Context;
 use super::admit::Admitted;
 
-pub(super) fn find<'r>(
+pub(super) fn find<'r, B>(
     runtime: &'r Runtime,
     admitted: &Admitted<'_>,
-    request: &Request<Incoming>,
+    request: &Request<B>,
     context: &mut Context<'r>,
 ) -> Result<&'r Rule, Deny> {
     let facts = RequestFacts {

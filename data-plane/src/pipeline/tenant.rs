@@ -4,7 +4,6 @@
 //! nothing about which tenants exist.
 
 use http::Request;
-use hyper::body::Incoming;
 
 use crate::deny::Deny;
 use crate::headers::X_TENANT_ID;
@@ -15,9 +14,9 @@ use super::Context;
 /// Longest tenant id (a DNS label).
 const MAX_TENANT_LEN: usize = 63;
 
-pub(super) fn check(
+pub(super) fn check<B>(
     rule: &Rule,
-    request: &Request<Incoming>,
+    request: &Request<B>,
     runtime: &Runtime,
     context: &mut Context<'_>,
 ) -> Result<(), Deny> {

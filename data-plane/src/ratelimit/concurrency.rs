@@ -84,6 +84,11 @@ impl Concurrency {
         self.limit.load(Ordering::Relaxed)
     }
 
+    /// Requests holding a place now.
+    pub fn in_flight(&self) -> u32 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
     /// A permit, or the limit that is full.
     pub fn acquire(&self) -> Result<Permit<'_>, u32> {
         let limit = self.limit.load(Ordering::Relaxed);

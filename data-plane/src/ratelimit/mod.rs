@@ -56,6 +56,15 @@ pub enum FailureMode {
     Closed,
 }
 
+impl Backend {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Backend::Local => "local",
+            Backend::Redis => "redis",
+        }
+    }
+}
+
 impl From<proto::RateLimitBackend> for Backend {
     fn from(backend: proto::RateLimitBackend) -> Self {
         match backend {
@@ -120,6 +129,26 @@ impl RuleLimits {
 
     pub fn is_empty(&self) -> bool {
         self.limits.is_empty()
+    }
+
+    /// The limits as `explain` shows them, with the key this request would count under
+    /// and the rate that applies to it (an override's when one matches). Counts nothing.
+    pub fn explain(&self, facts: &Facts<'_>) -> Vec<String> {
+        self.limits
+            .iter()
+            .map(|limit| {
+                let counted = count(limit, facts);
+                let shown = part_values(&limit.parts, facts).join("|");
+                format!(
+                    "policy {} limit {}: {} ({}); this request counts as `{shown}` with {} allowed per window",
+                    limit.policy,
+                    limit.index,
+                    limit.describe,
+                    limit.backend.as_str(),
+                    counted.requests
+                )
+            })
+            .collect()
     }
 
     /// Policies of these limits that count in Redis.
@@ -901,6 +930,31 @@ fn count<'l>(limit: &'l Limit, facts: &Facts<'_>) -> Counted<'l> {
         rate,
         requests,
     }
+}
+
+/// A quota as `explain` shows it, with the key this request would count under. Counts
+/// nothing.
+pub fn explain_quota(quota: &Quota, facts: &Facts<'_>) -> String {
+    let shown = part_values(&quota.parts, facts).join("|");
+    let period = match quota.period {
+        quota::Period::Day => "day",
+        quota::Period::Month => "month",
+    };
+    let mut limits = Vec::new();
+    if quota.requests > 0 {
+        limits.push(format!("{} requests", quota.requests));
+    }
+    if quota.bytes > 0 {
+        limits.push(format!("{} bytes", quota.bytes));
+    }
+    format!(
+        "policy {} quota {}: {} per {period} ({}, {}); this request counts as `{shown}`",
+        quota.policy,
+        quota.index,
+        limits.join(" and "),
+        quota.tz.name(),
+        quota.backend.as_str()
+    )
 }
 
 /// Values length-prefixed (`3:abc5:de|fg`): no value can pose as two parts.

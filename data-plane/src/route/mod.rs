@@ -131,6 +131,27 @@ impl Router {
         }
         self.any.find(request)
     }
+
+    /// Every rule whose host and path match the request, in precedence order, each with
+    /// whether its method and header conditions hold: the first that holds is what
+    /// [`find`](Self::find) returns. For `explain`; allocates, so never on the request path.
+    pub fn candidates(&self, request: &RequestFacts<'_>) -> Vec<(RuleId, bool)> {
+        let mut found = Vec::new();
+        if let Some(host) = request.host {
+            if let Some(table) = self.exact.get(host) {
+                table.candidates(request, &mut found);
+            }
+            let mut rest = host;
+            while let Some(dot) = rest.find('.') {
+                if let Some(table) = self.wildcard.get(&rest[dot..]) {
+                    table.candidates(request, &mut found);
+                }
+                rest = &rest[dot + 1..];
+            }
+        }
+        self.any.candidates(request, &mut found);
+        found
+    }
 }
 
 #[cfg(test)]

@@ -253,3 +253,49 @@ impl PathTable {
             .map(|(_, c)| c.rule)
     }
 }
+
+impl PathTable {
+    /// Appends the candidates whose path matches, in the order [`find`](Self::find) tries
+    /// them, each with whether its conditions hold.
+    pub(super) fn candidates(&self, request: &RequestFacts<'_>, found: &mut Vec<(RuleId, bool)>) {
+        let path = request.path;
+        let lower = path.to_ascii_lowercase();
+        let holds = |c: &Candidate| c.conditions.hold(request.method, request.headers);
+        let mut key = |map: &HashMap<Box<str>, Box<[Candidate]>, RandomState>, end: usize| {
+            let mut matching: Vec<&Candidate> = map
+                .get(&path[..end])
+                .into_iter()
+                .flatten()
+                .chain(
+                    map.get(&lower[..end])
+                        .into_iter()
+                        .flatten()
+                        .filter(|c| c.ignore_case && lower[..end] != path[..end]),
+                )
+                .collect();
+            matching.sort_by_key(|c| c.precedence());
+            matching.dedup_by_key(|c| (c.rule, c.order));
+            found.extend(matching.into_iter().map(|c| (c.rule, holds(c))));
+        };
+        key(&self.exact, path.len());
+        if !self.prefix.is_empty() {
+            let mut end = path.len();
+            loop {
+                key(&self.prefix, end.max(1));
+                if end <= 1 {
+                    break;
+                }
+                end = path[..end].rfind('/').unwrap_or(0);
+            }
+        }
+        if let Some(regexes) = &self.regex {
+            found.extend(
+                regexes
+                    .entries
+                    .iter()
+                    .filter(|(regex, _)| regex.is_match(path))
+                    .map(|(_, c)| (c.rule, holds(c))),
+            );
+        }
+    }
+}

@@ -103,9 +103,16 @@ impl Fixture {
             method: &method,
             headers,
         };
-        self.router
-            .find(&facts)
-            .map(|id| self.labels[id as usize].as_str())
+        let found = self.router.find(&facts);
+        // `explain`'s list agrees with the matcher: its first candidate that holds wins.
+        let first_holding = self
+            .router
+            .candidates(&facts)
+            .into_iter()
+            .find(|(_, holds)| *holds)
+            .map(|(id, _)| id);
+        assert_eq!(first_holding, found, "candidates disagree for {path}");
+        found.map(|id| self.labels[id as usize].as_str())
     }
 
     fn find(&self, host: Option<&str>, method: &str, path: &str) -> Option<&str> {
