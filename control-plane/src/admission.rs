@@ -9,7 +9,6 @@
 //! refuses; it never changes an object.
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,8 +18,6 @@ use axum::routing::post;
 use kube::core::DynamicObject;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
 use pavilion_crds::{FieldError, Kind};
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::sync::{Semaphore, watch};
 
 use crate::compile::CompileOptions;
@@ -48,8 +45,6 @@ const MAX_CONNECTIONS: usize = 64;
 pub enum WebhookError {
     #[error("the admission webhook needs a certificate: set --grpc-tls-cert and --grpc-tls-key")]
     NoCertificate,
-    #[error("{path}: {message}")]
-    Certificate { path: String, message: String },
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -75,12 +70,10 @@ impl Webhook {
     /// Binds `addr` and reads the certificate and key (PEM).
     pub async fn bind(
         addr: SocketAddr,
-        cert: &Path,
-        key: &Path,
+        tls: tokio_rustls::TlsAcceptor,
         published: PublishedReceiver,
         options: CompileOptions,
     ) -> Result<Self, WebhookError> {
-        let tls = tls_acceptor(cert, key)?;
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(|source| WebhookError::Listen { addr, source })?;
@@ -153,27 +146,6 @@ impl Webhook {
             });
         }
     }
-}
-
-fn tls_acceptor(cert: &Path, key: &Path) -> Result<tokio_rustls::TlsAcceptor, WebhookError> {
-    let error = |path: &Path, e: &dyn std::fmt::Display| WebhookError::Certificate {
-        path: path.display().to_string(),
-        message: e.to_string(),
-    };
-    let chain = CertificateDer::pem_file_iter(cert)
-        .map_err(|e| error(cert, &e))?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| error(cert, &e))?;
-    let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| error(key, &e))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| error(cert, &e))?
-        .with_no_client_auth()
-        .with_single_cert(chain, key_der)
-        .map_err(|e| error(cert, &e))?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
 
 async fn review(

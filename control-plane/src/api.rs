@@ -52,7 +52,7 @@ pub fn router(state: ApiState, access: Arc<crate::access::Access>) -> Router {
     Router::new()
         .route(
             "/health",
-            get(|| async { Json(serde_json::json!({ "status": "ok" })) }),
+            get(|| async { Json(pavilion_telemetry::build::health()) }),
         )
         .route("/ready", get(ready))
         .route("/metrics", get(metrics))

@@ -10,6 +10,7 @@
 pub mod access;
 pub mod admission;
 pub mod api;
+pub mod certs;
 pub mod compile;
 pub mod controller;
 pub mod delivery;
@@ -25,6 +26,7 @@ pub mod placements;
 pub mod rebalance;
 pub mod source;
 pub mod status;
+pub mod tls;
 pub mod validate;
 pub mod writeback;
 
@@ -113,6 +115,8 @@ pub struct Config {
     pub api_tokens: Vec<String>,
     /// Serve the validating admission webhook here (HTTPS, with `grpc_tls`'s certificate).
     pub webhook_listen: Option<SocketAddr>,
+    /// Serve the API (`http_listen`) over HTTPS with `grpc_tls`'s certificate.
+    pub api_tls: bool,
 }
 
 /// The control plane's certificate for the snapshot stream, and the CA that signs data
@@ -141,6 +145,7 @@ impl Config {
             api_token_file: None,
             api_tokens: Vec::new(),
             webhook_listen: None,
+            api_tls: false,
         }
     }
 }
@@ -165,8 +170,10 @@ pub enum Error {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("gRPC TLS settings: {0}")]
-    GrpcTls(tonic::transport::Error),
+    #[error("TLS: {0}")]
+    Tls(#[from] pavilion_data::tls::TlsError),
+    #[error("--api-tls needs --grpc-tls-cert and --grpc-tls-key")]
+    ApiTlsWithoutCertificate,
     #[error(transparent)]
     Access(#[from] access::AccessError),
     #[error(transparent)]
@@ -197,13 +204,13 @@ pub async fn start(config: Config) -> Result<ControlPlane, Error> {
 
     // Both listeners first: a port that cannot be bound must fail the start before any
     // task runs.
-    let incoming = tonic::transport::server::TcpIncoming::bind(config.grpc_listen)
+    let grpc_listener = tokio::net::TcpListener::bind(config.grpc_listen)
+        .await
         .map_err(|source| Error::Listen {
             addr: config.grpc_listen,
             source,
-        })?
-        .with_nodelay(Some(true));
-    let grpc_addr = incoming.local_addr().map_err(|source| Error::Listen {
+        })?;
+    let grpc_addr = grpc_listener.local_addr().map_err(|source| Error::Listen {
         addr: config.grpc_listen,
         source,
     })?;
@@ -220,18 +227,31 @@ pub async fn start(config: Config) -> Result<ControlPlane, Error> {
     if config.mirror_to.is_some() && config.source != SourceSpec::Kube {
         return Err(Error::MirrorWithoutKube);
     }
+    // One certificate for every TLS listener, reloaded when its files change.
+    let certificate = config
+        .grpc_tls
+        .as_ref()
+        .map(|tls| tls::ServerCertificate::load(&tls.cert, &tls.key, shutdown_rx.clone()))
+        .transpose()?;
+    if config.api_tls && certificate.is_none() {
+        return Err(Error::ApiTlsWithoutCertificate);
+    }
     let webhook = match config.webhook_listen {
         Some(addr) => {
-            let tls = config
-                .grpc_tls
+            let certificate = certificate
                 .as_ref()
                 .ok_or(admission::WebhookError::NoCertificate)?;
             let options = compile::CompileOptions {
                 gateway_namespace: config.gateway_namespace.clone(),
             };
             Some(
-                admission::Webhook::bind(addr, &tls.cert, &tls.key, published_rx.clone(), options)
-                    .await?,
+                admission::Webhook::bind(
+                    addr,
+                    certificate.acceptor(None, &[b"h2", b"http/1.1"])?,
+                    published_rx.clone(),
+                    options,
+                )
+                .await?,
             )
         }
         None => None,
@@ -373,23 +393,44 @@ pub async fn start(config: Config) -> Result<ControlPlane, Error> {
         shutdown_rx.clone(),
         config.streams,
     );
-    let mut grpc = tonic::transport::Server::builder();
-    match &config.grpc_tls {
-        Some(tls) => {
-            grpc = grpc.tls_config(server_tls(tls)?).map_err(Error::GrpcTls)?;
+    let grpc_tls = match (&config.grpc_tls, &certificate) {
+        (Some(tls), Some(certificate)) => {
             if tls.client_ca.is_none() {
                 tracing::warn!(%grpc_addr, "the snapshot stream is encrypted but clients are not authenticated: anyone who reaches it receives every snapshot and can report as any data plane; set --grpc-client-ca");
             }
+            Some(certificate.acceptor(tls.client_ca.as_deref(), &[b"h2"])?)
         }
-        None => {
-            tracing::warn!(%grpc_addr, "the snapshot stream is NOT encrypted: anyone who reaches it receives every snapshot and can report as any data plane; set --grpc-tls-cert, --grpc-tls-key and --grpc-client-ca")
+        _ => {
+            tracing::warn!(%grpc_addr, "the snapshot stream is NOT encrypted: anyone who reaches it receives every snapshot and can report as any data plane; set --grpc-tls-cert, --grpc-tls-key and --grpc-client-ca");
+            None
         }
-    }
-    let grpc = grpc
+    };
+    let grpc = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(5)))
-        .add_service(SnapshotDiscoveryServer::new(service))
-        .serve_with_incoming_shutdown(incoming, stopped(shutdown_rx.clone()));
+        .add_service(SnapshotDiscoveryServer::new(service));
+    let grpc_stopped = stopped(shutdown_rx.clone());
+    let grpc: futures::future::BoxFuture<'static, Result<(), tonic::transport::Error>> =
+        match grpc_tls {
+            Some(acceptor) => {
+                let listener = tls::TlsListener::new(
+                    grpc_listener,
+                    acceptor,
+                    "snapshot stream",
+                    shutdown_rx.clone(),
+                )
+                .map_err(|source| Error::Listen {
+                    addr: grpc_addr,
+                    source,
+                })?;
+                Box::pin(grpc.serve_with_incoming_shutdown(listener.into_stream(), grpc_stopped))
+            }
+            None => {
+                let incoming = tonic::transport::server::TcpIncoming::from(grpc_listener)
+                    .with_nodelay(Some(true));
+                Box::pin(grpc.serve_with_incoming_shutdown(incoming, grpc_stopped))
+            }
+        };
     let grpc = tokio::spawn(async move {
         if let Err(e) = grpc.await {
             tracing::error!(error = %e, "gRPC server failed");
@@ -418,12 +459,34 @@ pub async fn start(config: Config) -> Result<ControlPlane, Error> {
     if let Some(webhook) = webhook {
         servers.push(tokio::spawn(webhook.serve(shutdown_rx.clone())));
     }
-    let http = tokio::spawn(async move {
-        let server = axum::serve(http_listener, api).with_graceful_shutdown(stopped(shutdown_rx));
-        if let Err(e) = server.await {
-            tracing::error!(error = %e, "HTTP server failed");
+    let api_acceptor = match (&certificate, config.api_tls) {
+        (Some(certificate), true) => Some(certificate.acceptor(None, &[b"h2", b"http/1.1"])?),
+        _ => None,
+    };
+    let http = match api_acceptor {
+        Some(acceptor) => {
+            let listener =
+                tls::TlsListener::new(http_listener, acceptor, "API", shutdown_rx.clone())
+                    .map_err(|source| Error::Listen {
+                        addr: http_addr,
+                        source,
+                    })?;
+            tokio::spawn(async move {
+                let server =
+                    axum::serve(listener, api).with_graceful_shutdown(stopped(shutdown_rx));
+                if let Err(e) = server.await {
+                    tracing::error!(error = %e, "HTTP server failed");
+                }
+            })
         }
-    });
+        None => tokio::spawn(async move {
+            let server =
+                axum::serve(http_listener, api).with_graceful_shutdown(stopped(shutdown_rx));
+            if let Err(e) = server.await {
+                tracing::error!(error = %e, "HTTP server failed");
+            }
+        }),
+    };
     servers.extend([grpc, http]);
     tracing::info!(%grpc_addr, %http_addr, webhook = webhook_addr.map(tracing::field::display), source = %config.source, "control plane started");
     Ok(ControlPlane {
@@ -446,6 +509,7 @@ fn register_scraped(
     nodes: Arc<Nodes>,
 ) {
     use pavilion_telemetry::scraped::{ScrapedGauge, certificate_expiry};
+    pavilion_telemetry::build::register(&metrics.registry);
     let behind = ScrapedGauge::single(
         "pavilion_control_data_planes_behind",
         "Connected data planes not running the latest snapshot (refused it, or not yet applied).",
@@ -465,23 +529,6 @@ fn register_scraped(
             .register(collector)
             .expect("metric names are unique");
     }
-}
-
-/// The server side of the snapshot stream's TLS, from PEM files.
-fn server_tls(tls: &GrpcTls) -> Result<tonic::transport::ServerTlsConfig, Error> {
-    let read = |path: &PathBuf| {
-        std::fs::read(path).map_err(|source| Error::ReadTls {
-            path: path.clone(),
-            source,
-        })
-    };
-    let mut config = tonic::transport::ServerTlsConfig::new().identity(
-        tonic::transport::Identity::from_pem(read(&tls.cert)?, read(&tls.key)?),
-    );
-    if let Some(ca) = &tls.client_ca {
-        config = config.client_ca_root(tonic::transport::Certificate::from_pem(read(ca)?));
-    }
-    Ok(config)
 }
 
 /// Writes statuses to the KV bucket and posts this replica's data planes there, and keeps

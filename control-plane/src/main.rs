@@ -19,7 +19,7 @@ use pavilion_telemetry::LogFormat;
 #[derive(Parser)]
 #[command(
     name = "pavilion-control",
-    version,
+    version = pavilion_telemetry::build::LONG_VERSION,
     about = "Pavilion Gateway's control plane"
 )]
 struct Cli {
@@ -69,6 +69,33 @@ enum Command {
     /// order, each phase's verdict and the upstream, from the compiled snapshot and the data
     /// plane's own phase code (nothing is sent, nothing is counted).
     Explain(Box<ExplainArgs>),
+    /// Exit 0 when URL answers 2xx: a health check for images without curl (HEALTHCHECK).
+    Probe(pavilion_telemetry::probe::ProbeArgs),
+    /// Make (or rotate) the control channel's certificates: a CA, the control plane's
+    /// server certificate and the data planes' client certificate, as PEM files.
+    Certs {
+        /// Where the files go (ca.crt, ca.key, control-plane.crt/.key, data-plane.crt/.key);
+        /// a CA already there signs the new certificates (rotation).
+        #[arg(long)]
+        out_dir: PathBuf,
+        /// Names (DNS or IP) the control plane is reached by, comma-separated.
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "pavilion-control,localhost,127.0.0.1"
+        )]
+        control_plane_names: Vec<String>,
+        /// Node ids data planes may announce, comma-separated; `*.NAME` covers one label
+        /// (run data planes with --node-id POD.NAME).
+        #[arg(long, value_delimiter = ',', default_value = "*.pavilion-data")]
+        data_plane_names: Vec<String>,
+        /// Validity of the two certificates in days (the CA's: ten times as long).
+        #[arg(long, default_value_t = 90)]
+        days: u32,
+        /// Make a new CA even if the directory has one.
+        #[arg(long)]
+        new_ca: bool,
+    },
 }
 
 #[derive(clap::Args)]
@@ -245,6 +272,10 @@ struct RunArgs {
     /// with the certificate of --grpc-tls-cert; see deploy/kubernetes/webhook.yaml.
     #[arg(long, env = "PAVILION_WEBHOOK_LISTEN", requires = "grpc_tls_cert")]
     webhook_listen: Option<SocketAddr>,
+    /// Serve --http-listen (the API, health, metrics) over HTTPS with the certificate of
+    /// --grpc-tls-cert; probe it with `pavilion-control probe https://…`.
+    #[arg(long, env = "PAVILION_API_TLS", requires = "grpc_tls_cert")]
+    api_tls: bool,
 }
 
 fn main() -> ExitCode {
@@ -308,6 +339,34 @@ fn main() -> ExitCode {
                     print!("{}", generated.yaml());
                     // The one place the key is ever shown.
                     eprintln!("api key (shown once, store it now): {}", generated.key);
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("pavilion-control: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Probe(probe) => probe.run("pavilion-control"),
+        Command::Certs {
+            out_dir,
+            control_plane_names,
+            data_plane_names,
+            days,
+            new_ca,
+        } => {
+            let request = pavilion_control::certs::CertsRequest {
+                out_dir,
+                control_plane_names,
+                data_plane_names,
+                days: days.max(1),
+                new_ca,
+            };
+            match pavilion_control::certs::generate(&request) {
+                Ok(files) => {
+                    for file in files {
+                        println!("wrote {}", file.display());
+                    }
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
@@ -488,6 +547,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             api_token_file: args.api_token_file,
             api_tokens: Vec::new(),
             webhook_listen: args.webhook_listen,
+            api_tls: args.api_tls,
             streams: pavilion_control::StreamLimits {
                 per_peer: args.max_streams_per_peer.max(1),
                 total: args.max_streams.max(1),

@@ -19,7 +19,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route(
             "/health",
-            get(|| async { Json(serde_json::json!({ "status": "ok" })) }),
+            get(|| async { Json(pavilion_telemetry::build::health()) }),
         )
         .route("/ready", get(ready))
         .route("/metrics", get(metrics_text))

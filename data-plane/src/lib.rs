@@ -274,12 +274,15 @@ pub async fn start(config: Config) -> Result<DataPlane, Error> {
         let options = ClientOptions {
             endpoints: config.control_planes.clone(),
             node_id: config.node_id.clone(),
-            tls: config
-                .control_plane_tls
-                .as_ref()
-                .map(ControlPlaneTls::client_config)
-                .transpose()
-                .map_err(|(path, source)| Error::ControlPlaneTls { path, source })?,
+            tls: match &config.control_plane_tls {
+                // Read once here so that missing files stop the start.
+                Some(tls) => {
+                    tls.client_config()
+                        .map_err(|(path, source)| Error::ControlPlaneTls { path, source })?;
+                    Some(tls.clone())
+                }
+                None => None,
+            },
         };
         tasks.push(tokio::spawn(snapshot::client::run(
             options,
@@ -308,6 +311,7 @@ fn register_scraped(
     redis: Option<Arc<RedisCounters>>,
 ) {
     use pavilion_telemetry::scraped::{ScrapedGauge, certificate_expiry};
+    pavilion_telemetry::build::register(registry);
     let mut certificates: Vec<PathBuf> = config
         .tls
         .iter()

@@ -23,7 +23,7 @@ use pavilion_telemetry::LogFormat;
 #[derive(Parser)]
 #[command(
     name = "pavilion-data",
-    version,
+    version = pavilion_telemetry::build::LONG_VERSION,
     about = "Pavilion Gateway's data plane"
 )]
 struct Cli {
@@ -34,7 +34,9 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Serve traffic with the snapshots a control plane streams.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
+    /// Exit 0 when URL answers 2xx: a health check for images without curl (HEALTHCHECK).
+    Probe(pavilion_telemetry::probe::ProbeArgs),
 }
 
 #[derive(clap::Args)]
@@ -168,7 +170,10 @@ struct RunArgs {
 }
 
 fn main() -> std::process::ExitCode {
-    let Command::Run(args) = Cli::parse().command;
+    let args = match Cli::parse().command {
+        Command::Run(args) => *args,
+        Command::Probe(probe) => return probe.run("pavilion-data"),
+    };
     match run(args) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

@@ -2,6 +2,8 @@
 //! exposition, the shutdown signal and handing free memory back. Kept apart so the data plane never depends on the
 //! control-plane crate (nor the other way round).
 
+pub mod build;
+pub mod probe;
 pub mod scraped;
 
 use prometheus::{Encoder, Registry, TextEncoder};

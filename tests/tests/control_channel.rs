@@ -296,3 +296,162 @@ async fn a_nack_reason_is_kept_only_in_part() {
     assert_eq!(error.len(), 1024);
     cp.stop().await;
 }
+
+/// The certificate a TLS client meets at `addr` now (as a data plane holding `identity`).
+async fn served_certificate(
+    addr: SocketAddr,
+    dir: &Path,
+) -> rustls_pki_types::CertificateDer<'static> {
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(rustls_pki_types::CertificateDer::from_pem_file(dir.join("ca.crt")).unwrap())
+        .unwrap();
+    let chain =
+        vec![rustls_pki_types::CertificateDer::from_pem_file(dir.join("data-plane.crt")).unwrap()];
+    let key = rustls_pki_types::PrivateKeyDer::from_pem_file(dir.join("data-plane.key")).unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_client_auth_cert(chain, key)
+    .unwrap();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from(SERVER_NAME).unwrap();
+    let tls = connector.connect(name, tcp).await.unwrap();
+    tls.get_ref().1.peer_certificates().unwrap()[0].clone()
+}
+
+#[tokio::test]
+async fn certificates_from_pavilion_control_certs_secure_both_halves_and_rotate_without_a_restart()
+{
+    use pavilion_control::certs::{CertsRequest, generate};
+    use rustls_pki_types::pem::PemObject;
+    rustls::crypto::ring::default_provider()
+        .install_default()
+        .ok();
+    let pki = tempfile::tempdir().unwrap();
+    let request = CertsRequest {
+        out_dir: pki.path().to_owned(),
+        control_plane_names: vec![SERVER_NAME.into(), "127.0.0.1".into()],
+        data_plane_names: vec!["*.pavilion-data".into()],
+        days: 30,
+        new_ca: false,
+    };
+    generate(&request).unwrap();
+    let file = |name: &str| pki.path().join(name);
+    let config_dir = tempfile::tempdir().unwrap();
+    route_file(config_dir.path());
+    let cp = control_plane(ControlConfig {
+        grpc_tls: Some(GrpcTls {
+            cert: file("control-plane.crt"),
+            key: file("control-plane.key"),
+            client_ca: Some(file("ca.crt")),
+        }),
+        api_tls: true,
+        ..ControlConfig::local(SourceSpec::Dir(config_dir.path().to_owned()))
+    })
+    .await;
+    let data_plane = |node: &str, dir: &Path| {
+        let mut config = DataConfig::local();
+        config.node_id = node.into();
+        config.control_planes = vec![format!("https://{}", cp.grpc_addr)];
+        config.control_plane_tls = Some(ControlPlaneTls {
+            ca: file("ca.crt"),
+            identity: Some((dir.join("data-plane.crt"), dir.join("data-plane.key"))),
+            server_name: Some(SERVER_NAME.into()),
+        });
+        pavilion_data::start(config)
+    };
+
+    // One wildcard certificate serves every pod's node id.
+    let dp1 = data_plane("pod-1.pavilion-data", pki.path()).await.unwrap();
+    eventually("pod-1 runs the snapshot", PATIENCE, || async {
+        (!dp1.version().is_empty()).then_some(())
+    })
+    .await;
+
+    // The API is HTTPS now: the probe the images use sees it, cleartext does not.
+    // (The probe blocks: it runs off the test's single-threaded runtime.)
+    let probe = |url: String| {
+        tokio::task::spawn_blocking(move || pavilion_telemetry::probe::probe(&url, PATIENCE))
+    };
+    probe(format!("https://{}/health", cp.http_addr))
+        .await
+        .unwrap()
+        .unwrap();
+    let cleartext = probe(format!("http://{}/health", cp.http_addr))
+        .await
+        .unwrap();
+    assert!(cleartext.is_err(), "{cleartext:?}");
+
+    // Without a client certificate, or with one of another CA's (another `certs` run): no
+    // snapshot.
+    let ca_pem = std::fs::read_to_string(file("ca.crt")).unwrap();
+    let trusting = || {
+        ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(&ca_pem))
+            .domain_name(SERVER_NAME)
+    };
+    let anonymous = match tls_channel(cp.grpc_addr, trusting()).await {
+        Ok(channel) => open(channel, "pod-2.pavilion-data").await.is_ok(),
+        Err(_) => false,
+    };
+    assert!(
+        !anonymous,
+        "a data plane without a certificate got a snapshot"
+    );
+    let other = tempfile::tempdir().unwrap();
+    generate(&CertsRequest {
+        out_dir: other.path().to_owned(),
+        ..request.clone()
+    })
+    .unwrap();
+    let foreign = trusting().identity(Identity::from_pem(
+        std::fs::read(other.path().join("data-plane.crt")).unwrap(),
+        std::fs::read(other.path().join("data-plane.key")).unwrap(),
+    ));
+    let foreign = match tls_channel(cp.grpc_addr, foreign).await {
+        Ok(channel) => open(channel, "pod-3.pavilion-data").await.is_ok(),
+        Err(_) => false,
+    };
+    assert!(!foreign, "a certificate of another CA got a snapshot");
+
+    // Rotation: `certs` again in the same directory keeps the CA and replaces the leaves;
+    // the control plane serves the new certificate to new connections without a restart.
+    let before = served_certificate(cp.grpc_addr, pki.path()).await;
+    let ca_before = std::fs::read(file("ca.crt")).unwrap();
+    generate(&request).unwrap();
+    assert_eq!(std::fs::read(file("ca.crt")).unwrap(), ca_before);
+    let rotated =
+        rustls_pki_types::CertificateDer::from_pem_file(file("control-plane.crt")).unwrap();
+    assert_ne!(before, rotated);
+    eventually(
+        "the rotated certificate is served",
+        Duration::from_secs(10),
+        || async { (served_certificate(cp.grpc_addr, pki.path()).await == rotated).then_some(()) },
+    )
+    .await;
+    // A data plane with the new client certificate joins; the first keeps receiving.
+    let dp2 = data_plane("pod-2.pavilion-data", pki.path()).await.unwrap();
+    eventually("pod-2 runs the snapshot", PATIENCE, || async {
+        (!dp2.version().is_empty()).then_some(())
+    })
+    .await;
+    let first = dp1.version();
+    write(
+        config_dir.path(),
+        "r2.yaml",
+        "apiVersion: gateway.pavilion.dev/v1alpha1\nkind: Route\nmetadata: { name: r2, namespace: shop }\nspec:\n  rules:\n    - backends: [{ url: 'http://127.0.0.1:9' }]\n",
+    );
+    eventually("both run the next snapshot", PATIENCE, || async {
+        (dp1.version() != first && dp1.version() == dp2.version()).then_some(())
+    })
+    .await;
+    dp1.stop().await;
+    dp2.stop().await;
+    cp.stop().await;
+}

@@ -78,7 +78,7 @@ pub fn check_node_id(id: &str, certificate: Option<&[String]>) -> Result<(), Sta
         )));
     }
     if let Some(names) = certificate
-        && !names.iter().any(|name| name == id)
+        && !names.iter().any(|name| covers(name, id))
     {
         return Err(Status::permission_denied(format!(
             "node id `{id}` is not a name of the client certificate ({})",
@@ -86,6 +86,18 @@ pub fn check_node_id(id: &str, certificate: Option<&[String]>) -> Result<(), Sta
         )));
     }
     Ok(())
+}
+
+/// Whether a certificate name covers a node id: equal, or `*.rest` with one non-empty label
+/// in front of `rest` (as TLS wildcards cover host names), so one certificate can serve a
+/// Deployment's pods (`pod-1.data.pavilion` under `*.data.pavilion`).
+fn covers(name: &str, id: &str) -> bool {
+    match name.strip_prefix("*.") {
+        Some(rest) => id
+            .split_once('.')
+            .is_some_and(|(label, tail)| !label.is_empty() && !label.contains('*') && tail == rest),
+        None => name == id,
+    }
 }
 
 /// Streams open, per peer address and in all.
@@ -197,6 +209,20 @@ mod tests {
         let refused = check_node_id("dp-2", Some(&names)).unwrap_err();
         assert_eq!(refused.code(), tonic::Code::PermissionDenied);
         assert!(check_node_id("anything", None).is_ok());
+        let wildcard = vec!["*.data.pavilion".to_owned()];
+        assert!(check_node_id("pod-7.data.pavilion", Some(&wildcard)).is_ok());
+        for refused in [
+            "data.pavilion",
+            ".data.pavilion",
+            "a.b.data.pavilion",
+            "*.data.pavilion",
+            "pod-7.data.pavilion.evil",
+        ] {
+            assert!(
+                check_node_id(refused, Some(&wildcard)).is_err(),
+                "{refused}"
+            );
+        }
         assert!(check_node_id("", None).is_err());
         assert!(check_node_id("a\nb", None).is_err());
         assert!(check_node_id(&"x".repeat(254), None).is_err());

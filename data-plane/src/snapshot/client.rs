@@ -24,8 +24,10 @@ pub struct ClientOptions {
     /// Control-plane gRPC URLs, tried in turn.
     pub endpoints: Vec<String>,
     pub node_id: String,
-    /// For `https://` endpoints: the CA to trust, and this node's client certificate.
-    pub tls: Option<ClientTlsConfig>,
+    /// For `https://` endpoints: the CA to trust, and this node's client certificate —
+    /// read again for every connection, so rotated files are used from the next one on
+    /// (an open stream keeps the certificate it was opened with).
+    pub tls: Option<ControlPlaneTls>,
 }
 
 /// Files of the control channel's TLS, as the flags name them.
@@ -59,6 +61,11 @@ impl ControlPlaneTls {
 enum StreamError {
     #[error("invalid control-plane address: {0}")]
     Address(tonic::transport::Error),
+    #[error("cannot read {}: {source}", path.display())]
+    Files {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot connect: {0}")]
     Connect(tonic::transport::Error),
     #[error("stream failed: {0}")]
@@ -105,9 +112,12 @@ async fn stream(
     let mut channel = Endpoint::from_shared(endpoint.to_owned()).map_err(StreamError::Address)?;
     if let Some(tls) = options
         .tls
-        .clone()
+        .as_ref()
         .filter(|_| endpoint.starts_with("https://"))
     {
+        let tls = tls
+            .client_config()
+            .map_err(|(path, source)| StreamError::Files { path, source })?;
         channel = channel.tls_config(tls).map_err(StreamError::Address)?;
     }
     let channel = channel
@@ -123,7 +133,11 @@ async fn stream(
     let hello = SnapshotRequest {
         node: Some(Node {
             id: node_id.to_owned(),
-            build_version: env!("CARGO_PKG_VERSION").to_owned(),
+            build_version: format!(
+                "{} {}",
+                pavilion_telemetry::build::VERSION,
+                pavilion_telemetry::build::GIT_SHA
+            ),
         }),
         version_info: applier.current_version(),
         ..Default::default()

@@ -1,0 +1,175 @@
+//! `pavilion-control certs`: the control channel's certificates — a CA, the control plane's
+//! server certificate and the data planes' client certificate — for deployments that do not
+//! bring their own (cert-manager, a company CA). Keys are ECDSA P-256, written 0600.
+//!
+//! Run again with the same directory to rotate: the CA there is kept (so data planes and
+//! control planes trust the new leaves at once) and new leaves replace the old; both
+//! binaries reload their certificate files without a restart. `--new-ca` replaces the CA
+//! too (then every party needs the new CA file before the leaves change).
+
+use std::path::{Path, PathBuf};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose,
+};
+
+/// What to make.
+#[derive(Clone, Debug)]
+pub struct CertsRequest {
+    pub out_dir: PathBuf,
+    /// Names (DNS or IP) the control plane is reached by.
+    pub control_plane_names: Vec<String>,
+    /// Names data planes may announce as their node id; `*.LABEL…` covers one label
+    /// (`*.data.pavilion` covers `pod-1.data.pavilion`).
+    pub data_plane_names: Vec<String>,
+    /// Validity of the leaves, in days (the CA gets ten times that).
+    pub days: u32,
+    /// Replace an existing CA instead of signing with it.
+    pub new_ca: bool,
+}
+
+/// File names inside the output directory (also the keys of the Kubernetes Secret and the
+/// Swarm secrets the chart and the stack make).
+pub const CA_CERT: &str = "ca.crt";
+pub const CA_KEY: &str = "ca.key";
+pub const CONTROL_CERT: &str = "control-plane.crt";
+pub const CONTROL_KEY: &str = "control-plane.key";
+pub const DATA_CERT: &str = "data-plane.crt";
+pub const DATA_KEY: &str = "data-plane.key";
+
+#[derive(Debug, thiserror::Error)]
+pub enum CertsError {
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{what}: {source}")]
+    Rcgen {
+        what: &'static str,
+        source: rcgen::Error,
+    },
+    #[error("{0} names are needed")]
+    NoNames(&'static str),
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CertsError + '_ {
+    move |source| CertsError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+fn rc(what: &'static str) -> impl FnOnce(rcgen::Error) -> CertsError {
+    move |source| CertsError::Rcgen { what, source }
+}
+
+/// Writes `text` to `path` through a temporary file and a rename, so a process reloading
+/// the file never reads half of it; keys are readable by the owner only.
+fn write(path: &Path, text: &str, secret: bool) -> Result<(), CertsError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let aside = path.with_extension("tmp");
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(if secret { 0o600 } else { 0o644 })
+        .open(&aside)
+        .map_err(io(&aside))?;
+    file.write_all(text.as_bytes()).map_err(io(&aside))?;
+    file.sync_all().map_err(io(&aside))?;
+    std::fs::rename(&aside, path).map_err(io(path))
+}
+
+fn validity(params: &mut CertificateParams, days: u32) {
+    let now = std::time::SystemTime::now();
+    // An hour back: clocks of the parties differ.
+    params.not_before = (now - std::time::Duration::from_secs(3600)).into();
+    params.not_after = (now + std::time::Duration::from_secs(u64::from(days) * 86_400)).into();
+}
+
+/// The CA in `dir`, or a new one (written there).
+fn ca(request: &CertsRequest) -> Result<(Issuer<'static, KeyPair>, bool), CertsError> {
+    let cert_path = request.out_dir.join(CA_CERT);
+    let key_path = request.out_dir.join(CA_KEY);
+    if !request.new_ca && cert_path.exists() && key_path.exists() {
+        let cert = std::fs::read_to_string(&cert_path).map_err(io(&cert_path))?;
+        let key = std::fs::read_to_string(&key_path).map_err(io(&key_path))?;
+        let key = KeyPair::from_pem(&key).map_err(rc("reading ca.key"))?;
+        let issuer = Issuer::from_ca_cert_pem(&cert, key).map_err(rc("reading ca.crt"))?;
+        return Ok((issuer, false));
+    }
+    let mut params = CertificateParams::new(Vec::<String>::new()).map_err(rc("CA"))?;
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "Pavilion control channel CA");
+    validity(&mut params, request.days.saturating_mul(10));
+    let key = KeyPair::generate().map_err(rc("CA key"))?;
+    let cert = params.self_signed(&key).map_err(rc("CA certificate"))?;
+    write(&cert_path, &cert.pem(), false)?;
+    write(&key_path, &key.serialize_pem(), true)?;
+    Ok((Issuer::new(params, key), true))
+}
+
+fn leaf(
+    issuer: &Issuer<'static, KeyPair>,
+    names: &[String],
+    usage: ExtendedKeyUsagePurpose,
+    days: u32,
+) -> Result<(String, String), CertsError> {
+    let mut params = CertificateParams::new(names.to_vec()).map_err(rc("certificate names"))?;
+    params
+        .distinguished_name
+        .push(DnType::CommonName, names[0].clone());
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![usage];
+    validity(&mut params, days);
+    let key = KeyPair::generate().map_err(rc("key"))?;
+    let cert = params.signed_by(&key, issuer).map_err(rc("certificate"))?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
+/// Makes (or rotates) the certificates; returns the files written.
+pub fn generate(request: &CertsRequest) -> Result<Vec<PathBuf>, CertsError> {
+    if request.control_plane_names.is_empty() {
+        return Err(CertsError::NoNames("control-plane"));
+    }
+    if request.data_plane_names.is_empty() {
+        return Err(CertsError::NoNames("data-plane"));
+    }
+    std::fs::create_dir_all(&request.out_dir).map_err(io(&request.out_dir))?;
+    let (issuer, new_ca) = ca(request)?;
+    let mut written = Vec::new();
+    if new_ca {
+        written.push(request.out_dir.join(CA_CERT));
+        written.push(request.out_dir.join(CA_KEY));
+    }
+    for (names, usage, cert_name, key_name) in [
+        (
+            &request.control_plane_names,
+            ExtendedKeyUsagePurpose::ServerAuth,
+            CONTROL_CERT,
+            CONTROL_KEY,
+        ),
+        (
+            &request.data_plane_names,
+            ExtendedKeyUsagePurpose::ClientAuth,
+            DATA_CERT,
+            DATA_KEY,
+        ),
+    ] {
+        let (cert, key) = leaf(&issuer, names, usage, request.days)?;
+        // The key first: a reader that sees the new certificate must find its key.
+        let key_path = request.out_dir.join(key_name);
+        let cert_path = request.out_dir.join(cert_name);
+        write(&key_path, &key, true)?;
+        write(&cert_path, &cert, false)?;
+        written.push(cert_path);
+        written.push(key_path);
+    }
+    Ok(written)
+}
