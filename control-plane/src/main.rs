@@ -73,25 +73,27 @@ enum Command {
     Probe(pavilion_telemetry::probe::ProbeArgs),
     /// Make (or rotate) the control channel's certificates: a CA, the control plane's
     /// server certificate and the data planes' client certificate, as PEM files.
+    #[command(group = clap::ArgGroup::new("to").required(true).args(["out_dir", "secret_prefix"]))]
     Certs {
         /// Where the files go (ca.crt, ca.key, control-plane.crt/.key, data-plane.crt/.key);
         /// a CA already there signs the new certificates (rotation).
         #[arg(long)]
-        out_dir: PathBuf,
-        /// Names (DNS or IP) the control plane is reached by, comma-separated.
-        #[arg(
-            long,
-            value_delimiter = ',',
-            default_value = "pavilion-control,localhost,127.0.0.1"
-        )]
-        control_plane_names: Vec<String>,
-        /// Node ids data planes may announce, comma-separated; `*.NAME` covers one label
-        /// (run data planes with --node-id POD.NAME).
-        #[arg(long, value_delimiter = ',', default_value = "*.pavilion-data")]
-        data_plane_names: Vec<String>,
-        /// Validity of the two certificates in days (the CA's: ten times as long).
-        #[arg(long, default_value_t = 90)]
-        days: u32,
+        out_dir: Option<PathBuf>,
+        /// Or keep them in Kubernetes Secrets PREFIX-ca, PREFIX-control-plane-tls and
+        /// PREFIX-data-plane-tls, made when missing and renewed when due (the chart runs this).
+        #[arg(long)]
+        secret_prefix: Option<String>,
+        /// --secret-prefix: the Secrets' namespace (default: this pod's).
+        #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+        namespace: String,
+        /// --secret-prefix: renew a certificate that expires within this many days.
+        #[arg(long, default_value_t = 30)]
+        renew_within_days: u32,
+        /// --secret-prefix: a kubeconfig file (default: KUBECONFIG, ~/.kube/config, or in-cluster).
+        #[arg(long, env = "KUBECONFIG")]
+        kubeconfig: Option<PathBuf>,
+        #[command(flatten)]
+        names: CertNames,
         /// Make a new CA even if the directory has one.
         #[arg(long)]
         new_ca: bool,
@@ -128,6 +130,37 @@ struct ExplainArgs {
     namespace: Option<String>,
     #[command(flatten)]
     gateway: GatewayArgs,
+}
+
+/// What the control channel's certificates are made for (`certs`, `run --tls-secret-prefix`).
+#[derive(clap::Args)]
+struct CertNames {
+    /// Names (DNS or IP) the control plane is reached by, comma-separated.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "pavilion-control,localhost,127.0.0.1"
+    )]
+    control_plane_names: Vec<String>,
+    /// Node ids data planes may announce, comma-separated; `*.NAME` covers one label
+    /// (run data planes with --node-id POD.NAME).
+    #[arg(long, value_delimiter = ',', default_value = "*.pavilion-data")]
+    data_plane_names: Vec<String>,
+    /// Validity of the two certificates in days (the CA's: ten times as long).
+    #[arg(long, default_value_t = 90)]
+    days: u32,
+}
+
+impl CertNames {
+    fn request(self, out_dir: PathBuf, new_ca: bool) -> pavilion_control::certs::CertsRequest {
+        pavilion_control::certs::CertsRequest {
+            out_dir,
+            control_plane_names: self.control_plane_names,
+            data_plane_names: self.data_plane_names,
+            days: self.days.max(1),
+            new_ca,
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -274,8 +307,26 @@ struct RunArgs {
     webhook_listen: Option<SocketAddr>,
     /// Serve --http-listen (the API, health, metrics) over HTTPS with the certificate of
     /// --grpc-tls-cert; probe it with `pavilion-control probe https://…`.
-    #[arg(long, env = "PAVILION_API_TLS", requires = "grpc_tls_cert")]
+    #[arg(long, env = "PAVILION_API_TLS")]
     api_tls: bool,
+    /// Make the control channel's certificates as Kubernetes Secrets PREFIX-ca,
+    /// PREFIX-control-plane-tls and PREFIX-data-plane-tls when missing, renew them when due
+    /// (checked hourly, from every replica), and serve with them: the Helm chart's default.
+    /// Data planes mount PREFIX-data-plane-tls.
+    #[arg(long, env = "PAVILION_TLS_SECRET_PREFIX", conflicts_with_all = ["grpc_tls_cert", "grpc_client_ca"])]
+    tls_secret_prefix: Option<String>,
+    /// --tls-secret-prefix: where the control plane's certificate files are written.
+    #[arg(
+        long,
+        env = "PAVILION_TLS_DIR",
+        default_value = "/var/run/pavilion/tls"
+    )]
+    tls_dir: PathBuf,
+    /// --tls-secret-prefix: renew a certificate that expires within this many days.
+    #[arg(long, env = "PAVILION_TLS_RENEW_WITHIN_DAYS", default_value_t = 30)]
+    tls_renew_within_days: u32,
+    #[command(flatten)]
+    tls_names: CertNames,
 }
 
 fn main() -> ExitCode {
@@ -350,27 +401,36 @@ fn main() -> ExitCode {
         Command::Probe(probe) => probe.run("pavilion-control"),
         Command::Certs {
             out_dir,
-            control_plane_names,
-            data_plane_names,
-            days,
+            secret_prefix,
+            namespace,
+            renew_within_days,
+            kubeconfig,
+            names,
             new_ca,
         } => {
-            let request = pavilion_control::certs::CertsRequest {
-                out_dir,
-                control_plane_names,
-                data_plane_names,
-                days: days.max(1),
-                new_ca,
+            let request = names.request(out_dir.unwrap_or_default(), new_ca);
+            let done = match secret_prefix {
+                Some(prefix) => {
+                    certs_in_secrets(&request, &prefix, &namespace, renew_within_days, kubeconfig)
+                }
+                None => pavilion_control::certs::generate(&request)
+                    .map(|files| {
+                        files
+                            .iter()
+                            .map(|file| format!("wrote {}", file.display()))
+                            .collect()
+                    })
+                    .map_err(anyhow::Error::from),
             };
-            match pavilion_control::certs::generate(&request) {
-                Ok(files) => {
-                    for file in files {
-                        println!("wrote {}", file.display());
+            match done {
+                Ok(lines) => {
+                    for line in lines {
+                        println!("{line}");
                     }
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
-                    eprintln!("pavilion-control: {e}");
+                    eprintln!("pavilion-control: {e:#}");
                     ExitCode::FAILURE
                 }
             }
@@ -500,6 +560,70 @@ fn explain(args: ExplainArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+fn certs_in_secrets(
+    request: &pavilion_control::certs::CertsRequest,
+    prefix: &str,
+    namespace: &str,
+    renew_within_days: u32,
+    kubeconfig: Option<PathBuf>,
+) -> anyhow::Result<Vec<String>> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let client = pavilion_control::kubernetes::client(&pavilion_control::KubeOptions {
+            kubeconfig,
+            ..pavilion_control::KubeOptions::default()
+        })
+        .await?;
+        let api = kube::Api::namespaced(client, namespace);
+        let actions =
+            pavilion_control::certs::secrets::ensure(&api, prefix, request, renew_within_days)
+                .await?;
+        Ok(actions.iter().map(ToString::to_string).collect())
+    })
+}
+
+/// Makes or reads the certificate Secrets, writes the control plane's files, and keeps
+/// them renewed; the files then serve like --grpc-tls-cert/-key/--grpc-client-ca.
+async fn certificates_from_secrets(
+    prefix: &str,
+    namespace: &str,
+    kubeconfig: Option<PathBuf>,
+    names: CertNames,
+    renew_within_days: u32,
+    dir: &std::path::Path,
+) -> anyhow::Result<pavilion_control::GrpcTls> {
+    use pavilion_control::certs::{self, secrets};
+    let client = pavilion_control::kubernetes::client(&pavilion_control::KubeOptions {
+        kubeconfig,
+        ..pavilion_control::KubeOptions::default()
+    })
+    .await?;
+    let api = kube::Api::namespaced(client, namespace);
+    let request = names.request(dir.to_owned(), false);
+    for action in secrets::prepare(&api, prefix, &request, renew_within_days, dir)
+        .await
+        .context("preparing the control-channel certificates")?
+    {
+        tracing::info!(%action, "control-channel certificates");
+    }
+    // The renewal runs as long as the process; the runtime's end stops it.
+    tokio::spawn(secrets::keep_renewed(
+        api,
+        prefix.to_owned(),
+        request,
+        renew_within_days,
+        dir.to_owned(),
+        secrets::CHECK_EVERY,
+    ));
+    Ok(pavilion_control::GrpcTls {
+        cert: dir.join(certs::CONTROL_CERT),
+        key: dir.join(certs::CONTROL_KEY),
+        client_ca: Some(dir.join(certs::CA_CERT)),
+    })
+}
+
 fn crds(out_dir: Option<PathBuf>) -> anyhow::Result<()> {
     use pavilion_crds::manifests::{all_yaml, definitions, to_yaml};
     let Some(dir) = out_dir else {
@@ -523,6 +647,31 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
             format!("{}-{}", host.trim(), std::process::id())
         });
+        let grpc_tls = match &args.tls_secret_prefix {
+            Some(prefix) => Some(
+                certificates_from_secrets(
+                    prefix,
+                    &args.lease_namespace,
+                    args.kubeconfig.clone(),
+                    args.tls_names,
+                    args.tls_renew_within_days,
+                    &args.tls_dir,
+                )
+                .await?,
+            ),
+            None => args
+                .grpc_tls_cert
+                .zip(args.grpc_tls_key)
+                .map(|(cert, key)| pavilion_control::GrpcTls {
+                    cert,
+                    key,
+                    client_ca: args.grpc_client_ca,
+                }),
+        };
+        anyhow::ensure!(
+            !args.api_tls || grpc_tls.is_some(),
+            "--api-tls needs a certificate: --grpc-tls-cert and --grpc-tls-key, or --tls-secret-prefix"
+        );
         let control_plane = pavilion_control::start(pavilion_control::Config {
             source: args.source,
             grpc_listen: args.grpc_listen,
@@ -536,14 +685,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             },
             mirror_to: args.mirror_to,
             gateway_namespace: args.gateway.gateway_namespace,
-            grpc_tls: args
-                .grpc_tls_cert
-                .zip(args.grpc_tls_key)
-                .map(|(cert, key)| pavilion_control::GrpcTls {
-                    cert,
-                    key,
-                    client_ca: args.grpc_client_ca,
-                }),
+            grpc_tls,
             api_token_file: args.api_token_file,
             api_tokens: Vec::new(),
             webhook_listen: args.webhook_listen,

@@ -37,7 +37,14 @@ async fn ready(State(state): State<AdminState>) -> Response {
         Some(true) => "reachable",
         Some(false) => "unreachable",
     };
-    if runtime.is_ready() {
+    if state
+        .shared
+        .stopping
+        .load(std::sync::atomic::Ordering::Relaxed)
+    {
+        let body = serde_json::json!({ "ready": false, "reason": "shutting down" });
+        (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response()
+    } else if runtime.is_ready() {
         Json(serde_json::json!({ "ready": true, "version": runtime.version, "redis": redis }))
             .into_response()
     } else {

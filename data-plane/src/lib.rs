@@ -90,6 +90,10 @@ pub struct Config {
     pub access_log: bool,
     /// How long in-flight requests may take to finish on shutdown.
     pub drain_timeout: Duration,
+    /// How long to keep serving after the stop signal with `/ready` failing, before the
+    /// drain: the time load balancers (kube-proxy, Swarm's routing mesh) take to stop
+    /// sending new connections here.
+    pub shutdown_delay: Duration,
     /// Idle and send timeouts, and the cap on open client connections.
     pub connections: ConnectionLimits,
     /// Tenants labelled individually in `pavilion_tenant_requests_total`.
@@ -120,6 +124,7 @@ impl Config {
             rate_limit: LimiterOptions::default(),
             access_log: false,
             drain_timeout: Duration::from_secs(10),
+            shutdown_delay: Duration::ZERO,
             connections: ConnectionLimits::default(),
             tenant_metric_labels: metrics::DEFAULT_TENANT_LABELS,
         }
@@ -162,6 +167,8 @@ pub struct DataPlane {
     /// The HTTPS-redirect listener's address, when there is one.
     pub redirect_addr: Option<SocketAddr>,
     applier: Applier,
+    shared: Arc<Shared>,
+    shutdown_delay: Duration,
     shutdown: watch::Sender<bool>,
     workers: Workers,
     tasks: Vec<JoinHandle<()>>,
@@ -195,6 +202,7 @@ pub async fn start(config: Config) -> Result<DataPlane, Error> {
     register_scraped(&metrics.registry, &config, redis.clone());
     let commands = commands::Commands::new(redis.clone());
     let shared = Arc::new(Shared::new(metrics.clone(), &config, limiter, commands));
+    let shared_for_stop = shared.clone();
     let jwks = JwksCache::new(
         config.jwks.clone(),
         tls.clone(),
@@ -297,6 +305,8 @@ pub async fn start(config: Config) -> Result<DataPlane, Error> {
         admin_addr,
         redirect_addr,
         applier,
+        shared: shared_for_stop,
+        shutdown_delay: config.shutdown_delay,
         shutdown,
         workers,
         tasks,
@@ -359,9 +369,20 @@ impl DataPlane {
         self.applier.current_version()
     }
 
-    /// Runs until `signal` resolves, then drains and stops.
+    /// Runs until `signal` resolves, then reports not ready, serves on for the shutdown
+    /// delay, drains and stops.
     pub async fn run_until(self, signal: impl Future<Output = ()>) {
         signal.await;
+        if !self.shutdown_delay.is_zero() {
+            self.shared
+                .stopping
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+            tracing::info!(
+                delay_ms = self.shutdown_delay.as_millis() as u64,
+                "stopping: /ready now fails; serving on until load balancers have noticed"
+            );
+            tokio::time::sleep(self.shutdown_delay).await;
+        }
         self.stop().await;
     }
 

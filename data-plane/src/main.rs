@@ -164,6 +164,11 @@ struct RunArgs {
     /// How long in-flight requests may take to finish after SIGTERM, in seconds.
     #[arg(long, env = "PAVILION_DRAIN_SECONDS", default_value_t = 10)]
     drain_seconds: u64,
+    /// Seconds to keep serving after SIGTERM with /ready failing, before the drain starts:
+    /// time for load balancers to stop sending (Kubernetes endpoints, Swarm's routing mesh).
+    /// The orchestrator's stop grace must cover this plus --drain-seconds.
+    #[arg(long, env = "PAVILION_SHUTDOWN_DELAY_SECONDS", default_value_t = 0)]
+    shutdown_delay_seconds: u64,
     /// How log lines are written (the access log included).
     #[arg(long, env = "PAVILION_LOG_FORMAT", value_enum, default_value_t)]
     log_format: LogFormat,
@@ -277,6 +282,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         },
         access_log: args.access_log,
         drain_timeout: Duration::from_secs(args.drain_seconds),
+        shutdown_delay: Duration::from_secs(args.shutdown_delay_seconds),
         tenant_metric_labels: args.tenant_metric_labels,
         connections: ConnectionLimits {
             idle_timeout: Duration::from_secs(args.idle_timeout_seconds.max(1)),

@@ -230,6 +230,41 @@ async fn sigterm_lets_in_flight_requests_finish() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_sigterm_ready_fails_while_traffic_is_served_for_the_shutdown_delay() {
+    let upstream = UpstreamProcess::start("u").await;
+    let config = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    std::fs::write(
+        config.path().join("r.yaml"),
+        route_yaml("r", "/", &upstream.url),
+    )
+    .unwrap();
+    let control = ControlProcess::start(config.path(), free_port()).await;
+    let mut data = DataProcess::start_with(
+        &format!("http://{}", control.grpc),
+        &state.path().join("cache.pb"),
+        free_port(),
+        &["--shutdown-delay-seconds", "2"],
+    )
+    .await;
+    let ready = format!("http://{}/ready", data.admin);
+    assert_eq!(HttpClient::http1().get(&ready).await.unwrap().status, 200);
+    data.child.signal_terminate();
+    let not_ready = eventually("/ready fails", Duration::from_secs(2), || async {
+        let reply = HttpClient::http1().get(&ready).await.ok()?;
+        (reply.status == 503).then_some(reply)
+    })
+    .await;
+    assert_eq!(not_ready.json()["reason"], "shutting down");
+    // Still inside the delay: new connections are served.
+    let reply = HttpClient::http1().get(&data.url("/x")).await.unwrap();
+    assert_eq!(reply.status, 200);
+    assert!(data.child.is_running());
+    let status = data.child.wait();
+    assert!(status.success(), "exit status {status}");
+}
+
 #[tokio::test]
 async fn the_data_plane_raises_its_soft_open_files_limit_to_the_hard_one() {
     let admin = format!("127.0.0.1:{}", free_port());

@@ -192,7 +192,13 @@ impl KubeApiServer {
 
     /// A kubeconfig for `token`, written once per token.
     pub fn kubeconfig(&self, token: &str) -> PathBuf {
-        let path = self.dir.path().join(format!("kubeconfig-{token}"));
+        // Named by a hash: ServiceAccount tokens are longer than a file name may be.
+        let mut hasher = std::hash::DefaultHasher::new();
+        std::hash::Hash::hash(token, &mut hasher);
+        let path = self.dir.path().join(format!(
+            "kubeconfig-{:016x}",
+            std::hash::Hasher::finish(&hasher)
+        ));
         if !path.exists() {
             let text = format!(
                 "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster:\n    server: https://127.0.0.1:{}\n    insecure-skip-tls-verify: true\nusers:\n- name: user\n  user:\n    token: {token}\ncontexts:\n- name: test\n  context: {{ cluster: test, user: user }}\ncurrent-context: test\n",

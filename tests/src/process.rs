@@ -72,6 +72,16 @@ pub struct Child {
 impl Child {
     /// Starts `binary` with `args`; stdout and stderr go to a log file.
     pub fn spawn(name: &str, binary: &Path, args: &[&str]) -> Child {
+        Self::spawn_with_env(name, binary, args, &[])
+    }
+
+    /// Like [`Child::spawn`], with environment variables besides the inherited ones.
+    pub fn spawn_with_env(
+        name: &str,
+        binary: &Path,
+        args: &[&str],
+        env: &[(String, String)],
+    ) -> Child {
         let dir = tempfile::tempdir().expect("temp dir");
         let log = dir.path().join(format!("{name}.log"));
         let out = File::create(&log).expect("log file");
@@ -82,6 +92,7 @@ impl Child {
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
             )
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
@@ -115,6 +126,18 @@ impl Child {
         let _ = Command::new("kill")
             .args(["-TERM", &self.inner.id().to_string()])
             .status();
+        self.inner.wait().expect("wait for child")
+    }
+
+    /// Sends SIGTERM without waiting for the exit.
+    pub fn signal_terminate(&self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.inner.id().to_string()])
+            .status();
+    }
+
+    /// Waits for the exit.
+    pub fn wait(&mut self) -> std::process::ExitStatus {
         self.inner.wait().expect("wait for child")
     }
 

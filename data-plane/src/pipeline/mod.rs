@@ -85,6 +85,9 @@ pub struct Shared {
     pub limiter: Limiter,
     /// Command ids remembered for idempotency.
     pub commands: Commands,
+    /// Set on SIGTERM: `/ready` answers 503 so load balancers stop sending, while traffic
+    /// is still served for the shutdown delay.
+    pub stopping: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
@@ -104,6 +107,7 @@ impl Shared {
             trusted_proxies: config.trusted_proxies.clone(),
             limiter,
             commands,
+            stopping: std::sync::atomic::AtomicBool::new(false),
         }
     }
 }

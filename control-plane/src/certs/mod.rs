@@ -7,6 +7,8 @@
 //! binaries reload their certificate files without a restart. `--new-ca` replaces the CA
 //! too (then every party needs the new CA file before the leaves change).
 
+pub mod secrets;
+
 use std::path::{Path, PathBuf};
 
 use rcgen::{
@@ -67,10 +69,12 @@ fn rc(what: &'static str) -> impl FnOnce(rcgen::Error) -> CertsError {
 
 /// Writes `text` to `path` through a temporary file and a rename, so a process reloading
 /// the file never reads half of it; keys are readable by the owner only.
-fn write(path: &Path, text: &str, secret: bool) -> Result<(), CertsError> {
+pub(crate) fn write(path: &Path, text: &str, secret: bool) -> Result<(), CertsError> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let aside = path.with_extension("tmp");
+    let mut aside = path.as_os_str().to_owned();
+    aside.push(".tmp");
+    let aside = PathBuf::from(aside);
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
@@ -90,29 +94,33 @@ fn validity(params: &mut CertificateParams, days: u32) {
     params.not_after = (now + std::time::Duration::from_secs(u64::from(days) * 86_400)).into();
 }
 
-/// The CA in `dir`, or a new one (written there).
-fn ca(request: &CertsRequest) -> Result<(Issuer<'static, KeyPair>, bool), CertsError> {
-    let cert_path = request.out_dir.join(CA_CERT);
-    let key_path = request.out_dir.join(CA_KEY);
-    if !request.new_ca && cert_path.exists() && key_path.exists() {
-        let cert = std::fs::read_to_string(&cert_path).map_err(io(&cert_path))?;
-        let key = std::fs::read_to_string(&key_path).map_err(io(&key_path))?;
-        let key = KeyPair::from_pem(&key).map_err(rc("reading ca.key"))?;
-        let issuer = Issuer::from_ca_cert_pem(&cert, key).map_err(rc("reading ca.crt"))?;
-        return Ok((issuer, false));
-    }
+/// A certificate and its key, as PEM.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pem {
+    pub cert: String,
+    pub key: String,
+}
+
+/// A new CA.
+fn new_ca(days: u32) -> Result<Pem, CertsError> {
     let mut params = CertificateParams::new(Vec::<String>::new()).map_err(rc("CA"))?;
     params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     params
         .distinguished_name
         .push(DnType::CommonName, "Pavilion control channel CA");
-    validity(&mut params, request.days.saturating_mul(10));
+    validity(&mut params, days.saturating_mul(10));
     let key = KeyPair::generate().map_err(rc("CA key"))?;
     let cert = params.self_signed(&key).map_err(rc("CA certificate"))?;
-    write(&cert_path, &cert.pem(), false)?;
-    write(&key_path, &key.serialize_pem(), true)?;
-    Ok((Issuer::new(params, key), true))
+    Ok(Pem {
+        cert: cert.pem(),
+        key: key.serialize_pem(),
+    })
+}
+
+fn issuer(ca: &Pem) -> Result<Issuer<'static, KeyPair>, CertsError> {
+    let key = KeyPair::from_pem(&ca.key).map_err(rc("reading the CA key"))?;
+    Issuer::from_ca_cert_pem(&ca.cert, key).map_err(rc("reading the CA certificate"))
 }
 
 fn leaf(
@@ -120,7 +128,7 @@ fn leaf(
     names: &[String],
     usage: ExtendedKeyUsagePurpose,
     days: u32,
-) -> Result<(String, String), CertsError> {
+) -> Result<Pem, CertsError> {
     let mut params = CertificateParams::new(names.to_vec()).map_err(rc("certificate names"))?;
     params
         .distinguished_name
@@ -130,46 +138,78 @@ fn leaf(
     validity(&mut params, days);
     let key = KeyPair::generate().map_err(rc("key"))?;
     let cert = params.signed_by(&key, issuer).map_err(rc("certificate"))?;
-    Ok((cert.pem(), key.serialize_pem()))
+    Ok(Pem {
+        cert: cert.pem(),
+        key: key.serialize_pem(),
+    })
 }
 
-/// Makes (or rotates) the certificates; returns the files written.
-pub fn generate(request: &CertsRequest) -> Result<Vec<PathBuf>, CertsError> {
+/// The two leaves, in the order (control plane, data plane).
+fn leaves(ca: &Pem, request: &CertsRequest) -> Result<[Pem; 2], CertsError> {
     if request.control_plane_names.is_empty() {
         return Err(CertsError::NoNames("control-plane"));
     }
     if request.data_plane_names.is_empty() {
         return Err(CertsError::NoNames("data-plane"));
     }
-    std::fs::create_dir_all(&request.out_dir).map_err(io(&request.out_dir))?;
-    let (issuer, new_ca) = ca(request)?;
-    let mut written = Vec::new();
-    if new_ca {
-        written.push(request.out_dir.join(CA_CERT));
-        written.push(request.out_dir.join(CA_KEY));
-    }
-    for (names, usage, cert_name, key_name) in [
-        (
+    let issuer = issuer(ca)?;
+    Ok([
+        leaf(
+            &issuer,
             &request.control_plane_names,
             ExtendedKeyUsagePurpose::ServerAuth,
-            CONTROL_CERT,
-            CONTROL_KEY,
-        ),
-        (
+            request.days,
+        )?,
+        leaf(
+            &issuer,
             &request.data_plane_names,
             ExtendedKeyUsagePurpose::ClientAuth,
-            DATA_CERT,
-            DATA_KEY,
-        ),
+            request.days,
+        )?,
+    ])
+}
+
+/// Makes (or rotates) the certificates as files in `request.out_dir`; returns the files
+/// written.
+pub fn generate(request: &CertsRequest) -> Result<Vec<PathBuf>, CertsError> {
+    let dir = &request.out_dir;
+    std::fs::create_dir_all(dir).map_err(io(dir))?;
+    let (cert_path, key_path) = (dir.join(CA_CERT), dir.join(CA_KEY));
+    let mut written = Vec::new();
+    let ca = if !request.new_ca && cert_path.exists() && key_path.exists() {
+        Pem {
+            cert: std::fs::read_to_string(&cert_path).map_err(io(&cert_path))?,
+            key: std::fs::read_to_string(&key_path).map_err(io(&key_path))?,
+        }
+    } else {
+        let ca = new_ca(request.days)?;
+        write(&cert_path, &ca.cert, false)?;
+        write(&key_path, &ca.key, true)?;
+        written.extend([cert_path, key_path]);
+        ca
+    };
+    let [control, data] = leaves(&ca, request)?;
+    for (pem, cert_name, key_name) in [
+        (control, CONTROL_CERT, CONTROL_KEY),
+        (data, DATA_CERT, DATA_KEY),
     ] {
-        let (cert, key) = leaf(&issuer, names, usage, request.days)?;
         // The key first: a reader that sees the new certificate must find its key.
-        let key_path = request.out_dir.join(key_name);
-        let cert_path = request.out_dir.join(cert_name);
-        write(&key_path, &key, true)?;
-        write(&cert_path, &cert, false)?;
-        written.push(cert_path);
-        written.push(key_path);
+        let key_path = dir.join(key_name);
+        let cert_path = dir.join(cert_name);
+        write(&key_path, &pem.key, true)?;
+        write(&cert_path, &pem.cert, false)?;
+        written.extend([cert_path, key_path]);
     }
     Ok(written)
+}
+
+/// Seconds until the first certificate of `pem` expires (negative once expired); `None`
+/// when it cannot be read.
+fn seconds_left(pem: &str) -> Option<i64> {
+    let not_after = pavilion_telemetry::scraped::not_after(pem.as_bytes())?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?
+        .as_secs();
+    Some(not_after - i64::try_from(now).ok()?)
 }
