@@ -25,6 +25,7 @@ pub mod runtime;
 pub mod security;
 pub mod snapshot;
 pub mod tls;
+pub mod trace;
 pub mod upstream;
 pub mod workers;
 
@@ -98,6 +99,10 @@ pub struct Config {
     pub connections: ConnectionLimits,
     /// Tenants labelled individually in `pavilion_tenant_requests_total`.
     pub tenant_metric_labels: usize,
+    /// Export spans of sampled requests to this OTLP/gRPC collector (`http://HOST:4317`).
+    pub trace_endpoint: Option<String>,
+    /// Share of new traces sampled (a client's `traceparent` flag is followed).
+    pub trace_sample_ratio: f64,
 }
 
 impl Config {
@@ -127,6 +132,8 @@ impl Config {
             shutdown_delay: Duration::ZERO,
             connections: ConnectionLimits::default(),
             tenant_metric_labels: metrics::DEFAULT_TENANT_LABELS,
+            trace_endpoint: None,
+            trace_sample_ratio: 0.01,
         }
     }
 }
@@ -157,6 +164,8 @@ pub enum Error {
         "control plane {0}: https:// needs --control-plane-ca, and --control-plane-ca needs https://"
     )]
     ControlPlaneScheme(String),
+    #[error(transparent)]
+    TraceExport(#[from] trace::export::ExportError),
 }
 
 /// A running data plane.
@@ -201,7 +210,20 @@ pub async fn start(config: Config) -> Result<DataPlane, Error> {
     );
     register_scraped(&metrics.registry, &config, redis.clone());
     let commands = commands::Commands::new(redis.clone());
-    let shared = Arc::new(Shared::new(metrics.clone(), &config, limiter, commands));
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let mut shared = Shared::new(metrics.clone(), &config, limiter, commands);
+    let mut trace_task = None;
+    if let Some(endpoint) = &config.trace_endpoint {
+        let (queue, task) = trace::export::SpanQueue::start(
+            endpoint,
+            &config.node_id,
+            &metrics.registry,
+            shutdown_rx.clone(),
+        )?;
+        shared.spans = Some(queue);
+        trace_task = Some(task);
+    }
+    let shared = Arc::new(shared);
     let shared_for_stop = shared.clone();
     let jwks = JwksCache::new(
         config.jwks.clone(),
@@ -228,12 +250,12 @@ pub async fn start(config: Config) -> Result<DataPlane, Error> {
     let admin_addr = admin_listener
         .local_addr()
         .map_err(listen_error(config.admin_listen))?;
-    let (shutdown, shutdown_rx) = watch::channel(false);
 
     if config.redirect_listen.is_some() && config.tls.is_none() {
         return Err(Error::RedirectWithoutTls);
     }
     let mut tasks = vec![tokio::spawn(jwks.refresh(shutdown_rx.clone()))];
+    tasks.extend(trace_task);
     if let Some(redis) = redis {
         tasks.push(tokio::spawn(redis.run(shutdown_rx.clone())));
     }

@@ -169,6 +169,13 @@ struct RunArgs {
     /// The orchestrator's stop grace must cover this plus --drain-seconds.
     #[arg(long, env = "PAVILION_SHUTDOWN_DELAY_SECONDS", default_value_t = 0)]
     shutdown_delay_seconds: u64,
+    /// Export spans of sampled requests (one per request, one per phase, the upstream call)
+    /// to this OTLP/gRPC collector, e.g. http://otel-collector:4317.
+    #[arg(long, env = "PAVILION_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
+    /// Share of new traces sampled, 0 to 1; a client's traceparent sampled flag is followed.
+    #[arg(long, env = "PAVILION_TRACE_SAMPLE_RATIO", default_value_t = 0.01)]
+    trace_sample_ratio: f64,
     /// How log lines are written (the access log included).
     #[arg(long, env = "PAVILION_LOG_FORMAT", value_enum, default_value_t)]
     log_format: LogFormat,
@@ -195,6 +202,10 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     if let Some(path) = &args.upstream_ca {
         upstream.extra_roots = read_certificates(path)?;
     }
+    anyhow::ensure!(
+        (0.0..=1.0).contains(&args.trace_sample_ratio),
+        "--trace-sample-ratio must be between 0 and 1"
+    );
     let node_id = args.node_id.clone().unwrap_or_else(host_name);
     let workers = match args.workers {
         Some(0) => anyhow::bail!("--workers must be at least 1"),
@@ -283,6 +294,8 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         access_log: args.access_log,
         drain_timeout: Duration::from_secs(args.drain_seconds),
         shutdown_delay: Duration::from_secs(args.shutdown_delay_seconds),
+        trace_endpoint: args.otlp_endpoint.clone(),
+        trace_sample_ratio: args.trace_sample_ratio,
         tenant_metric_labels: args.tenant_metric_labels,
         connections: ConnectionLimits {
             idle_timeout: Duration::from_secs(args.idle_timeout_seconds.max(1)),

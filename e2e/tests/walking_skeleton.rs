@@ -207,6 +207,14 @@ async fn sigterm_lets_in_flight_requests_finish() {
     assert_eq!(access["route"], "e2e/slow");
     assert_eq!(access["upstream"], upstream.url.as_str());
     assert_eq!(access["request_id"], reply.header("x-request-id").unwrap());
+    // The trace the response names (traceparent: 00-TRACE-SPAN-FLAGS) is the line's.
+    let trace_id = reply
+        .header("traceparent")
+        .unwrap()
+        .split('-')
+        .nth(1)
+        .unwrap();
+    assert_eq!(access["trace_id"], trace_id);
     assert!(access["duration_ms"].as_f64().unwrap() >= 700.0, "{access}");
     assert_eq!(access["flags"], "-");
     // Why an upstream failed, Envoy-style: UF, the connection failed.

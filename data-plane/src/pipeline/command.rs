@@ -243,6 +243,14 @@ async fn submit(
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
     headers.insert(TE, HeaderValue::from_static("trailers"));
     headers.insert(&X_REQUEST_ID, context.request_id.clone());
+    headers.insert(
+        &crate::trace::TRACEPARENT,
+        context.trace.traceparent(context.trace.upstream_parent()),
+    );
+    headers.insert(
+        &crate::trace::X_CORRELATION_ID,
+        context.trace.correlation_id.clone(),
+    );
     if let Ok(tenant) = HeaderValue::from_str(tenant) {
         headers.insert(&X_TENANT_ID, tenant);
     }

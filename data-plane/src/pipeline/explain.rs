@@ -153,6 +153,7 @@ pub async fn explain(
         permit: None,
         byte_targets: Vec::new(),
         target: None,
+        trace: crate::trace::Trace::none(&HeaderValue::from_static("explain")),
     };
     let mut report = Report {
         snapshot: runtime.version.clone(),

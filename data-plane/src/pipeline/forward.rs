@@ -13,8 +13,9 @@ use hyper::body::Incoming;
 use crate::auth::ip;
 use crate::body::{Metered, RequestBody, ResponseBody};
 use crate::deny::Deny;
-use crate::headers::{self, Peer, X_REQUEST_ID, X_TENANT_ID};
+use crate::headers::{self, X_REQUEST_ID, X_TENANT_ID};
 use crate::runtime::{Rule, Runtime};
+use crate::trace::{TRACEPARENT, X_CORRELATION_ID};
 use crate::upstream::{Protocol, Target, UpstreamError};
 
 use super::admit::Rewrite;
@@ -44,8 +45,8 @@ pub(super) async fn forward<'r>(
         target,
         rewrite.path,
         rewrite.authority,
-        (client, behind_proxy),
-        &context.request_id,
+        behind_proxy,
+        context,
         shared.limits.max_body_bytes,
     )?;
     // Only the gateway states identities and tenants; rules with auth put theirs in now.
@@ -137,16 +138,18 @@ fn failed(
 }
 
 /// Turns the client's request into the upstream's: target URI, hop-by-hop fields gone,
-/// forwarding facts and request id added, the body streamed through the size limit.
+/// forwarding facts, request id and trace context added, the body streamed through the
+/// size limit.
 fn upstream_request(
     request: Request<Incoming>,
     target: &Target,
     new_path: Option<String>,
     original_host: Option<HeaderValue>,
-    (client, behind_proxy): (&Peer, Option<IpAddr>),
-    request_id: &HeaderValue,
+    behind_proxy: Option<IpAddr>,
+    context: &Context<'_>,
     max_body_bytes: u64,
 ) -> Result<Request<RequestBody>, Deny> {
+    let trace = &context.trace;
     let (mut parts, body) = request.into_parts();
     let path_and_query = match new_path {
         // Origin-form as received; an absolute-form target without a path
@@ -167,8 +170,17 @@ fn upstream_request(
 
     let headers = &mut parts.headers;
     headers::strip_hop_by_hop(headers, true);
-    headers::add_forwarded(headers, client, original_host.as_ref(), behind_proxy);
-    headers.insert(&X_REQUEST_ID, request_id.clone());
+    headers::add_forwarded(
+        headers,
+        context.client,
+        original_host.as_ref(),
+        behind_proxy,
+    );
+    headers.insert(&X_REQUEST_ID, context.request_id.clone());
+    // The upstream continues this trace as a child of the upstream call (tracestate, if
+    // any, passes unchanged).
+    headers.insert(&TRACEPARENT, trace.traceparent(trace.upstream_parent()));
+    headers.insert(&X_CORRELATION_ID, trace.correlation_id.clone());
     match target.protocol {
         // HTTP/2 carries the host in :authority, which is the backend's here.
         Protocol::H2c => {

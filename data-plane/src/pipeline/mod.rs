@@ -88,6 +88,10 @@ pub struct Shared {
     /// Set on SIGTERM: `/ready` answers 503 so load balancers stop sending, while traffic
     /// is still served for the shutdown delay.
     pub stopping: std::sync::atomic::AtomicBool,
+    /// Which new traces are sampled.
+    pub sampler: crate::trace::Sampler,
+    /// Where sampled requests' spans go, when an OTLP endpoint is configured.
+    pub spans: Option<crate::trace::export::SpanQueue>,
 }
 
 impl Shared {
@@ -108,6 +112,8 @@ impl Shared {
             limiter,
             commands,
             stopping: std::sync::atomic::AtomicBool::new(false),
+            sampler: crate::trace::Sampler::ratio(config.trace_sample_ratio),
+            spans: None,
         }
     }
 }
@@ -145,6 +151,8 @@ pub(crate) struct Context<'r> {
     pub byte_targets: Vec<ByteTarget>,
     /// The backend; set by `placement`.
     pub target: Option<&'r Target>,
+    /// The trace and correlation ids, and the spans when the request is recorded.
+    pub trace: crate::trace::Trace,
 }
 
 /// Whether the request is a gRPC call (`content-type: application/grpc…`).
@@ -186,10 +194,18 @@ impl Proxy {
         // One snapshot per request: the runtime it starts with is the one it finishes with.
         let runtime = self.shared.runtime.load_full();
         let line = respond::AccessLine::take(&self.shared, &request);
+        let request_id = headers::request_id(request.headers());
+        let trace = crate::trace::Trace::start(
+            &request,
+            &request_id,
+            self.shared.sampler,
+            self.shared.spans.is_some(),
+            started.into_std(),
+        );
         let mut context = Context {
             client,
             grpc: is_grpc(&request),
-            request_id: headers::request_id(request.headers()),
+            request_id,
             started,
             rule: None,
             client_ip: None,
@@ -199,6 +215,7 @@ impl Proxy {
             permit: None,
             byte_targets: Vec::new(),
             target: None,
+            trace,
         };
         let outcome = self.phases(&runtime, request, &mut context).await;
         respond::respond(&self.shared, &runtime, context, outcome, line)
@@ -212,10 +229,14 @@ impl Proxy {
         context: &mut Context<'r>,
     ) -> Result<Response<ResponseBody>, Deny> {
         let shared = &*self.shared;
+        context.trace.phase("admit");
         admit::ready(runtime)?;
         let admitted = admit::admit(&request, &shared.limits, shared.escaped_slashes)?;
+        context.trace.phase("route");
         let rule = route::find(runtime, &admitted, &request, context)?;
+        context.trace.phase("ip");
         ip::check(rule, &request, &shared.trusted_proxies, context)?;
+        context.trace.phase("limits");
         limits::check(
             &shared.limiter,
             &rule.limits_before_auth,
@@ -224,10 +245,15 @@ impl Proxy {
             context,
         )
         .await?;
+        context.trace.phase("authn");
         authn::authenticate(rule, &request, &admitted, &self.tokens, runtime, context).await?;
+        context.trace.phase("tenant");
         tenant::check(rule, &request, runtime, context)?;
+        context.trace.phase("authorize");
         authorize::check(rule, context)?;
+        context.trace.phase("placement");
         let target = placement::pick(runtime, rule, context)?;
+        context.trace.phase("limits-id");
         limits::check(
             &shared.limiter,
             &rule.limits_after_auth,
@@ -236,11 +262,14 @@ impl Proxy {
             context,
         )
         .await?;
+        context.trace.phase("quota");
         quota::take(shared, rule, &request, context).await?;
         if let Some(window) = rule.commands {
+            context.trace.phase("command");
             return command::serve(self, rule, target, request, window, context).await;
         }
         let rewrite = admitted.into_rewrite();
+        context.trace.phase("upstream");
         forward::forward(self, runtime, rule, target, request, rewrite, context).await
     }
 }

@@ -9,6 +9,8 @@ use crate::body::ResponseBody;
 use crate::deny::Deny;
 use crate::headers::X_REQUEST_ID;
 use crate::runtime::Runtime;
+use crate::trace::export::Ended;
+use crate::trace::{TRACEPARENT, X_CORRELATION_ID};
 
 use super::{Context, Shared};
 
@@ -42,6 +44,7 @@ pub(super) fn respond(
         tenant,
         rate_headers,
         target,
+        mut trace,
         ..
     } = context;
     let (mut response, denied) = match outcome {
@@ -83,10 +86,13 @@ pub(super) fn respond(
     if let Some(tenant) = tenant {
         runtime.tenant_metrics.observe(tenant, status);
     }
+    let trace_id = crate::trace::trace_id_hex(&trace.trace_id);
+    let trace_id = std::str::from_utf8(&trace_id).unwrap_or_default();
     if let AccessLine(Some((method, uri))) = line {
         tracing::info!(
             target: "pavilion::access",
             request_id = request_id.to_str().unwrap_or_default(),
+            trace_id,
             client = %client.addr.ip(),
             method = %method,
             path = uri.path(),
@@ -102,6 +108,24 @@ pub(super) fn respond(
             "request"
         );
     }
-    response.headers_mut().insert(&X_REQUEST_ID, request_id);
+    if let (Some(spans), Some(recording)) = (&shared.spans, trace.take_recording()) {
+        spans.send(
+            &trace,
+            *recording,
+            Ended {
+                status: status.as_u16(),
+                route: rule.map(|r| &*r.route),
+                upstream: target.map(|t| &*t.url),
+                error: denied.map(|(code, _)| code),
+                tenant,
+                client: client.addr.ip(),
+                request_id: request_id.to_str().unwrap_or_default(),
+            },
+        );
+    }
+    let headers = response.headers_mut();
+    headers.insert(&TRACEPARENT, trace.traceparent(trace.span_id));
+    headers.insert(&X_CORRELATION_ID, trace.correlation_id);
+    headers.insert(&X_REQUEST_ID, request_id);
     response
 }
