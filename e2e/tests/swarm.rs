@@ -2,9 +2,10 @@
 //! image from debootstrap, binaries from this build — no registry is reachable), the
 //! secrets made by swarm/bootstrap, swarm/stacks/platform.yml deployed on a one-node swarm
 //! of the machine's dockerd, a Route put into the KV bucket with `pavilion-control kv put`,
-//! traffic through the published edge port, and a rolling update of the data planes under
-//! continuous load: no request fails and a ready data plane is there throughout. Everything
-//! the test makes is removed afterwards (the swarm too, when the test made it).
+//! traffic through the published edge port, data planes without the stack's client
+//! certificate refused, and a rolling update of the data planes under continuous load: no
+//! request fails and a ready data plane is there throughout. Everything the test makes is
+//! removed afterwards (the swarm too, when the test made it), except the cached base image.
 //!
 //! NATS, Redis and HAProxy come from one Debian image the test builds (the stack's
 //! defaults are the public images).
@@ -98,6 +99,13 @@ impl Drop for Cleanup {
             let _ = docker(&["secret", "rm", secret]);
         }
         let _ = docker(&["network", "rm", &format!("{STACK}_platform")]);
+        // The images made from this build (the debootstrap base stays: it is the cache).
+        let _ = docker(&[
+            "rmi",
+            &format!("pavilion-control:{TAG}"),
+            &format!("pavilion-data:{TAG}"),
+            &format!("pavilion-e2e-services:{TAG}"),
+        ]);
         if self.left_swarm {
             let _ = docker(&["swarm", "leave", "--force"]);
         }
@@ -305,6 +313,96 @@ async fn the_stack_serves_and_rolls_its_data_planes_without_losing_a_request() {
         (reply.status == 200 && reply.header("x-upstream") == Some("swarm")).then_some(())
     })
     .await;
+
+    // Beside the stack, data planes without a certificate or with one of another CA (the
+    // stack's CA file, a foreign client certificate) get no snapshot.
+    let foreign = tempfile::tempdir().unwrap();
+    run_ok(
+        Command::new(binary("pavilion-control"))
+            .args(["certs", "--out-dir"])
+            .arg(foreign.path().join("other"))
+            .args(["--data-plane-names", "*.data.pavilion"]),
+    );
+    let mounted = foreign.path().join("mounted");
+    std::fs::create_dir_all(&mounted).unwrap();
+    std::fs::copy(ca_dir.path().join("ca/ca.crt"), mounted.join("ca.crt")).unwrap();
+    std::fs::copy(
+        foreign.path().join("other/data-plane.crt"),
+        mounted.join("tls.crt"),
+    )
+    .unwrap();
+    std::fs::copy(
+        foreign.path().join("other/data-plane.key"),
+        mounted.join("tls.key"),
+    )
+    .unwrap();
+    // Readable by the image's user.
+    run_ok(Command::new("chmod").args(["-R", "a+rX"]).arg(&mounted));
+    let network = format!("{STACK}_platform");
+    let volume = format!("{}:/tls:ro", mounted.display());
+    let common = [
+        "run",
+        "-d",
+        "--network",
+        &network,
+        "-v",
+        &volume,
+        "-e",
+        "PAVILION_CONTROL_PLANE=https://control:18000",
+        "-e",
+        "PAVILION_CONTROL_PLANE_SERVER_NAME=control",
+        "-e",
+        "PAVILION_CONTROL_PLANE_CA=/tls/ca.crt",
+    ];
+    let mut anonymous: Vec<&str> = common.to_vec();
+    anonymous.extend([
+        "-e",
+        "PAVILION_NODE_ID=anonymous.data.pavilion",
+        &data_image,
+        "run",
+    ]);
+    let mut stranger: Vec<&str> = common.to_vec();
+    stranger.extend([
+        "-e",
+        "PAVILION_CONTROL_PLANE_CERT=/tls/tls.crt",
+        "-e",
+        "PAVILION_CONTROL_PLANE_KEY=/tls/tls.key",
+        "-e",
+        "PAVILION_NODE_ID=stranger.data.pavilion",
+        &data_image,
+        "run",
+    ]);
+    for args in [anonymous, stranger] {
+        let id = docker_ok(&args);
+        eventually(
+            "the refused data plane reports its stream down",
+            patience,
+            || {
+                let id = id.clone();
+                async move {
+                    let logs = docker(&["logs", &id]);
+                    String::from_utf8_lossy(&logs.stdout)
+                        .contains("snapshot stream down")
+                        .then_some(())
+                }
+            },
+        )
+        .await;
+        let ready = docker(&[
+            "exec",
+            &id,
+            "/usr/local/bin/pavilion-data",
+            "probe",
+            "http://127.0.0.1:9901/ready",
+        ]);
+        let logs = docker(&["logs", &id]);
+        let _ = docker(&["rm", "-f", &id]);
+        assert!(
+            !ready.status.success(),
+            "a data plane without the stack's client certificate got a snapshot: {}",
+            String::from_utf8_lossy(&logs.stdout)
+        );
+    }
 
     // A rolling update of the data planes under continuous load.
     let before = docker_ok(&["ps", "-q", "--filter", &format!("name={STACK}_data.")]);
