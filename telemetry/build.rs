@@ -15,10 +15,14 @@ fn main() {
     println!("cargo:rerun-if-env-changed=PAVILION_BUILD_TIME");
     let git_dir = output("git", &["rev-parse", "--git-dir"]);
     if let Some(dir) = &git_dir {
-        // A new commit or checkout changes one of these.
-        println!("cargo:rerun-if-changed={dir}/HEAD");
-        println!("cargo:rerun-if-changed={dir}/refs/heads");
-        println!("cargo:rerun-if-changed={dir}/packed-refs");
+        // A new commit or checkout changes one of these. Only existing paths: cargo
+        // treats a missing one as changed, which would rebuild everything every time.
+        for path in ["HEAD", "refs/heads", "packed-refs"] {
+            let path = std::path::Path::new(dir).join(path);
+            if path.exists() {
+                println!("cargo:rerun-if-changed={}", path.display());
+            }
+        }
     }
     let sha = std::env::var("PAVILION_GIT_SHA")
         .ok()

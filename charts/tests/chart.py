@@ -3,8 +3,8 @@
 
   chart.py check             lint (strict), schema checks, renders of every mode, and every
                              rendered object validated against the Kubernetes 1.30 schemas
-  chart.py install KUBECONFIG RELEASE NAMESPACE
-                             installs the chart (default values) and prints the manifest
+  chart.py install KUBECONFIG RELEASE NAMESPACE [VALUES_JSON]
+                             installs the chart and prints the manifest
 
 Called by e2e/tests/chart.rs, which also runs the installed configuration for real.
 """
@@ -76,6 +76,7 @@ def check():
 
     modes = {
         "default": {},
+        "generated certificates with the webhook": {"webhook": {"enabled": True}},
         "existing certificates, webhook, fixed replicas": {
             "certificates": {
                 "mode": "existing",
@@ -101,11 +102,12 @@ def check():
     print(json.dumps({"crds": crds, "kinds": summary}))
 
 
-def install(kubeconfig, release, namespace):
+def install(kubeconfig, release, namespace, values="{}"):
     config = helm_python.Config(kubeconfig_path=kubeconfig, namespace=namespace)
     chart = helm_python.Chart.load(str(CHART))
     # No kubelet runs here, so nothing could become ready: install without waiting.
-    result = config.install(chart, release, {}, namespace=namespace, create_namespace=True,
+    result = config.install(chart, release, json.loads(values), namespace=namespace,
+                            create_namespace=True,
                             timeout=120)
     status = config.status(release)
     print(json.dumps({"manifest": result.get("manifest", ""), "summary": {k: v for k, v in status.items() if k != "manifest"}}))
@@ -114,7 +116,7 @@ def install(kubeconfig, release, namespace):
 if __name__ == "__main__":
     if sys.argv[1:2] == ["check"]:
         check()
-    elif sys.argv[1:2] == ["install"] and len(sys.argv) == 5:
+    elif sys.argv[1:2] == ["install"] and len(sys.argv) in (5, 6):
         install(*sys.argv[2:])
     else:
         fail(__doc__)

@@ -521,7 +521,11 @@ fn register_scraped(
     );
     let mut collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![Box::new(behind)];
     if let Some(tls) = &config.grpc_tls {
-        collectors.push(Box::new(certificate_expiry(vec![tls.cert.clone()])));
+        // The CA too: it is not renewed by itself (docs/deploy.md), so its expiry must alert.
+        let files = std::iter::once(tls.cert.clone())
+            .chain(tls.client_ca.clone())
+            .collect();
+        collectors.push(Box::new(certificate_expiry(files)));
     }
     for collector in collectors {
         metrics

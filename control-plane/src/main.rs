@@ -302,9 +302,18 @@ struct RunArgs {
     #[arg(long, env = "PAVILION_MAX_STREAMS", default_value_t = pavilion_control::StreamLimits::default().total)]
     max_streams: usize,
     /// Serve the validating admission webhook (POST /validate) over HTTPS on this address,
-    /// with the certificate of --grpc-tls-cert; see deploy/kubernetes/webhook.yaml.
-    #[arg(long, env = "PAVILION_WEBHOOK_LISTEN", requires = "grpc_tls_cert")]
+    /// with the control plane's certificate (--grpc-tls-cert or --tls-secret-prefix); see
+    /// deploy/kubernetes/webhook.yaml.
+    #[arg(long, env = "PAVILION_WEBHOOK_LISTEN")]
     webhook_listen: Option<SocketAddr>,
+    /// --tls-secret-prefix: keep the caBundle of this ValidatingWebhookConfiguration equal
+    /// to the CA the control plane made (the chart sets it with webhook.enabled).
+    #[arg(
+        long,
+        env = "PAVILION_WEBHOOK_CONFIGURATION",
+        requires = "tls_secret_prefix"
+    )]
+    webhook_configuration: Option<String>,
     /// Serve --http-listen (the API, health, metrics) over HTTPS with the certificate of
     /// --grpc-tls-cert; probe it with `pavilion-control probe https://…`.
     #[arg(long, env = "PAVILION_API_TLS")]
@@ -593,6 +602,7 @@ async fn certificates_from_secrets(
     names: CertNames,
     renew_within_days: u32,
     dir: &std::path::Path,
+    webhook: Option<String>,
 ) -> anyhow::Result<pavilion_control::GrpcTls> {
     use pavilion_control::certs::{self, secrets};
     let client = pavilion_control::kubernetes::client(&pavilion_control::KubeOptions {
@@ -600,13 +610,23 @@ async fn certificates_from_secrets(
         ..pavilion_control::KubeOptions::default()
     })
     .await?;
-    let api = kube::Api::namespaced(client, namespace);
+    let api = kube::Api::namespaced(client.clone(), namespace);
     let request = names.request(dir.to_owned(), false);
     for action in secrets::prepare(&api, prefix, &request, renew_within_days, dir)
         .await
         .context("preparing the control-channel certificates")?
     {
         tracing::info!(%action, "control-channel certificates");
+    }
+    let webhook = webhook.map(|name| secrets::WebhookCa {
+        api: kube::Api::all(client),
+        name,
+    });
+    if let Some(webhook) = &webhook {
+        webhook
+            .publish(&std::fs::read_to_string(dir.join(certs::CA_CERT))?)
+            .await
+            .context("publishing the CA to the webhook configuration")?;
     }
     // The renewal runs as long as the process; the runtime's end stops it.
     tokio::spawn(secrets::keep_renewed(
@@ -616,6 +636,7 @@ async fn certificates_from_secrets(
         renew_within_days,
         dir.to_owned(),
         secrets::CHECK_EVERY,
+        webhook,
     ));
     Ok(pavilion_control::GrpcTls {
         cert: dir.join(certs::CONTROL_CERT),
@@ -656,6 +677,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
                     args.tls_names,
                     args.tls_renew_within_days,
                     &args.tls_dir,
+                    args.webhook_configuration.clone(),
                 )
                 .await?,
             ),

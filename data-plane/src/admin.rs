@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{ConnectInfo, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::get;
@@ -54,11 +54,18 @@ async fn ready(State(state): State<AdminState>) -> Response {
 }
 
 /// What this data plane would do with the described request, phase by phase (the same
-/// report as `pavilion-control explain`).
+/// report as `pavilion-control explain`). Only for callers on this host (`kubectl
+/// port-forward`, `exec`): it says whether a credential is valid and names backends, and
+/// the admin listener is reachable from the network for probes and metrics.
 async fn explain(
     State(state): State<AdminState>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
     Json(described): Json<crate::pipeline::explain::Described>,
 ) -> Response {
+    if !peer.ip().is_loopback() {
+        let body = serde_json::json!({ "error": { "code": "forbidden", "message": "explain answers on loopback only (kubectl port-forward or exec)" } });
+        return (StatusCode::FORBIDDEN, Json(body)).into_response();
+    }
     let runtime = state.shared.runtime.load_full();
     match crate::pipeline::explain::explain(&state.shared, &runtime, &described).await {
         Ok(report) => Json(report).into_response(),

@@ -178,6 +178,8 @@ pub struct DataPlane {
     applier: Applier,
     shared: Arc<Shared>,
     shutdown_delay: Duration,
+    trace_stop: watch::Sender<bool>,
+    trace_task: Option<JoinHandle<()>>,
     shutdown: watch::Sender<bool>,
     workers: Workers,
     tasks: Vec<JoinHandle<()>>,
@@ -213,12 +215,14 @@ pub async fn start(config: Config) -> Result<DataPlane, Error> {
     let (shutdown, shutdown_rx) = watch::channel(false);
     let mut shared = Shared::new(metrics.clone(), &config, limiter, commands);
     let mut trace_task = None;
+    // The exporter stops after the workers have drained, so the drain's spans go too.
+    let (trace_stop, trace_stop_rx) = watch::channel(false);
     if let Some(endpoint) = &config.trace_endpoint {
         let (queue, task) = trace::export::SpanQueue::start(
             endpoint,
             &config.node_id,
             &metrics.registry,
-            shutdown_rx.clone(),
+            trace_stop_rx,
         )?;
         shared.spans = Some(queue);
         trace_task = Some(task);
@@ -255,7 +259,6 @@ pub async fn start(config: Config) -> Result<DataPlane, Error> {
         return Err(Error::RedirectWithoutTls);
     }
     let mut tasks = vec![tokio::spawn(jwks.refresh(shutdown_rx.clone()))];
-    tasks.extend(trace_task);
     if let Some(redis) = redis {
         tasks.push(tokio::spawn(redis.run(shutdown_rx.clone())));
     }
@@ -294,8 +297,11 @@ pub async fn start(config: Config) -> Result<DataPlane, Error> {
     let admin = admin::router(shared);
     let mut admin_shutdown = shutdown_rx.clone();
     tasks.push(tokio::spawn(async move {
-        let server = axum::serve(admin_listener, admin)
-            .with_graceful_shutdown(async move { stopped(&mut admin_shutdown).await });
+        let server = axum::serve(
+            admin_listener,
+            admin.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move { stopped(&mut admin_shutdown).await });
         if let Err(error) = server.await {
             tracing::error!(%error, "admin server failed");
         }
@@ -329,6 +335,8 @@ pub async fn start(config: Config) -> Result<DataPlane, Error> {
         applier,
         shared: shared_for_stop,
         shutdown_delay: config.shutdown_delay,
+        trace_stop,
+        trace_task,
         shutdown,
         workers,
         tasks,
@@ -412,7 +420,8 @@ impl DataPlane {
     pub async fn stop(self) {
         self.shutdown.send_replace(true);
         self.workers.join().await;
-        for task in self.tasks {
+        self.trace_stop.send_replace(true);
+        for task in self.tasks.into_iter().chain(self.trace_task) {
             let _ = task.await;
         }
     }

@@ -169,7 +169,15 @@ async fn ready(url: &str) -> bool {
 async fn the_installed_chart_runs_with_mutual_tls_and_refuses_uncertified_data_planes() {
     let kube = KubeApiServer::start();
     let admin = kube.kubeconfig(pavilion_tests::kube::ADMIN_TOKEN);
-    let installed = python(&["install", admin.to_str().unwrap(), RELEASE, NAMESPACE]);
+    // The webhook too: the control plane publishes its CA as the caBundle.
+    let values = r#"{"webhook": {"enabled": true}}"#;
+    let installed = python(&[
+        "install",
+        admin.to_str().unwrap(),
+        RELEASE,
+        NAMESPACE,
+        values,
+    ]);
     let summary = installed["summary"].to_string();
     assert!(summary.contains("deployed"), "{summary}");
 
@@ -210,6 +218,9 @@ async fn the_installed_chart_runs_with_mutual_tls_and_refuses_uncertified_data_p
                 Some(("--grpc-listen", _)) => format!("--grpc-listen=127.0.0.1:{grpc}"),
                 Some(("--http-listen", _)) => format!("--http-listen=127.0.0.1:{http}"),
                 Some(("--tls-dir", _)) => format!("--tls-dir={}", tls_dir.display()),
+                Some(("--webhook-listen", _)) => {
+                    format!("--webhook-listen=127.0.0.1:{}", free_port())
+                }
                 _ => a.to_owned(),
             }
         })
@@ -242,6 +253,22 @@ async fn the_installed_chart_runs_with_mutual_tls_and_refuses_uncertified_data_p
     ] {
         kube.kubectl_ok(&["get", "secret", name, "-n", NAMESPACE]);
     }
+    let bundle = kube.jsonpath(
+        &[
+            "validatingwebhookconfiguration",
+            "gw-pavilion-pavilion-system",
+        ],
+        "{.webhooks[0].clientConfig.caBundle}",
+    );
+    let ca_secret = kube.jsonpath(
+        &["secret", "gw-pavilion-ca", "-n", NAMESPACE],
+        "{.data.ca\\.crt}",
+    );
+    assert!(!bundle.is_empty(), "no caBundle published");
+    assert_eq!(
+        bundle, ca_secret,
+        "the webhook's caBundle is the CA the control plane made"
+    );
     kube.apply(
         "apiVersion: gateway.pavilion.dev/v1alpha1\nkind: Route\nmetadata: { name: r, namespace: default }\nspec:\n  rules:\n    - backends: [{ url: 'http://127.0.0.1:9' }]\n",
     );

@@ -183,28 +183,15 @@ async fn the_stack_serves_and_rolls_its_data_planes_without_losing_a_request() {
             .current_dir(workspace())
             .args(["Dockerfile.control", "Dockerfile.data"]),
     );
-    // Images from this build's binaries (the profile of this test run).
-    let profile = binary("pavilion-data")
-        .parent()
-        .unwrap()
-        .file_name()
-        .unwrap()
-        .to_string_lossy()
-        .into_owned();
+    // Images from this test run's binaries (no second build beside the running tests).
+    let binaries = binary("pavilion-data").parent().unwrap().to_owned();
     let base = run_ok(
         Command::new(workspace().join("scripts/docker-base")).env("DOCKER", docker_binary()),
     );
     run_ok(
         Command::new(workspace().join("scripts/images"))
             .arg(TAG)
-            .env(
-                "PROFILE",
-                if profile == "release" {
-                    "release"
-                } else {
-                    "debug"
-                },
-            )
+            .env("BINARIES_DIR", &binaries)
             .env("DOCKER", docker_binary()),
     );
     let control_image = format!("pavilion-control:{TAG}");
@@ -313,6 +300,16 @@ async fn the_stack_serves_and_rolls_its_data_planes_without_losing_a_request() {
         (reply.status == 200 && reply.header("x-upstream") == Some("swarm")).then_some(())
     })
     .await;
+    // The client's address passes the edge: not the edge's own on the overlay.
+    let echo = HttpClient::http1().get(&url).await.unwrap().json();
+    let real_ip = echo["headers"]["x-real-ip"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        !real_ip.is_empty() && !real_ip.starts_with("10.231.0."),
+        "the upstream sees the edge ({real_ip}) instead of the client"
+    );
 
     // Beside the stack, data planes without a certificate or with one of another CA (the
     // stack's CA file, a foreign client certificate) get no snapshot.

@@ -37,6 +37,8 @@ pub enum ProbeError {
     Url(String),
     #[error("{0}: {1}")]
     Io(String, std::io::Error),
+    #[error("{0}: https:// is probed on loopback only (its certificate is not verified)")]
+    NotLoopback(String),
     #[error("{0} answered `{1}`")]
     Status(String, String),
 }
@@ -65,6 +67,10 @@ pub fn probe(url: &str, timeout: Duration) -> Result<(), ProbeError> {
     stream.set_write_timeout(Some(timeout)).map_err(io)?;
     let request = format!("GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n");
     let line = if tls {
+        // An unverified certificate is only fine for asking this very host.
+        if !addr.ip().is_loopback() {
+            return Err(ProbeError::NotLoopback(url.to_owned()));
+        }
         let host = authority
             .rsplit_once(':')
             .map_or(authority, |(host, _)| host);

@@ -72,13 +72,14 @@ fn rc(what: &'static str) -> impl FnOnce(rcgen::Error) -> CertsError {
 pub(crate) fn write(path: &Path, text: &str, secret: bool) -> Result<(), CertsError> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
+    // A fresh name, created here with its mode: a leftover file (with another mode) is
+    // never reused.
     let mut aside = path.as_os_str().to_owned();
-    aside.push(".tmp");
+    aside.push(format!(".{:016x}.tmp", fastrand::u64(..)));
     let aside = PathBuf::from(aside);
     let mut file = std::fs::OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
         .mode(if secret { 0o600 } else { 0o644 })
         .open(&aside)
         .map_err(io(&aside))?;

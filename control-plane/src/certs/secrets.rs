@@ -149,7 +149,8 @@ pub async fn ensure(
     let mut actions = Vec::new();
     let ca_name = format!("{prefix}-ca");
     let ca = ca(api, &ca_name, request, &mut actions).await?;
-    let renew_within = i64::from(renew_within_days) * 86_400;
+    // A window as long as the validity would renew every hour: at most a third of it.
+    let renew_within = i64::from(renew_within_days.min(request.days / 3)) * 86_400;
     let mut fresh: Option<[Pem; 2]> = None;
     for (index, role, names) in [
         (0, "control-plane", &request.control_plane_names),
@@ -208,6 +209,37 @@ pub async fn ensure(
         }
     }
     Ok(actions)
+}
+
+/// The ValidatingWebhookConfiguration whose `caBundle` must be the CA the control plane
+/// made, so the API server trusts the webhook's certificate.
+pub struct WebhookCa {
+    pub api: Api<k8s_openapi::api::admissionregistration::v1::ValidatingWebhookConfiguration>,
+    pub name: String,
+}
+
+impl WebhookCa {
+    /// Sets every webhook's `caBundle` to `ca` (PEM) when it differs.
+    pub async fn publish(&self, ca: &str) -> Result<(), SecretsError> {
+        let name = &self.name;
+        let mut configuration = self.api.get(name).await.map_err(api_error(name))?;
+        let bundle = ByteString(ca.as_bytes().to_vec());
+        let mut changed = false;
+        for webhook in configuration.webhooks.iter_mut().flatten() {
+            if webhook.client_config.ca_bundle.as_ref() != Some(&bundle) {
+                webhook.client_config.ca_bundle = Some(bundle.clone());
+                changed = true;
+            }
+        }
+        if changed {
+            self.api
+                .replace(name, &PostParams::default(), &configuration)
+                .await
+                .map_err(api_error(name))?;
+            tracing::info!(webhook = %name, "published the control-channel CA as the webhook's caBundle");
+        }
+        Ok(())
+    }
 }
 
 /// Writes the control plane's certificate files (`ca.crt`, `control-plane.crt`,
@@ -270,12 +302,22 @@ pub async fn keep_renewed(
     renew_within_days: u32,
     dir: std::path::PathBuf,
     every: std::time::Duration,
+    webhook: Option<WebhookCa>,
 ) {
     loop {
         tokio::time::sleep(every).await;
         let outcome = async {
             let actions = ensure(&api, &prefix, &request, renew_within_days).await?;
             let changed = write_control_plane_files(&api, &prefix, &dir).await?;
+            if let Some(webhook) = &webhook {
+                let ca = std::fs::read_to_string(dir.join(super::CA_CERT)).map_err(|source| {
+                    SecretsError::Certs(CertsError::Io {
+                        path: dir.join(super::CA_CERT),
+                        source,
+                    })
+                })?;
+                webhook.publish(&ca).await?;
+            }
             Ok::<_, SecretsError>((actions, changed))
         }
         .await;

@@ -15,7 +15,7 @@ use crate::body::{Metered, RequestBody, ResponseBody};
 use crate::deny::Deny;
 use crate::headers::{self, X_REQUEST_ID, X_TENANT_ID};
 use crate::runtime::{Rule, Runtime};
-use crate::trace::{TRACEPARENT, X_CORRELATION_ID};
+use crate::trace::{TRACEPARENT, TRACESTATE, X_CORRELATION_ID};
 use crate::upstream::{Protocol, Target, UpstreamError};
 
 use super::admit::Rewrite;
@@ -180,6 +180,10 @@ fn upstream_request(
     // The upstream continues this trace as a child of the upstream call (tracestate, if
     // any, passes unchanged).
     headers.insert(&TRACEPARENT, trace.traceparent(trace.upstream_parent()));
+    if trace.parent.is_none() {
+        // A trace restarted here: the client's tracestate belongs to another (W3C).
+        headers.remove(&TRACESTATE);
+    }
     headers.insert(&X_CORRELATION_ID, trace.correlation_id.clone());
     match target.protocol {
         // HTTP/2 carries the host in :authority, which is the backend's here.

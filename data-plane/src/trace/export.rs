@@ -112,11 +112,12 @@ impl SpanQueue {
 
     /// Hands over the spans of a finished request (never waits).
     pub fn send(&self, trace: &Trace, recording: Recording, ended: Ended<'_>) {
-        let spans = spans(trace, recording, &ended, &self.scope);
-        let count = spans.len() as u64;
-        if self.sender.try_send(spans).is_err() {
-            self.dropped.inc_by(count);
-        }
+        // A full queue drops before any span is built.
+        let Ok(permit) = self.sender.try_reserve() else {
+            self.dropped.inc_by(recording.phases.len() as u64 + 1);
+            return;
+        };
+        permit.send(spans(trace, recording, &ended, &self.scope));
     }
 }
 

@@ -15,6 +15,7 @@ use std::time::{Instant, SystemTime};
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 pub static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+pub static TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 pub static X_CORRELATION_ID: HeaderName = HeaderName::from_static("x-correlation-id");
 
 /// Longest incoming correlation id kept as is.
