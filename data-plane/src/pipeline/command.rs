@@ -245,7 +245,7 @@ async fn submit(
     headers.insert(&X_REQUEST_ID, context.request_id.clone());
     headers.insert(
         &crate::trace::TRACEPARENT,
-        context.trace.traceparent(context.trace.upstream_parent()),
+        context.trace.upstream_traceparent(),
     );
     headers.insert(
         &crate::trace::X_CORRELATION_ID,

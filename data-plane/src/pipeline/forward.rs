@@ -179,7 +179,7 @@ fn upstream_request(
     headers.insert(&X_REQUEST_ID, context.request_id.clone());
     // The upstream continues this trace as a child of the upstream call (tracestate, if
     // any, passes unchanged).
-    headers.insert(&TRACEPARENT, trace.traceparent(trace.upstream_parent()));
+    headers.insert(&TRACEPARENT, trace.upstream_traceparent());
     if trace.parent.is_none() {
         // A trace restarted here: the client's tracestate belongs to another (W3C).
         headers.remove(&TRACESTATE);

@@ -124,7 +124,7 @@ pub(super) fn respond(
         );
     }
     let headers = response.headers_mut();
-    headers.insert(&TRACEPARENT, trace.traceparent(trace.span_id));
+    headers.insert(&TRACEPARENT, trace.own_traceparent());
     headers.insert(&X_CORRELATION_ID, trace.correlation_id);
     headers.insert(&X_REQUEST_ID, request_id);
     response

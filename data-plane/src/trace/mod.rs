@@ -59,6 +59,9 @@ pub struct Trace {
     pub sampled: bool,
     pub correlation_id: HeaderValue,
     recording: Option<Box<Recording>>,
+    /// `traceparent` naming this request's span, made once (shared by the upstream
+    /// request and the response when no phase span sits between them).
+    own: HeaderValue,
 }
 
 /// The spans being recorded for a sampled request.
@@ -138,6 +141,17 @@ fn hex_into(bytes: &[u8], out: &mut [u8]) {
     }
 }
 
+/// `traceparent` naming `span_id` of `trace_id` as the parent.
+fn traceparent(trace_id: &[u8; 16], span_id: &[u8; 8], sampled: bool) -> HeaderValue {
+    let mut text = *b"00-00000000000000000000000000000000-0000000000000000-00";
+    hex_into(trace_id, &mut text[3..35]);
+    hex_into(span_id, &mut text[36..52]);
+    if sampled {
+        text[54] = b'1';
+    }
+    HeaderValue::from_bytes(&text).expect("hex is a valid header value")
+}
+
 /// Lowercase hex of a trace id, for log lines.
 pub fn trace_id_hex(trace_id: &[u8; 16]) -> [u8; 32] {
     let mut out = [0u8; 32];
@@ -191,25 +205,29 @@ impl Trace {
                     .map(|a| crate::headers::host_of(a).into_owned()),
             })
         });
+        let span_id = random_span_id();
         Self {
             trace_id,
-            span_id: random_span_id(),
+            span_id,
             parent,
             sampled,
             correlation_id: correlation_id(headers, request_id),
             recording,
+            own: traceparent(&trace_id, &span_id, sampled),
         }
     }
 
     /// A trace that records nothing (for `explain`).
     pub fn none(request_id: &HeaderValue) -> Self {
+        let (trace_id, span_id) = (random_trace_id(), random_span_id());
         Self {
-            trace_id: random_trace_id(),
-            span_id: random_span_id(),
+            trace_id,
+            span_id,
             parent: None,
             sampled: false,
             correlation_id: request_id.clone(),
             recording: None,
+            own: traceparent(&trace_id, &span_id, false),
         }
     }
 
@@ -223,24 +241,18 @@ impl Trace {
         }
     }
 
-    /// The span an upstream request is sent as a child of: the phase running now when
-    /// recording (the upstream call), else this request's span.
-    pub fn upstream_parent(&self) -> [u8; 8] {
-        self.recording
-            .as_ref()
-            .and_then(|r| r.phases.last())
-            .map_or(self.span_id, |(_, id, _)| *id)
+    /// `traceparent` for the upstream: a child of the phase running now when recording
+    /// (the upstream call), else of this request's span.
+    pub fn upstream_traceparent(&self) -> HeaderValue {
+        match self.recording.as_ref().and_then(|r| r.phases.last()) {
+            Some((_, id, _)) => traceparent(&self.trace_id, id, self.sampled),
+            None => self.own.clone(),
+        }
     }
 
-    /// `traceparent` naming `span_id` as the parent.
-    pub fn traceparent(&self, span_id: [u8; 8]) -> HeaderValue {
-        let mut text = *b"00-00000000000000000000000000000000-0000000000000000-00";
-        hex_into(&self.trace_id, &mut text[3..35]);
-        hex_into(&span_id, &mut text[36..52]);
-        if self.sampled {
-            text[54] = b'1';
-        }
-        HeaderValue::from_bytes(&text).expect("hex is a valid header value")
+    /// `traceparent` naming this request's span (echoed to the client).
+    pub fn own_traceparent(&self) -> HeaderValue {
+        self.own.clone()
     }
 
     pub fn take_recording(&mut self) -> Option<Box<Recording>> {
@@ -295,7 +307,7 @@ mod tests {
         let trace = Trace::start(&parts, &id, Sampler::ratio(0.0), false, Instant::now());
         assert_eq!(trace.parent, Some(0x00f067aa0ba902b7u64.to_be_bytes()));
         assert!(trace.sampled, "the client's decision is followed");
-        let written = trace.traceparent(trace.span_id);
+        let written = trace.own_traceparent();
         let (trace_id, parent, sampled) = parse_traceparent(written.as_bytes()).unwrap();
         assert_eq!(
             (trace_id, parent, sampled),
