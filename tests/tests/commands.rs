@@ -28,6 +28,8 @@ struct Shard {
     name: &'static str,
     executions: Arc<Mutex<HashMap<String, u32>>>,
     versions: Arc<Mutex<HashMap<String, u64>>>,
+    /// `traceparent` and `x-correlation-id` of each call, as the shard received them.
+    traces: Arc<Mutex<Vec<(String, String)>>>,
 }
 
 #[tonic::async_trait]
@@ -42,6 +44,18 @@ impl CommandService for Shard {
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default()
             .to_owned();
+        let metadata = |name: &str| {
+            request
+                .metadata()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned()
+        };
+        self.traces
+            .lock()
+            .unwrap()
+            .push((metadata("traceparent"), metadata("x-correlation-id")));
         let command = request.into_inner();
         *self
             .executions
@@ -83,6 +97,7 @@ impl Shard {
             name,
             executions: Arc::default(),
             versions: Arc::default(),
+            traces: Arc::default(),
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -236,6 +251,20 @@ async fn grpc_and_json_commands_reach_the_tenants_shard_once_per_command_id() {
         .await
         .unwrap();
     assert!(first.metadata().get("x-command-replayed").is_none());
+    // The gRPC upstream continues the gateway's trace, with the correlation id echoed.
+    let echoed = |name: &str| {
+        first
+            .metadata()
+            .get(name)
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default()
+    };
+    let (upstream_trace, upstream_correlation) = shard.traces.lock().unwrap()[0].clone();
+    let trace_id = |traceparent: &str| traceparent.split('-').nth(1).unwrap_or("-").to_owned();
+    assert_eq!(trace_id(&upstream_trace), trace_id(&echoed("traceparent")));
+    assert_eq!(trace_id(&upstream_trace).len(), 32);
+    assert_eq!(upstream_correlation, echoed("x-correlation-id"));
+    assert!(!upstream_correlation.is_empty());
     let answer = first.into_inner();
     assert_eq!((answer.aggregate_id.as_str(), answer.version), ("o-1", 1));
     let event: Value = serde_json::from_slice(&answer.events[0].payload).unwrap();
