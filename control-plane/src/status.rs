@@ -104,6 +104,7 @@ fn enforced(kind: Kind) -> bool {
             | Kind::ApiKey
             | Kind::TokenRevocation
             | Kind::RateLimitPolicy
+            | Kind::CorsPolicy
             | Kind::Shard
             | Kind::TenantPlacement
     )
@@ -272,19 +273,10 @@ mod tests {
     }
 
     #[test]
-    fn kinds_nothing_enforces_yet_say_so() {
+    fn cors_policies_are_programmed_once_data_planes_run_them() {
         let r = report(Kind::CorsPolicy, Outcome::Accepted { warnings: vec![] });
         let conditions = conditions(&r, "v1", &[node("a", "v1", None)]);
-        assert_eq!(
-            summary(&conditions),
-            [
-                ("Accepted", "True", "Accepted"),
-                ("Programmed", "False", "NotEnforced")
-            ]
-        );
-        assert_eq!(
-            conditions[1].message,
-            "data planes do not enforce CorsPolicy yet"
-        );
+        assert_eq!(summary(&conditions)[1].0, "Programmed");
+        assert_eq!(summary(&conditions)[1].1, "True");
     }
 }

@@ -389,3 +389,47 @@ fn a_last_accepted_version_never_displaces_a_valid_definition() {
     assert_eq!(compiled.snapshot.routes.len(), 1);
     assert!(format!("{:?}", compiled.snapshot.routes[0]).contains("9100"));
 }
+
+fn cors_policy(name: &str, target: &str, origin: &str) -> String {
+    format!(
+        "apiVersion: gateway.pavilion.dev/v1alpha1\nkind: CorsPolicy\nmetadata: {{ name: {name}, namespace: shop }}\nspec:\n  targetRef: {target}\n  allowOrigins: ['{origin}']\n  allowMethods: [get, PUT]\n  allowHeaders: [Content-Type]\n  maxAge: 10m\n---\n"
+    )
+}
+
+#[test]
+fn a_routes_cors_policy_wins_over_its_namespaces() {
+    let compiled = compile(&items(&[(
+        "all.yaml",
+        &[
+            route("orders", "", SIMPLE),
+            route("carts", "", SIMPLE),
+            cors_policy(
+                "shop-wide",
+                "{ kind: Namespace, name: shop }",
+                "https://shop.test",
+            ),
+            cors_policy(
+                "orders-only",
+                "{ kind: Route, name: orders }",
+                "https://App.test",
+            ),
+        ]
+        .concat(),
+    )]));
+    let cors = |route: &str| {
+        compiled
+            .snapshot
+            .routes
+            .iter()
+            .find(|r| r.name == route)
+            .and_then(|r| r.rules[0].cors.clone())
+            .expect("a CORS policy reaches every route of the namespace")
+    };
+    let orders = cors("orders");
+    assert_eq!(orders.policy, "shop/orders-only");
+    assert_eq!(orders.allow_origins, ["https://app.test"]);
+    assert_eq!(orders.allow_methods, ["GET", "PUT"]);
+    assert_eq!(orders.allow_headers, ["content-type"]);
+    assert_eq!(orders.max_age_seconds, 600);
+    assert_eq!(cors("carts").policy, "shop/shop-wide");
+}

@@ -11,6 +11,7 @@ pub mod auth;
 pub mod body;
 pub mod commands;
 pub mod connection;
+pub mod cors;
 pub mod deny;
 pub mod headers;
 pub mod listener;

@@ -85,6 +85,9 @@ pub struct Rule {
     pub quotas: RuleQuotas,
     /// Shared by the rules of one route.
     pub concurrency: Option<Arc<Concurrency>>,
+    /// The CorsPolicy reaching the route; `None`: no CORS headers, preflights are plain
+    /// requests.
+    pub cors: Option<Arc<crate::cors::Cors>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -198,6 +201,7 @@ impl Runtime {
                     message,
                 })?;
             let mut route_ids = Vec::with_capacity(route.rules.len());
+            let mut route_cors: Option<Arc<crate::cors::Cors>> = None;
             for (index, rule) in route.rules.iter().enumerate() {
                 let backends_error = |message| BuildError::Backends {
                     route: name.clone(),
@@ -233,6 +237,16 @@ impl Runtime {
                     .map_err(rule_error)?
                     .split_by_identity();
                 let quotas = RuleQuotas::new(&rule.quotas).map_err(rule_error)?;
+                // One policy reaches every rule of a route: compiled once per route.
+                let cors = match (&rule.cors, &route_cors) {
+                    (None, _) => None,
+                    (Some(_), Some(compiled)) => Some(Arc::clone(compiled)),
+                    (Some(cors), None) => {
+                        let compiled = Arc::new(crate::cors::Cors::new(cors).map_err(rule_error)?);
+                        route_cors = Some(compiled.clone());
+                        Some(compiled)
+                    }
+                };
                 route_ids.push(rules.len() as RuleId);
                 rules.push(Rule {
                     route: name.as_str().into(),
@@ -258,6 +272,7 @@ impl Runtime {
                     limits_after_auth,
                     quotas,
                     concurrency: concurrency.clone(),
+                    cors,
                 });
             }
             ids.push(route_ids);

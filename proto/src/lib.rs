@@ -15,8 +15,8 @@ pub mod commands {
 
 pub use v1::{
     Allow, ApiKey, ApiKeyAuth, Auth, Backend, ClaimAllow, ClaimHeader, CommandApi,
-    ConcurrencyLimit, HeaderMatch, JwtProvider, Match, Node, PathMatch, PathMatchType, Placements,
-    Quota, QuotaPeriod, RateLimit, RateLimitBackend, RateLimitFailureMode, RateLimitOverride,
-    Route, Rule, SecurityHeaders, Shard, Snapshot, SnapshotRequest, SnapshotResponse, StaticKey,
-    Tenancy, TenantPlacement, TenantRoles, TokenRevocations,
+    ConcurrencyLimit, Cors, HeaderMatch, JwtProvider, Match, Node, PathMatch, PathMatchType,
+    Placements, Quota, QuotaPeriod, RateLimit, RateLimitBackend, RateLimitFailureMode,
+    RateLimitOverride, Route, Rule, SecurityHeaders, Shard, Snapshot, SnapshotRequest,
+    SnapshotResponse, StaticKey, Tenancy, TenantPlacement, TenantRoles, TokenRevocations,
 };

@@ -17,6 +17,7 @@
 mod attachment;
 mod auth;
 mod conflicts;
+mod cors;
 mod credentials;
 mod rate_limit;
 mod route;
@@ -222,7 +223,11 @@ pub fn compile_at_with(items: &[Item], now: i64, options: &CompileOptions) -> Co
         .filter(|(_, i)| reports[*i].is_accepted())
         .collect();
     attachment::attach(&routes, &policies, &limits, &mut reports);
-    let mut snapshot = route::build_snapshot(&routes, &mut reports, &limits);
+    let cors_policies: Vec<(&Resource, usize)> = accepted(Kind::CorsPolicy)
+        .filter(|(_, i)| reports[*i].is_accepted())
+        .collect();
+    let cors = cors::Cors::new(&cors_policies);
+    let mut snapshot = route::build_snapshot(&routes, &mut reports, &limits, &cors);
     let keys: Vec<(&Resource, usize)> = accepted(Kind::ApiKey)
         .filter(|(_, i)| reports[*i].is_accepted())
         .collect();

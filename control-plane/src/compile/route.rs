@@ -19,6 +19,7 @@ pub(super) fn build_snapshot(
     routes: &[(&Resource, usize)],
     reports: &mut [Report],
     limits: &Limits,
+    cors: &super::cors::Cors,
 ) -> proto::Snapshot {
     let mut ordered: Vec<(&Route, usize)> = routes
         .iter()
@@ -47,7 +48,11 @@ pub(super) fn build_snapshot(
                 .as_deref()
                 .unwrap_or(pavilion_crds::resource::DEFAULT_NAMESPACE);
             let name = r.metadata.name.as_deref().unwrap_or_default();
-            to_proto(r, &limits.for_route(namespace, name))
+            to_proto(
+                r,
+                &limits.for_route(namespace, name),
+                cors.for_route(namespace, name).as_ref(),
+            )
         })
         .collect();
     for (position, warning) in conflicts::find(&routes) {
@@ -62,7 +67,7 @@ pub(super) fn build_snapshot(
     }
 }
 
-fn to_proto(route: &Route, applied: &Applied) -> proto::Route {
+fn to_proto(route: &Route, applied: &Applied, cors: Option<&proto::Cors>) -> proto::Route {
     let security_headers = route
         .spec
         .security_headers
@@ -140,6 +145,7 @@ fn to_proto(route: &Route, applied: &Applied) -> proto::Route {
                 commands: rule.commands.as_ref().map(|c| proto::CommandApi {
                     window_ms: c.window().as_millis() as u64,
                 }),
+                cors: cors.cloned(),
             })
             .collect(),
     }

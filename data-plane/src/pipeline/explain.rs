@@ -21,7 +21,7 @@ use crate::ratelimit;
 use crate::route::RequestFacts;
 use crate::runtime::{Rule, Runtime};
 
-use super::{Context, Shared, admit, authn, authorize, ip, placement, route, tenant};
+use super::{Context, Shared, admit, authn, authorize, cors, ip, placement, route, tenant};
 
 /// A request as `explain` is asked about it.
 #[derive(Clone, Debug, Deserialize)]
@@ -154,6 +154,7 @@ pub async fn explain(
         byte_targets: Vec::new(),
         target: None,
         trace: crate::trace::Trace::none(&HeaderValue::from_static("explain")),
+        cors: None,
     };
     let mut report = Report {
         snapshot: runtime.version.clone(),
@@ -177,7 +178,13 @@ pub async fn explain(
     )
     .await;
     report.upstream = context.target.map(|t| t.url.to_string());
+    let preflight = report.phases.last().is_some_and(|p| p.phase == "cors");
     report.outcome = match decided {
+        Ok(()) if preflight => Outcome {
+            status: Some(204),
+            code: None,
+            message: "a CORS preflight, answered by the gateway".into(),
+        },
         Ok(()) => Outcome {
             status: None,
             code: None,
@@ -248,6 +255,20 @@ async fn phases<'r>(
     note(report, "route", Vec::new());
     let rule = route::find(runtime, &admitted, request, context)?;
     last(report).push(format!("route {} rules[{}]", rule.route, rule.index));
+
+    note(report, "cors", Vec::new());
+    let answered = cors::check(rule, request, context)?.is_some();
+    match &rule.cors {
+        Some(policy) if answered => {
+            last(report).push(format!(
+                "preflight answered by CorsPolicy {}",
+                policy.policy
+            ));
+            return Ok(());
+        }
+        Some(policy) => last(report).push(format!("CorsPolicy {}", policy.policy)),
+        None => skip(report),
+    }
 
     note(report, "ip", Vec::new());
     ip::check(rule, request, &shared.trusted_proxies, context)?;

@@ -16,6 +16,7 @@ pub mod admit;
 mod authn;
 mod authorize;
 mod command;
+mod cors;
 pub mod explain;
 mod forward;
 mod ip;
@@ -153,6 +154,9 @@ pub(crate) struct Context<'r> {
     pub target: Option<&'r Target>,
     /// The trace and correlation ids, and the spans when the request is recorded.
     pub trace: crate::trace::Trace,
+    /// On rules with a CorsPolicy, the request's `Origin` (if any) for the response's CORS
+    /// headers; `None` when there is nothing to add (no policy, or a preflight answered).
+    pub cors: Option<Option<http::HeaderValue>>,
 }
 
 /// Whether the request is a gRPC call (`content-type: application/grpc…`).
@@ -216,6 +220,7 @@ impl Proxy {
             byte_targets: Vec::new(),
             target: None,
             trace,
+            cors: None,
         };
         let outcome = self.phases(&runtime, request, &mut context).await;
         respond::respond(&self.shared, &runtime, context, outcome, line)
@@ -234,6 +239,10 @@ impl Proxy {
         let admitted = admit::admit(&request, &shared.limits, shared.escaped_slashes)?;
         context.trace.phase("route");
         let rule = route::find(runtime, &admitted, &request, context)?;
+        context.trace.phase("cors");
+        if let Some(answer) = cors::check(rule, &request, context)? {
+            return Ok(answer);
+        }
         context.trace.phase("ip");
         ip::check(rule, &request, &shared.trusted_proxies, context)?;
         context.trace.phase("limits");

@@ -45,6 +45,7 @@ pub(super) fn respond(
         rate_headers,
         target,
         mut trace,
+        cors,
         ..
     } = context;
     let (mut response, denied) = match outcome {
@@ -124,6 +125,9 @@ pub(super) fn respond(
         );
     }
     let headers = response.headers_mut();
+    if let (Some(origin), Some(policy)) = (cors, rule.and_then(|r| r.cors.as_deref())) {
+        policy.decorate(origin.as_ref(), headers);
+    }
     headers.insert(&TRACEPARENT, trace.own_traceparent());
     headers.insert(&X_CORRELATION_ID, trace.correlation_id);
     headers.insert(&X_REQUEST_ID, request_id);

@@ -1,0 +1,213 @@
+//! CORS in front of a real upstream: preflights answered by the gateway (found by the
+//! method they ask about, never reaching the upstream), refused ones as 403 naming the
+//! policy, actual responses with the headers for allowed origins only and `Vary: Origin`.
+
+use http::Request;
+use http_body_util::Full;
+use pavilion_data::{Config, DataPlane};
+use pavilion_proto as proto;
+use pavilion_tests::Upstream;
+use pavilion_tests::client::{HttpClient, Reply};
+use pavilion_tests::snapshot::{prefix_rule, route, snapshot};
+
+async fn gateway(upstream: &Upstream) -> DataPlane {
+    let mut rule = prefix_rule("/orders", &[(&upstream.url(), 1)]);
+    rule.matches[0].methods = vec!["GET".into(), "PUT".into()];
+    rule.cors = Some(proto::Cors {
+        policy: "shop/orders-cors".into(),
+        allow_origins: vec!["https://app.test".into(), "https://*.shop.test".into()],
+        allow_methods: vec!["GET".into(), "PUT".into()],
+        allow_headers: vec!["content-type".into(), "x-tenant-id".into()],
+        expose_headers: vec!["x-upstream".into()],
+        allow_credentials: true,
+        max_age_seconds: 600,
+    });
+    let plain = prefix_rule("/plain", &[(&upstream.url(), 1)]);
+    let mut denied = prefix_rule("/denied", &[(&upstream.url(), 1)]);
+    denied.ip_deny = vec!["127.0.0.0/8".into()];
+    denied.cors = rule.cors.clone();
+    let dp = pavilion_data::start(Config::local()).await.unwrap();
+    dp.apply(snapshot(
+        "v1",
+        vec![route("shop/orders", &[], vec![rule, plain, denied])],
+    ))
+    .await
+    .unwrap();
+    dp
+}
+
+async fn send(dp: &DataPlane, method: &str, path: &str, headers: &[(&str, &str)]) -> Reply {
+    let mut request = Request::builder()
+        .method(method)
+        .uri(format!("http://{}{path}", dp.addr));
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    HttpClient::http1()
+        .send(request.body(Full::default()).unwrap())
+        .await
+        .unwrap()
+}
+
+fn preflight<'a>(origin: &'a str, method: &'a str) -> Vec<(&'a str, &'a str)> {
+    vec![
+        ("origin", origin),
+        ("access-control-request-method", method),
+        ("access-control-request-headers", "content-type"),
+    ]
+}
+
+#[tokio::test]
+async fn preflights_are_answered_by_the_gateway_and_refusals_name_the_policy() {
+    let upstream = Upstream::start("u1").await.unwrap();
+    let dp = gateway(&upstream).await;
+
+    // Allowed: 204 from the gateway (the rule matches GET/PUT only; the preflight is found
+    // by the method it asks about), the upstream never sees it.
+    let reply = send(
+        &dp,
+        "OPTIONS",
+        "/orders/1",
+        &preflight("https://app.test", "PUT"),
+    )
+    .await;
+    assert_eq!(reply.status, 204, "{}", reply.text());
+    assert_eq!(
+        reply.header("access-control-allow-origin"),
+        Some("https://app.test")
+    );
+    assert_eq!(
+        reply.header("access-control-allow-methods"),
+        Some("GET, PUT")
+    );
+    assert_eq!(
+        reply.header("access-control-allow-headers"),
+        Some("content-type")
+    );
+    assert_eq!(
+        reply.header("access-control-allow-credentials"),
+        Some("true")
+    );
+    assert_eq!(reply.header("access-control-max-age"), Some("600"));
+    assert!(
+        reply.header("x-upstream").is_none(),
+        "the upstream answered a preflight"
+    );
+    let vary: Vec<&str> = reply
+        .headers
+        .get_all("vary")
+        .iter()
+        .map(|v| v.to_str().unwrap())
+        .collect();
+    assert!(vary.contains(&"Origin"), "{vary:?}");
+
+    // A wildcard origin.
+    let reply = send(
+        &dp,
+        "OPTIONS",
+        "/orders/1",
+        &preflight("https://eu.shop.test", "GET"),
+    )
+    .await;
+    assert_eq!(reply.status, 204);
+    assert_eq!(
+        reply.header("access-control-allow-origin"),
+        Some("https://eu.shop.test")
+    );
+
+    // Refused: origin, method, header — 403 in the envelope, no CORS headers.
+    for (headers, why) in [
+        (
+            preflight("https://evil.test", "GET"),
+            "the origin is not allowed",
+        ),
+        (
+            preflight("https://app.test", "DELETE"),
+            "method DELETE is not allowed",
+        ),
+        (
+            vec![
+                ("origin", "https://app.test"),
+                ("access-control-request-method", "GET"),
+                ("access-control-request-headers", "authorization"),
+            ],
+            "request header authorization is not allowed",
+        ),
+    ] {
+        let reply = send(&dp, "OPTIONS", "/orders/1", &headers).await;
+        assert_eq!(reply.status, 403, "{}", reply.text());
+        let body = reply.json();
+        assert_eq!(body["error"]["code"], "cors_forbidden");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains("shop/orders-cors") && message.contains(why),
+            "{message}"
+        );
+        assert!(reply.header("access-control-allow-origin").is_none());
+    }
+}
+
+#[tokio::test]
+async fn actual_responses_carry_cors_headers_for_allowed_origins_only() {
+    let upstream = Upstream::start("u1").await.unwrap();
+    let dp = gateway(&upstream).await;
+
+    let reply = send(&dp, "GET", "/orders/1", &[("origin", "https://app.test")]).await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.header("x-upstream"), Some("u1"));
+    assert_eq!(
+        reply.header("access-control-allow-origin"),
+        Some("https://app.test")
+    );
+    assert_eq!(
+        reply.header("access-control-allow-credentials"),
+        Some("true")
+    );
+    assert_eq!(
+        reply.header("access-control-expose-headers"),
+        Some("x-upstream")
+    );
+    assert_eq!(reply.header("vary"), Some("Origin"));
+
+    let stranger = send(&dp, "GET", "/orders/1", &[("origin", "https://evil.test")]).await;
+    assert_eq!(stranger.status, 200);
+    assert!(stranger.header("access-control-allow-origin").is_none());
+    assert_eq!(stranger.header("vary"), Some("Origin"));
+
+    // The gateway's own refusals on the rule carry them, so the page can read why.
+    let refused = send(&dp, "GET", "/denied", &[("origin", "https://app.test")]).await;
+    assert_eq!(refused.status, 403);
+    assert_eq!(refused.json()["error"]["code"], "ip_denied");
+    assert_eq!(
+        refused.header("access-control-allow-origin"),
+        Some("https://app.test")
+    );
+
+    // A method no rule serves: a 404 that no policy reaches, so no CORS headers.
+    let refused = send(
+        &dp,
+        "DELETE",
+        "/orders/1",
+        &[("origin", "https://app.test")],
+    )
+    .await;
+    assert_eq!(refused.status, 404);
+    assert!(refused.header("access-control-allow-origin").is_none());
+
+    // A rule without a policy: nothing added, and OPTIONS is an ordinary request.
+    let plain = send(&dp, "GET", "/plain", &[("origin", "https://app.test")]).await;
+    assert!(plain.header("access-control-allow-origin").is_none());
+    assert!(plain.header("vary").is_none());
+    let options = send(
+        &dp,
+        "OPTIONS",
+        "/plain",
+        &preflight("https://app.test", "GET"),
+    )
+    .await;
+    assert_eq!(
+        options.header("x-upstream"),
+        Some("u1"),
+        "forwarded like any request"
+    );
+}
