@@ -201,7 +201,7 @@ impl Runtime {
                     message,
                 })?;
             let mut route_ids = Vec::with_capacity(route.rules.len());
-            let mut route_cors: Option<Arc<crate::cors::Cors>> = None;
+            let mut route_cors: Option<(pavilion_proto::Cors, Arc<crate::cors::Cors>)> = None;
             for (index, rule) in route.rules.iter().enumerate() {
                 let backends_error = |message| BuildError::Backends {
                     route: name.clone(),
@@ -237,13 +237,16 @@ impl Runtime {
                     .map_err(rule_error)?
                     .split_by_identity();
                 let quotas = RuleQuotas::new(&rule.quotas).map_err(rule_error)?;
-                // One policy reaches every rule of a route: compiled once per route.
+                // The compiler gives every rule of a route the same policy: compiled once,
+                // shared while the next rule's is equal.
                 let cors = match (&rule.cors, &route_cors) {
                     (None, _) => None,
-                    (Some(_), Some(compiled)) => Some(Arc::clone(compiled)),
-                    (Some(cors), None) => {
+                    (Some(cors), Some((same, compiled))) if same == cors => {
+                        Some(Arc::clone(compiled))
+                    }
+                    (Some(cors), _) => {
                         let compiled = Arc::new(crate::cors::Cors::new(cors).map_err(rule_error)?);
-                        route_cors = Some(compiled.clone());
+                        route_cors = Some((cors.clone(), compiled.clone()));
                         Some(compiled)
                     }
                 };

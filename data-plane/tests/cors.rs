@@ -211,3 +211,134 @@ async fn actual_responses_carry_cors_headers_for_allowed_origins_only() {
         "forwarded like any request"
     );
 }
+
+/// A page on one origin (`http://127.0.0.1:PAGE`) whose script calls the gateway on another
+/// (`http://127.0.0.1:GATEWAY`), loaded by headless Chromium: what the page could read is
+/// what the policy allows, as a browser enforces it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_browser_sees_what_the_policy_allows() {
+    let upstream = Upstream::start("u1").await.unwrap();
+    let page_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let page_origin = format!("http://{}", page_listener.local_addr().unwrap());
+    let policy = |name: &str, origin: &str, credentials: bool| proto::Cors {
+        policy: format!("shop/{name}"),
+        allow_origins: vec![origin.to_owned()],
+        allow_methods: vec!["GET".into(), "PUT".into()],
+        allow_headers: vec!["content-type".into(), "x-tenant-id".into()],
+        expose_headers: vec!["x-upstream".into()],
+        allow_credentials: credentials,
+        max_age_seconds: 0,
+    };
+    let with = |prefix: &str, cors: proto::Cors| {
+        let mut rule = prefix_rule(prefix, &[(&upstream.url(), 1)]);
+        rule.cors = Some(cors);
+        rule
+    };
+    let dp = pavilion_data::start(Config::local()).await.unwrap();
+    dp.apply(snapshot(
+        "v1",
+        vec![route(
+            "shop/api",
+            &[],
+            vec![
+                with("/orders", policy("orders", &page_origin, true)),
+                with("/public", policy("public", &page_origin, false)),
+                with(
+                    "/elsewhere",
+                    policy("elsewhere", "https://other.test", true),
+                ),
+            ],
+        )],
+    ))
+    .await
+    .unwrap();
+
+    let gateway = format!("http://{}", dp.addr);
+    let page = format!(
+        r#"<!doctype html><html><body><pre id="out">pending</pre><script>
+const gw = "{gateway}";
+async function probe(name, path, init) {{
+  try {{
+    const r = await fetch(gw + path, init);
+    await r.text();
+    return [name, {{ status: r.status, upstream: r.headers.get("x-upstream") }}];
+  }} catch (e) {{
+    return [name, {{ blocked: e.name }}];
+  }}
+}}
+(async () => {{
+  const results = await Promise.all([
+    probe("simple", "/orders/1"),
+    probe("preflighted", "/orders/1", {{ method: "PUT", headers: {{ "content-type": "application/json", "x-tenant-id": "acme" }}, body: "{{}}" }}),
+    probe("credentials", "/orders/1", {{ credentials: "include" }}),
+    probe("method_refused", "/orders/1", {{ method: "DELETE" }}),
+    probe("header_refused", "/orders/1", {{ headers: {{ "x-secret": "1" }} }}),
+    probe("origin_refused", "/elsewhere/1"),
+    probe("public", "/public/1"),
+    probe("public_with_credentials", "/public/1", {{ credentials: "include" }}),
+  ]);
+  document.getElementById("out").textContent = JSON.stringify(Object.fromEntries(results));
+}})();
+</script></body></html>"#
+    );
+    let app = axum::Router::new().route(
+        "/page.html",
+        axum::routing::get(move || {
+            let page = page.clone();
+            async move { axum::response::Html(page) }
+        }),
+    );
+    tokio::spawn(async move { axum::serve(page_listener, app).await });
+
+    let profile = tempfile::tempdir().unwrap();
+    let url = format!("{page_origin}/page.html");
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("chromium")
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--no-first-run",
+                "--virtual-time-budget=10000",
+                "--dump-dom",
+            ])
+            .arg(format!("--user-data-dir={}", profile.path().display()))
+            .arg(&url)
+            .output()
+            .expect("chromium runs (Debian: chromium)")
+    })
+    .await
+    .unwrap();
+    let dom = String::from_utf8_lossy(&output.stdout);
+    let json = dom
+        .split("<pre id=\"out\">")
+        .nth(1)
+        .and_then(|rest| rest.split("</pre>").next())
+        .unwrap_or_default()
+        .replace("&quot;", "\"");
+    let seen: serde_json::Value = serde_json::from_str(&json).unwrap_or_else(|_| {
+        panic!(
+            "the page did not finish: {dom}\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        )
+    });
+    let read = |name: &str| {
+        (
+            seen[name]["status"].as_u64(),
+            seen[name]["upstream"].as_str(),
+        )
+    };
+    assert_eq!(read("simple"), (Some(200), Some("u1")), "{seen}");
+    assert_eq!(read("preflighted"), (Some(200), Some("u1")), "{seen}");
+    assert_eq!(read("credentials"), (Some(200), Some("u1")), "{seen}");
+    assert_eq!(read("public"), (Some(200), Some("u1")), "{seen}");
+    for refused in [
+        "method_refused",
+        "header_refused",
+        "origin_refused",
+        "public_with_credentials",
+    ] {
+        assert_eq!(seen[refused]["blocked"], "TypeError", "{refused}: {seen}");
+    }
+    dp.stop().await;
+}
