@@ -3,7 +3,7 @@
 //! ```text
 //!  control plane ──gRPC──▶ snapshot::client ──▶ Runtime::build ──▶ ArcSwap<Runtime> ◀── load per request
 //!                                   └──▶ snapshot::cache (last known good)                    │
-//!  client ──▶ listener (h1/h2, TLS) ──▶ pipeline: admit ▸ route ▸ ip ▸ limits ▸ authn ▸ quota ▸ forward ▸ respond
+//!  client ──▶ listener (h1/h2, TLS) ──▶ pipeline: admit ▸ route ▸ cors ▸ ip ▸ limits ▸ authn ▸ tenant ▸ quota ▸ forward ▸ respond
 //! ```
 
 pub mod admin;

@@ -141,9 +141,10 @@ fn attribute(span: &Span, key: &str) -> Option<String> {
         })
 }
 
-const PHASES: [&str; 11] = [
+const PHASES: [&str; 12] = [
     "admit",
     "route",
+    "cors",
     "ip",
     "limits",
     "authn",
