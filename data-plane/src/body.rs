@@ -1,6 +1,7 @@
 //! Body types of the proxy: nothing is buffered whole, and the one wrapper on the request
 //! side only counts bytes against the configured limit.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -105,7 +106,32 @@ pub enum ResponseBody {
     /// streams, so a long download cannot run far past a quota unnoticed, and the rest when
     /// the body is done or dropped.
     Metered(Box<Metered>),
+    /// A streamed body (no length known: SSE, long polls, chunked downloads) that ends in
+    /// an error when the upstream sends nothing for `idle`: the rule's timeout covers only
+    /// the response head, so a stream may last hours, but never stall forever.
+    Idle(Box<Idle>),
 }
+
+pub struct Idle {
+    inner: ResponseBody,
+    idle: std::time::Duration,
+    timer: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl Idle {
+    pub fn wrap(inner: ResponseBody, idle: std::time::Duration) -> ResponseBody {
+        ResponseBody::Idle(Box::new(Self {
+            inner,
+            idle,
+            timer: Box::pin(tokio::time::sleep(idle)),
+        }))
+    }
+}
+
+/// A stream the upstream stopped feeding.
+#[derive(Debug, thiserror::Error)]
+#[error("the upstream sent nothing for {0:?}; the stream is closed")]
+pub struct StreamIdle(std::time::Duration);
 
 pub struct Metered {
     inner: ResponseBody,
@@ -163,6 +189,17 @@ impl Body for ResponseBody {
                     .or_else(|| trailers.take().map(Frame::trailers))
                     .map(Ok),
             ),
+            ResponseBody::Idle(idle) => match Pin::new(&mut idle.inner).poll_frame(cx) {
+                Poll::Pending => match idle.timer.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(StreamIdle(idle.idle))))),
+                    Poll::Pending => Poll::Pending,
+                },
+                ready => {
+                    let deadline = tokio::time::Instant::now() + idle.idle;
+                    idle.timer.as_mut().reset(deadline);
+                    ready
+                }
+            },
             ResponseBody::Metered(metered) => {
                 let polled = Pin::new(&mut metered.inner).poll_frame(cx);
                 if let Poll::Ready(Some(Ok(frame))) = &polled
@@ -187,6 +224,7 @@ impl Body for ResponseBody {
             ResponseBody::Local(bytes) => bytes.is_none(),
             ResponseBody::Grpc(message, trailers) => message.is_none() && trailers.is_none(),
             ResponseBody::Metered(metered) => metered.inner.is_end_stream(),
+            ResponseBody::Idle(idle) => idle.inner.is_end_stream(),
         }
     }
 
@@ -201,6 +239,7 @@ impl Body for ResponseBody {
                 SizeHint::with_exact(message.as_ref().map_or(0, |b| b.len() as u64))
             }
             ResponseBody::Metered(metered) => metered.inner.size_hint(),
+            ResponseBody::Idle(idle) => idle.inner.size_hint(),
         }
     }
 }

@@ -92,6 +92,9 @@ pub struct Config {
     pub access_log: bool,
     /// How long in-flight requests may take to finish on shutdown.
     pub drain_timeout: Duration,
+    /// How long a streamed response (no Content-Length: SSE, long polls) may go without a
+    /// byte from the upstream before it is closed.
+    pub stream_idle_timeout: Duration,
     /// How long to keep serving after the stop signal with `/ready` failing, before the
     /// drain: the time load balancers (kube-proxy, Swarm's routing mesh) take to stop
     /// sending new connections here.
@@ -131,6 +134,7 @@ impl Config {
             access_log: false,
             drain_timeout: Duration::from_secs(10),
             shutdown_delay: Duration::ZERO,
+            stream_idle_timeout: Duration::from_secs(300),
             connections: ConnectionLimits::default(),
             tenant_metric_labels: metrics::DEFAULT_TENANT_LABELS,
             trace_endpoint: None,

@@ -169,6 +169,14 @@ struct RunArgs {
     /// The orchestrator's stop grace must cover this plus --drain-seconds.
     #[arg(long, env = "PAVILION_SHUTDOWN_DELAY_SECONDS", default_value_t = 0)]
     shutdown_delay_seconds: u64,
+    /// Close a streamed response (no Content-Length: SSE, long polls) after this many seconds
+    /// without a byte from the upstream; the rule's timeout ends at the response head.
+    #[arg(
+        long,
+        env = "PAVILION_STREAM_IDLE_TIMEOUT_SECONDS",
+        default_value_t = 300
+    )]
+    stream_idle_timeout_seconds: u64,
     /// Export spans of sampled requests (one per request, one per phase, the upstream call)
     /// to this OTLP/gRPC collector, e.g. http://otel-collector:4317.
     #[arg(long, env = "PAVILION_OTLP_ENDPOINT")]
@@ -294,6 +302,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         access_log: args.access_log,
         drain_timeout: Duration::from_secs(args.drain_seconds),
         shutdown_delay: Duration::from_secs(args.shutdown_delay_seconds),
+        stream_idle_timeout: Duration::from_secs(args.stream_idle_timeout_seconds.max(1)),
         trace_endpoint: args.otlp_endpoint.clone(),
         trace_sample_ratio: args.trace_sample_ratio,
         tenant_metric_labels: args.tenant_metric_labels,

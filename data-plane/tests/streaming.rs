@@ -136,3 +136,52 @@ async fn request_chunks_reach_the_upstream_before_the_client_finishes() {
         .unwrap();
     assert_eq!(next_chunk(&mut body).await, "part two");
 }
+
+/// A stream outlives the rule's timeout while events keep coming, and is closed when the
+/// upstream goes silent for the stream idle timeout.
+#[tokio::test]
+async fn streams_outlive_the_rule_timeout_and_end_when_the_upstream_falls_silent() {
+    let (upstream, mut senders) = controlled_upstream().await;
+    let mut config = Config::local();
+    config.stream_idle_timeout = Duration::from_millis(600);
+    let dp = pavilion_data::start(config).await.unwrap();
+    let mut snapshot = catch_all("v1", "ns/sse", &upstream);
+    snapshot.routes[0].rules[0].timeout_ms = 300;
+    dp.apply(snapshot).await.unwrap();
+
+    let client: Client<_, Empty<Bytes>> =
+        Client::builder(TokioExecutor::new()).build(HttpConnector::new());
+    let response = tokio::spawn(
+        client.request(
+            Request::get(format!("http://{}/events", dp.addr))
+                .body(Empty::new())
+                .unwrap(),
+        ),
+    );
+    let chunks = senders.recv().await.expect("the upstream got the request");
+    let event = |n: u32| Ok(Frame::data(Bytes::from(format!("data: {n}\n\n"))));
+    chunks.send(event(0)).await.unwrap();
+    let mut body = response.await.unwrap().unwrap().into_body();
+    assert_eq!(next_chunk(&mut body).await, "data: 0\n\n");
+    // Eight events 200 ms apart: 1.6 s, five times the rule's timeout.
+    for n in 1..=8 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        chunks.send(event(n)).await.unwrap();
+        assert_eq!(next_chunk(&mut body).await, format!("data: {n}\n\n"));
+    }
+    // Silence: the gateway closes the stream (the client sees it end, not hang).
+    let started = std::time::Instant::now();
+    // Ended or broken (HTTP/1.1 tells a cut chunked stream by its missing last chunk):
+    // either way within the bound, not hanging.
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(Ok(_)) = body.frame().await {}
+    })
+    .await
+    .expect("the silent stream is closed");
+    assert!(
+        started.elapsed() >= Duration::from_millis(500),
+        "{:?}",
+        started.elapsed()
+    );
+    drop(chunks);
+}

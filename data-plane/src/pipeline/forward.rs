@@ -86,6 +86,13 @@ pub(super) async fn forward<'r>(
         }
     };
     let (mut parts, mut body) = response.into_parts();
+    // A stream (no length: SSE, long polls) outlives the rule's timeout, which ends at the
+    // response head; its own bound is silence.
+    if !parts.headers.contains_key(http::header::CONTENT_LENGTH)
+        && !http_body::Body::is_end_stream(&body)
+    {
+        body = crate::body::Idle::wrap(body, shared.stream_idle_timeout);
+    }
     if !context.byte_targets.is_empty() {
         let targets = std::mem::take(&mut context.byte_targets);
         let shared = proxy.shared.clone();

@@ -91,6 +91,8 @@ pub struct Shared {
     pub stopping: std::sync::atomic::AtomicBool,
     /// Which new traces are sampled.
     pub sampler: crate::trace::Sampler,
+    /// Longest silence of an upstream in a streamed response.
+    pub stream_idle_timeout: std::time::Duration,
     /// Where sampled requests' spans go, when an OTLP endpoint is configured.
     pub spans: Option<crate::trace::export::SpanQueue>,
 }
@@ -114,6 +116,7 @@ impl Shared {
             commands,
             stopping: std::sync::atomic::AtomicBool::new(false),
             sampler: crate::trace::Sampler::ratio(config.trace_sample_ratio),
+            stream_idle_timeout: config.stream_idle_timeout,
             spans: None,
         }
     }
