@@ -185,3 +185,54 @@ async fn streams_outlive_the_rule_timeout_and_end_when_the_upstream_falls_silent
     );
     drop(chunks);
 }
+
+/// A snapshot change — even one deleting the stream's route — leaves an established stream
+/// running: the response keeps the rule it started with.
+#[tokio::test]
+async fn a_snapshot_change_never_drops_an_established_stream() {
+    let (upstream, mut senders) = controlled_upstream().await;
+    let dp = pavilion_data::start(Config::local()).await.unwrap();
+    dp.apply(catch_all("v1", "ns/sse", &upstream))
+        .await
+        .unwrap();
+    let client: Client<_, Empty<Bytes>> =
+        Client::builder(TokioExecutor::new()).build(HttpConnector::new());
+    let response = tokio::spawn(
+        client.request(
+            Request::get(format!("http://{}/events", dp.addr))
+                .body(Empty::new())
+                .unwrap(),
+        ),
+    );
+    let chunks = senders.recv().await.expect("the upstream got the request");
+    chunks
+        .send(Ok(Frame::data(Bytes::from_static(b"data: before\n\n"))))
+        .await
+        .unwrap();
+    let mut body = response.await.unwrap().unwrap().into_body();
+    assert_eq!(next_chunk(&mut body).await, "data: before\n\n");
+
+    // The route is gone from the next snapshot: new requests get 404 …
+    dp.apply(pavilion_tests::snapshot::snapshot("v2", vec![]))
+        .await
+        .unwrap();
+    let other: Client<_, Empty<Bytes>> =
+        Client::builder(TokioExecutor::new()).build(HttpConnector::new());
+    let fresh = other
+        .request(
+            Request::get(format!("http://{}/events", dp.addr))
+                .body(Empty::new())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(fresh.status(), 404);
+    // … while the established stream goes on to its end.
+    chunks
+        .send(Ok(Frame::data(Bytes::from_static(b"data: after\n\n"))))
+        .await
+        .unwrap();
+    assert_eq!(next_chunk(&mut body).await, "data: after\n\n");
+    drop(chunks);
+    assert!(body.frame().await.is_none());
+}
