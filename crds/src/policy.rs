@@ -433,6 +433,23 @@ pub struct CorsPolicySpec {
     pub max_age: Option<String>,
 }
 
+/// A `*` in an origin only as `scheme://*.domain` (so `https://*example.com`,
+/// `https://*` or `https://app.*.com` never pass).
+fn wildcard_origin_ok(origin: &str) -> bool {
+    let Some((_, host)) = origin.split_once("://") else {
+        return false;
+    };
+    if host.is_empty() || host.contains(['/', '@', '#', '?']) {
+        return false;
+    }
+    if !host.contains('*') {
+        return true;
+    }
+    host.strip_prefix("*.").is_some_and(|domain| {
+        !domain.is_empty() && !domain.contains('*') && !domain.starts_with('.')
+    })
+}
+
 impl CorsPolicySpec {
     pub(crate) fn validate(&self, errors: &mut Errors) {
         // CORS is per route or namespace: a gateway-wide origin list is not offered.
@@ -448,10 +465,13 @@ impl CorsPolicySpec {
                 }
             } else if !(origin.starts_with("http://") || origin.starts_with("https://"))
                 || origin.ends_with('/')
+                || !wildcard_origin_ok(origin)
             {
                 errors.add(
                     field,
-                    format!("`{origin}` must be scheme://host[:port] or `*`"),
+                    format!(
+                        "`{origin}` must be scheme://host[:port], scheme://*.domain (the star as a whole leftmost label), or `*`"
+                    ),
                 );
             }
         }

@@ -185,6 +185,18 @@ fn policies_and_placements_are_validated() {
     let cors = "apiVersion: gateway.pavilion.dev/v1alpha1\nkind: CorsPolicy\nmetadata: { name: c }\nspec:\n  targetRef: { kind: Route, name: orders }\n  allowOrigins: ['*', 'app.example.com']\n  allowCredentials: true\n";
     let fields: Vec<_> = errors(cors).into_iter().map(|e| e.field).collect();
     assert_eq!(fields, ["spec.allowOrigins[0]", "spec.allowOrigins[1]"]);
+    // A star only as the whole leftmost label of a domain.
+    let wildcards = "apiVersion: gateway.pavilion.dev/v1alpha1\nkind: CorsPolicy\nmetadata: { name: c }\nspec:\n  targetRef: { kind: Route, name: orders }\n  allowOrigins: ['https://*.example.com', 'https://*example.com', 'https://*', 'https://app.*.com', 'https://a@b.test']\n";
+    let fields: Vec<_> = errors(wildcards).into_iter().map(|e| e.field).collect();
+    assert_eq!(
+        fields,
+        [
+            "spec.allowOrigins[1]",
+            "spec.allowOrigins[2]",
+            "spec.allowOrigins[3]",
+            "spec.allowOrigins[4]"
+        ]
+    );
 
     let tp = "apiVersion: gateway.pavilion.dev/v1alpha1\nkind: TenantPlacement\nmetadata: { name: acme }\nspec:\n  tenant: Acme_Corp\n  shards: { aggregate: 'Not A Name' }\n";
     let fields: Vec<_> = errors(tp).into_iter().map(|e| e.field).collect();

@@ -23,8 +23,9 @@ pub struct Cors {
     wildcards: Box<[(Box<str>, Box<str>)]>,
     /// `None`: any method.
     methods: Option<Box<[Method]>>,
-    /// `None`: any header.
+    /// `None`: any header (but `authorization`, unless listed: a wildcard never covers it).
     headers: Option<HashSet<Box<str>>>,
+    authorization_listed: bool,
     credentials: bool,
     allow_methods: Option<HeaderValue>,
     expose: Option<HeaderValue>,
@@ -82,6 +83,7 @@ impl Cors {
                     .collect::<Result<_, _>>()?,
             )
         };
+        let authorization_listed = cors.allow_headers.iter().any(|h| h == "authorization");
         let headers = (!cors.allow_headers.iter().any(|h| h == "*")).then(|| {
             cors.allow_headers
                 .iter()
@@ -98,6 +100,7 @@ impl Cors {
                 .and_then(|m| joined(m.iter().map(ToString::to_string))),
             methods,
             headers,
+            authorization_listed,
             credentials: cors.allow_credentials,
             expose: joined(cors.expose_headers.iter().cloned()),
             max_age: (cors.max_age_seconds > 0).then(|| HeaderValue::from(cors.max_age_seconds)),
@@ -112,8 +115,13 @@ impl Cors {
         let Ok(origin) = origin.to_str() else {
             return false;
         };
-        let origin = origin.to_ascii_lowercase();
-        self.exact.contains(origin.as_str())
+        // Browsers send lower-case origins: copy only when one is not.
+        let origin = if origin.bytes().any(|b| b.is_ascii_uppercase()) {
+            std::borrow::Cow::Owned(origin.to_ascii_lowercase())
+        } else {
+            std::borrow::Cow::Borrowed(origin)
+        };
+        self.exact.contains(&*origin)
             || self.wildcards.iter().any(|(scheme, suffix)| {
                 origin
                     .strip_prefix(&**scheme)
@@ -147,10 +155,14 @@ impl Cors {
         {
             return Err(Refusal::Method(method.to_string()));
         }
-        if let (Some(allowed), Some(asked)) = (&self.headers, request_headers) {
+        if let Some(asked) = request_headers {
             for header in asked.to_str().unwrap_or_default().split(',') {
                 let header = header.trim().to_ascii_lowercase();
-                if !header.is_empty() && !allowed.contains(header.as_str()) {
+                let allowed = match &self.headers {
+                    Some(allowed) => allowed.contains(header.as_str()),
+                    None => header != "authorization" || self.authorization_listed,
+                };
+                if !header.is_empty() && !allowed {
                     return Err(Refusal::Header(header));
                 }
             }
@@ -189,6 +201,18 @@ impl Cors {
     /// Adds the CORS headers to an actual response for `origin` (none when it is not
     /// allowed); `Vary: Origin` either way, since the answer depends on it.
     pub fn decorate(&self, origin: Option<&HeaderValue>, headers: &mut HeaderMap) {
+        // The policy decides alone: an upstream's own CORS headers would let origins the
+        // policy refuses read the response.
+        for name in [
+            ACCESS_CONTROL_ALLOW_ORIGIN,
+            ACCESS_CONTROL_ALLOW_CREDENTIALS,
+            ACCESS_CONTROL_EXPOSE_HEADERS,
+            ACCESS_CONTROL_ALLOW_METHODS,
+            ACCESS_CONTROL_ALLOW_HEADERS,
+            ACCESS_CONTROL_MAX_AGE,
+        ] {
+            headers.remove(name);
+        }
         headers.append(VARY, HeaderValue::from_static("Origin"));
         let Some(origin) = origin.filter(|o| self.allows_origin(o)) else {
             return;
@@ -277,6 +301,50 @@ mod tests {
         assert_eq!(
             cors.preflight(&stranger, &Method::GET, None),
             Err(Refusal::Origin)
+        );
+    }
+
+    #[test]
+    fn a_header_wildcard_never_covers_authorization() {
+        let origin = HeaderValue::from_static("https://app.test");
+        let any = policy(&["https://app.test"], &[], &["*"], true);
+        let asked = HeaderValue::from_static("x-custom, authorization");
+        assert_eq!(
+            any.preflight(&origin, &Method::GET, Some(&asked)),
+            Err(Refusal::Header("authorization".into()))
+        );
+        let named = policy(&["https://app.test"], &[], &["*", "authorization"], true);
+        assert!(named.preflight(&origin, &Method::GET, Some(&asked)).is_ok());
+    }
+
+    #[test]
+    fn the_upstreams_own_cors_headers_never_pass() {
+        let mut headers = HeaderMap::new();
+        headers.insert(ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
+        headers.insert(
+            ACCESS_CONTROL_ALLOW_CREDENTIALS,
+            HeaderValue::from_static("true"),
+        );
+        let cors = policy(&["https://a.test"], &[], &[], false);
+        cors.decorate(
+            Some(&HeaderValue::from_static("https://evil.test")),
+            &mut headers,
+        );
+        assert!(headers.get(ACCESS_CONTROL_ALLOW_ORIGIN).is_none());
+        assert!(headers.get(ACCESS_CONTROL_ALLOW_CREDENTIALS).is_none());
+        let mut allowed = HeaderMap::new();
+        allowed.insert(
+            ACCESS_CONTROL_ALLOW_CREDENTIALS,
+            HeaderValue::from_static("true"),
+        );
+        cors.decorate(
+            Some(&HeaderValue::from_static("https://a.test")),
+            &mut allowed,
+        );
+        assert_eq!(allowed[ACCESS_CONTROL_ALLOW_ORIGIN], "https://a.test");
+        assert!(
+            allowed.get(ACCESS_CONTROL_ALLOW_CREDENTIALS).is_none(),
+            "the policy has none"
         );
     }
 

@@ -122,8 +122,10 @@ async fn preflights_are_answered_by_the_gateway_and_refusals_name_the_policy() {
             "the origin is not allowed",
         ),
         (
+            // No rule serves DELETE here: a policy never approves a method for a rule it
+            // does not reach.
             preflight("https://app.test", "DELETE"),
-            "method DELETE is not allowed",
+            "no rule serves DELETE /orders/1",
         ),
         (
             vec![

@@ -88,7 +88,13 @@ pub(super) async fn forward<'r>(
     let (mut parts, mut body) = response.into_parts();
     // A stream (no length: SSE, long polls) outlives the rule's timeout, which ends at the
     // response head; its own bound is silence.
-    if !parts.headers.contains_key(http::header::CONTENT_LENGTH)
+    // gRPC streams are left alone: a watch may rightly sit silent for hours.
+    let grpc = parts
+        .headers
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+    if !grpc
+        && !parts.headers.contains_key(http::header::CONTENT_LENGTH)
         && !http_body::Body::is_end_stream(&body)
     {
         body = crate::body::Idle::wrap(body, shared.stream_idle_timeout);

@@ -23,26 +23,36 @@ pub(super) fn find<'r, B>(
         headers: request.headers(),
     };
     // A CORS preflight asks about another method: the rule that would serve that method
-    // answers it when a CorsPolicy reaches it; failing that, the first rule of this host
-    // and path with a policy (which then refuses the method, by name).
+    // answers it when a CorsPolicy reaches it (one without a policy leaves the OPTIONS
+    // request to ordinary routing). When no rule serves that method but one of this host
+    // and path has a policy, the preflight is refused — a policy never approves a method
+    // for a rule it does not reach.
     if let Some(asked) = super::cors::preflight_method(request) {
         let preflight = RequestFacts {
             method: &asked,
             ..facts
         };
-        let rule = runtime
-            .find(&preflight)
-            .filter(|r| r.cors.is_some())
-            .or_else(|| {
-                runtime
+        match runtime.find(&preflight) {
+            Some(rule) if rule.cors.is_some() => {
+                context.rule = Some(rule);
+                return Ok(rule);
+            }
+            Some(_) => {}
+            None => {
+                let policy = runtime
                     .candidates(&preflight)
                     .into_iter()
-                    .map(|(rule, _)| rule)
-                    .find(|rule| rule.cors.is_some())
-            });
-        if let Some(rule) = rule {
-            context.rule = Some(rule);
-            return Ok(rule);
+                    .find_map(|(rule, _)| rule.cors.as_deref());
+                if let Some(policy) = policy {
+                    return Err(Deny::Forbidden {
+                        code: "cors_forbidden",
+                        message: format!(
+                            "CorsPolicy {}: no rule serves {asked} {}",
+                            policy.policy, admitted.path.path
+                        ),
+                    });
+                }
+            }
         }
     }
     let rule = runtime.find(&facts).ok_or_else(|| Deny::NotFound {
