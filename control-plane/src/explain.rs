@@ -15,7 +15,7 @@ use crate::kubernetes::KubeOptions;
 use crate::source::Item;
 
 /// Where the snapshot comes from.
-pub enum From {
+pub enum SnapshotFrom {
     /// Compiled from a source's current documents, with the last accepted versions its
     /// statuses remember (as a control plane starting now would serve).
     Source(SourceSpec),
@@ -49,12 +49,12 @@ pub enum Error {
 
 /// The snapshot `from` names.
 pub async fn snapshot(
-    from: &From,
+    from: &SnapshotFrom,
     options: &CompileOptions,
     kube: &KubeOptions,
 ) -> Result<Snapshot, Error> {
     let items = match from {
-        From::Snapshot(path) => {
+        SnapshotFrom::Snapshot(path) => {
             return pavilion_data::snapshot::cache::read(path)
                 .map_err(|source| Error::Cache {
                     path: path.clone(),
@@ -62,7 +62,7 @@ pub async fn snapshot(
                 })?
                 .ok_or_else(|| Error::NoCache(path.clone()));
         }
-        From::Source(SourceSpec::Dir(root)) => {
+        SnapshotFrom::Source(SourceSpec::Dir(root)) => {
             let mut items = crate::source::dir::load_tree(root).map_err(|source| Error::Read {
                 path: root.clone(),
                 source,
@@ -70,11 +70,11 @@ pub async fn snapshot(
             crate::source::dir::recall(root, &mut items);
             items
         }
-        From::Source(SourceSpec::Kv(address)) => {
+        SnapshotFrom::Source(SourceSpec::Kv(address)) => {
             let store = crate::kv::open_existing(address).await?;
             crate::kv::cli::current_items(&store).await?
         }
-        From::Source(SourceSpec::Kube) => kube_items(kube).await?,
+        SnapshotFrom::Source(SourceSpec::Kube) => kube_items(kube).await?,
     };
     Ok(compile_with(&items, options).snapshot)
 }
@@ -106,7 +106,7 @@ async fn kube_items(options: &KubeOptions) -> Result<Vec<Item>, Error> {
 
 /// Explains `described` against the snapshot `from` names.
 pub async fn explain(
-    from: &From,
+    from: &SnapshotFrom,
     described: &Described,
     options: &CompileOptions,
     kube: &KubeOptions,

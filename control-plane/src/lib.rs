@@ -509,7 +509,6 @@ fn register_scraped(
     nodes: Arc<Nodes>,
 ) {
     use pavilion_telemetry::scraped::{ScrapedGauge, certificate_expiry};
-    pavilion_telemetry::build::register(&metrics.registry);
     let behind = ScrapedGauge::single(
         "pavilion_control_data_planes_behind",
         "Connected data planes not running the latest snapshot (refused it, or not yet applied).",

@@ -521,7 +521,7 @@ fn kv(address: KvAddress, command: KvCommand) -> anyhow::Result<ExitCode> {
 }
 
 fn explain(args: ExplainArgs) -> anyhow::Result<ExitCode> {
-    use pavilion_control::explain::{From, explain};
+    use pavilion_control::explain::{SnapshotFrom, explain};
     use pavilion_data::pipeline::explain::Described;
     let (method, url) = match args.request.as_slice() {
         [one] => match one.trim().split_once(char::is_whitespace) {
@@ -548,8 +548,8 @@ fn explain(args: ExplainArgs) -> anyhow::Result<ExitCode> {
         client: args.client,
     };
     let from = match (args.source, args.snapshot) {
-        (_, Some(path)) => From::Snapshot(path),
-        (Some(source), None) => From::Source(source),
+        (_, Some(path)) => SnapshotFrom::Snapshot(path),
+        (Some(source), None) => SnapshotFrom::Source(source),
         (None, None) => anyhow::bail!("--source or --snapshot is required"),
     };
     let kube = pavilion_control::KubeOptions {

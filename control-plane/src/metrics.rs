@@ -17,6 +17,7 @@ pub struct Metrics {
 impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new();
+        pavilion_telemetry::build::register(&registry);
         let compiles = IntCounter::new(
             "pavilion_control_compiles_total",
             "Snapshots compiled from the resource set.",

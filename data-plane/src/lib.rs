@@ -356,7 +356,6 @@ fn register_scraped(
     redis: Option<Arc<RedisCounters>>,
 ) {
     use pavilion_telemetry::scraped::{ScrapedGauge, certificate_expiry};
-    pavilion_telemetry::build::register(registry);
     let mut certificates: Vec<PathBuf> = config
         .tls
         .iter()

@@ -76,6 +76,7 @@ impl RouteMetrics {
 impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new();
+        pavilion_telemetry::build::register(&registry);
         let requests = IntCounterVec::new(
             Opts::new(
                 "pavilion_requests_total",

@@ -69,14 +69,13 @@ async fn controlled_upstream() -> (String, mpsc::Receiver<Chunks>) {
     (url, senders)
 }
 
-#[tokio::test]
-async fn response_chunks_reach_the_client_before_the_upstream_finishes() {
-    let (upstream, mut senders) = controlled_upstream().await;
-    let dp = pavilion_data::start(Config::local()).await.unwrap();
-    dp.apply(catch_all("v1", "ns/sse", &upstream))
-        .await
-        .unwrap();
-
+/// `GET /events` through `dp` to the controlled upstream, which sends `first` as its first
+/// chunk: the upstream's sender for the rest, and the client's response.
+async fn open_stream(
+    dp: &pavilion_data::DataPlane,
+    senders: &mut mpsc::Receiver<Chunks>,
+    first: &'static str,
+) -> (Chunks, Response<Incoming>) {
     let client: Client<_, Empty<Bytes>> =
         Client::builder(TokioExecutor::new()).build(HttpConnector::new());
     let response = tokio::spawn(
@@ -88,10 +87,21 @@ async fn response_chunks_reach_the_client_before_the_upstream_finishes() {
     );
     let chunks = senders.recv().await.expect("the upstream got the request");
     chunks
-        .send(Ok(Frame::data(Bytes::from_static(b"data: one\n\n"))))
+        .send(Ok(Frame::data(Bytes::from_static(first.as_bytes()))))
         .await
         .unwrap();
-    let response = response.await.unwrap().unwrap();
+    (chunks, response.await.unwrap().unwrap())
+}
+
+#[tokio::test]
+async fn response_chunks_reach_the_client_before_the_upstream_finishes() {
+    let (upstream, mut senders) = controlled_upstream().await;
+    let dp = pavilion_data::start(Config::local()).await.unwrap();
+    dp.apply(catch_all("v1", "ns/sse", &upstream))
+        .await
+        .unwrap();
+
+    let (chunks, response) = open_stream(&dp, &mut senders, "data: one\n\n").await;
     assert_eq!(response.status(), 200);
     let mut body = response.into_body();
     assert_eq!(next_chunk(&mut body).await, "data: one\n\n");
@@ -149,19 +159,9 @@ async fn streams_outlive_the_rule_timeout_and_end_when_the_upstream_falls_silent
     snapshot.routes[0].rules[0].timeout_ms = 300;
     dp.apply(snapshot).await.unwrap();
 
-    let client: Client<_, Empty<Bytes>> =
-        Client::builder(TokioExecutor::new()).build(HttpConnector::new());
-    let response = tokio::spawn(
-        client.request(
-            Request::get(format!("http://{}/events", dp.addr))
-                .body(Empty::new())
-                .unwrap(),
-        ),
-    );
-    let chunks = senders.recv().await.expect("the upstream got the request");
     let event = |n: u32| Ok(Frame::data(Bytes::from(format!("data: {n}\n\n"))));
-    chunks.send(event(0)).await.unwrap();
-    let mut body = response.await.unwrap().unwrap().into_body();
+    let (chunks, response) = open_stream(&dp, &mut senders, "data: 0\n\n").await;
+    let mut body = response.into_body();
     assert_eq!(next_chunk(&mut body).await, "data: 0\n\n");
     // Eight events 200 ms apart: 1.6 s, five times the rule's timeout.
     for n in 1..=8 {
@@ -195,38 +195,19 @@ async fn a_snapshot_change_never_drops_an_established_stream() {
     dp.apply(catch_all("v1", "ns/sse", &upstream))
         .await
         .unwrap();
-    let client: Client<_, Empty<Bytes>> =
-        Client::builder(TokioExecutor::new()).build(HttpConnector::new());
-    let response = tokio::spawn(
-        client.request(
-            Request::get(format!("http://{}/events", dp.addr))
-                .body(Empty::new())
-                .unwrap(),
-        ),
-    );
-    let chunks = senders.recv().await.expect("the upstream got the request");
-    chunks
-        .send(Ok(Frame::data(Bytes::from_static(b"data: before\n\n"))))
-        .await
-        .unwrap();
-    let mut body = response.await.unwrap().unwrap().into_body();
+    let (chunks, response) = open_stream(&dp, &mut senders, "data: before\n\n").await;
+    let mut body = response.into_body();
     assert_eq!(next_chunk(&mut body).await, "data: before\n\n");
 
     // The route is gone from the next snapshot: new requests get 404 …
     dp.apply(pavilion_tests::snapshot::snapshot("v2", vec![]))
         .await
         .unwrap();
-    let other: Client<_, Empty<Bytes>> =
-        Client::builder(TokioExecutor::new()).build(HttpConnector::new());
-    let fresh = other
-        .request(
-            Request::get(format!("http://{}/events", dp.addr))
-                .body(Empty::new())
-                .unwrap(),
-        )
+    let fresh = pavilion_tests::client::HttpClient::http1()
+        .get(&format!("http://{}/events", dp.addr))
         .await
         .unwrap();
-    assert_eq!(fresh.status(), 404);
+    assert_eq!(fresh.status, 404);
     // … while the established stream goes on to its end.
     chunks
         .send(Ok(Frame::data(Bytes::from_static(b"data: after\n\n"))))

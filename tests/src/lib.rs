@@ -63,3 +63,16 @@ pub fn free_port() -> u16 {
         .map(|a| a.port())
         .expect("a free loopback port")
 }
+
+/// An `ApiKey` resource in namespace `shop` for the key `pvk_<id>` (its SHA-256 only), with
+/// `scopes` (e.g. `read, write`) and `extra` spec lines (`  tenants: …\n`).
+pub fn api_key_resource(id: &str, scopes: &str, extra: &str) -> String {
+    use sha2::Digest;
+    let hash: String = sha2::Sha256::digest(format!("pvk_{id}").as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!(
+        "apiVersion: gateway.pavilion.dev/v1alpha1\nkind: ApiKey\nmetadata: {{ name: {id}, namespace: shop }}\nspec:\n  sha256: '{hash}'\n  scopes: [{scopes}]\n{extra}"
+    )
+}

@@ -12,16 +12,9 @@ use pavilion_data::Config as DataConfig;
 use pavilion_tests::client::HttpClient;
 use pavilion_tests::{Upstream, eventually};
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 
 fn api_key(id: &str, extra: &str) -> String {
-    let hash: String = Sha256::digest(format!("pvk_{id}").as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    format!(
-        "apiVersion: gateway.pavilion.dev/v1alpha1\nkind: ApiKey\nmetadata: {{ name: {id}, namespace: shop }}\nspec:\n  sha256: '{hash}'\n  scopes: [read]\n{extra}"
-    )
+    pavilion_tests::api_key_resource(id, "read", extra)
 }
 
 fn resources(a: &str, b: &str) -> String {

@@ -11,7 +11,6 @@ use pavilion_data::{Config as DataConfig, DataPlane};
 use pavilion_tests::client::{HttpClient, Reply};
 use pavilion_tests::{Upstream, condition, eventually};
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 
 const PATIENCE: Duration = Duration::from_secs(5);
 
@@ -39,15 +38,8 @@ fn placement(name: &str, tenant: &str, shards: &str) -> String {
     )
 }
 
-/// An API key `pvk_<id>` of namespace `shop` with `extra` spec lines.
 fn api_key(id: &str, extra: &str) -> String {
-    let hash: String = Sha256::digest(format!("pvk_{id}").as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    format!(
-        "apiVersion: gateway.pavilion.dev/v1alpha1\nkind: ApiKey\nmetadata: {{ name: {id}, namespace: shop }}\nspec:\n  sha256: '{hash}'\n  scopes: [read, write, admin]\n{extra}"
-    )
+    pavilion_tests::api_key_resource(id, "read, write, admin", extra)
 }
 
 const ROUTE: &str = "apiVersion: gateway.pavilion.dev/v1alpha1

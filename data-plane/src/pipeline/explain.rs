@@ -140,22 +140,15 @@ pub async fn explain(
         0,
         described.url.starts_with("https://"),
     );
-    let mut context = Context {
-        client: &client,
-        grpc: super::is_grpc(&request),
-        request_id: HeaderValue::from_static("explain"),
-        started: Instant::now(),
-        rule: None,
-        client_ip: None,
-        identity: None,
-        tenant: None,
-        rate_headers: Vec::new(),
-        permit: None,
-        byte_targets: Vec::new(),
-        target: None,
-        trace: crate::trace::Trace::none(&HeaderValue::from_static("explain")),
-        cors: None,
-    };
+    let request_id = HeaderValue::from_static("explain");
+    let trace = crate::trace::Trace::none(&request_id);
+    let mut context = Context::new(
+        &client,
+        super::is_grpc(&request),
+        request_id,
+        Instant::now(),
+        trace,
+    );
     let mut report = Report {
         snapshot: runtime.version.clone(),
         candidates: Vec::new(),

@@ -89,11 +89,7 @@ pub(super) async fn forward<'r>(
     // A stream (no length: SSE, long polls) outlives the rule's timeout, which ends at the
     // response head; its own bound is silence.
     // gRPC streams are left alone: a watch may rightly sit silent for hours.
-    let grpc = parts
-        .headers
-        .get(http::header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
-    if !grpc
+    if !super::is_grpc_content(&parts.headers)
         && !parts.headers.contains_key(http::header::CONTENT_LENGTH)
         && !http_body::Body::is_end_stream(&body)
     {

@@ -162,12 +162,44 @@ pub(crate) struct Context<'r> {
     pub cors: Option<Option<http::HeaderValue>>,
 }
 
-/// Whether the request is a gRPC call (`content-type: application/grpc…`).
+/// Whether the request is a gRPC call.
 fn is_grpc<B>(request: &Request<B>) -> bool {
-    request
-        .headers()
+    is_grpc_content(request.headers())
+}
+
+/// Whether a message's `content-type` is gRPC's (`application/grpc…`).
+pub(crate) fn is_grpc_content(headers: &http::HeaderMap) -> bool {
+    headers
         .get(http::header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}
+
+impl<'r> Context<'r> {
+    /// What is known before the first phase runs.
+    pub(crate) fn new(
+        client: &'r Peer,
+        grpc: bool,
+        request_id: HeaderValue,
+        started: Instant,
+        trace: crate::trace::Trace,
+    ) -> Self {
+        Self {
+            client,
+            grpc,
+            request_id,
+            started,
+            rule: None,
+            client_ip: None,
+            identity: None,
+            tenant: None,
+            rate_headers: Vec::new(),
+            permit: None,
+            byte_targets: Vec::new(),
+            target: None,
+            trace,
+            cors: None,
+        }
+    }
 }
 
 impl Proxy {
@@ -209,22 +241,7 @@ impl Proxy {
             self.shared.spans.is_some(),
             started.into_std(),
         );
-        let mut context = Context {
-            client,
-            grpc: is_grpc(&request),
-            request_id,
-            started,
-            rule: None,
-            client_ip: None,
-            identity: None,
-            tenant: None,
-            rate_headers: Vec::new(),
-            permit: None,
-            byte_targets: Vec::new(),
-            target: None,
-            trace,
-            cors: None,
-        };
+        let mut context = Context::new(client, is_grpc(&request), request_id, started, trace);
         let outcome = self.phases(&runtime, request, &mut context).await;
         respond::respond(&self.shared, &runtime, context, outcome, line)
     }

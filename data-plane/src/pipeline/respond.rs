@@ -87,9 +87,9 @@ pub(super) fn respond(
     if let Some(tenant) = tenant {
         runtime.tenant_metrics.observe(tenant, status);
     }
-    let trace_id = crate::trace::trace_id_hex(&trace.trace_id);
-    let trace_id = std::str::from_utf8(&trace_id).unwrap_or_default();
     if let AccessLine(Some((method, uri))) = line {
+        let trace_id = crate::trace::trace_id_hex(&trace.trace_id);
+        let trace_id = std::str::from_utf8(&trace_id).unwrap_or_default();
         tracing::info!(
             target: "pavilion::access",
             request_id = request_id.to_str().unwrap_or_default(),
