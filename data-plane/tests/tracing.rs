@@ -244,6 +244,29 @@ async fn traces_start_here_when_missing_or_malformed_and_refusals_mark_their_pha
     let upstream = Upstream::start("u1").await.unwrap();
     let dp = data_plane(&endpoint, 1.0, &upstream).await;
 
+    // A restarted trace drops the client's tracestate (it belongs to another trace); a
+    // continued one passes it on.
+    let restarted = get(
+        &dp,
+        "/x",
+        &[("traceparent", "00-zzzz-bad-01"), ("tracestate", "a=1")],
+    )
+    .await;
+    assert!(restarted.json()["headers"].get("tracestate").is_none());
+    let continued = get(
+        &dp,
+        "/x",
+        &[
+            (
+                "traceparent",
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            ),
+            ("tracestate", "a=1"),
+        ],
+    )
+    .await;
+    assert_eq!(continued.json()["headers"]["tracestate"], "a=1");
+
     for headers in [&[][..], &[("traceparent", "00-zzzz-bad-01")][..]] {
         let reply = get(&dp, "/x", headers).await;
         let (trace_id, span, sampled) = traceparent(reply.header("traceparent").unwrap());

@@ -294,14 +294,32 @@ async fn the_data_plane_raises_its_soft_open_files_limit_to_the_hard_one() {
             &admin,
         ],
     );
-    pavilion_tests::eventually("the admin listener", pavilion_e2e::STARTUP, || async {
-        let reply = pavilion_tests::client::HttpClient::http1()
-            .get(&format!("http://{admin}/health"))
-            .await
-            .ok()?;
-        (reply.status == 200).then_some(())
-    })
-    .await;
+    let health =
+        pavilion_tests::eventually("the admin listener", pavilion_e2e::STARTUP, || async {
+            let reply = pavilion_tests::client::HttpClient::http1()
+                .get(&format!("http://{admin}/health"))
+                .await
+                .ok()?;
+            (reply.status == 200).then(|| reply.json())
+        })
+        .await;
+    // The build is named: the commit this checkout is at.
+    let head = std::process::Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    assert_eq!(
+        health["gitSha"],
+        String::from_utf8_lossy(&head.stdout).trim()
+    );
+    assert_eq!(health["version"], env!("CARGO_PKG_VERSION"));
+    assert!(
+        health["buildTime"]
+            .as_str()
+            .is_some_and(|t| t.ends_with('Z')),
+        "{health}"
+    );
     let limits = std::fs::read_to_string(format!("/proc/{}/limits", data.id())).unwrap();
     let open_files: Vec<&str> = limits
         .lines()
