@@ -17,6 +17,7 @@ pub mod revocation;
 pub mod route;
 pub mod status;
 pub mod tenant;
+pub mod traffic;
 mod validate;
 
 pub use api_key::{ApiKey, ApiKeySpec};

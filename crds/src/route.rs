@@ -133,6 +133,10 @@ pub struct RouteRule {
     /// safe by `command_id`. Needs `tenancy` and `backends: [{ service: aggregate }]`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub commands: Option<Commands>,
+    /// Tunnel WebSocket upgrades to the backend; without it an upgrade is removed and the
+    /// request forwarded as a plain one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub websocket: Option<crate::traffic::WebSocket>,
 }
 
 /// `commands:` on a rule.
@@ -331,6 +335,28 @@ impl RouteRule {
                         format!("`{window}` must be between 1s and 24h"),
                     ),
                     Ok(_) => {}
+                }
+            }
+        }
+        if let Some(websocket) = &self.websocket {
+            let websocket_field = format!("{field}.websocket");
+            websocket.validate(&websocket_field, errors);
+            if self.commands.is_some() {
+                errors.add(
+                    &websocket_field,
+                    "a `commands` rule serves the command API, not WebSocket tunnels",
+                );
+            }
+            for (i, backend) in self.backends.iter().enumerate() {
+                if backend
+                    .url
+                    .as_deref()
+                    .is_some_and(|u| u.starts_with("h2c://"))
+                {
+                    errors.add(
+                        format!("{}.url", at(&backends, i)),
+                        "WebSocket tunnels need an http:// or https:// backend (HTTP/1.1 upgrade)",
+                    );
                 }
             }
         }

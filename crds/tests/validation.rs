@@ -732,3 +732,37 @@ fn unknown_quota_and_concurrency_fields_are_unreadable() {
         assert!(parse_documents(&yaml).remove(0).result.is_err(), "{spec}");
     }
 }
+
+/// Expects each case's rules to be refused with an error on its field.
+fn refused_on_fields(cases: &[(&str, &str, &str)]) {
+    for (what, rules, field) in cases {
+        let found = errors(&route(rules));
+        assert!(
+            found.iter().any(|e| e.field == *field),
+            "{what}: expected an error on {field}, got {found:?}"
+        );
+    }
+}
+
+#[test]
+fn traffic_fields_name_their_fields() {
+    refused_on_fields(&[
+        (
+            "an idle timeout of two days",
+            "    - websocket: { idleTimeout: 2d }\n      backends: [{ url: 'http://a:1' }]\n",
+            "spec.rules[0].websocket.idleTimeout",
+        ),
+        (
+            "an idle timeout that is no duration",
+            "    - websocket: { idleTimeout: soon }\n      backends: [{ url: 'http://a:1' }]\n",
+            "spec.rules[0].websocket.idleTimeout",
+        ),
+        (
+            "a WebSocket rule to an h2c backend",
+            "    - websocket: {}\n      backends: [{ url: 'http://a:1' }, { url: 'h2c://b:1' }]\n",
+            "spec.rules[0].backends[1].url",
+        ),
+    ]);
+    let good = "    - websocket: { idleTimeout: 1h }\n      backends: [{ url: 'https://a:1' }]\n";
+    assert_eq!(errors(&route(good)), []);
+}

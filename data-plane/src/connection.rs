@@ -16,6 +16,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::body::{ResponseBody, ResponseBodyError};
@@ -210,6 +211,50 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Watched<IO> {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
+/// The open connections of one worker — upgraded ones (WebSocket tunnels) included; wakes
+/// the drain when the last one ends.
+#[derive(Default)]
+pub(crate) struct Open {
+    pub(crate) count: AtomicUsize,
+    none_left: Notify,
+}
+
+/// Counts a connection as open until it drops.
+pub(crate) struct OpenGuard {
+    open: Arc<Open>,
+    gauge: prometheus::IntGauge,
+}
+
+impl Open {
+    pub(crate) fn enter(self: &Arc<Self>, gauge: &prometheus::IntGauge) -> OpenGuard {
+        self.count.fetch_add(1, Ordering::Relaxed);
+        gauge.inc();
+        OpenGuard {
+            open: self.clone(),
+            gauge: gauge.clone(),
+        }
+    }
+
+    pub(crate) async fn drained(&self) {
+        loop {
+            let notified = self.none_left.notified();
+            if self.count.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.gauge.dec();
+        if self.open.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.open.none_left.notify_waiters();
+        }
     }
 }
 

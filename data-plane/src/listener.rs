@@ -4,7 +4,7 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use hyper::service::service_fn;
@@ -12,7 +12,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Notify, watch};
+use tokio::sync::watch;
 use tokio::time::MissedTickBehavior;
 use tokio_rustls::TlsAcceptor;
 
@@ -38,49 +38,6 @@ pub struct ListenerSettings {
     pub tls: Option<TlsAcceptor>,
 }
 
-/// The open connections of one worker; wakes the drain when the last one ends.
-#[derive(Default)]
-struct Open {
-    count: AtomicUsize,
-    none_left: Notify,
-}
-
-/// Counts a connection as open until it drops.
-struct OpenGuard {
-    open: Arc<Open>,
-    gauge: prometheus::IntGauge,
-}
-
-impl Open {
-    fn enter(self: &Arc<Self>, gauge: &prometheus::IntGauge) -> OpenGuard {
-        self.count.fetch_add(1, Ordering::Relaxed);
-        gauge.inc();
-        OpenGuard {
-            open: self.clone(),
-            gauge: gauge.clone(),
-        }
-    }
-
-    async fn drained(&self) {
-        loop {
-            let notified = self.none_left.notified();
-            if self.count.load(Ordering::Acquire) == 0 {
-                return;
-            }
-            notified.await;
-        }
-    }
-}
-
-impl Drop for OpenGuard {
-    fn drop(&mut self) {
-        self.gauge.dec();
-        if self.open.count.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.open.none_left.notify_waiters();
-        }
-    }
-}
-
 pub async fn serve(
     listener: TcpListener,
     proxy: Arc<Proxy>,
@@ -103,7 +60,7 @@ pub async fn serve(
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(buffer).unwrap_or(u32::MAX))
         .keep_alive_interval(Some(Duration::from_secs(30)));
-    let open = Arc::new(Open::default());
+    let open = proxy.open().clone();
     let port = listener.local_addr().map_or(0, |a| a.port());
     let metrics = proxy.metrics().clone();
 
@@ -227,7 +184,7 @@ impl Connection {
         });
         let connection = self
             .builder
-            .serve_connection(TokioIo::new(Watched::new(io, state.clone())), service)
+            .serve_connection_with_upgrades(TokioIo::new(Watched::new(io, state.clone())), service)
             .into_owned();
         let mut connection = std::pin::pin!(connection);
 

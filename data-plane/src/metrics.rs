@@ -55,6 +55,10 @@ pub struct Metrics {
     /// `--max-connections`; `idle`: no request for `--idle-timeout`; `send_timeout`: the
     /// client stopped reading).
     pub connections_closed: IntCounterVec,
+    /// WebSocket tunnels open, all workers together.
+    pub websockets_open: IntGauge,
+    /// WebSocket tunnels ended, by reason (`closed`, `idle`, `error`).
+    pub websockets_closed: IntCounterVec,
 }
 
 /// Handles of one route's series.
@@ -170,8 +174,23 @@ impl Metrics {
             &["reason"],
         )
         .expect("valid metric");
+        let websockets_open = IntGauge::new(
+            "pavilion_websockets_open",
+            "WebSocket tunnels open, all workers together.",
+        )
+        .expect("valid metric");
+        let websockets_closed = IntCounterVec::new(
+            Opts::new(
+                "pavilion_websockets_closed_total",
+                "WebSocket tunnels ended, by reason: closed (a side closed its connection), idle (the rule's websocket.idleTimeout), error (a side reset or failed).",
+            ),
+            &["reason"],
+        )
+        .expect("valid metric");
         for collector in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(websockets_open.clone()),
+            Box::new(websockets_closed.clone()),
             Box::new(connections_open.clone()),
             Box::new(tenant_requests.clone()),
             Box::new(connections_closed.clone()),
@@ -209,6 +228,8 @@ impl Metrics {
             labelled_tenants: Default::default(),
             connections_open,
             connections_closed,
+            websockets_open,
+            websockets_closed,
         }
     }
 

@@ -88,6 +88,9 @@ pub struct Rule {
     /// The CorsPolicy reaching the route; `None`: no CORS headers, preflights are plain
     /// requests.
     pub cors: Option<Arc<crate::cors::Cors>>,
+    /// WebSocket upgrades are tunnelled, closed after this much silence; `None`: upgrades
+    /// are removed and the request forwarded as a plain one.
+    pub websocket: Option<Duration>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -276,6 +279,10 @@ impl Runtime {
                     quotas,
                     concurrency: concurrency.clone(),
                     cors,
+                    websocket: rule
+                        .websocket
+                        .as_ref()
+                        .map(|w| Duration::from_millis(w.idle_timeout_ms.max(1))),
                 });
             }
             ids.push(route_ids);

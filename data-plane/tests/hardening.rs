@@ -308,11 +308,7 @@ fn short_timeouts(max_per_worker: usize) -> Config {
 }
 
 async fn metrics(dp: &DataPlane) -> String {
-    pavilion_tests::client::HttpClient::http1()
-        .get(&format!("http://{}/metrics", dp.admin_addr))
-        .await
-        .unwrap()
-        .text()
+    pavilion_tests::metrics(dp.admin_addr).await
 }
 
 /// Reads until the server closes; `Err` after 5 s.

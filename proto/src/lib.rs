@@ -19,4 +19,5 @@ pub use v1::{
     Placements, Quota, QuotaPeriod, RateLimit, RateLimitBackend, RateLimitFailureMode,
     RateLimitOverride, Route, Rule, SecurityHeaders, Shard, Snapshot, SnapshotRequest,
     SnapshotResponse, StaticKey, Tenancy, TenantPlacement, TenantRoles, TokenRevocations,
+    WebSocket,
 };

@@ -30,6 +30,15 @@ pub async fn control_api(addr: impl std::fmt::Display, path: &str) -> client::Re
         .expect("the control plane answers")
 }
 
+/// The Prometheus text of an admin listener at `addr` (`/metrics`).
+pub async fn metrics(addr: impl std::fmt::Display) -> String {
+    client::HttpClient::http1()
+        .get(&format!("http://{addr}/metrics"))
+        .await
+        .expect("the admin listener answers")
+        .text()
+}
+
 /// Polls `check` every 10 ms until it returns `Some`, or panics after `timeout` naming `what`.
 pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
 where

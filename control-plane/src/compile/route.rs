@@ -146,6 +146,9 @@ fn to_proto(route: &Route, applied: &Applied, cors: Option<&proto::Cors>) -> pro
                     window_ms: c.window().as_millis() as u64,
                 }),
                 cors: cors.cloned(),
+                websocket: rule.websocket.as_ref().map(|w| proto::WebSocket {
+                    idle_timeout_ms: w.idle_timeout().as_millis() as u64,
+                }),
             })
             .collect(),
     }

@@ -30,6 +30,29 @@ pub(super) async fn forward<'r>(
     rewrite: Rewrite,
     context: &mut Context<'r>,
 ) -> Result<Response<ResponseBody>, Deny> {
+    let upstream = prepare(proxy, runtime, rule, target, request, rewrite, context)?;
+    let response = exchange(
+        proxy,
+        rule,
+        target,
+        context,
+        proxy.upstreams.send(target, upstream),
+    )
+    .await?;
+    Ok(finish(proxy, response, context))
+}
+
+/// The upstream's request: the client's, addressed to the target, with the gateway's
+/// forwarding, identity and tenant headers.
+pub(super) fn prepare(
+    proxy: &Proxy,
+    runtime: &Runtime,
+    rule: &Rule,
+    target: &Target,
+    request: Request<Incoming>,
+    rewrite: Rewrite,
+    context: &Context<'_>,
+) -> Result<Request<RequestBody>, Deny> {
     let shared = &*proxy.shared;
     let client = context.client;
     // A trusted proxy's client, as the IP lists read it (the proxy itself if its header
@@ -57,9 +80,20 @@ pub(super) async fn forward<'r>(
     if let Some(tenant) = &context.tenant {
         upstream.headers_mut().insert(&X_TENANT_ID, tenant.clone());
     }
+    Ok(upstream)
+}
 
+/// Runs one upstream exchange within the rule's timeout, releases the concurrency permit
+/// with its verdict, and turns a failure into the client's answer.
+pub(super) async fn exchange(
+    proxy: &Proxy,
+    rule: &Rule,
+    target: &Target,
+    context: &mut Context<'_>,
+    sending: impl Future<Output = Result<Response<ResponseBody>, UpstreamError>>,
+) -> Result<Response<ResponseBody>, Deny> {
     let deadline = context.started + rule.timeout;
-    let outcome = tokio::time::timeout_at(deadline, proxy.upstreams.send(target, upstream)).await;
+    let outcome = tokio::time::timeout_at(deadline, sending).await;
     match (context.permit.take(), &outcome) {
         // The client's own fault says nothing about the upstream: no sample.
         (Some(permit), Ok(Err(UpstreamError::ClientBody(_)))) => drop(permit),
@@ -67,24 +101,30 @@ pub(super) async fn forward<'r>(
             .finish(matches!(&outcome, Ok(Ok(response)) if !response.status().is_server_error())),
         (None, _) => {}
     }
-    let response = match outcome {
-        Ok(Ok(response)) => response,
-        Ok(Err(error)) => {
-            return Err(failed(
-                error,
-                rule,
-                target,
-                context,
-                shared.limits.max_body_bytes,
-            ));
-        }
-        Err(_) => {
-            return Err(Deny::UpstreamTimeout {
-                route: rule.route.to_string(),
-                timeout: rule.timeout,
-            });
-        }
-    };
+    match outcome {
+        Ok(Ok(response)) => Ok(response),
+        Ok(Err(error)) => Err(failed(
+            error,
+            rule,
+            target,
+            context,
+            proxy.shared.limits.max_body_bytes,
+        )),
+        Err(_) => Err(Deny::UpstreamTimeout {
+            route: rule.route.to_string(),
+            timeout: rule.timeout,
+        }),
+    }
+}
+
+/// The upstream's response as the client gets it: streams bounded by silence, bytes
+/// counted for quotas, hop-by-hop fields gone.
+pub(super) fn finish(
+    proxy: &Proxy,
+    response: Response<ResponseBody>,
+    context: &mut Context<'_>,
+) -> Response<ResponseBody> {
+    let shared = &*proxy.shared;
     let (mut parts, mut body) = response.into_parts();
     // A stream (no length: SSE, long polls) outlives the rule's timeout, which ends at the
     // response head; its own bound is silence.
@@ -105,7 +145,7 @@ pub(super) async fn forward<'r>(
     }
     headers::strip_hop_by_hop(&mut parts.headers, false);
     parts.version = Version::HTTP_11;
-    Ok(Response::from_parts(parts, body))
+    Response::from_parts(parts, body)
 }
 
 /// An upstream exchange that failed, as the client is told; logged as the upstream's

@@ -5,7 +5,8 @@
 //!
 //! ```text
 //! admit ▸ route ▸ ip ▸ limits (request facts) ▸ authn ▸ tenant ▸ authorize ▸ placement
-//!       ▸ limits (identity) ▸ quota ▸ forward (or, on `commands` rules, command)
+//!       ▸ limits (identity) ▸ quota ▸ forward (or command on `commands` rules, or a
+//!         websocket tunnel for an upgrade on `websocket` rules)
 //!       └──── any phase's Deny ────┘──▶ respond: response filters, metrics, access log
 //! ```
 //!
@@ -26,6 +27,7 @@ mod quota;
 mod respond;
 mod route;
 pub mod tenant;
+mod websocket;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -128,6 +130,9 @@ pub struct Proxy {
     shared: Arc<Shared>,
     upstreams: Upstreams,
     tokens: TokenCache,
+    /// The worker's open client connections, WebSocket tunnels included: the drain waits
+    /// for them.
+    open: Arc<crate::connection::Open>,
 }
 
 /// What the phases learn about one request, in the order they learn it; `respond` reads
@@ -208,7 +213,12 @@ impl Proxy {
             shared,
             upstreams,
             tokens: TokenCache::default(),
+            open: Arc::default(),
         }
+    }
+
+    pub(crate) fn open(&self) -> &Arc<crate::connection::Open> {
+        &self.open
     }
 
     pub fn limits(&self) -> Limits {
@@ -299,6 +309,9 @@ impl Proxy {
         }
         let rewrite = admitted.into_rewrite();
         context.trace.phase("upstream");
+        if websocket::wanted(rule, &request) {
+            return websocket::tunnel(self, runtime, rule, target, request, rewrite, context).await;
+        }
         forward::forward(self, runtime, rule, target, request, rewrite, context).await
     }
 }

@@ -191,6 +191,10 @@ pub struct Upstreams {
     /// has its own pool, so a connection is only reused for the name it was verified for.
     https_named: std::sync::Mutex<std::collections::HashMap<Box<str>, HttpsClient>>,
     make_https: Box<MakeHttps>,
+    /// HTTP/1.1 upgrades (WebSocket) to `http://` backends: hyper hands over the connection
+    /// after a 101, which the inline client is not built for; `https://` upgrades use the
+    /// HTTPS clients.
+    http1_upgrades: Client<HttpConnector, RequestBody>,
 }
 
 /// Makes an HTTPS client, for a fixed TLS server name when one is given.
@@ -235,7 +239,8 @@ impl Upstreams {
         };
         Self {
             http1: h1::Client::new(options.connect_timeout, options.idle_timeout),
-            h2c: builder().http2_only(true).build(connector),
+            h2c: builder().http2_only(true).build(connector.clone()),
+            http1_upgrades: builder().build(connector),
             https: make_https(None),
             https_named: Default::default(),
             make_https: Box::new(make_https),
@@ -267,21 +272,37 @@ impl Upstreams {
                 Err(error) => Err(UpstreamError::Failed(error.to_string())),
             },
             Protocol::H2c => from_hyper(self.h2c.request(request).await),
-            Protocol::Https => {
-                let named;
-                let client = match &target.server_name {
-                    None => &self.https,
-                    Some(name) => {
-                        let mut clients =
-                            self.https_named.lock().unwrap_or_else(|p| p.into_inner());
-                        named = clients
-                            .entry(name.clone())
-                            .or_insert_with(|| (self.make_https)(Some(name)))
-                            .clone();
-                        &named
-                    }
-                };
-                from_hyper(client.request(request).await)
+            Protocol::Https => from_hyper(self.https(target).request(request).await),
+        }
+    }
+
+    /// Sends an HTTP/1.1 upgrade request; after a 101 the response's extensions hold the
+    /// upstream connection (`hyper::upgrade::on`).
+    pub async fn upgrade(
+        &self,
+        target: &Target,
+        request: Request<RequestBody>,
+    ) -> Result<Response<ResponseBody>, UpstreamError> {
+        match target.protocol {
+            Protocol::Http1 => from_hyper(self.http1_upgrades.request(request).await),
+            Protocol::Https => from_hyper(self.https(target).request(request).await),
+            Protocol::H2c => Err(UpstreamError::Failed(format!(
+                "backend `{}` speaks HTTP/2 only; WebSocket tunnels need HTTP/1.1",
+                target.url
+            ))),
+        }
+    }
+
+    /// The HTTPS client for the target's TLS server name.
+    fn https(&self, target: &Target) -> HttpsClient {
+        match &target.server_name {
+            None => self.https.clone(),
+            Some(name) => {
+                let mut clients = self.https_named.lock().unwrap_or_else(|p| p.into_inner());
+                clients
+                    .entry(name.clone())
+                    .or_insert_with(|| (self.make_https)(Some(name)))
+                    .clone()
             }
         }
     }
