@@ -433,3 +433,75 @@ fn a_routes_cors_policy_wins_over_its_namespaces() {
     assert_eq!(orders.max_age_seconds, 600);
     assert_eq!(cors("carts").policy, "shop/shop-wide");
 }
+
+#[test]
+fn traffic_fields_reach_the_snapshot_with_every_default_resolved() {
+    let spec = "  rules:
+    - backends: [{ url: http://127.0.0.1:9000 }, { url: http://127.0.0.1:9001 }]
+      websocket: {}
+      retry: { attempts: 3, on: [connect-failure, '503'] }
+      loadBalancer: { policy: ConsistentHash, hashOn: 'header:X-User' }
+      healthCheck: { active: { path: /healthz }, passive: {} }
+      circuitBreaker: { failurePercent: 50 }
+    - backends: [{ url: http://127.0.0.1:9002 }]
+";
+    let compiled = compile(&items(&[("r.yaml", &route("r", "", spec))]));
+    let rule = &compiled.snapshot.routes[0].rules[0];
+    assert_eq!(rule.websocket.as_ref().unwrap().idle_timeout_ms, 300_000);
+    let retry = rule.retry.as_ref().unwrap();
+    assert_eq!(retry.attempts, 3);
+    assert!(retry.on_connect_failure && !retry.on_reset);
+    assert_eq!(retry.on_statuses, [503]);
+    assert_eq!((retry.backoff_ms, retry.max_backoff_ms), (25, 250));
+    assert_eq!(
+        (retry.budget_percent, retry.min_retries_per_second),
+        (20, 3)
+    );
+    let lb = rule.load_balancer.as_ref().unwrap();
+    assert_eq!(
+        lb.policy,
+        pavilion_proto::BalancePolicy::ConsistentHash as i32
+    );
+    assert_eq!(lb.hash_on, "header:x-user");
+    let health = rule.health_check.as_ref().unwrap();
+    let active = health.active.as_ref().unwrap();
+    assert_eq!(
+        (active.path.as_str(), active.interval_ms, active.timeout_ms),
+        ("/healthz", 5_000, 1_000)
+    );
+    assert_eq!(
+        (active.healthy_threshold, active.unhealthy_threshold),
+        (2, 3)
+    );
+    let passive = health.passive.as_ref().unwrap();
+    assert_eq!(
+        (
+            passive.consecutive_failures,
+            passive.ejection_ms,
+            passive.max_ejected_percent
+        ),
+        (5, 30_000, 50)
+    );
+    let breaker = rule.circuit_breaker.as_ref().unwrap();
+    assert_eq!(
+        (
+            breaker.consecutive_failures,
+            breaker.failure_percent,
+            breaker.min_requests
+        ),
+        (5, 50, 20)
+    );
+    assert_eq!(
+        (
+            breaker.window_ms,
+            breaker.open_for_ms,
+            breaker.half_open_probes
+        ),
+        (10_000, 30_000, 3)
+    );
+    // A rule without them has none.
+    let plain = &compiled.snapshot.routes[0].rules[1];
+    assert!(
+        plain.retry.is_none() && plain.load_balancer.is_none() && plain.circuit_breaker.is_none()
+    );
+}

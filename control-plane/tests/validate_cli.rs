@@ -47,7 +47,7 @@ fn problems_are_reported_as_file_line_field_message_and_exit_1() {
         lines,
         [
             format!(
-                "{bad}:8: spec.rules[0].timout: unknown field `timout`, expected one of `matches`, `backends`, `timeout`, `auth`, `ipAllow`, `ipDeny`, `upstreamTls`, `tenancy`, `authorize`, `commands`"
+                "{bad}:8: spec.rules[0].timout: unknown field `timout`, expected one of `matches`, `backends`, `timeout`, `auth`, `ipAllow`, `ipDeny`, `upstreamTls`, `tenancy`, `authorize`, `commands`, `websocket`, `retry`, `loadBalancer`, `healthCheck`, `circuitBreaker`"
             ),
             format!("{bad}:15: spec.rules[0].backends: at least one backend is required"),
         ]

@@ -137,6 +137,18 @@ pub struct RouteRule {
     /// request forwarded as a plain one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub websocket: Option<crate::traffic::WebSocket>,
+    /// Repeat failed attempts on another backend, when that is safe, within a budget.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<crate::traffic::Retry>,
+    /// How requests are spread over the backends; default weighted round robin.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load_balancer: Option<crate::traffic::LoadBalancer>,
+    /// Active probes and passive outlier ejection of the backends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<crate::traffic::HealthCheck>,
+    /// Stop sending to backends that keep failing, for a while.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub circuit_breaker: Option<crate::traffic::CircuitBreaker>,
 }
 
 /// `commands:` on a rule.
@@ -337,6 +349,30 @@ impl RouteRule {
                     Ok(_) => {}
                 }
             }
+        }
+        if let Some(retry) = &self.retry {
+            retry.validate(&format!("{field}.retry"), errors);
+        }
+        let service_backend = self.backends.iter().any(|b| b.service.is_some());
+        for (name, set) in [
+            ("loadBalancer", self.load_balancer.is_some()),
+            ("healthCheck", self.health_check.is_some()),
+        ] {
+            if set && service_backend {
+                errors.add(
+                    format!("{field}.{name}"),
+                    "a service backend is one shard endpoint chosen by placement; balance and check `url` backends",
+                );
+            }
+        }
+        if let Some(balancer) = &self.load_balancer {
+            balancer.validate(&format!("{field}.loadBalancer"), errors);
+        }
+        if let Some(health) = &self.health_check {
+            health.validate(&format!("{field}.healthCheck"), errors);
+        }
+        if let Some(breaker) = &self.circuit_breaker {
+            breaker.validate(&format!("{field}.circuitBreaker"), errors);
         }
         if let Some(websocket) = &self.websocket {
             let websocket_field = format!("{field}.websocket");

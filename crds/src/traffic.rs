@@ -1,5 +1,5 @@
 //! Rule fields about how traffic is carried between the matched rule and the upstream:
-//! WebSocket upgrades (more follow: retries, balancing, health, compression, transforms).
+//! WebSocket upgrades, retries, load balancing, health checks and the circuit breaker.
 
 use std::time::Duration;
 
@@ -26,10 +26,7 @@ pub const DEFAULT_WEBSOCKET_IDLE: Duration = Duration::from_secs(300);
 
 impl WebSocket {
     pub fn idle_timeout(&self) -> Duration {
-        self.idle_timeout
-            .as_deref()
-            .and_then(|t| parse_duration(t).ok())
-            .unwrap_or(DEFAULT_WEBSOCKET_IDLE)
+        duration_or(&self.idle_timeout, DEFAULT_WEBSOCKET_IDLE)
     }
 
     pub(crate) fn validate(&self, field: &str, errors: &mut Errors) {
@@ -59,4 +56,356 @@ pub(crate) fn within(field: &str, text: &str, min: Duration, max: Duration, erro
         ),
         Ok(_) => {}
     }
+}
+
+/// `retry:` on a rule: failed attempts are repeated on another backend when that is safe —
+/// the request has no body, and its method is idempotent or the failure came before
+/// anything was sent (a refused connection).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Retry {
+    /// Attempts after the first; default 2, at most 5.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempts: Option<u32>,
+    /// What is retried: `connect-failure`, `reset` (the backend broke the exchange) and
+    /// response statuses (`"502"`, `"503"`, `"504"`, any of 500–599). Default all of these
+    /// five.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub on: Vec<String>,
+    /// Each attempt's own limit (the rule's `timeout` still bounds them all); default none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_try_timeout: Option<String>,
+    /// First wait between attempts, doubled each time with full jitter; default `25ms`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backoff: Option<String>,
+    /// Longest wait between attempts; default `250ms`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_backoff: Option<String>,
+    /// Retries may add at most this share of the rule's requests over the last 10 s
+    /// (percent, default 20), so that retries cannot multiply an outage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget_percent: Option<u32>,
+    /// Retries allowed per second whatever the share, so a quiet rule can still retry;
+    /// default 3.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_retries_per_second: Option<u32>,
+}
+
+/// Statuses and failures retried when `retry.on` names none.
+pub const DEFAULT_RETRY_ON: [&str; 5] = ["connect-failure", "reset", "502", "503", "504"];
+
+impl Retry {
+    pub(crate) fn validate(&self, field: &str, errors: &mut Errors) {
+        if self.attempts.is_some_and(|a| a == 0 || a > 5) {
+            errors.add(format!("{field}.attempts"), "must be between 1 and 5");
+        }
+        for (i, on) in self.on.iter().enumerate() {
+            let known = matches!(on.as_str(), "connect-failure" | "reset")
+                || on.parse::<u16>().is_ok_and(|s| (500..600).contains(&s));
+            if !known {
+                errors.add(
+                    crate::validate::at(&format!("{field}.on"), i),
+                    format!("`{on}` is not `connect-failure`, `reset` or a status from 500 to 599"),
+                );
+            }
+        }
+        let hour = Duration::from_secs(3600);
+        for (name, value) in [
+            ("perTryTimeout", &self.per_try_timeout),
+            ("backoff", &self.backoff),
+            ("maxBackoff", &self.max_backoff),
+        ] {
+            if let Some(value) = value {
+                within(
+                    &format!("{field}.{name}"),
+                    value,
+                    Duration::from_millis(1),
+                    hour,
+                    errors,
+                );
+            }
+        }
+        if self.budget_percent.is_some_and(|p| p == 0 || p > 100) {
+            errors.add(
+                format!("{field}.budgetPercent"),
+                "must be between 1 and 100",
+            );
+        }
+    }
+}
+
+/// How a rule spreads requests over its backends.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum BalancePolicy {
+    /// In turn, in proportion to the weights.
+    #[default]
+    RoundRobin,
+    /// At random, in proportion to the weights.
+    Random,
+    /// The less busy of two backends drawn at random (in-flight requests per unit of
+    /// weight): slow backends get less.
+    LeastRequest,
+    /// The same key always goes to the same backend while it is healthy (rendezvous hashing:
+    /// a backend's departure moves only its own keys).
+    ConsistentHash,
+}
+
+/// `loadBalancer:` on a rule.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LoadBalancer {
+    #[serde(default)]
+    pub policy: BalancePolicy,
+    /// For `ConsistentHash`: `header:NAME`, `claim:NAME`, `tenant` or `clientIp`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash_on: Option<String>,
+}
+
+impl LoadBalancer {
+    pub(crate) fn validate(&self, field: &str, errors: &mut Errors) {
+        match (&self.policy, &self.hash_on) {
+            (BalancePolicy::ConsistentHash, None) => errors.add(
+                format!("{field}.hashOn"),
+                "ConsistentHash needs `hashOn`: header:NAME, claim:NAME, tenant or clientIp",
+            ),
+            (BalancePolicy::ConsistentHash, Some(key)) => {
+                let ok = match key.split_once(':') {
+                    Some(("header", name)) => http::HeaderName::from_bytes(name.as_bytes()).is_ok(),
+                    Some(("claim", name)) => !name.is_empty(),
+                    _ => matches!(key.as_str(), "tenant" | "clientIp"),
+                };
+                if !ok {
+                    errors.add(
+                        format!("{field}.hashOn"),
+                        format!("`{key}` is not header:NAME, claim:NAME, tenant or clientIp"),
+                    );
+                }
+            }
+            (_, Some(_)) => errors.add(
+                format!("{field}.hashOn"),
+                "only ConsistentHash hashes on a key",
+            ),
+            (_, None) => {}
+        }
+    }
+}
+
+/// `healthCheck:` on a rule: active probes and passive outlier ejection of its backends.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HealthCheck {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active: Option<ActiveCheck>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub passive: Option<PassiveCheck>,
+}
+
+/// Every backend is asked `GET path` at an interval; a 2xx within the timeout is a pass.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ActiveCheck {
+    /// Absolute path (and query) asked, e.g. `/healthz`.
+    pub path: String,
+    /// Default `5s`, between `100ms` and `1h`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<String>,
+    /// Default `1s`, at most the interval.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+    /// Passes in a row that make an unhealthy backend healthy; default 2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub healthy_threshold: Option<u32>,
+    /// Failures in a row that make a healthy backend unhealthy; default 3.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unhealthy_threshold: Option<u32>,
+}
+
+/// Backends that fail requests in a row are taken out for a while, longer each time.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PassiveCheck {
+    /// 5xx answers or connection failures in a row that eject a backend; default 5.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consecutive_failures: Option<u32>,
+    /// The first ejection's length; each further one is longer (×2, at most ×16). Default
+    /// `30s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ejection_time: Option<String>,
+    /// At most this share of the rule's backends is ejected at once (percent, default 50).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_ejected_percent: Option<u32>,
+}
+
+impl HealthCheck {
+    pub(crate) fn validate(&self, field: &str, errors: &mut Errors) {
+        if self.active.is_none() && self.passive.is_none() {
+            errors.add(field, "needs `active`, `passive` or both");
+        }
+        if let Some(active) = &self.active {
+            let field = format!("{field}.active");
+            if !active.path.starts_with('/')
+                || http::uri::PathAndQuery::try_from(active.path.as_str()).is_err()
+            {
+                errors.add(
+                    format!("{field}.path"),
+                    format!("`{}` is not an absolute path", active.path),
+                );
+            }
+            if let Some(interval) = &active.interval {
+                within(
+                    &format!("{field}.interval"),
+                    interval,
+                    Duration::from_millis(100),
+                    Duration::from_secs(3600),
+                    errors,
+                );
+            }
+            if let Some(timeout) = &active.timeout {
+                within(
+                    &format!("{field}.timeout"),
+                    timeout,
+                    Duration::from_millis(1),
+                    active.interval(),
+                    errors,
+                );
+            }
+            for (name, value) in [
+                ("healthyThreshold", active.healthy_threshold),
+                ("unhealthyThreshold", active.unhealthy_threshold),
+            ] {
+                if value.is_some_and(|v| v == 0 || v > 100) {
+                    errors.add(format!("{field}.{name}"), "must be between 1 and 100");
+                }
+            }
+        }
+        if let Some(passive) = &self.passive {
+            let field = format!("{field}.passive");
+            if passive
+                .consecutive_failures
+                .is_some_and(|v| v == 0 || v > 1000)
+            {
+                errors.add(
+                    format!("{field}.consecutiveFailures"),
+                    "must be between 1 and 1000",
+                );
+            }
+            if let Some(time) = &passive.ejection_time {
+                within(
+                    &format!("{field}.ejectionTime"),
+                    time,
+                    Duration::from_millis(100),
+                    Duration::from_secs(3600),
+                    errors,
+                );
+            }
+            if passive
+                .max_ejected_percent
+                .is_some_and(|p| p == 0 || p > 100)
+            {
+                errors.add(
+                    format!("{field}.maxEjectedPercent"),
+                    "must be between 1 and 100",
+                );
+            }
+        }
+    }
+}
+
+impl ActiveCheck {
+    pub fn interval(&self) -> Duration {
+        duration_or(&self.interval, Duration::from_secs(5))
+    }
+    pub fn timeout(&self) -> Duration {
+        duration_or(&self.timeout, Duration::from_secs(1)).min(self.interval())
+    }
+}
+
+impl PassiveCheck {
+    pub fn ejection_time(&self) -> Duration {
+        duration_or(&self.ejection_time, Duration::from_secs(30))
+    }
+}
+
+/// `circuitBreaker:` on a rule, over its backends together: after too many failures the
+/// rule answers 503 `circuit_open` at once for `openFor`, then lets a few probes through.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CircuitBreaker {
+    /// Failures (5xx, connection failures, timeouts) in a row that open the circuit;
+    /// default 5.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consecutive_failures: Option<u32>,
+    /// Failure share (percent) within `window` that opens the circuit, once the window holds
+    /// `minRequests`; absent: only consecutive failures count.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_percent: Option<u32>,
+    /// Default 20.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_requests: Option<u32>,
+    /// Default `10s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window: Option<String>,
+    /// How long an open circuit refuses before it lets probes through; default `30s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub open_for: Option<String>,
+    /// Requests let through while half-open; all must succeed to close. Default 3.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub half_open_probes: Option<u32>,
+}
+
+impl CircuitBreaker {
+    pub(crate) fn validate(&self, field: &str, errors: &mut Errors) {
+        for (name, value, max) in [
+            ("consecutiveFailures", self.consecutive_failures, 10_000),
+            ("failurePercent", self.failure_percent, 100),
+            ("minRequests", self.min_requests, 1_000_000),
+            ("halfOpenProbes", self.half_open_probes, 1000),
+        ] {
+            if value.is_some_and(|v| v == 0 || v > max) {
+                errors.add(
+                    format!("{field}.{name}"),
+                    format!("must be between 1 and {max}"),
+                );
+            }
+        }
+        for (name, value) in [("window", &self.window), ("openFor", &self.open_for)] {
+            if let Some(value) = value {
+                within(
+                    &format!("{field}.{name}"),
+                    value,
+                    Duration::from_millis(100),
+                    Duration::from_secs(3600),
+                    errors,
+                );
+            }
+        }
+    }
+
+    pub fn window(&self) -> Duration {
+        duration_or(&self.window, Duration::from_secs(10))
+    }
+    pub fn open_for(&self) -> Duration {
+        duration_or(&self.open_for, Duration::from_secs(30))
+    }
+}
+
+impl Retry {
+    pub fn per_try_timeout(&self) -> Option<Duration> {
+        self.per_try_timeout
+            .as_deref()
+            .and_then(|t| parse_duration(t).ok())
+    }
+    pub fn backoff(&self) -> Duration {
+        duration_or(&self.backoff, Duration::from_millis(25))
+    }
+    pub fn max_backoff(&self) -> Duration {
+        duration_or(&self.max_backoff, Duration::from_millis(250))
+    }
+}
+
+/// A written duration, or `default` when absent (validation refused bad ones).
+fn duration_or(text: &Option<String>, default: Duration) -> Duration {
+    text.as_deref()
+        .and_then(|t| parse_duration(t).ok())
+        .unwrap_or(default)
 }

@@ -762,7 +762,82 @@ fn traffic_fields_name_their_fields() {
             "    - websocket: {}\n      backends: [{ url: 'http://a:1' }, { url: 'h2c://b:1' }]\n",
             "spec.rules[0].backends[1].url",
         ),
+        (
+            "six retries",
+            "    - retry: { attempts: 6 }\n      backends: [{ url: 'http://a:1' }]\n",
+            "spec.rules[0].retry.attempts",
+        ),
+        (
+            "retrying a 404",
+            "    - retry: { on: [reset, '404'] }\n      backends: [{ url: 'http://a:1' }]\n",
+            "spec.rules[0].retry.on[1]",
+        ),
+        (
+            "a budget over 100 %",
+            "    - retry: { budgetPercent: 150 }\n      backends: [{ url: 'http://a:1' }]\n",
+            "spec.rules[0].retry.budgetPercent",
+        ),
+        (
+            "a per-try timeout that is no duration",
+            "    - retry: { perTryTimeout: fast }\n      backends: [{ url: 'http://a:1' }]\n",
+            "spec.rules[0].retry.perTryTimeout",
+        ),
+        (
+            "a consistent hash on nothing",
+            "    - loadBalancer: { policy: ConsistentHash }\n      backends: [{ url: 'http://a:1' }]\n",
+            "spec.rules[0].loadBalancer.hashOn",
+        ),
+        (
+            "a consistent hash on an unknown key",
+            "    - loadBalancer: { policy: ConsistentHash, hashOn: cookie }\n      backends: [{ url: 'http://a:1' }]\n",
+            "spec.rules[0].loadBalancer.hashOn",
+        ),
+        (
+            "a hash key on round robin",
+            "    - loadBalancer: { policy: RoundRobin, hashOn: tenant }\n      backends: [{ url: 'http://a:1' }]\n",
+            "spec.rules[0].loadBalancer.hashOn",
+        ),
+        (
+            "an empty health check",
+            "    - healthCheck: {}\n      backends: [{ url: 'http://a:1' }]\n",
+            "spec.rules[0].healthCheck",
+        ),
+        (
+            "a relative check path",
+            "    - healthCheck: { active: { path: healthz } }\n      backends: [{ url: 'http://a:1' }]\n",
+            "spec.rules[0].healthCheck.active.path",
+        ),
+        (
+            "a check timeout longer than its interval",
+            "    - healthCheck: { active: { path: /h, interval: 1s, timeout: 2s } }\n      backends: [{ url: 'http://a:1' }]\n",
+            "spec.rules[0].healthCheck.active.timeout",
+        ),
+        (
+            "ejecting everything and more",
+            "    - healthCheck: { passive: { maxEjectedPercent: 101 } }\n      backends: [{ url: 'http://a:1' }]\n",
+            "spec.rules[0].healthCheck.passive.maxEjectedPercent",
+        ),
+        (
+            "health checks on a service backend",
+            "    - auth: { apiKeys: {} }\n      tenancy: {}\n      healthCheck: { passive: {} }\n      backends: [{ service: aggregate }]\n",
+            "spec.rules[0].healthCheck",
+        ),
+        (
+            "a breaker that never opens",
+            "    - circuitBreaker: { consecutiveFailures: 0 }\n      backends: [{ url: 'http://a:1' }]\n",
+            "spec.rules[0].circuitBreaker.consecutiveFailures",
+        ),
+        (
+            "a breaker open for a day",
+            "    - circuitBreaker: { openFor: 1d }\n      backends: [{ url: 'http://a:1' }]\n",
+            "spec.rules[0].circuitBreaker.openFor",
+        ),
     ]);
+    let unknown = parse_documents(&route(
+        "    - loadBalancer: { policy: Fastest }\n      backends: [{ url: 'http://a:1' }]\n",
+    ));
+    let error = unknown[0].result.as_ref().unwrap_err();
+    assert_eq!(error.field, "spec.rules[0].loadBalancer.policy");
     let good = "    - websocket: { idleTimeout: 1h }\n      backends: [{ url: 'https://a:1' }]\n";
     assert_eq!(errors(&route(good)), []);
 }

@@ -25,6 +25,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/metrics", get(metrics_text))
         .route("/admin/quota/{key}", get(quota_usage))
         .route("/admin/routing", get(routing))
+        .route("/admin/upstreams", get(upstreams))
         .route("/admin/explain", axum::routing::post(explain))
         .with_state(AdminState { shared })
 }
@@ -123,6 +124,33 @@ async fn routing(
                 .into_response(),
         },
     }
+}
+
+/// The rules that balance, check or break circuits: each backend's health, ejection and
+/// load, and the circuit's state.
+async fn upstreams(State(state): State<AdminState>) -> Json<serde_json::Value> {
+    let runtime = state.shared.runtime.load();
+    let rules: Vec<serde_json::Value> = runtime
+        .rules()
+        .iter()
+        .filter_map(|rule| {
+            let backends = match &rule.upstream {
+                crate::runtime::Upstream::Backends(backends) => Some(backends),
+                crate::runtime::Upstream::Service(_) => None,
+            };
+            let endpoints = backends.map(|b| b.endpoints()).unwrap_or_default();
+            if endpoints.is_empty() && rule.breaker.is_none() {
+                return None;
+            }
+            Some(serde_json::json!({
+                "route": &*rule.route,
+                "rule": rule.index,
+                "backends": endpoints.iter().map(|e| e.describe()).collect::<Vec<_>>(),
+                "circuit": rule.breaker.as_ref().map(|b| b.describe()),
+            }))
+        })
+        .collect();
+    Json(serde_json::json!({ "version": &runtime.version, "rules": rules }))
 }
 
 async fn metrics_text(State(state): State<AdminState>) -> Response {

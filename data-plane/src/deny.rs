@@ -73,6 +73,15 @@ pub enum Deny {
     Overloaded {
         message: String,
     },
+    /// 503: every backend of the rule is failing its health checks or ejected.
+    NoHealthyUpstream {
+        route: String,
+    },
+    /// 503: the rule's circuit breaker is open (or half-open with its probes out).
+    CircuitOpen {
+        route: String,
+        retry_after: Duration,
+    },
     /// 400: a rule with `tenancy` and no `x-tenant-id`.
     MissingTenant {
         route: String,
@@ -171,7 +180,9 @@ impl Deny {
             Deny::RateLimited { .. } | Deny::QuotaExceeded { .. } => StatusCode::TOO_MANY_REQUESTS,
             Deny::RateLimitUnavailable { .. }
             | Deny::Overloaded { .. }
-            | Deny::NoPlacement { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            | Deny::NoPlacement { .. }
+            | Deny::NoHealthyUpstream { .. }
+            | Deny::CircuitOpen { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Deny::MissingTenant { .. }
             | Deny::InvalidTenant { .. }
             | Deny::InvalidCommand { .. } => StatusCode::BAD_REQUEST,
@@ -197,6 +208,8 @@ impl Deny {
             Deny::QuotaExceeded { .. } => "quota_exceeded",
             Deny::RateLimitUnavailable { .. } => "rate_limit_unavailable",
             Deny::Overloaded { .. } => "overloaded",
+            Deny::NoHealthyUpstream { .. } => "no_healthy_upstream",
+            Deny::CircuitOpen { .. } => "circuit_open",
             Deny::MissingTenant { .. } => "missing_tenant",
             Deny::InvalidTenant { .. } => "invalid_tenant",
             Deny::TenantForbidden { .. } => "tenant_forbidden",
@@ -212,7 +225,7 @@ impl Deny {
     /// terms operators of other proxies grep for (`UF` upstream connection failure, `UC`
     /// upstream connection termination or invalid response, `UT` upstream timeout, `NR` no
     /// route, `RL` rate limited, `RLSE` rate-limit service error, `UO` overflow — the
-    /// concurrency limit, `DPE` downstream protocol error); `-` when none applies.
+    /// concurrency limit or an open circuit, `UH` no healthy upstream, `DPE` downstream protocol error); `-` when none applies.
     pub fn flags(&self) -> &'static str {
         match self {
             Deny::UpstreamUnreachable { .. } => "UF",
@@ -221,7 +234,8 @@ impl Deny {
             Deny::NotFound { .. } => "NR",
             Deny::RateLimited { .. } | Deny::QuotaExceeded { .. } => "RL",
             Deny::RateLimitUnavailable { .. } => "RLSE",
-            Deny::Overloaded { .. } => "UO",
+            Deny::Overloaded { .. } | Deny::CircuitOpen { .. } => "UO",
+            Deny::NoHealthyUpstream { .. } => "UH",
             Deny::BadRequest(_)
             | Deny::BadRequestBody { .. }
             | Deny::HeadersTooLarge { .. }
@@ -265,6 +279,13 @@ impl Deny {
             | Deny::QuotaExceeded { message, .. }
             | Deny::RateLimitUnavailable { message }
             | Deny::Overloaded { message } => message.clone(),
+            Deny::NoHealthyUpstream { route } => {
+                format!("route {route}: no backend is healthy (failing health checks or ejected)")
+            }
+            Deny::CircuitOpen { route, retry_after } => format!(
+                "route {route}: the circuit breaker is open after repeated upstream failures; retry in {}s",
+                retry_after.as_secs().max(1)
+            ),
             Deny::MissingTenant { route } => {
                 format!("route {route} needs the request's tenant in x-tenant-id")
             }
@@ -306,8 +327,15 @@ impl Deny {
             Deny::NotReady
             | Deny::RateLimitUnavailable { .. }
             | Deny::Overloaded { .. }
-            | Deny::NoPlacement { .. } => {
+            | Deny::NoPlacement { .. }
+            | Deny::NoHealthyUpstream { .. } => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            Deny::CircuitOpen { retry_after, .. } => {
+                let seconds = retry_after.as_secs().max(1).to_string();
+                if let Ok(value) = HeaderValue::from_str(&seconds) {
+                    headers.insert(header::RETRY_AFTER, value);
+                }
             }
             Deny::QuotaExceeded {
                 retry_after_secs, ..

@@ -9,6 +9,7 @@
 pub mod admin;
 pub mod auth;
 pub mod body;
+pub mod carry;
 pub mod commands;
 pub mod connection;
 pub mod cors;
@@ -245,6 +246,7 @@ pub async fn start(config: Config) -> Result<DataPlane, Error> {
         metrics.clone(),
         config.snapshot_cache.clone(),
         AuthContext { jwks: jwks.clone() },
+        upstream::probe::Prober::new(&config.upstream, tls.clone()),
     );
     applier.restore_from_cache();
 

@@ -30,15 +30,9 @@ pub struct Metrics {
     pub concurrency_limit: IntGaugeVec,
     /// Requests shed by a concurrency limit, per policy.
     pub concurrency_shed: IntCounterVec,
-    /// Concurrency limits alive in some runtime, so a new snapshot reuses them.
-    pub concurrency_limits: std::sync::Arc<
-        std::sync::Mutex<
-            std::collections::HashMap<
-                String,
-                std::sync::Weak<crate::ratelimit::concurrency::Concurrency>,
-            >,
-        >,
-    >,
+    /// State a new snapshot takes over from the last (concurrency limits, backend health,
+    /// circuits, retry budgets). Kept here because every runtime build is handed the metrics.
+    pub carried: std::sync::Arc<crate::carry::Carried>,
     /// Requests no route matched (and requests refused before routing).
     pub unrouted: RouteMetrics,
     /// Requests on tenant-scoped rules by tenant and status class; tenants past the first
@@ -55,6 +49,17 @@ pub struct Metrics {
     /// `--max-connections`; `idle`: no request for `--idle-timeout`; `send_timeout`: the
     /// client stopped reading).
     pub connections_closed: IntCounterVec,
+    /// 1 while a backend passes its active checks, per route and URL (rules with health
+    /// checks only).
+    pub upstream_healthy: IntGaugeVec,
+    /// Passive ejections per route and backend URL.
+    pub upstream_ejections: IntCounterVec,
+    /// Circuit state per route and rule: 0 closed, 1 open, 2 half-open.
+    pub circuit_state: IntGaugeVec,
+    /// Circuit state changes per route, rule and the state entered.
+    pub circuit_transitions: IntCounterVec,
+    /// Attempts repeated by `retry`, per route.
+    pub retries: IntCounterVec,
     /// WebSocket tunnels open, all workers together.
     pub websockets_open: IntGauge,
     /// WebSocket tunnels ended, by reason (`closed`, `idle`, `error`).
@@ -174,6 +179,46 @@ impl Metrics {
             &["reason"],
         )
         .expect("valid metric");
+        let upstream_healthy = IntGaugeVec::new(
+            Opts::new(
+                "pavilion_upstream_healthy",
+                "1 while a backend of a rule with health checks passes its active checks; 0 while they fail it.",
+            ),
+            &["route", "backend"],
+        )
+        .expect("valid metric");
+        let upstream_ejections = IntCounterVec::new(
+            Opts::new(
+                "pavilion_upstream_ejections_total",
+                "Backends taken out by passive health checks (consecutive failures), per route and backend.",
+            ),
+            &["route", "backend"],
+        )
+        .expect("valid metric");
+        let circuit_state = IntGaugeVec::new(
+            Opts::new(
+                "pavilion_circuit_state",
+                "Circuit breaker state per route and rule: 0 closed, 1 open, 2 half-open.",
+            ),
+            &["route", "rule"],
+        )
+        .expect("valid metric");
+        let circuit_transitions = IntCounterVec::new(
+            Opts::new(
+                "pavilion_circuit_transitions_total",
+                "Circuit breaker state changes per route, rule and the state entered (open, half_open, closed).",
+            ),
+            &["route", "rule", "state"],
+        )
+        .expect("valid metric");
+        let retries = IntCounterVec::new(
+            Opts::new(
+                "pavilion_retries_total",
+                "Upstream attempts repeated by a rule's retry policy, per route.",
+            ),
+            &["route"],
+        )
+        .expect("valid metric");
         let websockets_open = IntGauge::new(
             "pavilion_websockets_open",
             "WebSocket tunnels open, all workers together.",
@@ -190,6 +235,11 @@ impl Metrics {
         for collector in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(websockets_open.clone()),
+            Box::new(upstream_healthy.clone()),
+            Box::new(upstream_ejections.clone()),
+            Box::new(circuit_state.clone()),
+            Box::new(circuit_transitions.clone()),
+            Box::new(retries.clone()),
             Box::new(websockets_closed.clone()),
             Box::new(connections_open.clone()),
             Box::new(tenant_requests.clone()),
@@ -221,7 +271,7 @@ impl Metrics {
             jwks_fetches,
             concurrency_limit,
             concurrency_shed,
-            concurrency_limits: Default::default(),
+            carried: Default::default(),
             unrouted,
             tenant_requests,
             tenant_labels: DEFAULT_TENANT_LABELS,
@@ -230,6 +280,11 @@ impl Metrics {
             connections_closed,
             websockets_open,
             websockets_closed,
+            upstream_healthy,
+            upstream_ejections,
+            circuit_state,
+            circuit_transitions,
+            retries,
         }
     }
 

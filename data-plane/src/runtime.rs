@@ -88,6 +88,10 @@ pub struct Rule {
     /// The CorsPolicy reaching the route; `None`: no CORS headers, preflights are plain
     /// requests.
     pub cors: Option<Arc<crate::cors::Cors>>,
+    /// Failed attempts repeated when safe; `None`: no retries.
+    pub retry: Option<crate::upstream::retry::RetryPolicy>,
+    /// The circuit breaker over the rule's backends, carried across snapshots.
+    pub breaker: Option<Arc<crate::upstream::breaker::Breaker>>,
     /// WebSocket upgrades are tunnelled, closed after this much silence; `None`: upgrades
     /// are removed and the request forwarded as a plain one.
     pub websocket: Option<Duration>,
@@ -182,20 +186,12 @@ impl Runtime {
                         "{name}|{}|{}|{}|{}|{}",
                         c.policy, c.min, c.max, c.initial, c.adaptive
                     );
-                    let mut kept = metrics
-                        .concurrency_limits
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner());
-                    kept.retain(|_, limit| limit.strong_count() > 0);
-                    if let Some(limit) = kept.get(&key).and_then(std::sync::Weak::upgrade) {
-                        return Ok(limit);
-                    }
-                    let limit = Arc::new(Concurrency::new(
-                        c,
-                        metrics.concurrency_limit.with_label_values(&[&c.policy]),
-                    )?);
-                    kept.insert(key, Arc::downgrade(&limit));
-                    Ok(limit)
+                    metrics.carried.concurrency.try_get_or_make(key, || {
+                        Concurrency::new(
+                            c,
+                            metrics.concurrency_limit.with_label_values(&[&c.policy]),
+                        )
+                    })
                 })
                 .transpose()
                 .map_err(|message| BuildError::Rule {
@@ -211,11 +207,14 @@ impl Runtime {
                     rule: index,
                     message,
                 };
+                let tracking = crate::upstream::balance::Tracking {
+                    route: &name,
+                    rule: index,
+                    carried: &metrics.carried,
+                    metrics,
+                };
                 let upstream = if rule.service.is_empty() {
-                    Upstream::Backends(
-                        Backends::new(&rule.backends, &rule.upstream_server_name)
-                            .map_err(backends_error)?,
-                    )
+                    Upstream::Backends(Backends::for_rule(rule, &tracking).map_err(backends_error)?)
                 } else {
                     Upstream::Service(Service::from_name(&rule.service).ok_or_else(|| {
                         backends_error(format!("unknown service `{}`", rule.service))
@@ -279,6 +278,34 @@ impl Runtime {
                     quotas,
                     concurrency: concurrency.clone(),
                     cors,
+                    retry: rule.retry.as_ref().map(|retry| {
+                        let key = format!(
+                            "{name}#{index}|{}|{}",
+                            retry.budget_percent, retry.min_retries_per_second
+                        );
+                        let budget = metrics.carried.budgets.get_or_make(key, || {
+                            crate::upstream::retry::Budget::new(
+                                retry.budget_percent,
+                                retry.min_retries_per_second,
+                            )
+                        });
+                        crate::upstream::retry::RetryPolicy::new(retry, budget)
+                    }),
+                    breaker: rule.circuit_breaker.as_ref().map(|settings| {
+                        let key = format!("{name}#{index}|{settings:?}");
+                        let rule_label = index.to_string();
+                        metrics.carried.breakers.get_or_make(key, || {
+                            crate::upstream::breaker::Breaker::new(
+                                &name,
+                                index,
+                                settings,
+                                metrics
+                                    .circuit_state
+                                    .with_label_values(&[&name, &rule_label]),
+                                metrics.circuit_transitions.clone(),
+                            )
+                        })
+                    }),
                     websocket: rule
                         .websocket
                         .as_ref()
@@ -298,6 +325,11 @@ impl Runtime {
             identity_headers: identity_headers(&rules),
             rules: rules.into(),
         })
+    }
+
+    /// Every rule of the snapshot.
+    pub fn rules(&self) -> &[Rule] {
+        &self.rules
     }
 
     /// Policies that count in Redis (limits or quotas), sorted and unique.

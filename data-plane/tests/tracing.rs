@@ -141,7 +141,7 @@ fn attribute(span: &Span, key: &str) -> Option<String> {
         })
 }
 
-const PHASES: [&str; 12] = [
+const PHASES: [&str; 13] = [
     "admit",
     "route",
     "cors",
@@ -150,6 +150,7 @@ const PHASES: [&str; 12] = [
     "authn",
     "tenant",
     "authorize",
+    "circuit",
     "placement",
     "limits-id",
     "quota",

@@ -14,10 +14,10 @@ pub mod commands {
 }
 
 pub use v1::{
-    Allow, ApiKey, ApiKeyAuth, Auth, Backend, ClaimAllow, ClaimHeader, CommandApi,
-    ConcurrencyLimit, Cors, HeaderMatch, JwtProvider, Match, Node, PathMatch, PathMatchType,
-    Placements, Quota, QuotaPeriod, RateLimit, RateLimitBackend, RateLimitFailureMode,
-    RateLimitOverride, Route, Rule, SecurityHeaders, Shard, Snapshot, SnapshotRequest,
-    SnapshotResponse, StaticKey, Tenancy, TenantPlacement, TenantRoles, TokenRevocations,
-    WebSocket,
+    ActiveCheck, Allow, ApiKey, ApiKeyAuth, Auth, Backend, BalancePolicy, CircuitBreaker,
+    ClaimAllow, ClaimHeader, CommandApi, ConcurrencyLimit, Cors, HeaderMatch, HealthCheck,
+    JwtProvider, LoadBalancer, Match, Node, PassiveCheck, PathMatch, PathMatchType, Placements,
+    Quota, QuotaPeriod, RateLimit, RateLimitBackend, RateLimitFailureMode, RateLimitOverride,
+    Retry, Route, Rule, SecurityHeaders, Shard, Snapshot, SnapshotRequest, SnapshotResponse,
+    StaticKey, Tenancy, TenantPlacement, TenantRoles, TokenRevocations, WebSocket,
 };

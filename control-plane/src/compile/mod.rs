@@ -22,6 +22,7 @@ mod credentials;
 mod rate_limit;
 mod route;
 mod tenancy;
+mod traffic;
 
 use std::collections::HashMap;
 

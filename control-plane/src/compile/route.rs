@@ -149,6 +149,16 @@ fn to_proto(route: &Route, applied: &Applied, cors: Option<&proto::Cors>) -> pro
                 websocket: rule.websocket.as_ref().map(|w| proto::WebSocket {
                     idle_timeout_ms: w.idle_timeout().as_millis() as u64,
                 }),
+                retry: rule.retry.as_ref().map(super::traffic::retry),
+                load_balancer: rule
+                    .load_balancer
+                    .as_ref()
+                    .map(super::traffic::load_balancer),
+                health_check: rule.health_check.as_ref().map(super::traffic::health_check),
+                circuit_breaker: rule
+                    .circuit_breaker
+                    .as_ref()
+                    .map(super::traffic::circuit_breaker),
             })
             .collect(),
     }

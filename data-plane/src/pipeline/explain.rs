@@ -303,8 +303,24 @@ async fn phases<'r>(
         last(report).push(format!("holds one of {}", roles.join(", ")));
     }
 
+    // The circuit is looked at, not entered: explaining takes no probe's place.
+    note(report, "circuit", Vec::new());
+    match &rule.breaker {
+        None => skip(report),
+        Some(breaker) => {
+            let state = breaker.state();
+            last(report).push(format!("circuit {}", state.as_str()));
+            if state == crate::upstream::breaker::State::Open {
+                return Err(Deny::CircuitOpen {
+                    route: rule.route.to_string(),
+                    retry_after: std::time::Duration::from_secs(1),
+                });
+            }
+        }
+    }
+
     note(report, "placement", Vec::new());
-    let target = placement::pick(runtime, rule, context)?;
+    let target = placement::pick(runtime, rule, request, context)?;
     last(report).push(format!("backend {}", target.url));
 
     let after_auth = limits(&rule.limits_after_auth, rule, request, context);

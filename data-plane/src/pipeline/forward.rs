@@ -14,9 +14,12 @@ use crate::auth::ip;
 use crate::body::{Metered, RequestBody, ResponseBody};
 use crate::deny::Deny;
 use crate::headers::{self, X_REQUEST_ID, X_TENANT_ID};
-use crate::runtime::{Rule, Runtime};
+use crate::runtime::{Rule, Runtime, Upstream};
 use crate::trace::{TRACEPARENT, TRACESTATE, X_CORRELATION_ID};
+use crate::upstream::endpoint::InFlight;
+use crate::upstream::retry::Failure;
 use crate::upstream::{Protocol, Target, UpstreamError};
+use tokio::time::Instant;
 
 use super::admit::Rewrite;
 use super::{Context, Proxy};
@@ -30,16 +33,134 @@ pub(super) async fn forward<'r>(
     rewrite: Rewrite,
     context: &mut Context<'r>,
 ) -> Result<Response<ResponseBody>, Deny> {
-    let upstream = prepare(proxy, runtime, rule, target, request, rewrite, context)?;
-    let response = exchange(
-        proxy,
-        rule,
-        target,
-        context,
-        proxy.upstreams.send(target, upstream),
-    )
-    .await?;
-    Ok(finish(proxy, response, context))
+    let max_body = proxy.shared.limits.max_body_bytes;
+    // Only a request without a body can be sent twice.
+    let retry = rule
+        .retry
+        .as_ref()
+        .filter(|_| http_body::Body::is_end_stream(request.body()));
+    let Some(retry) = retry else {
+        let upstream = prepare(
+            proxy,
+            runtime,
+            rule,
+            target,
+            client_body(request, max_body),
+            &rewrite,
+            context,
+        )?;
+        let sending = proxy.upstreams.send(target, upstream);
+        let response = exchange(proxy, rule, target, context, sending).await?;
+        return Ok(finish(proxy, response, context));
+    };
+    retry.budget.request();
+    let head = RequestHead::of(&request);
+    let mut request = Some(client_body(request, max_body));
+    let mut target = target;
+    let mut retries = 0;
+    loop {
+        let attempt = request.take().unwrap_or_else(|| head.again());
+        let upstream = prepare(proxy, runtime, rule, target, attempt, &rewrite, context)?;
+        let deadline = context.started + rule.timeout;
+        let try_deadline = retry
+            .per_try_timeout
+            .map_or(deadline, |t| deadline.min(Instant::now() + t));
+        let outcome = attempt_once(proxy, rule, target, upstream, try_deadline).await;
+        let failure = match &outcome {
+            Ok(Ok(response)) if response.status().is_server_error() => {
+                Some(Failure::Status(response.status()))
+            }
+            Ok(Ok(_)) | Ok(Err(UpstreamError::ClientBody(_) | UpstreamError::BodyTooLarge)) => None,
+            Ok(Err(UpstreamError::Unreachable(_))) => Some(Failure::Connect),
+            Ok(Err(UpstreamError::Failed(_))) => Some(Failure::Reset),
+            // The attempt's own timeout; the rule's ends the request below.
+            Err(_) if try_deadline < deadline => Some(Failure::Reset),
+            Err(_) => None,
+        };
+        let again = failure.is_some_and(|failure| {
+            retries < retry.attempts
+                && retry.covers(failure)
+                && (head.idempotent || failure == Failure::Connect)
+                && Instant::now() < deadline
+                && retry.budget.try_retry()
+        });
+        if !again {
+            let response = conclude(proxy, rule, target, context, outcome)?;
+            return Ok(finish(proxy, response, context));
+        }
+        let route = &*rule.route;
+        proxy
+            .shared
+            .metrics
+            .retries
+            .with_label_values(&[route])
+            .inc();
+        tracing::debug!(
+            request_id = context.request_id.to_str().unwrap_or_default(),
+            route,
+            upstream = &*target.url,
+            ?failure,
+            "retrying"
+        );
+        drop(outcome);
+        let pause = retry.backoff(retries);
+        tokio::time::sleep_until(deadline.min(Instant::now() + pause)).await;
+        retries += 1;
+        if let Upstream::Backends(backends) = &rule.upstream {
+            target = backends
+                .pick(context.hash_key, Some(target.slot))
+                .ok_or_else(|| Deny::NoHealthyUpstream {
+                    route: rule.route.to_string(),
+                })?;
+            context.target = Some(target);
+        }
+    }
+}
+
+/// The client's body, bounded by the size limit.
+fn client_body(request: Request<Incoming>, max_body: u64) -> Request<RequestBody> {
+    request.map(|body| RequestBody::new(body, max_body))
+}
+
+/// What is needed to send a bodyless request again.
+struct RequestHead {
+    method: http::Method,
+    uri: Uri,
+    version: Version,
+    headers: http::HeaderMap,
+    /// Safe to repeat whatever happened (RFC 9110 §9.2.2).
+    idempotent: bool,
+}
+
+impl RequestHead {
+    fn of<B>(request: &Request<B>) -> Self {
+        use http::Method;
+        let method = request.method().clone();
+        Self {
+            idempotent: matches!(
+                method,
+                Method::GET
+                    | Method::HEAD
+                    | Method::OPTIONS
+                    | Method::TRACE
+                    | Method::PUT
+                    | Method::DELETE
+            ),
+            method,
+            uri: request.uri().clone(),
+            version: request.version(),
+            headers: request.headers().clone(),
+        }
+    }
+
+    fn again(&self) -> Request<RequestBody> {
+        let mut request = Request::new(RequestBody::full(bytes::Bytes::new()));
+        *request.method_mut() = self.method.clone();
+        *request.uri_mut() = self.uri.clone();
+        *request.version_mut() = self.version;
+        *request.headers_mut() = self.headers.clone();
+        request
+    }
 }
 
 /// The upstream's request: the client's, addressed to the target, with the gateway's
@@ -49,8 +170,8 @@ pub(super) fn prepare(
     runtime: &Runtime,
     rule: &Rule,
     target: &Target,
-    request: Request<Incoming>,
-    rewrite: Rewrite,
+    request: Request<RequestBody>,
+    rewrite: &Rewrite,
     context: &Context<'_>,
 ) -> Result<Request<RequestBody>, Deny> {
     let shared = &*proxy.shared;
@@ -63,15 +184,7 @@ pub(super) fn prepare(
             .or_else(|| ip::client_ip(client.addr.ip(), request.headers(), &shared.trusted_proxies))
             .unwrap_or(client.addr.ip())
     });
-    let mut upstream = upstream_request(
-        request,
-        target,
-        rewrite.path,
-        rewrite.authority,
-        behind_proxy,
-        context,
-        shared.limits.max_body_bytes,
-    )?;
+    let mut upstream = upstream_request(request, target, rewrite, behind_proxy, context)?;
     // Only the gateway states identities and tenants; rules with auth put theirs in now.
     headers::strip_protected(upstream.headers_mut(), &runtime.identity_headers);
     if let (Some(auth), Some(identity)) = (&rule.auth, &context.identity) {
@@ -83,8 +196,54 @@ pub(super) fn prepare(
     Ok(upstream)
 }
 
-/// Runs one upstream exchange within the rule's timeout, releases the concurrency permit
-/// with its verdict, and turns a failure into the client's answer.
+/// One attempt within `deadline`, counted in flight on its backend; `Err` when the
+/// deadline passed.
+async fn attempt_once(
+    proxy: &Proxy,
+    rule: &Rule,
+    target: &Target,
+    upstream: Request<RequestBody>,
+    deadline: Instant,
+) -> Result<Result<Response<ResponseBody>, UpstreamError>, tokio::time::error::Elapsed> {
+    let sending = proxy.upstreams.send(target, upstream);
+    attempt(rule, target, sending, deadline).await
+}
+
+/// Runs `sending` within `deadline`, counted in flight on its backend, and reports the
+/// outcome to passive health.
+async fn attempt(
+    rule: &Rule,
+    target: &Target,
+    sending: impl Future<Output = Result<Response<ResponseBody>, UpstreamError>>,
+    deadline: Instant,
+) -> Result<Result<Response<ResponseBody>, UpstreamError>, tokio::time::error::Elapsed> {
+    let backends = match &rule.upstream {
+        Upstream::Backends(backends) => Some(backends),
+        Upstream::Service(_) => None,
+    };
+    let _in_flight = backends
+        .and_then(|b| b.endpoint(target))
+        .map(InFlight::enter);
+    let outcome = tokio::time::timeout_at(deadline, sending).await;
+    if let (Some(backends), Some(ok)) = (backends, succeeded(&outcome)) {
+        backends.report(target, ok);
+    }
+    outcome
+}
+
+/// Whether an attempt went well for its backend; `None` when the client's own body
+/// failed, which says nothing about the backend.
+fn succeeded(
+    outcome: &Result<Result<Response<ResponseBody>, UpstreamError>, tokio::time::error::Elapsed>,
+) -> Option<bool> {
+    match outcome {
+        Ok(Ok(response)) => Some(!response.status().is_server_error()),
+        Ok(Err(UpstreamError::ClientBody(_) | UpstreamError::BodyTooLarge)) => None,
+        Ok(Err(_)) | Err(_) => Some(false),
+    }
+}
+
+/// Runs one upstream exchange within the rule's timeout and concludes it.
 pub(super) async fn exchange(
     proxy: &Proxy,
     rule: &Rule,
@@ -92,14 +251,28 @@ pub(super) async fn exchange(
     context: &mut Context<'_>,
     sending: impl Future<Output = Result<Response<ResponseBody>, UpstreamError>>,
 ) -> Result<Response<ResponseBody>, Deny> {
-    let deadline = context.started + rule.timeout;
-    let outcome = tokio::time::timeout_at(deadline, sending).await;
-    match (context.permit.take(), &outcome) {
+    let outcome = attempt(rule, target, sending, context.started + rule.timeout).await;
+    conclude(proxy, rule, target, context, outcome)
+}
+
+/// The request's last attempt: its verdict goes to the concurrency limit and the circuit
+/// breaker, and a failure becomes the client's answer.
+fn conclude(
+    proxy: &Proxy,
+    rule: &Rule,
+    target: &Target,
+    context: &mut Context<'_>,
+    outcome: Result<Result<Response<ResponseBody>, UpstreamError>, tokio::time::error::Elapsed>,
+) -> Result<Response<ResponseBody>, Deny> {
+    let ok = succeeded(&outcome);
+    match (context.permit.take(), ok) {
         // The client's own fault says nothing about the upstream: no sample.
-        (Some(permit), Ok(Err(UpstreamError::ClientBody(_)))) => drop(permit),
-        (Some(permit), _) => permit
-            .finish(matches!(&outcome, Ok(Ok(response)) if !response.status().is_server_error())),
+        (Some(permit), None) => drop(permit),
+        (Some(permit), Some(ok)) => permit.finish(ok),
         (None, _) => {}
+    }
+    if let (Some(ticket), Some(ok)) = (context.circuit.take(), ok) {
+        ticket.settle(ok);
     }
     match outcome {
         Ok(Ok(response)) => Ok(response),
@@ -190,17 +363,16 @@ fn failed(
 /// forwarding facts, request id and trace context added, the body streamed through the
 /// size limit.
 fn upstream_request(
-    request: Request<Incoming>,
+    request: Request<RequestBody>,
     target: &Target,
-    new_path: Option<String>,
-    original_host: Option<HeaderValue>,
+    rewrite: &Rewrite,
     behind_proxy: Option<IpAddr>,
     context: &Context<'_>,
-    max_body_bytes: u64,
 ) -> Result<Request<RequestBody>, Deny> {
     let trace = &context.trace;
+    let original_host = rewrite.authority.clone();
     let (mut parts, body) = request.into_parts();
-    let path_and_query = match new_path {
+    let path_and_query = match rewrite.path.clone() {
         // Origin-form as received; an absolute-form target without a path
         // (`http://a.test?x=1`) still gets its `/`.
         None => match parts.uri.path_and_query() {
@@ -250,10 +422,7 @@ fn upstream_request(
             headers.insert(HOST, host);
         }
     }
-    Ok(Request::from_parts(
-        parts,
-        RequestBody::new(body, max_body_bytes),
-    ))
+    Ok(Request::from_parts(parts, body))
 }
 
 fn with_query(path: String, query: Option<&str>) -> Result<PathAndQuery, Deny> {

@@ -18,7 +18,9 @@ pub(super) fn check<B>(
     let needed = rule.ip.is_some()
         || !rule.limits_before_auth.is_empty()
         || !rule.limits_after_auth.is_empty()
-        || !rule.quotas.is_empty();
+        || !rule.quotas.is_empty()
+        || matches!(&rule.upstream, crate::runtime::Upstream::Backends(b)
+            if *b.policy() == crate::upstream::balance::Policy::ConsistentHash(crate::upstream::balance::HashOn::ClientIp));
     if needed {
         context.client_ip =
             ip::client_ip(context.client.addr.ip(), request.headers(), trusted_proxies);

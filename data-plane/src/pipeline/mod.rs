@@ -4,7 +4,7 @@
 //! possibly noting what it learnt in the context — or returns a typed [`Deny`]:
 //!
 //! ```text
-//! admit ▸ route ▸ ip ▸ limits (request facts) ▸ authn ▸ tenant ▸ authorize ▸ placement
+//! admit ▸ route ▸ cors ▸ ip ▸ limits (request facts) ▸ authn ▸ tenant ▸ authorize ▸ circuit ▸ placement
 //!       ▸ limits (identity) ▸ quota ▸ forward (or command on `commands` rules, or a
 //!         websocket tunnel for an upgrade on `websocket` rules)
 //!       └──── any phase's Deny ────┘──▶ respond: response filters, metrics, access log
@@ -16,6 +16,7 @@
 pub mod admit;
 mod authn;
 mod authorize;
+mod circuit;
 mod command;
 mod cors;
 pub mod explain;
@@ -165,6 +166,11 @@ pub(crate) struct Context<'r> {
     /// On rules with a CorsPolicy, the request's `Origin` (if any) for the response's CORS
     /// headers; `None` when there is nothing to add (no policy, or a preflight answered).
     pub cors: Option<Option<http::HeaderValue>>,
+    /// The circuit breaker's admission, settled with the upstream's verdict; set by
+    /// `circuit` on rules with a breaker.
+    pub circuit: Option<crate::upstream::breaker::Ticket<'r>>,
+    /// The consistent hash's key, on rules balancing by one (retries pick by it too).
+    pub hash_key: Option<u64>,
 }
 
 /// Whether the request is a gRPC call.
@@ -203,6 +209,8 @@ impl<'r> Context<'r> {
             target: None,
             trace,
             cors: None,
+            circuit: None,
+            hash_key: None,
         }
     }
 }
@@ -290,8 +298,10 @@ impl Proxy {
         tenant::check(rule, &request, runtime, context)?;
         context.trace.phase("authorize");
         authorize::check(rule, context)?;
+        context.trace.phase("circuit");
+        circuit::admit(rule, context)?;
         context.trace.phase("placement");
-        let target = placement::pick(runtime, rule, context)?;
+        let target = placement::pick(runtime, rule, &request, context)?;
         context.trace.phase("limits-id");
         limits::check(
             &shared.limiter,

@@ -22,6 +22,8 @@ pub struct Applier {
     metrics: Metrics,
     cache: Option<PathBuf>,
     auth: AuthContext,
+    /// Runs the active health checks of the rules that have them.
+    prober: Arc<crate::upstream::probe::Prober>,
 }
 
 impl Applier {
@@ -30,12 +32,14 @@ impl Applier {
         metrics: Metrics,
         cache: Option<PathBuf>,
         auth: AuthContext,
+        prober: Arc<crate::upstream::probe::Prober>,
     ) -> Self {
         Self {
             shared,
             metrics,
             cache,
             auth,
+            prober,
         }
     }
 
@@ -71,6 +75,7 @@ impl Applier {
                         );
                     }
                 }
+                self.prober.watch(&runtime);
                 self.shared.runtime.store(Arc::new(runtime));
                 self.metrics.snapshots_applied.inc();
                 self.metrics.serving(&snapshot.version);

@@ -1,7 +1,15 @@
-//! Upstreams: backend targets parsed once per snapshot, weighted choice, and the pooled
-//! clients (HTTP/1.1, h2c, HTTPS) shared by every snapshot so a reload keeps connections.
+//! Upstreams: backend targets parsed once per snapshot, their balancing, health, circuit
+//! and retries, and the pooled clients (HTTP/1.1, h2c, HTTPS) shared by every snapshot so
+//! a reload keeps connections.
 
+pub mod balance;
+pub mod breaker;
+pub mod endpoint;
 pub mod h1;
+pub mod probe;
+pub mod retry;
+
+pub use balance::Backends;
 
 use std::time::Duration;
 
@@ -14,7 +22,6 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use pavilion_proto as proto;
 use rustls_pki_types::CertificateDer;
 
 use crate::body::{BodyError, RequestBody, ResponseBody};
@@ -38,6 +45,8 @@ pub struct Target {
     pub authority: Authority,
     /// For `https://`: the TLS server name when it is not the URL's host.
     pub server_name: Option<Box<str>>,
+    /// Its position among its rule's backends.
+    pub slot: usize,
 }
 
 impl Target {
@@ -72,58 +81,8 @@ impl Target {
             scheme,
             authority,
             server_name: None,
+            slot: 0,
         })
-    }
-}
-
-/// The backends of one rule with their weights.
-#[derive(Debug)]
-pub struct Backends {
-    targets: Box<[Target]>,
-    /// Running sums of the weights: target `i` owns `[cumulative[i-1], cumulative[i])`.
-    cumulative: Box<[u32]>,
-}
-
-impl Backends {
-    /// `server_name` (empty: none) applies to the `https://` backends.
-    pub fn new(backends: &[proto::Backend], server_name: &str) -> Result<Self, String> {
-        if !server_name.is_empty() {
-            rustls_pki_types::ServerName::try_from(server_name)
-                .map_err(|_| format!("`{server_name}` is not a valid TLS server name"))?;
-        }
-        let mut targets = Vec::new();
-        let mut cumulative = Vec::new();
-        let mut total: u32 = 0;
-        for backend in backends.iter().filter(|b| b.weight > 0) {
-            let mut target = Target::parse(&backend.url)?;
-            if target.protocol == Protocol::Https && !server_name.is_empty() {
-                target.server_name = Some(server_name.into());
-            }
-            targets.push(target);
-            total = total
-                .checked_add(backend.weight)
-                .ok_or("backend weights add up to more than 2^32")?;
-            cumulative.push(total);
-        }
-        if targets.is_empty() {
-            return Err("no backend with a weight above 0".into());
-        }
-        Ok(Self {
-            targets: targets.into(),
-            cumulative: cumulative.into(),
-        })
-    }
-
-    /// A backend chosen at random in proportion to the weights (thread-local RNG: no
-    /// shared counter for the workers to contend on).
-    pub fn pick(&self) -> &Target {
-        if self.targets.len() == 1 {
-            return &self.targets[0];
-        }
-        let total = self.cumulative[self.cumulative.len() - 1];
-        let ticket = fastrand::u32(..total);
-        let index = self.cumulative.partition_point(|&sum| sum <= ticket);
-        &self.targets[index]
     }
 }
 
@@ -336,52 +295,4 @@ fn from_hyper(
     } else {
         UpstreamError::Failed(text)
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn backends(list: &[(&str, u32)]) -> Result<Backends, String> {
-        let list: Vec<_> = list
-            .iter()
-            .map(|(url, weight)| proto::Backend {
-                url: url.to_string(),
-                weight: *weight,
-            })
-            .collect();
-        Backends::new(&list, "")
-    }
-
-    #[test]
-    fn picks_follow_the_weights() {
-        let b = backends(&[("http://a:1", 3), ("http://off:1", 0), ("http://b:1", 1)]).unwrap();
-        let mut a = 0;
-        for _ in 0..40_000 {
-            match b.pick().authority.host() {
-                "a" => a += 1,
-                "b" => {}
-                other => panic!("picked {other}, which has weight 0"),
-            }
-        }
-        assert!(
-            (29_000..31_000).contains(&a),
-            "a got {a} of 40000 for weight 3/4"
-        );
-    }
-
-    #[test]
-    fn refuses_bad_backends() {
-        assert!(backends(&[]).is_err());
-        assert!(backends(&[("http://a:1", 0)]).is_err());
-        assert!(backends(&[("ftp://a:1", 1)]).is_err());
-        assert!(backends(&[("http://u:p@a:1", 1)]).is_err());
-        assert!(backends(&[("http://a:90000", 1)]).is_err());
-        assert!(backends(&[("http://a:", 1)]).is_err());
-        assert!(backends(&[("http://[::1]", 1)]).is_ok());
-        assert!(backends(&[("http://a:1", u32::MAX), ("http://b:1", 1)]).is_err());
-        let h2c = backends(&[("h2c://grpc:50051", 1)]).unwrap();
-        assert_eq!(h2c.pick().protocol, Protocol::H2c);
-        assert_eq!(h2c.pick().scheme, Scheme::HTTP);
-    }
 }

@@ -1,0 +1,79 @@
+//! Traffic fields of a rule into their snapshot form, every default resolved here so that
+//! data planes never guess one.
+
+use pavilion_crds::traffic::{self, BalancePolicy};
+use pavilion_proto as proto;
+
+fn millis(duration: std::time::Duration) -> u64 {
+    duration.as_millis() as u64
+}
+
+pub(super) fn retry(retry: &traffic::Retry) -> proto::Retry {
+    let on: Vec<&str> = if retry.on.is_empty() {
+        traffic::DEFAULT_RETRY_ON.to_vec()
+    } else {
+        retry.on.iter().map(String::as_str).collect()
+    };
+    let mut on_statuses: Vec<u32> = on.iter().filter_map(|o| o.parse().ok()).collect();
+    on_statuses.sort_unstable();
+    on_statuses.dedup();
+    proto::Retry {
+        attempts: retry.attempts.unwrap_or(2),
+        on_connect_failure: on.contains(&"connect-failure"),
+        on_reset: on.contains(&"reset"),
+        on_statuses,
+        per_try_timeout_ms: retry.per_try_timeout().map_or(0, millis),
+        backoff_ms: millis(retry.backoff()),
+        max_backoff_ms: millis(retry.max_backoff().max(retry.backoff())),
+        budget_percent: retry.budget_percent.unwrap_or(20),
+        min_retries_per_second: retry.min_retries_per_second.unwrap_or(3),
+    }
+}
+
+pub(super) fn load_balancer(balancer: &traffic::LoadBalancer) -> proto::LoadBalancer {
+    let policy = match balancer.policy {
+        BalancePolicy::RoundRobin => proto::BalancePolicy::RoundRobin,
+        BalancePolicy::Random => proto::BalancePolicy::Random,
+        BalancePolicy::LeastRequest => proto::BalancePolicy::LeastRequest,
+        BalancePolicy::ConsistentHash => proto::BalancePolicy::ConsistentHash,
+    };
+    let hash_on = match balancer.hash_on.as_deref() {
+        Some(key) => match key.split_once(':') {
+            Some(("header", name)) => format!("header:{}", name.to_ascii_lowercase()),
+            _ => key.to_owned(),
+        },
+        None => String::new(),
+    };
+    proto::LoadBalancer {
+        policy: policy as i32,
+        hash_on,
+    }
+}
+
+pub(super) fn health_check(health: &traffic::HealthCheck) -> proto::HealthCheck {
+    proto::HealthCheck {
+        active: health.active.as_ref().map(|a| proto::ActiveCheck {
+            path: a.path.clone(),
+            interval_ms: millis(a.interval()),
+            timeout_ms: millis(a.timeout()),
+            healthy_threshold: a.healthy_threshold.unwrap_or(2),
+            unhealthy_threshold: a.unhealthy_threshold.unwrap_or(3),
+        }),
+        passive: health.passive.as_ref().map(|p| proto::PassiveCheck {
+            consecutive_failures: p.consecutive_failures.unwrap_or(5),
+            ejection_ms: millis(p.ejection_time()),
+            max_ejected_percent: p.max_ejected_percent.unwrap_or(50),
+        }),
+    }
+}
+
+pub(super) fn circuit_breaker(breaker: &traffic::CircuitBreaker) -> proto::CircuitBreaker {
+    proto::CircuitBreaker {
+        consecutive_failures: breaker.consecutive_failures.unwrap_or(5),
+        failure_percent: breaker.failure_percent.unwrap_or(0),
+        min_requests: breaker.min_requests.unwrap_or(20),
+        window_ms: millis(breaker.window()),
+        open_for_ms: millis(breaker.open_for()),
+        half_open_probes: breaker.half_open_probes.unwrap_or(3),
+    }
+}

@@ -1,0 +1,506 @@
+//! Upstreams that fail, on purpose: balancing policies, active and passive health checks,
+//! the circuit breaker and retries with their budget — each state change asserted through
+//! what clients get, the metrics and `/admin/upstreams`.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use pavilion_data::{Config, DataPlane};
+use pavilion_proto as proto;
+use pavilion_tests::client::{HttpClient, Reply};
+use pavilion_tests::snapshot::{prefix_rule, route, snapshot};
+use pavilion_tests::{Upstream, eventually};
+
+/// A loopback address nothing listens on: connecting is refused.
+fn dead_address() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    drop(listener);
+    format!("http://{addr}")
+}
+
+/// An upstream answering request number `n` (from 0) as `script(n)` says: a status after a
+/// delay. Counts the requests it saw.
+struct Scripted {
+    url: String,
+    seen: Arc<AtomicUsize>,
+}
+
+impl Scripted {
+    async fn start(script: impl Fn(usize) -> (u16, u64) + Send + Sync + 'static) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let seen = Arc::new(AtomicUsize::new(0));
+        let (script, counter) = (Arc::new(script), seen.clone());
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let (script, counter) = (script.clone(), counter.clone());
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |_: Request<Incoming>| {
+                        let n = counter.fetch_add(1, Ordering::SeqCst);
+                        let (status, delay) = script(n);
+                        async move {
+                            tokio::time::sleep(Duration::from_millis(delay)).await;
+                            let mut response =
+                                Response::new(Full::new(Bytes::from(format!("answer {n}"))));
+                            *response.status_mut() = StatusCode::from_u16(status).unwrap();
+                            Ok::<_, Infallible>(response)
+                        }
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Self { url, seen }
+    }
+
+    fn seen(&self) -> usize {
+        self.seen.load(Ordering::SeqCst)
+    }
+}
+
+async fn data_plane(rule: proto::Rule) -> DataPlane {
+    let dp = pavilion_data::start(Config::local()).await.unwrap();
+    dp.apply(snapshot("v1", vec![route("shop/orders", &[], vec![rule])]))
+        .await
+        .unwrap();
+    dp
+}
+
+async fn send(dp: &DataPlane, method: &str, path: &str, headers: &[(&str, &str)]) -> Reply {
+    let mut request = Request::builder()
+        .method(method)
+        .uri(format!("http://{}{path}", dp.addr));
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    HttpClient::http1()
+        .send(request.body(Full::default()).unwrap())
+        .await
+        .unwrap()
+}
+
+async fn get(dp: &DataPlane, path: &str) -> Reply {
+    send(dp, "GET", path, &[]).await
+}
+
+fn backends(urls: &[&str]) -> Vec<(String, u32)> {
+    urls.iter().map(|u| (u.to_string(), 1)).collect()
+}
+
+fn rule_to(urls: &[(String, u32)]) -> proto::Rule {
+    let refs: Vec<(&str, u32)> = urls.iter().map(|(u, w)| (u.as_str(), *w)).collect();
+    prefix_rule("/", &refs)
+}
+
+async fn admin_upstreams(dp: &DataPlane) -> serde_json::Value {
+    HttpClient::http1()
+        .get(&format!("http://{}/admin/upstreams", dp.admin_addr))
+        .await
+        .unwrap()
+        .json()
+}
+
+#[tokio::test]
+async fn round_robin_and_consistent_hash() {
+    let ups = [
+        Upstream::start("a").await.unwrap(),
+        Upstream::start("b").await.unwrap(),
+        Upstream::start("c").await.unwrap(),
+    ];
+    let urls: Vec<String> = ups.iter().map(|u| u.url()).collect();
+    let refs: Vec<&str> = urls.iter().map(String::as_str).collect();
+
+    // Round robin (the default): exactly in turn, in proportion to the weights.
+    let mut weighted = backends(&refs);
+    weighted[0].1 = 2;
+    let dp = data_plane(rule_to(&weighted)).await;
+    let mut counts = std::collections::HashMap::new();
+    for _ in 0..40 {
+        let reply = get(&dp, "/fast").await;
+        *counts
+            .entry(reply.header("x-upstream").unwrap().to_owned())
+            .or_insert(0) += 1;
+    }
+    assert_eq!(counts["a"], 20, "{counts:?}");
+    assert_eq!(counts["b"], 10, "{counts:?}");
+    assert_eq!(counts["c"], 10, "{counts:?}");
+
+    // Consistent hash on a header: one key, one backend; keys spread over all three.
+    let mut hashed = rule_to(&backends(&refs));
+    hashed.load_balancer = Some(proto::LoadBalancer {
+        policy: proto::BalancePolicy::ConsistentHash as i32,
+        hash_on: "header:x-user".into(),
+    });
+    dp.apply(snapshot(
+        "v2",
+        vec![route("shop/orders", &[], vec![hashed])],
+    ))
+    .await
+    .unwrap();
+    let mut owners = std::collections::HashSet::new();
+    for user in 0..30 {
+        let user = format!("user-{user}");
+        let first = send(&dp, "GET", "/fast", &[("x-user", &user)]).await;
+        let owner = first.header("x-upstream").unwrap().to_owned();
+        for _ in 0..3 {
+            let again = send(&dp, "GET", "/fast", &[("x-user", &user)]).await;
+            assert_eq!(again.header("x-upstream").unwrap(), owner, "{user} moved");
+        }
+        owners.insert(owner);
+    }
+    assert_eq!(owners.len(), 3, "thirty keys use every backend");
+}
+
+#[tokio::test]
+async fn least_request_sends_less_to_the_slow_backend() {
+    let slow = Scripted::start(|_| (200, 300)).await;
+    let fast = Scripted::start(|_| (200, 0)).await;
+    let mut rule = rule_to(&backends(&[&slow.url, &fast.url]));
+    rule.load_balancer = Some(proto::LoadBalancer {
+        policy: proto::BalancePolicy::LeastRequest as i32,
+        hash_on: String::new(),
+    });
+    let dp = data_plane(rule).await;
+    // Eight clients in parallel for a while: the slow backend's requests pile up in
+    // flight, so the two-choice draw keeps preferring the fast one.
+    let dp = Arc::new(dp);
+    let mut clients = Vec::new();
+    for _ in 0..8 {
+        let dp = dp.clone();
+        clients.push(tokio::spawn(async move {
+            for _ in 0..10 {
+                assert_eq!(get(&dp, "/").await.status, 200);
+            }
+        }));
+    }
+    for client in clients {
+        client.await.unwrap();
+    }
+    assert!(
+        fast.seen() > 3 * slow.seen(),
+        "fast {} vs slow {}",
+        fast.seen(),
+        slow.seen()
+    );
+}
+
+#[tokio::test]
+async fn active_checks_take_backends_out_and_back() {
+    let a = Upstream::start("a").await.unwrap();
+    let b = Upstream::start("b").await.unwrap();
+    let mut rule = rule_to(&backends(&[&a.url(), &b.url()]));
+    rule.health_check = Some(proto::HealthCheck {
+        active: Some(proto::ActiveCheck {
+            path: "/readiness".into(),
+            interval_ms: 50,
+            timeout_ms: 50,
+            healthy_threshold: 2,
+            unhealthy_threshold: 2,
+        }),
+        passive: None,
+    });
+    let dp = data_plane(rule).await;
+
+    a.set_not_ready("draining");
+    eventually("a fails its checks", Duration::from_secs(5), || async {
+        let state = admin_upstreams(&dp).await;
+        (state["rules"][0]["backends"][0]["healthy"] == false).then_some(())
+    })
+    .await;
+    for _ in 0..20 {
+        assert_eq!(get(&dp, "/fast").await.header("x-upstream"), Some("b"));
+    }
+    let metrics = pavilion_tests::metrics(dp.admin_addr).await;
+    assert!(
+        metrics.contains(&format!(
+            "pavilion_upstream_healthy{{backend=\"{}\",route=\"shop/orders\"}} 0",
+            a.url()
+        )),
+        "{metrics}"
+    );
+
+    // Both failing: 503 no_healthy_upstream, named.
+    b.set_not_ready("draining");
+    let refused = eventually("no backend is healthy", Duration::from_secs(5), || async {
+        let reply = get(&dp, "/fast").await;
+        (reply.status == 503).then_some(reply)
+    })
+    .await;
+    assert_eq!(refused.json()["error"]["code"], "no_healthy_upstream");
+    assert!(
+        refused.json()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("shop/orders")
+    );
+
+    // Back: traffic returns to both.
+    a.set_ready();
+    b.set_ready();
+    eventually("both pass again", Duration::from_secs(5), || async {
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..4 {
+            if let Some(name) = get(&dp, "/fast").await.header("x-upstream") {
+                seen.insert(name.to_owned());
+            }
+        }
+        (seen.len() == 2).then_some(())
+    })
+    .await;
+
+    // A new snapshot keeps the checks' verdicts (and does not start a second checker).
+    a.set_not_ready("again");
+    eventually("a fails again", Duration::from_secs(5), || async {
+        let state = admin_upstreams(&dp).await;
+        (state["rules"][0]["backends"][0]["healthy"] == false).then_some(())
+    })
+    .await;
+    let mut same = rule_to(&backends(&[&a.url(), &b.url()]));
+    same.health_check = Some(proto::HealthCheck {
+        active: Some(proto::ActiveCheck {
+            path: "/readiness".into(),
+            interval_ms: 50,
+            timeout_ms: 50,
+            healthy_threshold: 2,
+            unhealthy_threshold: 2,
+        }),
+        passive: None,
+    });
+    dp.apply(snapshot("v2", vec![route("shop/orders", &[], vec![same])]))
+        .await
+        .unwrap();
+    for _ in 0..10 {
+        assert_eq!(get(&dp, "/fast").await.header("x-upstream"), Some("b"));
+    }
+}
+
+#[tokio::test]
+async fn passive_checks_eject_a_failing_backend() {
+    let good = [
+        Upstream::start("good-1").await.unwrap(),
+        Upstream::start("good-2").await.unwrap(),
+    ];
+    let dead = dead_address();
+    let mut rule = rule_to(&backends(&[&good[0].url(), &good[1].url(), &dead]));
+    rule.health_check = Some(proto::HealthCheck {
+        active: None,
+        passive: Some(proto::PassiveCheck {
+            consecutive_failures: 2,
+            ejection_ms: 60_000,
+            max_ejected_percent: 50,
+        }),
+    });
+    let dp = data_plane(rule).await;
+    let mut failures = 0;
+    for _ in 0..30 {
+        if get(&dp, "/fast").await.status == 502 {
+            failures += 1;
+        }
+    }
+    assert_eq!(failures, 2, "two failures in a row eject the dead backend");
+    let state = admin_upstreams(&dp).await;
+    let dead_state = &state["rules"][0]["backends"][2];
+    assert_eq!(dead_state["healthy"], false, "{state}");
+    assert!(
+        dead_state["ejectedForMs"].as_u64().unwrap() > 50_000,
+        "{state}"
+    );
+    let metrics = pavilion_tests::metrics(dp.admin_addr).await;
+    assert!(
+        metrics.contains(&format!(
+            "pavilion_upstream_ejections_total{{backend=\"{dead}\",route=\"shop/orders\"}} 1"
+        )),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn the_circuit_opens_refuses_half_opens_and_closes() {
+    let dead = dead_address();
+    let addr: SocketAddr = dead.trim_start_matches("http://").parse().unwrap();
+    let mut rule = rule_to(&backends(&[&dead]));
+    rule.circuit_breaker = Some(proto::CircuitBreaker {
+        consecutive_failures: 3,
+        failure_percent: 0,
+        min_requests: 20,
+        window_ms: 10_000,
+        open_for_ms: 300,
+        half_open_probes: 1,
+    });
+    let dp = data_plane(rule).await;
+    for _ in 0..3 {
+        assert_eq!(get(&dp, "/fast").await.status, 502);
+    }
+    let refused = get(&dp, "/fast").await;
+    assert_eq!(refused.status, 503);
+    assert_eq!(refused.json()["error"]["code"], "circuit_open");
+    assert!(refused.header("retry-after").is_some());
+    let state = admin_upstreams(&dp).await;
+    assert_eq!(state["rules"][0]["circuit"]["state"], "open", "{state}");
+    let metrics = pavilion_tests::metrics(dp.admin_addr).await;
+    assert!(
+        metrics.contains("pavilion_circuit_state{route=\"shop/orders\",rule=\"0\"} 1"),
+        "{metrics}"
+    );
+
+    // Still failing when half-open: the probe reopens it.
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    assert_eq!(
+        get(&dp, "/fast").await.status,
+        502,
+        "the probe goes through"
+    );
+    assert_eq!(get(&dp, "/fast").await.status, 503, "and fails: open again");
+
+    // The backend comes up: the next probe closes the circuit.
+    let _up = Upstream::start_on("back", addr).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    assert_eq!(get(&dp, "/fast").await.status, 200, "the probe succeeds");
+    for _ in 0..5 {
+        assert_eq!(get(&dp, "/fast").await.status, 200);
+    }
+    let metrics = pavilion_tests::metrics(dp.admin_addr).await;
+    for (state, times) in [("open", 2), ("half_open", 2), ("closed", 1)] {
+        let line = format!(
+            "pavilion_circuit_transitions_total{{route=\"shop/orders\",rule=\"0\",state=\"{state}\"}} {times}"
+        );
+        assert!(metrics.contains(&line), "{line} in\n{metrics}");
+    }
+
+    // A new snapshot with the same breaker keeps its state; it is the same circuit.
+    let state = admin_upstreams(&dp).await;
+    assert_eq!(state["rules"][0]["circuit"]["state"], "closed", "{state}");
+}
+
+fn retrying(urls: &[&str], retry: proto::Retry) -> proto::Rule {
+    let mut rule = rule_to(&backends(urls));
+    rule.retry = Some(retry);
+    rule
+}
+
+fn retry_503(attempts: u32) -> proto::Retry {
+    proto::Retry {
+        attempts,
+        on_connect_failure: true,
+        on_reset: true,
+        on_statuses: vec![502, 503, 504],
+        per_try_timeout_ms: 0,
+        backoff_ms: 5,
+        max_backoff_ms: 20,
+        budget_percent: 100,
+        min_retries_per_second: 100,
+    }
+}
+
+#[tokio::test]
+async fn retries_repeat_safe_requests_only() {
+    // Two 503s, then success.
+    let flaky = Scripted::start(|n| (if n < 2 { 503 } else { 200 }, 0)).await;
+    let dp = data_plane(retrying(&[&flaky.url], retry_503(2))).await;
+    let reply = get(&dp, "/").await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(reply.text(), "answer 2");
+    assert_eq!(flaky.seen(), 3);
+
+    // A POST is not idempotent: its 503 is the answer.
+    let flaky = Scripted::start(|n| (if n < 1 { 503 } else { 200 }, 0)).await;
+    dp.apply(snapshot(
+        "v2",
+        vec![route(
+            "shop/orders",
+            &[],
+            vec![retrying(&[&flaky.url], retry_503(2))],
+        )],
+    ))
+    .await
+    .unwrap();
+    assert_eq!(send(&dp, "POST", "/", &[]).await.status, 503);
+    assert_eq!(flaky.seen(), 1, "a POST's 503 is never repeated");
+
+    // A refused connection sent nothing: even a POST goes to the next backend.
+    let good = Scripted::start(|_| (200, 0)).await;
+    dp.apply(snapshot(
+        "v3",
+        vec![route(
+            "shop/orders",
+            &[],
+            vec![retrying(&[&dead_address(), &good.url], retry_503(1))],
+        )],
+    ))
+    .await
+    .unwrap();
+    for _ in 0..6 {
+        assert_eq!(send(&dp, "POST", "/", &[]).await.status, 200);
+    }
+    let metrics = pavilion_tests::metrics(dp.admin_addr).await;
+    assert!(
+        metrics.contains("pavilion_retries_total{route=\"shop/orders\"}"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn a_per_try_timeout_moves_on_and_the_rule_timeout_still_bounds_all() {
+    // The first attempt hangs; the second answers at once.
+    let slow_first = Scripted::start(|n| (200, if n == 0 { 5_000 } else { 0 })).await;
+    let mut retry = retry_503(2);
+    retry.per_try_timeout_ms = 200;
+    let dp = data_plane(retrying(&[&slow_first.url], retry)).await;
+    let started = std::time::Instant::now();
+    let reply = get(&dp, "/").await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.text(), "answer 1");
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "the hung attempt was abandoned"
+    );
+
+    // Never past the rule's timeout: every attempt hangs.
+    let hanging = Scripted::start(|_| (200, 10_000)).await;
+    let mut rule = retrying(&[&hanging.url], {
+        let mut r = retry_503(5);
+        r.per_try_timeout_ms = 300;
+        r
+    });
+    rule.timeout_ms = 500;
+    dp.apply(snapshot("v2", vec![route("shop/orders", &[], vec![rule])]))
+        .await
+        .unwrap();
+    let reply = get(&dp, "/").await;
+    assert_eq!(reply.status, 504);
+    assert_eq!(reply.json()["error"]["code"], "upstream_timeout");
+    assert!(
+        hanging.seen() <= 2,
+        "attempts stopped at the rule's timeout"
+    );
+}
+
+#[tokio::test]
+async fn the_retry_budget_caps_retries_during_an_outage() {
+    let down = Scripted::start(|_| (503, 0)).await;
+    let mut retry = retry_503(3);
+    retry.budget_percent = 20;
+    retry.min_retries_per_second = 0;
+    let dp = data_plane(retrying(&[&down.url], retry)).await;
+    for _ in 0..50 {
+        assert_eq!(get(&dp, "/").await.status, 503);
+    }
+    // 50 requests may add at most 20 % retries (10), not 3 each (150).
+    assert!(
+        down.seen() <= 60,
+        "the upstream saw {} requests",
+        down.seen()
+    );
+    assert!(down.seen() > 50, "some retries were allowed");
+}
