@@ -443,6 +443,9 @@ fn traffic_fields_reach_the_snapshot_with_every_default_resolved() {
       loadBalancer: { policy: ConsistentHash, hashOn: 'header:X-User' }
       healthCheck: { active: { path: /healthz }, passive: {} }
       circuitBreaker: { failurePercent: 50 }
+      rewrite: { pathRegex: { pattern: '^/a/(.*)$', substitution: '/b/$1' }, host: API.Internal }
+      requestHeaders: { remove: [X-Drop], set: [{ name: X-Env, value: Prod }] }
+      maxBodyBytes: 4096
     - backends: [{ url: http://127.0.0.1:9002 }]
 ";
     let compiled = compile(&items(&[("r.yaml", &route("r", "", spec))]));
@@ -499,6 +502,22 @@ fn traffic_fields_reach_the_snapshot_with_every_default_resolved() {
         ),
         (10_000, 30_000, 3)
     );
+    let rewrite = rule.rewrite.as_ref().unwrap();
+    assert_eq!(
+        (
+            rewrite.path_regex.as_str(),
+            rewrite.path_substitution.as_str(),
+            rewrite.host.as_str()
+        ),
+        ("^/a/(.*)$", "/b/$1", "api.internal")
+    );
+    let edits = rule.request_headers.as_ref().unwrap();
+    assert_eq!(edits.remove, ["x-drop"]);
+    assert_eq!(
+        (edits.set[0].name.as_str(), edits.set[0].value.as_str()),
+        ("x-env", "Prod")
+    );
+    assert_eq!(rule.max_body_bytes, 4096);
     // A rule without them has none.
     let plain = &compiled.snapshot.routes[0].rules[1];
     assert!(

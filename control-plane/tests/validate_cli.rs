@@ -43,14 +43,17 @@ fn problems_are_reported_as_file_line_field_message_and_exit_1() {
     let stdout = String::from_utf8_lossy(&output.stdout);
     let bad = bad.display();
     let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "{stdout}");
+    // The unknown field with the fields a rule has (the list grows with the product).
+    assert!(
+        lines[0].starts_with(&format!(
+            "{bad}:8: spec.rules[0].timout: unknown field `timout`, expected one of `matches`, `backends`, `timeout`, `auth`"
+        )),
+        "{stdout}"
+    );
     assert_eq!(
-        lines,
-        [
-            format!(
-                "{bad}:8: spec.rules[0].timout: unknown field `timout`, expected one of `matches`, `backends`, `timeout`, `auth`, `ipAllow`, `ipDeny`, `upstreamTls`, `tenancy`, `authorize`, `commands`, `websocket`, `retry`, `loadBalancer`, `healthCheck`, `circuitBreaker`"
-            ),
-            format!("{bad}:15: spec.rules[0].backends: at least one backend is required"),
-        ]
+        lines[1],
+        format!("{bad}:15: spec.rules[0].backends: at least one backend is required")
     );
 }
 

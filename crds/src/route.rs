@@ -149,6 +149,19 @@ pub struct RouteRule {
     /// Stop sending to backends that keep failing, for a while.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub circuit_breaker: Option<crate::traffic::CircuitBreaker>,
+    /// Ask the backend for another path or host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rewrite: Option<crate::traffic::Rewrite>,
+    /// Headers removed, set or added on the way to the backend.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_headers: Option<crate::traffic::HeaderEdits>,
+    /// Headers removed, set or added on the backend's responses.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_headers: Option<crate::traffic::HeaderEdits>,
+    /// Request bodies larger than this get 413 (the smaller of this and the data plane's
+    /// `--max-body-bytes` applies).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_body_bytes: Option<u64>,
 }
 
 /// `commands:` on a rule.
@@ -349,6 +362,29 @@ impl RouteRule {
                     Ok(_) => {}
                 }
             }
+        }
+        if let Some(rewrite) = &self.rewrite {
+            let prefix_only = self.matches.iter().all(|m| {
+                m.path
+                    .as_ref()
+                    .is_none_or(|p| p.kind == PathMatchType::PathPrefix)
+            });
+            rewrite.validate(&format!("{field}.rewrite"), prefix_only, errors);
+        }
+        if let Some(edits) = &self.request_headers {
+            edits.validate(&format!("{field}.requestHeaders"), true, errors);
+        }
+        if let Some(edits) = &self.response_headers {
+            edits.validate(&format!("{field}.responseHeaders"), false, errors);
+        }
+        if self
+            .max_body_bytes
+            .is_some_and(|b| b == 0 || b > crate::traffic::MAX_BODY_BYTES)
+        {
+            errors.add(
+                format!("{field}.maxBodyBytes"),
+                "must be between 1 and 1099511627776 (1 TiB)",
+            );
         }
         if let Some(retry) = &self.retry {
             retry.validate(&format!("{field}.retry"), errors);

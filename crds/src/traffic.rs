@@ -1,5 +1,6 @@
 //! Rule fields about how traffic is carried between the matched rule and the upstream:
-//! WebSocket upgrades, retries, load balancing, health checks and the circuit breaker.
+//! WebSocket upgrades, retries, load balancing, health checks, the circuit breaker, and the
+//! request and response transforms.
 
 use std::time::Duration;
 
@@ -409,3 +410,161 @@ fn duration_or(text: &Option<String>, default: Duration) -> Duration {
         .and_then(|t| parse_duration(t).ok())
         .unwrap_or(default)
 }
+
+/// `rewrite:` on a rule: what the backend is asked for instead of what the client asked.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Rewrite {
+    /// Replaces the matched `PathPrefix` (`/api` → `/v2`: `/api/orders` goes as
+    /// `/v2/orders`). Every match of the rule must be a `PathPrefix`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_prefix: Option<String>,
+    /// Replaces the first match of `pattern` in the path with `substitution` (`$1`, `${name}`
+    /// refer to groups).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_regex: Option<RegexRewrite>,
+    /// The `Host` the backend gets (the client's stays in `x-forwarded-host`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RegexRewrite {
+    pub pattern: String,
+    pub substitution: String,
+}
+
+/// A header name and value.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Header {
+    pub name: String,
+    pub value: String,
+}
+
+/// `requestHeaders:` / `responseHeaders:` on a rule, applied in this order: remove, set
+/// (replacing any value), add (beside any value).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HeaderEdits {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remove: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub set: Vec<Header>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub add: Vec<Header>,
+}
+
+/// Fields no header edit may touch: those of the connection (hop-by-hop, framing, `Host`)
+/// and those only the gateway states (identity, tenant, forwarding facts, request id).
+fn reserved_header(name: &str, request: bool) -> Option<&'static str> {
+    const FRAMING: [&str; 9] = [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "transfer-encoding",
+        "upgrade",
+        "te",
+        "trailer",
+        "content-length",
+        "host",
+    ];
+    if FRAMING.contains(&name) {
+        return Some("describes the connection or the framing, which the gateway owns");
+    }
+    let stated = name.starts_with("x-auth-")
+        || name.starts_with("x-forwarded-")
+        || matches!(
+            name,
+            "x-tenant-id" | "x-real-ip" | "forwarded" | "x-request-id"
+        );
+    (request && stated)
+        .then_some("is stated by the gateway only (identity, tenant, forwarding facts, request id)")
+}
+
+impl HeaderEdits {
+    pub(crate) fn validate(&self, field: &str, request: bool, errors: &mut Errors) {
+        let mut check_name = |at: String, name: &str| {
+            let lower = name.to_ascii_lowercase();
+            if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                errors.add(at, format!("`{name}` is not a header name"));
+            } else if let Some(why) = reserved_header(&lower, request) {
+                errors.add(at, format!("`{name}` {why}"));
+            }
+        };
+        for (i, name) in self.remove.iter().enumerate() {
+            check_name(crate::validate::at(&format!("{field}.remove"), i), name);
+        }
+        for (list, headers) in [("set", &self.set), ("add", &self.add)] {
+            for (i, header) in headers.iter().enumerate() {
+                let at = crate::validate::at(&format!("{field}.{list}"), i);
+                check_name(format!("{at}.name"), &header.name);
+            }
+        }
+        for (list, headers) in [("set", &self.set), ("add", &self.add)] {
+            for (i, header) in headers.iter().enumerate() {
+                if http::HeaderValue::from_str(&header.value).is_err() {
+                    errors.add(
+                        format!(
+                            "{}.value",
+                            crate::validate::at(&format!("{field}.{list}"), i)
+                        ),
+                        "a header value is visible ASCII, spaces and tabs (no line breaks)",
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Longest regular expression in a rewrite.
+const MAX_PATTERN: usize = 1024;
+
+impl Rewrite {
+    /// `prefix_only`: every match of the rule is a path prefix.
+    pub(crate) fn validate(&self, field: &str, prefix_only: bool, errors: &mut Errors) {
+        if self.path_prefix.is_some() && self.path_regex.is_some() {
+            errors.add(field, "set `pathPrefix` or `pathRegex`, not both");
+        }
+        if let Some(prefix) = &self.path_prefix {
+            let at = format!("{field}.pathPrefix");
+            if !prefix.starts_with('/')
+                || http::uri::PathAndQuery::try_from(prefix.as_str()).is_err()
+                || prefix.contains('?')
+            {
+                errors.add(&at, format!("`{prefix}` is not an absolute path"));
+            }
+            if !prefix_only {
+                errors.add(at, "needs every match of the rule to be a PathPrefix: it replaces the matched prefix");
+            }
+        }
+        if let Some(regex) = &self.path_regex {
+            let at = format!("{field}.pathRegex");
+            if regex.pattern.len() > MAX_PATTERN {
+                errors.add(
+                    format!("{at}.pattern"),
+                    format!("longer than {MAX_PATTERN} characters"),
+                );
+            } else if let Err(error) = regex::Regex::new(&regex.pattern) {
+                errors.add(
+                    format!("{at}.pattern"),
+                    format!("not a regular expression: {error}"),
+                );
+            }
+            if !regex.substitution.starts_with('/') || regex.substitution.contains(['?', '#', ' '])
+            {
+                errors.add(
+                    format!("{at}.substitution"),
+                    "must be an absolute path (starting with `/`, without `?`, `#` or spaces)",
+                );
+            }
+        }
+        if let Some(Err(message)) = self.host.as_deref().map(crate::validate::route_host) {
+            errors.add(format!("{field}.host"), message);
+        }
+    }
+}
+
+/// Largest `maxBodyBytes`.
+pub const MAX_BODY_BYTES: u64 = 1 << 40;

@@ -832,12 +832,62 @@ fn traffic_fields_name_their_fields() {
             "    - circuitBreaker: { openFor: 1d }\n      backends: [{ url: 'http://a:1' }]\n",
             "spec.rules[0].circuitBreaker.openFor",
         ),
+        (
+            "a prefix rewrite on a regex match",
+            "    - matches: [{ path: { type: RegularExpression, value: '/a.*' } }]\n      rewrite: { pathPrefix: /b }\n      backends: [{ url: 'http://a:1' }]\n",
+            "spec.rules[0].rewrite.pathPrefix",
+        ),
+        (
+            "a relative prefix",
+            "    - rewrite: { pathPrefix: v2 }\n      backends: [{ url: 'http://a:1' }]\n",
+            "spec.rules[0].rewrite.pathPrefix",
+        ),
+        (
+            "both rewrites",
+            "    - rewrite: { pathPrefix: /v2, pathRegex: { pattern: a, substitution: /b } }\n      backends: [{ url: 'http://a:1' }]\n",
+            "spec.rules[0].rewrite",
+        ),
+        (
+            "a broken pattern",
+            "    - rewrite: { pathRegex: { pattern: '(', substitution: /b } }\n      backends: [{ url: 'http://a:1' }]\n",
+            "spec.rules[0].rewrite.pathRegex.pattern",
+        ),
+        (
+            "a substitution smuggling a query",
+            "    - rewrite: { pathRegex: { pattern: a, substitution: '/b?admin=1' } }\n      backends: [{ url: 'http://a:1' }]\n",
+            "spec.rules[0].rewrite.pathRegex.substitution",
+        ),
+        (
+            "a host that is no host",
+            "    - rewrite: { host: 'a b' }\n      backends: [{ url: 'http://a:1' }]\n",
+            "spec.rules[0].rewrite.host",
+        ),
+        (
+            "forging an identity header",
+            "    - requestHeaders: { set: [{ name: X-Auth-Subject, value: admin }] }\n      backends: [{ url: 'http://a:1' }]\n",
+            "spec.rules[0].requestHeaders.set[0].name",
+        ),
+        (
+            "touching the framing",
+            "    - responseHeaders: { remove: [content-length] }\n      backends: [{ url: 'http://a:1' }]\n",
+            "spec.rules[0].responseHeaders.remove[0]",
+        ),
+        (
+            "a value with a line break",
+            "    - requestHeaders: { add: [{ name: x-a, value: \"a\\r\\nb: c\" }] }\n      backends: [{ url: 'http://a:1' }]\n",
+            "spec.rules[0].requestHeaders.add[0].value",
+        ),
+        (
+            "a zero body limit",
+            "    - maxBodyBytes: 0\n      backends: [{ url: 'http://a:1' }]\n",
+            "spec.rules[0].maxBodyBytes",
+        ),
     ]);
     let unknown = parse_documents(&route(
         "    - loadBalancer: { policy: Fastest }\n      backends: [{ url: 'http://a:1' }]\n",
     ));
     let error = unknown[0].result.as_ref().unwrap_err();
     assert_eq!(error.field, "spec.rules[0].loadBalancer.policy");
-    let good = "    - websocket: { idleTimeout: 1h }\n      backends: [{ url: 'https://a:1' }]\n";
+    let good = "    - websocket: { idleTimeout: 1h }\n      backends: [{ url: 'https://a:1' }]\n      rewrite: { pathPrefix: /v2, host: api.internal }\n      requestHeaders: { set: [{ name: x-env, value: prod }] }\n      responseHeaders: { add: [{ name: x-frame-options, value: DENY }] }\n      maxBodyBytes: 1024\n";
     assert_eq!(errors(&route(good)), []);
 }

@@ -28,6 +28,7 @@ pub mod security;
 pub mod snapshot;
 pub mod tls;
 pub mod trace;
+pub mod transform;
 pub mod tunnel;
 pub mod upstream;
 pub mod workers;

@@ -88,6 +88,10 @@ pub struct Rule {
     /// The CorsPolicy reaching the route; `None`: no CORS headers, preflights are plain
     /// requests.
     pub cors: Option<Arc<crate::cors::Cors>>,
+    /// Path, host and header transforms; `None`: the request goes as it came.
+    pub transform: Option<Box<crate::transform::Transform>>,
+    /// The rule's own body limit (the smaller of it and `--max-body-bytes` applies).
+    pub max_body_bytes: Option<u64>,
     /// Failed attempts repeated when safe; `None`: no retries.
     pub retry: Option<crate::upstream::retry::RetryPolicy>,
     /// The circuit breaker over the rule's backends, carried across snapshots.
@@ -278,6 +282,10 @@ impl Runtime {
                     quotas,
                     concurrency: concurrency.clone(),
                     cors,
+                    transform: crate::transform::Transform::new(rule)
+                        .map_err(rule_error)?
+                        .map(Box::new),
+                    max_body_bytes: (rule.max_body_bytes > 0).then_some(rule.max_body_bytes),
                     retry: rule.retry.as_ref().map(|retry| {
                         let key = format!(
                             "{name}#{index}|{}|{}",

@@ -141,7 +141,7 @@ fn attribute(span: &Span, key: &str) -> Option<String> {
         })
 }
 
-const PHASES: [&str; 13] = [
+const PHASES: [&str; 14] = [
     "admit",
     "route",
     "cors",
@@ -154,6 +154,7 @@ const PHASES: [&str; 13] = [
     "placement",
     "limits-id",
     "quota",
+    "transform",
     "upstream",
 ];
 

@@ -159,6 +159,16 @@ fn to_proto(route: &Route, applied: &Applied, cors: Option<&proto::Cors>) -> pro
                     .circuit_breaker
                     .as_ref()
                     .map(super::traffic::circuit_breaker),
+                rewrite: rule.rewrite.as_ref().map(super::traffic::rewrite),
+                request_headers: rule
+                    .request_headers
+                    .as_ref()
+                    .map(super::traffic::header_edits),
+                response_headers: rule
+                    .response_headers
+                    .as_ref()
+                    .map(super::traffic::header_edits),
+                max_body_bytes: rule.max_body_bytes.unwrap_or(0),
             })
             .collect(),
     }

@@ -77,3 +77,41 @@ pub(super) fn circuit_breaker(breaker: &traffic::CircuitBreaker) -> proto::Circu
         half_open_probes: breaker.half_open_probes.unwrap_or(3),
     }
 }
+
+pub(super) fn rewrite(rewrite: &traffic::Rewrite) -> proto::Rewrite {
+    let (path_regex, path_substitution) = rewrite
+        .path_regex
+        .as_ref()
+        .map(|r| (r.pattern.clone(), r.substitution.clone()))
+        .unwrap_or_default();
+    proto::Rewrite {
+        path_prefix: rewrite.path_prefix.clone().unwrap_or_default(),
+        path_regex,
+        path_substitution,
+        host: rewrite
+            .host
+            .as_deref()
+            .map(str::to_ascii_lowercase)
+            .unwrap_or_default(),
+    }
+}
+
+pub(super) fn header_edits(edits: &traffic::HeaderEdits) -> proto::HeaderEdits {
+    let pairs = |list: &[traffic::Header]| {
+        list.iter()
+            .map(|h| proto::HeaderPair {
+                name: h.name.to_ascii_lowercase(),
+                value: h.value.clone(),
+            })
+            .collect()
+    };
+    proto::HeaderEdits {
+        remove: edits
+            .remove
+            .iter()
+            .map(|n| n.to_ascii_lowercase())
+            .collect(),
+        set: pairs(&edits.set),
+        add: pairs(&edits.add),
+    }
+}

@@ -30,8 +30,11 @@ pub struct Admitted<'r> {
 pub struct Rewrite {
     /// See [`Admitted::authority`].
     pub authority: Option<HeaderValue>,
-    /// The normalised path when it differs from the request's.
+    /// The path the backend is asked for when it differs from the request's (normalised,
+    /// or rewritten by the rule).
     pub path: Option<String>,
+    /// The `Host` the backend gets when the rule rewrites it.
+    pub host: Option<HeaderValue>,
 }
 
 impl Admitted<'_> {
@@ -39,6 +42,7 @@ impl Admitted<'_> {
         Rewrite {
             authority: self.authority,
             path: self.path.into_rewritten(),
+            host: None,
         }
     }
 }

@@ -33,7 +33,7 @@ pub(super) async fn forward<'r>(
     rewrite: Rewrite,
     context: &mut Context<'r>,
 ) -> Result<Response<ResponseBody>, Deny> {
-    let max_body = proxy.shared.limits.max_body_bytes;
+    let max_body = super::transform::body_limit(rule, &proxy.shared.limits);
     // Only a request without a body can be sent twice.
     let retry = rule
         .retry
@@ -187,6 +187,9 @@ pub(super) fn prepare(
     let mut upstream = upstream_request(request, target, rewrite, behind_proxy, context)?;
     // Only the gateway states identities and tenants; rules with auth put theirs in now.
     headers::strip_protected(upstream.headers_mut(), &runtime.identity_headers);
+    if let Some(transform) = &rule.transform {
+        transform.request_headers.apply(upstream.headers_mut());
+    }
     if let (Some(auth), Some(identity)) = (&rule.auth, &context.identity) {
         auth.decorate(upstream.headers_mut(), identity);
     }
@@ -317,6 +320,9 @@ pub(super) fn finish(
         );
     }
     headers::strip_hop_by_hop(&mut parts.headers, false);
+    if let Some(transform) = context.rule.and_then(|r| r.transform.as_ref()) {
+        transform.response_headers.apply(&mut parts.headers);
+    }
     parts.version = Version::HTTP_11;
     Response::from_parts(parts, body)
 }
@@ -415,7 +421,7 @@ fn upstream_request(
         Protocol::Http1 | Protocol::Https => {
             parts.version = Version::HTTP_11;
             // HTTP/1.1 requires a Host; an HTTP/1.0 client may not have sent one.
-            let host = original_host.unwrap_or_else(|| {
+            let host = rewrite.host.clone().or(original_host).unwrap_or_else(|| {
                 HeaderValue::from_str(target.authority.as_str())
                     .expect("an authority is a valid header value")
             });

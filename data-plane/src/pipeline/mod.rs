@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! admit ▸ route ▸ cors ▸ ip ▸ limits (request facts) ▸ authn ▸ tenant ▸ authorize ▸ circuit ▸ placement
-//!       ▸ limits (identity) ▸ quota ▸ forward (or command on `commands` rules, or a
+//!       ▸ limits (identity) ▸ quota ▸ transform ▸ forward (or command on `commands` rules, or a
 //!         websocket tunnel for an upgrade on `websocket` rules)
 //!       └──── any phase's Deny ────┘──▶ respond: response filters, metrics, access log
 //! ```
@@ -28,6 +28,7 @@ mod quota;
 mod respond;
 mod route;
 pub mod tenant;
+mod transform;
 mod websocket;
 
 use std::net::IpAddr;
@@ -277,6 +278,7 @@ impl Proxy {
         let admitted = admit::admit(&request, &shared.limits, shared.escaped_slashes)?;
         context.trace.phase("route");
         let rule = route::find(runtime, &admitted, &request, context)?;
+        transform::check_body(rule, &request, &shared.limits)?;
         context.trace.phase("cors");
         if let Some(answer) = cors::check(rule, &request, context)? {
             return Ok(answer);
@@ -317,7 +319,9 @@ impl Proxy {
             context.trace.phase("command");
             return command::serve(self, rule, target, request, window, context).await;
         }
-        let rewrite = admitted.into_rewrite();
+        let mut rewrite = admitted.into_rewrite();
+        context.trace.phase("transform");
+        transform::request(rule, &request, &mut rewrite)?;
         context.trace.phase("upstream");
         if websocket::wanted(rule, &request) {
             return websocket::tunnel(self, runtime, rule, target, request, rewrite, context).await;

@@ -59,7 +59,7 @@ pub(super) async fn tunnel<'r>(
 ) -> Result<Response<ResponseBody>, Deny> {
     let idle = rule.websocket.unwrap_or(Duration::from_secs(300));
     let client_side = hyper::upgrade::on(&mut request);
-    let max_body = proxy.shared.limits.max_body_bytes;
+    let max_body = super::transform::body_limit(rule, &proxy.shared.limits);
     let request = request.map(|body| crate::body::RequestBody::new(body, max_body));
     let mut upstream = forward::prepare(proxy, runtime, rule, target, request, &rewrite, context)?;
     // `prepare` removed the hop-by-hop fields; this hop's upgrade is the one stated here.

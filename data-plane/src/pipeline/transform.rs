@@ -1,0 +1,64 @@
+//! The rule's say over what the backend is asked for: its own body limit, a rewritten
+//! path and host. (Header edits are applied where the upstream request and response are
+//! made, in `forward`.)
+
+use http::Request;
+use http_body::Body;
+
+use crate::deny::Deny;
+use crate::runtime::Rule;
+
+use super::Limits;
+use super::admit::Rewrite;
+
+/// The body limit on this rule: its own, within the data plane's.
+pub(super) fn body_limit(rule: &Rule, limits: &Limits) -> u64 {
+    rule.max_body_bytes
+        .map_or(limits.max_body_bytes, |own| own.min(limits.max_body_bytes))
+}
+
+/// A declared body over the rule's own limit is refused at once, before anything is
+/// spent on the request (a longer stream is cut off at the limit while it is forwarded).
+pub(super) fn check_body<B: Body>(
+    rule: &Rule,
+    request: &Request<B>,
+    limits: &Limits,
+) -> Result<(), Deny> {
+    if rule.max_body_bytes.is_some() {
+        let limit = body_limit(rule, limits);
+        if request.body().size_hint().lower() > limit {
+            return Err(Deny::PayloadTooLarge { limit });
+        }
+    }
+    Ok(())
+}
+
+/// The path and host the backend is asked for.
+pub(super) fn request<B>(
+    rule: &Rule,
+    request: &Request<B>,
+    rewrite: &mut Rewrite,
+) -> Result<(), Deny> {
+    let Some(transform) = &rule.transform else {
+        return Ok(());
+    };
+    let path = rewrite.path.as_deref().unwrap_or(request.uri().path());
+    match transform.path(path) {
+        None => {}
+        Some(Ok(rewritten)) => rewrite.path = Some(rewritten),
+        Some(Err(())) => {
+            tracing::warn!(
+                route = &*rule.route,
+                path,
+                "rewrite.pathRegex made something that is not an absolute path"
+            );
+            return Err(Deny::BadRequest(
+                "the route's path rewrite does not apply to this path",
+            ));
+        }
+    }
+    if let Some(host) = &transform.host {
+        rewrite.host = Some(host.clone());
+    }
+    Ok(())
+}
