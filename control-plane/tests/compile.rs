@@ -446,6 +446,7 @@ fn traffic_fields_reach_the_snapshot_with_every_default_resolved() {
       rewrite: { pathRegex: { pattern: '^/a/(.*)$', substitution: '/b/$1' }, host: API.Internal }
       requestHeaders: { remove: [X-Drop], set: [{ name: X-Env, value: Prod }] }
       maxBodyBytes: 4096
+      compression: { algorithms: [br] }
     - backends: [{ url: http://127.0.0.1:9002 }]
 ";
     let compiled = compile(&items(&[("r.yaml", &route("r", "", spec))]));
@@ -518,6 +519,10 @@ fn traffic_fields_reach_the_snapshot_with_every_default_resolved() {
         ("x-env", "Prod")
     );
     assert_eq!(rule.max_body_bytes, 4096);
+    let compression = rule.compression.as_ref().unwrap();
+    assert_eq!(compression.min_size, 1024);
+    assert!(compression.types.iter().any(|t| t == "application/json"));
+    assert!(compression.brotli && !compression.gzip && !compression.zstd);
     // A rule without them has none.
     let plain = &compiled.snapshot.routes[0].rules[1];
     assert!(

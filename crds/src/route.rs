@@ -162,6 +162,9 @@ pub struct RouteRule {
     /// `--max-body-bytes` applies).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_body_bytes: Option<u64>,
+    /// Compress responses for clients that accept it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compression: Option<crate::traffic::Compression>,
 }
 
 /// `commands:` on a rule.
@@ -385,6 +388,9 @@ impl RouteRule {
                 format!("{field}.maxBodyBytes"),
                 "must be between 1 and 1099511627776 (1 TiB)",
             );
+        }
+        if let Some(compression) = &self.compression {
+            compression.validate(&format!("{field}.compression"), errors);
         }
         if let Some(retry) = &self.retry {
             retry.validate(&format!("{field}.retry"), errors);

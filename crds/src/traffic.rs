@@ -1,6 +1,6 @@
 //! Rule fields about how traffic is carried between the matched rule and the upstream:
 //! WebSocket upgrades, retries, load balancing, health checks, the circuit breaker, and the
-//! request and response transforms.
+//! request and response transforms, and response compression.
 
 use std::time::Duration;
 
@@ -568,3 +568,55 @@ impl Rewrite {
 
 /// Largest `maxBodyBytes`.
 pub const MAX_BODY_BYTES: u64 = 1 << 40;
+
+/// `compression:` on a rule: responses compressed by what the client accepts
+/// (`Accept-Encoding` q-values), when they are large enough and of a compressible type.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Compression {
+    /// Smallest body compressed, in bytes (when its length is known); default 1024.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_size: Option<u64>,
+    /// Media types compressed: `text/html`, `text/*`; default text, JSON, JavaScript, XML,
+    /// SVG and `+json`/`+xml` types.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub types: Vec<String>,
+    /// Encodings offered: `gzip`, `br`, `zstd`; default all three.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub algorithms: Vec<String>,
+}
+
+/// Media types compressed when `compression.types` names none.
+pub const DEFAULT_COMPRESSED_TYPES: [&str; 7] = [
+    "text/*",
+    "application/json",
+    "application/javascript",
+    "application/xml",
+    "image/svg+xml",
+    "*/*+json",
+    "*/*+xml",
+];
+
+impl Compression {
+    pub(crate) fn validate(&self, field: &str, errors: &mut Errors) {
+        for (i, kind) in self.types.iter().enumerate() {
+            let ok = kind.split_once('/').is_some_and(|(a, b)| {
+                !a.is_empty() && !b.is_empty() && !kind.contains([' ', ';', ','])
+            });
+            if !ok {
+                errors.add(
+                    crate::validate::at(&format!("{field}.types"), i),
+                    format!("`{kind}` is not a media type such as text/html or text/*"),
+                );
+            }
+        }
+        for (i, algorithm) in self.algorithms.iter().enumerate() {
+            if !matches!(algorithm.as_str(), "gzip" | "br" | "zstd") {
+                errors.add(
+                    crate::validate::at(&format!("{field}.algorithms"), i),
+                    format!("`{algorithm}` is not gzip, br or zstd"),
+                );
+            }
+        }
+    }
+}

@@ -878,6 +878,16 @@ fn traffic_fields_name_their_fields() {
             "spec.rules[0].requestHeaders.add[0].value",
         ),
         (
+            "compressing with deflate",
+            "    - compression: { algorithms: [gzip, deflate] }\n      backends: [{ url: 'http://a:1' }]\n",
+            "spec.rules[0].compression.algorithms[1]",
+        ),
+        (
+            "a media type without a subtype",
+            "    - compression: { types: [text] }\n      backends: [{ url: 'http://a:1' }]\n",
+            "spec.rules[0].compression.types[0]",
+        ),
+        (
             "a zero body limit",
             "    - maxBodyBytes: 0\n      backends: [{ url: 'http://a:1' }]\n",
             "spec.rules[0].maxBodyBytes",
@@ -888,6 +898,6 @@ fn traffic_fields_name_their_fields() {
     ));
     let error = unknown[0].result.as_ref().unwrap_err();
     assert_eq!(error.field, "spec.rules[0].loadBalancer.policy");
-    let good = "    - websocket: { idleTimeout: 1h }\n      backends: [{ url: 'https://a:1' }]\n      rewrite: { pathPrefix: /v2, host: api.internal }\n      requestHeaders: { set: [{ name: x-env, value: prod }] }\n      responseHeaders: { add: [{ name: x-frame-options, value: DENY }] }\n      maxBodyBytes: 1024\n";
+    let good = "    - websocket: { idleTimeout: 1h }\n      backends: [{ url: 'https://a:1' }]\n      rewrite: { pathPrefix: /v2, host: api.internal }\n      requestHeaders: { set: [{ name: x-env, value: prod }] }\n      responseHeaders: { add: [{ name: x-frame-options, value: DENY }] }\n      maxBodyBytes: 1024\n      compression: { minSize: 512, types: [text/*, application/json], algorithms: [br, gzip] }\n";
     assert_eq!(errors(&route(good)), []);
 }

@@ -110,6 +110,8 @@ pub enum ResponseBody {
     /// an error when the upstream sends nothing for `idle`: the rule's timeout covers only
     /// the response head, so a stream may last hours, but never stall forever.
     Idle(Box<Idle>),
+    /// Another body, compressed on the way (the rule's `compression`).
+    Compressed(Box<tower_http::compression::CompressionBody<ResponseBody>>),
 }
 
 pub struct Idle {
@@ -200,6 +202,7 @@ impl Body for ResponseBody {
                     ready
                 }
             },
+            ResponseBody::Compressed(inner) => Pin::new(&mut **inner).poll_frame(cx),
             ResponseBody::Metered(metered) => {
                 let polled = Pin::new(&mut metered.inner).poll_frame(cx);
                 if let Poll::Ready(Some(Ok(frame))) = &polled
@@ -225,6 +228,7 @@ impl Body for ResponseBody {
             ResponseBody::Grpc(message, trailers) => message.is_none() && trailers.is_none(),
             ResponseBody::Metered(metered) => metered.inner.is_end_stream(),
             ResponseBody::Idle(idle) => idle.inner.is_end_stream(),
+            ResponseBody::Compressed(inner) => inner.is_end_stream(),
         }
     }
 
@@ -240,6 +244,7 @@ impl Body for ResponseBody {
             }
             ResponseBody::Metered(metered) => metered.inner.size_hint(),
             ResponseBody::Idle(idle) => idle.inner.size_hint(),
+            ResponseBody::Compressed(inner) => inner.size_hint(),
         }
     }
 }

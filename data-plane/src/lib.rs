@@ -11,6 +11,7 @@ pub mod auth;
 pub mod body;
 pub mod carry;
 pub mod commands;
+pub mod compress;
 pub mod connection;
 pub mod cors;
 pub mod deny;

@@ -92,6 +92,8 @@ pub struct Rule {
     pub transform: Option<Box<crate::transform::Transform>>,
     /// The rule's own body limit (the smaller of it and `--max-body-bytes` applies).
     pub max_body_bytes: Option<u64>,
+    /// Responses compressed for clients that accept it; `None`: passed as they come.
+    pub compression: Option<crate::compress::Compression>,
     /// Failed attempts repeated when safe; `None`: no retries.
     pub retry: Option<crate::upstream::retry::RetryPolicy>,
     /// The circuit breaker over the rule's backends, carried across snapshots.
@@ -286,6 +288,10 @@ impl Runtime {
                         .map_err(rule_error)?
                         .map(Box::new),
                     max_body_bytes: (rule.max_body_bytes > 0).then_some(rule.max_body_bytes),
+                    compression: rule
+                        .compression
+                        .as_ref()
+                        .map(crate::compress::Compression::new),
                     retry: rule.retry.as_ref().map(|retry| {
                         let key = format!(
                             "{name}#{index}|{}|{}",

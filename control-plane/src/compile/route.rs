@@ -169,6 +169,7 @@ fn to_proto(route: &Route, applied: &Applied, cors: Option<&proto::Cors>) -> pro
                     .as_ref()
                     .map(super::traffic::header_edits),
                 max_body_bytes: rule.max_body_bytes.unwrap_or(0),
+                compression: rule.compression.as_ref().map(super::traffic::compression),
             })
             .collect(),
     }

@@ -115,3 +115,28 @@ pub(super) fn header_edits(edits: &traffic::HeaderEdits) -> proto::HeaderEdits {
         add: pairs(&edits.add),
     }
 }
+
+pub(super) fn compression(compression: &traffic::Compression) -> proto::Compression {
+    let types = if compression.types.is_empty() {
+        traffic::DEFAULT_COMPRESSED_TYPES
+            .iter()
+            .map(|t| t.to_string())
+            .collect()
+    } else {
+        compression
+            .types
+            .iter()
+            .map(|t| t.to_ascii_lowercase())
+            .collect()
+    };
+    let offered = |name: &str| {
+        compression.algorithms.is_empty() || compression.algorithms.iter().any(|a| a == name)
+    };
+    proto::Compression {
+        min_size: compression.min_size.unwrap_or(1024),
+        types,
+        gzip: offered("gzip"),
+        brotli: offered("br"),
+        zstd: offered("zstd"),
+    }
+}

@@ -320,11 +320,19 @@ pub(super) fn finish(
         );
     }
     headers::strip_hop_by_hop(&mut parts.headers, false);
-    if let Some(transform) = context.rule.and_then(|r| r.transform.as_ref()) {
+    let rule = context.rule;
+    if let Some(transform) = rule.and_then(|r| r.transform.as_ref()) {
         transform.response_headers.apply(&mut parts.headers);
     }
     parts.version = Version::HTTP_11;
-    Response::from_parts(parts, body)
+    let response = Response::from_parts(parts, body);
+    match (
+        rule.and_then(|r| r.compression.as_ref()),
+        &context.accept_encoding,
+    ) {
+        (Some(compression), Some(accept)) => compression.apply(accept, response),
+        _ => response,
+    }
 }
 
 /// An upstream exchange that failed, as the client is told; logged as the upstream's

@@ -172,6 +172,8 @@ pub(crate) struct Context<'r> {
     pub circuit: Option<crate::upstream::breaker::Ticket<'r>>,
     /// The consistent hash's key, on rules balancing by one (retries pick by it too).
     pub hash_key: Option<u64>,
+    /// The client's `Accept-Encoding`, on rules that compress; set by `transform`.
+    pub accept_encoding: Option<HeaderValue>,
 }
 
 /// Whether the request is a gRPC call.
@@ -212,6 +214,7 @@ impl<'r> Context<'r> {
             cors: None,
             circuit: None,
             hash_key: None,
+            accept_encoding: None,
         }
     }
 }
@@ -321,7 +324,7 @@ impl Proxy {
         }
         let mut rewrite = admitted.into_rewrite();
         context.trace.phase("transform");
-        transform::request(rule, &request, &mut rewrite)?;
+        transform::request(rule, &request, &mut rewrite, context)?;
         context.trace.phase("upstream");
         if websocket::wanted(rule, &request) {
             return websocket::tunnel(self, runtime, rule, target, request, rewrite, context).await;

@@ -1,5 +1,5 @@
 //! The rule's say over what the backend is asked for: its own body limit, a rewritten
-//! path and host. (Header edits are applied where the upstream request and response are
+//! path and host; and the client's `Accept-Encoding`, kept for the response's compression. (Header edits are applied where the upstream request and response are
 //! made, in `forward`.)
 
 use http::Request;
@@ -8,8 +8,8 @@ use http_body::Body;
 use crate::deny::Deny;
 use crate::runtime::Rule;
 
-use super::Limits;
 use super::admit::Rewrite;
+use super::{Context, Limits};
 
 /// The body limit on this rule: its own, within the data plane's.
 pub(super) fn body_limit(rule: &Rule, limits: &Limits) -> u64 {
@@ -33,12 +33,20 @@ pub(super) fn check_body<B: Body>(
     Ok(())
 }
 
-/// The path and host the backend is asked for.
+/// The path and host the backend is asked for, and what the response may be encoded as.
 pub(super) fn request<B>(
     rule: &Rule,
     request: &Request<B>,
     rewrite: &mut Rewrite,
+    context: &mut Context<'_>,
 ) -> Result<(), Deny> {
+    if rule.compression.is_some() && request.method() != http::Method::HEAD {
+        context.accept_encoding = request
+            .headers()
+            .get(http::header::ACCEPT_ENCODING)
+            .filter(|accept| crate::compress::Compression::wanted(accept))
+            .cloned();
+    }
     let Some(transform) = &rule.transform else {
         return Ok(());
     };
