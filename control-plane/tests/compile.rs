@@ -447,6 +447,7 @@ fn traffic_fields_reach_the_snapshot_with_every_default_resolved() {
       requestHeaders: { remove: [X-Drop], set: [{ name: X-Env, value: Prod }] }
       maxBodyBytes: 4096
       compression: { algorithms: [br] }
+      cache: { keyHeaders: [X-Tenant] }
     - backends: [{ url: http://127.0.0.1:9002 }]
 ";
     let compiled = compile(&items(&[("r.yaml", &route("r", "", spec))]));
@@ -523,6 +524,16 @@ fn traffic_fields_reach_the_snapshot_with_every_default_resolved() {
     assert_eq!(compression.min_size, 1024);
     assert!(compression.types.iter().any(|t| t == "application/json"));
     assert!(compression.brotli && !compression.gzip && !compression.zstd);
+    let cache = rule.cache.as_ref().unwrap();
+    assert_eq!(
+        (
+            cache.default_ttl_ms,
+            cache.max_ttl_ms,
+            cache.max_entry_bytes
+        ),
+        (0, 3_600_000, 1 << 20)
+    );
+    assert_eq!(cache.key_headers, ["x-tenant"]);
     // A rule without them has none.
     let plain = &compiled.snapshot.routes[0].rules[1];
     assert!(

@@ -165,6 +165,9 @@ pub struct RouteRule {
     /// Compress responses for clients that accept it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compression: Option<crate::traffic::Compression>,
+    /// Keep `GET`/`HEAD` responses in memory as their `Cache-Control` allows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache: Option<crate::traffic::Cache>,
 }
 
 /// `commands:` on a rule.
@@ -388,6 +391,9 @@ impl RouteRule {
                 format!("{field}.maxBodyBytes"),
                 "must be between 1 and 1099511627776 (1 TiB)",
             );
+        }
+        if let Some(cache) = &self.cache {
+            cache.validate(&format!("{field}.cache"), errors);
         }
         if let Some(compression) = &self.compression {
             compression.validate(&format!("{field}.compression"), errors);

@@ -1,6 +1,6 @@
 //! Rule fields about how traffic is carried between the matched rule and the upstream:
 //! WebSocket upgrades, retries, load balancing, health checks, the circuit breaker, and the
-//! request and response transforms, and response compression.
+//! request and response transforms, response compression and caching.
 
 use std::time::Duration;
 
@@ -618,5 +618,66 @@ impl Compression {
                 );
             }
         }
+    }
+}
+
+/// `cache:` on a rule: `GET`/`HEAD` responses kept in the data plane's memory as their
+/// `Cache-Control` allows, served again without asking the backend.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Cache {
+    /// Freshness of responses that state none (no `max-age`, `s-maxage` or `Expires`);
+    /// absent: such responses are not stored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_ttl: Option<String>,
+    /// Longest freshness kept, whatever the response says; default `1h`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_ttl: Option<String>,
+    /// Largest response stored, in bytes; default 1 MiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_entry_bytes: Option<u64>,
+    /// Request headers that are part of the key besides method, host, path and query.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub key_headers: Vec<String>,
+}
+
+impl Cache {
+    pub(crate) fn validate(&self, field: &str, errors: &mut Errors) {
+        let day = Duration::from_secs(86_400);
+        for (name, value) in [("defaultTtl", &self.default_ttl), ("maxTtl", &self.max_ttl)] {
+            if let Some(value) = value {
+                within(
+                    &format!("{field}.{name}"),
+                    value,
+                    Duration::from_secs(1),
+                    day,
+                    errors,
+                );
+            }
+        }
+        if self.max_entry_bytes.is_some_and(|b| b == 0 || b > 64 << 20) {
+            errors.add(
+                format!("{field}.maxEntryBytes"),
+                "must be between 1 and 67108864 (64 MiB)",
+            );
+        }
+        for (i, name) in self.key_headers.iter().enumerate() {
+            if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                errors.add(
+                    crate::validate::at(&format!("{field}.keyHeaders"), i),
+                    format!("`{name}` is not a header name"),
+                );
+            }
+        }
+    }
+
+    pub fn max_ttl(&self) -> Duration {
+        duration_or(&self.max_ttl, Duration::from_secs(3600))
+    }
+
+    pub fn default_ttl(&self) -> Option<Duration> {
+        self.default_ttl
+            .as_deref()
+            .and_then(|t| parse_duration(t).ok())
     }
 }

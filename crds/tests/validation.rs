@@ -888,6 +888,21 @@ fn traffic_fields_name_their_fields() {
             "spec.rules[0].compression.types[0]",
         ),
         (
+            "a cache kept for a week",
+            "    - cache: { maxTtl: 7d }\n      backends: [{ url: 'http://a:1' }]\n",
+            "spec.rules[0].cache.maxTtl",
+        ),
+        (
+            "a cache entry of a gigabyte",
+            "    - cache: { maxEntryBytes: 1073741824 }\n      backends: [{ url: 'http://a:1' }]\n",
+            "spec.rules[0].cache.maxEntryBytes",
+        ),
+        (
+            "a key header that is no header",
+            "    - cache: { keyHeaders: ['bad header'] }\n      backends: [{ url: 'http://a:1' }]\n",
+            "spec.rules[0].cache.keyHeaders[0]",
+        ),
+        (
             "a zero body limit",
             "    - maxBodyBytes: 0\n      backends: [{ url: 'http://a:1' }]\n",
             "spec.rules[0].maxBodyBytes",
@@ -898,6 +913,6 @@ fn traffic_fields_name_their_fields() {
     ));
     let error = unknown[0].result.as_ref().unwrap_err();
     assert_eq!(error.field, "spec.rules[0].loadBalancer.policy");
-    let good = "    - websocket: { idleTimeout: 1h }\n      backends: [{ url: 'https://a:1' }]\n      rewrite: { pathPrefix: /v2, host: api.internal }\n      requestHeaders: { set: [{ name: x-env, value: prod }] }\n      responseHeaders: { add: [{ name: x-frame-options, value: DENY }] }\n      maxBodyBytes: 1024\n      compression: { minSize: 512, types: [text/*, application/json], algorithms: [br, gzip] }\n";
+    let good = "    - websocket: { idleTimeout: 1h }\n      backends: [{ url: 'https://a:1' }]\n      rewrite: { pathPrefix: /v2, host: api.internal }\n      requestHeaders: { set: [{ name: x-env, value: prod }] }\n      responseHeaders: { add: [{ name: x-frame-options, value: DENY }] }\n      maxBodyBytes: 1024\n      compression: { minSize: 512, types: [text/*, application/json], algorithms: [br, gzip] }\n      cache: { defaultTtl: 30s, keyHeaders: [Accept-Language] }\n";
     assert_eq!(errors(&route(good)), []);
 }

@@ -26,6 +26,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/admin/quota/{key}", get(quota_usage))
         .route("/admin/routing", get(routing))
         .route("/admin/upstreams", get(upstreams))
+        .route("/admin/cache/purge", axum::routing::post(purge_cache))
         .route("/admin/explain", axum::routing::post(explain))
         .with_state(AdminState { shared })
 }
@@ -73,6 +74,39 @@ async fn explain(
         Err(error) => {
             let body = serde_json::json!({ "error": { "code": "bad_request", "message": error.to_string() } });
             (StatusCode::BAD_REQUEST, Json(body)).into_response()
+        }
+    }
+}
+
+/// What `POST /admin/cache/purge` drops: entries of a route, a host, under a path prefix
+/// (any combination; `{}` drops everything).
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct Purge {
+    route: Option<String>,
+    host: Option<String>,
+    path_prefix: Option<String>,
+}
+
+/// Drops cached responses; loopback callers only, like every admin mutation.
+async fn purge_cache(
+    State(state): State<AdminState>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    Json(purge): Json<Purge>,
+) -> Response {
+    if !peer.ip().is_loopback() {
+        let body = serde_json::json!({ "error": { "code": "forbidden", "message": "cache purges are accepted on loopback only" } });
+        return (StatusCode::FORBIDDEN, Json(body)).into_response();
+    }
+    match state
+        .shared
+        .cache
+        .purge(purge.route, purge.host, purge.path_prefix)
+    {
+        Ok(()) => Json(serde_json::json!({ "purged": true })).into_response(),
+        Err(error) => {
+            let body = serde_json::json!({ "error": { "code": "purge_failed", "message": error } });
+            (StatusCode::INTERNAL_SERVER_ERROR, Json(body)).into_response()
         }
     }
 }

@@ -9,6 +9,7 @@
 pub mod admin;
 pub mod auth;
 pub mod body;
+pub mod cache;
 pub mod carry;
 pub mod commands;
 pub mod compress;
@@ -99,6 +100,8 @@ pub struct Config {
     /// How long a streamed response (no Content-Length: SSE, long polls) may go without a
     /// byte from the upstream before it is closed.
     pub stream_idle_timeout: Duration,
+    /// Memory the response cache may hold (rules with `cache`), in bytes.
+    pub cache_max_bytes: u64,
     /// How long to keep serving after the stop signal with `/ready` failing, before the
     /// drain: the time load balancers (kube-proxy, Swarm's routing mesh) take to stop
     /// sending new connections here.
@@ -139,6 +142,7 @@ impl Config {
             drain_timeout: Duration::from_secs(10),
             shutdown_delay: Duration::ZERO,
             stream_idle_timeout: Duration::from_secs(300),
+            cache_max_bytes: 64 << 20,
             connections: ConnectionLimits::default(),
             tenant_metric_labels: metrics::DEFAULT_TENANT_LABELS,
             trace_endpoint: None,

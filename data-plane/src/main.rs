@@ -177,6 +177,10 @@ struct RunArgs {
         default_value_t = 300
     )]
     stream_idle_timeout_seconds: u64,
+    /// Memory the response cache may hold, in MiB (rules with `cache` share it; least
+    /// recently and least frequently used entries go first).
+    #[arg(long, env = "PAVILION_CACHE_MAX_MIB", default_value_t = 64)]
+    cache_max_mib: u64,
     /// Export spans of sampled requests (one per request, one per phase, the upstream call)
     /// to this OTLP/gRPC collector, e.g. http://otel-collector:4317.
     #[arg(long, env = "PAVILION_OTLP_ENDPOINT")]
@@ -303,6 +307,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         drain_timeout: Duration::from_secs(args.drain_seconds),
         shutdown_delay: Duration::from_secs(args.shutdown_delay_seconds),
         stream_idle_timeout: Duration::from_secs(args.stream_idle_timeout_seconds.max(1)),
+        cache_max_bytes: args.cache_max_mib.saturating_mul(1 << 20),
         trace_endpoint: args.otlp_endpoint.clone(),
         trace_sample_ratio: args.trace_sample_ratio,
         tenant_metric_labels: args.tenant_metric_labels,

@@ -58,6 +58,8 @@ pub struct Metrics {
     pub circuit_state: IntGaugeVec,
     /// Circuit state changes per route, rule and the state entered.
     pub circuit_transitions: IntCounterVec,
+    /// Requests on rules with `cache`, per route and result (`hit`, `miss`).
+    pub cache_requests: IntCounterVec,
     /// Attempts repeated by `retry`, per route.
     pub retries: IntCounterVec,
     /// WebSocket tunnels open, all workers together.
@@ -211,6 +213,14 @@ impl Metrics {
             &["route", "rule", "state"],
         )
         .expect("valid metric");
+        let cache_requests = IntCounterVec::new(
+            Opts::new(
+                "pavilion_cache_requests_total",
+                "GET and HEAD requests on rules with a cache, per route and result: hit (served from the cache, or from another request's coalesced fetch) or miss.",
+            ),
+            &["route", "result"],
+        )
+        .expect("valid metric");
         let retries = IntCounterVec::new(
             Opts::new(
                 "pavilion_retries_total",
@@ -240,6 +250,7 @@ impl Metrics {
             Box::new(circuit_state.clone()),
             Box::new(circuit_transitions.clone()),
             Box::new(retries.clone()),
+            Box::new(cache_requests.clone()),
             Box::new(websockets_closed.clone()),
             Box::new(connections_open.clone()),
             Box::new(tenant_requests.clone()),
@@ -285,6 +296,7 @@ impl Metrics {
             circuit_state,
             circuit_transitions,
             retries,
+            cache_requests,
         }
     }
 

@@ -92,6 +92,8 @@ pub struct Rule {
     pub transform: Option<Box<crate::transform::Transform>>,
     /// The rule's own body limit (the smaller of it and `--max-body-bytes` applies).
     pub max_body_bytes: Option<u64>,
+    /// `GET`/`HEAD` responses kept as their `Cache-Control` allows; `None`: no caching.
+    pub cache: Option<Box<crate::cache::Settings>>,
     /// Responses compressed for clients that accept it; `None`: passed as they come.
     pub compression: Option<crate::compress::Compression>,
     /// Failed attempts repeated when safe; `None`: no retries.
@@ -292,6 +294,13 @@ impl Runtime {
                         .compression
                         .as_ref()
                         .map(crate::compress::Compression::new),
+                    cache: rule
+                        .cache
+                        .as_ref()
+                        .map(crate::cache::Settings::new)
+                        .transpose()
+                        .map_err(rule_error)?
+                        .map(Box::new),
                     retry: rule.retry.as_ref().map(|retry| {
                         let key = format!(
                             "{name}#{index}|{}|{}",

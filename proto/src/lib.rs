@@ -14,7 +14,7 @@ pub mod commands {
 }
 
 pub use v1::{
-    ActiveCheck, Allow, ApiKey, ApiKeyAuth, Auth, Backend, BalancePolicy, CircuitBreaker,
+    ActiveCheck, Allow, ApiKey, ApiKeyAuth, Auth, Backend, BalancePolicy, Cache, CircuitBreaker,
     ClaimAllow, ClaimHeader, CommandApi, Compression, ConcurrencyLimit, Cors, HeaderEdits,
     HeaderMatch, HeaderPair, HealthCheck, JwtProvider, LoadBalancer, Match, Node, PassiveCheck,
     PathMatch, PathMatchType, Placements, Quota, QuotaPeriod, RateLimit, RateLimitBackend,

@@ -170,6 +170,7 @@ fn to_proto(route: &Route, applied: &Applied, cors: Option<&proto::Cors>) -> pro
                     .map(super::traffic::header_edits),
                 max_body_bytes: rule.max_body_bytes.unwrap_or(0),
                 compression: rule.compression.as_ref().map(super::traffic::compression),
+                cache: rule.cache.as_ref().map(super::traffic::cache),
             })
             .collect(),
     }

@@ -140,3 +140,16 @@ pub(super) fn compression(compression: &traffic::Compression) -> proto::Compress
         zstd: offered("zstd"),
     }
 }
+
+pub(super) fn cache(cache: &traffic::Cache) -> proto::Cache {
+    proto::Cache {
+        default_ttl_ms: cache.default_ttl().map_or(0, millis),
+        max_ttl_ms: millis(cache.max_ttl()),
+        max_entry_bytes: cache.max_entry_bytes.unwrap_or(1 << 20),
+        key_headers: cache
+            .key_headers
+            .iter()
+            .map(|h| h.to_ascii_lowercase())
+            .collect(),
+    }
+}

@@ -29,38 +29,29 @@ pub(super) async fn forward<'r>(
     runtime: &Runtime,
     rule: &'r Rule,
     target: &'r Target,
-    request: Request<Incoming>,
-    rewrite: Rewrite,
+    request: Request<RequestBody>,
+    rewrite: &Rewrite,
     context: &mut Context<'r>,
 ) -> Result<Response<ResponseBody>, Deny> {
-    let max_body = super::transform::body_limit(rule, &proxy.shared.limits);
     // Only a request without a body can be sent twice.
     let retry = rule
         .retry
         .as_ref()
         .filter(|_| http_body::Body::is_end_stream(request.body()));
     let Some(retry) = retry else {
-        let upstream = prepare(
-            proxy,
-            runtime,
-            rule,
-            target,
-            client_body(request, max_body),
-            &rewrite,
-            context,
-        )?;
+        let upstream = prepare(proxy, runtime, rule, target, request, rewrite, context)?;
         let sending = proxy.upstreams.send(target, upstream);
         let response = exchange(proxy, rule, target, context, sending).await?;
         return Ok(finish(proxy, response, context));
     };
     retry.budget.request();
     let head = RequestHead::of(&request);
-    let mut request = Some(client_body(request, max_body));
+    let mut request = Some(request);
     let mut target = target;
     let mut retries = 0;
     loop {
         let attempt = request.take().unwrap_or_else(|| head.again());
-        let upstream = prepare(proxy, runtime, rule, target, attempt, &rewrite, context)?;
+        let upstream = prepare(proxy, runtime, rule, target, attempt, rewrite, context)?;
         let deadline = context.started + rule.timeout;
         let try_deadline = retry
             .per_try_timeout
@@ -118,12 +109,12 @@ pub(super) async fn forward<'r>(
 }
 
 /// The client's body, bounded by the size limit.
-fn client_body(request: Request<Incoming>, max_body: u64) -> Request<RequestBody> {
+pub(super) fn client_body(request: Request<Incoming>, max_body: u64) -> Request<RequestBody> {
     request.map(|body| RequestBody::new(body, max_body))
 }
 
 /// What is needed to send a bodyless request again.
-struct RequestHead {
+pub(super) struct RequestHead {
     method: http::Method,
     uri: Uri,
     version: Version,
@@ -133,7 +124,7 @@ struct RequestHead {
 }
 
 impl RequestHead {
-    fn of<B>(request: &Request<B>) -> Self {
+    pub(super) fn of<B>(request: &Request<B>) -> Self {
         use http::Method;
         let method = request.method().clone();
         Self {
@@ -153,7 +144,7 @@ impl RequestHead {
         }
     }
 
-    fn again(&self) -> Request<RequestBody> {
+    pub(super) fn again(&self) -> Request<RequestBody> {
         let mut request = Request::new(RequestBody::full(bytes::Bytes::new()));
         *request.method_mut() = self.method.clone();
         *request.uri_mut() = self.uri.clone();
@@ -284,7 +275,7 @@ fn conclude(
             rule,
             target,
             context,
-            proxy.shared.limits.max_body_bytes,
+            super::transform::body_limit(rule, &proxy.shared.limits),
         )),
         Err(_) => Err(Deny::UpstreamTimeout {
             route: rule.route.to_string(),

@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! admit ▸ route ▸ cors ▸ ip ▸ limits (request facts) ▸ authn ▸ tenant ▸ authorize ▸ circuit ▸ placement
-//!       ▸ limits (identity) ▸ quota ▸ transform ▸ forward (or command on `commands` rules, or a
+//!       ▸ limits (identity) ▸ quota ▸ transform ▸ (cache ▸) forward (or command on `commands` rules, or a
 //!         websocket tunnel for an upgrade on `websocket` rules)
 //!       └──── any phase's Deny ────┘──▶ respond: response filters, metrics, access log
 //! ```
@@ -16,6 +16,7 @@
 pub mod admit;
 mod authn;
 mod authorize;
+mod cache;
 mod circuit;
 mod command;
 mod cors;
@@ -97,6 +98,8 @@ pub struct Shared {
     pub sampler: crate::trace::Sampler,
     /// Longest silence of an upstream in a streamed response.
     pub stream_idle_timeout: std::time::Duration,
+    /// Responses kept by rules with `cache`.
+    pub cache: crate::cache::ResponseCache,
     /// Where sampled requests' spans go, when an OTLP endpoint is configured.
     pub spans: Option<crate::trace::export::SpanQueue>,
 }
@@ -121,6 +124,7 @@ impl Shared {
             stopping: std::sync::atomic::AtomicBool::new(false),
             sampler: crate::trace::Sampler::ratio(config.trace_sample_ratio),
             stream_idle_timeout: config.stream_idle_timeout,
+            cache: crate::cache::ResponseCache::new(config.cache_max_bytes),
             spans: None,
         }
     }
@@ -329,6 +333,11 @@ impl Proxy {
         if websocket::wanted(rule, &request) {
             return websocket::tunnel(self, runtime, rule, target, request, rewrite, context).await;
         }
-        forward::forward(self, runtime, rule, target, request, rewrite, context).await
+        let request = forward::client_body(request, transform::body_limit(rule, &shared.limits));
+        if rule.cache.is_some() {
+            context.trace.phase("cache");
+            return cache::serve(self, runtime, rule, target, request, &rewrite, context).await;
+        }
+        forward::forward(self, runtime, rule, target, request, &rewrite, context).await
     }
 }
