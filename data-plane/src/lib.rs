@@ -16,6 +16,7 @@ pub mod compress;
 pub mod connection;
 pub mod cors;
 pub mod deny;
+pub mod grpc;
 pub mod headers;
 pub mod listener;
 pub mod metrics;

@@ -2,6 +2,7 @@
 //! upstreams, an HTTP client, snapshot builders, and child processes that die with the test.
 
 pub mod client;
+pub mod grpc;
 pub mod jwt;
 pub mod kube;
 pub mod nats;

@@ -52,7 +52,7 @@ pub(super) async fn forward<'r>(
     loop {
         let attempt = request.take().unwrap_or_else(|| head.again());
         let upstream = prepare(proxy, runtime, rule, target, attempt, rewrite, context)?;
-        let deadline = context.started + rule.timeout;
+        let deadline = deadline(rule, context);
         let try_deadline = retry
             .per_try_timeout
             .map_or(deadline, |t| deadline.min(Instant::now() + t));
@@ -106,6 +106,15 @@ pub(super) async fn forward<'r>(
             context.target = Some(target);
         }
     }
+}
+
+/// When the upstream's response head must have arrived: the rule's timeout, or a gRPC
+/// client's shorter deadline.
+pub(super) fn deadline(rule: &Rule, context: &Context<'_>) -> Instant {
+    let timeout = context
+        .grpc_timeout
+        .map_or(rule.timeout, |t| t.min(rule.timeout));
+    context.started + timeout
 }
 
 /// The client's body, bounded by the size limit.
@@ -187,6 +196,14 @@ pub(super) fn prepare(
     if let Some(tenant) = &context.tenant {
         upstream.headers_mut().insert(&X_TENANT_ID, tenant.clone());
     }
+    // The upstream gets what is left of the client's deadline, capped by the rule.
+    if let Some(timeout) = context.grpc_timeout {
+        let left = deadline(rule, context).saturating_duration_since(Instant::now());
+        upstream.headers_mut().insert(
+            &crate::grpc::GRPC_TIMEOUT,
+            crate::grpc::timeout_value(left.min(timeout)),
+        );
+    }
     Ok(upstream)
 }
 
@@ -245,7 +262,7 @@ pub(super) async fn exchange(
     context: &mut Context<'_>,
     sending: impl Future<Output = Result<Response<ResponseBody>, UpstreamError>>,
 ) -> Result<Response<ResponseBody>, Deny> {
-    let outcome = attempt(rule, target, sending, context.started + rule.timeout).await;
+    let outcome = attempt(rule, target, sending, deadline(rule, context)).await;
     conclude(proxy, rule, target, context, outcome)
 }
 
@@ -279,7 +296,9 @@ fn conclude(
         )),
         Err(_) => Err(Deny::UpstreamTimeout {
             route: rule.route.to_string(),
-            timeout: rule.timeout,
+            timeout: context
+                .grpc_timeout
+                .map_or(rule.timeout, |t| t.min(rule.timeout)),
         }),
     }
 }

@@ -176,6 +176,8 @@ pub(crate) struct Context<'r> {
     pub circuit: Option<crate::upstream::breaker::Ticket<'r>>,
     /// The consistent hash's key, on rules balancing by one (retries pick by it too).
     pub hash_key: Option<u64>,
+    /// A gRPC client's deadline (`grpc-timeout`); set by `transform`.
+    pub grpc_timeout: Option<std::time::Duration>,
     /// The client's `Accept-Encoding`, on rules that compress; set by `transform`.
     pub accept_encoding: Option<HeaderValue>,
 }
@@ -219,6 +221,7 @@ impl<'r> Context<'r> {
             circuit: None,
             hash_key: None,
             accept_encoding: None,
+            grpc_timeout: None,
         }
     }
 }

@@ -40,6 +40,12 @@ pub(super) fn request<B>(
     rewrite: &mut Rewrite,
     context: &mut Context<'_>,
 ) -> Result<(), Deny> {
+    if context.grpc {
+        context.grpc_timeout = request
+            .headers()
+            .get(&crate::grpc::GRPC_TIMEOUT)
+            .and_then(crate::grpc::parse_timeout);
+    }
     if rule.compression.is_some() && request.method() != http::Method::HEAD {
         context.accept_encoding = request
             .headers()

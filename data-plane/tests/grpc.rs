@@ -1,0 +1,275 @@
+//! gRPC through the data plane with tonic at both ends (h2c): the four call kinds, status,
+//! message and binary metadata intact in trailers, a stream that fails midway, deadlines
+//! honoured and capped by the rule, the gateway's own refusals as gRPC statuses, and a
+//! stream that outlives a snapshot deleting its route.
+
+use std::time::{Duration, Instant};
+
+use pavilion_data::{Config, DataPlane};
+use pavilion_proto as proto;
+use pavilion_tests::grpc::proto::EchoRequest;
+use pavilion_tests::grpc::proto::echo_client::EchoClient;
+use pavilion_tests::grpc::{DETAIL, EchoUpstream};
+use pavilion_tests::snapshot::{prefix_rule, route, snapshot};
+use tokio_stream::StreamExt;
+use tonic::Code;
+use tonic::transport::Channel;
+
+fn grpc_rule(backend: &str, timeout_ms: u64) -> proto::Rule {
+    let mut rule = prefix_rule("/pavilion.testing.v1.Echo", &[(backend, 1)]);
+    rule.timeout_ms = timeout_ms;
+    rule
+}
+
+async fn data_plane(rules: Vec<proto::Rule>) -> DataPlane {
+    let dp = pavilion_data::start(Config::local()).await.unwrap();
+    dp.apply(snapshot("v1", vec![route("rpc/echo", &[], rules)]))
+        .await
+        .unwrap();
+    dp
+}
+
+async fn client(dp: &DataPlane) -> EchoClient<Channel> {
+    let channel = Channel::from_shared(format!("http://{}", dp.addr))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    EchoClient::new(channel)
+}
+
+/// A unary call by hand over h2c with this `grpc-timeout`: the reply's head and trailers
+/// as the gateway sent them.
+async fn raw_unary(
+    dp: &DataPlane,
+    timeout: &str,
+    request: EchoRequest,
+) -> pavilion_tests::client::Reply {
+    use prost::Message;
+    let message = request.encode_to_vec();
+    let mut body = vec![0u8];
+    body.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    body.extend_from_slice(&message);
+    let request = http::Request::post(format!("http://{}/pavilion.testing.v1.Echo/Unary", dp.addr))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .header("grpc-timeout", timeout)
+        .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+        .unwrap();
+    pavilion_tests::client::HttpClient::h2c()
+        .send(request)
+        .await
+        .unwrap()
+}
+
+fn ask(message: &str) -> EchoRequest {
+    EchoRequest {
+        message: message.into(),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn every_call_kind_with_trailers_intact() {
+    let upstream = EchoUpstream::start().await;
+    let dp = data_plane(vec![grpc_rule(&upstream.url(), 10_000)]).await;
+    let mut echo = client(&dp).await;
+
+    // Unary, with binary metadata.
+    let reply = echo.unary(ask("hello")).await.unwrap();
+    assert_eq!(
+        reply
+            .metadata()
+            .get_bin("x-meta-bin")
+            .unwrap()
+            .to_bytes()
+            .unwrap(),
+        DETAIL
+    );
+    assert_eq!(reply.into_inner().message, "hello");
+
+    // A failure: code, message and binary trailing metadata as the server sent them.
+    let status = echo
+        .unary(EchoRequest {
+            fail_with: Code::InvalidArgument as i32,
+            ..ask("nope")
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument);
+    assert_eq!(status.message(), "failed as asked: nope");
+    assert_eq!(
+        status
+            .metadata()
+            .get_bin("x-detail-bin")
+            .unwrap()
+            .to_bytes()
+            .unwrap(),
+        DETAIL
+    );
+
+    // Server streaming, and one that fails after three replies.
+    let replies: Vec<_> = echo
+        .server_stream(EchoRequest {
+            count: 5,
+            ..ask("tick")
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .collect()
+        .await;
+    let indexes: Vec<u32> = replies.iter().map(|r| r.as_ref().unwrap().index).collect();
+    assert_eq!(indexes, [0, 1, 2, 3, 4]);
+    let mut failing = echo
+        .server_stream(EchoRequest {
+            count: 10,
+            fail_after: 3,
+            ..ask("tick")
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    for expected in 0..3 {
+        assert_eq!(failing.next().await.unwrap().unwrap().index, expected);
+    }
+    let failure = failing.next().await.unwrap().unwrap_err();
+    assert_eq!(failure.code(), Code::Aborted);
+    assert_eq!(failure.message(), "failed after 3");
+
+    // Client streaming.
+    let sent = tokio_stream::iter(["a", "b", "c"].map(ask));
+    let summary = echo.client_stream(sent).await.unwrap().into_inner();
+    assert_eq!((summary.message.as_str(), summary.index), ("a,b,c", 3));
+
+    // Bidirectional, message by message: each answer arrives before the next is sent.
+    let (sender, receiver) = tokio::sync::mpsc::channel(1);
+    let mut answers = echo
+        .bidi(tokio_stream::wrappers::ReceiverStream::new(receiver))
+        .await
+        .unwrap()
+        .into_inner();
+    for i in 0..5 {
+        sender.send(ask(&format!("m{i}"))).await.unwrap();
+        let answer = tokio::time::timeout(Duration::from_secs(5), answers.next())
+            .await
+            .expect("an answer before the next message")
+            .unwrap()
+            .unwrap();
+        assert_eq!(answer.message, format!("m{i}"));
+    }
+    drop(sender);
+    assert!(
+        answers.next().await.is_none(),
+        "the client's end ends the call"
+    );
+}
+
+#[tokio::test]
+async fn deadlines_are_honoured_and_capped_by_the_rule() {
+    let upstream = EchoUpstream::start().await;
+    let dp = data_plane(vec![grpc_rule(&upstream.url(), 2_000)]).await;
+    let mut echo = client(&dp).await;
+
+    // The upstream gets the client's deadline, never more than the rule allows.
+    let mut request = tonic::Request::new(ask("a"));
+    request.set_timeout(Duration::from_secs(1));
+    let seen = echo.unary(request).await.unwrap().into_inner().grpc_timeout;
+    let millis: u64 = seen.trim_end_matches('m').parse().unwrap();
+    assert!(
+        (500..=1000).contains(&millis),
+        "upstream saw grpc-timeout {seen}"
+    );
+    let mut request = tonic::Request::new(ask("a"));
+    request.set_timeout(Duration::from_secs(60));
+    let seen = echo.unary(request).await.unwrap().into_inner().grpc_timeout;
+    let millis: u64 = seen.trim_end_matches('m').parse().unwrap();
+    assert!(millis <= 2000, "capped by the rule's 2s: {seen}");
+
+    // A slow answer past the client's deadline: DEADLINE_EXCEEDED from the gateway, at the
+    // deadline. Sent by hand: tonic's own client would give up first at its deadline.
+    let started = Instant::now();
+    let reply = raw_unary(
+        &dp,
+        "300m",
+        EchoRequest {
+            delay_ms: 3_000,
+            ..ask("slow")
+        },
+    )
+    .await;
+    assert_eq!(
+        reply.header("grpc-status"),
+        Some("4"),
+        "{:?}",
+        reply.headers
+    );
+    assert!(reply.header("grpc-message").unwrap().contains("300ms"));
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // Without a client deadline, the rule's timeout decides, as a gRPC status.
+    let status = echo
+        .unary(EchoRequest {
+            delay_ms: 5_000,
+            ..ask("slower")
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::DeadlineExceeded);
+    assert!(
+        status.message().contains("rpc/echo"),
+        "{}",
+        status.message()
+    );
+}
+
+#[tokio::test]
+async fn the_gateway_refuses_in_grpc_terms() {
+    let upstream = EchoUpstream::start().await;
+    let mut guarded = grpc_rule(&upstream.url(), 10_000);
+    guarded.auth = Some(proto::Auth {
+        api_keys: Some(proto::ApiKeyAuth::default()),
+        ..Default::default()
+    });
+    let dp = data_plane(vec![guarded]).await;
+    let mut echo = client(&dp).await;
+    let status = echo.unary(ask("who")).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated);
+    assert!(!status.message().is_empty());
+
+    dp.apply(snapshot("v2", vec![])).await.unwrap();
+    let status = echo.unary(ask("where")).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unimplemented, "{status:?}");
+}
+
+#[tokio::test]
+async fn a_stream_outlives_a_snapshot_that_deletes_its_route() {
+    let upstream = EchoUpstream::start().await;
+    let dp = data_plane(vec![grpc_rule(&upstream.url(), 10_000)]).await;
+    let mut echo = client(&dp).await;
+    let (sender, receiver) = tokio::sync::mpsc::channel(1);
+    let mut answers = echo
+        .bidi(tokio_stream::wrappers::ReceiverStream::new(receiver))
+        .await
+        .unwrap()
+        .into_inner();
+    sender.send(ask("before")).await.unwrap();
+    assert_eq!(answers.next().await.unwrap().unwrap().message, "before");
+    dp.apply(snapshot("v2", vec![])).await.unwrap();
+    for i in 0..5 {
+        sender.send(ask(&format!("after {i}"))).await.unwrap();
+        assert_eq!(
+            answers.next().await.unwrap().unwrap().message,
+            format!("after {i}")
+        );
+    }
+    assert_eq!(
+        echo.unary(ask("new call")).await.unwrap_err().code(),
+        Code::Unimplemented,
+        "new calls follow the new snapshot"
+    );
+}
