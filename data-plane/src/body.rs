@@ -8,6 +8,7 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
+use sync_wrapper::SyncWrapper;
 
 /// The client's request body on its way upstream, cut off past `limit` bytes — or a body
 /// the gateway made itself (a transcoded command).
@@ -18,6 +19,8 @@ pub struct RequestBody {
 
 enum Source {
     Client(Incoming),
+    /// A gRPC-Web request translated to gRPC (tonic-web's body over the client's).
+    Web(SyncWrapper<tonic::body::Body>),
     Full(Option<Bytes>),
 }
 
@@ -27,6 +30,18 @@ impl RequestBody {
             inner: Source::Client(inner),
             remaining: limit,
         }
+    }
+
+    pub fn web(inner: tonic::body::Body, limit: u64) -> Self {
+        Self {
+            inner: Source::Web(SyncWrapper::new(inner)),
+            remaining: limit,
+        }
+    }
+
+    /// Lowers the limit (a rule's own, below the data plane's).
+    pub fn limit_to(&mut self, limit: u64) {
+        self.remaining = self.remaining.min(limit);
     }
 
     /// A whole body in hand.
@@ -43,8 +58,9 @@ pub enum BodyError {
     /// The body grew past the limit while streaming (no or a false Content-Length).
     #[error("request body exceeds the configured limit")]
     TooLarge,
+    /// The client's body broke (malformed framing, cut off, bad gRPC-Web encoding).
     #[error(transparent)]
-    Client(#[from] hyper::Error),
+    Client(Box<dyn std::error::Error + Send + Sync>),
 }
 
 impl Body for RequestBody {
@@ -55,13 +71,18 @@ impl Body for RequestBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        let inner = match &mut self.inner {
+        let polled = match &mut self.inner {
             Source::Full(bytes) => return Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
-            Source::Client(inner) => inner,
+            Source::Client(inner) => Pin::new(inner)
+                .poll_frame(cx)
+                .map_err(|e| BodyError::Client(Box::new(e))),
+            Source::Web(inner) => Pin::new(inner.get_mut())
+                .poll_frame(cx)
+                .map_err(|e| BodyError::Client(Box::new(e))),
         };
-        let frame = match Pin::new(inner).poll_frame(cx) {
+        let frame = match polled {
             Poll::Ready(Some(Ok(frame))) => frame,
-            Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
             Poll::Ready(None) => return Poll::Ready(None),
             Poll::Pending => return Poll::Pending,
         };
@@ -78,6 +99,9 @@ impl Body for RequestBody {
     fn is_end_stream(&self) -> bool {
         match &self.inner {
             Source::Client(inner) => inner.is_end_stream(),
+            // Only `poll_frame` (with `&mut`) looks inside: the wrapper keeps the body
+            // shareable, so the end is not known before it is read.
+            Source::Web(_) => false,
             Source::Full(bytes) => bytes.is_none(),
         }
     }
@@ -85,6 +109,7 @@ impl Body for RequestBody {
     fn size_hint(&self) -> SizeHint {
         match &self.inner {
             Source::Client(inner) => inner.size_hint(),
+            Source::Web(_) => SizeHint::default(),
             Source::Full(bytes) => {
                 SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
             }
@@ -110,6 +135,8 @@ pub enum ResponseBody {
     /// an error when the upstream sends nothing for `idle`: the rule's timeout covers only
     /// the response head, so a stream may last hours, but never stall forever.
     Idle(Box<Idle>),
+    /// A gRPC answer translated for a gRPC-Web client (trailers in the body).
+    Web(SyncWrapper<tonic::body::Body>),
     /// Another body, compressed on the way (the rule's `compression`).
     Compressed(Box<tower_http::compression::CompressionBody<ResponseBody>>),
 }
@@ -203,6 +230,9 @@ impl Body for ResponseBody {
                 }
             },
             ResponseBody::Compressed(inner) => Pin::new(&mut **inner).poll_frame(cx),
+            ResponseBody::Web(inner) => {
+                Pin::new(inner.get_mut()).poll_frame(cx).map_err(Into::into)
+            }
             ResponseBody::Metered(metered) => {
                 let polled = Pin::new(&mut metered.inner).poll_frame(cx);
                 if let Poll::Ready(Some(Ok(frame))) = &polled
@@ -229,6 +259,7 @@ impl Body for ResponseBody {
             ResponseBody::Metered(metered) => metered.inner.is_end_stream(),
             ResponseBody::Idle(idle) => idle.inner.is_end_stream(),
             ResponseBody::Compressed(inner) => inner.is_end_stream(),
+            ResponseBody::Web(_) => false,
         }
     }
 
@@ -245,6 +276,7 @@ impl Body for ResponseBody {
             ResponseBody::Metered(metered) => metered.inner.size_hint(),
             ResponseBody::Idle(idle) => idle.inner.size_hint(),
             ResponseBody::Compressed(inner) => inner.size_hint(),
+            ResponseBody::Web(_) => SizeHint::default(),
         }
     }
 }

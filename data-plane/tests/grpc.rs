@@ -273,3 +273,153 @@ async fn a_stream_outlives_a_snapshot_that_deletes_its_route() {
         "new calls follow the new snapshot"
     );
 }
+
+/// A gRPC-Web call as a browser library sends it, over HTTP/1.1: the reply's frames split
+/// into messages and the trailer block.
+async fn grpc_web(
+    dp: &DataPlane,
+    method: &str,
+    text: bool,
+    request: EchoRequest,
+    headers: &[(&str, &str)],
+) -> (pavilion_tests::client::Reply, Vec<Vec<u8>>, String) {
+    use base64::Engine;
+    use prost::Message;
+    let message = request.encode_to_vec();
+    let mut frame = vec![0u8];
+    frame.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    frame.extend_from_slice(&message);
+    let (content_type, body) = if text {
+        let encoded = base64::engine::general_purpose::STANDARD.encode(&frame);
+        ("application/grpc-web-text", encoded.into_bytes())
+    } else {
+        ("application/grpc-web+proto", frame)
+    };
+    let mut builder = http::Request::post(format!(
+        "http://{}/pavilion.testing.v1.Echo/{method}",
+        dp.addr
+    ))
+    .header("content-type", content_type)
+    .header("accept", content_type)
+    .header("x-grpc-web", "1");
+    for (name, value) in headers {
+        builder = builder.header(*name, *value);
+    }
+    let reply = pavilion_tests::client::HttpClient::http1()
+        .send(
+            builder
+                .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let mut bytes = reply.body.to_vec();
+    if text {
+        // Padded base64 chunks, one after another.
+        let mut decoded = Vec::new();
+        let (mut start, mut i) = (0, 0);
+        while i < bytes.len() {
+            if bytes[i] == b'=' {
+                while i < bytes.len() && bytes[i] == b'=' {
+                    i += 1;
+                }
+                decoded.extend(
+                    base64::engine::general_purpose::STANDARD
+                        .decode(&bytes[start..i])
+                        .unwrap(),
+                );
+                start = i;
+            } else {
+                i += 1;
+            }
+        }
+        let tail = &bytes[start..];
+        decoded.extend(
+            base64::engine::general_purpose::STANDARD
+                .decode(tail)
+                .unwrap_or_else(|e| panic!("{e}: {:?}", String::from_utf8_lossy(&bytes))),
+        );
+        bytes = decoded;
+    }
+    let (mut messages, mut trailers) = (Vec::new(), String::new());
+    let mut rest = &bytes[..];
+    while rest.len() >= 5 {
+        let length = u32::from_be_bytes(rest[1..5].try_into().unwrap()) as usize;
+        let payload = rest[5..5 + length].to_vec();
+        if rest[0] & 0x80 != 0 {
+            trailers = String::from_utf8(payload).unwrap();
+        } else {
+            messages.push(payload);
+        }
+        rest = &rest[5 + length..];
+    }
+    (reply, messages, trailers)
+}
+
+#[tokio::test]
+async fn grpc_web_is_translated_for_browsers() {
+    use prost::Message;
+    let upstream = EchoUpstream::start().await;
+    let mut guarded = grpc_rule(&upstream.url(), 10_000);
+    guarded.matches[0].path.as_mut().unwrap().value =
+        "/pavilion.testing.v1.Echo/ServerStream".into();
+    guarded.auth = Some(proto::Auth {
+        api_keys: Some(proto::ApiKeyAuth::default()),
+        ..Default::default()
+    });
+    let dp = data_plane(vec![guarded, grpc_rule(&upstream.url(), 10_000)]).await;
+
+    for text in [false, true] {
+        let (reply, messages, trailers) =
+            grpc_web(&dp, "Unary", text, ask("from a browser"), &[]).await;
+        assert_eq!(reply.status, 200);
+        let expected = if text {
+            "application/grpc-web-text+proto"
+        } else {
+            "application/grpc-web+proto"
+        };
+        assert_eq!(reply.header("content-type"), Some(expected), "text: {text}");
+        assert_eq!(messages.len(), 1);
+        let answer = pavilion_tests::grpc::proto::EchoReply::decode(&messages[0][..]).unwrap();
+        assert_eq!(answer.message, "from a browser");
+        assert!(trailers.contains("grpc-status:0"), "{trailers:?}");
+
+        let failing = EchoRequest {
+            fail_with: Code::NotFound as i32,
+            ..ask("gone")
+        };
+        let (reply, _, trailers) = grpc_web(&dp, "Unary", text, failing, &[]).await;
+        assert_eq!(
+            status_of(&reply, &trailers),
+            ("5".into(), "failed%20as%20asked:%20gone".into()),
+            "percent-encoded, as gRPC has it"
+        );
+    }
+
+    // The gateway's refusal: a gRPC status in the head, under the gRPC-Web content type.
+    let (reply, _, _) = grpc_web(&dp, "ServerStream", false, ask("x"), &[]).await;
+    assert_eq!(
+        reply.header("grpc-status"),
+        Some("16"),
+        "{:?}",
+        reply.headers
+    );
+    assert_eq!(
+        reply.header("content-type"),
+        Some("application/grpc-web+proto")
+    );
+}
+
+/// `grpc-status` and `grpc-message`: from the trailer frame, or from the head of a
+/// trailers-only answer.
+fn status_of(reply: &pavilion_tests::client::Reply, trailers: &str) -> (String, String) {
+    let field = |name: &str| {
+        trailers
+            .lines()
+            .find_map(|l| l.trim().strip_prefix(&format!("{name}:")))
+            .map(|s| s.trim().to_owned())
+            .or_else(|| reply.header(name).map(str::to_owned))
+            .unwrap_or_default()
+    };
+    (field("grpc-status"), field("grpc-message"))
+}

@@ -9,7 +9,6 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http::header::{CONTENT_TYPE, TE};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, Uri, Version};
 use http_body_util::{BodyExt, Limited};
-use hyper::body::Incoming;
 use pavilion_proto::commands::{SubmitCommandRequest, SubmitCommandResponse};
 use prost::Message;
 use serde_json::{Value, json};
@@ -35,7 +34,7 @@ pub(super) async fn serve(
     proxy: &Proxy,
     rule: &Rule,
     target: &Target,
-    request: Request<Incoming>,
+    request: Request<RequestBody>,
     window: std::time::Duration,
     context: &mut Context<'_>,
 ) -> Result<Response<ResponseBody>, Deny> {

@@ -8,7 +8,6 @@ use std::net::IpAddr;
 use http::header::HOST;
 use http::uri::PathAndQuery;
 use http::{Extensions, HeaderValue, Request, Response, Uri, Version};
-use hyper::body::Incoming;
 
 use crate::auth::ip;
 use crate::body::{Metered, RequestBody, ResponseBody};
@@ -115,11 +114,6 @@ pub(super) fn deadline(rule: &Rule, context: &Context<'_>) -> Instant {
         .grpc_timeout
         .map_or(rule.timeout, |t| t.min(rule.timeout));
     context.started + timeout
-}
-
-/// The client's body, bounded by the size limit.
-pub(super) fn client_body(request: Request<Incoming>, max_body: u64) -> Request<RequestBody> {
-    request.map(|body| RequestBody::new(body, max_body))
 }
 
 /// What is needed to send a bodyless request again.

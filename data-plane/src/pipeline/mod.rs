@@ -22,6 +22,7 @@ mod command;
 mod cors;
 pub mod explain;
 mod forward;
+mod grpc_web;
 mod ip;
 mod limits;
 mod placement;
@@ -42,7 +43,7 @@ use tokio::time::Instant;
 
 use crate::auth::ip::Cidrs;
 use crate::auth::{Identity, TokenCache};
-use crate::body::ResponseBody;
+use crate::body::{RequestBody, ResponseBody};
 use crate::commands::Commands;
 use crate::deny::Deny;
 use crate::headers::{self, Peer};
@@ -147,6 +148,8 @@ pub(crate) struct Context<'r> {
     pub client: &'r Peer,
     /// A gRPC call: refusals are gRPC statuses.
     pub grpc: bool,
+    /// A gRPC-Web call (translated to gRPC on the way in and back).
+    pub grpc_web: bool,
     pub request_id: HeaderValue,
     pub started: Instant,
     /// Set by `route`.
@@ -206,6 +209,7 @@ impl<'r> Context<'r> {
         Self {
             client,
             grpc,
+            grpc_web: false,
             request_id,
             started,
             rule: None,
@@ -271,7 +275,14 @@ impl Proxy {
             started.into_std(),
         );
         let mut context = Context::new(client, is_grpc(&request), request_id, started, trace);
-        let outcome = self.phases(&runtime, request, &mut context).await;
+        let outcome = if grpc_web::is_grpc_web(&request) {
+            context.grpc_web = true;
+            grpc_web::serve(self, &runtime, request, &mut context).await
+        } else {
+            let limit = self.shared.limits.max_body_bytes;
+            let request = request.map(|body| RequestBody::new(body, limit));
+            self.phases(&runtime, request, &mut context).await
+        };
         respond::respond(&self.shared, &runtime, context, outcome, line)
     }
 
@@ -279,7 +290,7 @@ impl Proxy {
     async fn phases<'r>(
         &self,
         runtime: &'r Runtime,
-        request: Request<Incoming>,
+        request: Request<RequestBody>,
         context: &mut Context<'r>,
     ) -> Result<Response<ResponseBody>, Deny> {
         let shared = &*self.shared;
@@ -336,7 +347,10 @@ impl Proxy {
         if websocket::wanted(rule, &request) {
             return websocket::tunnel(self, runtime, rule, target, request, rewrite, context).await;
         }
-        let request = forward::client_body(request, transform::body_limit(rule, &shared.limits));
+        let mut request = request;
+        request
+            .body_mut()
+            .limit_to(transform::body_limit(rule, &shared.limits));
         if rule.cache.is_some() {
             context.trace.phase("cache");
             return cache::serve(self, runtime, rule, target, request, &rewrite, context).await;

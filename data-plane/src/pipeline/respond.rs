@@ -3,7 +3,6 @@
 //! is counted in the route's metrics and written to the access log.
 
 use http::{Method, Request, Response, Uri};
-use hyper::body::Incoming;
 
 use crate::body::ResponseBody;
 use crate::deny::Deny;
@@ -18,7 +17,7 @@ use super::{Context, Shared};
 pub(super) struct AccessLine(Option<(Method, Uri)>);
 
 impl AccessLine {
-    pub(super) fn take(shared: &Shared, request: &Request<Incoming>) -> Self {
+    pub(super) fn take<B>(shared: &Shared, request: &Request<B>) -> Self {
         Self(
             shared
                 .access_log
@@ -37,6 +36,7 @@ pub(super) fn respond(
     let Context {
         client,
         grpc,
+        grpc_web,
         request_id,
         started,
         rule,
@@ -61,7 +61,16 @@ pub(super) fn respond(
                     .inc();
             }
             let response = if grpc {
-                deny.into_grpc_response(&request_id)
+                let mut response = deny.into_grpc_response(&request_id);
+                // A trailers-only answer reads the same to gRPC-Web clients, under their
+                // own content type.
+                if grpc_web {
+                    response.headers_mut().insert(
+                        http::header::CONTENT_TYPE,
+                        http::HeaderValue::from_static("application/grpc-web+proto"),
+                    );
+                }
+                response
             } else {
                 deny.into_response(&request_id)
             };

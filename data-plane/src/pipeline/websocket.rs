@@ -13,9 +13,9 @@
 
 use std::time::Duration;
 
+use crate::body::RequestBody;
 use http::header::{CONNECTION, UPGRADE};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Version};
-use hyper::body::Incoming;
 
 use crate::body::ResponseBody;
 use crate::deny::Deny;
@@ -53,14 +53,15 @@ pub(super) async fn tunnel<'r>(
     runtime: &Runtime,
     rule: &'r Rule,
     target: &'r Target,
-    mut request: Request<Incoming>,
+    mut request: Request<RequestBody>,
     rewrite: Rewrite,
     context: &mut Context<'r>,
 ) -> Result<Response<ResponseBody>, Deny> {
     let idle = rule.websocket.unwrap_or(Duration::from_secs(300));
     let client_side = hyper::upgrade::on(&mut request);
-    let max_body = super::transform::body_limit(rule, &proxy.shared.limits);
-    let request = request.map(|body| crate::body::RequestBody::new(body, max_body));
+    request
+        .body_mut()
+        .limit_to(super::transform::body_limit(rule, &proxy.shared.limits));
     let mut upstream = forward::prepare(proxy, runtime, rule, target, request, &rewrite, context)?;
     // `prepare` removed the hop-by-hop fields; this hop's upgrade is the one stated here.
     let headers = upstream.headers_mut();

@@ -48,7 +48,7 @@ pub enum Error {
     #[error("request body exceeds the configured limit")]
     BodyTooLarge,
     #[error("the client's request body failed: {0}")]
-    ClientBody(hyper::Error),
+    ClientBody(Box<dyn std::error::Error + Send + Sync>),
 }
 
 /// An open connection with whatever it already read.
