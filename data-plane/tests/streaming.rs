@@ -217,3 +217,66 @@ async fn a_snapshot_change_never_drops_an_established_stream() {
     drop(chunks);
     assert!(body.frame().await.is_none());
 }
+
+/// A minute of streamed events (a line every 100 ms, as an event stream sends them) while
+/// the route is edited ten times:
+/// every event arrives, in order, each soon after it was sent.
+#[tokio::test]
+async fn a_minute_of_events_survives_ten_route_edits() {
+    let upstream = Upstream::start("events").await.unwrap();
+    let dp = pavilion_data::start(Config::local()).await.unwrap();
+    let edited = |version: u32| {
+        let mut rule = pavilion_tests::snapshot::prefix_rule("/", &[(&upstream.url(), 1)]);
+        // Each edit changes the rule the stream started on.
+        rule.timeout_ms = 1_000 + u64::from(version);
+        pavilion_tests::snapshot::snapshot(
+            &format!("v{version}"),
+            vec![pavilion_tests::snapshot::route(
+                "ns/events",
+                &[],
+                vec![rule],
+            )],
+        )
+    };
+    dp.apply(edited(0)).await.unwrap();
+    let client: Client<_, Empty<Bytes>> =
+        Client::builder(TokioExecutor::new()).build(HttpConnector::new());
+    let response = client
+        .request(
+            Request::get(format!("http://{}/stream/600/100", dp.addr))
+                .body(Empty::new())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let mut body = response.into_body();
+    let editor = async {
+        for version in 1..=10 {
+            tokio::time::sleep(Duration::from_millis(5_000)).await;
+            dp.apply(edited(version)).await.unwrap();
+        }
+    };
+    let reader = async {
+        let mut received = String::new();
+        let mut expected = 0;
+        while expected < 600 {
+            received.push_str(std::str::from_utf8(&next_chunk(&mut body).await).unwrap());
+            while let Some(end) = received.find('\n') {
+                assert_eq!(
+                    &received[..end],
+                    format!("chunk {expected}"),
+                    "in order, none lost"
+                );
+                received.drain(..=end);
+                expected += 1;
+            }
+        }
+        assert!(
+            body.frame().await.is_none(),
+            "the stream ends when the upstream's does"
+        );
+    };
+    tokio::join!(editor, reader);
+    assert_eq!(dp.version(), "v10");
+}
