@@ -202,6 +202,11 @@ pub struct UpstreamTls {
     /// URL's host: for backends addressed by IP or by an internal alias.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub server_name: Option<String>,
+    /// Offer HTTP/2 by ALPN (`h2`, then `http/1.1`): the backend then gets its own
+    /// authority as `Host`/`:authority` and the client's host in `x-forwarded-host`,
+    /// whichever protocol it picks.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub http2: bool,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]

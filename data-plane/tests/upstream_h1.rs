@@ -370,3 +370,38 @@ async fn tricky_targets_are_refused_before_routing() {
         "nothing reached the upstream"
     );
 }
+
+/// `--upstream-http1 hyper` (kept for the bench's comparison) proxies the same traffic:
+/// bodies both ways, keep-alive, and the upstream's framing.
+#[tokio::test]
+async fn the_hyper_util_client_is_a_working_alternative() {
+    let upstream = pavilion_tests::Upstream::start("plain").await.unwrap();
+    let mut config = Config::local();
+    config.upstream.http1_client = pavilion_data::upstream::Http1Client::Hyper;
+    let dp = pavilion_data::start(config).await.unwrap();
+    dp.apply(catch_all("v1", "ns/plain", &upstream.url()))
+        .await
+        .unwrap();
+    let client = HttpClient::http1();
+    let reply = client
+        .get(&format!("http://{}/hello?x=1", dp.addr))
+        .await
+        .unwrap();
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.json()["path"], "/hello");
+    assert_eq!(reply.json()["query"], "x=1");
+    let echoed = client
+        .send(
+            Request::post(format!("http://{}/echo-body", dp.addr))
+                .body(Full::new(Bytes::from_static(b"round trip")))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(echoed.text(), "round trip");
+    let streamed = client
+        .get(&format!("http://{}/stream/3/10", dp.addr))
+        .await
+        .unwrap();
+    assert_eq!(streamed.text(), "chunk 0\nchunk 1\nchunk 2\n");
+}

@@ -79,3 +79,73 @@ async fn a_rule_can_name_the_tls_server_of_backends_addressed_by_ip() {
         assert_eq!(reply.status, 502, "{path}: {}", reply.text());
     }
 }
+
+#[tokio::test]
+async fn rules_may_offer_http2_to_https_backends_by_alpn() {
+    let ca = TestCa::new();
+    let h2 = TlsUpstream::start(
+        "h2",
+        ca.server_config_alpn(&["localhost"], &[b"h2", b"http/1.1"]),
+    )
+    .await
+    .unwrap();
+    let h1_only = TlsUpstream::start("h1", ca.server_config(&["localhost"]))
+        .await
+        .unwrap();
+    let mut config = Config::local();
+    config.upstream.extra_roots = vec![ca.certificate_der()];
+    let dp = pavilion_data::start(config).await.unwrap();
+    let rule = |prefix: &str, port: u16, http2: bool| {
+        let mut rule = pavilion_tests::snapshot::prefix_rule(
+            prefix,
+            &[(&format!("https://localhost:{port}"), 1)],
+        );
+        rule.upstream_http2 = http2;
+        rule
+    };
+    dp.apply(pavilion_tests::snapshot::snapshot(
+        "v1",
+        vec![pavilion_tests::snapshot::route(
+            "ns/tls",
+            &[],
+            vec![
+                rule("/h2", h2.addr.port(), true),
+                rule("/fallback", h1_only.addr.port(), true),
+                rule("/plain", h2.addr.port(), false),
+            ],
+        )],
+    ))
+    .await
+    .unwrap();
+    let get = |path: &'static str| {
+        let url = format!("http://{}{path}", dp.addr);
+        async move {
+            HttpClient::http1()
+                .get_with(&url, &[("host", "shop.example.com")])
+                .await
+                .unwrap()
+                .json()
+        }
+    };
+    let seen = get("/h2").await;
+    assert_eq!(seen["version"], "HTTP/2.0", "{seen}");
+    assert_eq!(
+        seen["headers"]["x-forwarded-host"], "shop.example.com",
+        "the client's host travels in x-forwarded-host"
+    );
+    let seen = get("/fallback").await;
+    assert_eq!(
+        seen["version"], "HTTP/1.1",
+        "a backend without h2 gets HTTP/1.1: {seen}"
+    );
+    assert_eq!(
+        seen["headers"]["host"].as_str().unwrap(),
+        format!("localhost:{}", h1_only.addr.port())
+    );
+    let seen = get("/plain").await;
+    assert_eq!(
+        seen["version"], "HTTP/1.1",
+        "without http2 the rule offers HTTP/1.1 only"
+    );
+    assert_eq!(seen["headers"]["host"], "shop.example.com");
+}

@@ -55,6 +55,11 @@ impl TestCa {
 
     /// A server configuration presenting a leaf for `names`, with ALPN http/1.1.
     pub fn server_config(&self, names: &[&str]) -> Arc<rustls::ServerConfig> {
+        self.server_config_alpn(names, &[b"http/1.1"])
+    }
+
+    /// A server configuration presenting a leaf for `names`, choosing among `alpn`.
+    pub fn server_config_alpn(&self, names: &[&str], alpn: &[&[u8]]) -> Arc<rustls::ServerConfig> {
         let (certificate, key) = self.leaf(names);
         let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
             rustls::crypto::ring::default_provider(),
@@ -64,7 +69,7 @@ impl TestCa {
         .with_no_client_auth()
         .with_single_cert(vec![certificate], key)
         .expect("server certificate");
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         Arc::new(config)
     }
 }

@@ -171,6 +171,7 @@ fn to_proto(route: &Route, applied: &Applied, cors: Option<&proto::Cors>) -> pro
                 max_body_bytes: rule.max_body_bytes.unwrap_or(0),
                 compression: rule.compression.as_ref().map(super::traffic::compression),
                 cache: rule.cache.as_ref().map(super::traffic::cache),
+                upstream_http2: rule.upstream_tls.as_ref().is_some_and(|t| t.http2),
             })
             .collect(),
     }

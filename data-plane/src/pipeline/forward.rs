@@ -430,6 +430,12 @@ fn upstream_request(
             parts.version = Version::HTTP_2;
             headers.remove(HOST);
         }
+        // Whichever protocol ALPN picks, the backend's own authority is the host (the HTTP
+        // client states it for HTTP/1.1; HTTP/2 carries it in :authority).
+        Protocol::HttpsAlpn => {
+            parts.version = Version::HTTP_11;
+            headers.remove(HOST);
+        }
         Protocol::Http1 | Protocol::Https => {
             parts.version = Version::HTTP_11;
             // HTTP/1.1 requires a Host; an HTTP/1.0 client may not have sent one.

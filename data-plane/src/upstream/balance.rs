@@ -57,12 +57,14 @@ impl Backends {
     /// Plain weighted-random backends (shard endpoints): no health, no state.
     /// `server_name` (empty: none) applies to the `https://` backends.
     pub fn new(backends: &[proto::Backend], server_name: &str) -> Result<Self, String> {
-        Self::build(backends, server_name, Policy::Random)
+        Self::build(backends, server_name, false, Policy::Random)
     }
 
+    /// `http2`: `https://` backends are offered h2 by ALPN.
     fn build(
         backends: &[proto::Backend],
         server_name: &str,
+        http2: bool,
         policy: Policy,
     ) -> Result<Self, String> {
         if !server_name.is_empty() {
@@ -76,6 +78,9 @@ impl Backends {
             let mut target = Target::parse(&backend.url)?;
             if target.protocol == Protocol::Https && !server_name.is_empty() {
                 target.server_name = Some(server_name.into());
+            }
+            if target.protocol == Protocol::Https && http2 {
+                target.protocol = Protocol::HttpsAlpn;
             }
             target.slot = targets.len();
             targets.push(target);
@@ -112,7 +117,12 @@ impl Backends {
                 Err(_) => return Err(format!("unknown balancing policy {}", lb.policy)),
             },
         };
-        let mut backends = Self::build(&rule.backends, &rule.upstream_server_name, policy)?;
+        let mut backends = Self::build(
+            &rule.backends,
+            &rule.upstream_server_name,
+            rule.upstream_http2,
+            policy,
+        )?;
         let health = rule.health_check.as_ref();
         let check = health
             .and_then(|h| h.active.as_ref())

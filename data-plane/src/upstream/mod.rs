@@ -6,25 +6,17 @@ pub mod balance;
 pub mod breaker;
 pub mod endpoint;
 pub mod h1;
+mod pool;
 pub mod probe;
 pub mod retry;
 
 pub use balance::Backends;
+pub use pool::Upstreams;
 
 use std::time::Duration;
 
-use std::sync::Arc;
-
 use http::uri::{Authority, Scheme};
-use http::{Request, Response};
-use hyper::body::Incoming;
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls_pki_types::CertificateDer;
-
-use crate::body::{BodyError, RequestBody, ResponseBody};
 
 /// How a backend is spoken to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -34,6 +26,9 @@ pub enum Protocol {
     H2c,
     /// HTTP/1.1 over TLS, verified against the web PKI plus `--upstream-ca`.
     Https,
+    /// HTTPS offering HTTP/2 by ALPN (`upstreamTls.http2`), HTTP/1.1 when the backend
+    /// declines; the backend's own authority is the host either way.
+    HttpsAlpn,
 }
 
 /// One backend, parsed once per snapshot so requests only clone its parts.
@@ -86,11 +81,22 @@ impl Target {
     }
 }
 
+/// Which client speaks HTTP/1.1 to `http://` backends.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Http1Client {
+    /// The inline client (`upstream/h1`): the request's own task writes and reads.
+    #[default]
+    Inline,
+    /// hyper-util's pooled client, for comparison (`bench/`).
+    Hyper,
+}
+
 /// Connection settings for upstreams.
 #[derive(Clone, Debug)]
 pub struct UpstreamOptions {
     pub connect_timeout: Duration,
     pub idle_timeout: Duration,
+    pub http1_client: Http1Client,
     /// CA certificates trusted for `https://` backends besides the web PKI roots.
     pub extra_roots: Vec<CertificateDer<'static>>,
 }
@@ -100,6 +106,7 @@ impl Default for UpstreamOptions {
         Self {
             connect_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(60),
+            http1_client: Http1Client::Inline,
             extra_roots: Vec::new(),
         }
     }
@@ -138,161 +145,4 @@ pub enum UpstreamError {
     /// fault, not the upstream's.
     #[error("the request body could not be read: {0}")]
     ClientBody(String),
-}
-
-/// Pooled clients, one per protocol. Each worker thread owns one set, so pools are never
-/// shared between threads and their locks are never contended.
-pub struct Upstreams {
-    http1: Arc<h1::Client>,
-    h2c: Client<HttpConnector, RequestBody>,
-    https: HttpsClient,
-    /// Clients for rules that name their backends' TLS server name, made on first use: each
-    /// has its own pool, so a connection is only reused for the name it was verified for.
-    https_named: std::sync::Mutex<std::collections::HashMap<Box<str>, HttpsClient>>,
-    make_https: Box<MakeHttps>,
-    /// HTTP/1.1 upgrades (WebSocket) to `http://` backends: hyper hands over the connection
-    /// after a 101, which the inline client is not built for; `https://` upgrades use the
-    /// HTTPS clients.
-    http1_upgrades: Client<HttpConnector, RequestBody>,
-}
-
-/// Makes an HTTPS client, for a fixed TLS server name when one is given.
-type MakeHttps = dyn Fn(Option<&str>) -> HttpsClient + Send + Sync;
-
-type HttpsClient = Client<HttpsConnector<HttpConnector>, RequestBody>;
-
-impl Upstreams {
-    pub fn new(options: &UpstreamOptions, tls: rustls::ClientConfig) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(options.connect_timeout));
-        connector.set_keepalive(Some(Duration::from_secs(60)));
-        let builder = || {
-            let mut builder = Client::builder(TokioExecutor::new());
-            builder
-                .pool_idle_timeout(options.idle_timeout)
-                .pool_timer(TokioTimer::new())
-                .timer(TokioTimer::new());
-            builder
-        };
-        let mut tls_transport = connector.clone();
-        tls_transport.enforce_http(false);
-        let idle_timeout = options.idle_timeout;
-        let make_https = move |server_name: Option<&str>| -> HttpsClient {
-            let builder = hyper_rustls::HttpsConnectorBuilder::new()
-                .with_tls_config(tls.clone())
-                .https_only();
-            let builder = match server_name
-                .and_then(|n| rustls_pki_types::ServerName::try_from(n.to_owned()).ok())
-            {
-                Some(name) => builder
-                    .with_server_name_resolver(hyper_rustls::FixedServerNameResolver::new(name)),
-                None => builder,
-            };
-            let mut client = Client::builder(TokioExecutor::new());
-            client
-                .pool_idle_timeout(idle_timeout)
-                .pool_timer(TokioTimer::new())
-                .timer(TokioTimer::new());
-            client.build(builder.enable_http1().wrap_connector(tls_transport.clone()))
-        };
-        Self {
-            http1: h1::Client::new(options.connect_timeout, options.idle_timeout),
-            h2c: builder().http2_only(true).build(connector.clone()),
-            http1_upgrades: builder().build(connector),
-            https: make_https(None),
-            https_named: Default::default(),
-            make_https: Box::new(make_https),
-        }
-    }
-
-    /// Closes idle pooled connections past their idle timeout (the hyper-based pools do
-    /// this themselves).
-    pub fn sweep(&self) {
-        self.http1.sweep();
-    }
-
-    /// Sends `request` (its URI already names the target) and returns the response head.
-    pub async fn send(
-        &self,
-        target: &Target,
-        request: Request<RequestBody>,
-    ) -> Result<Response<ResponseBody>, UpstreamError> {
-        match target.protocol {
-            Protocol::Http1 => match self.http1.send(&target.authority, request).await {
-                Ok(response) => Ok(response.map(ResponseBody::H1)),
-                Err(h1::Error::BodyTooLarge) => Err(UpstreamError::BodyTooLarge),
-                Err(h1::Error::ClientBody(error)) => {
-                    Err(UpstreamError::ClientBody(error.to_string()))
-                }
-                Err(error @ h1::Error::Connect(_)) => {
-                    Err(UpstreamError::Unreachable(error.to_string()))
-                }
-                Err(error) => Err(UpstreamError::Failed(error.to_string())),
-            },
-            Protocol::H2c => from_hyper(self.h2c.request(request).await),
-            Protocol::Https => from_hyper(self.https(target).request(request).await),
-        }
-    }
-
-    /// Sends an HTTP/1.1 upgrade request; after a 101 the response's extensions hold the
-    /// upstream connection (`hyper::upgrade::on`).
-    pub async fn upgrade(
-        &self,
-        target: &Target,
-        request: Request<RequestBody>,
-    ) -> Result<Response<ResponseBody>, UpstreamError> {
-        match target.protocol {
-            Protocol::Http1 => from_hyper(self.http1_upgrades.request(request).await),
-            Protocol::Https => from_hyper(self.https(target).request(request).await),
-            Protocol::H2c => Err(UpstreamError::Failed(format!(
-                "backend `{}` speaks HTTP/2 only; WebSocket tunnels need HTTP/1.1",
-                target.url
-            ))),
-        }
-    }
-
-    /// The HTTPS client for the target's TLS server name.
-    fn https(&self, target: &Target) -> HttpsClient {
-        match &target.server_name {
-            None => self.https.clone(),
-            Some(name) => {
-                let mut clients = self.https_named.lock().unwrap_or_else(|p| p.into_inner());
-                clients
-                    .entry(name.clone())
-                    .or_insert_with(|| (self.make_https)(Some(name)))
-                    .clone()
-            }
-        }
-    }
-}
-
-fn from_hyper(
-    result: Result<Response<Incoming>, hyper_util::client::legacy::Error>,
-) -> Result<Response<ResponseBody>, UpstreamError> {
-    let error = match result {
-        Ok(response) => return Ok(response.map(ResponseBody::Upstream)),
-        Err(error) => error,
-    };
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&error);
-    let mut text = String::new();
-    while let Some(e) = source {
-        match e.downcast_ref::<BodyError>() {
-            Some(BodyError::TooLarge) => return Err(UpstreamError::BodyTooLarge),
-            Some(BodyError::Client(error)) => {
-                return Err(UpstreamError::ClientBody(error.to_string()));
-            }
-            None => {}
-        }
-        if !text.is_empty() {
-            text.push_str(": ");
-        }
-        text.push_str(&e.to_string());
-        source = e.source();
-    }
-    Err(if error.is_connect() {
-        UpstreamError::Unreachable(text)
-    } else {
-        UpstreamError::Failed(text)
-    })
 }
