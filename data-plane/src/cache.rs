@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::header::{AGE, CACHE_CONTROL, CONTENT_LENGTH, SET_COOKIE, VARY};
+use http::header::{AGE, CACHE_CONTROL, CONTENT_LENGTH, DATE, EXPIRES, PRAGMA, SET_COOKIE, VARY};
 use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode};
 use pavilion_proto as proto;
 
@@ -22,6 +22,9 @@ static MISS: HeaderValue = HeaderValue::from_static("MISS");
 /// A rule's cache settings.
 #[derive(Debug)]
 pub struct Settings {
+    /// What the rule is (route, position and every field, hashed): two rules never share
+    /// entries, and an edited rule starts with an empty cache.
+    pub scope: u64,
     pub default_ttl: Option<Duration>,
     pub max_ttl: Duration,
     pub max_entry_bytes: u64,
@@ -29,8 +32,9 @@ pub struct Settings {
 }
 
 impl Settings {
-    pub fn new(cache: &proto::Cache) -> Result<Self, String> {
+    pub fn new(cache: &proto::Cache, scope: u64) -> Result<Self, String> {
         Ok(Self {
+            scope,
             default_ttl: (cache.default_ttl_ms > 0)
                 .then(|| Duration::from_millis(cache.default_ttl_ms)),
             max_ttl: Duration::from_millis(cache.max_ttl_ms.max(1000)),
@@ -51,6 +55,8 @@ impl Settings {
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Key {
     pub route: Arc<str>,
+    /// [`Settings::scope`].
+    pub scope: u64,
     pub host: Box<str>,
     pub target: Box<str>,
     /// Key header values, each followed by a NUL (header values hold none).
@@ -63,11 +69,13 @@ pub struct Entry {
     headers: HeaderMap,
     body: Bytes,
     stored: Instant,
+    /// The response's age when it was stored (its `Age`).
+    age: Duration,
     ttl: Duration,
     /// May be served to requests with credentials.
     pub public: bool,
     /// The request headers the response varies on, with the values it was made for.
-    vary: Box<[(HeaderName, Option<HeaderValue>)]>,
+    vary: Box<[(HeaderName, Box<[HeaderValue]>)]>,
 }
 
 impl Entry {
@@ -75,7 +83,7 @@ impl Entry {
     pub fn matches(&self, request: &HeaderMap) -> bool {
         self.vary
             .iter()
-            .all(|(name, value)| request.get(name) == value.as_ref())
+            .all(|(name, values)| request.get_all(name).iter().eq(values.iter()))
     }
 
     /// The stored response as a client gets it (`head`: without the body).
@@ -88,7 +96,7 @@ impl Entry {
         let mut response = Response::new(body);
         *response.status_mut() = self.status;
         *response.headers_mut() = self.headers.clone();
-        let age = self.stored.elapsed().as_secs().to_string();
+        let age = (self.age + self.stored.elapsed()).as_secs().to_string();
         if let Ok(age) = HeaderValue::from_str(&age) {
             response.headers_mut().insert(AGE, age);
         }
@@ -129,6 +137,15 @@ pub fn freshness(
     if !cacheable_status || headers.contains_key(SET_COOKIE) {
         return None;
     }
+    // HTTP/1.0's "do not cache", when no Cache-Control says otherwise.
+    if !headers.contains_key(CACHE_CONTROL)
+        && headers
+            .get_all(PRAGMA)
+            .iter()
+            .any(|v| v.as_bytes().eq_ignore_ascii_case(b"no-cache"))
+    {
+        return None;
+    }
     let length: u64 = headers.get(CONTENT_LENGTH)?.to_str().ok()?.parse().ok()?;
     if length > settings.max_entry_bytes {
         return None;
@@ -160,16 +177,36 @@ pub fn freshness(
     if authenticated && !shareable {
         return None;
     }
-    let stated = s_max_age.or(max_age).map(Duration::from_secs);
-    let age = headers
-        .get(AGE)
-        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
-        .map_or(Duration::ZERO, Duration::from_secs);
+    let age = age_of(headers);
+    let stated = match s_max_age.or(max_age) {
+        Some(seconds) => Some(Duration::from_secs(seconds)),
+        // `Expires` counts when no max-age does: a past, invalid or unknowable date (no
+        // `Date` to read it against) means stale, never stored.
+        None => match headers.get(EXPIRES) {
+            Some(expires) => {
+                let expires = httpdate::parse_http_date(expires.to_str().ok()?).ok()?;
+                let date = headers
+                    .get(DATE)
+                    .and_then(|d| httpdate::parse_http_date(d.to_str().ok()?).ok())
+                    .unwrap_or_else(std::time::SystemTime::now);
+                Some(expires.duration_since(date).ok()?)
+            }
+            None => None,
+        },
+    };
     let ttl = stated
         .or(settings.default_ttl)?
         .saturating_sub(age)
         .min(settings.max_ttl);
     (!ttl.is_zero()).then_some((ttl, shareable))
+}
+
+/// The response's `Age` (0 when absent or malformed).
+pub fn age_of(headers: &HeaderMap) -> Duration {
+    headers
+        .get(AGE)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+        .map_or(Duration::ZERO, Duration::from_secs)
 }
 
 /// The names a response varies on; `None` for `Vary: *` (never the same twice).
@@ -204,15 +241,17 @@ pub fn entry(
     let vary = vary_names(&headers)?
         .into_iter()
         .map(|name| {
-            let value = request.get(&name).cloned();
-            (name, value)
+            let values = request.get_all(&name).iter().cloned().collect();
+            (name, values)
         })
         .collect();
+    let age = age_of(&headers);
     Some(Entry {
         status,
         headers,
         body,
         stored: Instant::now(),
+        age,
         ttl,
         public,
         vary,
@@ -278,6 +317,7 @@ mod tests {
 
     fn settings() -> Settings {
         Settings {
+            scope: 0,
             default_ttl: None,
             max_ttl: Duration::from_secs(3600),
             max_entry_bytes: 1000,
@@ -318,6 +358,33 @@ mod tests {
             None,
             "no freshness, no default: not stored"
         );
+        assert_eq!(
+            fresh(&[("expires", "0")], false),
+            None,
+            "an invalid Expires is stale"
+        );
+        assert_eq!(
+            fresh(
+                &[
+                    ("expires", "Thu, 01 Jan 2015 00:00:00 GMT"),
+                    ("date", "Thu, 01 Jan 2015 00:00:30 GMT")
+                ],
+                false
+            ),
+            None,
+            "a past Expires"
+        );
+        assert_eq!(
+            fresh(
+                &[
+                    ("expires", "Thu, 01 Jan 2015 00:01:00 GMT"),
+                    ("date", "Thu, 01 Jan 2015 00:00:30 GMT")
+                ],
+                false
+            ),
+            Some((Duration::from_secs(30), false))
+        );
+        assert_eq!(fresh(&[("pragma", "no-cache")], false), None);
         for refused in [
             "no-store",
             "private, max-age=60",

@@ -129,6 +129,16 @@ impl Predicate for Compression {
             return false;
         }
         let headers = response.headers();
+        // The backend forbids changing the representation.
+        if headers
+            .get_all(http::header::CACHE_CONTROL)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|d| d.trim().eq_ignore_ascii_case("no-transform"))
+        {
+            return false;
+        }
         let size = response.body().size_hint().exact().or_else(|| {
             headers
                 .get(CONTENT_LENGTH)

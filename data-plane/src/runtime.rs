@@ -297,7 +297,14 @@ impl Runtime {
                     cache: rule
                         .cache
                         .as_ref()
-                        .map(crate::cache::Settings::new)
+                        .map(|cache| {
+                            // The rule's identity: its route, position and every field.
+                            let scope = std::hash::BuildHasher::hash_one(
+                                &foldhash::fast::FixedState::with_seed(0),
+                                (&name, index, prost::Message::encode_to_vec(rule)),
+                            );
+                            crate::cache::Settings::new(cache, scope)
+                        })
                         .transpose()
                         .map_err(rule_error)?
                         .map(Box::new),

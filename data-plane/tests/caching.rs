@@ -282,3 +282,54 @@ async fn a_miss_storm_makes_one_upstream_request() {
     }
     assert_eq!(count(&seen, "/nostore/slow"), 5);
 }
+
+#[tokio::test]
+async fn rules_never_share_entries_and_compressed_answers_are_cached_plain() {
+    let (first, first_seen) = upstream().await;
+    let (second, second_seen) = upstream().await;
+    // Two rules for the same path, told apart by a header, to different backends.
+    let mut admin = prefix_rule("/", &[(&first, 1)]);
+    admin.matches[0].headers = vec![proto::HeaderMatch {
+        name: "x-admin".into(),
+        value: "1".into(),
+    }];
+    admin.cache = Some(settings());
+    let mut public = prefix_rule("/", &[(&second, 1)]);
+    public.cache = Some(settings());
+    public.compression = Some(proto::Compression {
+        min_size: 1,
+        types: vec!["text/*".into()],
+        gzip: true,
+        brotli: false,
+        zstd: false,
+    });
+    let dp = pavilion_data::start(Config::local()).await.unwrap();
+    dp.apply(snapshot(
+        "v1",
+        vec![route("shop/catalog", &[], vec![admin, public])],
+    ))
+    .await
+    .unwrap();
+    get(&dp, "/fresh/x", &[("x-admin", "1")]).await;
+    let other = get(&dp, "/fresh/x", &[]).await;
+    assert_eq!(
+        other.header("x-cache"),
+        Some("MISS"),
+        "another rule, another entry"
+    );
+    assert_eq!(count(&first_seen, "/fresh/x"), 1);
+    assert_eq!(count(&second_seen, "/fresh/x"), 1);
+
+    // The plain answer is kept; each client gets it encoded as it accepts.
+    let gzip = get(&dp, "/fresh/x", &[("accept-encoding", "gzip")]).await;
+    assert_eq!(gzip.header("x-cache"), Some("HIT"));
+    assert_eq!(gzip.header("content-encoding"), Some("gzip"));
+    let mut decoded = String::new();
+    std::io::Read::read_to_string(
+        &mut flate2::read::GzDecoder::new(&gzip.body[..]),
+        &mut decoded,
+    )
+    .unwrap();
+    assert_eq!(decoded, other.text());
+    assert_eq!(count(&second_seen, "/fresh/x"), 1);
+}

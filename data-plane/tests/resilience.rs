@@ -504,3 +504,58 @@ async fn the_retry_budget_caps_retries_during_an_outage() {
     );
     assert!(down.seen() > 50, "some retries were allowed");
 }
+
+#[tokio::test]
+async fn a_clients_own_deadline_never_opens_the_circuit() {
+    let slow = Scripted::start(|_| (200, 400)).await;
+    let mut rule = rule_to(&backends(&[&slow.url]));
+    rule.circuit_breaker = Some(proto::CircuitBreaker {
+        consecutive_failures: 2,
+        failure_percent: 0,
+        min_requests: 20,
+        window_ms: 10_000,
+        open_for_ms: 60_000,
+        half_open_probes: 1,
+    });
+    let dp = data_plane(rule).await;
+    // Clients asking for the impossible: their deadline passes, the backend is blameless.
+    for _ in 0..4 {
+        let reply = send(
+            &dp,
+            "POST",
+            "/",
+            &[("content-type", "application/grpc"), ("grpc-timeout", "1m")],
+        )
+        .await;
+        assert_eq!(reply.header("grpc-status"), Some("4"), "DEADLINE_EXCEEDED");
+    }
+    assert_eq!(get(&dp, "/").await.status, 200, "the circuit stayed closed");
+    let state = admin_upstreams(&dp).await;
+    assert_eq!(state["rules"][0]["circuit"]["state"], "closed", "{state}");
+}
+
+#[tokio::test]
+async fn when_a_retry_finds_no_backend_left_the_last_answer_is_the_clients() {
+    let down = Scripted::start(|_| (503, 0)).await;
+    let mut rule = retrying(&[&down.url], retry_503(2));
+    rule.health_check = Some(proto::HealthCheck {
+        active: None,
+        passive: Some(proto::PassiveCheck {
+            consecutive_failures: 1,
+            ejection_ms: 60_000,
+            max_ejected_percent: 100,
+        }),
+    });
+    let dp = data_plane(rule).await;
+    let reply = get(&dp, "/").await;
+    assert_eq!(reply.status, 503);
+    assert_eq!(
+        reply.text(),
+        "answer 0",
+        "the backend's own 503, not the gateway's"
+    );
+    assert_eq!(down.seen(), 1);
+    // Now ejected: the rule has no healthy backend.
+    let refused = get(&dp, "/").await;
+    assert_eq!(refused.json()["error"]["code"], "no_healthy_upstream");
+}

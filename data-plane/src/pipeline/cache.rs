@@ -50,7 +50,7 @@ pub(super) async fn serve<'r>(
         return forward::forward(proxy, runtime, rule, target, request, rewrite, context).await;
     }
     let store = &proxy.shared.cache;
-    let key = key(rule, &request, rewrite, settings, context);
+    let key = key(rule, &request, rewrite, settings);
     let head = request.method() == Method::HEAD;
     let authenticated = context.identity.is_some() || request.headers().contains_key(AUTHORIZATION);
     let counter = |result: &str| {
@@ -71,7 +71,7 @@ pub(super) async fn serve<'r>(
         && (!authenticated || entry.public)
     {
         counter("hit");
-        return Ok(entry.response(head, true));
+        return Ok(served(proxy, context, entry.response(head, true)));
     }
     counter("miss");
     // Not coalesced: a HEAD (its answer has no body to keep), a request with credentials
@@ -126,7 +126,7 @@ pub(super) async fn serve<'r>(
         // Served from another request's fetch: as good as a hit — when it is this
         // request's variant.
         Ok(entry) if fetched_here || entry.matches(&request_headers) => {
-            Ok(entry.response(false, !fetched_here))
+            Ok(served(proxy, context, entry.response(false, !fetched_here)))
         }
         Ok(_) => {
             let mut response = forward::forward(
@@ -172,6 +172,17 @@ pub(super) async fn serve<'r>(
             }
         },
     }
+}
+
+/// A stored answer as a request takes it: its bytes count against the request's byte
+/// quotas like an upstream's would (the fetcher's were counted while they were read).
+fn served(
+    proxy: &Proxy,
+    context: &mut Context<'_>,
+    response: Response<ResponseBody>,
+) -> Response<ResponseBody> {
+    let (parts, body) = response.into_parts();
+    Response::from_parts(parts, forward::meter(proxy, context, body))
 }
 
 /// A fetched response: an entry when it may be stored (its body read, within the rule's
@@ -242,13 +253,7 @@ fn request_directives<B>(request: &Request<B>) -> Directives {
     directives
 }
 
-fn key<B>(
-    rule: &Rule,
-    request: &Request<B>,
-    rewrite: &Rewrite,
-    settings: &Settings,
-    context: &Context<'_>,
-) -> Key {
+fn key<B>(rule: &Rule, request: &Request<B>, rewrite: &Rewrite, settings: &Settings) -> Key {
     let host = rewrite
         .authority
         .as_ref()
@@ -269,13 +274,9 @@ fn key<B>(
         }
         extra.push(0);
     }
-    // A compressed and a plain answer are different entries.
-    if let Some(accept) = &context.accept_encoding {
-        extra.extend_from_slice(accept.as_bytes());
-    }
-    extra.push(0);
     Key {
         route: std::sync::Arc::from(&*rule.route),
+        scope: settings.scope,
         host: host.into(),
         target: target.into(),
         extra: extra.into(),

@@ -62,7 +62,7 @@ pub(super) async fn serve(
     } else {
         Some(type_and_id(&path)?)
     };
-    let limit = proxy.shared.limits.max_body_bytes;
+    let limit = super::transform::body_limit(rule, &proxy.shared.limits);
     let body = Limited::new(
         request.into_body(),
         usize::try_from(limit).unwrap_or(usize::MAX),

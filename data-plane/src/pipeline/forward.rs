@@ -55,7 +55,9 @@ pub(super) async fn forward<'r>(
         let try_deadline = retry
             .per_try_timeout
             .map_or(deadline, |t| deadline.min(Instant::now() + t));
-        let outcome = attempt_once(proxy, rule, target, upstream, try_deadline).await;
+        // The per-try timeout is the backend's doing; a client's own short deadline is not.
+        let blame = try_deadline < deadline || rule_deadline_applies(rule, context);
+        let outcome = attempt_once(proxy, rule, target, upstream, try_deadline, blame).await;
         let failure = match &outcome {
             Ok(Ok(response)) if response.status().is_server_error() => {
                 Some(Failure::Status(response.status()))
@@ -74,10 +76,19 @@ pub(super) async fn forward<'r>(
                 && Instant::now() < deadline
                 && retry.budget.try_retry()
         });
-        if !again {
-            let response = conclude(proxy, rule, target, context, outcome)?;
+        // The next backend, chosen before this answer is let go: when none is left, this
+        // answer is the client's.
+        let next = match (&rule.upstream, again) {
+            (_, false) => None,
+            (Upstream::Backends(backends), true) => {
+                backends.pick(context.hash_key, Some(target.slot))
+            }
+            (Upstream::Service(_), true) => Some(target),
+        };
+        let Some(next) = next else {
+            let response = conclude(proxy, rule, target, context, outcome, blame)?;
             return Ok(finish(proxy, response, context));
-        }
+        };
         let route = &*rule.route;
         proxy
             .shared
@@ -96,15 +107,16 @@ pub(super) async fn forward<'r>(
         let pause = retry.backoff(retries);
         tokio::time::sleep_until(deadline.min(Instant::now() + pause)).await;
         retries += 1;
-        if let Upstream::Backends(backends) = &rule.upstream {
-            target = backends
-                .pick(context.hash_key, Some(target.slot))
-                .ok_or_else(|| Deny::NoHealthyUpstream {
-                    route: rule.route.to_string(),
-                })?;
-            context.target = Some(target);
-        }
+        target = next;
+        context.target = Some(target);
     }
+}
+
+/// Whether the rule's own timeout is the deadline (rather than a gRPC client's shorter
+/// one): only then does a timeout count against the backend — a client cannot open a
+/// circuit or eject a backend by asking for the impossible.
+fn rule_deadline_applies(rule: &Rule, context: &Context<'_>) -> bool {
+    context.grpc_timeout.is_none_or(|t| t >= rule.timeout)
 }
 
 /// When the upstream's response head must have arrived: the rule's timeout, or a gRPC
@@ -179,11 +191,12 @@ pub(super) fn prepare(
             .unwrap_or(client.addr.ip())
     });
     let mut upstream = upstream_request(request, target, rewrite, behind_proxy, context)?;
-    // Only the gateway states identities and tenants; rules with auth put theirs in now.
-    headers::strip_protected(upstream.headers_mut(), &runtime.identity_headers);
+    // The rule's header edits first, then what only the gateway states is removed — an
+    // edit cannot forge an identity or claim header — and the rule's identity put in.
     if let Some(transform) = &rule.transform {
         transform.request_headers.apply(upstream.headers_mut());
     }
+    headers::strip_protected(upstream.headers_mut(), &runtime.identity_headers);
     if let (Some(auth), Some(identity)) = (&rule.auth, &context.identity) {
         auth.decorate(upstream.headers_mut(), identity);
     }
@@ -209,19 +222,24 @@ async fn attempt_once(
     target: &Target,
     upstream: Request<RequestBody>,
     deadline: Instant,
-) -> Result<Result<Response<ResponseBody>, UpstreamError>, tokio::time::error::Elapsed> {
+    blame_timeout: bool,
+) -> Outcome {
     let sending = proxy.upstreams.send(target, upstream);
-    attempt(rule, target, sending, deadline).await
+    attempt(rule, target, sending, deadline, blame_timeout).await
 }
 
+/// An attempt's result: the response head, the upstream's failure, or the deadline.
+type Outcome = Result<Result<Response<ResponseBody>, UpstreamError>, tokio::time::error::Elapsed>;
+
 /// Runs `sending` within `deadline`, counted in flight on its backend, and reports the
-/// outcome to passive health.
+/// outcome to passive health (`blame_timeout`: whether a timeout is the backend's).
 async fn attempt(
     rule: &Rule,
     target: &Target,
     sending: impl Future<Output = Result<Response<ResponseBody>, UpstreamError>>,
     deadline: Instant,
-) -> Result<Result<Response<ResponseBody>, UpstreamError>, tokio::time::error::Elapsed> {
+    blame_timeout: bool,
+) -> Outcome {
     let backends = match &rule.upstream {
         Upstream::Backends(backends) => Some(backends),
         Upstream::Service(_) => None,
@@ -230,21 +248,20 @@ async fn attempt(
         .and_then(|b| b.endpoint(target))
         .map(InFlight::enter);
     let outcome = tokio::time::timeout_at(deadline, sending).await;
-    if let (Some(backends), Some(ok)) = (backends, succeeded(&outcome)) {
+    if let (Some(backends), Some(ok)) = (backends, succeeded(&outcome, blame_timeout)) {
         backends.report(target, ok);
     }
     outcome
 }
 
-/// Whether an attempt went well for its backend; `None` when the client's own body
-/// failed, which says nothing about the backend.
-fn succeeded(
-    outcome: &Result<Result<Response<ResponseBody>, UpstreamError>, tokio::time::error::Elapsed>,
-) -> Option<bool> {
+/// Whether an attempt went well for its backend; `None` when the outcome says nothing
+/// about it: the client's own body failed, or the client's own deadline passed.
+fn succeeded(outcome: &Outcome, blame_timeout: bool) -> Option<bool> {
     match outcome {
         Ok(Ok(response)) => Some(!response.status().is_server_error()),
         Ok(Err(UpstreamError::ClientBody(_) | UpstreamError::BodyTooLarge)) => None,
-        Ok(Err(_)) | Err(_) => Some(false),
+        Ok(Err(_)) => Some(false),
+        Err(_) => blame_timeout.then_some(false),
     }
 }
 
@@ -256,8 +273,9 @@ pub(super) async fn exchange(
     context: &mut Context<'_>,
     sending: impl Future<Output = Result<Response<ResponseBody>, UpstreamError>>,
 ) -> Result<Response<ResponseBody>, Deny> {
-    let outcome = attempt(rule, target, sending, deadline(rule, context)).await;
-    conclude(proxy, rule, target, context, outcome)
+    let blame = rule_deadline_applies(rule, context);
+    let outcome = attempt(rule, target, sending, deadline(rule, context), blame).await;
+    conclude(proxy, rule, target, context, outcome, blame)
 }
 
 /// The request's last attempt: its verdict goes to the concurrency limit and the circuit
@@ -267,9 +285,10 @@ fn conclude(
     rule: &Rule,
     target: &Target,
     context: &mut Context<'_>,
-    outcome: Result<Result<Response<ResponseBody>, UpstreamError>, tokio::time::error::Elapsed>,
+    outcome: Outcome,
+    blame_timeout: bool,
 ) -> Result<Response<ResponseBody>, Deny> {
-    let ok = succeeded(&outcome);
+    let ok = succeeded(&outcome, blame_timeout);
     match (context.permit.take(), ok) {
         // The client's own fault says nothing about the upstream: no sample.
         (Some(permit), None) => drop(permit),
@@ -315,28 +334,28 @@ pub(super) fn finish(
     {
         body = crate::body::Idle::wrap(body, shared.stream_idle_timeout);
     }
-    if !context.byte_targets.is_empty() {
-        let targets = std::mem::take(&mut context.byte_targets);
-        let shared = proxy.shared.clone();
-        body = Metered::wrap(
-            body,
-            Box::new(move |bytes| shared.limiter.add_bytes(&targets, bytes)),
-        );
-    }
+    body = meter(proxy, context, body);
     headers::strip_hop_by_hop(&mut parts.headers, false);
     let rule = context.rule;
     if let Some(transform) = rule.and_then(|r| r.transform.as_ref()) {
         transform.response_headers.apply(&mut parts.headers);
     }
     parts.version = Version::HTTP_11;
-    let response = Response::from_parts(parts, body);
-    match (
-        rule.and_then(|r| r.compression.as_ref()),
-        &context.accept_encoding,
-    ) {
-        (Some(compression), Some(accept)) => compression.apply(accept, response),
-        _ => response,
+    Response::from_parts(parts, body)
+}
+
+/// The body, counted against the request's byte quotas when it has any (once: the targets
+/// are taken).
+pub(super) fn meter(proxy: &Proxy, context: &mut Context<'_>, body: ResponseBody) -> ResponseBody {
+    if context.byte_targets.is_empty() {
+        return body;
     }
+    let targets = std::mem::take(&mut context.byte_targets);
+    let shared = proxy.shared.clone();
+    Metered::wrap(
+        body,
+        Box::new(move |bytes| shared.limiter.add_bytes(&targets, bytes)),
+    )
 }
 
 /// An upstream exchange that failed, as the client is told; logged as the upstream's

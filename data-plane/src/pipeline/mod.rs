@@ -351,10 +351,13 @@ impl Proxy {
         request
             .body_mut()
             .limit_to(transform::body_limit(rule, &shared.limits));
-        if rule.cache.is_some() {
+        let response = if rule.cache.is_some() {
             context.trace.phase("cache");
-            return cache::serve(self, runtime, rule, target, request, &rewrite, context).await;
-        }
-        forward::forward(self, runtime, rule, target, request, &rewrite, context).await
+            cache::serve(self, runtime, rule, target, request, &rewrite, context).await?
+        } else {
+            forward::forward(self, runtime, rule, target, request, &rewrite, context).await?
+        };
+        // Compressed last: the cache keeps (and serves from) the plain answer.
+        Ok(transform::response(rule, context, response))
     }
 }

@@ -1,5 +1,6 @@
 //! The rule's say over what the backend is asked for: its own body limit, a rewritten
-//! path and host; and the client's `Accept-Encoding`, kept for the response's compression. (Header edits are applied where the upstream request and response are
+//! path and host; and, on the way back, the response's compression by the client's
+//! `Accept-Encoding`. (Header edits are applied where the upstream request and response are
 //! made, in `forward`.)
 
 use http::Request;
@@ -75,4 +76,17 @@ pub(super) fn request<B>(
         rewrite.host = Some(host.clone());
     }
     Ok(())
+}
+
+/// The answer as the client may take it: compressed when the rule compresses and the client
+/// accepts an encoding.
+pub(super) fn response(
+    rule: &Rule,
+    context: &Context<'_>,
+    response: http::Response<crate::body::ResponseBody>,
+) -> http::Response<crate::body::ResponseBody> {
+    match (&rule.compression, &context.accept_encoding) {
+        (Some(compression), Some(accept)) => compression.apply(accept, response),
+        _ => response,
+    }
 }

@@ -6,6 +6,12 @@
 //! opens it again. Lock-free: the request path only touches atomics.
 
 use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
+
+/// The half-open round (high 32 bits) and the probes let through in it (low 32 bits), in
+/// one word: a probe of an earlier round can never touch a later round's count.
+fn round_of(probes: u64) -> u32 {
+    (probes >> 32) as u32
+}
 use std::time::Duration;
 
 use pavilion_proto as proto;
@@ -54,7 +60,8 @@ pub struct Breaker {
     window_requests: AtomicU32,
     window_failures: AtomicU32,
     opened_at: AtomicU64,
-    probes_started: AtomicU32,
+    /// See [`round_of`].
+    probes_started: AtomicU64,
     probes_passed: AtomicU32,
     gauge: IntGauge,
     transitions: IntCounterVec,
@@ -63,7 +70,8 @@ pub struct Breaker {
 /// A request let through, to be settled with its outcome.
 pub struct Ticket<'b> {
     breaker: &'b Breaker,
-    probe: bool,
+    /// The half-open round this probe belongs to; `None` for a request of a closed circuit.
+    probe: Option<u32>,
     settled: bool,
 }
 
@@ -76,9 +84,14 @@ impl Ticket<'_> {
 
 impl Drop for Ticket<'_> {
     fn drop(&mut self) {
-        // A probe whose request went away unanswered frees its place for another.
-        if self.probe && !self.settled {
-            self.breaker.probes_started.fetch_sub(1, Ordering::Relaxed);
+        // A probe whose request went away unanswered frees its place for another — in its
+        // own round only.
+        if let (Some(round), false) = (self.probe, self.settled) {
+            let _ = self.breaker.probes_started.fetch_update(
+                Ordering::AcqRel,
+                Ordering::Acquire,
+                |probes| (round_of(probes) == round && probes as u32 > 0).then(|| probes - 1),
+            );
         }
     }
 }
@@ -107,7 +120,7 @@ impl Breaker {
             window_requests: AtomicU32::new(0),
             window_failures: AtomicU32::new(0),
             opened_at: AtomicU64::new(0),
-            probes_started: AtomicU32::new(0),
+            probes_started: AtomicU64::new(0),
             probes_passed: AtomicU32::new(0),
             gauge,
             transitions,
@@ -129,26 +142,34 @@ impl Breaker {
             }
             if self.turn(State::Open, State::HalfOpen) {
                 self.probes_passed.store(0, Ordering::Relaxed);
-                self.probes_started.store(0, Ordering::Release);
+                // A new round with no probe yet.
+                let _ = self.probes_started.fetch_update(
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                    |probes| Some(u64::from(round_of(probes).wrapping_add(1)) << 32),
+                );
             }
             state = self.state();
         }
         match state {
             State::Closed => Ok(Ticket {
                 breaker: self,
-                probe: false,
+                probe: None,
                 settled: false,
             }),
             State::HalfOpen => {
-                if self.probes_started.fetch_add(1, Ordering::AcqRel) < self.probes {
-                    Ok(Ticket {
+                let taken = self.probes_started.fetch_update(
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                    |probes| ((probes as u32) < self.probes).then(|| probes + 1),
+                );
+                match taken {
+                    Ok(probes) => Ok(Ticket {
                         breaker: self,
-                        probe: true,
+                        probe: Some(round_of(probes)),
                         settled: false,
-                    })
-                } else {
-                    self.probes_started.fetch_sub(1, Ordering::Relaxed);
-                    Err(Duration::from_secs(1))
+                    }),
+                    Err(_) => Err(Duration::from_secs(1)),
                 }
             }
             // Reopened by a failed probe meanwhile.
@@ -156,8 +177,14 @@ impl Breaker {
         }
     }
 
-    fn record(&self, probe: bool, ok: bool) {
-        if probe {
+    fn record(&self, probe: Option<u32>, ok: bool) {
+        if let Some(round) = probe {
+            // A probe of an earlier round says nothing about this one.
+            if round_of(self.probes_started.load(Ordering::Acquire)) != round
+                || self.state() != State::HalfOpen
+            {
+                return;
+            }
             if !ok {
                 self.open(State::HalfOpen);
             } else if self.probes_passed.fetch_add(1, Ordering::AcqRel) + 1 >= self.probes
@@ -286,6 +313,31 @@ mod tests {
         let second = b.admit().expect("a probe that went away frees its place");
         first.settle(true);
         assert_eq!(b.state(), State::HalfOpen);
+        second.settle(true);
+        assert_eq!(b.state(), State::Closed);
+    }
+
+    #[test]
+    fn a_probe_of_an_earlier_round_never_wedges_the_next() {
+        let b = breaker(proto::CircuitBreaker {
+            consecutive_failures: 1,
+            open_for_ms: 20,
+            half_open_probes: 2,
+            ..Default::default()
+        });
+        b.admit().unwrap().settle(false);
+        std::thread::sleep(Duration::from_millis(25));
+        let slow = b.admit().unwrap();
+        b.admit().unwrap().settle(false);
+        assert_eq!(b.state(), State::Open, "a failed probe reopened it");
+        std::thread::sleep(Duration::from_millis(25));
+        let first = b.admit().expect("a new round");
+        drop(slow);
+        let second = b
+            .admit()
+            .expect("the old probe did not free a place of this round");
+        assert!(b.admit().is_err(), "still two probes per round");
+        first.settle(true);
         second.settle(true);
         assert_eq!(b.state(), State::Closed);
     }
