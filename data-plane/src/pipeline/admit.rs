@@ -27,6 +27,8 @@ pub struct Admitted<'r> {
 }
 
 /// What forwarding keeps of an admitted request, owned, so the request itself can move on.
+/// Moved into the upstream request (a clone per attempt only when retrying).
+#[derive(Clone)]
 pub struct Rewrite {
     /// See [`Admitted::authority`].
     pub authority: Option<HeaderValue>,

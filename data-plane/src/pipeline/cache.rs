@@ -35,11 +35,20 @@ pub(super) async fn serve<'r>(
     rule: &'r Rule,
     target: &'r Target,
     request: Request<RequestBody>,
-    rewrite: &Rewrite,
+    rewrite: Rewrite,
     context: &mut Context<'r>,
 ) -> Result<Response<ResponseBody>, Deny> {
     let Some(settings) = rule.cache.as_deref() else {
-        return forward::forward(proxy, runtime, rule, target, request, rewrite, context).await;
+        return forward::forward(
+            proxy,
+            runtime,
+            rule,
+            target,
+            request,
+            rewrite.clone(),
+            context,
+        )
+        .await;
     };
     let directives = request_directives(&request);
     let storable_request = matches!(*request.method(), Method::GET | Method::HEAD)
@@ -47,10 +56,19 @@ pub(super) async fn serve<'r>(
         && !request.headers().contains_key(RANGE)
         && !directives.no_store;
     if !storable_request {
-        return forward::forward(proxy, runtime, rule, target, request, rewrite, context).await;
+        return forward::forward(
+            proxy,
+            runtime,
+            rule,
+            target,
+            request,
+            rewrite.clone(),
+            context,
+        )
+        .await;
     }
     let store = &proxy.shared.cache;
-    let key = key(rule, &request, rewrite, settings);
+    let key = key(rule, &request, &rewrite, settings);
     let head = request.method() == Method::HEAD;
     let authenticated = context.identity.is_some() || request.headers().contains_key(AUTHORIZATION);
     let counter = |result: &str| {
@@ -78,8 +96,16 @@ pub(super) async fn serve<'r>(
     // (never shares an answer it may not see), one that asked for a fresh answer.
     if head || authenticated || directives.no_cache {
         let request_headers = request.headers().clone();
-        let response =
-            forward::forward(proxy, runtime, rule, target, request, rewrite, context).await?;
+        let response = forward::forward(
+            proxy,
+            runtime,
+            rule,
+            target,
+            request,
+            rewrite.clone(),
+            context,
+        )
+        .await?;
         if head {
             let mut response = response;
             cache::mark(&mut response, false);
@@ -110,10 +136,17 @@ pub(super) async fn serve<'r>(
         .try_get_with(key, async {
             fetcher.store(true, Ordering::Relaxed);
             let request = request.take().unwrap_or_else(|| again.again());
-            let response =
-                forward::forward(proxy, runtime, rule, target, request, rewrite, context)
-                    .await
-                    .map_err(Unstored::Denied)?;
+            let response = forward::forward(
+                proxy,
+                runtime,
+                rule,
+                target,
+                request,
+                rewrite.clone(),
+                context,
+            )
+            .await
+            .map_err(Unstored::Denied)?;
             match fetched(response, settings, false, &request_headers, rule).await {
                 Ok(Ok(entry)) => Ok(std::sync::Arc::new(entry)),
                 Ok(Err(response)) => Err(Unstored::Pass(Mutex::new(Some(response)))),

@@ -29,7 +29,7 @@ pub(super) async fn forward<'r>(
     rule: &'r Rule,
     target: &'r Target,
     request: Request<RequestBody>,
-    rewrite: &Rewrite,
+    rewrite: Rewrite,
     context: &mut Context<'r>,
 ) -> Result<Response<ResponseBody>, Deny> {
     // Only a request without a body can be sent twice.
@@ -43,6 +43,25 @@ pub(super) async fn forward<'r>(
         let response = exchange(proxy, rule, target, context, sending).await?;
         return Ok(finish(proxy, response, context));
     };
+    // Boxed: the retry loop must not grow the common path's future.
+    Box::pin(retrying(
+        proxy, runtime, rule, target, request, rewrite, context, retry,
+    ))
+    .await
+}
+
+/// The attempts of a request on a rule with `retry`.
+#[allow(clippy::too_many_arguments)]
+async fn retrying<'r>(
+    proxy: &Proxy,
+    runtime: &Runtime,
+    rule: &'r Rule,
+    target: &'r Target,
+    request: Request<RequestBody>,
+    rewrite: Rewrite,
+    context: &mut Context<'r>,
+    retry: &crate::upstream::retry::RetryPolicy,
+) -> Result<Response<ResponseBody>, Deny> {
     retry.budget.request();
     let head = RequestHead::of(&request);
     let mut request = Some(request);
@@ -50,7 +69,15 @@ pub(super) async fn forward<'r>(
     let mut retries = 0;
     loop {
         let attempt = request.take().unwrap_or_else(|| head.again());
-        let upstream = prepare(proxy, runtime, rule, target, attempt, rewrite, context)?;
+        let upstream = prepare(
+            proxy,
+            runtime,
+            rule,
+            target,
+            attempt,
+            rewrite.clone(),
+            context,
+        )?;
         let deadline = deadline(rule, context);
         let try_deadline = retry
             .per_try_timeout
@@ -177,7 +204,7 @@ pub(super) fn prepare(
     rule: &Rule,
     target: &Target,
     request: Request<RequestBody>,
-    rewrite: &Rewrite,
+    rewrite: Rewrite,
     context: &Context<'_>,
 ) -> Result<Request<RequestBody>, Deny> {
     let shared = &*proxy.shared;
@@ -402,14 +429,14 @@ fn failed(
 fn upstream_request(
     request: Request<RequestBody>,
     target: &Target,
-    rewrite: &Rewrite,
+    rewrite: Rewrite,
     behind_proxy: Option<IpAddr>,
     context: &Context<'_>,
 ) -> Result<Request<RequestBody>, Deny> {
     let trace = &context.trace;
-    let original_host = rewrite.authority.clone();
+    let original_host = rewrite.authority;
     let (mut parts, body) = request.into_parts();
-    let path_and_query = match rewrite.path.clone() {
+    let path_and_query = match rewrite.path {
         // Origin-form as received; an absolute-form target without a path
         // (`http://a.test?x=1`) still gets its `/`.
         None => match parts.uri.path_and_query() {
@@ -458,7 +485,7 @@ fn upstream_request(
         Protocol::Http1 | Protocol::Https => {
             parts.version = Version::HTTP_11;
             // HTTP/1.1 requires a Host; an HTTP/1.0 client may not have sent one.
-            let host = rewrite.host.clone().or(original_host).unwrap_or_else(|| {
+            let host = rewrite.host.or(original_host).unwrap_or_else(|| {
                 HeaderValue::from_str(target.authority.as_str())
                     .expect("an authority is a valid header value")
             });

@@ -338,14 +338,19 @@ impl Proxy {
         quota::take(shared, rule, &request, context).await?;
         if let Some(window) = rule.commands {
             context.trace.phase("command");
-            return command::serve(self, rule, target, request, window, context).await;
+            // Rare paths are boxed where they start: they must not grow the common path's
+            // future, which is copied into a box for every request.
+            return Box::pin(command::serve(self, rule, target, request, window, context)).await;
         }
         let mut rewrite = admitted.into_rewrite();
         context.trace.phase("transform");
         transform::request(rule, &request, &mut rewrite, context)?;
         context.trace.phase("upstream");
         if websocket::wanted(rule, &request) {
-            return websocket::tunnel(self, runtime, rule, target, request, rewrite, context).await;
+            return Box::pin(websocket::tunnel(
+                self, runtime, rule, target, request, rewrite, context,
+            ))
+            .await;
         }
         let mut request = request;
         request
@@ -353,11 +358,51 @@ impl Proxy {
             .limit_to(transform::body_limit(rule, &shared.limits));
         let response = if rule.cache.is_some() {
             context.trace.phase("cache");
-            cache::serve(self, runtime, rule, target, request, &rewrite, context).await?
+            Box::pin(cache::serve(
+                self, runtime, rule, target, request, rewrite, context,
+            ))
+            .await?
         } else {
-            forward::forward(self, runtime, rule, target, request, &rewrite, context).await?
+            forward::forward(self, runtime, rule, target, request, rewrite, context).await?
         };
         // Compressed last: the cache keeps (and serves from) the plain answer.
         Ok(transform::response(rule, context, response))
+    }
+}
+
+#[cfg(test)]
+mod size {
+    use super::*;
+
+    /// How big the request path's future is: hyper moves it into a box per request, so every
+    /// byte is copied on every request. Rare paths (cache, WebSocket, commands, gRPC-Web,
+    /// retries) are boxed where they start so that they do not grow the common one.
+    #[test]
+    fn the_request_future_stays_small() {
+        let metrics = Metrics::new();
+        let config = crate::Config::local();
+        let limiter = Limiter::new(
+            &config.rate_limit,
+            None,
+            crate::ratelimit::LimiterMetrics::new(&prometheus::Registry::new()),
+        );
+        let shared = Arc::new(Shared::new(metrics, &config, limiter, Commands::new(None)));
+        let tls = crate::upstream::tls_config(&config.upstream).unwrap();
+        let proxy = Proxy::new(shared, Upstreams::new(&config.upstream, tls));
+        let runtime = Runtime::empty();
+        let peer = Peer::new("127.0.0.1:1".parse().unwrap(), 80, false);
+        let request_id = HeaderValue::from_static("id");
+        let mut context = Context::new(
+            &peer,
+            false,
+            request_id.clone(),
+            Instant::now(),
+            crate::trace::Trace::none(&request_id),
+        );
+        let request = Request::new(RequestBody::full(bytes::Bytes::new()));
+        let phases = proxy.phases(&runtime, request, &mut context);
+        let size = std::mem::size_of_val(&phases);
+        println!("phases future: {size} bytes");
+        assert!(size < 8192, "the request path's future is {size} bytes");
     }
 }

@@ -62,7 +62,7 @@ pub(super) async fn tunnel<'r>(
     request
         .body_mut()
         .limit_to(super::transform::body_limit(rule, &proxy.shared.limits));
-    let mut upstream = forward::prepare(proxy, runtime, rule, target, request, &rewrite, context)?;
+    let mut upstream = forward::prepare(proxy, runtime, rule, target, request, rewrite, context)?;
     // `prepare` removed the hop-by-hop fields; this hop's upgrade is the one stated here.
     let headers = upstream.headers_mut();
     headers.insert(CONNECTION, UPGRADE_TOKEN.clone());
