@@ -89,8 +89,9 @@ impl Drop for Cleanup {
         let _ = docker(&["service", "rm", UPSTREAM]);
         // The stack's network and secrets go once its tasks are gone.
         for _ in 0..30 {
-            let left = docker(&["ps", "-q", "--filter", &format!("name={STACK}_")]);
-            if left.stdout.is_empty() {
+            let stack = docker(&["ps", "-q", "--filter", &format!("name={STACK}_")]);
+            let upstream = docker(&["ps", "-q", "--filter", &format!("name={UPSTREAM}")]);
+            if stack.stdout.is_empty() && upstream.stdout.is_empty() {
                 break;
             }
             std::thread::sleep(Duration::from_millis(500));
@@ -110,6 +111,15 @@ impl Drop for Cleanup {
             let _ = docker(&["swarm", "leave", "--force"]);
         }
         if let Some(dockerd) = &mut self.dockerd {
+            // SIGTERM first: dockerd stops its containers (a SIGKILL would orphan their
+            // processes); bounded, then killed.
+            dockerd.signal_terminate();
+            for _ in 0..40 {
+                if !dockerd.is_running() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(500));
+            }
             dockerd.kill();
         }
     }
