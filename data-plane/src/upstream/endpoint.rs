@@ -139,6 +139,8 @@ impl Endpoint {
         if failures < passive.consecutive_failures || self.is_ejected(now) {
             return;
         }
+        // Counted, not claimed: two workers failing two backends at the same instant can
+        // both pass this check and exceed the share by one (a shared claim is future work).
         let ejected = siblings.iter().filter(|e| e.is_ejected(now)).count();
         let allowed = siblings.len() * passive.max_ejected_percent as usize / 100;
         if ejected + 1 > allowed {
