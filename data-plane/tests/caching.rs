@@ -110,14 +110,9 @@ fn settings() -> proto::Cache {
 }
 
 async fn send(dp: &DataPlane, method: &str, path: &str, headers: &[(&str, &str)]) -> Reply {
-    let mut request = Request::builder()
-        .method(method)
-        .uri(format!("http://{}{path}", dp.addr));
-    for (name, value) in headers {
-        request = request.header(*name, *value);
-    }
+    let url = format!("http://{}{path}", dp.addr);
     HttpClient::http1()
-        .send(request.body(Full::default()).unwrap())
+        .call(method, &url, headers, Bytes::new())
         .await
         .unwrap()
 }

@@ -2,8 +2,7 @@
 //! method they ask about, never reaching the upstream), refused ones as 403 naming the
 //! policy, actual responses with the headers for allowed origins only and `Vary: Origin`.
 
-use http::Request;
-use http_body_util::Full;
+use bytes::Bytes;
 use pavilion_data::{Config, DataPlane};
 use pavilion_proto as proto;
 use pavilion_tests::Upstream;
@@ -37,14 +36,9 @@ async fn gateway(upstream: &Upstream) -> DataPlane {
 }
 
 async fn send(dp: &DataPlane, method: &str, path: &str, headers: &[(&str, &str)]) -> Reply {
-    let mut request = Request::builder()
-        .method(method)
-        .uri(format!("http://{}{path}", dp.addr));
-    for (name, value) in headers {
-        request = request.header(*name, *value);
-    }
+    let url = format!("http://{}{path}", dp.addr);
     HttpClient::http1()
-        .send(request.body(Full::default()).unwrap())
+        .call(method, &url, headers, Bytes::new())
         .await
         .unwrap()
 }

@@ -78,14 +78,9 @@ async fn data_plane(rule: proto::Rule) -> DataPlane {
 }
 
 async fn send(dp: &DataPlane, method: &str, path: &str, headers: &[(&str, &str)]) -> Reply {
-    let mut request = Request::builder()
-        .method(method)
-        .uri(format!("http://{}{path}", dp.addr));
-    for (name, value) in headers {
-        request = request.header(*name, *value);
-    }
+    let url = format!("http://{}{path}", dp.addr);
     HttpClient::http1()
-        .send(request.body(Full::default()).unwrap())
+        .call(method, &url, headers, Bytes::new())
         .await
         .unwrap()
 }
@@ -195,12 +190,9 @@ async fn least_request_sends_less_to_the_slow_backend() {
     );
 }
 
-#[tokio::test]
-async fn active_checks_take_backends_out_and_back() {
-    let a = Upstream::start("a").await.unwrap();
-    let b = Upstream::start("b").await.unwrap();
-    let mut rule = rule_to(&backends(&[&a.url(), &b.url()]));
-    rule.health_check = Some(proto::HealthCheck {
+/// Active checks of `/readiness` every 50 ms, two results in a row to turn.
+fn readiness_checks() -> Option<proto::HealthCheck> {
+    Some(proto::HealthCheck {
         active: Some(proto::ActiveCheck {
             path: "/readiness".into(),
             interval_ms: 50,
@@ -209,15 +201,31 @@ async fn active_checks_take_backends_out_and_back() {
             unhealthy_threshold: 2,
         }),
         passive: None,
-    });
+    })
+}
+
+async fn first_backend_unhealthy(dp: &DataPlane) {
+    eventually(
+        "the first backend fails its checks",
+        Duration::from_secs(5),
+        || async {
+            let state = admin_upstreams(dp).await;
+            (state["rules"][0]["backends"][0]["healthy"] == false).then_some(())
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn active_checks_take_backends_out_and_back() {
+    let a = Upstream::start("a").await.unwrap();
+    let b = Upstream::start("b").await.unwrap();
+    let mut rule = rule_to(&backends(&[&a.url(), &b.url()]));
+    rule.health_check = readiness_checks();
     let dp = data_plane(rule).await;
 
     a.set_not_ready("draining");
-    eventually("a fails its checks", Duration::from_secs(5), || async {
-        let state = admin_upstreams(&dp).await;
-        (state["rules"][0]["backends"][0]["healthy"] == false).then_some(())
-    })
-    .await;
+    first_backend_unhealthy(&dp).await;
     for _ in 0..20 {
         assert_eq!(get(&dp, "/fast").await.header("x-upstream"), Some("b"));
     }
@@ -261,22 +269,9 @@ async fn active_checks_take_backends_out_and_back() {
 
     // A new snapshot keeps the checks' verdicts (and does not start a second checker).
     a.set_not_ready("again");
-    eventually("a fails again", Duration::from_secs(5), || async {
-        let state = admin_upstreams(&dp).await;
-        (state["rules"][0]["backends"][0]["healthy"] == false).then_some(())
-    })
-    .await;
+    first_backend_unhealthy(&dp).await;
     let mut same = rule_to(&backends(&[&a.url(), &b.url()]));
-    same.health_check = Some(proto::HealthCheck {
-        active: Some(proto::ActiveCheck {
-            path: "/readiness".into(),
-            interval_ms: 50,
-            timeout_ms: 50,
-            healthy_threshold: 2,
-            unhealthy_threshold: 2,
-        }),
-        passive: None,
-    });
+    same.health_check = readiness_checks();
     dp.apply(snapshot("v2", vec![route("shop/orders", &[], vec![same])]))
         .await
         .unwrap();

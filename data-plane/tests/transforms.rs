@@ -2,8 +2,6 @@
 //! regex rewrites, host rewrite, request and response header edits, per-rule body limits.
 
 use bytes::Bytes;
-use http::Request;
-use http_body_util::Full;
 use pavilion_data::{Config, DataPlane};
 use pavilion_proto as proto;
 use pavilion_tests::Upstream;
@@ -32,14 +30,9 @@ async fn send(
     headers: &[(&str, &str)],
     body: &'static [u8],
 ) -> Reply {
-    let mut request = Request::builder()
-        .method(method)
-        .uri(format!("http://{}{path}", dp.addr));
-    for (name, value) in headers {
-        request = request.header(*name, *value);
-    }
+    let url = format!("http://{}{path}", dp.addr);
     HttpClient::http1()
-        .send(request.body(Full::new(Bytes::from_static(body))).unwrap())
+        .call(method, &url, headers, Bytes::from_static(body))
         .await
         .unwrap()
 }

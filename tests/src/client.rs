@@ -69,11 +69,22 @@ impl HttpClient {
 
     /// GET `url` with extra `headers`.
     pub async fn get_with(&self, url: &str, headers: &[(&str, &str)]) -> Result<Reply, String> {
-        let mut request = Request::get(url);
+        self.call("GET", url, headers, Bytes::new()).await
+    }
+
+    /// `method` to `url` with extra `headers` and `body`.
+    pub async fn call(
+        &self,
+        method: &str,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: Bytes,
+    ) -> Result<Reply, String> {
+        let mut request = Request::builder().method(method).uri(url);
         for (name, value) in headers {
             request = request.header(*name, *value);
         }
-        self.send(request.body(Full::default()).expect("valid request"))
+        self.send(request.body(Full::new(body)).map_err(|e| e.to_string())?)
             .await
     }
 

@@ -155,42 +155,23 @@ pub(super) async fn serve<'r>(
         })
         .await;
     let fetched_here = fetcher.load(Ordering::Relaxed);
-    match loaded {
+    let mut own = match loaded {
         // Served from another request's fetch: as good as a hit — when it is this
         // request's variant.
         Ok(entry) if fetched_here || entry.matches(&request_headers) => {
-            Ok(served(proxy, context, entry.response(false, !fetched_here)))
-        }
-        Ok(_) => {
-            let mut response = forward::forward(
-                proxy,
-                runtime,
-                rule,
-                target,
-                again.again(),
-                rewrite,
-                context,
-            )
-            .await?;
-            cache::mark(&mut response, false);
-            Ok(response)
+            return Ok(served(proxy, context, entry.response(false, !fetched_here)));
         }
         Err(unstored) => match &*unstored {
-            Unstored::Denied(deny) => Err(deny.clone()),
+            Unstored::Denied(deny) => return Err(deny.clone()),
             Unstored::Pass(slot) if fetched_here => {
                 let taken = slot.lock().unwrap_or_else(|p| p.into_inner()).take();
-                match taken {
-                    Some(mut response) => {
-                        cache::mark(&mut response, false);
-                        Ok(response)
-                    }
-                    None => Err(Deny::UpstreamFailed {
-                        route: rule.route.to_string(),
-                    }),
-                }
+                taken.ok_or_else(|| Deny::UpstreamFailed {
+                    route: rule.route.to_string(),
+                })?
             }
+            // Another request's answer that may not be shared: this one asks for its own.
             Unstored::Pass(_) => {
-                let mut response = forward::forward(
+                forward::forward(
                     proxy,
                     runtime,
                     rule,
@@ -199,12 +180,25 @@ pub(super) async fn serve<'r>(
                     rewrite,
                     context,
                 )
-                .await?;
-                cache::mark(&mut response, false);
-                Ok(response)
+                .await?
             }
         },
-    }
+        // Another variant was fetched meanwhile: this one asks for its own.
+        Ok(_) => {
+            forward::forward(
+                proxy,
+                runtime,
+                rule,
+                target,
+                again.again(),
+                rewrite,
+                context,
+            )
+            .await?
+        }
+    };
+    cache::mark(&mut own, false);
+    Ok(own)
 }
 
 /// A stored answer as a request takes it: its bytes count against the request's byte

@@ -125,8 +125,8 @@ impl Upstreams {
                 Err(error) => Err(UpstreamError::Failed(error.to_string())),
             },
             Protocol::H2c => from_hyper(self.h2c.request(request).await),
-            Protocol::Https => from_hyper(self.https(target, false).request(request).await),
-            Protocol::HttpsAlpn => from_hyper(self.https(target, true).request(request).await),
+            Protocol::Https => from_hyper(self.https(target, false, request).await),
+            Protocol::HttpsAlpn => from_hyper(self.https(target, true, request).await),
         }
     }
 
@@ -141,7 +141,7 @@ impl Upstreams {
             Protocol::Http1 => from_hyper(self.http1_hyper.request(request).await),
             // Upgrades are HTTP/1.1's: never offer h2 for them.
             Protocol::Https | Protocol::HttpsAlpn => {
-                from_hyper(self.https(target, false).request(request).await)
+                from_hyper(self.https(target, false, request).await)
             }
             Protocol::H2c => Err(UpstreamError::Failed(format!(
                 "backend `{}` speaks HTTP/2 only; WebSocket tunnels need HTTP/1.1",
@@ -150,17 +150,23 @@ impl Upstreams {
         }
     }
 
-    /// The HTTPS client for the target's TLS server name, offering h2 by ALPN or not.
-    fn https(&self, target: &Target, h2: bool) -> HttpsClient {
+    /// Sends through the HTTPS client for the target's TLS server name, offering h2 by ALPN
+    /// or not (the returned future owns what it needs: no client is cloned, no lock held).
+    fn https(
+        &self,
+        target: &Target,
+        h2: bool,
+        request: Request<RequestBody>,
+    ) -> hyper_util::client::legacy::ResponseFuture {
         match (&target.server_name, h2) {
-            (None, false) => self.https.clone(),
-            (None, true) => self.https_alpn.clone(),
+            (None, false) => self.https.request(request),
+            (None, true) => self.https_alpn.request(request),
             (Some(name), h2) => {
                 let mut clients = self.https_named.lock().unwrap_or_else(|p| p.into_inner());
                 clients
                     .entry((name.clone(), h2))
                     .or_insert_with(|| (self.make_https)(Some(name), h2))
-                    .clone()
+                    .request(request)
             }
         }
     }
