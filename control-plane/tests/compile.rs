@@ -448,11 +448,28 @@ fn traffic_fields_reach_the_snapshot_with_every_default_resolved() {
       maxBodyBytes: 4096
       compression: { algorithms: [br] }
       cache: { keyHeaders: [X-Tenant] }
+      connections: { max: 64 }
     - backends: [{ url: http://127.0.0.1:9002 }]
+      connections: { idleTimeout: 15s }
 ";
     let compiled = compile(&items(&[("r.yaml", &route("r", "", spec))]));
     let rule = &compiled.snapshot.routes[0].rules[0];
     assert_eq!(rule.websocket.as_ref().unwrap().idle_timeout_ms, 300_000);
+    let connections = rule.connections.as_ref().unwrap();
+    assert_eq!(
+        (
+            connections.max,
+            connections.queue_timeout_ms,
+            connections.idle_timeout_ms
+        ),
+        (64, 1_000, 0),
+        "the queue timeout's default resolved, the idle timeout left to the data plane"
+    );
+    let second = compiled.snapshot.routes[0].rules[1]
+        .connections
+        .as_ref()
+        .unwrap();
+    assert_eq!((second.max, second.idle_timeout_ms), (0, 15_000));
     let retry = rule.retry.as_ref().unwrap();
     assert_eq!(retry.attempts, 3);
     assert!(retry.on_connect_failure && !retry.on_reset);

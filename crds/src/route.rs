@@ -168,6 +168,10 @@ pub struct RouteRule {
     /// Keep `GET`/`HEAD` responses in memory as their `Cache-Control` allows.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache: Option<crate::traffic::Cache>,
+    /// How the data plane holds connections to each backend: a cap on requests in flight
+    /// and how long an unused connection is kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connections: Option<crate::traffic::Connections>,
 }
 
 /// `commands:` on a rule.
@@ -402,6 +406,16 @@ impl RouteRule {
         }
         if let Some(compression) = &self.compression {
             compression.validate(&format!("{field}.compression"), errors);
+        }
+        if let Some(connections) = &self.connections {
+            let connections_field = format!("{field}.connections");
+            connections.validate(&connections_field, errors);
+            if self.backends.iter().any(|b| b.service.is_some()) {
+                errors.add(
+                    &connections_field,
+                    "applies to `url` backends; a tenant's shard endpoints are not pooled per rule",
+                );
+            }
         }
         if let Some(retry) = &self.retry {
             retry.validate(&format!("{field}.retry"), errors);

@@ -43,6 +43,73 @@ impl WebSocket {
     }
 }
 
+/// `connections:` on a rule: how the data plane holds connections to each of its backends.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Connections {
+    /// At most this many requests in flight to each backend from one data plane (all its
+    /// workers): for HTTP/1.1 backends, at most this many busy connections — a new one is
+    /// opened only when no idle one is left. Between 1 and 100000; default no cap.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max: Option<u32>,
+    /// How long a request waits for a place under `max` before it is answered 503
+    /// `upstream_busy`. Default `1s`, between `0s` and `60s`; never past the rule's timeout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_timeout: Option<String>,
+    /// An unused pooled connection to a backend is closed after this long (set it below the
+    /// backend's own keep-alive timeout). Default: the data plane's
+    /// `--upstream-idle-timeout-seconds`; between `1s` and `1h`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout: Option<String>,
+}
+
+/// Default of `connections.queueTimeout`.
+pub const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_secs(1);
+
+impl Connections {
+    pub fn queue_timeout(&self) -> Duration {
+        duration_or(&self.queue_timeout, DEFAULT_QUEUE_TIMEOUT)
+    }
+
+    /// `None`: the data plane's default.
+    pub fn idle_timeout(&self) -> Option<Duration> {
+        self.idle_timeout
+            .as_deref()
+            .and_then(|t| parse_duration(t).ok())
+    }
+
+    pub(crate) fn validate(&self, field: &str, errors: &mut Errors) {
+        if self.max.is_some_and(|m| !(1..=100_000).contains(&m)) {
+            errors.add(format!("{field}.max"), "must be between 1 and 100000");
+        }
+        if let Some(queue) = &self.queue_timeout {
+            let queue_field = format!("{field}.queueTimeout");
+            within(
+                &queue_field,
+                queue,
+                Duration::ZERO,
+                Duration::from_secs(60),
+                errors,
+            );
+            if self.max.is_none() {
+                errors.add(
+                    queue_field,
+                    "needs `max`: requests only wait for a place under it",
+                );
+            }
+        }
+        if let Some(idle) = &self.idle_timeout {
+            within(
+                &format!("{field}.idleTimeout"),
+                idle,
+                Duration::from_secs(1),
+                Duration::from_secs(3600),
+                errors,
+            );
+        }
+    }
+}
+
 /// Checks that `text` is a duration between `min` and `max` (inclusive).
 pub(crate) fn within(field: &str, text: &str, min: Duration, max: Duration, errors: &mut Errors) {
     match parse_duration(text) {

@@ -763,6 +763,31 @@ fn traffic_fields_name_their_fields() {
             "spec.rules[0].backends[1].url",
         ),
         (
+            "no connections at all",
+            "    - connections: { max: 0 }\n      backends: [{ url: 'http://a:1' }]\n",
+            "spec.rules[0].connections.max",
+        ),
+        (
+            "a queue timeout without a cap",
+            "    - connections: { queueTimeout: 1s }\n      backends: [{ url: 'http://a:1' }]\n",
+            "spec.rules[0].connections.queueTimeout",
+        ),
+        (
+            "a queue timeout of two minutes",
+            "    - connections: { max: 5, queueTimeout: 2m }\n      backends: [{ url: 'http://a:1' }]\n",
+            "spec.rules[0].connections.queueTimeout",
+        ),
+        (
+            "an idle timeout of two hours",
+            "    - connections: { idleTimeout: 2h }\n      backends: [{ url: 'http://a:1' }]\n",
+            "spec.rules[0].connections.idleTimeout",
+        ),
+        (
+            "connection settings for shard endpoints",
+            "    - connections: { max: 5 }\n      backends: [{ service: aggregate }]\n",
+            "spec.rules[0].connections",
+        ),
+        (
             "six retries",
             "    - retry: { attempts: 6 }\n      backends: [{ url: 'http://a:1' }]\n",
             "spec.rules[0].retry.attempts",

@@ -139,6 +139,76 @@ pub enum ResponseBody {
     Web(SyncWrapper<tonic::body::Body>),
     /// Another body, compressed on the way (the rule's `compression`).
     Compressed(Box<tower_http::compression::CompressionBody<ResponseBody>>),
+    /// Another body holding a place under its rule's `connections.max`, given back when
+    /// the body ends (its HTTP/1.1 connection is then free again) or is dropped.
+    Held(Box<Held>),
+    /// A gRPC answer cut at the client's deadline (`grpc-timeout`).
+    Deadline(Box<Deadline>),
+}
+
+/// A gRPC response stream bounded by the client's deadline: when it passes before the
+/// upstream ends the stream, the upstream's stream is dropped (reset) and the client's ends
+/// with `DEADLINE_EXCEEDED` trailers — the call's deadline covers the whole call, not only
+/// its response head.
+pub struct Deadline {
+    inner: Option<ResponseBody>,
+    timer: Pin<Box<tokio::time::Sleep>>,
+    /// The trailers sent when the deadline passes.
+    exceeded: Option<http::HeaderMap>,
+}
+
+impl Deadline {
+    pub fn wrap(inner: ResponseBody, at: tokio::time::Instant, message: &str) -> ResponseBody {
+        let mut exceeded = http::HeaderMap::new();
+        exceeded.insert("grpc-status", http::HeaderValue::from(4u32));
+        if let Ok(value) = http::HeaderValue::from_str(&crate::deny::grpc_message(message)) {
+            exceeded.insert("grpc-message", value);
+        }
+        ResponseBody::Deadline(Box::new(Self {
+            inner: Some(inner),
+            timer: Box::pin(tokio::time::sleep_until(at)),
+            exceeded: Some(exceeded),
+        }))
+    }
+
+    fn poll_frame(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, ResponseBodyError>>> {
+        let Some(inner) = &mut self.inner else {
+            return Poll::Ready(None);
+        };
+        match Pin::new(inner).poll_frame(cx) {
+            Poll::Pending => {}
+            Poll::Ready(None) => {
+                self.inner = None;
+                return Poll::Ready(None);
+            }
+            ready => return ready,
+        }
+        match self.timer.as_mut().poll(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(()) => {
+                self.inner = None;
+                Poll::Ready(self.exceeded.take().map(|t| Ok(Frame::trailers(t))))
+            }
+        }
+    }
+}
+
+pub struct Held {
+    inner: ResponseBody,
+    place: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+impl Held {
+    pub fn wrap(inner: ResponseBody, place: tokio::sync::OwnedSemaphorePermit) -> ResponseBody {
+        let end = inner.is_end_stream();
+        ResponseBody::Held(Box::new(Self {
+            inner,
+            place: (!end).then_some(place),
+        }))
+    }
 }
 
 pub struct Idle {
@@ -230,6 +300,15 @@ impl Body for ResponseBody {
                 }
             },
             ResponseBody::Compressed(inner) => Pin::new(&mut **inner).poll_frame(cx),
+            ResponseBody::Deadline(deadline) => deadline.poll_frame(cx),
+            ResponseBody::Held(held) => {
+                let polled = Pin::new(&mut held.inner).poll_frame(cx);
+                if matches!(polled, Poll::Ready(None | Some(Err(_)))) || held.inner.is_end_stream()
+                {
+                    held.place = None;
+                }
+                polled
+            }
             ResponseBody::Web(inner) => {
                 Pin::new(inner.get_mut()).poll_frame(cx).map_err(Into::into)
             }
@@ -259,6 +338,11 @@ impl Body for ResponseBody {
             ResponseBody::Metered(metered) => metered.inner.is_end_stream(),
             ResponseBody::Idle(idle) => idle.inner.is_end_stream(),
             ResponseBody::Compressed(inner) => inner.is_end_stream(),
+            ResponseBody::Held(held) => held.inner.is_end_stream(),
+            ResponseBody::Deadline(deadline) => deadline
+                .inner
+                .as_ref()
+                .is_none_or(ResponseBody::is_end_stream),
             ResponseBody::Web(_) => false,
         }
     }
@@ -276,6 +360,9 @@ impl Body for ResponseBody {
             ResponseBody::Metered(metered) => metered.inner.size_hint(),
             ResponseBody::Idle(idle) => idle.inner.size_hint(),
             ResponseBody::Compressed(inner) => inner.size_hint(),
+            ResponseBody::Held(held) => held.inner.size_hint(),
+            // It may end early, with trailers.
+            ResponseBody::Deadline(_) => SizeHint::default(),
             ResponseBody::Web(_) => SizeHint::default(),
         }
     }

@@ -60,6 +60,8 @@ pub struct Carried {
     pub endpoints: Kept<crate::upstream::endpoint::Endpoint>,
     pub breakers: Kept<crate::upstream::breaker::Breaker>,
     pub budgets: Kept<crate::upstream::retry::Budget>,
+    /// Places under the rules' `connections.max`, per backend.
+    pub places: Kept<tokio::sync::Semaphore>,
 }
 
 #[cfg(test)]

@@ -73,6 +73,13 @@ pub enum Deny {
     Overloaded {
         message: String,
     },
+    /// 503: the backend's places under the rule's `connections.max` stayed taken for the
+    /// queue timeout.
+    UpstreamBusy {
+        route: String,
+        max: u32,
+        waited: Duration,
+    },
     /// 503: every backend of the rule is failing its health checks or ejected.
     NoHealthyUpstream {
         route: String,
@@ -182,6 +189,7 @@ impl Deny {
             | Deny::Overloaded { .. }
             | Deny::NoPlacement { .. }
             | Deny::NoHealthyUpstream { .. }
+            | Deny::UpstreamBusy { .. }
             | Deny::CircuitOpen { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Deny::MissingTenant { .. }
             | Deny::InvalidTenant { .. }
@@ -209,6 +217,7 @@ impl Deny {
             Deny::RateLimitUnavailable { .. } => "rate_limit_unavailable",
             Deny::Overloaded { .. } => "overloaded",
             Deny::NoHealthyUpstream { .. } => "no_healthy_upstream",
+            Deny::UpstreamBusy { .. } => "upstream_busy",
             Deny::CircuitOpen { .. } => "circuit_open",
             Deny::MissingTenant { .. } => "missing_tenant",
             Deny::InvalidTenant { .. } => "invalid_tenant",
@@ -234,7 +243,7 @@ impl Deny {
             Deny::NotFound { .. } => "NR",
             Deny::RateLimited { .. } | Deny::QuotaExceeded { .. } => "RL",
             Deny::RateLimitUnavailable { .. } => "RLSE",
-            Deny::Overloaded { .. } | Deny::CircuitOpen { .. } => "UO",
+            Deny::Overloaded { .. } | Deny::CircuitOpen { .. } | Deny::UpstreamBusy { .. } => "UO",
             Deny::NoHealthyUpstream { .. } => "UH",
             Deny::BadRequest(_)
             | Deny::BadRequestBody { .. }
@@ -282,6 +291,10 @@ impl Deny {
             Deny::NoHealthyUpstream { route } => {
                 format!("route {route}: no backend is healthy (failing health checks or ejected)")
             }
+            Deny::UpstreamBusy { route, max, waited } => format!(
+                "route {route}: all {max} connections to the backend stayed busy for {}ms",
+                waited.as_millis()
+            ),
             Deny::CircuitOpen { route, retry_after } => format!(
                 "route {route}: the circuit breaker is open after repeated upstream failures; retry in {}s",
                 retry_after.as_secs().max(1)
@@ -328,6 +341,7 @@ impl Deny {
             | Deny::RateLimitUnavailable { .. }
             | Deny::Overloaded { .. }
             | Deny::NoPlacement { .. }
+            | Deny::UpstreamBusy { .. }
             | Deny::NoHealthyUpstream { .. } => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }

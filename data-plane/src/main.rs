@@ -146,6 +146,14 @@ struct RunArgs {
     /// faster) or hyper (hyper-util's pooled client, for comparison).
     #[arg(long, env = "PAVILION_UPSTREAM_HTTP1", default_value = "inline", value_parser = ["inline", "hyper"])]
     upstream_http1: String,
+    /// Close a pooled upstream connection after this many seconds unused (a rule's
+    /// `connections.idleTimeout` overrides it for its backends).
+    #[arg(
+        long,
+        env = "PAVILION_UPSTREAM_IDLE_TIMEOUT_SECONDS",
+        default_value_t = 60
+    )]
+    upstream_idle_timeout_seconds: u64,
     /// One JSON line per request (`--access-log false` to turn off).
     #[arg(long, env = "PAVILION_ACCESS_LOG", default_value_t = true, action = clap::ArgAction::Set)]
     access_log: bool,
@@ -214,7 +222,10 @@ fn main() -> std::process::ExitCode {
 fn run(args: RunArgs) -> anyhow::Result<()> {
     let _logs = pavilion_telemetry::init_logging(args.log_format);
     let open_files = raise_open_files_limit();
-    let mut upstream = UpstreamOptions::default();
+    let mut upstream = UpstreamOptions {
+        idle_timeout: Duration::from_secs(args.upstream_idle_timeout_seconds.max(1)),
+        ..UpstreamOptions::default()
+    };
     if args.upstream_http1 == "hyper" {
         upstream.http1_client = pavilion_data::upstream::Http1Client::Hyper;
     }

@@ -18,7 +18,7 @@ use crate::upstream::{UpstreamOptions, Upstreams};
 /// Pending connections per worker socket.
 const BACKLOG: i32 = 1024;
 /// How often each worker closes upstream connections idle past their timeout.
-const SWEEP_EVERY: Duration = Duration::from_secs(15);
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 /// Binds `count` sockets to `addr` with SO_REUSEPORT. With port 0, the first socket picks
 /// the port and the others join it.

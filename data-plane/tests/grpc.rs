@@ -211,6 +211,40 @@ async fn deadlines_are_honoured_and_capped_by_the_rule() {
         started.elapsed()
     );
 
+    // The deadline covers the whole call: a stream still running then is cut with
+    // DEADLINE_EXCEEDED (the rule's own timeout ends at the head: streams outlive it).
+    let mut request = tonic::Request::new(EchoRequest {
+        count: 40,
+        delay_ms: 100,
+        ..ask("tick")
+    });
+    request.set_timeout(Duration::from_millis(700));
+    let started = Instant::now();
+    let mut stream = echo.server_stream(request).await.unwrap().into_inner();
+    let mut received = 0;
+    let status = loop {
+        match stream.next().await {
+            Some(Ok(_)) => received += 1,
+            Some(Err(status)) => break status,
+            None => panic!("the stream ended without a status after {received} replies"),
+        }
+    };
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    assert!(
+        status.message().contains("rpc/echo") && status.message().contains("700ms"),
+        "{}",
+        status.message()
+    );
+    assert!(
+        (2..40).contains(&received),
+        "{received} replies before the cut"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+
     // Without a client deadline, the rule's timeout decides, as a gRPC status.
     let status = echo
         .unary(EchoRequest {

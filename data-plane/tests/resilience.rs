@@ -554,3 +554,168 @@ async fn when_a_retry_finds_no_backend_left_the_last_answer_is_the_clients() {
     let refused = get(&dp, "/").await;
     assert_eq!(refused.json()["error"]["code"], "no_healthy_upstream");
 }
+
+const SECONDS: Duration = Duration::from_secs(5);
+
+/// An upstream that answers after `delay` and counts what is open at once: connections and
+/// requests, now and at the most.
+struct Gauged {
+    url: String,
+    connections: Arc<Gauge>,
+    requests: Arc<Gauge>,
+}
+
+#[derive(Default)]
+struct Gauge {
+    now: AtomicUsize,
+    peak: AtomicUsize,
+}
+
+impl Gauge {
+    fn enter(self: &Arc<Self>) -> GaugeGuard {
+        let now = self.now.fetch_add(1, Ordering::SeqCst) + 1;
+        self.peak.fetch_max(now, Ordering::SeqCst);
+        GaugeGuard(self.clone())
+    }
+    fn now(&self) -> usize {
+        self.now.load(Ordering::SeqCst)
+    }
+    fn peak(&self) -> usize {
+        self.peak.load(Ordering::SeqCst)
+    }
+}
+
+struct GaugeGuard(Arc<Gauge>);
+
+impl Drop for GaugeGuard {
+    fn drop(&mut self) {
+        self.0.now.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl Gauged {
+    async fn start(delay: Duration) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (connections, requests) = (Arc::new(Gauge::default()), Arc::new(Gauge::default()));
+        let (conns, reqs) = (connections.clone(), requests.clone());
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let open = conns.enter();
+                let reqs = reqs.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |_: Request<Incoming>| {
+                        let busy = reqs.enter();
+                        async move {
+                            tokio::time::sleep(delay).await;
+                            drop(busy);
+                            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from("done"))))
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                    drop(open);
+                });
+            }
+        });
+        Self {
+            url,
+            connections,
+            requests,
+        }
+    }
+}
+
+fn with_connections(url: &str, max: u32, queue_ms: u64, idle_ms: u64) -> proto::Rule {
+    let mut rule = prefix_rule("/", &[(url, 1)]);
+    rule.connections = Some(proto::Connections {
+        max,
+        queue_timeout_ms: queue_ms,
+        idle_timeout_ms: idle_ms,
+    });
+    rule
+}
+
+#[tokio::test]
+async fn a_connection_cap_queues_requests_and_never_exceeds_it() {
+    let up = Gauged::start(Duration::from_millis(200)).await;
+    let dp = Arc::new(data_plane(with_connections(&up.url, 2, 10_000, 0)).await);
+    let calls: Vec<_> = (0..6)
+        .map(|_| {
+            let dp = dp.clone();
+            tokio::spawn(async move { get(&dp, "/x").await })
+        })
+        .collect();
+    for call in calls {
+        let reply = call.await.unwrap();
+        assert_eq!(reply.status, 200, "{}", reply.text());
+    }
+    assert_eq!(up.requests.peak(), 2, "two at a time, and only two");
+    // Each worker (two here) opens a connection only when none of its own is idle, so it
+    // never holds more than the cap: busy ones are capped, idle ones were busy once.
+    assert!(
+        (2..=4).contains(&up.connections.peak()),
+        "{} connections were open at once",
+        up.connections.peak()
+    );
+}
+
+#[tokio::test]
+async fn a_request_waiting_past_the_queue_timeout_is_refused_and_says_why() {
+    let up = Gauged::start(Duration::from_millis(1500)).await;
+    let dp = Arc::new(data_plane(with_connections(&up.url, 1, 100, 0)).await);
+    let first = {
+        let dp = dp.clone();
+        tokio::spawn(async move { get(&dp, "/slow").await })
+    };
+    eventually("the first request reaches the backend", SECONDS, || async {
+        (up.requests.now() == 1).then_some(())
+    })
+    .await;
+    let refused = get(&dp, "/x").await;
+    assert_eq!(refused.status, 503);
+    assert_eq!(refused.header("retry-after"), Some("1"));
+    let body = refused.json();
+    assert_eq!(body["error"]["code"], "upstream_busy", "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("shop/orders") && message.contains("all 1 connections"),
+        "{message}"
+    );
+    assert_eq!(first.await.unwrap().status, 200);
+    // The place is given back with the response: the next request goes through at once.
+    assert_eq!(get(&dp, "/x").await.status, 200);
+    assert_eq!(up.requests.peak(), 1);
+}
+
+#[tokio::test]
+async fn a_rule_closes_its_idle_connections_after_its_own_idle_timeout() {
+    let short = Gauged::start(Duration::ZERO).await;
+    let long = Gauged::start(Duration::ZERO).await;
+    let mut short_rule = with_connections(&short.url, 0, 0, 1000);
+    short_rule.matches[0].path.as_mut().unwrap().value = "/short".into();
+    let long_rule = prefix_rule("/", &[(long.url.as_str(), 1)]);
+    let dp = pavilion_data::start(Config::local()).await.unwrap();
+    dp.apply(snapshot(
+        "v1",
+        vec![route("shop/orders", &[], vec![short_rule, long_rule])],
+    ))
+    .await
+    .unwrap();
+    assert_eq!(get(&dp, "/short").await.status, 200);
+    assert_eq!(get(&dp, "/long").await.status, 200);
+    assert_eq!((short.connections.now(), long.connections.now()), (1, 1));
+    eventually("the short rule's connection is closed", SECONDS, || async {
+        (short.connections.now() == 0).then_some(())
+    })
+    .await;
+    assert_eq!(
+        long.connections.now(),
+        1,
+        "the default idle timeout (60 s) keeps the other one"
+    );
+    // A request after the close opens a new connection.
+    assert_eq!(get(&dp, "/short").await.status, 200);
+    assert_eq!(short.connections.peak(), 1);
+}

@@ -15,10 +15,10 @@ pub mod commands {
 
 pub use v1::{
     ActiveCheck, Allow, ApiKey, ApiKeyAuth, Auth, Backend, BalancePolicy, Cache, CircuitBreaker,
-    ClaimAllow, ClaimHeader, CommandApi, Compression, ConcurrencyLimit, Cors, HeaderEdits,
-    HeaderMatch, HeaderPair, HealthCheck, JwtProvider, LoadBalancer, Match, Node, PassiveCheck,
-    PathMatch, PathMatchType, Placements, Quota, QuotaPeriod, RateLimit, RateLimitBackend,
-    RateLimitFailureMode, RateLimitOverride, Retry, Rewrite, Route, Rule, SecurityHeaders, Shard,
-    Snapshot, SnapshotRequest, SnapshotResponse, StaticKey, Tenancy, TenantPlacement, TenantRoles,
-    TokenRevocations, WebSocket,
+    ClaimAllow, ClaimHeader, CommandApi, Compression, ConcurrencyLimit, Connections, Cors,
+    HeaderEdits, HeaderMatch, HeaderPair, HealthCheck, JwtProvider, LoadBalancer, Match, Node,
+    PassiveCheck, PathMatch, PathMatchType, Placements, Quota, QuotaPeriod, RateLimit,
+    RateLimitBackend, RateLimitFailureMode, RateLimitOverride, Retry, Rewrite, Route, Rule,
+    SecurityHeaders, Shard, Snapshot, SnapshotRequest, SnapshotResponse, StaticKey, Tenancy,
+    TenantPlacement, TenantRoles, TokenRevocations, WebSocket,
 };

@@ -75,7 +75,7 @@ impl Echo for Service {
             count
         };
         let stream = tokio_stream::iter(0..last)
-            .throttle(Duration::from_millis(10))
+            .throttle(Duration::from_millis(request.delay_ms.max(10)))
             .map(move |index| {
                 if fail_after > 0 && index >= fail_after {
                     Err(Status::aborted(format!("failed after {fail_after}")))

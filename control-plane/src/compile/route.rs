@@ -172,6 +172,7 @@ fn to_proto(route: &Route, applied: &Applied, cors: Option<&proto::Cors>) -> pro
                 compression: rule.compression.as_ref().map(super::traffic::compression),
                 cache: rule.cache.as_ref().map(super::traffic::cache),
                 upstream_http2: rule.upstream_tls.as_ref().is_some_and(|t| t.http2),
+                connections: rule.connections.as_ref().map(super::traffic::connections),
             })
             .collect(),
     }

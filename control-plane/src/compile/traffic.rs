@@ -141,6 +141,14 @@ pub(super) fn compression(compression: &traffic::Compression) -> proto::Compress
     }
 }
 
+pub(super) fn connections(connections: &traffic::Connections) -> proto::Connections {
+    proto::Connections {
+        max: connections.max.unwrap_or(0),
+        queue_timeout_ms: millis(connections.queue_timeout()),
+        idle_timeout_ms: connections.idle_timeout().map_or(0, millis),
+    }
+}
+
 pub(super) fn cache(cache: &traffic::Cache) -> proto::Cache {
     proto::Cache {
         default_ttl_ms: cache.default_ttl().map_or(0, millis),

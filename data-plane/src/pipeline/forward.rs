@@ -10,14 +10,16 @@ use http::uri::PathAndQuery;
 use http::{Extensions, HeaderValue, Request, Response, Uri, Version};
 
 use crate::auth::ip;
-use crate::body::{Metered, RequestBody, ResponseBody};
+use crate::body::{Held, Metered, RequestBody, ResponseBody};
 use crate::deny::Deny;
 use crate::headers::{self, X_REQUEST_ID, X_TENANT_ID};
 use crate::runtime::{Rule, Runtime, Upstream};
 use crate::trace::{TRACEPARENT, TRACESTATE, X_CORRELATION_ID};
 use crate::upstream::endpoint::InFlight;
 use crate::upstream::retry::Failure;
-use crate::upstream::{Protocol, Target, UpstreamError};
+use crate::upstream::{Pooling, Protocol, Target, UpstreamError};
+use std::sync::Arc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use super::admit::Rewrite;
@@ -90,7 +92,10 @@ async fn retrying<'r>(
                 Some(Failure::Status(response.status()))
             }
             Ok(Ok(_)) | Ok(Err(UpstreamError::ClientBody(_) | UpstreamError::BodyTooLarge)) => None,
-            Ok(Err(UpstreamError::Unreachable(_))) => Some(Failure::Connect),
+            // Nothing was sent either way.
+            Ok(Err(UpstreamError::Unreachable(_) | UpstreamError::Busy { .. })) => {
+                Some(Failure::Connect)
+            }
             Ok(Err(UpstreamError::Failed(_))) => Some(Failure::Reset),
             // The attempt's own timeout; the rule's ends the request below.
             Err(_) if try_deadline < deadline => Some(Failure::Reset),
@@ -271,6 +276,21 @@ async fn attempt(
         Upstream::Backends(backends) => Some(backends),
         Upstream::Service(_) => None,
     };
+    let place = match target.pooling.as_deref() {
+        Some(
+            pooling @ Pooling {
+                places: Some(places),
+                ..
+            },
+        ) => {
+            // Boxed: the capped path must not grow every request's future.
+            match Box::pin(take_place(pooling, places, deadline)).await {
+                Ok(place) => Some(place),
+                Err(busy) => return Ok(Err(busy)),
+            }
+        }
+        _ => None,
+    };
     let _in_flight = backends
         .and_then(|b| b.endpoint(target))
         .map(InFlight::enter);
@@ -278,7 +298,32 @@ async fn attempt(
     if let (Some(backends), Some(ok)) = (backends, succeeded(&outcome, blame_timeout)) {
         backends.report(target, ok);
     }
-    outcome
+    // The place is held until the response body ends: the connection is busy until then.
+    match place {
+        Some(place) => outcome.map(|sent| sent.map(|r| r.map(|body| Held::wrap(body, place)))),
+        None => outcome,
+    }
+}
+
+/// A place under the rule's `connections.max` on `pooling`'s backend, waited for at most its
+/// queue timeout (and never past `deadline`).
+async fn take_place(
+    pooling: &Pooling,
+    places: &Arc<Semaphore>,
+    deadline: Instant,
+) -> Result<OwnedSemaphorePermit, UpstreamError> {
+    if let Ok(place) = places.clone().try_acquire_owned() {
+        return Ok(place);
+    }
+    let started = Instant::now();
+    let until = deadline.min(started + pooling.queue_timeout);
+    match tokio::time::timeout_at(until, places.clone().acquire_owned()).await {
+        Ok(Ok(place)) => Ok(place),
+        _ => Err(UpstreamError::Busy {
+            max: pooling.max,
+            waited: started.elapsed(),
+        }),
+    }
 }
 
 /// Whether an attempt went well for its backend; `None` when the outcome says nothing
@@ -286,7 +331,10 @@ async fn attempt(
 fn succeeded(outcome: &Outcome, blame_timeout: bool) -> Option<bool> {
     match outcome {
         Ok(Ok(response)) => Some(!response.status().is_server_error()),
-        Ok(Err(UpstreamError::ClientBody(_) | UpstreamError::BodyTooLarge)) => None,
+        // The client's own fault, or the cap's: neither says anything about the backend.
+        Ok(Err(
+            UpstreamError::ClientBody(_) | UpstreamError::BodyTooLarge | UpstreamError::Busy { .. },
+        )) => None,
         Ok(Err(_)) => Some(false),
         Err(_) => blame_timeout.then_some(false),
     }
@@ -361,6 +409,17 @@ pub(super) fn finish(
     {
         body = crate::body::Idle::wrap(body, shared.stream_idle_timeout);
     }
+    // A gRPC client's deadline covers the whole call: a stream still running then is cut.
+    if let (true, Some(timeout)) = (context.grpc, context.grpc_timeout)
+        && !http_body::Body::is_end_stream(&body)
+    {
+        let route = context.rule.map_or("", |r| &*r.route);
+        let message = format!(
+            "route {route}: the call's deadline of {}ms passed",
+            timeout.as_millis()
+        );
+        body = crate::body::Deadline::wrap(body, context.started + timeout, &message);
+    }
     body = meter(proxy, context, body);
     headers::strip_hop_by_hop(&mut parts.headers, false);
     let rule = context.rule;
@@ -404,6 +463,13 @@ fn failed(
         UpstreamError::ClientBody(detail) => {
             tracing::debug!(request_id, route = &*rule.route, error = %detail, "the client's request body failed");
             return Deny::BadRequestBody { detail };
+        }
+        UpstreamError::Busy { max, waited } => {
+            return Deny::UpstreamBusy {
+                route: rule.route.to_string(),
+                max,
+                waited,
+            };
         }
         UpstreamError::Unreachable(detail) => (detail, true),
         UpstreamError::Failed(detail) => (detail, false),

@@ -8,12 +8,13 @@
 use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use http::HeaderName;
 use pavilion_proto as proto;
 
 use super::endpoint::{ActiveCheck, Endpoint, Passive, now_ms};
-use super::{Protocol, Target};
+use super::{Pooling, Protocol, Target};
 use crate::carry::Carried;
 
 /// What a consistent hash is computed over.
@@ -123,6 +124,11 @@ impl Backends {
             rule.upstream_http2,
             policy,
         )?;
+        if let Some(connections) = &rule.connections {
+            for target in backends.targets.iter_mut() {
+                target.pooling = Some(Arc::new(pooling(connections, target, tracking)));
+            }
+        }
         let health = rule.health_check.as_ref();
         let check = health
             .and_then(|h| h.active.as_ref())
@@ -278,6 +284,27 @@ fn hash_on(text: &str) -> Result<HashOn, String> {
 /// Hashes a consistent-hash key (the same on every data plane).
 pub fn hash_key(bytes: &[u8]) -> u64 {
     foldhash::fast::FixedState::with_seed(0x6b65_7973).hash_one(bytes)
+}
+
+/// A rule's `connections` for one backend: its places (if capped) are taken over from the
+/// previous snapshot while the cap stays the same, so requests in flight keep counting.
+fn pooling(connections: &proto::Connections, target: &Target, tracking: &Tracking<'_>) -> Pooling {
+    let places = (connections.max > 0).then(|| {
+        let key = format!(
+            "{}#{}|{}|{}",
+            tracking.route, tracking.rule, target.url, connections.max
+        );
+        tracking.carried.places.get_or_make(key, || {
+            tokio::sync::Semaphore::new(connections.max as usize)
+        })
+    });
+    Pooling {
+        places,
+        max: connections.max,
+        queue_timeout: Duration::from_millis(connections.queue_timeout_ms),
+        idle_timeout: (connections.idle_timeout_ms > 0)
+            .then(|| Duration::from_millis(connections.idle_timeout_ms)),
+    }
 }
 
 #[cfg(test)]

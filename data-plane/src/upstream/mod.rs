@@ -42,6 +42,22 @@ pub struct Target {
     pub server_name: Option<Box<str>>,
     /// Its position among its rule's backends.
     pub slot: usize,
+    /// The rule's `connections`; `None`: no cap, the pool's idle timeout.
+    pub pooling: Option<std::sync::Arc<Pooling>>,
+}
+
+/// A rule's `connections` for one of its backends.
+#[derive(Debug)]
+pub struct Pooling {
+    /// Places for requests in flight, shared by every worker and carried across snapshots
+    /// while the cap stays the same; `None`: no cap.
+    pub places: Option<std::sync::Arc<tokio::sync::Semaphore>>,
+    /// The cap, for errors.
+    pub max: u32,
+    /// How long a request waits for a place.
+    pub queue_timeout: Duration,
+    /// How long an unused connection is kept; `None`: the pool's default.
+    pub idle_timeout: Option<Duration>,
 }
 
 impl Target {
@@ -77,6 +93,7 @@ impl Target {
             authority,
             server_name: None,
             slot: 0,
+            pooling: None,
         })
     }
 }
@@ -141,6 +158,10 @@ pub enum UpstreamError {
     Failed(String),
     #[error("request body exceeds the configured limit")]
     BodyTooLarge,
+    /// Every place under the rule's `connections.max` stayed taken for its queue timeout:
+    /// nothing was sent.
+    #[error("all {max} connections to the backend stayed busy for {waited:?}")]
+    Busy { max: u32, waited: Duration },
     /// The client's request body broke (malformed chunked framing, cut off): the client's
     /// fault, not the upstream's.
     #[error("the request body could not be read: {0}")]

@@ -4,7 +4,8 @@
 //! HTTP/2 client for `h2c://`, hyper-util over rustls for `https://` (HTTP/1.1, or h2 by
 //! ALPN) — each pooling its connections per worker, closing them after the idle timeout.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use http::{Request, Response};
@@ -21,26 +22,41 @@ use crate::body::{BodyError, RequestBody, ResponseBody};
 /// shared between threads and their locks are never contended.
 pub struct Upstreams {
     http1: Arc<h1::Client>,
-    h2c: Client<HttpConnector, RequestBody>,
+    h2c: PlainClient,
     https: HttpsClient,
-    /// Clients for rules that name their backends' TLS server name, made on first use: each
-    /// has its own pool, so a connection is only reused for the name it was verified for.
-    https_named: std::sync::Mutex<std::collections::HashMap<(Box<str>, bool), HttpsClient>>,
+    /// Clients for rules that name their backends' TLS server name or their own idle
+    /// timeout, made on first use: each has its own pool, so a connection is only reused
+    /// for the name it was verified for.
+    https_custom: Mutex<HashMap<HttpsKey, HttpsClient>>,
     /// `https://` with h2 offered by ALPN.
     https_alpn: HttpsClient,
     make_https: Box<MakeHttps>,
+    /// hyper-util clients for `h2c://` (true) or `http://` (false) backends of rules with
+    /// their own idle timeout.
+    plain_custom: Mutex<HashMap<(bool, Duration), PlainClient>>,
+    make_plain: Box<MakePlain>,
+    /// The idle timeout of rules that set none.
+    idle_timeout: Duration,
     /// hyper-util's HTTP/1.1 client for `http://` backends: upgrades (WebSocket: hyper hands
     /// over the connection after a 101, which the inline client is not built for), and all
     /// requests with `--upstream-http1 hyper`.
-    http1_hyper: Client<HttpConnector, RequestBody>,
+    http1_hyper: PlainClient,
     http1_client: Http1Client,
 }
 
 /// Makes an HTTPS client, for a fixed TLS server name when one is given, offering h2 by
-/// ALPN or HTTP/1.1 only.
-type MakeHttps = dyn Fn(Option<&str>, bool) -> HttpsClient + Send + Sync;
+/// ALPN or HTTP/1.1 only, closing connections idle for the given time.
+type MakeHttps = dyn Fn(Option<&str>, bool, Duration) -> HttpsClient + Send + Sync;
+
+/// Makes a cleartext client, HTTP/2 only or HTTP/1.1, with the given idle timeout.
+type MakePlain = dyn Fn(bool, Duration) -> PlainClient + Send + Sync;
+
+type PlainClient = Client<HttpConnector, RequestBody>;
 
 type HttpsClient = Client<HttpsConnector<HttpConnector>, RequestBody>;
+
+/// What a custom HTTPS client is made for: TLS server name, h2 offered, idle timeout.
+type HttpsKey = (Option<Box<str>>, bool, Option<Duration>);
 
 impl Upstreams {
     pub fn new(options: &UpstreamOptions, tls: rustls::ClientConfig) -> Self {
@@ -48,10 +64,10 @@ impl Upstreams {
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(options.connect_timeout));
         connector.set_keepalive(Some(Duration::from_secs(60)));
-        let builder = || {
+        let client_builder = |idle: Duration| {
             let mut builder = Client::builder(TokioExecutor::new());
             builder
-                .pool_idle_timeout(options.idle_timeout)
+                .pool_idle_timeout(idle)
                 .pool_timer(TokioTimer::new())
                 .timer(TokioTimer::new());
             builder
@@ -59,41 +75,48 @@ impl Upstreams {
         let mut tls_transport = connector.clone();
         tls_transport.enforce_http(false);
         let idle_timeout = options.idle_timeout;
-        let make_https = move |server_name: Option<&str>, h2: bool| -> HttpsClient {
-            let builder = hyper_rustls::HttpsConnectorBuilder::new()
-                .with_tls_config(tls.clone())
-                .https_only();
-            let builder = match server_name
-                .and_then(|n| rustls_pki_types::ServerName::try_from(n.to_owned()).ok())
-            {
-                Some(name) => builder
-                    .with_server_name_resolver(hyper_rustls::FixedServerNameResolver::new(name)),
-                None => builder,
-            };
-            let mut client = Client::builder(TokioExecutor::new());
-            client
-                .pool_idle_timeout(idle_timeout)
-                .pool_timer(TokioTimer::new())
-                .timer(TokioTimer::new());
-            if h2 {
-                client.build(
-                    builder
-                        .enable_all_versions()
-                        .wrap_connector(tls_transport.clone()),
-                )
-            } else {
-                client.build(builder.enable_http1().wrap_connector(tls_transport.clone()))
+        let make_plain = {
+            let connector = connector.clone();
+            move |h2: bool, idle: Duration| -> PlainClient {
+                client_builder(idle).http2_only(h2).build(connector.clone())
             }
         };
+        let make_https =
+            move |server_name: Option<&str>, h2: bool, idle: Duration| -> HttpsClient {
+                let builder = hyper_rustls::HttpsConnectorBuilder::new()
+                    .with_tls_config(tls.clone())
+                    .https_only();
+                let builder = match server_name
+                    .and_then(|n| rustls_pki_types::ServerName::try_from(n.to_owned()).ok())
+                {
+                    Some(name) => builder.with_server_name_resolver(
+                        hyper_rustls::FixedServerNameResolver::new(name),
+                    ),
+                    None => builder,
+                };
+                let client = client_builder(idle);
+                if h2 {
+                    client.build(
+                        builder
+                            .enable_all_versions()
+                            .wrap_connector(tls_transport.clone()),
+                    )
+                } else {
+                    client.build(builder.enable_http1().wrap_connector(tls_transport.clone()))
+                }
+            };
         Self {
             http1: h1::Client::new(options.connect_timeout, options.idle_timeout),
-            h2c: builder().http2_only(true).build(connector.clone()),
-            http1_hyper: builder().build(connector),
+            h2c: make_plain(true, idle_timeout),
+            http1_hyper: make_plain(false, idle_timeout),
             http1_client: options.http1_client,
-            https: make_https(None, false),
-            https_alpn: make_https(None, true),
-            https_named: Default::default(),
+            https: make_https(None, false, idle_timeout),
+            https_alpn: make_https(None, true, idle_timeout),
+            https_custom: Default::default(),
             make_https: Box::new(make_https),
+            plain_custom: Default::default(),
+            make_plain: Box::new(make_plain),
+            idle_timeout,
         }
     }
 
@@ -109,11 +132,12 @@ impl Upstreams {
         target: &Target,
         request: Request<RequestBody>,
     ) -> Result<Response<ResponseBody>, UpstreamError> {
+        let idle = target.pooling.as_ref().and_then(|p| p.idle_timeout);
         match target.protocol {
             Protocol::Http1 if self.http1_client == Http1Client::Hyper => {
-                from_hyper(self.http1_hyper.request(request).await)
+                from_hyper(self.plain(false, idle, request).await)
             }
-            Protocol::Http1 => match self.http1.send(&target.authority, request).await {
+            Protocol::Http1 => match self.http1.send(&target.authority, idle, request).await {
                 Ok(response) => Ok(response.map(ResponseBody::H1)),
                 Err(h1::Error::BodyTooLarge) => Err(UpstreamError::BodyTooLarge),
                 Err(h1::Error::ClientBody(error)) => {
@@ -124,7 +148,7 @@ impl Upstreams {
                 }
                 Err(error) => Err(UpstreamError::Failed(error.to_string())),
             },
-            Protocol::H2c => from_hyper(self.h2c.request(request).await),
+            Protocol::H2c => from_hyper(self.plain(true, idle, request).await),
             Protocol::Https => from_hyper(self.https(target, false, request).await),
             Protocol::HttpsAlpn => from_hyper(self.https(target, true, request).await),
         }
@@ -138,7 +162,7 @@ impl Upstreams {
         request: Request<RequestBody>,
     ) -> Result<Response<ResponseBody>, UpstreamError> {
         match target.protocol {
-            Protocol::Http1 => from_hyper(self.http1_hyper.request(request).await),
+            Protocol::Http1 => from_hyper(self.plain(false, None, request).await),
             // Upgrades are HTTP/1.1's: never offer h2 for them.
             Protocol::Https | Protocol::HttpsAlpn => {
                 from_hyper(self.https(target, false, request).await)
@@ -158,14 +182,38 @@ impl Upstreams {
         h2: bool,
         request: Request<RequestBody>,
     ) -> hyper_util::client::legacy::ResponseFuture {
-        match (&target.server_name, h2) {
-            (None, false) => self.https.request(request),
-            (None, true) => self.https_alpn.request(request),
-            (Some(name), h2) => {
-                let mut clients = self.https_named.lock().unwrap_or_else(|p| p.into_inner());
+        let idle = target.pooling.as_ref().and_then(|p| p.idle_timeout);
+        match (&target.server_name, h2, idle) {
+            (None, false, None) => self.https.request(request),
+            (None, true, None) => self.https_alpn.request(request),
+            (name, h2, idle) => {
+                let mut clients = self.https_custom.lock().unwrap_or_else(|p| p.into_inner());
                 clients
-                    .entry((name.clone(), h2))
-                    .or_insert_with(|| (self.make_https)(Some(name), h2))
+                    .entry((name.clone(), h2, idle))
+                    .or_insert_with(|| {
+                        (self.make_https)(name.as_deref(), h2, idle.unwrap_or(self.idle_timeout))
+                    })
+                    .request(request)
+            }
+        }
+    }
+
+    /// Sends through hyper-util's cleartext client, HTTP/2 only (`h2c://`) or HTTP/1.1,
+    /// with the rule's idle timeout when it has one.
+    fn plain(
+        &self,
+        h2: bool,
+        idle: Option<Duration>,
+        request: Request<RequestBody>,
+    ) -> hyper_util::client::legacy::ResponseFuture {
+        match (h2, idle) {
+            (true, None) => self.h2c.request(request),
+            (false, None) => self.http1_hyper.request(request),
+            (h2, Some(idle)) => {
+                let mut clients = self.plain_custom.lock().unwrap_or_else(|p| p.into_inner());
+                clients
+                    .entry((h2, idle))
+                    .or_insert_with(|| (self.make_plain)(h2, idle))
                     .request(request)
             }
         }

@@ -83,6 +83,9 @@ pub struct Body {
     keep_alive: bool,
     pool: Arc<Client>,
     authority: Authority,
+    /// How long the connection is pooled after the body, in milliseconds (kept small: every
+    /// response moves this struct); 0: the pool's default.
+    idle_ms: u32,
 }
 
 impl Body {
@@ -93,7 +96,9 @@ impl Body {
         keep_alive: bool,
         pool: Arc<Client>,
         authority: Authority,
+        idle: Option<std::time::Duration>,
     ) -> Self {
+        let idle_ms = idle.map_or(0, |d| d.as_millis().clamp(1, u32::MAX as u128) as u32);
         let state = match framing {
             ResponseFraming::Empty | ResponseFraming::Length(0) => State::Done,
             ResponseFraming::Length(n) => State::Length(n),
@@ -107,6 +112,7 @@ impl Body {
             keep_alive,
             pool,
             authority,
+            idle_ms,
         };
         if matches!(body.state, State::Done) {
             body.finish();
@@ -159,7 +165,9 @@ impl Body {
             }
         };
         let buf = std::mem::take(&mut self.buf);
-        self.pool.put(&self.authority, Conn { stream, buf });
+        let idle =
+            (self.idle_ms > 0).then(|| std::time::Duration::from_millis(self.idle_ms.into()));
+        self.pool.put(&self.authority, Conn { stream, buf }, idle);
     }
 
     /// A request body that failed after the response started (over the limit, client

@@ -59,7 +59,9 @@ pub(crate) struct Conn {
 
 struct Idle {
     conn: Conn,
-    since: Instant,
+    /// When the connection is closed unless reused (its rule's idle timeout from the time
+    /// it was put back).
+    expires: Instant,
 }
 
 pub struct Client {
@@ -89,9 +91,8 @@ impl Client {
         let queue = idle.get_mut(authority)?;
         let now = Instant::now();
         while let Some(entry) = queue.pop_back() {
-            if now.duration_since(entry.since) > self.idle_timeout {
-                queue.clear();
-                return None;
+            if entry.expires <= now {
+                continue;
             }
             let mut probe = [0u8; 1];
             match entry.conn.stream.try_read(&mut probe) {
@@ -103,30 +104,29 @@ impl Client {
         None
     }
 
-    fn put(&self, authority: &Authority, conn: Conn) {
+    /// Pools `conn` for `idle` (the client's idle timeout when `None`).
+    fn put(&self, authority: &Authority, conn: Conn, idle_for: Option<Duration>) {
         let mut idle = self.lock();
         let queue = match idle.get_mut(authority) {
             Some(queue) => queue,
             None => idle.entry(authority.clone()).or_default(),
         };
         let now = Instant::now();
-        while queue
-            .front()
-            .is_some_and(|e| now.duration_since(e.since) > self.idle_timeout)
-        {
+        while queue.front().is_some_and(|e| e.expires <= now) {
             queue.pop_front();
         }
         if queue.len() < MAX_IDLE_PER_AUTHORITY {
-            queue.push_back(Idle { conn, since: now });
+            let expires = now + idle_for.unwrap_or(self.idle_timeout);
+            queue.push_back(Idle { conn, expires });
         }
     }
 
-    /// Drops connections idle for longer than the idle timeout, for every upstream: those
+    /// Drops connections idle for longer than their idle timeout, for every upstream: those
     /// of backends no longer in use (old pod addresses) would otherwise stay open forever.
     pub fn sweep(&self) {
         let now = Instant::now();
         self.lock().retain(|_, queue| {
-            queue.retain(|entry| now.duration_since(entry.since) <= self.idle_timeout);
+            queue.retain(|entry| entry.expires > now);
             !queue.is_empty()
         });
     }
@@ -166,10 +166,12 @@ impl Client {
         })
     }
 
-    /// Sends `request` to `authority` and returns once the response head is read.
+    /// Sends `request` to `authority` and returns once the response head is read; the
+    /// connection is pooled afterwards for `idle` (`None`: the client's idle timeout).
     pub async fn send(
         self: &Arc<Self>,
         authority: &Authority,
+        idle: Option<Duration>,
         request: Request<RequestBody>,
     ) -> Result<Response<Body>, Error> {
         let (parts, body) = request.into_parts();
@@ -188,7 +190,8 @@ impl Client {
         if framing != RequestFraming::None {
             // Boxed: the full-duplex exchange is large, and most requests have no body —
             // they should not carry its size around (every move of a future copies it).
-            return Box::pin(self.send_with_body(authority, head, body, framing, method)).await;
+            return Box::pin(self.send_with_body(authority, idle, head, body, framing, method))
+                .await;
         }
         // A pooled connection can turn out closed just as it is reused; a request without
         // a body that is safe to repeat is then sent once more on a fresh connection.
@@ -202,18 +205,19 @@ impl Client {
                 | Method::DELETE
         );
         if let Some(conn) = self.checkout(authority) {
-            match self.exchange(conn, authority, &head, &method).await {
+            match self.exchange(conn, authority, idle, &head, &method).await {
                 Err(Error::ClosedBeforeResponse | Error::Io(_)) if replayable => {}
                 outcome => return outcome,
             }
         }
         let conn = self.connect(authority).await?;
-        self.exchange(conn, authority, &head, &method).await
+        self.exchange(conn, authority, idle, &head, &method).await
     }
 
     async fn send_with_body(
         self: &Arc<Self>,
         authority: &Authority,
+        idle: Option<Duration>,
         head: Bytes,
         body: RequestBody,
         framing: RequestFraming,
@@ -223,7 +227,7 @@ impl Client {
             Some(conn) => conn,
             None => self.connect(authority).await?,
         };
-        self.exchange_with_body(conn, authority, head, body, framing, &method)
+        self.exchange_with_body(conn, authority, idle, head, body, framing, &method)
             .await
     }
 
@@ -232,6 +236,7 @@ impl Client {
         self: &Arc<Self>,
         mut conn: Conn,
         authority: &Authority,
+        idle: Option<Duration>,
         head: &Bytes,
         method: &Method,
     ) -> Result<Response<Body>, Error> {
@@ -242,14 +247,17 @@ impl Client {
             conn.buf,
             self.clone(),
             authority.clone(),
+            idle,
         ))
     }
 
     /// A request with a body: a task writes it while the response head is read.
+    #[allow(clippy::too_many_arguments)]
     async fn exchange_with_body(
         self: &Arc<Self>,
         conn: Conn,
         authority: &Authority,
+        idle: Option<Duration>,
         head: Bytes,
         body: RequestBody,
         framing: RequestFraming,
@@ -280,6 +288,7 @@ impl Client {
                 buf,
                 self.clone(),
                 authority.clone(),
+                idle,
             )),
             Err(error) => Err(error),
         }
@@ -326,8 +335,17 @@ impl head::ResponseHead {
         buf: BytesMut,
         pool: Arc<Client>,
         authority: Authority,
+        idle: Option<Duration>,
     ) -> Response<Body> {
-        let body = Body::new(io, buf, self.framing, self.keep_alive, pool, authority);
+        let body = Body::new(
+            io,
+            buf,
+            self.framing,
+            self.keep_alive,
+            pool,
+            authority,
+            idle,
+        );
         let mut response = Response::new(body);
         *response.status_mut() = self.status;
         *response.version_mut() = self.version;
@@ -381,7 +399,7 @@ mod tests {
         let client = Client::new(Duration::from_secs(1), Duration::from_millis(50));
         let conn = client.connect(&authority).await.unwrap();
         let (mut accepted, _) = listener.accept().await.unwrap();
-        client.put(&authority, conn);
+        client.put(&authority, conn, None);
         client.sweep();
         assert_eq!(client.lock().len(), 1, "still fresh");
         tokio::time::sleep(Duration::from_millis(80)).await;
@@ -395,5 +413,28 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(read, 0, "the swept connection is closed");
+    }
+
+    #[tokio::test]
+    async fn a_connection_keeps_its_own_idle_timeout() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let authority: Authority = listener.local_addr().unwrap().to_string().parse().unwrap();
+        let client = Client::new(Duration::from_secs(1), Duration::from_secs(60));
+        let short = client.connect(&authority).await.unwrap();
+        let _short_peer = listener.accept().await.unwrap();
+        let long = client.connect(&authority).await.unwrap();
+        let _long_peer = listener.accept().await.unwrap();
+        let long_port = long.stream.local_addr().unwrap().port();
+        client.put(&authority, long, None);
+        client.put(&authority, short, Some(Duration::from_millis(30)));
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        let reused = client
+            .checkout(&authority)
+            .expect("the default-timeout one is kept");
+        assert_eq!(reused.stream.local_addr().unwrap().port(), long_port);
+        assert!(
+            client.checkout(&authority).is_none(),
+            "the short one expired"
+        );
     }
 }
