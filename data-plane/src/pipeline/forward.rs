@@ -41,8 +41,7 @@ pub(super) async fn forward<'r>(
         .filter(|_| http_body::Body::is_end_stream(request.body()));
     let Some(retry) = retry else {
         let upstream = prepare(proxy, runtime, rule, target, request, rewrite, context)?;
-        let sending = proxy.upstreams.send(target, upstream);
-        let response = exchange(proxy, rule, target, context, sending).await?;
+        let response = exchange(proxy, rule, target, context, upstream, Exchange::Request).await?;
         return Ok(finish(proxy, response, context));
     };
     // Boxed: the retry loop must not grow the common path's future.
@@ -70,13 +69,13 @@ async fn retrying<'r>(
     let mut target = target;
     let mut retries = 0;
     loop {
-        let attempt = request.take().unwrap_or_else(|| head.again());
+        let this_try = request.take().unwrap_or_else(|| head.again());
         let upstream = prepare(
             proxy,
             runtime,
             rule,
             target,
-            attempt,
+            this_try,
             rewrite.clone(),
             context,
         )?;
@@ -86,7 +85,16 @@ async fn retrying<'r>(
             .map_or(deadline, |t| deadline.min(Instant::now() + t));
         // The per-try timeout is the backend's doing; a client's own short deadline is not.
         let blame = try_deadline < deadline || rule_deadline_applies(rule, context);
-        let outcome = attempt_once(proxy, rule, target, upstream, try_deadline, blame).await;
+        let outcome = attempt(
+            proxy,
+            rule,
+            target,
+            upstream,
+            Exchange::Request,
+            try_deadline,
+            blame,
+        )
+        .await;
         let failure = match &outcome {
             Ok(Ok(response)) if response.status().is_server_error() => {
                 Some(Failure::Status(response.status()))
@@ -247,28 +255,28 @@ pub(super) fn prepare(
 }
 
 /// One attempt within `deadline`, counted in flight on its backend; `Err` when the
-/// deadline passed.
-async fn attempt_once(
+/// An attempt's result: the response head, the upstream's failure, or the deadline.
+type Outcome = Result<Result<Response<ResponseBody>, UpstreamError>, tokio::time::error::Elapsed>;
+
+/// What an exchange sends.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Exchange {
+    Request,
+    /// An HTTP/1.1 upgrade (WebSocket): after a 101 the response holds the connection.
+    Upgrade,
+}
+
+/// Sends `upstream` within `deadline`, counted in flight on its backend, and reports the
+/// outcome to passive health (`blame_timeout`: whether a timeout is the backend's).
+///
+/// The send's future is made here, where it is awaited: an unstarted future is copied
+/// whole each time it is passed on, and this one is the largest of the request path.
+async fn attempt(
     proxy: &Proxy,
     rule: &Rule,
     target: &Target,
     upstream: Request<RequestBody>,
-    deadline: Instant,
-    blame_timeout: bool,
-) -> Outcome {
-    let sending = proxy.upstreams.send(target, upstream);
-    attempt(rule, target, sending, deadline, blame_timeout).await
-}
-
-/// An attempt's result: the response head, the upstream's failure, or the deadline.
-type Outcome = Result<Result<Response<ResponseBody>, UpstreamError>, tokio::time::error::Elapsed>;
-
-/// Runs `sending` within `deadline`, counted in flight on its backend, and reports the
-/// outcome to passive health (`blame_timeout`: whether a timeout is the backend's).
-async fn attempt(
-    rule: &Rule,
-    target: &Target,
-    sending: impl Future<Output = Result<Response<ResponseBody>, UpstreamError>>,
+    how: Exchange,
     deadline: Instant,
     blame_timeout: bool,
 ) -> Outcome {
@@ -294,7 +302,15 @@ async fn attempt(
     let _in_flight = backends
         .and_then(|b| b.endpoint(target))
         .map(InFlight::enter);
-    let outcome = tokio::time::timeout_at(deadline, sending).await;
+    let outcome = match how {
+        Exchange::Request => {
+            tokio::time::timeout_at(deadline, proxy.upstreams.send(target, upstream)).await
+        }
+        Exchange::Upgrade => {
+            let upgrading = Box::pin(proxy.upstreams.upgrade(target, upstream));
+            tokio::time::timeout_at(deadline, upgrading).await
+        }
+    };
     if let (Some(backends), Some(ok)) = (backends, succeeded(&outcome, blame_timeout)) {
         backends.report(target, ok);
     }
@@ -346,10 +362,12 @@ pub(super) async fn exchange(
     rule: &Rule,
     target: &Target,
     context: &mut Context<'_>,
-    sending: impl Future<Output = Result<Response<ResponseBody>, UpstreamError>>,
+    upstream: Request<RequestBody>,
+    how: Exchange,
 ) -> Result<Response<ResponseBody>, Deny> {
     let blame = rule_deadline_applies(rule, context);
-    let outcome = attempt(rule, target, sending, deadline(rule, context), blame).await;
+    let deadline = deadline(rule, context);
+    let outcome = attempt(proxy, rule, target, upstream, how, deadline, blame).await;
     conclude(proxy, rule, target, context, outcome, blame)
 }
 

@@ -67,8 +67,15 @@ pub(super) async fn tunnel<'r>(
     let headers = upstream.headers_mut();
     headers.insert(CONNECTION, UPGRADE_TOKEN.clone());
     headers.insert(UPGRADE, WEBSOCKET.clone());
-    let sending = proxy.upstreams.upgrade(target, upstream);
-    let mut response = forward::exchange(proxy, rule, target, context, sending).await?;
+    let mut response = forward::exchange(
+        proxy,
+        rule,
+        target,
+        context,
+        upstream,
+        forward::Exchange::Upgrade,
+    )
+    .await?;
     if response.status() != StatusCode::SWITCHING_PROTOCOLS {
         return Ok(forward::finish(proxy, response, context));
     }
