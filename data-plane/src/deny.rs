@@ -321,21 +321,8 @@ impl Deny {
     }
 
     pub fn into_response(self, request_id: &HeaderValue) -> Response<ResponseBody> {
-        let body = serde_json::json!({
-            "error": {
-                "code": self.code(),
-                "message": self.message(),
-                "request_id": request_id.to_str().unwrap_or_default(),
-            }
-        });
-        let mut response = Response::new(ResponseBody::local(body.to_string()));
-        *response.status_mut() = self.status();
+        let mut response = error_response(self.status(), self.code(), &self.message(), request_id);
         let headers = response.headers_mut();
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         match self {
             Deny::NotReady
             | Deny::RateLimitUnavailable { .. }
@@ -372,6 +359,32 @@ impl Deny {
         }
         response
     }
+}
+
+/// The error envelope every refusal of the gateway has:
+/// `{"error":{"code","message","request_id"}}`, never stored by caches.
+pub fn error_response(
+    status: StatusCode,
+    code: &str,
+    message: &str,
+    request_id: &HeaderValue,
+) -> Response<ResponseBody> {
+    let body = serde_json::json!({
+        "error": {
+            "code": code,
+            "message": message,
+            "request_id": request_id.to_str().unwrap_or_default(),
+        }
+    });
+    let mut response = Response::new(ResponseBody::local(body.to_string()));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
 }
 
 /// gRPC status codes the gateway answers with.

@@ -18,6 +18,7 @@ pub mod cors;
 pub mod deny;
 pub mod grpc;
 pub mod headers;
+pub mod identity;
 pub mod listener;
 pub mod metrics;
 pub mod path;
@@ -115,6 +116,8 @@ pub struct Config {
     pub trace_endpoint: Option<String>,
     /// Share of new traces sampled (a client's `traceparent` flag is followed).
     pub trace_sample_ratio: f64,
+    /// The identity API (`/v1/auth/*`, `/.well-known/*`) on the proxy listener; `None`: off.
+    pub identity: Option<identity::IdentityConfig>,
 }
 
 impl Config {
@@ -148,6 +151,7 @@ impl Config {
             tenant_metric_labels: metrics::DEFAULT_TENANT_LABELS,
             trace_endpoint: None,
             trace_sample_ratio: 0.01,
+            identity: None,
         }
     }
 }
@@ -180,6 +184,8 @@ pub enum Error {
     ControlPlaneScheme(String),
     #[error(transparent)]
     TraceExport(#[from] trace::export::ExportError),
+    #[error("the identity service: {0}")]
+    Identity(identity::IdentityError),
 }
 
 /// A running data plane.
@@ -228,6 +234,13 @@ pub async fn start(config: Config) -> Result<DataPlane, Error> {
     let commands = commands::Commands::new(redis.clone());
     let (shutdown, shutdown_rx) = watch::channel(false);
     let mut shared = Shared::new(metrics.clone(), &config, limiter, commands);
+    if let Some(identity) = &config.identity {
+        shared.identity = Some(Arc::new(
+            identity::Identity::open(identity.clone())
+                .await
+                .map_err(Error::Identity)?,
+        ));
+    }
     let mut trace_task = None;
     // The exporter stops after the workers have drained, so the drain's spans go too.
     let (trace_stop, trace_stop_rx) = watch::channel(false);

@@ -197,6 +197,36 @@ struct RunArgs {
     /// to this OTLP/gRPC collector, e.g. http://otel-collector:4317.
     #[arg(long, env = "PAVILION_OTLP_ENDPOINT")]
     otlp_endpoint: Option<String>,
+    /// Host the identity API (/v1/auth/*, /.well-known/*) with its records here:
+    /// nats://HOST:PORT[?bucket=PREFIX] (shared by every replica) or file:PATH (one node).
+    #[arg(long, env = "PAVILION_IDENTITY_STORE")]
+    identity_store: Option<pavilion_data::identity::StoreSpec>,
+    /// The identity tokens' issuer: the gateway's public URL (https://id.example.com).
+    #[arg(long, env = "PAVILION_IDENTITY_ISSUER")]
+    identity_issuer: Option<String>,
+    /// File holding the 32-byte key (hex or base64) that seals the signing keys at rest.
+    #[arg(long, env = "PAVILION_IDENTITY_KEY_FILE")]
+    identity_key_file: Option<PathBuf>,
+    /// The identity tokens' audience (`aud`).
+    #[arg(long, env = "PAVILION_IDENTITY_AUDIENCE", default_value = "pavilion")]
+    identity_audience: String,
+    /// Lifetime of access tokens, in seconds.
+    #[arg(
+        long,
+        env = "PAVILION_IDENTITY_ACCESS_TTL_SECONDS",
+        default_value_t = 300
+    )]
+    identity_access_ttl_seconds: u64,
+    /// Lifetime of a session (refresh-token family), in days.
+    #[arg(long, env = "PAVILION_IDENTITY_SESSION_DAYS", default_value_t = 30)]
+    identity_session_days: u64,
+    /// How long one signing key signs before the next one takes over, in hours.
+    #[arg(
+        long,
+        env = "PAVILION_IDENTITY_KEY_ROTATION_HOURS",
+        default_value_t = 24
+    )]
+    identity_key_rotation_hours: u64,
     /// Share of new traces sampled, 0 to 1; a client's traceparent sampled flag is followed.
     #[arg(long, env = "PAVILION_TRACE_SAMPLE_RATIO", default_value_t = 0.01)]
     trace_sample_ratio: f64,
@@ -290,6 +320,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             .collect(),
         client_ca: args.client_ca.clone(),
     });
+    let identity = identity_config(&args)?;
     let config = pavilion_data::Config {
         control_planes,
         control_plane_tls,
@@ -328,6 +359,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         cache_max_bytes: args.cache_max_mib.saturating_mul(1 << 20),
         trace_endpoint: args.otlp_endpoint.clone(),
         trace_sample_ratio: args.trace_sample_ratio,
+        identity,
         tenant_metric_labels: args.tenant_metric_labels,
         connections: ConnectionLimits {
             idle_timeout: Duration::from_secs(args.idle_timeout_seconds.max(1)),
@@ -398,6 +430,40 @@ fn host_name() -> String {
         .filter(|h| !h.is_empty())
         .or_else(|| std::env::var("HOSTNAME").ok())
         .unwrap_or_else(|| "pavilion-data".to_owned())
+}
+
+/// The identity service's settings: all three of store, issuer and key file, or none.
+fn identity_config(
+    args: &RunArgs,
+) -> anyhow::Result<Option<pavilion_data::identity::IdentityConfig>> {
+    let (store, issuer, key_file) = match (
+        &args.identity_store,
+        &args.identity_issuer,
+        &args.identity_key_file,
+    ) {
+        (None, None, None) => return Ok(None),
+        (Some(store), Some(issuer), Some(key_file)) => (store, issuer, key_file),
+        _ => anyhow::bail!(
+            "the identity API needs --identity-store, --identity-issuer and --identity-key-file together"
+        ),
+    };
+    anyhow::ensure!(
+        issuer.starts_with("https://") || issuer.starts_with("http://"),
+        "--identity-issuer must be the gateway's URL (https://…)"
+    );
+    anyhow::ensure!(
+        args.identity_access_ttl_seconds > 0
+            && args.identity_session_days > 0
+            && args.identity_key_rotation_hours > 0,
+        "identity lifetimes must be above 0"
+    );
+    let mut config =
+        pavilion_data::identity::IdentityConfig::new(store.clone(), issuer, key_file.clone());
+    config.audience = args.identity_audience.clone();
+    config.access_ttl = Duration::from_secs(args.identity_access_ttl_seconds);
+    config.refresh_ttl = Duration::from_secs(args.identity_session_days * 24 * 3600);
+    config.key_rotation = Duration::from_secs(args.identity_key_rotation_hours * 3600);
+    Ok(Some(config))
 }
 
 #[cfg(test)]

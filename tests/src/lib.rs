@@ -10,6 +10,7 @@ pub mod process;
 pub mod python;
 pub mod raw;
 pub mod redis;
+pub mod smtp;
 pub mod snapshot;
 pub mod tls;
 

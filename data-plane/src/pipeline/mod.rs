@@ -4,7 +4,7 @@
 //! possibly noting what it learnt in the context — or returns a typed [`Deny`]:
 //!
 //! ```text
-//! admit ▸ route ▸ cors ▸ ip ▸ limits (request facts) ▸ authn ▸ tenant ▸ authorize ▸ circuit ▸ placement
+//! admit ▸ (identity API ▸) route ▸ cors ▸ ip ▸ limits (request facts) ▸ authn ▸ tenant ▸ authorize ▸ circuit ▸ placement
 //!       ▸ limits (identity) ▸ quota ▸ transform ▸ (cache ▸) forward (or command on `commands` rules, or a
 //!         websocket tunnel for an upgrade on `websocket` rules)
 //!       └──── any phase's Deny ────┘──▶ respond: response filters, metrics, access log
@@ -23,6 +23,7 @@ mod cors;
 pub mod explain;
 mod forward;
 mod grpc_web;
+mod identity;
 mod ip;
 mod limits;
 mod placement;
@@ -103,6 +104,8 @@ pub struct Shared {
     pub cache: crate::cache::ResponseCache,
     /// Where sampled requests' spans go, when an OTLP endpoint is configured.
     pub spans: Option<crate::trace::export::SpanQueue>,
+    /// The identity API, when enabled.
+    pub identity: Option<Arc<crate::identity::Identity>>,
 }
 
 impl Shared {
@@ -127,6 +130,7 @@ impl Shared {
             stream_idle_timeout: config.stream_idle_timeout,
             cache: crate::cache::ResponseCache::new(config.cache_max_bytes),
             spans: None,
+            identity: None,
         }
     }
 }
@@ -295,8 +299,15 @@ impl Proxy {
     ) -> Result<Response<ResponseBody>, Deny> {
         let shared = &*self.shared;
         context.trace.phase("admit");
-        admit::ready(runtime)?;
         let admitted = admit::admit(&request, &shared.limits, shared.escaped_slashes)?;
+        // The identity API needs no routes: it answers before the first snapshot too.
+        if let Some(identity) = &shared.identity
+            && crate::identity::api::owns(request.uri().path())
+        {
+            context.trace.phase("identity");
+            return Ok(Box::pin(identity::serve(identity, request, context)).await);
+        }
+        admit::ready(runtime)?;
         context.trace.phase("route");
         let rule = route::find(runtime, &admitted, &request, context)?;
         transform::check_body(rule, &request, &shared.limits)?;

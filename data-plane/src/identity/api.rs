@@ -1,0 +1,289 @@
+//! The identity API over HTTP: `POST /v1/auth/{signup,signin,refresh,signout}` (JSON in,
+//! JSON out, errors in the gateway's envelope with the request id) and the discovery
+//! documents `/.well-known/jwks.json` and `/.well-known/openid-configuration`. Requests
+//! must be `application/json`: a cross-site form cannot send that without a CORS
+//! preflight, so no flow can be driven from another origin's page (CSRF).
+
+use bytes::Bytes;
+use http::header::{ALLOW, CACHE_CONTROL, CONTENT_TYPE, WWW_AUTHENTICATE};
+use http::{HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+
+use super::Identity;
+use super::flows::FlowError;
+use crate::body::{RequestBody, ResponseBody};
+use crate::deny::error_response;
+
+pub const JWKS_PATH: &str = "/.well-known/jwks.json";
+pub const DISCOVERY_PATH: &str = "/.well-known/openid-configuration";
+const PREFIX: &str = "/v1/auth/";
+
+/// Largest request body of the identity API.
+const MAX_BODY: u64 = 16 * 1024;
+
+/// Whether the identity service answers `path` (when it is enabled).
+pub fn owns(path: &str) -> bool {
+    path.starts_with(PREFIX) || path == JWKS_PATH || path == DISCOVERY_PATH
+}
+
+#[derive(Deserialize)]
+struct Credentials {
+    email: String,
+    password: String,
+}
+
+#[derive(Deserialize)]
+struct RefreshRequest {
+    refresh_token: String,
+}
+
+#[derive(Deserialize)]
+struct SignoutRequest {
+    #[serde(default)]
+    refresh_token: Option<String>,
+    #[serde(default)]
+    all: bool,
+}
+
+/// A refusal of the identity API.
+struct Refusal {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+    /// For 405: the method the endpoint answers.
+    allow: Option<&'static str>,
+}
+
+impl Refusal {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+            allow: None,
+        }
+    }
+}
+
+impl From<FlowError> for Refusal {
+    fn from(error: FlowError) -> Self {
+        let (status, code) = match &error {
+            FlowError::InvalidRequest(_) => (StatusCode::BAD_REQUEST, "invalid_request"),
+            FlowError::InvalidCredentials => (StatusCode::UNAUTHORIZED, "invalid_credentials"),
+            FlowError::InvalidGrant => (StatusCode::UNAUTHORIZED, "invalid_grant"),
+            FlowError::InvalidToken => (StatusCode::UNAUTHORIZED, "invalid_token"),
+            FlowError::Unavailable(why) => {
+                tracing::error!(error = %why, "identity service failure");
+                (StatusCode::SERVICE_UNAVAILABLE, "identity_unavailable")
+            }
+        };
+        let message = match error {
+            // The cause is logged, not told.
+            FlowError::Unavailable(_) => {
+                "the identity service is unavailable; retry shortly".into()
+            }
+            other => other.to_string(),
+        };
+        Refusal::new(status, code, message)
+    }
+}
+
+/// Answers one identity request.
+pub async fn serve(
+    identity: &Identity,
+    request: Request<RequestBody>,
+    request_id: &HeaderValue,
+) -> Response<ResponseBody> {
+    match route(identity, request).await {
+        Ok(response) => response,
+        Err(refusal) => {
+            let mut response =
+                error_response(refusal.status, refusal.code, &refusal.message, request_id);
+            if refusal.code == "invalid_token" {
+                response.headers_mut().insert(
+                    WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer error=\"invalid_token\""),
+                );
+            }
+            if let Some(allow) = refusal.allow {
+                response
+                    .headers_mut()
+                    .insert(ALLOW, HeaderValue::from_static(allow));
+            }
+            response
+        }
+    }
+}
+
+async fn route(
+    identity: &Identity,
+    request: Request<RequestBody>,
+) -> Result<Response<ResponseBody>, Refusal> {
+    let path = request.uri().path().to_owned();
+    if path == JWKS_PATH || path == DISCOVERY_PATH {
+        if request.method() != Method::GET && request.method() != Method::HEAD {
+            return Err(not_allowed("GET"));
+        }
+        return if path == JWKS_PATH {
+            let jwks = identity
+                .keys()
+                .jwks()
+                .await
+                .map_err(|e| Refusal::from(FlowError::Unavailable(e.to_string())))?;
+            // Short: a verifier meeting a new key id refetches anyway.
+            Ok(json(StatusCode::OK, &jwks, "public, max-age=60"))
+        } else {
+            Ok(json(
+                StatusCode::OK,
+                &discovery(identity),
+                "public, max-age=3600",
+            ))
+        };
+    }
+    let operation = &path[PREFIX.len()..];
+    if !matches!(operation, "signup" | "signin" | "refresh" | "signout") {
+        return Err(Refusal::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no identity endpoint {path}"),
+        ));
+    }
+    if request.method() != Method::POST {
+        return Err(not_allowed("POST"));
+    }
+    let bearer = bearer_token(&request);
+    let body = read_json_body(request).await?;
+    match operation {
+        "signup" => {
+            let credentials: Credentials = parse(&body)?;
+            identity
+                .signup(&credentials.email, &credentials.password)
+                .await?;
+            Ok(json(
+                StatusCode::ACCEPTED,
+                &serde_json::json!({ "status": "created" }),
+                "no-store",
+            ))
+        }
+        "signin" => {
+            let credentials: Credentials = parse(&body)?;
+            let tokens = identity
+                .signin(&credentials.email, &credentials.password)
+                .await?;
+            Ok(json(StatusCode::OK, &tokens, "no-store"))
+        }
+        "refresh" => {
+            let refresh: RefreshRequest = parse(&body)?;
+            let tokens = identity.refresh(&refresh.refresh_token).await?;
+            Ok(json(StatusCode::OK, &tokens, "no-store"))
+        }
+        _ => {
+            let signout: SignoutRequest = parse(&body)?;
+            match (signout.all, signout.refresh_token) {
+                (true, _) => {
+                    let bearer = bearer.ok_or(FlowError::InvalidToken)?;
+                    identity.signout_everywhere(&bearer).await?;
+                }
+                (false, Some(token)) => identity.signout(&token).await?,
+                (false, None) => {
+                    return Err(FlowError::InvalidRequest(
+                        "give `refresh_token`, or `all: true` with a bearer token".into(),
+                    )
+                    .into());
+                }
+            }
+            let mut response = Response::new(ResponseBody::Local(None));
+            *response.status_mut() = StatusCode::NO_CONTENT;
+            Ok(response)
+        }
+    }
+}
+
+fn not_allowed(allow: &'static str) -> Refusal {
+    Refusal {
+        allow: Some(allow),
+        ..Refusal::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            format!("this endpoint answers {allow} only"),
+        )
+    }
+}
+
+fn bearer_token<B>(request: &Request<B>) -> Option<String> {
+    let value = request
+        .headers()
+        .get(http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim().to_owned())
+}
+
+async fn read_json_body(mut request: Request<RequestBody>) -> Result<Bytes, Refusal> {
+    let json = request
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
+    if !json {
+        return Err(Refusal::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "send the request as Content-Type: application/json",
+        ));
+    }
+    request.body_mut().limit_to(MAX_BODY);
+    let body = request.into_body().collect().await.map_err(|_| {
+        Refusal::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("the request body is cut off or larger than {MAX_BODY} bytes"),
+        )
+    })?;
+    Ok(body.to_bytes())
+}
+
+fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, Refusal> {
+    serde_json::from_slice(body).map_err(|e| {
+        Refusal::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            format!("the JSON body does not fit this endpoint: {e}"),
+        )
+    })
+}
+
+fn json(
+    status: StatusCode,
+    value: &impl serde::Serialize,
+    cache: &'static str,
+) -> Response<ResponseBody> {
+    let body = serde_json::to_vec(value).expect("JSON values always serialize");
+    let mut response = Response::new(ResponseBody::local(body));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static(cache));
+    response
+}
+
+/// The OpenID Provider metadata a verifier needs: who issues, where the keys are.
+fn discovery(identity: &Identity) -> serde_json::Value {
+    let issuer = &identity.config().issuer;
+    serde_json::json!({
+        "issuer": issuer,
+        "jwks_uri": format!("{issuer}{JWKS_PATH}"),
+        "token_endpoint": format!("{issuer}{PREFIX}signin"),
+        "response_types_supported": ["token"],
+        "subject_types_supported": ["public"],
+        "id_token_signing_alg_values_supported": ["ES256"],
+        "token_endpoint_auth_methods_supported": ["none"],
+        "claims_supported": ["iss", "sub", "aud", "exp", "iat", "jti", "sid", "email", "tenants", "roles"],
+    })
+}

@@ -1,0 +1,391 @@
+//! The password and session flows. Answers never tell whether an account exists: sign-up
+//! answers the same for a taken address, and sign-in spends a hash verification for an
+//! unknown one. Sessions are refresh-token families: each use replaces the token (a
+//! compare-and-set on the family's revision, so the same token raced from two replicas
+//! succeeds once), and presenting a replaced token — someone holds a copy — revokes the
+//! family.
+
+use jsonwebtoken::{Algorithm, Header, Validation};
+
+use super::records::{self, EmailOwner, Family, RecordError, User, UserStatus, VERSION, Versioned};
+use super::store::{Bucket, StoreError};
+use super::tokens::{self, AccessClaims, Tokens};
+use super::{Identity, IdentityError, password, unix_now, unix_now_ms};
+
+/// Why a flow refused; each is one answer of the API.
+#[derive(Debug, thiserror::Error)]
+pub enum FlowError {
+    /// 400: the request is malformed (the message says how).
+    #[error("{0}")]
+    InvalidRequest(String),
+    /// 401: wrong e-mail or password, or no such account — indistinguishable on purpose.
+    #[error("the e-mail address or the password is wrong")]
+    InvalidCredentials,
+    /// 401: the refresh token is unknown, expired, revoked or already used.
+    #[error("the refresh token is not valid (expired, revoked or already used)")]
+    InvalidGrant,
+    /// 401: the bearer token is missing or not the gateway's.
+    #[error("a valid access token of this gateway is required")]
+    InvalidToken,
+    /// 503: the store or the keys failed.
+    #[error("the identity service is unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl From<IdentityError> for FlowError {
+    fn from(e: IdentityError) -> Self {
+        FlowError::Unavailable(e.to_string())
+    }
+}
+
+impl From<StoreError> for FlowError {
+    fn from(e: StoreError) -> Self {
+        FlowError::Unavailable(e.to_string())
+    }
+}
+
+impl From<RecordError> for FlowError {
+    fn from(e: RecordError) -> Self {
+        FlowError::Unavailable(e.to_string())
+    }
+}
+
+impl From<super::keys::KeyError> for FlowError {
+    fn from(e: super::keys::KeyError) -> Self {
+        FlowError::Unavailable(e.to_string())
+    }
+}
+
+/// The address as compared: trimmed and lower-cased; `None` when it is not one.
+pub fn normalise_email(email: &str) -> Option<String> {
+    let email = email.trim().to_lowercase();
+    let (local, domain) = email.split_once('@')?;
+    let valid = !local.is_empty()
+        && domain.contains('.')
+        && !domain.starts_with('.')
+        && !domain.ends_with('.')
+        && !domain.contains('@')
+        && email.len() <= 254
+        && !email.chars().any(|c| c.is_whitespace() || c.is_control());
+    valid.then_some(email)
+}
+
+/// The e-mail index's key: no address appears in a key (keys show up in listings, logs
+/// and NATS subjects).
+fn email_key(normalised: &str) -> String {
+    tokens::digest(normalised)
+}
+
+impl Identity {
+    /// Creates an account unless the address has one; the caller answers the same either
+    /// way (and the time is the same: the password is hashed in both cases).
+    pub async fn signup(&self, email: &str, password: &str) -> Result<(), FlowError> {
+        let email = normalise_email(email)
+            .ok_or_else(|| FlowError::InvalidRequest("`email` is not an e-mail address".into()))?;
+        password::check_strength(password).map_err(|m| FlowError::InvalidRequest(m.into()))?;
+        let hash = hash_off_thread(password.to_owned()).await?;
+        let key = email_key(&email);
+        if records::get::<EmailOwner>(&*self.store, &key)
+            .await?
+            .is_some()
+        {
+            return Ok(());
+        }
+        let user = User {
+            v: VERSION,
+            id: uuid::Uuid::now_v7().simple().to_string(),
+            email: email.clone(),
+            email_verified: false,
+            password: Some(hash),
+            status: UserStatus::Active,
+            created_at: unix_now(),
+            sessions_after_ms: 0,
+            roles: Vec::new(),
+            tenants: Default::default(),
+        };
+        records::create(&*self.store, &user.id, &user).await?;
+        let owner = EmailOwner {
+            v: VERSION,
+            user: user.id.clone(),
+        };
+        match records::create(&*self.store, &key, &owner).await {
+            Ok(_) => {
+                tracing::info!(user = %user.id, "account created");
+                Ok(())
+            }
+            // The address was claimed meanwhile (by another replica): ours goes.
+            Err(StoreError::Exists) => {
+                if let Some(entry) = self.store.get(Bucket::Users, &user.id).await? {
+                    let _ = self
+                        .store
+                        .delete(Bucket::Users, &user.id, entry.revision)
+                        .await;
+                }
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Checks the password and starts a session.
+    pub async fn signin(&self, email: &str, password: &str) -> Result<Tokens, FlowError> {
+        let user = match normalise_email(email) {
+            Some(email) => self.user_by_email(&email).await?,
+            None => None,
+        };
+        let Some(mut user) = user else {
+            verify_nothing_off_thread(password.to_owned()).await;
+            return Err(FlowError::InvalidCredentials);
+        };
+        let Some(stored) = user.record.password.clone() else {
+            verify_nothing_off_thread(password.to_owned()).await;
+            return Err(FlowError::InvalidCredentials);
+        };
+        let verdict = verify_off_thread(password.to_owned(), stored).await?;
+        if verdict == password::Verdict::Wrong || user.record.status != UserStatus::Active {
+            tracing::info!(user = %user.record.id, "sign-in refused");
+            return Err(FlowError::InvalidCredentials);
+        }
+        if verdict == password::Verdict::RightButStale {
+            // Best effort: a concurrent change of the account wins, and the next sign-in
+            // tries again.
+            user.record.password = Some(hash_off_thread(password.to_owned()).await?);
+            let _ = records::update(
+                &*self.store,
+                &user.record.id.clone(),
+                &user.record,
+                user.revision,
+            )
+            .await;
+        }
+        self.start_session(&user.record).await
+    }
+
+    async fn user_by_email(&self, email: &str) -> Result<Option<Versioned<User>>, FlowError> {
+        let Some(owner) = records::get::<EmailOwner>(&*self.store, &email_key(email)).await? else {
+            return Ok(None);
+        };
+        Ok(records::get::<User>(&*self.store, &owner.record.user).await?)
+    }
+
+    async fn start_session(&self, user: &User) -> Result<Tokens, FlowError> {
+        let now = unix_now();
+        let id = uuid::Uuid::now_v7().simple().to_string();
+        let refresh = tokens::refresh_token(&id);
+        let family = Family {
+            v: VERSION,
+            user: user.id.clone(),
+            current: tokens::digest(&refresh),
+            generation: 0,
+            started_ms: unix_now_ms(),
+            expires_at: now + self.config.refresh_ttl.as_secs() as i64,
+            revoked: None,
+        };
+        records::create(&*self.store, &id, &family).await?;
+        tracing::info!(user = %user.id, session = %id, "signed in");
+        self.tokens(user, &id, refresh).await
+    }
+
+    async fn tokens(
+        &self,
+        user: &User,
+        session: &str,
+        refresh: String,
+    ) -> Result<Tokens, FlowError> {
+        let signer = self.keys.signer().await?;
+        let now = unix_now();
+        let claims = AccessClaims {
+            iss: self.config.issuer.clone(),
+            sub: user.id.clone(),
+            aud: self.config.audience.clone(),
+            exp: now + self.config.access_ttl.as_secs() as i64,
+            iat: now,
+            jti: uuid::Uuid::now_v7().simple().to_string(),
+            sid: session.to_owned(),
+            email: user.email.clone(),
+            tenants: user.tenants.clone(),
+            roles: user.roles.clone(),
+        };
+        let mut header = Header::new(Algorithm::ES256);
+        header.kid = Some(signer.kid.clone());
+        let access_token = jsonwebtoken::encode(&header, &claims, &signer.key)
+            .map_err(|e| FlowError::Unavailable(format!("signing: {e}")))?;
+        Ok(Tokens {
+            access_token,
+            refresh_token: refresh,
+            token_type: "Bearer",
+            expires_in: self.config.access_ttl.as_secs(),
+        })
+    }
+
+    /// Replaces a refresh token with a new one (and a new access token). A token that was
+    /// already replaced revokes its family: whoever uses the family next — the thief or
+    /// the owner — must sign in again.
+    pub async fn refresh(&self, token: &str) -> Result<Tokens, FlowError> {
+        let id = tokens::family_of(token).ok_or(FlowError::InvalidGrant)?;
+        let digest = tokens::digest(token);
+        let family: Versioned<Family> = records::get(&*self.store, id)
+            .await?
+            .ok_or(FlowError::InvalidGrant)?;
+        if family.record.current != digest {
+            self.revoke(id, family, "refresh token reused").await?;
+            return Err(FlowError::InvalidGrant);
+        }
+        let user = self.live_session_user(&family.record).await?;
+        let refresh = tokens::refresh_token(id);
+        let mut next = family.record.clone();
+        next.current = tokens::digest(&refresh);
+        next.generation += 1;
+        match records::update(&*self.store, id, &next, family.revision).await {
+            Ok(_) => self.tokens(&user, id, refresh).await,
+            // Used at the same moment elsewhere: one of the two is a copy.
+            Err(StoreError::Conflict) => {
+                if let Some(now) = records::get::<Family>(&*self.store, id).await? {
+                    self.revoke(id, now, "refresh token used twice at once")
+                        .await?;
+                }
+                Err(FlowError::InvalidGrant)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The family's user, when the session may go on.
+    async fn live_session_user(&self, family: &Family) -> Result<User, FlowError> {
+        if family.revoked.is_some() || family.expires_at <= unix_now() {
+            return Err(FlowError::InvalidGrant);
+        }
+        let user: Versioned<User> = records::get(&*self.store, &family.user)
+            .await?
+            .ok_or(FlowError::InvalidGrant)?;
+        if user.record.status != UserStatus::Active
+            || family.started_ms < user.record.sessions_after_ms
+        {
+            return Err(FlowError::InvalidGrant);
+        }
+        Ok(user.record)
+    }
+
+    /// Marks a family revoked (retrying on concurrent changes; already revoked stays so).
+    async fn revoke(
+        &self,
+        id: &str,
+        mut family: Versioned<Family>,
+        why: &str,
+    ) -> Result<(), FlowError> {
+        for _ in 0..5 {
+            if family.record.revoked.is_some() {
+                return Ok(());
+            }
+            family.record.revoked = Some(why.to_owned());
+            match records::update(&*self.store, id, &family.record, family.revision).await {
+                Ok(_) => {
+                    tracing::warn!(session = id, user = %family.record.user, reason = why, "session revoked");
+                    return Ok(());
+                }
+                Err(StoreError::Conflict) => match records::get(&*self.store, id).await? {
+                    Some(again) => family = again,
+                    None => return Ok(()),
+                },
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(FlowError::Unavailable("the session kept changing".into()))
+    }
+
+    /// Ends the session of a refresh token (a token that is not current ends nothing).
+    pub async fn signout(&self, token: &str) -> Result<(), FlowError> {
+        let Some(id) = tokens::family_of(token) else {
+            return Ok(());
+        };
+        if let Some(family) = records::get::<Family>(&*self.store, id).await?
+            && family.record.current == tokens::digest(token)
+        {
+            self.revoke(id, family, "signed out").await?;
+        }
+        Ok(())
+    }
+
+    /// Ends every session of the bearer's account: refresh fails at once; access tokens
+    /// already issued run out within their lifetime.
+    pub async fn signout_everywhere(&self, bearer: &str) -> Result<(), FlowError> {
+        let claims = self.verify_access(bearer).await?;
+        for _ in 0..5 {
+            let mut user: Versioned<User> = records::get(&*self.store, &claims.sub)
+                .await?
+                .ok_or(FlowError::InvalidToken)?;
+            user.record.sessions_after_ms = unix_now_ms();
+            match records::update(&*self.store, &claims.sub, &user.record, user.revision).await {
+                Ok(_) => {
+                    tracing::info!(user = %claims.sub, "signed out everywhere");
+                    return Ok(());
+                }
+                Err(StoreError::Conflict) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(FlowError::Unavailable("the account kept changing".into()))
+    }
+
+    /// Checks one of the gateway's own access tokens.
+    pub async fn verify_access(&self, token: &str) -> Result<AccessClaims, FlowError> {
+        let header = jsonwebtoken::decode_header(token).map_err(|_| FlowError::InvalidToken)?;
+        let kid = header.kid.ok_or(FlowError::InvalidToken)?;
+        let key = self
+            .keys
+            .decoding_key(&kid)
+            .await?
+            .ok_or(FlowError::InvalidToken)?;
+        let mut validation = Validation::new(Algorithm::ES256);
+        validation.set_issuer(&[&self.config.issuer]);
+        validation.set_audience(&[&self.config.audience]);
+        jsonwebtoken::decode::<AccessClaims>(token, &key, &validation)
+            .map(|data| data.claims)
+            .map_err(|_| FlowError::InvalidToken)
+    }
+}
+
+/// Argon2id takes tens of milliseconds of CPU: never on a proxy worker's thread.
+async fn hash_off_thread(password: String) -> Result<String, FlowError> {
+    tokio::task::spawn_blocking(move || password::hash(&password))
+        .await
+        .map_err(|e| FlowError::Unavailable(e.to_string()))
+}
+
+async fn verify_off_thread(
+    password: String,
+    stored: String,
+) -> Result<password::Verdict, FlowError> {
+    tokio::task::spawn_blocking(move || password::verify(&password, &stored))
+        .await
+        .map_err(|e| FlowError::Unavailable(e.to_string()))
+}
+
+async fn verify_nothing_off_thread(password: String) {
+    let _ = tokio::task::spawn_blocking(move || password::verify_nothing(&password)).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn emails_are_normalised_or_refused() {
+        assert_eq!(
+            normalise_email(" Ada@Example.ORG ").as_deref(),
+            Some("ada@example.org")
+        );
+        for bad in [
+            "",
+            "ada",
+            "@example.org",
+            "ada@",
+            "ada@example",
+            "ada@.org",
+            "a b@x.org",
+            "a@b@x.org",
+        ] {
+            assert_eq!(normalise_email(bad), None, "{bad}");
+        }
+    }
+}

@@ -1,0 +1,174 @@
+//! The identity service the data plane hosts (`/v1/auth/*`, `/.well-known/*`): accounts
+//! with Argon2id passwords, sessions as refresh-token families rotated at every use with
+//! reuse detection, and ES256 access tokens any route's `auth.jwt` can trust through the
+//! published JWKS. All state is in a [`store::Store`] shared by every replica (NATS KV), so
+//! any replica answers any request; races between replicas are settled by the store's
+//! compare-and-set.
+
+pub mod api;
+pub mod flows;
+pub mod keys;
+pub mod password;
+pub mod records;
+pub mod store;
+pub mod tokens;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use keys::{KeyError, KeyRing, Sealer};
+use store::{Store, StoreError};
+
+/// Unix seconds now.
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// Unix milliseconds now.
+pub fn unix_now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Where the records live.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StoreSpec {
+    /// `nats://host:port[,…][?bucket=PREFIX]`: buckets `{prefix}-users`, … (prefix default
+    /// `pavilion-identity`).
+    Nats { servers: String, prefix: String },
+    /// `file:PATH`: one redb file.
+    File(PathBuf),
+}
+
+impl std::str::FromStr for StoreSpec {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        if let Some(path) = text.strip_prefix("file:") {
+            if path.is_empty() {
+                return Err("file: needs a path (file:/var/lib/pavilion/identity.redb)".into());
+            }
+            return Ok(StoreSpec::File(path.into()));
+        }
+        if text.starts_with("nats://") || text.starts_with("tls://") {
+            let (servers, query) = text.split_once('?').unwrap_or((text, ""));
+            let mut prefix = "pavilion-identity".to_owned();
+            for pair in query.split('&').filter(|p| !p.is_empty()) {
+                match pair.split_once('=') {
+                    Some(("bucket", value))
+                        if !value.is_empty()
+                            && value
+                                .bytes()
+                                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') =>
+                    {
+                        prefix = value.to_owned();
+                    }
+                    _ => {
+                        return Err(format!(
+                            "`{pair}`: the only option is bucket=PREFIX ([A-Za-z0-9_-])"
+                        ));
+                    }
+                }
+            }
+            return Ok(StoreSpec::Nats {
+                servers: servers.to_owned(),
+                prefix,
+            });
+        }
+        Err(format!(
+            "`{text}`: an identity store is nats://HOST:PORT[?bucket=PREFIX] or file:PATH"
+        ))
+    }
+}
+
+/// How the identity service runs.
+#[derive(Clone, Debug)]
+pub struct IdentityConfig {
+    pub store: StoreSpec,
+    /// The tokens' `iss`, and where clients find `/.well-known/*` (the gateway's public URL).
+    pub issuer: String,
+    /// The tokens' `aud`.
+    pub audience: String,
+    /// The store key that seals signing keys (32 bytes, hex or base64).
+    pub key_file: PathBuf,
+    pub access_ttl: Duration,
+    pub refresh_ttl: Duration,
+    /// How long one signing key signs before the next takes over.
+    pub key_rotation: Duration,
+}
+
+impl IdentityConfig {
+    pub fn new(store: StoreSpec, issuer: &str, key_file: PathBuf) -> Self {
+        Self {
+            store,
+            issuer: issuer.trim_end_matches('/').to_owned(),
+            audience: "pavilion".into(),
+            key_file,
+            access_ttl: Duration::from_secs(300),
+            refresh_ttl: Duration::from_secs(30 * 24 * 3600),
+            key_rotation: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Keys(#[from] KeyError),
+}
+
+/// The identity service: its store, signing keys and settings; shared by every worker.
+pub struct Identity {
+    store: Arc<dyn Store>,
+    keys: KeyRing,
+    config: IdentityConfig,
+}
+
+impl Identity {
+    /// Opens the store (creating buckets or the file when missing) and the store key.
+    pub async fn open(config: IdentityConfig) -> Result<Self, IdentityError> {
+        let sealer = Sealer::from_file(&config.key_file)?;
+        let store: Arc<dyn Store> = match &config.store {
+            StoreSpec::Nats { servers, prefix } => {
+                Arc::new(store::kv::KvStore::connect(servers, prefix).await?)
+            }
+            StoreSpec::File(path) => {
+                let path = path.clone();
+                Arc::new(
+                    tokio::task::spawn_blocking(move || store::file::FileStore::open(&path))
+                        .await
+                        .map_err(|e| StoreError::Unavailable(e.to_string()))??,
+                )
+            }
+        };
+        let keys = KeyRing::new(
+            store.clone(),
+            sealer,
+            config.key_rotation,
+            config.access_ttl,
+        );
+        let identity = Self {
+            store,
+            keys,
+            config,
+        };
+        // A key now, so the first sign-in does not wait for one and a broken store key is
+        // found at start rather than at the first request.
+        identity.keys.signer().await?;
+        Ok(identity)
+    }
+
+    pub fn config(&self) -> &IdentityConfig {
+        &self.config
+    }
+
+    pub fn keys(&self) -> &KeyRing {
+        &self.keys
+    }
+}

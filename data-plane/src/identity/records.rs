@@ -1,0 +1,226 @@
+//! The records the identity store holds, as versioned JSON. Migration rule: every record
+//! carries `v`; a reader accepts its own version and every older one (fields added later
+//! have defaults, unknown fields are ignored) and writes back its own, so replicas of two
+//! adjacent releases can share a store during a rolling upgrade. A record with a newer `v`
+//! than the reader knows is refused rather than rewritten without the fields it cannot see.
+
+use std::collections::BTreeMap;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use super::store::{Bucket, Entry, Store, StoreError};
+
+/// The record version this build writes.
+pub const VERSION: u32 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("record {key} in {bucket} is unreadable: {why}")]
+    Unreadable {
+        bucket: &'static str,
+        key: String,
+        why: String,
+    },
+}
+
+/// A record type and its bucket.
+pub trait Record: Serialize + DeserializeOwned {
+    const BUCKET: Bucket;
+    fn version(&self) -> u32;
+}
+
+/// A record as read, with the revision to write it back at.
+#[derive(Debug)]
+pub struct Versioned<T> {
+    pub record: T,
+    pub revision: u64,
+}
+
+fn decode<T: Record>(key: &str, entry: Entry) -> Result<Versioned<T>, RecordError> {
+    let unreadable = |why: String| RecordError::Unreadable {
+        bucket: T::BUCKET.name(),
+        key: key.to_owned(),
+        why,
+    };
+    let record: T = serde_json::from_slice(&entry.value).map_err(|e| unreadable(e.to_string()))?;
+    if record.version() > VERSION {
+        return Err(unreadable(format!(
+            "version {} is newer than this build's {VERSION}",
+            record.version()
+        )));
+    }
+    Ok(Versioned {
+        record,
+        revision: entry.revision,
+    })
+}
+
+fn encode<T: Record>(record: &T) -> Vec<u8> {
+    serde_json::to_vec(record).expect("records always serialize")
+}
+
+pub async fn get<T: Record>(
+    store: &dyn Store,
+    key: &str,
+) -> Result<Option<Versioned<T>>, RecordError> {
+    match store.get(T::BUCKET, key).await? {
+        Some(entry) => decode(key, entry).map(Some),
+        None => Ok(None),
+    }
+}
+
+pub async fn create<T: Record>(
+    store: &dyn Store,
+    key: &str,
+    record: &T,
+) -> Result<u64, StoreError> {
+    store.create(T::BUCKET, key, encode(record)).await
+}
+
+pub async fn update<T: Record>(
+    store: &dyn Store,
+    key: &str,
+    record: &T,
+    revision: u64,
+) -> Result<u64, StoreError> {
+    store.update(T::BUCKET, key, encode(record), revision).await
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UserStatus {
+    #[default]
+    Active,
+    Disabled,
+}
+
+/// An account.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct User {
+    pub v: u32,
+    pub id: String,
+    /// As given at sign-up (the index key is of its normalised form).
+    pub email: String,
+    #[serde(default)]
+    pub email_verified: bool,
+    /// The Argon2id PHC string; `None` for accounts that only sign in through OIDC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
+    #[serde(default)]
+    pub status: UserStatus,
+    /// Unix seconds.
+    pub created_at: i64,
+    /// Sessions started before this (Unix milliseconds) are revoked: global sign-out.
+    #[serde(default)]
+    pub sessions_after_ms: i64,
+    /// Platform roles (the access token's `roles`).
+    #[serde(default)]
+    pub roles: Vec<String>,
+    /// Tenant → roles (the access token's `tenants`).
+    #[serde(default)]
+    pub tenants: BTreeMap<String, Vec<String>>,
+}
+
+impl Record for User {
+    const BUCKET: Bucket = Bucket::Users;
+    fn version(&self) -> u32 {
+        self.v
+    }
+}
+
+/// Who owns an e-mail address (the key is the SHA-256 of its normalised form).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct EmailOwner {
+    pub v: u32,
+    pub user: String,
+}
+
+impl Record for EmailOwner {
+    const BUCKET: Bucket = Bucket::Emails;
+    fn version(&self) -> u32 {
+        self.v
+    }
+}
+
+/// A refresh-token family: one sign-in session, whose refresh token changes at every use.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Family {
+    pub v: u32,
+    pub user: String,
+    /// SHA-256 (hex) of the one refresh token of the family that may be used now.
+    pub current: String,
+    /// Rotations so far.
+    pub generation: u32,
+    /// When the session started (Unix milliseconds: a sign-out everywhere and a sign-in in
+    /// the same second are told apart).
+    pub started_ms: i64,
+    /// The session ends then, whatever the rotations (Unix seconds).
+    pub expires_at: i64,
+    /// Why the family was revoked (sign-out, reuse detected); `None` while it lives.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked: Option<String>,
+}
+
+impl Record for Family {
+    const BUCKET: Bucket = Bucket::Sessions;
+    fn version(&self) -> u32 {
+        self.v
+    }
+}
+
+/// A one-time password-reset token (the key is the SHA-256 of the token).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Reset {
+    pub v: u32,
+    pub user: String,
+    pub expires_at: i64,
+}
+
+impl Record for Reset {
+    const BUCKET: Bucket = Bucket::Resets;
+    fn version(&self) -> u32 {
+        self.v
+    }
+}
+
+/// A signing key (`{kid}`): its public half as a JWK, its private half sealed.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SigningKey {
+    pub v: u32,
+    pub kid: String,
+    /// Unix seconds.
+    pub created_at: i64,
+    /// Tokens are signed with it until then (Unix seconds)…
+    pub retires_at: i64,
+    /// …and its public half is published until its last token has expired.
+    pub expires_at: i64,
+    /// The P-256 point, base64url (RFC 7518 §6.2.1).
+    pub x: String,
+    pub y: String,
+    /// The PKCS#8 private key, sealed with the store key (AES-256-GCM), base64url.
+    pub sealed: String,
+}
+
+impl Record for SigningKey {
+    const BUCKET: Bucket = Bucket::Keys;
+    fn version(&self) -> u32 {
+        self.v
+    }
+}
+
+/// `current` in the keys bucket: which key signs now.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CurrentKey {
+    pub v: u32,
+    pub kid: String,
+}
+
+impl Record for CurrentKey {
+    const BUCKET: Bucket = Bucket::Keys;
+    fn version(&self) -> u32 {
+        self.v
+    }
+}

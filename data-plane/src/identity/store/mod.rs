@@ -1,0 +1,116 @@
+//! Where the identity service keeps its state: one [`Store`] trait over named buckets of
+//! versioned JSON records, with compare-and-set on revisions wherever two replicas could
+//! race (a refresh-token rotation, a signing-key rotation, an e-mail claimed twice). Two
+//! implementations pass the same test suite (`tests/identity_store.rs`): NATS JetStream KV
+//! ([`kv::KvStore`], production: every replica sees the same state) and an embedded redb
+//! file ([`file::FileStore`], a single node and `scripts/demo`).
+
+pub mod file;
+pub mod kv;
+
+use futures::future::BoxFuture;
+
+/// The buckets, one per kind of record (`docs/identity.md` lists their keys).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Bucket {
+    /// `{user id}` → user (e-mail, password hash, status).
+    Users,
+    /// `{sha-256 of the normalised e-mail}` → the user id owning it.
+    Emails,
+    /// `{family id}` → a refresh-token family (one sign-in session).
+    Sessions,
+    /// `{sha-256 of the token}` → a one-time password-reset token.
+    Resets,
+    /// `current` and `{kid}` → signing keys, private halves encrypted.
+    Keys,
+}
+
+impl Bucket {
+    pub const ALL: [Bucket; 5] = [
+        Bucket::Users,
+        Bucket::Emails,
+        Bucket::Sessions,
+        Bucket::Resets,
+        Bucket::Keys,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Bucket::Users => "users",
+            Bucket::Emails => "emails",
+            Bucket::Sessions => "sessions",
+            Bucket::Resets => "resets",
+            Bucket::Keys => "keys",
+        }
+    }
+}
+
+/// A stored value and the revision it was written at.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    pub value: Vec<u8>,
+    pub revision: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// `create` of a key that holds a value.
+    #[error("the key exists")]
+    Exists,
+    /// A write expecting a revision the key is no longer at (or a key that is gone).
+    #[error("the record changed since it was read")]
+    Conflict,
+    #[error("the identity store is unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// Keys are made of `[A-Za-z0-9_=.-]` (NATS KV's alphabet): ids, hex digests, `current`.
+pub fn valid_key(key: &str) -> bool {
+    !key.is_empty()
+        && !key.starts_with('.')
+        && !key.ends_with('.')
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'=' | b'.'))
+}
+
+pub trait Store: Send + Sync {
+    fn get<'a>(
+        &'a self,
+        bucket: Bucket,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Entry>, StoreError>>;
+
+    /// Writes `value` under a key that holds nothing; its revision.
+    fn create<'a>(
+        &'a self,
+        bucket: Bucket,
+        key: &'a str,
+        value: Vec<u8>,
+    ) -> BoxFuture<'a, Result<u64, StoreError>>;
+
+    /// Writes `value` if the key is still at `revision`; the new revision.
+    fn update<'a>(
+        &'a self,
+        bucket: Bucket,
+        key: &'a str,
+        value: Vec<u8>,
+        revision: u64,
+    ) -> BoxFuture<'a, Result<u64, StoreError>>;
+
+    /// Removes the key if it is still at `revision`.
+    fn delete<'a>(
+        &'a self,
+        bucket: Bucket,
+        key: &'a str,
+        revision: u64,
+    ) -> BoxFuture<'a, Result<(), StoreError>>;
+
+    /// The keys of `bucket` in ascending order, starting after `after`, at most `limit`.
+    fn keys<'a>(
+        &'a self,
+        bucket: Bucket,
+        after: Option<&'a str>,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<Vec<String>, StoreError>>;
+}

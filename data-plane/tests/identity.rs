@@ -1,0 +1,454 @@
+//! The identity API end to end on a running data plane: accounts that never tell whether
+//! they exist, sessions whose refresh tokens rotate and betray copies, tokens any route can
+//! trust through the published keys — on the embedded store, and on NATS KV shared by two
+//! data planes racing each other.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use pavilion_data::identity::{IdentityConfig, StoreSpec};
+use pavilion_data::{Config, DataPlane};
+use pavilion_proto as proto;
+use pavilion_tests::Upstream;
+use pavilion_tests::client::{HttpClient, Reply};
+use pavilion_tests::nats::NatsServer;
+use pavilion_tests::snapshot::{prefix_rule, route, snapshot};
+use serde_json::{Value, json};
+
+const ISSUER: &str = "https://id.pavilion.test";
+
+fn key_file(dir: &std::path::Path) -> std::path::PathBuf {
+    let path = dir.join("identity.key");
+    std::fs::write(&path, "ab".repeat(32)).unwrap();
+    path
+}
+
+async fn data_plane(store: StoreSpec, dir: &std::path::Path, rotation: Duration) -> DataPlane {
+    let mut config = Config::local();
+    let mut identity = IdentityConfig::new(store, ISSUER, key_file(dir));
+    identity.key_rotation = rotation;
+    config.identity = Some(identity);
+    pavilion_data::start(config)
+        .await
+        .expect("data plane starts")
+}
+
+async fn post(dp: &DataPlane, path: &str, body: Value) -> Reply {
+    post_with(dp, path, body, &[]).await
+}
+
+async fn post_with(dp: &DataPlane, path: &str, body: Value, headers: &[(&str, &str)]) -> Reply {
+    let mut all = vec![("content-type", "application/json")];
+    all.extend_from_slice(headers);
+    HttpClient::http1()
+        .call(
+            "POST",
+            &format!("http://{}{path}", dp.addr),
+            &all,
+            Bytes::from(body.to_string()),
+        )
+        .await
+        .unwrap()
+}
+
+async fn get(dp: &DataPlane, path: &str, headers: &[(&str, &str)]) -> Reply {
+    HttpClient::http1()
+        .get_with(&format!("http://{}{path}", dp.addr), headers)
+        .await
+        .unwrap()
+}
+
+fn credentials(email: &str, password: &str) -> Value {
+    json!({ "email": email, "password": password })
+}
+
+/// The error code of a refusal, after checking the envelope carries the request id.
+fn code(reply: &Reply) -> String {
+    let body = reply.json();
+    assert_eq!(
+        body["error"]["request_id"].as_str(),
+        reply.header("x-request-id"),
+        "{body}"
+    );
+    body["error"]["code"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+#[tokio::test]
+async fn accounts_sessions_and_tokens_on_the_embedded_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let dp = data_plane(
+        StoreSpec::File(dir.path().join("identity.redb")),
+        dir.path(),
+        Duration::from_secs(3600),
+    )
+    .await;
+
+    // Sign-up answers the same whether or not the address is taken.
+    let created = post(
+        &dp,
+        "/v1/auth/signup",
+        credentials("Ada@Example.org", "correct horse"),
+    )
+    .await;
+    assert_eq!(created.status.as_u16(), 202, "{}", created.text());
+    assert_eq!(created.json(), json!({ "status": "created" }));
+    let again = post(
+        &dp,
+        "/v1/auth/signup",
+        credentials("ada@example.org", "other password"),
+    )
+    .await;
+    assert_eq!(
+        (again.status.as_u16(), again.json()),
+        (202, json!({ "status": "created" }))
+    );
+    let weak = post(
+        &dp,
+        "/v1/auth/signup",
+        credentials("bob@example.org", "short"),
+    )
+    .await;
+    assert_eq!(
+        (weak.status.as_u16(), code(&weak)),
+        (400, "invalid_request".into())
+    );
+    let form = HttpClient::http1()
+        .call(
+            "POST",
+            &format!("http://{}/v1/auth/signin", dp.addr),
+            &[("content-type", "application/x-www-form-urlencoded")],
+            Bytes::from("email=a&password=b"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (form.status.as_u16(), code(&form)),
+        (415, "unsupported_media_type".into())
+    );
+
+    // Sign-in: a wrong password and an unknown address are the same answer.
+    let wrong = post(
+        &dp,
+        "/v1/auth/signin",
+        credentials("ada@example.org", "other password"),
+    )
+    .await;
+    let unknown = post(
+        &dp,
+        "/v1/auth/signin",
+        credentials("nobody@example.org", "correct horse"),
+    )
+    .await;
+    assert_eq!(
+        (wrong.status.as_u16(), code(&wrong)),
+        (401, "invalid_credentials".into())
+    );
+    assert_eq!(
+        (unknown.status.as_u16(), code(&unknown)),
+        (401, "invalid_credentials".into())
+    );
+    assert_eq!(
+        wrong.json()["error"]["message"],
+        unknown.json()["error"]["message"]
+    );
+
+    let signed_in = post(
+        &dp,
+        "/v1/auth/signin",
+        credentials("ADA@example.org ", "correct horse"),
+    )
+    .await;
+    assert_eq!(signed_in.status.as_u16(), 200, "{}", signed_in.text());
+    assert_eq!(signed_in.header("cache-control"), Some("no-store"));
+    let tokens = signed_in.json();
+    assert_eq!(tokens["token_type"], "Bearer");
+    assert_eq!(tokens["expires_in"], 300);
+    let access = tokens["access_token"].as_str().unwrap().to_owned();
+    let refresh = tokens["refresh_token"].as_str().unwrap().to_owned();
+
+    // The token is an ES256 JWT a route trusts through the published keys, like any IdP's.
+    let discovery = get(&dp, "/.well-known/openid-configuration", &[])
+        .await
+        .json();
+    assert_eq!(discovery["issuer"], ISSUER);
+    assert_eq!(
+        discovery["jwks_uri"],
+        format!("{ISSUER}/.well-known/jwks.json")
+    );
+    let jwks = get(&dp, "/.well-known/jwks.json", &[]).await.json();
+    let header = jsonwebtoken::decode_header(&access).unwrap();
+    assert_eq!(header.alg, jsonwebtoken::Algorithm::ES256);
+    let kid = header.kid.unwrap();
+    assert!(
+        jwks["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|k| k["kid"] == kid.as_str()),
+        "{jwks}"
+    );
+    assert!(
+        !jwks.to_string().contains("\"d\""),
+        "no private part is published"
+    );
+    let upstream = Upstream::start("orders").await.unwrap();
+    let mut rule = prefix_rule("/orders", &[(upstream.url().as_str(), 1)]);
+    rule.auth = Some(proto::Auth {
+        jwt: vec![proto::JwtProvider {
+            issuer: ISSUER.into(),
+            jwks_uri: format!("http://{}/.well-known/jwks.json", dp.addr),
+            audiences: vec!["pavilion".into()],
+            leeway_seconds: 30,
+            ..Default::default()
+        }],
+        ..Default::default()
+    });
+    dp.apply(snapshot("v1", vec![route("shop/orders", &[], vec![rule])]))
+        .await
+        .unwrap();
+    let authorization = format!("Bearer {access}");
+    let through = get(
+        &dp,
+        "/orders/1",
+        &[("authorization", authorization.as_str())],
+    )
+    .await;
+    assert_eq!(through.status.as_u16(), 200, "{}", through.text());
+    assert_eq!(get(&dp, "/orders/1", &[]).await.status, 401);
+
+    // Refresh rotates; the replaced token is a copy: it revokes the whole family.
+    let rotated = post(&dp, "/v1/auth/refresh", json!({ "refresh_token": refresh })).await;
+    assert_eq!(rotated.status.as_u16(), 200, "{}", rotated.text());
+    let next = rotated.json()["refresh_token"].as_str().unwrap().to_owned();
+    assert_ne!(next, refresh);
+    let reused = post(&dp, "/v1/auth/refresh", json!({ "refresh_token": refresh })).await;
+    assert_eq!(
+        (reused.status.as_u16(), code(&reused)),
+        (401, "invalid_grant".into())
+    );
+    let after_reuse = post(&dp, "/v1/auth/refresh", json!({ "refresh_token": next })).await;
+    assert_eq!(
+        (after_reuse.status.as_u16(), code(&after_reuse)),
+        (401, "invalid_grant".into()),
+        "the family is revoked"
+    );
+
+    // Sign-out ends a session; sign-out everywhere ends them all.
+    let one = post(
+        &dp,
+        "/v1/auth/signin",
+        credentials("ada@example.org", "correct horse"),
+    )
+    .await
+    .json();
+    let two = post(
+        &dp,
+        "/v1/auth/signin",
+        credentials("ada@example.org", "correct horse"),
+    )
+    .await
+    .json();
+    let out = post(
+        &dp,
+        "/v1/auth/signout",
+        json!({ "refresh_token": one["refresh_token"] }),
+    )
+    .await;
+    assert_eq!(out.status.as_u16(), 204);
+    let ended = post(
+        &dp,
+        "/v1/auth/refresh",
+        json!({ "refresh_token": one["refresh_token"] }),
+    )
+    .await;
+    assert_eq!(ended.status.as_u16(), 401);
+    let three = post(
+        &dp,
+        "/v1/auth/signin",
+        credentials("ada@example.org", "correct horse"),
+    )
+    .await
+    .json();
+    let bearer = format!("Bearer {}", three["access_token"].as_str().unwrap());
+    let refused = post(&dp, "/v1/auth/signout", json!({ "all": true })).await;
+    assert_eq!(
+        (refused.status.as_u16(), code(&refused)),
+        (401, "invalid_token".into())
+    );
+    let everywhere = post_with(
+        &dp,
+        "/v1/auth/signout",
+        json!({ "all": true }),
+        &[("authorization", bearer.as_str())],
+    )
+    .await;
+    assert_eq!(everywhere.status.as_u16(), 204, "{}", everywhere.text());
+    for session in [&two, &three] {
+        let refreshed = post(
+            &dp,
+            "/v1/auth/refresh",
+            json!({ "refresh_token": session["refresh_token"] }),
+        )
+        .await;
+        assert_eq!(refreshed.status.as_u16(), 401);
+    }
+    // A new session after that works.
+    let four = post(
+        &dp,
+        "/v1/auth/signin",
+        credentials("ada@example.org", "correct horse"),
+    )
+    .await
+    .json();
+    let refreshed = post(
+        &dp,
+        "/v1/auth/refresh",
+        json!({ "refresh_token": four["refresh_token"] }),
+    )
+    .await;
+    assert_eq!(refreshed.status.as_u16(), 200, "{}", refreshed.text());
+
+    // What the store holds: a password hash and token digests, never the secrets.
+    drop(dp);
+    let raw = std::fs::read(dir.path().join("identity.redb")).unwrap();
+    let raw = String::from_utf8_lossy(&raw);
+    assert!(raw.contains("$argon2id$"));
+    for secret in ["correct horse", four["refresh_token"].as_str().unwrap()] {
+        assert!(!raw.contains(secret), "the store holds {secret}");
+    }
+}
+
+#[tokio::test]
+async fn two_replicas_on_nats_race_refreshes_and_share_rotating_keys() {
+    let nats = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let store = StoreSpec::Nats {
+        servers: nats.url(),
+        prefix: "race".into(),
+    };
+    let rotation = Duration::from_secs(3);
+    let a = data_plane(store.clone(), dir.path(), rotation).await;
+    let b = data_plane(store, dir.path(), rotation).await;
+
+    // An account made on one signs in on the other.
+    assert_eq!(
+        post(
+            &a,
+            "/v1/auth/signup",
+            credentials("eve@example.org", "long password")
+        )
+        .await
+        .status,
+        202
+    );
+    let tokens = post(
+        &b,
+        "/v1/auth/signin",
+        credentials("eve@example.org", "long password"),
+    )
+    .await;
+    assert_eq!(tokens.status.as_u16(), 200, "{}", tokens.text());
+
+    // The same refresh token at both at once: exactly one succeeds, and the family is
+    // revoked — the winner's new token is refused too.
+    for round in 0..5 {
+        let session = post(
+            &a,
+            "/v1/auth/signin",
+            credentials("eve@example.org", "long password"),
+        )
+        .await
+        .json();
+        let token = json!({ "refresh_token": session["refresh_token"] });
+        let (from_a, from_b) = tokio::join!(
+            post(&a, "/v1/auth/refresh", token.clone()),
+            post(&b, "/v1/auth/refresh", token.clone())
+        );
+        let winners: Vec<&Reply> = [&from_a, &from_b]
+            .into_iter()
+            .filter(|r| r.status == 200)
+            .collect();
+        assert_eq!(
+            winners.len(),
+            1,
+            "round {round}: {} and {}",
+            from_a.status,
+            from_b.status
+        );
+        let loser = if from_a.status == 200 {
+            &from_b
+        } else {
+            &from_a
+        };
+        assert_eq!(code(loser), "invalid_grant");
+        let next = json!({ "refresh_token": winners[0].json()["refresh_token"] });
+        assert_eq!(
+            post(&a, "/v1/auth/refresh", next).await.status,
+            401,
+            "round {round}"
+        );
+    }
+
+    // Keys rotate; a token signed with either key verifies through either replica's JWKS.
+    let first = post(
+        &a,
+        "/v1/auth/signin",
+        credentials("eve@example.org", "long password"),
+    )
+    .await
+    .json();
+    let first_kid = jsonwebtoken::decode_header(first["access_token"].as_str().unwrap())
+        .unwrap()
+        .kid
+        .unwrap();
+    tokio::time::sleep(rotation + Duration::from_millis(500)).await;
+    let second = post(
+        &b,
+        "/v1/auth/signin",
+        credentials("eve@example.org", "long password"),
+    )
+    .await
+    .json();
+    let second_kid = jsonwebtoken::decode_header(second["access_token"].as_str().unwrap())
+        .unwrap()
+        .kid
+        .unwrap();
+    assert_ne!(first_kid, second_kid, "a new key after the rotation period");
+    for dp in [&a, &b] {
+        let jwks = get(dp, "/.well-known/jwks.json", &[]).await.json();
+        let kids: Vec<&str> = jwks["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|k| k["kid"].as_str())
+            .collect();
+        assert!(
+            kids.contains(&first_kid.as_str()) && kids.contains(&second_kid.as_str()),
+            "{kids:?}"
+        );
+    }
+    // Each replica accepts the other's tokens (sign-out everywhere checks the bearer).
+    let bearer = format!("Bearer {}", first["access_token"].as_str().unwrap());
+    let out = post_with(
+        &b,
+        "/v1/auth/signout",
+        json!({ "all": true }),
+        &[("authorization", bearer.as_str())],
+    )
+    .await;
+    assert_eq!(out.status.as_u16(), 204, "{}", out.text());
+    let refused = post(
+        &a,
+        "/v1/auth/refresh",
+        json!({ "refresh_token": second["refresh_token"] }),
+    )
+    .await;
+    assert_eq!(
+        refused.status.as_u16(),
+        401,
+        "signed out everywhere, whichever replica is asked"
+    );
+}
