@@ -227,6 +227,17 @@ struct RunArgs {
         default_value_t = 24
     )]
     identity_key_rotation_hours: u64,
+    /// Where password-reset mail goes: smtp://[USER:PASS@]HOST:PORT, smtps://…, or file:DIR
+    /// (an outbox of .eml files, for development).
+    #[arg(long, env = "PAVILION_IDENTITY_MAIL")]
+    identity_mail: Option<String>,
+    /// The From of that mail.
+    #[arg(
+        long,
+        env = "PAVILION_IDENTITY_MAIL_FROM",
+        default_value = "Pavilion Gateway <no-reply@localhost>"
+    )]
+    identity_mail_from: String,
     /// Share of new traces sampled, 0 to 1; a client's traceparent sampled flag is followed.
     #[arg(long, env = "PAVILION_TRACE_SAMPLE_RATIO", default_value_t = 0.01)]
     trace_sample_ratio: f64,
@@ -463,6 +474,8 @@ fn identity_config(
     config.access_ttl = Duration::from_secs(args.identity_access_ttl_seconds);
     config.refresh_ttl = Duration::from_secs(args.identity_session_days * 24 * 3600);
     config.key_rotation = Duration::from_secs(args.identity_key_rotation_hours * 3600);
+    config.mail = args.identity_mail.clone();
+    config.mail_from = args.identity_mail_from.clone();
     Ok(Some(config))
 }
 

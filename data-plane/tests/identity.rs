@@ -33,6 +33,29 @@ async fn data_plane(store: StoreSpec, dir: &std::path::Path, rotation: Duration)
         .expect("data plane starts")
 }
 
+async fn with_identity(identity: IdentityConfig) -> DataPlane {
+    let mut config = Config::local();
+    config.identity = Some(identity);
+    pavilion_data::start(config)
+        .await
+        .expect("data plane starts")
+}
+
+/// The reset token in a reset mail: the first non-empty line after the announcement.
+fn token_in(mail: &str) -> String {
+    let lines: Vec<&str> = mail.lines().collect();
+    let at = lines
+        .iter()
+        .position(|l| l.contains("Your reset token"))
+        .unwrap_or_else(|| panic!("no token in {mail}"));
+    lines[at + 1..]
+        .iter()
+        .map(|l| l.trim())
+        .find(|l| !l.is_empty())
+        .unwrap()
+        .to_owned()
+}
+
 async fn post(dp: &DataPlane, path: &str, body: Value) -> Reply {
     post_with(dp, path, body, &[]).await
 }
@@ -451,4 +474,179 @@ async fn two_replicas_on_nats_race_refreshes_and_share_rotating_keys() {
         401,
         "signed out everywhere, whichever replica is asked"
     );
+}
+
+#[tokio::test]
+async fn a_forgotten_password_is_reset_by_mail_once() {
+    let smtp = pavilion_tests::smtp::SmtpServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut identity = IdentityConfig::new(
+        StoreSpec::File(dir.path().join("identity.redb")),
+        ISSUER,
+        key_file(dir.path()),
+    );
+    identity.mail = Some(smtp.url());
+    identity.mail_from = "Gateway <no-reply@pavilion.test>".into();
+    let dp = with_identity(identity).await;
+    assert_eq!(
+        post(
+            &dp,
+            "/v1/auth/signup",
+            credentials("kim@example.org", "first password")
+        )
+        .await
+        .status,
+        202
+    );
+    let before = post(
+        &dp,
+        "/v1/auth/signin",
+        credentials("kim@example.org", "first password"),
+    )
+    .await
+    .json();
+
+    // The same answer for an unknown address — and no mail for it.
+    let unknown = post(
+        &dp,
+        "/v1/auth/forgot",
+        json!({ "email": "nobody@example.org" }),
+    )
+    .await;
+    let known = post(
+        &dp,
+        "/v1/auth/forgot",
+        json!({ "email": "Kim@Example.org" }),
+    )
+    .await;
+    assert_eq!(
+        (unknown.status.as_u16(), unknown.json()),
+        (known.status.as_u16(), known.json())
+    );
+    assert_eq!(known.status, 202);
+    let mail = smtp
+        .next(Duration::from_secs(10))
+        .expect("the reset mail arrives");
+    assert_eq!(mail.to, ["kim@example.org"]);
+    assert_eq!(mail.from, "no-reply@pavilion.test");
+    assert!(
+        mail.data.contains("Subject: Reset your password"),
+        "{}",
+        mail.data
+    );
+    assert!(
+        smtp.next(Duration::from_millis(500)).is_none(),
+        "nothing for the unknown address"
+    );
+    let token = token_in(&mail.data);
+
+    // Too short a password keeps the token for a proper try.
+    let weak = post(
+        &dp,
+        "/v1/auth/reset",
+        json!({ "token": token, "password": "short" }),
+    )
+    .await;
+    assert_eq!(
+        (weak.status.as_u16(), code(&weak)),
+        (400, "invalid_request".into())
+    );
+    let reset = post(
+        &dp,
+        "/v1/auth/reset",
+        json!({ "token": token, "password": "second password" }),
+    )
+    .await;
+    assert_eq!(reset.status, 204, "{}", reset.text());
+    let again = post(
+        &dp,
+        "/v1/auth/reset",
+        json!({ "token": token, "password": "third password" }),
+    )
+    .await;
+    assert_eq!(
+        (again.status.as_u16(), code(&again)),
+        (400, "invalid_token".into()),
+        "once only"
+    );
+
+    let old = post(
+        &dp,
+        "/v1/auth/signin",
+        credentials("kim@example.org", "first password"),
+    )
+    .await;
+    assert_eq!(old.status, 401);
+    let new = post(
+        &dp,
+        "/v1/auth/signin",
+        credentials("kim@example.org", "second password"),
+    )
+    .await;
+    assert_eq!(new.status, 200, "{}", new.text());
+    let stale = post(
+        &dp,
+        "/v1/auth/refresh",
+        json!({ "refresh_token": before["refresh_token"] }),
+    )
+    .await;
+    assert_eq!(
+        stale.status, 401,
+        "a reset ends the sessions started before it"
+    );
+}
+
+#[tokio::test]
+async fn the_development_outbox_keeps_reset_mail_as_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let outbox = dir.path().join("outbox");
+    let mut identity = IdentityConfig::new(
+        StoreSpec::File(dir.path().join("identity.redb")),
+        ISSUER,
+        key_file(dir.path()),
+    );
+    identity.mail = Some(format!("file:{}", outbox.display()));
+    let dp = with_identity(identity).await;
+    post(
+        &dp,
+        "/v1/auth/signup",
+        credentials("lee@example.org", "first password"),
+    )
+    .await;
+    assert_eq!(
+        post(
+            &dp,
+            "/v1/auth/forgot",
+            json!({ "email": "lee@example.org" })
+        )
+        .await
+        .status,
+        202
+    );
+    let file = pavilion_tests::eventually("the outbox file", Duration::from_secs(10), || {
+        let outbox = outbox.clone();
+        async move {
+            std::fs::read_dir(&outbox)
+                .ok()?
+                .flatten()
+                .next()
+                .map(|e| e.path())
+        }
+    })
+    .await;
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let mail = std::fs::read_to_string(&file).unwrap();
+    assert!(mail.contains("To: lee@example.org"), "{mail}");
+    let token = token_in(&mail);
+    let reset = post(
+        &dp,
+        "/v1/auth/reset",
+        json!({ "token": token, "password": "second password" }),
+    )
+    .await;
+    assert_eq!(reset.status, 204, "{}", reset.text());
 }

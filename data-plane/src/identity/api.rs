@@ -1,4 +1,4 @@
-//! The identity API over HTTP: `POST /v1/auth/{signup,signin,refresh,signout}` (JSON in,
+//! The identity API over HTTP: `POST /v1/auth/{signup,signin,refresh,signout,forgot,reset}` (JSON in,
 //! JSON out, errors in the gateway's envelope with the request id) and the discovery
 //! documents `/.well-known/jwks.json` and `/.well-known/openid-configuration`. Requests
 //! must be `application/json`: a cross-site form cannot send that without a CORS
@@ -31,6 +31,17 @@ pub fn owns(path: &str) -> bool {
 #[derive(Deserialize)]
 struct Credentials {
     email: String,
+    password: String,
+}
+
+#[derive(Deserialize)]
+struct ForgotRequest {
+    email: String,
+}
+
+#[derive(Deserialize)]
+struct ResetRequest {
+    token: String,
     password: String,
 }
 
@@ -74,6 +85,7 @@ impl From<FlowError> for Refusal {
             FlowError::InvalidCredentials => (StatusCode::UNAUTHORIZED, "invalid_credentials"),
             FlowError::InvalidGrant => (StatusCode::UNAUTHORIZED, "invalid_grant"),
             FlowError::InvalidToken => (StatusCode::UNAUTHORIZED, "invalid_token"),
+            FlowError::InvalidResetToken => (StatusCode::BAD_REQUEST, "invalid_token"),
             FlowError::Unavailable(why) => {
                 tracing::error!(error = %why, "identity service failure");
                 (StatusCode::SERVICE_UNAVAILABLE, "identity_unavailable")
@@ -101,7 +113,7 @@ pub async fn serve(
         Err(refusal) => {
             let mut response =
                 error_response(refusal.status, refusal.code, &refusal.message, request_id);
-            if refusal.code == "invalid_token" {
+            if refusal.status == StatusCode::UNAUTHORIZED && refusal.code == "invalid_token" {
                 response.headers_mut().insert(
                     WWW_AUTHENTICATE,
                     HeaderValue::from_static("Bearer error=\"invalid_token\""),
@@ -143,7 +155,10 @@ async fn route(
         };
     }
     let operation = &path[PREFIX.len()..];
-    if !matches!(operation, "signup" | "signin" | "refresh" | "signout") {
+    if !matches!(
+        operation,
+        "signup" | "signin" | "refresh" | "signout" | "forgot" | "reset"
+    ) {
         return Err(Refusal::new(
             StatusCode::NOT_FOUND,
             "not_found",
@@ -174,6 +189,20 @@ async fn route(
                 .await?;
             Ok(json(StatusCode::OK, &tokens, "no-store"))
         }
+        "forgot" => {
+            let forgot: ForgotRequest = parse(&body)?;
+            identity.forgot(&forgot.email).await?;
+            Ok(json(
+                StatusCode::ACCEPTED,
+                &serde_json::json!({ "status": "accepted" }),
+                "no-store",
+            ))
+        }
+        "reset" => {
+            let reset: ResetRequest = parse(&body)?;
+            identity.reset(&reset.token, &reset.password).await?;
+            Ok(no_content())
+        }
         "refresh" => {
             let refresh: RefreshRequest = parse(&body)?;
             let tokens = identity.refresh(&refresh.refresh_token).await?;
@@ -194,11 +223,15 @@ async fn route(
                     .into());
                 }
             }
-            let mut response = Response::new(ResponseBody::Local(None));
-            *response.status_mut() = StatusCode::NO_CONTENT;
-            Ok(response)
+            Ok(no_content())
         }
     }
+}
+
+fn no_content() -> Response<ResponseBody> {
+    let mut response = Response::new(ResponseBody::Local(None));
+    *response.status_mut() = StatusCode::NO_CONTENT;
+    response
 }
 
 fn not_allowed(allow: &'static str) -> Refusal {

@@ -7,7 +7,10 @@
 
 use jsonwebtoken::{Algorithm, Header, Validation};
 
-use super::records::{self, EmailOwner, Family, RecordError, User, UserStatus, VERSION, Versioned};
+use super::mail::Mail;
+use super::records::{
+    self, EmailOwner, Family, RecordError, Reset, User, UserStatus, VERSION, Versioned,
+};
 use super::store::{Bucket, StoreError};
 use super::tokens::{self, AccessClaims, Tokens};
 use super::{Identity, IdentityError, password, unix_now, unix_now_ms};
@@ -24,6 +27,9 @@ pub enum FlowError {
     /// 401: the refresh token is unknown, expired, revoked or already used.
     #[error("the refresh token is not valid (expired, revoked or already used)")]
     InvalidGrant,
+    /// 400: the password-reset token is unknown, used or expired.
+    #[error("the reset token is not valid (unknown, already used or expired)")]
+    InvalidResetToken,
     /// 401: the bearer token is missing or not the gateway's.
     #[error("a valid access token of this gateway is required")]
     InvalidToken,
@@ -318,6 +324,111 @@ impl Identity {
             match records::update(&*self.store, &claims.sub, &user.record, user.revision).await {
                 Ok(_) => {
                     tracing::info!(user = %claims.sub, "signed out everywhere");
+                    return Ok(());
+                }
+                Err(StoreError::Conflict) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(FlowError::Unavailable("the account kept changing".into()))
+    }
+
+    /// Mails a one-time reset token when the address has an active account. The answer
+    /// is the same either way and does not wait for the mail: its time does not depend on
+    /// the account.
+    pub async fn forgot(&self, email: &str) -> Result<(), FlowError> {
+        let Some(email) = normalise_email(email) else {
+            return Ok(());
+        };
+        let owner = records::get::<EmailOwner>(&*self.store, &email_key(&email)).await?;
+        let user = match owner {
+            Some(owner) => records::get::<User>(&*self.store, &owner.record.user).await?,
+            None => {
+                // The read an existing account costs, so both take as long.
+                let _ = self.store.get(Bucket::Users, &email_key(&email)).await;
+                None
+            }
+        };
+        let Some(user) = user.filter(|u| u.record.status == UserStatus::Active) else {
+            return Ok(());
+        };
+        let Some(mailer) = self.mailer.clone() else {
+            tracing::warn!(user = %user.record.id, "password reset asked, but no --identity-mail is set");
+            return Ok(());
+        };
+        let token = tokens::random(32);
+        let reset = Reset {
+            v: VERSION,
+            user: user.record.id.clone(),
+            expires_at: unix_now() + self.config.reset_ttl.as_secs() as i64,
+        };
+        let store = self.store.clone();
+        let minutes = self.config.reset_ttl.as_secs() / 60;
+        let issuer = self.config.issuer.clone();
+        let to = user.record.email.clone();
+        tokio::spawn(async move {
+            if let Err(error) = records::create(&*store, &tokens::digest(&token), &reset).await {
+                tracing::error!(user = %reset.user, %error, "the reset token could not be stored");
+                return;
+            }
+            let mail = Mail {
+                to,
+                subject: "Reset your password".into(),
+                body: format!(
+                    "Someone (hopefully you) asked to reset the password of this account at {issuer}.\n\n\
+                     Your reset token, valid for {minutes} minutes and usable once:\n\n    {token}\n\n\
+                     Send it with your new password: POST {issuer}/v1/auth/reset\n\
+                     {{\"token\": \"…\", \"password\": \"…\"}}\n\n\
+                     If you did not ask for this, ignore this message: your password is unchanged.\n"
+                ),
+            };
+            match mailer.send(mail).await {
+                Ok(()) => tracing::info!(user = %reset.user, "password reset mail sent"),
+                Err(error) => {
+                    tracing::error!(user = %reset.user, %error, "password reset mail failed")
+                }
+            }
+        });
+        Ok(())
+    }
+
+    /// Sets a new password with a reset token (once: the first to delete the token owns
+    /// it), and ends every session of the account.
+    pub async fn reset(&self, token: &str, password: &str) -> Result<(), FlowError> {
+        password::check_strength(password).map_err(|m| FlowError::InvalidRequest(m.into()))?;
+        let key = tokens::digest(token);
+        let reset: Versioned<Reset> = records::get(&*self.store, &key)
+            .await?
+            .ok_or(FlowError::InvalidResetToken)?;
+        match self
+            .store
+            .delete(Bucket::Resets, &key, reset.revision)
+            .await
+        {
+            Ok(()) => {}
+            Err(StoreError::Conflict) => return Err(FlowError::InvalidResetToken),
+            Err(e) => return Err(e.into()),
+        }
+        if reset.record.expires_at <= unix_now() {
+            return Err(FlowError::InvalidResetToken);
+        }
+        let hash = hash_off_thread(password.to_owned()).await?;
+        for _ in 0..5 {
+            let mut user: Versioned<User> = records::get(&*self.store, &reset.record.user)
+                .await?
+                .ok_or(FlowError::InvalidResetToken)?;
+            user.record.password = Some(hash.clone());
+            user.record.sessions_after_ms = unix_now_ms();
+            match records::update(
+                &*self.store,
+                &reset.record.user,
+                &user.record,
+                user.revision,
+            )
+            .await
+            {
+                Ok(_) => {
+                    tracing::info!(user = %reset.record.user, "password reset; every session ended");
                     return Ok(());
                 }
                 Err(StoreError::Conflict) => continue,

@@ -8,6 +8,7 @@
 pub mod api;
 pub mod flows;
 pub mod keys;
+pub mod mail;
 pub mod password;
 pub mod records;
 pub mod store;
@@ -99,6 +100,13 @@ pub struct IdentityConfig {
     pub refresh_ttl: Duration,
     /// How long one signing key signs before the next takes over.
     pub key_rotation: Duration,
+    /// Where password-reset mail goes (`smtp://…`, `smtps://…`, `file:DIR`); `None`: no
+    /// mail is sent (forgot still answers 202, and logs that it cannot help).
+    pub mail: Option<String>,
+    /// The sender of that mail.
+    pub mail_from: String,
+    /// How long a password-reset token works.
+    pub reset_ttl: Duration,
 }
 
 impl IdentityConfig {
@@ -111,6 +119,9 @@ impl IdentityConfig {
             access_ttl: Duration::from_secs(300),
             refresh_ttl: Duration::from_secs(30 * 24 * 3600),
             key_rotation: Duration::from_secs(24 * 3600),
+            mail: None,
+            mail_from: "Pavilion Gateway <no-reply@localhost>".into(),
+            reset_ttl: Duration::from_secs(30 * 60),
         }
     }
 }
@@ -121,12 +132,15 @@ pub enum IdentityError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Keys(#[from] KeyError),
+    #[error(transparent)]
+    Mail(#[from] mail::MailError),
 }
 
 /// The identity service: its store, signing keys and settings; shared by every worker.
 pub struct Identity {
     store: Arc<dyn Store>,
     keys: KeyRing,
+    mailer: Option<Arc<dyn mail::Sender>>,
     config: IdentityConfig,
 }
 
@@ -134,6 +148,11 @@ impl Identity {
     /// Opens the store (creating buckets or the file when missing) and the store key.
     pub async fn open(config: IdentityConfig) -> Result<Self, IdentityError> {
         let sealer = Sealer::from_file(&config.key_file)?;
+        let mailer = config
+            .mail
+            .as_deref()
+            .map(|spec| mail::sender(spec, &config.mail_from).map(Arc::from))
+            .transpose()?;
         let store: Arc<dyn Store> = match &config.store {
             StoreSpec::Nats { servers, prefix } => {
                 Arc::new(store::kv::KvStore::connect(servers, prefix).await?)
@@ -156,6 +175,7 @@ impl Identity {
         let identity = Self {
             store,
             keys,
+            mailer,
             config,
         };
         // A key now, so the first sign-in does not wait for one and a broken store key is
