@@ -650,3 +650,197 @@ async fn the_development_outbox_keeps_reset_mail_as_files() {
     .await;
     assert_eq!(reset.status, 204, "{}", reset.text());
 }
+
+/// A TOTP code for `secret` (base32) at `offset` seconds from now, as an authenticator app
+/// would show it.
+fn totp_code(secret: &str, offset: u64) -> String {
+    let bytes = totp_rs::Secret::try_from_base32(secret).unwrap();
+    let totp = totp_rs::Builder::new()
+        .with_secret(bytes.as_ref().to_vec())
+        .build()
+        .unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    totp.generate(now + offset).to_string()
+}
+
+#[tokio::test]
+async fn totp_enrolment_challenge_and_recovery_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let dp = data_plane(
+        StoreSpec::File(dir.path().join("identity.redb")),
+        dir.path(),
+        Duration::from_secs(3600),
+    )
+    .await;
+    post(
+        &dp,
+        "/v1/auth/signup",
+        credentials("max@example.org", "long password"),
+    )
+    .await;
+    let tokens = post(
+        &dp,
+        "/v1/auth/signin",
+        credentials("max@example.org", "long password"),
+    )
+    .await
+    .json();
+    let bearer = format!("Bearer {}", tokens["access_token"].as_str().unwrap());
+    let auth = [("authorization", bearer.as_str())];
+
+    // Enrolment: the secret, its otpauth URI and a QR code; only for the signed-in.
+    let anonymous = post(&dp, "/v1/auth/mfa/totp/start", json!({})).await;
+    assert_eq!(
+        (anonymous.status.as_u16(), code(&anonymous)),
+        (401, "invalid_token".into())
+    );
+    let started = post_with(&dp, "/v1/auth/mfa/totp/start", json!({}), &auth).await;
+    assert_eq!(started.status, 200, "{}", started.text());
+    let enrolment = started.json();
+    let secret = enrolment["secret"].as_str().unwrap().to_owned();
+    assert!(
+        enrolment["otpauth_uri"]
+            .as_str()
+            .unwrap()
+            .starts_with("otpauth://totp/")
+    );
+    assert!(enrolment["otpauth_uri"].as_str().unwrap().contains(&secret));
+    assert!(enrolment["qr_svg"].as_str().unwrap().starts_with("<svg"));
+
+    // Until confirmed, sign-in asks for nothing more.
+    let plain = post(
+        &dp,
+        "/v1/auth/signin",
+        credentials("max@example.org", "long password"),
+    )
+    .await
+    .json();
+    assert!(plain["access_token"].is_string(), "{plain}");
+
+    let wrong = post_with(
+        &dp,
+        "/v1/auth/mfa/totp/confirm",
+        json!({ "code": "000000" }),
+        &auth,
+    )
+    .await;
+    assert_eq!(
+        (wrong.status.as_u16(), code(&wrong)),
+        (401, "invalid_code".into())
+    );
+    let first_code = totp_code(&secret, 0);
+    let confirmed = post_with(
+        &dp,
+        "/v1/auth/mfa/totp/confirm",
+        json!({ "code": first_code }),
+        &auth,
+    )
+    .await;
+    assert_eq!(confirmed.status, 200, "{}", confirmed.text());
+    let recovery: Vec<String> = confirmed.json()["recovery_codes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(recovery.len(), 10);
+    let again = post_with(&dp, "/v1/auth/mfa/totp/start", json!({}), &auth).await;
+    assert_eq!(
+        (again.status.as_u16(), code(&again)),
+        (409, "conflict".into())
+    );
+
+    // Sign-in now has a second step.
+    let challenge = |dp: &DataPlane| {
+        let addr = dp.addr;
+        async move {
+            let reply = HttpClient::http1()
+                .call(
+                    "POST",
+                    &format!("http://{addr}/v1/auth/signin"),
+                    &[("content-type", "application/json")],
+                    Bytes::from(credentials("max@example.org", "long password").to_string()),
+                )
+                .await
+                .unwrap()
+                .json();
+            assert_eq!(reply["mfa_required"], true, "{reply}");
+            assert!(reply.get("access_token").is_none());
+            reply["mfa_token"].as_str().unwrap().to_owned()
+        }
+    };
+    let mfa_token = challenge(&dp).await;
+    // The code confirmed at enrolment is spent; the next one works, once.
+    let spent = post(
+        &dp,
+        "/v1/auth/mfa",
+        json!({ "mfa_token": mfa_token, "code": first_code }),
+    )
+    .await;
+    assert_eq!(
+        (spent.status.as_u16(), code(&spent)),
+        (401, "invalid_code".into())
+    );
+    let next_code = totp_code(&secret, 30);
+    let passed = post(
+        &dp,
+        "/v1/auth/mfa",
+        json!({ "mfa_token": mfa_token, "code": next_code }),
+    )
+    .await;
+    assert_eq!(passed.status, 200, "{}", passed.text());
+    assert!(passed.json()["refresh_token"].is_string());
+    let replayed = post(
+        &dp,
+        "/v1/auth/mfa",
+        json!({ "mfa_token": challenge(&dp).await, "code": next_code }),
+    )
+    .await;
+    assert_eq!(
+        (replayed.status.as_u16(), code(&replayed)),
+        (401, "invalid_code".into())
+    );
+
+    // A recovery code works once, typed loosely.
+    let loose = recovery[3].to_uppercase().replace('-', " ");
+    let recovered = post(
+        &dp,
+        "/v1/auth/mfa",
+        json!({ "mfa_token": challenge(&dp).await, "code": loose }),
+    )
+    .await;
+    assert_eq!(recovered.status, 200, "{}", recovered.text());
+    let reused = post(
+        &dp,
+        "/v1/auth/mfa",
+        json!({ "mfa_token": challenge(&dp).await, "code": recovery[3] }),
+    )
+    .await;
+    assert_eq!(
+        (reused.status.as_u16(), code(&reused)),
+        (401, "invalid_code".into())
+    );
+    let forged = post(
+        &dp,
+        "/v1/auth/mfa",
+        json!({ "mfa_token": tokens["access_token"], "code": recovery[4] }),
+    )
+    .await;
+    assert_eq!(
+        (forged.status.as_u16(), code(&forged)),
+        (401, "invalid_grant".into()),
+        "an access token is no MFA token"
+    );
+
+    // At rest: the TOTP secret is sealed, the recovery codes hashed.
+    drop(dp);
+    let raw = std::fs::read(dir.path().join("identity.redb")).unwrap();
+    let raw = String::from_utf8_lossy(&raw);
+    assert!(!raw.contains(&secret));
+    for code in &recovery {
+        assert!(!raw.contains(code.as_str()));
+    }
+}

@@ -13,6 +13,7 @@ use serde::de::DeserializeOwned;
 
 use super::Identity;
 use super::flows::FlowError;
+use super::mfa::SignIn;
 use crate::body::{RequestBody, ResponseBody};
 use crate::deny::error_response;
 
@@ -32,6 +33,17 @@ pub fn owns(path: &str) -> bool {
 struct Credentials {
     email: String,
     password: String,
+}
+
+#[derive(Deserialize)]
+struct MfaRequest {
+    mfa_token: String,
+    code: String,
+}
+
+#[derive(Deserialize)]
+struct CodeRequest {
+    code: String,
 }
 
 #[derive(Deserialize)]
@@ -86,6 +98,8 @@ impl From<FlowError> for Refusal {
             FlowError::InvalidGrant => (StatusCode::UNAUTHORIZED, "invalid_grant"),
             FlowError::InvalidToken => (StatusCode::UNAUTHORIZED, "invalid_token"),
             FlowError::InvalidResetToken => (StatusCode::BAD_REQUEST, "invalid_token"),
+            FlowError::InvalidCode => (StatusCode::UNAUTHORIZED, "invalid_code"),
+            FlowError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             FlowError::Unavailable(why) => {
                 tracing::error!(error = %why, "identity service failure");
                 (StatusCode::SERVICE_UNAVAILABLE, "identity_unavailable")
@@ -157,7 +171,15 @@ async fn route(
     let operation = &path[PREFIX.len()..];
     if !matches!(
         operation,
-        "signup" | "signin" | "refresh" | "signout" | "forgot" | "reset"
+        "signup"
+            | "signin"
+            | "refresh"
+            | "signout"
+            | "forgot"
+            | "reset"
+            | "mfa"
+            | "mfa/totp/start"
+            | "mfa/totp/confirm"
     ) {
         return Err(Refusal::new(
             StatusCode::NOT_FOUND,
@@ -184,10 +206,37 @@ async fn route(
         }
         "signin" => {
             let credentials: Credentials = parse(&body)?;
-            let tokens = identity
+            match identity
                 .signin(&credentials.email, &credentials.password)
-                .await?;
+                .await?
+            {
+                SignIn::Tokens(tokens) => Ok(json(StatusCode::OK, &tokens, "no-store")),
+                SignIn::MfaRequired { mfa_token } => Ok(json(
+                    StatusCode::OK,
+                    &serde_json::json!({ "mfa_required": true, "mfa_token": mfa_token }),
+                    "no-store",
+                )),
+            }
+        }
+        "mfa" => {
+            let mfa: MfaRequest = parse(&body)?;
+            let tokens = identity.mfa_signin(&mfa.mfa_token, &mfa.code).await?;
             Ok(json(StatusCode::OK, &tokens, "no-store"))
+        }
+        "mfa/totp/start" => {
+            let bearer = bearer.ok_or(FlowError::InvalidToken)?;
+            let enrolment = identity.totp_start(&bearer).await?;
+            Ok(json(StatusCode::OK, &enrolment, "no-store"))
+        }
+        "mfa/totp/confirm" => {
+            let bearer = bearer.ok_or(FlowError::InvalidToken)?;
+            let confirm: CodeRequest = parse(&body)?;
+            let codes = identity.totp_confirm(&bearer, &confirm.code).await?;
+            Ok(json(
+                StatusCode::OK,
+                &serde_json::json!({ "recovery_codes": codes }),
+                "no-store",
+            ))
         }
         "forgot" => {
             let forgot: ForgotRequest = parse(&body)?;

@@ -8,6 +8,7 @@
 use jsonwebtoken::{Algorithm, Header, Validation};
 
 use super::mail::Mail;
+use super::mfa::SignIn;
 use super::records::{
     self, EmailOwner, Family, RecordError, Reset, User, UserStatus, VERSION, Versioned,
 };
@@ -30,6 +31,12 @@ pub enum FlowError {
     /// 400: the password-reset token is unknown, used or expired.
     #[error("the reset token is not valid (unknown, already used or expired)")]
     InvalidResetToken,
+    /// 401: the MFA code is wrong or already used.
+    #[error("the code is wrong, expired or already used")]
+    InvalidCode,
+    /// 409: the request does not fit the account's state (the message says why).
+    #[error("{0}")]
+    Conflict(String),
     /// 401: the bearer token is missing or not the gateway's.
     #[error("a valid access token of this gateway is required")]
     InvalidToken,
@@ -133,8 +140,8 @@ impl Identity {
         }
     }
 
-    /// Checks the password and starts a session.
-    pub async fn signin(&self, email: &str, password: &str) -> Result<Tokens, FlowError> {
+    /// Checks the password and starts a session (or asks for the second factor).
+    pub async fn signin(&self, email: &str, password: &str) -> Result<SignIn, FlowError> {
         let user = match normalise_email(email) {
             Some(email) => self.user_by_email(&email).await?,
             None => None,
@@ -164,7 +171,7 @@ impl Identity {
             )
             .await;
         }
-        self.start_session(&user.record).await
+        self.after_password(&user.record).await
     }
 
     async fn user_by_email(&self, email: &str) -> Result<Option<Versioned<User>>, FlowError> {
@@ -174,7 +181,7 @@ impl Identity {
         Ok(records::get::<User>(&*self.store, &owner.record.user).await?)
     }
 
-    async fn start_session(&self, user: &User) -> Result<Tokens, FlowError> {
+    pub(super) async fn start_session(&self, user: &User) -> Result<Tokens, FlowError> {
         let now = unix_now();
         let id = uuid::Uuid::now_v7().simple().to_string();
         let refresh = tokens::refresh_token(&id);
@@ -198,7 +205,6 @@ impl Identity {
         session: &str,
         refresh: String,
     ) -> Result<Tokens, FlowError> {
-        let signer = self.keys.signer().await?;
         let now = unix_now();
         let claims = AccessClaims {
             iss: self.config.issuer.clone(),
@@ -212,12 +218,8 @@ impl Identity {
             tenants: user.tenants.clone(),
             roles: user.roles.clone(),
         };
-        let mut header = Header::new(Algorithm::ES256);
-        header.kid = Some(signer.kid.clone());
-        let access_token = jsonwebtoken::encode(&header, &claims, &signer.key)
-            .map_err(|e| FlowError::Unavailable(format!("signing: {e}")))?;
         Ok(Tokens {
-            access_token,
+            access_token: self.sign(&claims).await?,
             refresh_token: refresh,
             token_type: "Bearer",
             expires_in: self.config.access_ttl.as_secs(),
@@ -440,6 +442,25 @@ impl Identity {
 
     /// Checks one of the gateway's own access tokens.
     pub async fn verify_access(&self, token: &str) -> Result<AccessClaims, FlowError> {
+        let audience = self.config.audience.clone();
+        self.verify_own(token, &audience).await
+    }
+
+    /// Signs `claims` with the current key.
+    pub(super) async fn sign(&self, claims: &impl serde::Serialize) -> Result<String, FlowError> {
+        let signer = self.keys.signer().await?;
+        let mut header = Header::new(Algorithm::ES256);
+        header.kid = Some(signer.kid.clone());
+        jsonwebtoken::encode(&header, claims, &signer.key)
+            .map_err(|e| FlowError::Unavailable(format!("signing: {e}")))
+    }
+
+    /// Checks a token the gateway signed for `audience`.
+    pub(super) async fn verify_own<T: serde::de::DeserializeOwned>(
+        &self,
+        token: &str,
+        audience: &str,
+    ) -> Result<T, FlowError> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| FlowError::InvalidToken)?;
         let kid = header.kid.ok_or(FlowError::InvalidToken)?;
         let key = self
@@ -449,8 +470,8 @@ impl Identity {
             .ok_or(FlowError::InvalidToken)?;
         let mut validation = Validation::new(Algorithm::ES256);
         validation.set_issuer(&[&self.config.issuer]);
-        validation.set_audience(&[&self.config.audience]);
-        jsonwebtoken::decode::<AccessClaims>(token, &key, &validation)
+        validation.set_audience(&[audience]);
+        jsonwebtoken::decode::<T>(token, &key, &validation)
             .map(|data| data.claims)
             .map_err(|_| FlowError::InvalidToken)
     }

@@ -71,9 +71,9 @@ impl Sealer {
         })
     }
 
-    /// `nonce ‖ ciphertext ‖ tag`, base64url; the key id is bound in as associated data so
-    /// a sealed key cannot be moved to another record.
-    fn seal(&self, kid: &str, plain: &[u8]) -> String {
+    /// `nonce ‖ ciphertext ‖ tag`, base64url; `kid` (what the secret belongs to) is bound
+    /// in as associated data so a sealed secret cannot be moved to another record.
+    pub fn seal(&self, kid: &str, plain: &[u8]) -> String {
         let mut nonce = [0u8; NONCE_LEN];
         self.random
             .fill(&mut nonce)
@@ -91,7 +91,7 @@ impl Sealer {
         URL_SAFE_NO_PAD.encode(out)
     }
 
-    fn open(&self, kid: &str, sealed: &str) -> Result<Vec<u8>, KeyError> {
+    pub fn open(&self, kid: &str, sealed: &str) -> Result<Vec<u8>, KeyError> {
         let unseal = || KeyError::Unseal {
             kid: kid.to_owned(),
         };
@@ -209,6 +209,11 @@ impl KeyRing {
             }
         }
         Err(StoreError::Unavailable("the signing key kept changing under rotation".into()).into())
+    }
+
+    /// The store key's sealer, for other secrets kept at rest (TOTP secrets).
+    pub fn sealer(&self) -> &Sealer {
+        &self.sealer
     }
 
     fn remember(&self, signer: Signer) -> Arc<Signer> {

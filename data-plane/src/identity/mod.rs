@@ -9,6 +9,7 @@ pub mod api;
 pub mod flows;
 pub mod keys;
 pub mod mail;
+pub mod mfa;
 pub mod password;
 pub mod records;
 pub mod store;

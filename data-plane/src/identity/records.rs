@@ -224,3 +224,27 @@ impl Record for CurrentKey {
         self.v
     }
 }
+
+/// A user's TOTP enrolment (`{user id}` in the mfa bucket).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Mfa {
+    pub v: u32,
+    /// The TOTP secret, sealed with the store key (it must be read back to check codes, so
+    /// it cannot be hashed), base64url.
+    pub secret: String,
+    /// Set when the first code was confirmed; until then sign-in does not ask for one.
+    pub confirmed: bool,
+    /// The last TOTP step accepted: a code works once (RFC 6238 §5.2).
+    #[serde(default)]
+    pub last_step: u64,
+    /// SHA-256 (hex) of the unused recovery codes.
+    #[serde(default)]
+    pub recovery: Vec<String>,
+}
+
+impl Record for Mfa {
+    const BUCKET: Bucket = Bucket::Mfa;
+    fn version(&self) -> u32 {
+        self.v
+    }
+}

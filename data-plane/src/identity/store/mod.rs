@@ -23,15 +23,18 @@ pub enum Bucket {
     Resets,
     /// `current` and `{kid}` → signing keys, private halves encrypted.
     Keys,
+    /// `{user id}` → the user's TOTP enrolment (secret sealed) and recovery-code digests.
+    Mfa,
 }
 
 impl Bucket {
-    pub const ALL: [Bucket; 5] = [
+    pub const ALL: [Bucket; 6] = [
         Bucket::Users,
         Bucket::Emails,
         Bucket::Sessions,
         Bucket::Resets,
         Bucket::Keys,
+        Bucket::Mfa,
     ];
 
     pub fn name(self) -> &'static str {
@@ -41,6 +44,7 @@ impl Bucket {
             Bucket::Sessions => "sessions",
             Bucket::Resets => "resets",
             Bucket::Keys => "keys",
+            Bucket::Mfa => "mfa",
         }
     }
 }
