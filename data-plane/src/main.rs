@@ -37,6 +37,40 @@ enum Command {
     Run(Box<RunArgs>),
     /// Exit 0 when URL answers 2xx: a health check for images without curl (HEALTHCHECK).
     Probe(pavilion_telemetry::probe::ProbeArgs),
+    /// The identity service's audit trail.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Walk the whole hash chain: exit 0 when it is whole, 1 naming the first record that
+    /// was changed, removed or moved.
+    Verify {
+        /// The identity store: nats://HOST:PORT[?bucket=PREFIX] or file:PATH.
+        #[arg(long, env = "PAVILION_IDENTITY_STORE")]
+        identity_store: pavilion_data::identity::StoreSpec,
+    },
+}
+
+/// `pavilion-data audit verify`.
+fn verify_audit(store: &pavilion_data::identity::StoreSpec) -> anyhow::Result<bool> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let store = pavilion_data::identity::open_store(store).await?;
+        match pavilion_data::identity::audit::verify(&*store).await? {
+            Ok(count) => {
+                println!("the audit trail is whole: {count} records");
+                Ok(true)
+            }
+            Err(broken) => {
+                println!("the audit trail is broken: {broken}");
+                Ok(false)
+            }
+        }
+    })
 }
 
 #[derive(clap::Args)]
@@ -238,6 +272,10 @@ struct RunArgs {
         default_value = "Pavilion Gateway <no-reply@localhost>"
     )]
     identity_mail_from: String,
+    /// Addresses (comma-separated) whose accounts are platform administrators: how the
+    /// first administrator comes to be.
+    #[arg(long, env = "PAVILION_IDENTITY_ADMINS", value_delimiter = ',')]
+    identity_admins: Vec<String>,
     /// Share of new traces sampled, 0 to 1; a client's traceparent sampled flag is followed.
     #[arg(long, env = "PAVILION_TRACE_SAMPLE_RATIO", default_value_t = 0.01)]
     trace_sample_ratio: f64,
@@ -250,6 +288,16 @@ fn main() -> std::process::ExitCode {
     let args = match Cli::parse().command {
         Command::Run(args) => *args,
         Command::Probe(probe) => return probe.run("pavilion-data"),
+        Command::Audit(AuditCommand::Verify { identity_store }) => {
+            return match verify_audit(&identity_store) {
+                Ok(true) => std::process::ExitCode::SUCCESS,
+                Ok(false) => std::process::ExitCode::FAILURE,
+                Err(e) => {
+                    eprintln!("pavilion-data: {e:#}");
+                    std::process::ExitCode::from(2)
+                }
+            };
+        }
     };
     match run(args) {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -476,6 +524,7 @@ fn identity_config(
     config.key_rotation = Duration::from_secs(args.identity_key_rotation_hours * 3600);
     config.mail = args.identity_mail.clone();
     config.mail_from = args.identity_mail_from.clone();
+    config.admins = args.identity_admins.clone();
     Ok(Some(config))
 }
 

@@ -844,3 +844,180 @@ async fn totp_enrolment_challenge_and_recovery_codes() {
         assert!(!raw.contains(code.as_str()));
     }
 }
+
+#[tokio::test]
+async fn the_audit_trail_records_security_events_and_betrays_tampering() {
+    let nats = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let spec = StoreSpec::Nats {
+        servers: nats.url(),
+        prefix: "audit".into(),
+    };
+    let mut identity = IdentityConfig::new(spec.clone(), ISSUER, key_file(dir.path()));
+    identity.admins = vec!["Root@Example.org".into()];
+    let dp = with_identity(identity).await;
+
+    post(
+        &dp,
+        "/v1/auth/signup",
+        credentials("root@example.org", "root password"),
+    )
+    .await;
+    post(
+        &dp,
+        "/v1/auth/signup",
+        credentials("joe@example.org", "joe password"),
+    )
+    .await;
+    let failed = post(
+        &dp,
+        "/v1/auth/signin",
+        credentials("joe@example.org", "guessed secret"),
+    )
+    .await;
+    let joe = post(
+        &dp,
+        "/v1/auth/signin",
+        credentials("joe@example.org", "joe password"),
+    )
+    .await
+    .json();
+    let refresh = json!({ "refresh_token": joe["refresh_token"] });
+    post(&dp, "/v1/auth/refresh", refresh.clone()).await;
+    post(&dp, "/v1/auth/refresh", refresh).await; // reused: the family is revoked
+    let root = post(
+        &dp,
+        "/v1/auth/signin",
+        credentials("root@example.org", "root password"),
+    )
+    .await
+    .json();
+    let admin = format!("Bearer {}", root["access_token"].as_str().unwrap());
+    let joe_bearer = format!("Bearer {}", joe["access_token"].as_str().unwrap());
+
+    // Only administrators read it.
+    let refused = get(
+        &dp,
+        "/admin/audit",
+        &[("authorization", joe_bearer.as_str())],
+    )
+    .await;
+    assert_eq!(
+        (refused.status.as_u16(), code(&refused)),
+        (403, "forbidden".into())
+    );
+    let page = get(&dp, "/admin/audit", &[("authorization", admin.as_str())]).await;
+    assert_eq!(page.status, 200, "{}", page.text());
+    let records = page.json()["records"].as_array().unwrap().clone();
+    let actions: Vec<&str> = records
+        .iter()
+        .map(|r| r["action"].as_str().unwrap())
+        .collect();
+    for expected in [
+        "account.created",
+        "signin.failed",
+        "session.started",
+        "session.reuse_detected",
+    ] {
+        assert!(actions.contains(&expected), "{expected} in {actions:?}");
+    }
+    let failure = records
+        .iter()
+        .find(|r| r["action"] == "signin.failed")
+        .unwrap();
+    assert_eq!(failure["detail"], "wrong password");
+    assert_eq!(
+        failure["request_id"].as_str(),
+        failed.header("x-request-id"),
+        "the record names the request"
+    );
+    for secret in ["joe password", "guessed secret", "root password"] {
+        assert!(!page.text().contains(secret), "the trail holds {secret}");
+    }
+
+    // Filters and pages.
+    let only = get(
+        &dp,
+        "/admin/audit?action=session.reuse_detected",
+        &[("authorization", admin.as_str())],
+    )
+    .await
+    .json();
+    assert_eq!(only["records"].as_array().unwrap().len(), 1, "{only}");
+    let first = get(
+        &dp,
+        "/admin/audit?limit=2",
+        &[("authorization", admin.as_str())],
+    )
+    .await
+    .json();
+    assert_eq!(first["records"].as_array().unwrap().len(), 2);
+    let next = first["next"].as_u64().unwrap();
+    let second = get(
+        &dp,
+        &format!("/admin/audit?limit=2&after={next}"),
+        &[("authorization", admin.as_str())],
+    )
+    .await
+    .json();
+    assert_eq!(second["records"][0]["seq"].as_u64(), Some(next + 1));
+
+    // Verification: whole, then broken by a change, and by a removal, made in the store.
+    let verify = |expect_ok: bool| {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_pavilion-data"))
+            .args([
+                "audit",
+                "verify",
+                "--identity-store",
+                &format!("{}?bucket=audit", nats.url()),
+            ])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&output.stdout).into_owned();
+        assert_eq!(
+            output.status.success(),
+            expect_ok,
+            "{text}{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        text
+    };
+    assert!(verify(true).contains("whole"));
+    let store = pavilion_data::identity::open_store(&spec).await.unwrap();
+    use pavilion_data::identity::store::Bucket;
+    let key = pavilion_data::identity::audit::key(2);
+    let entry = store.get(Bucket::Audit, &key).await.unwrap().unwrap();
+    let mut record: Value = serde_json::from_slice(&entry.value).unwrap();
+    record["actor"] = json!("someone else");
+    store
+        .update(
+            Bucket::Audit,
+            &key,
+            record.to_string().into_bytes(),
+            entry.revision,
+        )
+        .await
+        .unwrap();
+    assert!(verify(false).contains("record 2 was changed"));
+    // Put it back as it was, then remove a later one.
+    let entry = store.get(Bucket::Audit, &key).await.unwrap().unwrap();
+    let mut restored: Value = serde_json::from_slice(&entry.value).unwrap();
+    restored["actor"] = records[1]["actor"].clone();
+    store
+        .update(
+            Bucket::Audit,
+            &key,
+            restored.to_string().into_bytes(),
+            entry.revision,
+        )
+        .await
+        .unwrap();
+    assert!(verify(true).contains("whole"));
+    let gone = pavilion_data::identity::audit::key(4);
+    let entry = store.get(Bucket::Audit, &gone).await.unwrap().unwrap();
+    store
+        .delete(Bucket::Audit, &gone, entry.revision)
+        .await
+        .unwrap();
+    assert!(verify(false).contains("record 4 is missing"));
+}

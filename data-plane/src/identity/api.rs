@@ -19,6 +19,7 @@ use crate::deny::error_response;
 
 pub const JWKS_PATH: &str = "/.well-known/jwks.json";
 pub const DISCOVERY_PATH: &str = "/.well-known/openid-configuration";
+pub const AUDIT_PATH: &str = "/admin/audit";
 const PREFIX: &str = "/v1/auth/";
 
 /// Largest request body of the identity API.
@@ -26,7 +27,7 @@ const MAX_BODY: u64 = 16 * 1024;
 
 /// Whether the identity service answers `path` (when it is enabled).
 pub fn owns(path: &str) -> bool {
-    path.starts_with(PREFIX) || path == JWKS_PATH || path == DISCOVERY_PATH
+    path.starts_with(PREFIX) || path == JWKS_PATH || path == DISCOVERY_PATH || path == AUDIT_PATH
 }
 
 #[derive(Deserialize)]
@@ -122,7 +123,11 @@ pub async fn serve(
     request: Request<RequestBody>,
     request_id: &HeaderValue,
 ) -> Response<ResponseBody> {
-    match route(identity, request).await {
+    let id = request_id.to_str().unwrap_or_default().to_owned();
+    match super::audit::REQUEST_ID
+        .scope(id, route(identity, request))
+        .await
+    {
         Ok(response) => response,
         Err(refusal) => {
             let mut response =
@@ -148,6 +153,12 @@ async fn route(
     request: Request<RequestBody>,
 ) -> Result<Response<ResponseBody>, Refusal> {
     let path = request.uri().path().to_owned();
+    if path == AUDIT_PATH {
+        if request.method() != Method::GET {
+            return Err(not_allowed("GET"));
+        }
+        return audit_page(identity, &request).await;
+    }
     if path == JWKS_PATH || path == DISCOVERY_PATH {
         if request.method() != Method::GET && request.method() != Method::HEAD {
             return Err(not_allowed("GET"));
@@ -281,6 +292,50 @@ fn no_content() -> Response<ResponseBody> {
     let mut response = Response::new(ResponseBody::Local(None));
     *response.status_mut() = StatusCode::NO_CONTENT;
     response
+}
+
+/// `GET /admin/audit?actor=&action=&target=&tenant=&since=&until=&after=&limit=`: platform
+/// administrators see every record; a tenant's administrators (`tenant-admin` there) see
+/// that tenant's, asking with `tenant=`.
+async fn audit_page<B>(
+    identity: &Identity,
+    request: &Request<B>,
+) -> Result<Response<ResponseBody>, Refusal> {
+    let bearer = bearer_token(request).ok_or(FlowError::InvalidToken)?;
+    let claims = identity.verify_access(&bearer).await?;
+    let filter: super::audit::Filter =
+        serde_urlencoded::from_str(request.uri().query().unwrap_or_default()).map_err(|e| {
+            Refusal::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                format!("the query does not fit: {e}"),
+            )
+        })?;
+    let platform = claims
+        .roles
+        .iter()
+        .any(|r| r == crate::auth::membership::PLATFORM_ADMIN);
+    let tenant_admin = filter.tenant.as_ref().is_some_and(|t| {
+        claims
+            .tenants
+            .get(t)
+            .is_some_and(|roles| roles.iter().any(|r| r == "tenant-admin"))
+    });
+    if !platform && !tenant_admin {
+        return Err(Refusal::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "the audit trail is for platform administrators, or a tenant's administrators with tenant=",
+        ));
+    }
+    let (records, next) = super::audit::list(identity.store(), &filter)
+        .await
+        .map_err(|e| Refusal::from(FlowError::from(e)))?;
+    Ok(json(
+        StatusCode::OK,
+        &serde_json::json!({ "records": records, "next": next }),
+        "no-store",
+    ))
 }
 
 fn not_allowed(allow: &'static str) -> Refusal {

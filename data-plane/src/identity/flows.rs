@@ -7,6 +7,7 @@
 
 use jsonwebtoken::{Algorithm, Header, Validation};
 
+use super::audit::Event;
 use super::mail::Mail;
 use super::mfa::SignIn;
 use super::records::{
@@ -15,6 +16,7 @@ use super::records::{
 use super::store::{Bucket, StoreError};
 use super::tokens::{self, AccessClaims, Tokens};
 use super::{Identity, IdentityError, password, unix_now, unix_now_ms};
+use crate::auth::membership::PLATFORM_ADMIN;
 
 /// Why a flow refused; each is one answer of the API.
 #[derive(Debug, thiserror::Error)]
@@ -124,6 +126,13 @@ impl Identity {
         match records::create(&*self.store, &key, &owner).await {
             Ok(_) => {
                 tracing::info!(user = %user.id, "account created");
+                self.audit(Event {
+                    actor: user.id.clone(),
+                    action: "account.created",
+                    target: user.id.clone(),
+                    ..Event::default()
+                })
+                .await;
                 Ok(())
             }
             // The address was claimed meanwhile (by another replica): ours goes.
@@ -148,15 +157,24 @@ impl Identity {
         };
         let Some(mut user) = user else {
             verify_nothing_off_thread(password.to_owned()).await;
+            self.audit(signin_failed("-", "no such account")).await;
             return Err(FlowError::InvalidCredentials);
         };
         let Some(stored) = user.record.password.clone() else {
             verify_nothing_off_thread(password.to_owned()).await;
+            self.audit(signin_failed(&user.record.id, "no password"))
+                .await;
             return Err(FlowError::InvalidCredentials);
         };
         let verdict = verify_off_thread(password.to_owned(), stored).await?;
         if verdict == password::Verdict::Wrong || user.record.status != UserStatus::Active {
             tracing::info!(user = %user.record.id, "sign-in refused");
+            let why = if verdict == password::Verdict::Wrong {
+                "wrong password"
+            } else {
+                "account disabled"
+            };
+            self.audit(signin_failed(&user.record.id, why)).await;
             return Err(FlowError::InvalidCredentials);
         }
         if verdict == password::Verdict::RightButStale {
@@ -196,6 +214,13 @@ impl Identity {
         };
         records::create(&*self.store, &id, &family).await?;
         tracing::info!(user = %user.id, session = %id, "signed in");
+        self.audit(Event {
+            actor: user.id.clone(),
+            action: "session.started",
+            target: id.clone(),
+            ..Event::default()
+        })
+        .await;
         self.tokens(user, &id, refresh).await
     }
 
@@ -216,7 +241,7 @@ impl Identity {
             sid: session.to_owned(),
             email: user.email.clone(),
             tenants: user.tenants.clone(),
-            roles: user.roles.clone(),
+            roles: self.roles_of(user),
         };
         Ok(Tokens {
             access_token: self.sign(&claims).await?,
@@ -236,7 +261,9 @@ impl Identity {
             .await?
             .ok_or(FlowError::InvalidGrant)?;
         if family.record.current != digest {
-            self.revoke(id, family, "refresh token reused").await?;
+            let why = "a replaced refresh token was presented";
+            self.revoke(id, family, "session.reuse_detected", why)
+                .await?;
             return Err(FlowError::InvalidGrant);
         }
         let user = self.live_session_user(&family.record).await?;
@@ -249,8 +276,8 @@ impl Identity {
             // Used at the same moment elsewhere: one of the two is a copy.
             Err(StoreError::Conflict) => {
                 if let Some(now) = records::get::<Family>(&*self.store, id).await? {
-                    self.revoke(id, now, "refresh token used twice at once")
-                        .await?;
+                    let why = "a refresh token was used twice at once";
+                    self.revoke(id, now, "session.reuse_detected", why).await?;
                 }
                 Err(FlowError::InvalidGrant)
             }
@@ -279,6 +306,7 @@ impl Identity {
         &self,
         id: &str,
         mut family: Versioned<Family>,
+        action: &'static str,
         why: &str,
     ) -> Result<(), FlowError> {
         for _ in 0..5 {
@@ -289,6 +317,14 @@ impl Identity {
             match records::update(&*self.store, id, &family.record, family.revision).await {
                 Ok(_) => {
                     tracing::warn!(session = id, user = %family.record.user, reason = why, "session revoked");
+                    self.audit(Event {
+                        actor: family.record.user.clone(),
+                        action,
+                        target: id.to_owned(),
+                        detail: Some(why.to_owned()),
+                        ..Event::default()
+                    })
+                    .await;
                     return Ok(());
                 }
                 Err(StoreError::Conflict) => match records::get(&*self.store, id).await? {
@@ -309,7 +345,8 @@ impl Identity {
         if let Some(family) = records::get::<Family>(&*self.store, id).await?
             && family.record.current == tokens::digest(token)
         {
-            self.revoke(id, family, "signed out").await?;
+            self.revoke(id, family, "session.revoked", "signed out")
+                .await?;
         }
         Ok(())
     }
@@ -326,6 +363,13 @@ impl Identity {
             match records::update(&*self.store, &claims.sub, &user.record, user.revision).await {
                 Ok(_) => {
                     tracing::info!(user = %claims.sub, "signed out everywhere");
+                    self.audit(Event {
+                        actor: claims.sub.clone(),
+                        action: "sessions.revoked_all",
+                        target: claims.sub.clone(),
+                        ..Event::default()
+                    })
+                    .await;
                     return Ok(());
                 }
                 Err(StoreError::Conflict) => continue,
@@ -354,6 +398,13 @@ impl Identity {
         let Some(user) = user.filter(|u| u.record.status == UserStatus::Active) else {
             return Ok(());
         };
+        self.audit(Event {
+            actor: "anonymous".into(),
+            action: "password.reset_requested",
+            target: user.record.id.clone(),
+            ..Event::default()
+        })
+        .await;
         let Some(mailer) = self.mailer.clone() else {
             tracing::warn!(user = %user.record.id, "password reset asked, but no --identity-mail is set");
             return Ok(());
@@ -431,6 +482,13 @@ impl Identity {
             {
                 Ok(_) => {
                     tracing::info!(user = %reset.record.user, "password reset; every session ended");
+                    self.audit(Event {
+                        actor: reset.record.user.clone(),
+                        action: "password.reset",
+                        target: reset.record.user.clone(),
+                        ..Event::default()
+                    })
+                    .await;
                     return Ok(());
                 }
                 Err(StoreError::Conflict) => continue,
@@ -444,6 +502,21 @@ impl Identity {
     pub async fn verify_access(&self, token: &str) -> Result<AccessClaims, FlowError> {
         let audience = self.config.audience.clone();
         self.verify_own(token, &audience).await
+    }
+
+    /// The platform roles a user's tokens carry: its own, and `platform-admin` for the
+    /// bootstrap administrators' addresses.
+    fn roles_of(&self, user: &User) -> Vec<String> {
+        let mut roles = user.roles.clone();
+        let bootstrap = self
+            .config
+            .admins
+            .iter()
+            .any(|a| normalise_email(a).as_deref() == Some(user.email.as_str()));
+        if bootstrap && !roles.iter().any(|r| r == PLATFORM_ADMIN) {
+            roles.push(PLATFORM_ADMIN.to_owned());
+        }
+        roles
     }
 
     /// Signs `claims` with the current key.
@@ -474,6 +547,16 @@ impl Identity {
         jsonwebtoken::decode::<T>(token, &key, &validation)
             .map(|data| data.claims)
             .map_err(|_| FlowError::InvalidToken)
+    }
+}
+
+fn signin_failed(user: &str, why: &str) -> Event {
+    Event {
+        actor: "anonymous".into(),
+        action: "signin.failed",
+        target: user.to_owned(),
+        detail: Some(why.to_owned()),
+        ..Event::default()
     }
 }
 

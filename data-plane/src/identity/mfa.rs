@@ -117,6 +117,16 @@ fn normalise_recovery(code: &str) -> String {
         .collect()
 }
 
+fn mfa_event(user: &str, action: &'static str, detail: Option<String>) -> super::audit::Event {
+    super::audit::Event {
+        actor: user.to_owned(),
+        action,
+        target: user.to_owned(),
+        detail,
+        ..Default::default()
+    }
+}
+
 /// What a sealed TOTP secret is bound to.
 fn seal_id(user: &str) -> String {
     format!("mfa.{user}")
@@ -212,6 +222,8 @@ impl Identity {
         match records::update(&*self.store, &claims.sub, &confirmed, mfa.revision).await {
             Ok(_) => {
                 tracing::info!(user = %claims.sub, "TOTP enabled");
+                self.audit(mfa_event(&claims.sub, "mfa.enabled", None))
+                    .await;
                 Ok(codes)
             }
             Err(StoreError::Conflict) => Err(FlowError::InvalidCode),
@@ -249,9 +261,14 @@ impl Identity {
                 next.recovery.retain(|c| *c != digest);
                 if next.recovery.len() == before {
                     tracing::info!(user = %claims.sub, "MFA code refused");
+                    self.audit(mfa_event(&claims.sub, "mfa.code_refused", None))
+                        .await;
                     return Err(FlowError::InvalidCode);
                 }
                 tracing::warn!(user = %claims.sub, left = next.recovery.len(), "recovery code used");
+                let left = format!("{} recovery codes left", next.recovery.len());
+                self.audit(mfa_event(&claims.sub, "mfa.recovery_used", Some(left)))
+                    .await;
             }
             match records::update(&*self.store, &claims.sub, &next, mfa.revision).await {
                 Ok(_) => {

@@ -6,6 +6,7 @@
 //! compare-and-set.
 
 pub mod api;
+pub mod audit;
 pub mod flows;
 pub mod keys;
 pub mod mail;
@@ -108,6 +109,9 @@ pub struct IdentityConfig {
     pub mail_from: String,
     /// How long a password-reset token works.
     pub reset_ttl: Duration,
+    /// Addresses whose accounts are platform administrators (`platform-admin` in their
+    /// tokens' `roles`): how the first administrator comes to be.
+    pub admins: Vec<String>,
 }
 
 impl IdentityConfig {
@@ -123,6 +127,7 @@ impl IdentityConfig {
             mail: None,
             mail_from: "Pavilion Gateway <no-reply@localhost>".into(),
             reset_ttl: Duration::from_secs(30 * 60),
+            admins: Vec::new(),
         }
     }
 }
@@ -135,6 +140,23 @@ pub enum IdentityError {
     Keys(#[from] KeyError),
     #[error(transparent)]
     Mail(#[from] mail::MailError),
+}
+
+/// Opens the store `spec` names (creating buckets or the file when missing).
+pub async fn open_store(spec: &StoreSpec) -> Result<Arc<dyn Store>, StoreError> {
+    Ok(match spec {
+        StoreSpec::Nats { servers, prefix } => {
+            Arc::new(store::kv::KvStore::connect(servers, prefix).await?)
+        }
+        StoreSpec::File(path) => {
+            let path = path.clone();
+            Arc::new(
+                tokio::task::spawn_blocking(move || store::file::FileStore::open(&path))
+                    .await
+                    .map_err(|e| StoreError::Unavailable(e.to_string()))??,
+            )
+        }
+    })
 }
 
 /// The identity service: its store, signing keys and settings; shared by every worker.
@@ -154,19 +176,7 @@ impl Identity {
             .as_deref()
             .map(|spec| mail::sender(spec, &config.mail_from).map(Arc::from))
             .transpose()?;
-        let store: Arc<dyn Store> = match &config.store {
-            StoreSpec::Nats { servers, prefix } => {
-                Arc::new(store::kv::KvStore::connect(servers, prefix).await?)
-            }
-            StoreSpec::File(path) => {
-                let path = path.clone();
-                Arc::new(
-                    tokio::task::spawn_blocking(move || store::file::FileStore::open(&path))
-                        .await
-                        .map_err(|e| StoreError::Unavailable(e.to_string()))??,
-                )
-            }
-        };
+        let store = open_store(&config.store).await?;
         let keys = KeyRing::new(
             store.clone(),
             sealer,
@@ -191,5 +201,14 @@ impl Identity {
 
     pub fn keys(&self) -> &KeyRing {
         &self.keys
+    }
+
+    pub fn store(&self) -> &dyn Store {
+        &*self.store
+    }
+
+    /// Appends an audit record (logged, not failed, when the store refuses).
+    async fn audit(&self, event: audit::Event) {
+        audit::record(&*self.store, event).await;
     }
 }

@@ -25,16 +25,19 @@ pub enum Bucket {
     Keys,
     /// `{user id}` → the user's TOTP enrolment (secret sealed) and recovery-code digests.
     Mfa,
+    /// `{seq:020}` → an audit record of the hash chain; `head` → the last one.
+    Audit,
 }
 
 impl Bucket {
-    pub const ALL: [Bucket; 6] = [
+    pub const ALL: [Bucket; 7] = [
         Bucket::Users,
         Bucket::Emails,
         Bucket::Sessions,
         Bucket::Resets,
         Bucket::Keys,
         Bucket::Mfa,
+        Bucket::Audit,
     ];
 
     pub fn name(self) -> &'static str {
@@ -45,6 +48,7 @@ impl Bucket {
             Bucket::Resets => "resets",
             Bucket::Keys => "keys",
             Bucket::Mfa => "mfa",
+            Bucket::Audit => "audit",
         }
     }
 }
