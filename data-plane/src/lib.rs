@@ -236,7 +236,7 @@ pub async fn start(config: Config) -> Result<DataPlane, Error> {
     let mut shared = Shared::new(metrics.clone(), &config, limiter, commands);
     if let Some(identity) = &config.identity {
         shared.identity = Some(Arc::new(
-            identity::Identity::open(identity.clone())
+            identity::Identity::open(identity.clone(), config.redis.is_some())
                 .await
                 .map_err(Error::Identity)?,
         ));

@@ -1021,3 +1021,281 @@ async fn the_audit_trail_records_security_events_and_betrays_tampering() {
         .unwrap();
     assert!(verify(false).contains("record 4 is missing"));
 }
+
+/// The `sub` of a JWT, read without checking it (the test trusts its own gateway).
+fn subject(token: &str) -> String {
+    use base64::Engine;
+    let payload = token.split('.').nth(1).unwrap();
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .unwrap();
+    serde_json::from_slice::<Value>(&bytes).unwrap()["sub"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+#[tokio::test]
+async fn guessing_is_limited_delayed_and_locks_the_account_until_an_admin_unlocks_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut identity = IdentityConfig::new(
+        StoreSpec::File(dir.path().join("identity.redb")),
+        ISSUER,
+        key_file(dir.path()),
+    );
+    identity.admins = vec!["root@example.org".into()];
+    identity.abuse.per_account_per_15_minutes = 20;
+    // Not what is tested here (see the next test), and not to be reached first.
+    identity.abuse.per_ip_per_minute = 1000;
+    identity.abuse.delay = Duration::from_millis(1);
+    let dp = with_identity(identity).await;
+    post(
+        &dp,
+        "/v1/auth/signup",
+        credentials("root@example.org", "root password"),
+    )
+    .await;
+    post(
+        &dp,
+        "/v1/auth/signup",
+        credentials("vic@example.org", "victim password"),
+    )
+    .await;
+    let victim = post(
+        &dp,
+        "/v1/auth/signin",
+        credentials("vic@example.org", "victim password"),
+    )
+    .await
+    .json();
+    let victim_id = subject(victim["access_token"].as_str().unwrap());
+    let root = post(
+        &dp,
+        "/v1/auth/signin",
+        credentials("root@example.org", "root password"),
+    )
+    .await
+    .json();
+    let admin = format!("Bearer {}", root["access_token"].as_str().unwrap());
+
+    // Ten wrong passwords in a row lock the account: the right one is then refused too,
+    // with the very answer a wrong one gets.
+    for _ in 0..10 {
+        let wrong = post(
+            &dp,
+            "/v1/auth/signin",
+            credentials("vic@example.org", "a guess"),
+        )
+        .await;
+        assert_eq!(
+            (wrong.status.as_u16(), code(&wrong)),
+            (401, "invalid_credentials".into())
+        );
+    }
+    let locked = post(
+        &dp,
+        "/v1/auth/signin",
+        credentials("vic@example.org", "victim password"),
+    )
+    .await;
+    assert_eq!(
+        (locked.status.as_u16(), code(&locked)),
+        (401, "invalid_credentials".into())
+    );
+
+    // Only a platform administrator unlocks.
+    let victim_bearer = format!("Bearer {}", victim["access_token"].as_str().unwrap());
+    let unlock = format!("/admin/iam/users/{victim_id}/unlock");
+    let refused = post_with(
+        &dp,
+        &unlock,
+        json!({}),
+        &[("authorization", victim_bearer.as_str())],
+    )
+    .await;
+    assert_eq!(
+        (refused.status.as_u16(), code(&refused)),
+        (403, "forbidden".into())
+    );
+    let unlocked = post_with(
+        &dp,
+        &unlock,
+        json!({}),
+        &[("authorization", admin.as_str())],
+    )
+    .await;
+    assert_eq!(unlocked.status, 204, "{}", unlocked.text());
+    let back = post(
+        &dp,
+        "/v1/auth/signin",
+        credentials("vic@example.org", "victim password"),
+    )
+    .await;
+    assert_eq!(back.status, 200, "{}", back.text());
+
+    // Past the per-account limit (20 per 15 minutes here) the answer is 429, for a known
+    // address and an unknown one alike.
+    for email in ["vic@example.org", "ghost@example.org"] {
+        let mut statuses = Vec::new();
+        for _ in 0..25 {
+            statuses.push(post(&dp, "/v1/auth/signin", credentials(email, "a guess")).await);
+        }
+        let limited = statuses
+            .iter()
+            .position(|r| r.status == 429)
+            .expect("a 429");
+        assert!(
+            limited <= 20,
+            "{email}: first 429 at attempt {}",
+            limited + 1
+        );
+        let reply = &statuses[limited];
+        assert_eq!(code(reply), "too_many_attempts");
+        assert!(reply.header("retry-after").is_some());
+    }
+
+    // The audit trail tells the story.
+    let trail = get(
+        &dp,
+        &format!("/admin/audit?target={victim_id}&limit=1000"),
+        &[("authorization", admin.as_str())],
+    )
+    .await
+    .json();
+    let actions: Vec<&str> = trail["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["action"].as_str().unwrap())
+        .collect();
+    for expected in ["account.locked", "account.unlocked"] {
+        assert!(actions.contains(&expected), "{expected} in {actions:?}");
+    }
+}
+
+#[tokio::test]
+async fn an_administrator_resets_a_lost_second_factor() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut identity = IdentityConfig::new(
+        StoreSpec::File(dir.path().join("identity.redb")),
+        ISSUER,
+        key_file(dir.path()),
+    );
+    identity.admins = vec!["root@example.org".into()];
+    let dp = with_identity(identity).await;
+    post(
+        &dp,
+        "/v1/auth/signup",
+        credentials("root@example.org", "root password"),
+    )
+    .await;
+    post(
+        &dp,
+        "/v1/auth/signup",
+        credentials("pat@example.org", "pat password"),
+    )
+    .await;
+    let pat = post(
+        &dp,
+        "/v1/auth/signin",
+        credentials("pat@example.org", "pat password"),
+    )
+    .await
+    .json();
+    let pat_id = subject(pat["access_token"].as_str().unwrap());
+    let bearer = format!("Bearer {}", pat["access_token"].as_str().unwrap());
+    let enrolment = post_with(
+        &dp,
+        "/v1/auth/mfa/totp/start",
+        json!({}),
+        &[("authorization", bearer.as_str())],
+    )
+    .await
+    .json();
+    let secret = enrolment["secret"].as_str().unwrap();
+    let confirm = json!({ "code": totp_code(secret, 0) });
+    assert_eq!(
+        post_with(
+            &dp,
+            "/v1/auth/mfa/totp/confirm",
+            confirm,
+            &[("authorization", bearer.as_str())]
+        )
+        .await
+        .status,
+        200
+    );
+    let challenge = post(
+        &dp,
+        "/v1/auth/signin",
+        credentials("pat@example.org", "pat password"),
+    )
+    .await
+    .json();
+    assert_eq!(challenge["mfa_required"], true);
+
+    let root = post(
+        &dp,
+        "/v1/auth/signin",
+        credentials("root@example.org", "root password"),
+    )
+    .await
+    .json();
+    let admin = format!("Bearer {}", root["access_token"].as_str().unwrap());
+    let reset = |who: String| {
+        let addr = dp.addr;
+        let pat_id = pat_id.clone();
+        async move {
+            HttpClient::http1()
+                .call(
+                    "DELETE",
+                    &format!("http://{addr}/admin/iam/users/{pat_id}/mfa"),
+                    &[("authorization", who.as_str())],
+                    Bytes::new(),
+                )
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(reset(bearer.clone()).await.status, 403);
+    let done = reset(admin.clone()).await;
+    assert_eq!(done.status, 204, "{}", done.text());
+    assert_eq!(reset(admin).await.status, 404, "nothing left to reset");
+    let plain = post(
+        &dp,
+        "/v1/auth/signin",
+        credentials("pat@example.org", "pat password"),
+    )
+    .await
+    .json();
+    assert!(plain["access_token"].is_string(), "{plain}");
+}
+
+#[tokio::test]
+async fn one_client_address_is_limited_per_operation() {
+    let dir = tempfile::tempdir().unwrap();
+    let dp = data_plane(
+        StoreSpec::File(dir.path().join("identity.redb")),
+        dir.path(),
+        Duration::from_secs(3600),
+    )
+    .await;
+    // 30 a minute by default: the 31st sign-up from one address is refused.
+    let mut statuses = Vec::new();
+    for i in 0..33 {
+        let account = credentials(&format!("u{i}@example.org"), "long password");
+        statuses.push(post(&dp, "/v1/auth/signup", account).await);
+    }
+    let codes: Vec<u16> = statuses.iter().map(|r| r.status.as_u16()).collect();
+    assert_eq!(&codes[..30], &[202; 30], "{codes:?}");
+    assert_eq!(&codes[30..], &[429; 3], "{codes:?}");
+    assert_eq!(code(&statuses[30]), "too_many_attempts");
+    // Another operation has its own count.
+    let signin = post(
+        &dp,
+        "/v1/auth/signin",
+        credentials("u1@example.org", "long password"),
+    )
+    .await;
+    assert_eq!(signin.status, 200, "{}", signin.text());
+}

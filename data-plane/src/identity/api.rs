@@ -5,7 +5,9 @@
 //! preflight, so no flow can be driven from another origin's page (CSRF).
 
 use bytes::Bytes;
-use http::header::{ALLOW, CACHE_CONTROL, CONTENT_TYPE, WWW_AUTHENTICATE};
+use std::net::IpAddr;
+
+use http::header::{ALLOW, CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use serde::Deserialize;
@@ -20,6 +22,7 @@ use crate::deny::error_response;
 pub const JWKS_PATH: &str = "/.well-known/jwks.json";
 pub const DISCOVERY_PATH: &str = "/.well-known/openid-configuration";
 pub const AUDIT_PATH: &str = "/admin/audit";
+const IAM_PREFIX: &str = "/admin/iam/";
 const PREFIX: &str = "/v1/auth/";
 
 /// Largest request body of the identity API.
@@ -27,7 +30,11 @@ const MAX_BODY: u64 = 16 * 1024;
 
 /// Whether the identity service answers `path` (when it is enabled).
 pub fn owns(path: &str) -> bool {
-    path.starts_with(PREFIX) || path == JWKS_PATH || path == DISCOVERY_PATH || path == AUDIT_PATH
+    path.starts_with(PREFIX)
+        || path.starts_with(IAM_PREFIX)
+        || path == JWKS_PATH
+        || path == DISCOVERY_PATH
+        || path == AUDIT_PATH
 }
 
 #[derive(Deserialize)]
@@ -78,6 +85,8 @@ struct Refusal {
     message: String,
     /// For 405: the method the endpoint answers.
     allow: Option<&'static str>,
+    /// For 429: when to try again, in seconds.
+    retry_after: Option<u64>,
 }
 
 impl Refusal {
@@ -87,6 +96,7 @@ impl Refusal {
             code,
             message: message.into(),
             allow: None,
+            retry_after: None,
         }
     }
 }
@@ -101,6 +111,8 @@ impl From<FlowError> for Refusal {
             FlowError::InvalidResetToken => (StatusCode::BAD_REQUEST, "invalid_token"),
             FlowError::InvalidCode => (StatusCode::UNAUTHORIZED, "invalid_code"),
             FlowError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            FlowError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            FlowError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             FlowError::Unavailable(why) => {
                 tracing::error!(error = %why, "identity service failure");
                 (StatusCode::SERVICE_UNAVAILABLE, "identity_unavailable")
@@ -117,15 +129,51 @@ impl From<FlowError> for Refusal {
     }
 }
 
+impl From<crate::ratelimit::Refusal> for Refusal {
+    fn from(refusal: crate::ratelimit::Refusal) -> Self {
+        match refusal {
+            crate::ratelimit::Refusal::Limited {
+                message,
+                retry_after_secs,
+                ..
+            }
+            | crate::ratelimit::Refusal::QuotaExceeded {
+                message,
+                retry_after_secs,
+            } => Refusal {
+                retry_after: Some(retry_after_secs.max(1)),
+                ..Refusal::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "too_many_attempts",
+                    format!("too many attempts; retry later ({message})"),
+                )
+            },
+            crate::ratelimit::Refusal::Unavailable { message } => Refusal::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "identity_unavailable",
+                message,
+            ),
+        }
+    }
+}
+
+/// Who asks: what the abuse limits count, and the request id.
+pub struct Caller<'a> {
+    pub limiter: &'a crate::ratelimit::Limiter,
+    pub client: IpAddr,
+    pub request_id: &'a HeaderValue,
+}
+
 /// Answers one identity request.
 pub async fn serve(
     identity: &Identity,
     request: Request<RequestBody>,
-    request_id: &HeaderValue,
+    caller: Caller<'_>,
 ) -> Response<ResponseBody> {
+    let request_id = caller.request_id;
     let id = request_id.to_str().unwrap_or_default().to_owned();
     match super::audit::REQUEST_ID
-        .scope(id, route(identity, request))
+        .scope(id, route(identity, request, &caller))
         .await
     {
         Ok(response) => response,
@@ -137,6 +185,11 @@ pub async fn serve(
                     WWW_AUTHENTICATE,
                     HeaderValue::from_static("Bearer error=\"invalid_token\""),
                 );
+            }
+            if let Some(seconds) = refusal.retry_after {
+                response
+                    .headers_mut()
+                    .insert(RETRY_AFTER, HeaderValue::from(seconds));
             }
             if let Some(allow) = refusal.allow {
                 response
@@ -151,8 +204,12 @@ pub async fn serve(
 async fn route(
     identity: &Identity,
     request: Request<RequestBody>,
+    caller: &Caller<'_>,
 ) -> Result<Response<ResponseBody>, Refusal> {
     let path = request.uri().path().to_owned();
+    if let Some(rest) = path.strip_prefix(IAM_PREFIX) {
+        return iam(identity, &request, rest).await;
+    }
     if path == AUDIT_PATH {
         if request.method() != Method::GET {
             return Err(not_allowed("GET"));
@@ -206,6 +263,7 @@ async fn route(
     match operation {
         "signup" => {
             let credentials: Credentials = parse(&body)?;
+            admit(identity, caller, "identity/signup", None).await?;
             identity
                 .signup(&credentials.email, &credentials.password)
                 .await?;
@@ -217,10 +275,20 @@ async fn route(
         }
         "signin" => {
             let credentials: Credentials = parse(&body)?;
-            match identity
+            let account = super::flows::account_key(&credentials.email);
+            admit(identity, caller, "identity/signin", Some(&account)).await?;
+            let outcome = identity
                 .signin(&credentials.email, &credentials.password)
-                .await?
-            {
+                .await;
+            match &outcome {
+                Err(FlowError::InvalidCredentials) => {
+                    // The same for unknown and known addresses: the key is the address.
+                    tokio::time::sleep(identity.guard().failed(&account).await).await;
+                }
+                Ok(_) => identity.guard().succeeded(&account).await,
+                Err(_) => {}
+            }
+            match outcome? {
                 SignIn::Tokens(tokens) => Ok(json(StatusCode::OK, &tokens, "no-store")),
                 SignIn::MfaRequired { mfa_token } => Ok(json(
                     StatusCode::OK,
@@ -231,6 +299,8 @@ async fn route(
         }
         "mfa" => {
             let mfa: MfaRequest = parse(&body)?;
+            let account = super::mfa::account_of(&mfa.mfa_token);
+            admit(identity, caller, "identity/mfa", account.as_deref()).await?;
             let tokens = identity.mfa_signin(&mfa.mfa_token, &mfa.code).await?;
             Ok(json(StatusCode::OK, &tokens, "no-store"))
         }
@@ -251,6 +321,8 @@ async fn route(
         }
         "forgot" => {
             let forgot: ForgotRequest = parse(&body)?;
+            let account = super::flows::account_key(&forgot.email);
+            admit(identity, caller, "identity/forgot", Some(&account)).await?;
             identity.forgot(&forgot.email).await?;
             Ok(json(
                 StatusCode::ACCEPTED,
@@ -260,6 +332,7 @@ async fn route(
         }
         "reset" => {
             let reset: ResetRequest = parse(&body)?;
+            admit(identity, caller, "identity/reset", None).await?;
             identity.reset(&reset.token, &reset.password).await?;
             Ok(no_content())
         }
@@ -336,6 +409,55 @@ async fn audit_page<B>(
         &serde_json::json!({ "records": records, "next": next }),
         "no-store",
     ))
+}
+
+/// `POST /admin/iam/users/{id}/unlock`, `DELETE /admin/iam/users/{id}/mfa`.
+async fn iam<B>(
+    identity: &Identity,
+    request: &Request<B>,
+    rest: &str,
+) -> Result<Response<ResponseBody>, Refusal> {
+    let parts: Vec<&str> = rest.split('/').collect();
+    let (user, action) = match parts.as_slice() {
+        ["users", user, action] => (*user, *action),
+        _ => {
+            return Err(Refusal::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("no IAM endpoint {IAM_PREFIX}{rest}"),
+            ));
+        }
+    };
+    let bearer = bearer_token(request).ok_or(FlowError::InvalidToken)?;
+    let admin = identity.platform_admin(&bearer).await?;
+    match (action, request.method()) {
+        ("unlock", &Method::POST) => identity.unlock(&admin, user).await?,
+        ("mfa", &Method::DELETE) => identity.reset_mfa(&admin, user).await?,
+        ("unlock", _) => return Err(not_allowed("POST")),
+        ("mfa", _) => return Err(not_allowed("DELETE")),
+        _ => {
+            return Err(Refusal::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("no IAM endpoint {IAM_PREFIX}{rest}"),
+            ));
+        }
+    }
+    Ok(no_content())
+}
+
+/// Counts an attempt against the abuse limits.
+async fn admit(
+    identity: &Identity,
+    caller: &Caller<'_>,
+    operation: &str,
+    account: Option<&str>,
+) -> Result<(), Refusal> {
+    identity
+        .guard()
+        .admit(caller.limiter, caller.client, operation, account)
+        .await
+        .map_err(Refusal::from)
 }
 
 fn not_allowed(allow: &'static str) -> Refusal {

@@ -7,6 +7,7 @@
 
 use jsonwebtoken::{Algorithm, Header, Validation};
 
+use super::abuse::LOCKOUT_AFTER;
 use super::audit::Event;
 use super::mail::Mail;
 use super::mfa::SignIn;
@@ -36,6 +37,12 @@ pub enum FlowError {
     /// 401: the MFA code is wrong or already used.
     #[error("the code is wrong, expired or already used")]
     InvalidCode,
+    /// 403: authenticated, but not allowed (the message says why).
+    #[error("{0}")]
+    Forbidden(String),
+    /// 404: what the request names does not exist.
+    #[error("{0}")]
+    NotFound(String),
     /// 409: the request does not fit the account's state (the message says why).
     #[error("{0}")]
     Conflict(String),
@@ -85,6 +92,13 @@ pub fn normalise_email(email: &str) -> Option<String> {
     valid.then_some(email)
 }
 
+/// The key the abuse limits count an address under (also for addresses that are not
+/// well formed: those are limited too).
+pub fn account_key(email: &str) -> String {
+    let normalised = normalise_email(email).unwrap_or_else(|| email.trim().to_lowercase());
+    email_key(&normalised)
+}
+
 /// The e-mail index's key: no address appears in a key (keys show up in listings, logs
 /// and NATS subjects).
 fn email_key(normalised: &str) -> String {
@@ -117,6 +131,8 @@ impl Identity {
             sessions_after_ms: 0,
             roles: Vec::new(),
             tenants: Default::default(),
+            failed_signins: 0,
+            locked: false,
         };
         records::create(&*self.store, &user.id, &user).await?;
         let owner = EmailOwner {
@@ -167,20 +183,31 @@ impl Identity {
             return Err(FlowError::InvalidCredentials);
         };
         let verdict = verify_off_thread(password.to_owned(), stored).await?;
-        if verdict == password::Verdict::Wrong || user.record.status != UserStatus::Active {
-            tracing::info!(user = %user.record.id, "sign-in refused");
-            let why = if verdict == password::Verdict::Wrong {
-                "wrong password"
-            } else {
-                "account disabled"
-            };
+        let why = if user.record.locked {
+            Some("account locked")
+        } else if verdict == password::Verdict::Wrong {
+            Some("wrong password")
+        } else if user.record.status != UserStatus::Active {
+            Some("account disabled")
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            tracing::info!(user = %user.record.id, reason = why, "sign-in refused");
             self.audit(signin_failed(&user.record.id, why)).await;
+            if verdict == password::Verdict::Wrong && !user.record.locked {
+                self.count_failure(user).await?;
+            }
             return Err(FlowError::InvalidCredentials);
         }
-        if verdict == password::Verdict::RightButStale {
+        let stale = verdict == password::Verdict::RightButStale;
+        if stale || user.record.failed_signins > 0 {
             // Best effort: a concurrent change of the account wins, and the next sign-in
             // tries again.
-            user.record.password = Some(hash_off_thread(password.to_owned()).await?);
+            if stale {
+                user.record.password = Some(hash_off_thread(password.to_owned()).await?);
+            }
+            user.record.failed_signins = 0;
             let _ = records::update(
                 &*self.store,
                 &user.record.id.clone(),
@@ -190,6 +217,45 @@ impl Identity {
             .await;
         }
         self.after_password(&user.record).await
+    }
+
+    /// One more wrong password in a row; at [`LOCKOUT_AFTER`] the account locks.
+    async fn count_failure(&self, mut user: Versioned<User>) -> Result<(), FlowError> {
+        for _ in 0..5 {
+            user.record.failed_signins += 1;
+            user.record.locked = user.record.failed_signins >= LOCKOUT_AFTER;
+            match records::update(
+                &*self.store,
+                &user.record.id.clone(),
+                &user.record,
+                user.revision,
+            )
+            .await
+            {
+                Ok(_) => {
+                    if user.record.locked {
+                        tracing::warn!(user = %user.record.id, "account locked after repeated wrong passwords");
+                        self.audit(Event {
+                            actor: "system".into(),
+                            action: "account.locked",
+                            target: user.record.id.clone(),
+                            detail: Some(format!("{LOCKOUT_AFTER} wrong passwords in a row")),
+                            ..Event::default()
+                        })
+                        .await;
+                    }
+                    return Ok(());
+                }
+                Err(StoreError::Conflict) => {
+                    match records::get::<User>(&*self.store, &user.record.id).await? {
+                        Some(again) if !again.record.locked => user = again,
+                        _ => return Ok(()),
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
     }
 
     async fn user_by_email(&self, email: &str) -> Result<Option<Versioned<User>>, FlowError> {
@@ -472,6 +538,9 @@ impl Identity {
                 .ok_or(FlowError::InvalidResetToken)?;
             user.record.password = Some(hash.clone());
             user.record.sessions_after_ms = unix_now_ms();
+            // The owner proved the mailbox: a lockout ends too.
+            user.record.locked = false;
+            user.record.failed_signins = 0;
             match records::update(
                 &*self.store,
                 &reset.record.user,

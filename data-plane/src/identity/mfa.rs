@@ -127,6 +127,19 @@ fn mfa_event(user: &str, action: &'static str, detail: Option<String>) -> super:
     }
 }
 
+/// The account an MFA token names, read without checking it: only a key for the abuse
+/// limits (a forged token spends its own budget, nothing else).
+pub fn account_of(mfa_token: &str) -> Option<String> {
+    use base64::Engine;
+    let payload = mfa_token.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .ok()?;
+    let claims: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    let sub = claims["sub"].as_str()?;
+    super::store::valid_key(sub).then(|| format!("mfa.{sub}"))
+}
+
 /// What a sealed TOTP secret is bound to.
 fn seal_id(user: &str) -> String {
     format!("mfa.{user}")

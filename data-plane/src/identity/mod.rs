@@ -5,9 +5,11 @@
 //! any replica answers any request; races between replicas are settled by the store's
 //! compare-and-set.
 
+pub mod abuse;
 pub mod api;
 pub mod audit;
 pub mod flows;
+pub mod iam;
 pub mod keys;
 pub mod mail;
 pub mod mfa;
@@ -112,6 +114,8 @@ pub struct IdentityConfig {
     /// Addresses whose accounts are platform administrators (`platform-admin` in their
     /// tokens' `roles`): how the first administrator comes to be.
     pub admins: Vec<String>,
+    /// The abuse limits of the API.
+    pub abuse: abuse::AbuseLimits,
 }
 
 impl IdentityConfig {
@@ -128,6 +132,7 @@ impl IdentityConfig {
             mail_from: "Pavilion Gateway <no-reply@localhost>".into(),
             reset_ttl: Duration::from_secs(30 * 60),
             admins: Vec::new(),
+            abuse: abuse::AbuseLimits::default(),
         }
     }
 }
@@ -163,13 +168,15 @@ pub async fn open_store(spec: &StoreSpec) -> Result<Arc<dyn Store>, StoreError> 
 pub struct Identity {
     store: Arc<dyn Store>,
     keys: KeyRing,
+    guard: abuse::Guard,
     mailer: Option<Arc<dyn mail::Sender>>,
     config: IdentityConfig,
 }
 
 impl Identity {
-    /// Opens the store (creating buckets or the file when missing) and the store key.
-    pub async fn open(config: IdentityConfig) -> Result<Self, IdentityError> {
+    /// Opens the store (creating buckets or the file when missing) and the store key;
+    /// `redis`: the API's abuse limits are counted in the data plane's Redis.
+    pub async fn open(config: IdentityConfig, redis: bool) -> Result<Self, IdentityError> {
         let sealer = Sealer::from_file(&config.key_file)?;
         let mailer = config
             .mail
@@ -186,6 +193,7 @@ impl Identity {
         let identity = Self {
             store,
             keys,
+            guard: abuse::Guard::new(redis, &config.abuse),
             mailer,
             config,
         };
@@ -201,6 +209,10 @@ impl Identity {
 
     pub fn keys(&self) -> &KeyRing {
         &self.keys
+    }
+
+    pub fn guard(&self) -> &abuse::Guard {
+        &self.guard
     }
 
     pub fn store(&self) -> &dyn Store {

@@ -122,6 +122,13 @@ pub struct User {
     /// Tenant → roles (the access token's `tenants`).
     #[serde(default)]
     pub tenants: BTreeMap<String, Vec<String>>,
+    /// Wrong passwords in a row since the last right one.
+    #[serde(default)]
+    pub failed_signins: u32,
+    /// Locked after too many wrong passwords in a row: sign-in is refused (with the same
+    /// answer as a wrong password) until an administrator unlocks it or a reset by mail.
+    #[serde(default)]
+    pub locked: bool,
 }
 
 impl Record for User {

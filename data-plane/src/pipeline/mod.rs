@@ -305,7 +305,7 @@ impl Proxy {
             && crate::identity::api::owns(request.uri().path())
         {
             context.trace.phase("identity");
-            return Ok(Box::pin(identity::serve(identity, request, context)).await);
+            return Ok(Box::pin(identity::serve(identity, shared, request, context)).await);
         }
         admit::ready(runtime)?;
         context.trace.phase("route");
