@@ -1299,3 +1299,370 @@ async fn one_client_address_is_limited_per_operation() {
     .await;
     assert_eq!(signin.status, 200, "{}", signin.text());
 }
+
+async fn call(
+    dp: &DataPlane,
+    method: &str,
+    path: &str,
+    bearer: &str,
+    body: Option<Value>,
+) -> Reply {
+    let authorization = format!("Bearer {bearer}");
+    let mut headers = vec![("authorization", authorization.as_str())];
+    if body.is_some() {
+        headers.push(("content-type", "application/json"));
+    }
+    HttpClient::http1()
+        .call(
+            method,
+            &format!("http://{}{path}", dp.addr),
+            &headers,
+            Bytes::from(body.map(|b| b.to_string()).unwrap_or_default()),
+        )
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn roles_and_assignments_decide_and_reach_routes_through_the_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut identity = IdentityConfig::new(
+        StoreSpec::File(dir.path().join("identity.redb")),
+        ISSUER,
+        key_file(dir.path()),
+    );
+    identity.admins = vec!["root@example.org".into()];
+    let dp = with_identity(identity).await;
+    for who in ["root", "ann"] {
+        let account = credentials(&format!("{who}@example.org"), "long password");
+        assert_eq!(post(&dp, "/v1/auth/signup", account).await.status, 202);
+    }
+    let signin = |who: &'static str| {
+        let addr = dp.addr;
+        async move {
+            HttpClient::http1()
+                .call(
+                    "POST",
+                    &format!("http://{addr}/v1/auth/signin"),
+                    &[("content-type", "application/json")],
+                    Bytes::from(
+                        credentials(&format!("{who}@example.org"), "long password").to_string(),
+                    ),
+                )
+                .await
+                .unwrap()
+                .json()
+        }
+    };
+    let root = signin("root").await["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let ann_tokens = signin("ann").await;
+    let ann = ann_tokens["access_token"].as_str().unwrap().to_owned();
+    let ann_id = subject(&ann);
+
+    // The catalogue: rights, then roles made of them.
+    assert_eq!(
+        call(
+            &dp,
+            "PUT",
+            "/admin/iam/rights/orders.read",
+            &root,
+            Some(json!({}))
+        )
+        .await
+        .status,
+        204
+    );
+    let unknown = call(
+        &dp,
+        "PUT",
+        "/admin/iam/roles/clerk",
+        &root,
+        Some(json!({ "rights": ["orders.write"] })),
+    )
+    .await;
+    assert_eq!(
+        (unknown.status.as_u16(), code(&unknown)),
+        (400, "invalid_request".into())
+    );
+    let role = json!({ "rights": ["orders.read"], "description": "reads orders" });
+    assert_eq!(
+        call(&dp, "PUT", "/admin/iam/roles/clerk", &root, Some(role))
+            .await
+            .status,
+        204
+    );
+    let roles = call(&dp, "GET", "/admin/iam/roles", &root, None)
+        .await
+        .json();
+    assert_eq!(
+        roles["roles"][0]["rights"],
+        json!(["orders.read"]),
+        "{roles}"
+    );
+    assert_eq!(
+        call(&dp, "GET", "/admin/iam/roles", &ann, None)
+            .await
+            .status,
+        403
+    );
+
+    // An assignment: only administrators make it.
+    let assignment = format!("/admin/iam/users/{ann_id}/tenants/acme/roles/clerk");
+    assert_eq!(call(&dp, "PUT", &assignment, &ann, None).await.status, 403);
+    assert_eq!(call(&dp, "PUT", &assignment, &root, None).await.status, 204);
+
+    // Decisions, with their reasons.
+    let decide = |action: &str, tenant: &str, attributes: Value| json!({ "user": ann_id, "tenant": tenant, "action": action, "attributes": attributes });
+    let cases = [
+        (
+            decide("orders.read", "acme", json!({})),
+            true,
+            "role clerk grants orders.read",
+        ),
+        (
+            decide("orders.write", "acme", json!({})),
+            false,
+            "grants orders.write",
+        ),
+        (
+            decide("orders.read", "globex", json!({})),
+            false,
+            "not a member of tenant globex",
+        ),
+        (
+            decide("orders.read", "acme", json!({ "tenant": "globex" })),
+            false,
+            "belongs to tenant globex",
+        ),
+    ];
+    for (ask, allow, reason) in cases {
+        let decision = call(&dp, "POST", "/admin/iam/decide", &root, Some(ask))
+            .await
+            .json();
+        assert_eq!(decision["allow"], allow, "{decision}");
+        assert!(
+            decision["reason"].as_str().unwrap().contains(reason),
+            "{decision}"
+        );
+    }
+
+    // The assignment reaches a tenant-scoped route through the next token.
+    let upstream = pavilion_tests::Upstream::start("orders").await.unwrap();
+    let mut rule = prefix_rule("/orders", &[(upstream.url().as_str(), 1)]);
+    rule.auth = Some(proto::Auth {
+        jwt: vec![proto::JwtProvider {
+            issuer: ISSUER.into(),
+            jwks_uri: format!("http://{}/.well-known/jwks.json", dp.addr),
+            audiences: vec!["pavilion".into()],
+            tenants_claim: "tenants".into(),
+            ..Default::default()
+        }],
+        ..Default::default()
+    });
+    rule.tenancy = Some(proto::Tenancy { required: true });
+    let mut with_tenants = snapshot("v1", vec![route("shop/orders", &[], vec![rule])]);
+    with_tenants.placements = Some(proto::Placements {
+        revision: "p1".into(),
+        shards: Vec::new(),
+        tenants: ["acme", "globex"]
+            .into_iter()
+            .map(|tenant| proto::TenantPlacement {
+                tenant: tenant.into(),
+                aggregate: -1,
+                projection: -1,
+                runner: -1,
+                revision: tenant.into(),
+            })
+            .collect(),
+    });
+    dp.apply(with_tenants).await.unwrap();
+    let order = |token: String, tenant: &'static str| {
+        let addr = dp.addr;
+        async move {
+            let authorization = format!("Bearer {token}");
+            HttpClient::http1()
+                .get_with(
+                    &format!("http://{addr}/orders/1"),
+                    &[
+                        ("authorization", authorization.as_str()),
+                        ("x-tenant-id", tenant),
+                    ],
+                )
+                .await
+                .unwrap()
+        }
+    };
+    let before = order(ann.clone(), "acme").await;
+    assert_eq!(
+        before.status,
+        403,
+        "the first token predates the assignment: {}",
+        before.text()
+    );
+    let refreshed = post(
+        &dp,
+        "/v1/auth/refresh",
+        json!({ "refresh_token": ann_tokens["refresh_token"] }),
+    )
+    .await
+    .json();
+    let with_role = refreshed["access_token"].as_str().unwrap().to_owned();
+    assert_eq!(order(with_role.clone(), "acme").await.status, 200);
+    assert_eq!(order(with_role.clone(), "globex").await.status, 403);
+
+    // Removed: the next refresh no longer grants it.
+    assert_eq!(
+        call(&dp, "DELETE", &assignment, &root, None).await.status,
+        204
+    );
+    let refreshed = post(
+        &dp,
+        "/v1/auth/refresh",
+        json!({ "refresh_token": refreshed["refresh_token"] }),
+    )
+    .await
+    .json();
+    let without = refreshed["access_token"].as_str().unwrap().to_owned();
+    let denied = order(without, "acme").await;
+    assert_eq!(denied.status, 403, "{}", denied.text());
+    assert_eq!(denied.json()["error"]["code"], "tenant_forbidden");
+
+    // A tenant's administrator manages that tenant's assignments, and only that tenant's.
+    let admin_role = format!("/admin/iam/users/{ann_id}/tenants/acme/roles/tenant-admin");
+    assert_eq!(call(&dp, "PUT", &admin_role, &root, None).await.status, 204);
+    let ann_admin = signin("ann").await["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        call(&dp, "PUT", &assignment, &ann_admin, None).await.status,
+        204
+    );
+    let elsewhere = format!("/admin/iam/users/{ann_id}/tenants/globex/roles/clerk");
+    assert_eq!(
+        call(&dp, "PUT", &elsewhere, &ann_admin, None).await.status,
+        403
+    );
+
+    // Users: listed in pages, disabled, enabled, deleted (the address is free again).
+    let page = call(&dp, "GET", "/admin/iam/users?limit=1", &root, None)
+        .await
+        .json();
+    assert_eq!(page["users"].as_array().unwrap().len(), 1);
+    let next = page["next"].as_str().unwrap();
+    let rest = call(
+        &dp,
+        "GET",
+        &format!("/admin/iam/users?after={next}"),
+        &root,
+        None,
+    )
+    .await
+    .json();
+    assert_eq!(rest["users"].as_array().unwrap().len(), 1);
+    let shown = call(
+        &dp,
+        "GET",
+        &format!("/admin/iam/users/{ann_id}"),
+        &root,
+        None,
+    )
+    .await;
+    assert!(
+        !shown.text().contains("argon2"),
+        "no password hash is shown"
+    );
+    assert_eq!(
+        shown.json()["tenants"]["acme"],
+        json!(["clerk", "tenant-admin"])
+    );
+    assert_eq!(
+        call(
+            &dp,
+            "POST",
+            &format!("/admin/iam/users/{ann_id}/disable"),
+            &root,
+            None
+        )
+        .await
+        .status,
+        204
+    );
+    assert_eq!(
+        post(
+            &dp,
+            "/v1/auth/signin",
+            credentials("ann@example.org", "long password")
+        )
+        .await
+        .status,
+        401
+    );
+    assert_eq!(
+        call(
+            &dp,
+            "POST",
+            &format!("/admin/iam/users/{ann_id}/enable"),
+            &root,
+            None
+        )
+        .await
+        .status,
+        204
+    );
+    assert_eq!(
+        post(
+            &dp,
+            "/v1/auth/signin",
+            credentials("ann@example.org", "long password")
+        )
+        .await
+        .status,
+        200
+    );
+    assert_eq!(
+        call(
+            &dp,
+            "DELETE",
+            &format!("/admin/iam/users/{ann_id}"),
+            &root,
+            None
+        )
+        .await
+        .status,
+        204
+    );
+    assert_eq!(
+        post(
+            &dp,
+            "/v1/auth/signin",
+            credentials("ann@example.org", "long password")
+        )
+        .await
+        .status,
+        401
+    );
+    assert_eq!(
+        post(
+            &dp,
+            "/v1/auth/signup",
+            credentials("ann@example.org", "new password")
+        )
+        .await
+        .status,
+        202
+    );
+    assert_eq!(
+        post(
+            &dp,
+            "/v1/auth/signin",
+            credentials("ann@example.org", "new password")
+        )
+        .await
+        .status,
+        200
+    );
+}

@@ -208,7 +208,7 @@ async fn route(
 ) -> Result<Response<ResponseBody>, Refusal> {
     let path = request.uri().path().to_owned();
     if let Some(rest) = path.strip_prefix(IAM_PREFIX) {
-        return iam(identity, &request, rest).await;
+        return iam(identity, request, rest).await;
     }
     if path == AUDIT_PATH {
         if request.method() != Method::GET {
@@ -411,39 +411,126 @@ async fn audit_page<B>(
     ))
 }
 
-/// `POST /admin/iam/users/{id}/unlock`, `DELETE /admin/iam/users/{id}/mfa`.
-async fn iam<B>(
+#[derive(Deserialize)]
+struct Page {
+    after: Option<String>,
+    limit: Option<usize>,
+}
+
+#[derive(Deserialize, Default)]
+struct RightSpec {
+    #[serde(default)]
+    description: String,
+}
+
+#[derive(Deserialize)]
+struct DecideRequest {
+    user: String,
+    tenant: String,
+    action: String,
+    #[serde(default)]
+    attributes: std::collections::BTreeMap<String, String>,
+}
+
+/// The IAM administration API (`/admin/iam/…`); see `identity::iam` for who may do what.
+async fn iam(
     identity: &Identity,
-    request: &Request<B>,
+    request: Request<RequestBody>,
     rest: &str,
 ) -> Result<Response<ResponseBody>, Refusal> {
+    let bearer = bearer_token(&request).ok_or(FlowError::InvalidToken)?;
+    let admin = identity.admin(&bearer).await?;
+    let method = request.method().clone();
     let parts: Vec<&str> = rest.split('/').collect();
-    let (user, action) = match parts.as_slice() {
-        ["users", user, action] => (*user, *action),
-        _ => {
-            return Err(Refusal::new(
-                StatusCode::NOT_FOUND,
-                "not_found",
-                format!("no IAM endpoint {IAM_PREFIX}{rest}"),
-            ));
+    let done = Ok(no_content());
+    match (&method, parts.as_slice()) {
+        (&Method::GET, ["users"]) => {
+            let page: Page = serde_urlencoded::from_str(request.uri().query().unwrap_or_default())
+                .map_err(|e| FlowError::InvalidRequest(format!("the query does not fit: {e}")))?;
+            let (users, next) = identity
+                .list_users(&admin, page.after.as_deref(), page.limit.unwrap_or(100))
+                .await?;
+            Ok(json(
+                StatusCode::OK,
+                &serde_json::json!({ "users": users, "next": next }),
+                "no-store",
+            ))
         }
-    };
-    let bearer = bearer_token(request).ok_or(FlowError::InvalidToken)?;
-    let admin = identity.platform_admin(&bearer).await?;
-    match (action, request.method()) {
-        ("unlock", &Method::POST) => identity.unlock(&admin, user).await?,
-        ("mfa", &Method::DELETE) => identity.reset_mfa(&admin, user).await?,
-        ("unlock", _) => return Err(not_allowed("POST")),
-        ("mfa", _) => return Err(not_allowed("DELETE")),
-        _ => {
-            return Err(Refusal::new(
-                StatusCode::NOT_FOUND,
-                "not_found",
-                format!("no IAM endpoint {IAM_PREFIX}{rest}"),
-            ));
+        (&Method::GET, ["users", id]) => Ok(json(
+            StatusCode::OK,
+            &identity.get_user(&admin, id).await?,
+            "no-store",
+        )),
+        (&Method::DELETE, ["users", id]) => {
+            identity.delete_user(&admin, id).await?;
+            done
         }
+        (&Method::POST, ["users", id, "disable"]) => {
+            identity.set_enabled(&admin, id, false).await?;
+            done
+        }
+        (&Method::POST, ["users", id, "enable"]) => {
+            identity.set_enabled(&admin, id, true).await?;
+            done
+        }
+        (&Method::POST, ["users", id, "unlock"]) => {
+            identity.unlock(&admin, id).await?;
+            done
+        }
+        (&Method::DELETE, ["users", id, "mfa"]) => {
+            identity.reset_mfa(&admin, id).await?;
+            done
+        }
+        (&Method::PUT | &Method::DELETE, ["users", id, "tenants", tenant, "roles", role]) => {
+            let assign = method == Method::PUT;
+            identity
+                .assignment(&admin, id, tenant, role, assign)
+                .await?;
+            done
+        }
+        (&Method::GET, ["rights" | "roles"]) => {
+            let (rights, roles) = identity.catalogue(&admin).await?;
+            let body = if parts[0] == "rights" {
+                serde_json::json!({ "rights": rights })
+            } else {
+                serde_json::json!({ "roles": roles })
+            };
+            Ok(json(StatusCode::OK, &body, "no-store"))
+        }
+        (&Method::PUT, ["rights", name]) => {
+            let name = (*name).to_owned();
+            let spec: RightSpec = parse(&read_json_body(request).await?)?;
+            identity.put_right(&admin, &name, spec.description).await?;
+            done
+        }
+        (&Method::PUT, ["roles", name]) => {
+            let name = (*name).to_owned();
+            let spec: super::iam::RoleSpec = parse(&read_json_body(request).await?)?;
+            identity.put_role(&admin, &name, spec).await?;
+            done
+        }
+        (&Method::DELETE, ["rights", name]) => {
+            identity.delete_entry(&admin, "right", name).await?;
+            done
+        }
+        (&Method::DELETE, ["roles", name]) => {
+            identity.delete_entry(&admin, "role", name).await?;
+            done
+        }
+        (&Method::POST, ["decide"]) => {
+            let ask: DecideRequest = parse(&read_json_body(request).await?)?;
+            admin.require_tenant(&ask.tenant)?;
+            let decision = identity
+                .decide(&ask.user, &ask.tenant, &ask.action, &ask.attributes)
+                .await?;
+            Ok(json(StatusCode::OK, &decision, "no-store"))
+        }
+        _ => Err(Refusal::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no IAM endpoint {method} {IAM_PREFIX}{rest}"),
+        )),
     }
-    Ok(no_content())
 }
 
 /// Counts an attempt against the abuse limits.

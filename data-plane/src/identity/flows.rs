@@ -575,7 +575,7 @@ impl Identity {
 
     /// The platform roles a user's tokens carry: its own, and `platform-admin` for the
     /// bootstrap administrators' addresses.
-    fn roles_of(&self, user: &User) -> Vec<String> {
+    pub(super) fn roles_of(&self, user: &User) -> Vec<String> {
         let mut roles = user.roles.clone();
         let bootstrap = self
             .config

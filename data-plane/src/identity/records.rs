@@ -255,3 +255,37 @@ impl Record for Mfa {
         self.v
     }
 }
+
+/// A right (`right.{name}` in the rbac bucket): something a role may allow, e.g.
+/// `orders.read`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Right {
+    pub v: u32,
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+}
+
+impl Record for Right {
+    const BUCKET: Bucket = Bucket::Rbac;
+    fn version(&self) -> u32 {
+        self.v
+    }
+}
+
+/// A role (`role.{name}` in the rbac bucket): a set of rights, assigned to users per tenant.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Role {
+    pub v: u32,
+    pub name: String,
+    pub rights: Vec<String>,
+    #[serde(default)]
+    pub description: String,
+}
+
+impl Record for Role {
+    const BUCKET: Bucket = Bucket::Rbac;
+    fn version(&self) -> u32 {
+        self.v
+    }
+}

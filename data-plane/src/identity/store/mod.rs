@@ -27,10 +27,12 @@ pub enum Bucket {
     Mfa,
     /// `{seq:020}` → an audit record of the hash chain; `head` → the last one.
     Audit,
+    /// `right.{name}` and `role.{name}` → the authorization catalogue.
+    Rbac,
 }
 
 impl Bucket {
-    pub const ALL: [Bucket; 7] = [
+    pub const ALL: [Bucket; 8] = [
         Bucket::Users,
         Bucket::Emails,
         Bucket::Sessions,
@@ -38,6 +40,7 @@ impl Bucket {
         Bucket::Keys,
         Bucket::Mfa,
         Bucket::Audit,
+        Bucket::Rbac,
     ];
 
     pub fn name(self) -> &'static str {
@@ -49,6 +52,7 @@ impl Bucket {
             Bucket::Keys => "keys",
             Bucket::Mfa => "mfa",
             Bucket::Audit => "audit",
+            Bucket::Rbac => "rbac",
         }
     }
 }
