@@ -23,6 +23,11 @@ pub const JWKS_PATH: &str = "/.well-known/jwks.json";
 pub const DISCOVERY_PATH: &str = "/.well-known/openid-configuration";
 pub const AUDIT_PATH: &str = "/admin/audit";
 const IAM_PREFIX: &str = "/admin/iam/";
+pub const OPENAPI_PATH: &str = "/v1/auth/openapi.json";
+
+/// The OpenAPI 3.1 document of every endpoint here (checked against this router by
+/// `tests/identity.rs`).
+const OPENAPI: &str = include_str!("openapi.json");
 const PREFIX: &str = "/v1/auth/";
 
 /// Largest request body of the identity API.
@@ -215,6 +220,19 @@ async fn route(
             return Err(not_allowed("GET"));
         }
         return audit_page(identity, &request).await;
+    }
+    if path == OPENAPI_PATH {
+        if request.method() != Method::GET && request.method() != Method::HEAD {
+            return Err(not_allowed("GET"));
+        }
+        let mut response = Response::new(ResponseBody::local(OPENAPI));
+        let headers = response.headers_mut();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        headers.insert(
+            CACHE_CONTROL,
+            HeaderValue::from_static("public, max-age=3600"),
+        );
+        return Ok(response);
     }
     if path == JWKS_PATH || path == DISCOVERY_PATH {
         if request.method() != Method::GET && request.method() != Method::HEAD {
