@@ -276,6 +276,12 @@ struct RunArgs {
     /// first administrator comes to be.
     #[arg(long, env = "PAVILION_IDENTITY_ADMINS", value_delimiter = ',')]
     identity_admins: Vec<String>,
+    /// An OpenID provider to sign in with, repeatable:
+    /// name=corp,issuer=https://idp.example.com,client-id=ID,client-secret-file=PATH
+    /// (name=google needs no issuer). The redirect URI to register at the provider is
+    /// {--identity-issuer}/v1/auth/oidc/{name}/callback.
+    #[arg(long, value_parser = pavilion_data::identity::oidc::OidcProvider::parse)]
+    identity_oidc: Vec<pavilion_data::identity::oidc::OidcProvider>,
     /// Share of new traces sampled, 0 to 1; a client's traceparent sampled flag is followed.
     #[arg(long, env = "PAVILION_TRACE_SAMPLE_RATIO", default_value_t = 0.01)]
     trace_sample_ratio: f64,
@@ -525,6 +531,7 @@ fn identity_config(
     config.mail = args.identity_mail.clone();
     config.mail_from = args.identity_mail_from.clone();
     config.admins = args.identity_admins.clone();
+    config.oidc = args.identity_oidc.clone();
     Ok(Some(config))
 }
 

@@ -1754,3 +1754,145 @@ async fn the_openapi_document_is_valid_and_matches_the_router() {
         }
     }
 }
+
+#[tokio::test]
+async fn signing_in_through_a_real_openid_provider_links_only_what_may_be_linked() {
+    use pavilion_tests::oidc::{CLIENT_ID, CLIENT_SECRET, OidcProvider, sign_in_through};
+    let port = pavilion_tests::free_port();
+    let gateway = format!("http://127.0.0.1:{port}");
+    let callback = format!("{gateway}/v1/auth/oidc/corp/callback");
+    let provider = OidcProvider::start(&callback, true);
+    let dir = tempfile::tempdir().unwrap();
+    let mut identity = IdentityConfig::new(
+        StoreSpec::File(dir.path().join("identity.redb")),
+        &gateway,
+        key_file(dir.path()),
+    );
+    identity.oidc = vec![pavilion_data::identity::oidc::OidcProvider {
+        name: "corp".into(),
+        issuer: provider.issuer.clone(),
+        client_id: CLIENT_ID.into(),
+        client_secret: CLIENT_SECRET.into(),
+    }];
+    let mut config = Config::local();
+    config.listen = ([127, 0, 0, 1], port).into();
+    config.identity = Some(identity);
+    let dp = pavilion_data::start(config)
+        .await
+        .expect("data plane starts");
+
+    // A login: PKCE, state and nonce in the URL; the browser part; the callback.
+    let login = |who: &'static str, bearer: Option<String>| {
+        let (addr, callback) = (dp.addr, callback.clone());
+        async move {
+            let mut headers = vec![("content-type", "application/json")];
+            let authorization = bearer.map(|b| format!("Bearer {b}"));
+            if let Some(value) = &authorization {
+                headers.push(("authorization", value.as_str()));
+            }
+            let started = HttpClient::http1()
+                .call(
+                    "POST",
+                    &format!("http://{addr}/v1/auth/oidc/corp/start"),
+                    &headers,
+                    Bytes::from("{}"),
+                )
+                .await
+                .unwrap();
+            assert_eq!(started.status, 200, "{}", started.text());
+            let url = started.json()["authorization_url"]
+                .as_str()
+                .unwrap()
+                .to_owned();
+            for part in [
+                "code_challenge=",
+                "code_challenge_method=S256",
+                "state=",
+                "nonce=",
+                "scope=openid+email",
+            ] {
+                assert!(url.contains(part), "{part} in {url}");
+            }
+            let back = sign_in_through(&url, who, &callback).await;
+            let path = back.trim_start_matches(&format!("http://{addr}"));
+            let reply = HttpClient::http1()
+                .get(&format!("http://{addr}{path}"))
+                .await
+                .unwrap();
+            (path.to_owned(), reply)
+        }
+    };
+    let (callback_path, first) = login("alice", None).await;
+    assert_eq!(first.status, 200, "{}", first.text());
+    let alice = subject(first.json()["access_token"].as_str().unwrap());
+    let replayed = get(&dp, &callback_path, &[]).await;
+    assert_eq!(
+        (replayed.status.as_u16(), code(&replayed)),
+        (401, "invalid_grant".into()),
+        "a state works once"
+    );
+    let (_, again) = login("alice", None).await;
+    assert_eq!(
+        subject(again.json()["access_token"].as_str().unwrap()),
+        alice,
+        "the same account"
+    );
+
+    // An address with a password account whose owner never proved it: no linking by address.
+    post(
+        &dp,
+        "/v1/auth/signup",
+        credentials("bob@example.org", "bob password"),
+    )
+    .await;
+    let (_, refused) = login("bob", None).await;
+    assert_eq!(
+        (refused.status.as_u16(), code(&refused)),
+        (409, "conflict".into()),
+        "{}",
+        refused.text()
+    );
+    // Bob links it himself, signed in.
+    let bob = post(
+        &dp,
+        "/v1/auth/signin",
+        credentials("bob@example.org", "bob password"),
+    )
+    .await
+    .json();
+    let bob_token = bob["access_token"].as_str().unwrap().to_owned();
+    let (_, linked) = login("bob", Some(bob_token.clone())).await;
+    assert_eq!(linked.status, 200, "{}", linked.text());
+    assert_eq!(
+        subject(linked.json()["access_token"].as_str().unwrap()),
+        subject(&bob_token)
+    );
+    let (_, as_bob) = login("bob", None).await;
+    assert_eq!(
+        subject(as_bob.json()["access_token"].as_str().unwrap()),
+        subject(&bob_token)
+    );
+
+    // Unlinking: fine with a password left; refused when it is the only way in.
+    let unlink = |token: String| {
+        let addr = dp.addr;
+        async move {
+            let authorization = format!("Bearer {token}");
+            HttpClient::http1()
+                .call(
+                    "DELETE",
+                    &format!("http://{addr}/v1/auth/identities/corp"),
+                    &[("authorization", authorization.as_str())],
+                    Bytes::new(),
+                )
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(unlink(bob_token).await.status, 204);
+    let only_way = unlink(first.json()["access_token"].as_str().unwrap().to_owned()).await;
+    assert_eq!(
+        (only_way.status.as_u16(), code(&only_way)),
+        (409, "conflict".into())
+    );
+}

@@ -6,6 +6,7 @@ pub mod grpc;
 pub mod jwt;
 pub mod kube;
 pub mod nats;
+pub mod oidc;
 pub mod process;
 pub mod python;
 pub mod raw;

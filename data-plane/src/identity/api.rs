@@ -255,6 +255,17 @@ async fn route(
         };
     }
     let operation = &path[PREFIX.len()..];
+    if let Some(rest) = operation.strip_prefix("oidc/") {
+        return oidc(identity, request, rest, caller).await;
+    }
+    if let Some(provider) = operation.strip_prefix("identities/") {
+        if request.method() != Method::DELETE {
+            return Err(not_allowed("DELETE"));
+        }
+        let bearer = bearer_token(&request).ok_or(FlowError::InvalidToken)?;
+        identity.oidc_unlink(&bearer, provider).await?;
+        return Ok(no_content());
+    }
     if !matches!(
         operation,
         "signup"
@@ -548,6 +559,72 @@ async fn iam(
             "not_found",
             format!("no IAM endpoint {method} {IAM_PREFIX}{rest}"),
         )),
+    }
+}
+
+#[derive(Deserialize)]
+struct Callback {
+    code: Option<String>,
+    state: Option<String>,
+    error: Option<String>,
+}
+
+/// `POST /v1/auth/oidc/{provider}/start` (with a bearer token: link to that account) and
+/// `GET /v1/auth/oidc/{provider}/callback?code=&state=`.
+async fn oidc(
+    identity: &Identity,
+    request: Request<RequestBody>,
+    rest: &str,
+    caller: &Caller<'_>,
+) -> Result<Response<ResponseBody>, Refusal> {
+    let no_endpoint = || {
+        Refusal::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no identity endpoint {PREFIX}oidc/{rest}"),
+        )
+    };
+    let (provider, step) = rest.split_once('/').ok_or_else(no_endpoint)?;
+    match step {
+        "start" => {
+            if request.method() != Method::POST {
+                return Err(not_allowed("POST"));
+            }
+            admit(identity, caller, "identity/oidc", None).await?;
+            let link_user = match bearer_token(&request) {
+                Some(bearer) => Some(identity.verify_access(&bearer).await?.sub),
+                None => None,
+            };
+            let url = identity.oidc_start(provider, link_user).await?;
+            Ok(json(
+                StatusCode::OK,
+                &serde_json::json!({ "authorization_url": url }),
+                "no-store",
+            ))
+        }
+        "callback" => {
+            if request.method() != Method::GET {
+                return Err(not_allowed("GET"));
+            }
+            admit(identity, caller, "identity/oidc", None).await?;
+            let callback: Callback = serde_urlencoded::from_str(
+                request.uri().query().unwrap_or_default(),
+            )
+            .map_err(|e| FlowError::InvalidRequest(format!("the query does not fit: {e}")))?;
+            if let Some(error) = callback.error {
+                return Err(
+                    FlowError::InvalidRequest(format!("the provider refused: {error}")).into(),
+                );
+            }
+            let (Some(code), Some(state)) = (callback.code, callback.state) else {
+                return Err(
+                    FlowError::InvalidRequest("the callback needs code and state".into()).into(),
+                );
+            };
+            let tokens = identity.oidc_callback(provider, &code, &state).await?;
+            Ok(json(StatusCode::OK, &tokens, "no-store"))
+        }
+        _ => Err(no_endpoint()),
     }
 }
 

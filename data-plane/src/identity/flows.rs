@@ -538,7 +538,8 @@ impl Identity {
                 .ok_or(FlowError::InvalidResetToken)?;
             user.record.password = Some(hash.clone());
             user.record.sessions_after_ms = unix_now_ms();
-            // The owner proved the mailbox: a lockout ends too.
+            // The owner proved the mailbox: the address is verified, and a lockout ends.
+            user.record.email_verified = true;
             user.record.locked = false;
             user.record.failed_signins = 0;
             match records::update(

@@ -13,6 +13,7 @@ pub mod iam;
 pub mod keys;
 pub mod mail;
 pub mod mfa;
+pub mod oidc;
 pub mod password;
 pub mod records;
 pub mod store;
@@ -116,6 +117,8 @@ pub struct IdentityConfig {
     pub admins: Vec<String>,
     /// The abuse limits of the API.
     pub abuse: abuse::AbuseLimits,
+    /// OpenID providers accounts may sign in with.
+    pub oidc: Vec<oidc::OidcProvider>,
 }
 
 impl IdentityConfig {
@@ -133,6 +136,7 @@ impl IdentityConfig {
             reset_ttl: Duration::from_secs(30 * 60),
             admins: Vec::new(),
             abuse: abuse::AbuseLimits::default(),
+            oidc: Vec::new(),
         }
     }
 }
@@ -169,6 +173,8 @@ pub struct Identity {
     store: Arc<dyn Store>,
     keys: KeyRing,
     guard: abuse::Guard,
+    /// Talks to OpenID providers.
+    http: oidc::HttpClient,
     mailer: Option<Arc<dyn mail::Sender>>,
     config: IdentityConfig,
 }
@@ -194,6 +200,7 @@ impl Identity {
             store,
             keys,
             guard: abuse::Guard::new(redis, &config.abuse),
+            http: oidc::http_client(),
             mailer,
             config,
         };

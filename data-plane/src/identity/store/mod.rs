@@ -29,10 +29,14 @@ pub enum Bucket {
     Audit,
     /// `right.{name}` and `role.{name}` → the authorization catalogue.
     Rbac,
+    /// `{sha-256 of the state}` → an OpenID login between start and callback.
+    Oidc,
+    /// `{sha-256 of provider|subject}` → the account an OpenID identity is linked to.
+    Identities,
 }
 
 impl Bucket {
-    pub const ALL: [Bucket; 8] = [
+    pub const ALL: [Bucket; 10] = [
         Bucket::Users,
         Bucket::Emails,
         Bucket::Sessions,
@@ -41,6 +45,8 @@ impl Bucket {
         Bucket::Mfa,
         Bucket::Audit,
         Bucket::Rbac,
+        Bucket::Oidc,
+        Bucket::Identities,
     ];
 
     pub fn name(self) -> &'static str {
@@ -53,6 +59,8 @@ impl Bucket {
             Bucket::Mfa => "mfa",
             Bucket::Audit => "audit",
             Bucket::Rbac => "rbac",
+            Bucket::Oidc => "oidc",
+            Bucket::Identities => "identities",
         }
     }
 }
