@@ -557,3 +557,20 @@ fn traffic_fields_reach_the_snapshot_with_every_default_resolved() {
         plain.retry.is_none() && plain.load_balancer.is_none() && plain.circuit_breaker.is_none()
     );
 }
+
+#[test]
+fn authorize_rights_reach_the_snapshot_sorted_and_once() {
+    let spec = "  rules:
+    - backends: [{ url: http://127.0.0.1:9000 }]
+      auth:
+        jwt: [{ issuer: https://id.example.com, jwksUri: https://id.example.com/.well-known/jwks.json }]
+      tenancy: {}
+      authorize: { rights: [orders.write, orders.read, orders.write] }
+";
+    let compiled = compile(&items(&[("r.yaml", &route("r", "", spec))]));
+    let routes = &compiled.snapshot.routes;
+    assert_eq!(routes.len(), 1, "{:?}", compiled.reports);
+    let rule = &routes[0].rules[0];
+    assert_eq!(rule.rights, ["orders.read", "orders.write"]);
+    assert!(rule.roles.is_empty());
+}

@@ -180,12 +180,16 @@ fn yes() -> bool {
     true
 }
 
-/// `authorize:` on a rule: the principal must hold one of these roles in the request's
-/// tenant (or be a platform admin).
+/// `authorize:` on a rule: the principal must hold one of `roles` in the request's tenant,
+/// and its roles there must grant every one of `rights` (resolved through the identity
+/// service's role catalogue); a platform admin passes both.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Authorize {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub roles: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rights: Vec<String>,
 }
 
 /// Tenant membership as an API key states it: a list of tenant ids, or a map from tenant
@@ -306,11 +310,24 @@ impl TenantPlacementSpec {
 
 impl Authorize {
     pub(crate) fn validate(&self, field: &str, errors: &mut Errors) {
-        if self.roles.is_empty() {
-            errors.add(format!("{field}.roles"), "name at least one role");
+        if self.roles.is_empty() && self.rights.is_empty() {
+            errors.add(format!("{field}.roles"), "name at least one role or right");
         }
         for (i, role) in self.roles.iter().enumerate() {
             errors.check(at(&format!("{field}.roles"), i), role_name(role));
+        }
+        for (i, right) in self.rights.iter().enumerate() {
+            let valid = !right.is_empty()
+                && right.len() <= 128
+                && right.bytes().all(|b| {
+                    b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-')
+                });
+            if !valid {
+                errors.add(
+                    at(&format!("{field}.rights"), i),
+                    format!("`{right}`: rights are lower-case letters, digits, `.`, `_` and `-`"),
+                );
+            }
         }
     }
 }

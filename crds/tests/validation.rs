@@ -763,6 +763,11 @@ fn traffic_fields_name_their_fields() {
             "spec.rules[0].backends[1].url",
         ),
         (
+            "a right that is no name",
+            "    - authorize: { rights: ['orders:read'] }\n      backends: [{ url: 'http://a:1' }]\n",
+            "spec.rules[0].authorize.rights[0]",
+        ),
+        (
             "no connections at all",
             "    - connections: { max: 0 }\n      backends: [{ url: 'http://a:1' }]\n",
             "spec.rules[0].connections.max",

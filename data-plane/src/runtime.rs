@@ -67,6 +67,9 @@ pub struct Rule {
     pub tenancy: Option<TenancyRule>,
     /// One of these roles is needed in the request's tenant; empty: none.
     pub roles: Box<[Box<str>]>,
+    /// Every one of these rights is needed in the request's tenant (through the identity
+    /// service's role catalogue); empty: none.
+    pub rights: Box<[Box<str>]>,
     /// The rule serves the command API; how long a command id is remembered.
     pub commands: Option<Duration>,
     pub timeout: Duration,
@@ -269,6 +272,7 @@ impl Runtime {
                         required: t.required,
                     }),
                     roles: rule.roles.iter().map(|r| r.as_str().into()).collect(),
+                    rights: rule.rights.iter().map(|r| r.as_str().into()).collect(),
                     commands: rule
                         .commands
                         .as_ref()

@@ -1896,3 +1896,158 @@ async fn signing_in_through_a_real_openid_provider_links_only_what_may_be_linked
         (409, "conflict".into())
     );
 }
+
+#[tokio::test]
+async fn rules_requiring_rights_follow_the_role_catalogue_without_new_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut identity = IdentityConfig::new(
+        StoreSpec::File(dir.path().join("identity.redb")),
+        ISSUER,
+        key_file(dir.path()),
+    );
+    identity.admins = vec!["root@example.org".into()];
+    let dp = with_identity(identity).await;
+    for who in ["root", "ann"] {
+        post(
+            &dp,
+            "/v1/auth/signup",
+            credentials(&format!("{who}@example.org"), "long password"),
+        )
+        .await;
+    }
+    let root = post(
+        &dp,
+        "/v1/auth/signin",
+        credentials("root@example.org", "long password"),
+    )
+    .await
+    .json()["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let ann_id = {
+        let token = post(
+            &dp,
+            "/v1/auth/signin",
+            credentials("ann@example.org", "long password"),
+        )
+        .await
+        .json();
+        subject(token["access_token"].as_str().unwrap())
+    };
+    for right in ["orders.read", "orders.write"] {
+        assert_eq!(
+            call(
+                &dp,
+                "PUT",
+                &format!("/admin/iam/rights/{right}"),
+                &root,
+                Some(json!({}))
+            )
+            .await
+            .status,
+            204
+        );
+    }
+    let reader = json!({ "rights": ["orders.read"] });
+    assert_eq!(
+        call(&dp, "PUT", "/admin/iam/roles/clerk", &root, Some(reader))
+            .await
+            .status,
+        204
+    );
+    let assign = format!("/admin/iam/users/{ann_id}/tenants/acme/roles/clerk");
+    assert_eq!(call(&dp, "PUT", &assign, &root, None).await.status, 204);
+    let ann = post(
+        &dp,
+        "/v1/auth/signin",
+        credentials("ann@example.org", "long password"),
+    )
+    .await
+    .json()["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let upstream = pavilion_tests::Upstream::start("orders").await.unwrap();
+    let rule_for = |prefix: &str, right: &str| {
+        let mut rule = prefix_rule(prefix, &[(upstream.url().as_str(), 1)]);
+        rule.auth = Some(proto::Auth {
+            jwt: vec![proto::JwtProvider {
+                issuer: ISSUER.into(),
+                jwks_uri: format!("http://{}/.well-known/jwks.json", dp.addr),
+                audiences: vec!["pavilion".into()],
+                tenants_claim: "tenants".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        });
+        rule.tenancy = Some(proto::Tenancy { required: true });
+        rule.rights = vec![right.into()];
+        rule
+    };
+    let mut config = snapshot(
+        "v1",
+        vec![route(
+            "shop/orders",
+            &[],
+            vec![
+                rule_for("/read", "orders.read"),
+                rule_for("/write", "orders.write"),
+            ],
+        )],
+    );
+    config.placements = Some(proto::Placements {
+        revision: "p1".into(),
+        shards: Vec::new(),
+        tenants: vec![proto::TenantPlacement {
+            tenant: "acme".into(),
+            aggregate: -1,
+            projection: -1,
+            runner: -1,
+            revision: "acme".into(),
+        }],
+    });
+    dp.apply(config).await.unwrap();
+    let ask = |path: &'static str, token: String| {
+        let addr = dp.addr;
+        async move {
+            let authorization = format!("Bearer {token}");
+            HttpClient::http1()
+                .get_with(
+                    &format!("http://{addr}{path}"),
+                    &[
+                        ("authorization", authorization.as_str()),
+                        ("x-tenant-id", "acme"),
+                    ],
+                )
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(ask("/read", ann.clone()).await.status, 200);
+    let refused = ask("/write", ann.clone()).await;
+    assert_eq!(refused.status, 403);
+    let error = &refused.json()["error"];
+    assert_eq!(error["code"], "missing_rights");
+    let message = error["message"].as_str().unwrap();
+    assert!(
+        message.contains("(clerk)") && message.contains("orders.write"),
+        "{message}"
+    );
+    assert_eq!(
+        ask("/write", root.clone()).await.status,
+        200,
+        "a platform admin passes"
+    );
+
+    // The role grows: the same token now passes — rights are read from the catalogue.
+    let writer = json!({ "rights": ["orders.read", "orders.write"] });
+    assert_eq!(
+        call(&dp, "PUT", "/admin/iam/roles/clerk", &root, Some(writer))
+            .await
+            .status,
+        204
+    );
+    assert_eq!(ask("/write", ann.clone()).await.status, 200);
+}

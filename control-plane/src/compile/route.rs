@@ -173,6 +173,11 @@ fn to_proto(route: &Route, applied: &Applied, cors: Option<&proto::Cors>) -> pro
                 cache: rule.cache.as_ref().map(super::traffic::cache),
                 upstream_http2: rule.upstream_tls.as_ref().is_some_and(|t| t.http2),
                 connections: rule.connections.as_ref().map(super::traffic::connections),
+                rights: rule
+                    .authorize
+                    .as_ref()
+                    .map(|a| super::tenancy::roles(&a.rights))
+                    .unwrap_or_default(),
             })
             .collect(),
     }

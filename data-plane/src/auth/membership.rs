@@ -96,6 +96,11 @@ impl Membership {
         self.platform_admin || self.tenants.contains_key(tenant)
     }
 
+    /// The roles held in `tenant` (none when not a member).
+    pub fn roles_in(&self, tenant: &str) -> &[Box<str>] {
+        self.tenants.get(tenant).map_or(&[], |roles| roles)
+    }
+
     /// Whether the principal holds one of `roles` in `tenant`.
     pub fn holds_any(&self, tenant: &str, roles: &[Box<str>]) -> bool {
         self.platform_admin

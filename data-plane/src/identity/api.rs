@@ -518,7 +518,7 @@ async fn iam(
             done
         }
         (&Method::GET, ["rights" | "roles"]) => {
-            let (rights, roles) = identity.catalogue(&admin).await?;
+            let (rights, roles) = identity.list_catalogue(&admin).await?;
             let body = if parts[0] == "rights" {
                 serde_json::json!({ "rights": rights })
             } else {

@@ -356,6 +356,7 @@ impl Identity {
             description: spec.description,
         };
         self.put_record(&format!("role.{name}"), &role).await?;
+        let _ = self.catalogue.reload(&*self.store).await;
         self.audit_admin(admin, "role.put", name, None).await;
         Ok(())
     }
@@ -393,6 +394,7 @@ impl Identity {
         self.store
             .delete(Bucket::Rbac, &key, entry.revision)
             .await?;
+        let _ = self.catalogue.reload(&*self.store).await;
         let action = if kind == "right" {
             "right.deleted"
         } else {
@@ -403,7 +405,10 @@ impl Identity {
     }
 
     /// The catalogue: every right and every role.
-    pub async fn catalogue(&self, admin: &Admin) -> Result<(Vec<Right>, Vec<Role>), FlowError> {
+    pub async fn list_catalogue(
+        &self,
+        admin: &Admin,
+    ) -> Result<(Vec<Right>, Vec<Role>), FlowError> {
         admin.require_platform()?;
         let (mut rights, mut roles) = (Vec::new(), Vec::new());
         for key in self.store.keys(Bucket::Rbac, None, 100_000).await? {

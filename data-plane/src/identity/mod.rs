@@ -8,6 +8,7 @@
 pub mod abuse;
 pub mod api;
 pub mod audit;
+pub mod catalogue;
 pub mod flows;
 pub mod iam;
 pub mod keys;
@@ -175,6 +176,8 @@ pub struct Identity {
     guard: abuse::Guard,
     /// Talks to OpenID providers.
     http: oidc::HttpClient,
+    /// Role → rights, for rules that require rights.
+    catalogue: Arc<catalogue::Catalogue>,
     mailer: Option<Arc<dyn mail::Sender>>,
     config: IdentityConfig,
 }
@@ -201,12 +204,15 @@ impl Identity {
             keys,
             guard: abuse::Guard::new(redis, &config.abuse),
             http: oidc::http_client(),
+            catalogue: Arc::default(),
             mailer,
             config,
         };
         // A key now, so the first sign-in does not wait for one and a broken store key is
         // found at start rather than at the first request.
         identity.keys.signer().await?;
+        identity.catalogue.reload(&*identity.store).await?;
+        catalogue::watch(&identity.catalogue, identity.store.clone());
         Ok(identity)
     }
 
@@ -216,6 +222,11 @@ impl Identity {
 
     pub fn keys(&self) -> &KeyRing {
         &self.keys
+    }
+
+    /// The role catalogue rules with `authorize.rights` read.
+    pub fn catalogue(&self) -> &catalogue::Catalogue {
+        &self.catalogue
     }
 
     pub fn guard(&self) -> &abuse::Guard {

@@ -295,7 +295,11 @@ async fn phases<'r>(
     }
 
     note(report, "authorize", Vec::new());
-    authorize::check(rule, context)?;
+    authorize::check(
+        rule,
+        context,
+        shared.identity.as_deref().map(|i| i.catalogue()),
+    )?;
     if rule.roles.is_empty() {
         skip(report);
     } else {

@@ -331,7 +331,8 @@ impl Proxy {
         context.trace.phase("tenant");
         tenant::check(rule, &request, runtime, context)?;
         context.trace.phase("authorize");
-        authorize::check(rule, context)?;
+        let catalogue = shared.identity.as_deref().map(|i| i.catalogue());
+        authorize::check(rule, context, catalogue)?;
         context.trace.phase("circuit");
         circuit::admit(rule, context)?;
         context.trace.phase("placement");
