@@ -2051,3 +2051,139 @@ async fn rules_requiring_rights_follow_the_role_catalogue_without_new_tokens() {
     );
     assert_eq!(ask("/write", ann.clone()).await.status, 200);
 }
+
+#[tokio::test]
+async fn an_administrators_change_on_one_replica_is_enforced_on_the_other() {
+    let nats = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let replica = || {
+        let mut identity = IdentityConfig::new(
+            StoreSpec::Nats {
+                servers: nats.url(),
+                prefix: "admin".into(),
+            },
+            ISSUER,
+            key_file(dir.path()),
+        );
+        identity.admins = vec!["root@example.org".into()];
+        with_identity(identity)
+    };
+    let a = replica().await;
+    let b = replica().await;
+    for who in ["root", "kay"] {
+        post(
+            &a,
+            "/v1/auth/signup",
+            credentials(&format!("{who}@example.org"), "long password"),
+        )
+        .await;
+    }
+    let root = post(
+        &a,
+        "/v1/auth/signin",
+        credentials("root@example.org", "long password"),
+    )
+    .await
+    .json()["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let kay = post(
+        &b,
+        "/v1/auth/signin",
+        credentials("kay@example.org", "long password"),
+    )
+    .await
+    .json();
+    let kay_id = subject(kay["access_token"].as_str().unwrap());
+
+    // A role and an assignment made through A are in the token B issues at refresh.
+    call(
+        &a,
+        "PUT",
+        "/admin/iam/rights/orders.read",
+        &root,
+        Some(json!({})),
+    )
+    .await;
+    call(
+        &a,
+        "PUT",
+        "/admin/iam/roles/clerk",
+        &root,
+        Some(json!({ "rights": ["orders.read"] })),
+    )
+    .await;
+    let assign = format!("/admin/iam/users/{kay_id}/tenants/acme/roles/clerk");
+    assert_eq!(call(&a, "PUT", &assign, &root, None).await.status, 204);
+    let refreshed = post(
+        &b,
+        "/v1/auth/refresh",
+        json!({ "refresh_token": kay["refresh_token"] }),
+    )
+    .await;
+    assert_eq!(refreshed.status, 200, "{}", refreshed.text());
+    let token = refreshed.json();
+    let claims = token["access_token"]
+        .as_str()
+        .unwrap()
+        .split('.')
+        .nth(1)
+        .unwrap()
+        .to_owned();
+    let claims: Value = {
+        use base64::Engine;
+        serde_json::from_slice(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(claims)
+                .unwrap(),
+        )
+        .unwrap()
+    };
+    assert_eq!(claims["tenants"], json!({ "acme": ["clerk"] }));
+    // B decides with A's catalogue.
+    let decision = call(
+        &b,
+        "POST",
+        "/admin/iam/decide",
+        &root,
+        Some(json!({ "user": kay_id, "tenant": "acme", "action": "orders.read" })),
+    )
+    .await
+    .json();
+    assert_eq!(decision["allow"], true, "{decision}");
+
+    // Disabled through B: the next refresh through A fails, and so does sign-in.
+    assert_eq!(
+        call(
+            &b,
+            "POST",
+            &format!("/admin/iam/users/{kay_id}/disable"),
+            &root,
+            None
+        )
+        .await
+        .status,
+        204
+    );
+    let after = post(
+        &a,
+        "/v1/auth/refresh",
+        json!({ "refresh_token": token["refresh_token"] }),
+    )
+    .await;
+    assert_eq!(
+        (after.status.as_u16(), code(&after)),
+        (401, "invalid_grant".into())
+    );
+    assert_eq!(
+        post(
+            &a,
+            "/v1/auth/signin",
+            credentials("kay@example.org", "long password")
+        )
+        .await
+        .status,
+        401
+    );
+}
