@@ -2187,3 +2187,156 @@ async fn an_administrators_change_on_one_replica_is_enforced_on_the_other() {
         401
     );
 }
+
+#[tokio::test]
+async fn service_accounts_get_tokens_by_client_credentials_and_rotate_their_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut identity = IdentityConfig::new(
+        StoreSpec::File(dir.path().join("identity.redb")),
+        ISSUER,
+        key_file(dir.path()),
+    );
+    identity.admins = vec!["root@example.org".into()];
+    let dp = with_identity(identity).await;
+    post(
+        &dp,
+        "/v1/auth/signup",
+        credentials("root@example.org", "long password"),
+    )
+    .await;
+    post(
+        &dp,
+        "/v1/auth/signup",
+        credentials("joe@example.org", "long password"),
+    )
+    .await;
+    let root = post(
+        &dp,
+        "/v1/auth/signin",
+        credentials("root@example.org", "long password"),
+    )
+    .await
+    .json()["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let joe = post(
+        &dp,
+        "/v1/auth/signin",
+        credentials("joe@example.org", "long password"),
+    )
+    .await
+    .json()["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let new = json!({ "name": "billing batch", "tenants": { "acme": ["clerk"] } });
+    assert_eq!(
+        call(
+            &dp,
+            "POST",
+            "/admin/iam/service-accounts",
+            &joe,
+            Some(new.clone())
+        )
+        .await
+        .status,
+        403
+    );
+    let created = call(&dp, "POST", "/admin/iam/service-accounts", &root, Some(new)).await;
+    assert_eq!(created.status, 201, "{}", created.text());
+    let client_id = created.json()["client_id"].as_str().unwrap().to_owned();
+    let secret = created.json()["client_secret"].as_str().unwrap().to_owned();
+    let listed = call(&dp, "GET", "/admin/iam/service-accounts", &root, None).await;
+    assert!(listed.text().contains(&client_id) && !listed.text().contains(&secret));
+
+    let token = |basic: Option<(String, String)>, form: String| {
+        let addr = dp.addr;
+        async move {
+            use base64::Engine;
+            let authorization = basic.map(|(id, secret)| {
+                format!(
+                    "Basic {}",
+                    base64::engine::general_purpose::STANDARD.encode(format!("{id}:{secret}"))
+                )
+            });
+            let mut headers = vec![("content-type", "application/x-www-form-urlencoded")];
+            if let Some(value) = &authorization {
+                headers.push(("authorization", value.as_str()));
+            }
+            HttpClient::http1()
+                .call(
+                    "POST",
+                    &format!("http://{addr}/v1/auth/token"),
+                    &headers,
+                    Bytes::from(form),
+                )
+                .await
+                .unwrap()
+        }
+    };
+    let grant = "grant_type=client_credentials".to_owned();
+    let issued = token(Some((client_id.clone(), secret.clone())), grant.clone()).await;
+    assert_eq!(issued.status, 200, "{}", issued.text());
+    assert!(issued.json().get("refresh_token").is_none());
+    let access = issued.json()["access_token"].as_str().unwrap().to_owned();
+    assert_eq!(subject(&access), client_id);
+    let in_form = token(
+        None,
+        format!("{grant}&client_id={client_id}&client_secret={secret}"),
+    )
+    .await;
+    assert_eq!(in_form.status, 200, "credentials in the form work too");
+    let wrong = token(Some((client_id.clone(), "guess".into())), grant.clone()).await;
+    assert_eq!(
+        (wrong.status.as_u16(), code(&wrong)),
+        (401, "invalid_client".into())
+    );
+    let password = token(
+        Some((client_id.clone(), secret.clone())),
+        "grant_type=password".into(),
+    )
+    .await;
+    assert_eq!(
+        (password.status.as_u16(), code(&password)),
+        (400, "unsupported_grant_type".into())
+    );
+
+    // Rotation: the old secret stops at once.
+    let rotated = call(
+        &dp,
+        "POST",
+        &format!("/admin/iam/service-accounts/{client_id}/secret"),
+        &root,
+        None,
+    )
+    .await
+    .json();
+    let fresh = rotated["client_secret"].as_str().unwrap().to_owned();
+    assert_ne!(fresh, secret);
+    assert_eq!(
+        token(Some((client_id.clone(), secret)), grant.clone())
+            .await
+            .status,
+        401
+    );
+    assert_eq!(
+        token(Some((client_id.clone(), fresh.clone())), grant.clone())
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        call(
+            &dp,
+            "DELETE",
+            &format!("/admin/iam/service-accounts/{client_id}"),
+            &root,
+            None
+        )
+        .await
+        .status,
+        204
+    );
+    assert_eq!(token(Some((client_id, fresh)), grant).await.status, 401);
+}

@@ -115,6 +115,7 @@ impl From<FlowError> for Refusal {
             FlowError::InvalidToken => (StatusCode::UNAUTHORIZED, "invalid_token"),
             FlowError::InvalidResetToken => (StatusCode::BAD_REQUEST, "invalid_token"),
             FlowError::InvalidCode => (StatusCode::UNAUTHORIZED, "invalid_code"),
+            FlowError::InvalidClient => (StatusCode::UNAUTHORIZED, "invalid_client"),
             FlowError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             FlowError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             FlowError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
@@ -255,6 +256,13 @@ async fn route(
         };
     }
     let operation = &path[PREFIX.len()..];
+    if operation == "token" {
+        if request.method() != Method::POST {
+            return Err(not_allowed("POST"));
+        }
+        admit(identity, caller, "identity/token", None).await?;
+        return client_credentials(identity, request).await;
+    }
     if let Some(rest) = operation.strip_prefix("oidc/") {
         return oidc(identity, request, rest, caller).await;
     }
@@ -546,6 +554,27 @@ async fn iam(
             identity.delete_entry(&admin, "role", name).await?;
             done
         }
+        (&Method::POST, ["service-accounts"]) => {
+            let new: super::clients::NewServiceAccount = parse(&read_json_body(request).await?)?;
+            let credentials = identity.create_service_account(&admin, new).await?;
+            Ok(json(StatusCode::CREATED, &credentials, "no-store"))
+        }
+        (&Method::GET, ["service-accounts"]) => {
+            let accounts = identity.list_service_accounts(&admin).await?;
+            Ok(json(
+                StatusCode::OK,
+                &serde_json::json!({ "service_accounts": accounts }),
+                "no-store",
+            ))
+        }
+        (&Method::POST, ["service-accounts", id, "secret"]) => {
+            let credentials = identity.rotate_secret(&admin, id).await?;
+            Ok(json(StatusCode::OK, &credentials, "no-store"))
+        }
+        (&Method::DELETE, ["service-accounts", id]) => {
+            identity.delete_service_account(&admin, id).await?;
+            done
+        }
         (&Method::POST, ["decide"]) => {
             let ask: DecideRequest = parse(&read_json_body(request).await?)?;
             admin.require_tenant(&ask.tenant)?;
@@ -560,6 +589,77 @@ async fn iam(
             format!("no IAM endpoint {method} {IAM_PREFIX}{rest}"),
         )),
     }
+}
+
+#[derive(Deserialize)]
+struct TokenRequest {
+    grant_type: String,
+    client_id: Option<String>,
+    client_secret: Option<String>,
+}
+
+/// `POST /v1/auth/token`: the client-credentials grant (RFC 6749 §4.4), the client
+/// authenticated by HTTP Basic or by `client_id` and `client_secret` in the form.
+async fn client_credentials(
+    identity: &Identity,
+    mut request: Request<RequestBody>,
+) -> Result<Response<ResponseBody>, Refusal> {
+    let form = request
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
+    if !form {
+        return Err(Refusal::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "send the token request as application/x-www-form-urlencoded",
+        ));
+    }
+    let basic = basic_credentials(&request);
+    request.body_mut().limit_to(MAX_BODY);
+    let body = request
+        .into_body()
+        .collect()
+        .await
+        .map_err(|_| FlowError::InvalidRequest("the request body is cut off or too large".into()))?
+        .to_bytes();
+    let ask: TokenRequest = serde_urlencoded::from_bytes(&body)
+        .map_err(|e| FlowError::InvalidRequest(format!("the form does not fit: {e}")))?;
+    if ask.grant_type != "client_credentials" {
+        return Err(Refusal::new(
+            StatusCode::BAD_REQUEST,
+            "unsupported_grant_type",
+            "this endpoint grants client_credentials only (users sign in at /v1/auth/signin)",
+        ));
+    }
+    let (id, secret) = match (basic, ask.client_id, ask.client_secret) {
+        (Some(pair), _, _) => pair,
+        (None, Some(id), Some(secret)) => (id, secret),
+        _ => return Err(FlowError::InvalidClient.into()),
+    };
+    let token = identity.client_credentials(&id, &secret).await?;
+    Ok(json(StatusCode::OK, &token, "no-store"))
+}
+
+/// `Authorization: Basic base64(id:secret)`.
+fn basic_credentials<B>(request: &Request<B>) -> Option<(String, String)> {
+    use base64::Engine;
+    let value = request
+        .headers()
+        .get(http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
+    let (scheme, encoded) = value.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    let (id, secret) = text.split_once(':')?;
+    Some((id.to_owned(), secret.to_owned()))
 }
 
 #[derive(Deserialize)]

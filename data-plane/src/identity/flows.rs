@@ -34,6 +34,9 @@ pub enum FlowError {
     /// 400: the password-reset token is unknown, used or expired.
     #[error("the reset token is not valid (unknown, already used or expired)")]
     InvalidResetToken,
+    /// 401: the client id or secret is wrong (the client-credentials grant).
+    #[error("the client id or secret is wrong")]
+    InvalidClient,
     /// 401: the MFA code is wrong or already used.
     #[error("the code is wrong, expired or already used")]
     InvalidCode,

@@ -9,6 +9,7 @@ pub mod abuse;
 pub mod api;
 pub mod audit;
 pub mod catalogue;
+pub mod clients;
 pub mod flows;
 pub mod iam;
 pub mod keys;

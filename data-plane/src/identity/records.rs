@@ -289,3 +289,28 @@ impl Record for Role {
         self.v
     }
 }
+
+/// A service account (`{id}` in the service-accounts bucket): a machine client that gets
+/// access tokens by the client-credentials grant.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ServiceAccount {
+    pub v: u32,
+    pub id: String,
+    pub name: String,
+    /// SHA-256 (hex) of the current secret (256 random bits: a fast hash is enough).
+    pub secret: String,
+    #[serde(default)]
+    pub roles: Vec<String>,
+    #[serde(default)]
+    pub tenants: BTreeMap<String, Vec<String>>,
+    #[serde(default)]
+    pub disabled: bool,
+    pub created_at: i64,
+}
+
+impl Record for ServiceAccount {
+    const BUCKET: Bucket = Bucket::ServiceAccounts;
+    fn version(&self) -> u32 {
+        self.v
+    }
+}

@@ -33,10 +33,12 @@ pub enum Bucket {
     Oidc,
     /// `{sha-256 of provider|subject}` → the account an OpenID identity is linked to.
     Identities,
+    /// `{id}` → a service account (client credentials; the secret as its SHA-256).
+    ServiceAccounts,
 }
 
 impl Bucket {
-    pub const ALL: [Bucket; 10] = [
+    pub const ALL: [Bucket; 11] = [
         Bucket::Users,
         Bucket::Emails,
         Bucket::Sessions,
@@ -47,6 +49,7 @@ impl Bucket {
         Bucket::Rbac,
         Bucket::Oidc,
         Bucket::Identities,
+        Bucket::ServiceAccounts,
     ];
 
     pub fn name(self) -> &'static str {
@@ -61,6 +64,7 @@ impl Bucket {
             Bucket::Rbac => "rbac",
             Bucket::Oidc => "oidc",
             Bucket::Identities => "identities",
+            Bucket::ServiceAccounts => "service-accounts",
         }
     }
 }
