@@ -56,6 +56,26 @@ fn token_in(mail: &str) -> String {
         .to_owned()
 }
 
+/// A data plane on a fresh embedded store whose `root@example.org` is a platform
+/// administrator, and root's access token.
+async fn with_root() -> (tempfile::TempDir, DataPlane, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut identity = IdentityConfig::new(
+        StoreSpec::File(dir.path().join("identity.redb")),
+        ISSUER,
+        key_file(dir.path()),
+    );
+    identity.admins = vec!["root@example.org".into()];
+    let dp = with_identity(identity).await;
+    let root = credentials("root@example.org", "root password");
+    post(&dp, "/v1/auth/signup", root.clone()).await;
+    let token = post(&dp, "/v1/auth/signin", root).await.json()["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    (dir, dp, token)
+}
+
 async fn post(dp: &DataPlane, path: &str, body: Value) -> Reply {
     post_with(dp, path, body, &[]).await
 }
@@ -83,6 +103,13 @@ async fn get(dp: &DataPlane, path: &str, headers: &[(&str, &str)]) -> Reply {
 
 fn credentials(email: &str, password: &str) -> Value {
     json!({ "email": email, "password": password })
+}
+
+/// Asserts a refusal: its status and error code (and, through `code`, its request id).
+#[track_caller]
+fn assert_refused(reply: &Reply, status: u16, expected: &str) {
+    assert_eq!(reply.status.as_u16(), status, "{}", reply.text());
+    assert_eq!(code(reply), expected, "{}", reply.text());
 }
 
 /// The error code of a refusal, after checking the envelope carries the request id.
@@ -134,10 +161,7 @@ async fn accounts_sessions_and_tokens_on_the_embedded_store() {
         credentials("bob@example.org", "short"),
     )
     .await;
-    assert_eq!(
-        (weak.status.as_u16(), code(&weak)),
-        (400, "invalid_request".into())
-    );
+    assert_refused(&weak, 400, "invalid_request");
     let form = HttpClient::http1()
         .call(
             "POST",
@@ -147,10 +171,7 @@ async fn accounts_sessions_and_tokens_on_the_embedded_store() {
         )
         .await
         .unwrap();
-    assert_eq!(
-        (form.status.as_u16(), code(&form)),
-        (415, "unsupported_media_type".into())
-    );
+    assert_refused(&form, 415, "unsupported_media_type");
 
     // Sign-in: a wrong password and an unknown address are the same answer.
     let wrong = post(
@@ -165,14 +186,8 @@ async fn accounts_sessions_and_tokens_on_the_embedded_store() {
         credentials("nobody@example.org", "correct horse"),
     )
     .await;
-    assert_eq!(
-        (wrong.status.as_u16(), code(&wrong)),
-        (401, "invalid_credentials".into())
-    );
-    assert_eq!(
-        (unknown.status.as_u16(), code(&unknown)),
-        (401, "invalid_credentials".into())
-    );
+    assert_refused(&wrong, 401, "invalid_credentials");
+    assert_refused(&unknown, 401, "invalid_credentials");
     assert_eq!(
         wrong.json()["error"]["message"],
         unknown.json()["error"]["message"]
@@ -248,16 +263,9 @@ async fn accounts_sessions_and_tokens_on_the_embedded_store() {
     let next = rotated.json()["refresh_token"].as_str().unwrap().to_owned();
     assert_ne!(next, refresh);
     let reused = post(&dp, "/v1/auth/refresh", json!({ "refresh_token": refresh })).await;
-    assert_eq!(
-        (reused.status.as_u16(), code(&reused)),
-        (401, "invalid_grant".into())
-    );
+    assert_refused(&reused, 401, "invalid_grant");
     let after_reuse = post(&dp, "/v1/auth/refresh", json!({ "refresh_token": next })).await;
-    assert_eq!(
-        (after_reuse.status.as_u16(), code(&after_reuse)),
-        (401, "invalid_grant".into()),
-        "the family is revoked"
-    );
+    assert_refused(&after_reuse, 401, "invalid_grant");
 
     // Sign-out ends a session; sign-out everywhere ends them all.
     let one = post(
@@ -297,10 +305,7 @@ async fn accounts_sessions_and_tokens_on_the_embedded_store() {
     .json();
     let bearer = format!("Bearer {}", three["access_token"].as_str().unwrap());
     let refused = post(&dp, "/v1/auth/signout", json!({ "all": true })).await;
-    assert_eq!(
-        (refused.status.as_u16(), code(&refused)),
-        (401, "invalid_token".into())
-    );
+    assert_refused(&refused, 401, "invalid_token");
     let everywhere = post_with(
         &dp,
         "/v1/auth/signout",
@@ -547,10 +552,7 @@ async fn a_forgotten_password_is_reset_by_mail_once() {
         json!({ "token": token, "password": "short" }),
     )
     .await;
-    assert_eq!(
-        (weak.status.as_u16(), code(&weak)),
-        (400, "invalid_request".into())
-    );
+    assert_refused(&weak, 400, "invalid_request");
     let reset = post(
         &dp,
         "/v1/auth/reset",
@@ -564,11 +566,7 @@ async fn a_forgotten_password_is_reset_by_mail_once() {
         json!({ "token": token, "password": "third password" }),
     )
     .await;
-    assert_eq!(
-        (again.status.as_u16(), code(&again)),
-        (400, "invalid_token".into()),
-        "once only"
-    );
+    assert_refused(&again, 400, "invalid_token");
 
     let old = post(
         &dp,
@@ -693,10 +691,7 @@ async fn totp_enrolment_challenge_and_recovery_codes() {
 
     // Enrolment: the secret, its otpauth URI and a QR code; only for the signed-in.
     let anonymous = post(&dp, "/v1/auth/mfa/totp/start", json!({})).await;
-    assert_eq!(
-        (anonymous.status.as_u16(), code(&anonymous)),
-        (401, "invalid_token".into())
-    );
+    assert_refused(&anonymous, 401, "invalid_token");
     let started = post_with(&dp, "/v1/auth/mfa/totp/start", json!({}), &auth).await;
     assert_eq!(started.status, 200, "{}", started.text());
     let enrolment = started.json();
@@ -727,10 +722,7 @@ async fn totp_enrolment_challenge_and_recovery_codes() {
         &auth,
     )
     .await;
-    assert_eq!(
-        (wrong.status.as_u16(), code(&wrong)),
-        (401, "invalid_code".into())
-    );
+    assert_refused(&wrong, 401, "invalid_code");
     let first_code = totp_code(&secret, 0);
     let confirmed = post_with(
         &dp,
@@ -748,10 +740,7 @@ async fn totp_enrolment_challenge_and_recovery_codes() {
         .collect();
     assert_eq!(recovery.len(), 10);
     let again = post_with(&dp, "/v1/auth/mfa/totp/start", json!({}), &auth).await;
-    assert_eq!(
-        (again.status.as_u16(), code(&again)),
-        (409, "conflict".into())
-    );
+    assert_refused(&again, 409, "conflict");
 
     // Sign-in now has a second step.
     let challenge = |dp: &DataPlane| {
@@ -780,10 +769,7 @@ async fn totp_enrolment_challenge_and_recovery_codes() {
         json!({ "mfa_token": mfa_token, "code": first_code }),
     )
     .await;
-    assert_eq!(
-        (spent.status.as_u16(), code(&spent)),
-        (401, "invalid_code".into())
-    );
+    assert_refused(&spent, 401, "invalid_code");
     let next_code = totp_code(&secret, 30);
     let passed = post(
         &dp,
@@ -799,10 +785,7 @@ async fn totp_enrolment_challenge_and_recovery_codes() {
         json!({ "mfa_token": challenge(&dp).await, "code": next_code }),
     )
     .await;
-    assert_eq!(
-        (replayed.status.as_u16(), code(&replayed)),
-        (401, "invalid_code".into())
-    );
+    assert_refused(&replayed, 401, "invalid_code");
 
     // A recovery code works once, typed loosely.
     let loose = recovery[3].to_uppercase().replace('-', " ");
@@ -819,21 +802,14 @@ async fn totp_enrolment_challenge_and_recovery_codes() {
         json!({ "mfa_token": challenge(&dp).await, "code": recovery[3] }),
     )
     .await;
-    assert_eq!(
-        (reused.status.as_u16(), code(&reused)),
-        (401, "invalid_code".into())
-    );
+    assert_refused(&reused, 401, "invalid_code");
     let forged = post(
         &dp,
         "/v1/auth/mfa",
         json!({ "mfa_token": tokens["access_token"], "code": recovery[4] }),
     )
     .await;
-    assert_eq!(
-        (forged.status.as_u16(), code(&forged)),
-        (401, "invalid_grant".into()),
-        "an access token is no MFA token"
-    );
+    assert_refused(&forged, 401, "invalid_grant");
 
     // At rest: the TOTP secret is sealed, the recovery codes hashed.
     drop(dp);
@@ -902,10 +878,7 @@ async fn the_audit_trail_records_security_events_and_betrays_tampering() {
         &[("authorization", joe_bearer.as_str())],
     )
     .await;
-    assert_eq!(
-        (refused.status.as_u16(), code(&refused)),
-        (403, "forbidden".into())
-    );
+    assert_refused(&refused, 403, "forbidden");
     let page = get(&dp, "/admin/audit", &[("authorization", admin.as_str())]).await;
     assert_eq!(page.status, 200, "{}", page.text());
     let records = page.json()["records"].as_array().unwrap().clone();
@@ -1087,10 +1060,7 @@ async fn guessing_is_limited_delayed_and_locks_the_account_until_an_admin_unlock
             credentials("vic@example.org", "a guess"),
         )
         .await;
-        assert_eq!(
-            (wrong.status.as_u16(), code(&wrong)),
-            (401, "invalid_credentials".into())
-        );
+        assert_refused(&wrong, 401, "invalid_credentials");
     }
     let locked = post(
         &dp,
@@ -1098,10 +1068,7 @@ async fn guessing_is_limited_delayed_and_locks_the_account_until_an_admin_unlock
         credentials("vic@example.org", "victim password"),
     )
     .await;
-    assert_eq!(
-        (locked.status.as_u16(), code(&locked)),
-        (401, "invalid_credentials".into())
-    );
+    assert_refused(&locked, 401, "invalid_credentials");
 
     // Only a platform administrator unlocks.
     let victim_bearer = format!("Bearer {}", victim["access_token"].as_str().unwrap());
@@ -1113,10 +1080,7 @@ async fn guessing_is_limited_delayed_and_locks_the_account_until_an_admin_unlock
         &[("authorization", victim_bearer.as_str())],
     )
     .await;
-    assert_eq!(
-        (refused.status.as_u16(), code(&refused)),
-        (403, "forbidden".into())
-    );
+    assert_refused(&refused, 403, "forbidden");
     let unlocked = post_with(
         &dp,
         &unlock,
@@ -1383,10 +1347,7 @@ async fn roles_and_assignments_decide_and_reach_routes_through_the_tokens() {
         Some(json!({ "rights": ["orders.write"] })),
     )
     .await;
-    assert_eq!(
-        (unknown.status.as_u16(), code(&unknown)),
-        (400, "invalid_request".into())
-    );
+    assert_refused(&unknown, 400, "invalid_request");
     let role = json!({ "rights": ["orders.read"], "description": "reads orders" });
     assert_eq!(
         call(&dp, "PUT", "/admin/iam/roles/clerk", &root, Some(role))
@@ -1669,28 +1630,8 @@ async fn roles_and_assignments_decide_and_reach_routes_through_the_tokens() {
 
 #[tokio::test]
 async fn the_openapi_document_is_valid_and_matches_the_router() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut identity = IdentityConfig::new(
-        StoreSpec::File(dir.path().join("identity.redb")),
-        ISSUER,
-        key_file(dir.path()),
-    );
-    identity.admins = vec!["root@example.org".into()];
-    let dp = with_identity(identity).await;
-    post(
-        &dp,
-        "/v1/auth/signup",
-        credentials("root@example.org", "root password"),
-    )
-    .await;
-    let root = post(
-        &dp,
-        "/v1/auth/signin",
-        credentials("root@example.org", "root password"),
-    )
-    .await
-    .json();
-    let admin = root["access_token"].as_str().unwrap().to_owned();
+    let (_dir, dp, root) = with_root().await;
+    let admin = root;
 
     let served = get(&dp, "/v1/auth/openapi.json", &[]).await;
     assert_eq!(served.status, 200);
@@ -1826,11 +1767,7 @@ async fn signing_in_through_a_real_openid_provider_links_only_what_may_be_linked
     assert_eq!(first.status, 200, "{}", first.text());
     let alice = subject(first.json()["access_token"].as_str().unwrap());
     let replayed = get(&dp, &callback_path, &[]).await;
-    assert_eq!(
-        (replayed.status.as_u16(), code(&replayed)),
-        (401, "invalid_grant".into()),
-        "a state works once"
-    );
+    assert_refused(&replayed, 401, "invalid_grant");
     let (_, again) = login("alice", None).await;
     assert_eq!(
         subject(again.json()["access_token"].as_str().unwrap()),
@@ -1891,10 +1828,7 @@ async fn signing_in_through_a_real_openid_provider_links_only_what_may_be_linked
     };
     assert_eq!(unlink(bob_token).await.status, 204);
     let only_way = unlink(first.json()["access_token"].as_str().unwrap().to_owned()).await;
-    assert_eq!(
-        (only_way.status.as_u16(), code(&only_way)),
-        (409, "conflict".into())
-    );
+    assert_refused(&only_way, 409, "conflict");
 }
 
 #[tokio::test]
@@ -2172,10 +2106,7 @@ async fn an_administrators_change_on_one_replica_is_enforced_on_the_other() {
         json!({ "refresh_token": token["refresh_token"] }),
     )
     .await;
-    assert_eq!(
-        (after.status.as_u16(), code(&after)),
-        (401, "invalid_grant".into())
-    );
+    assert_refused(&after, 401, "invalid_grant");
     assert_eq!(
         post(
             &a,
@@ -2190,36 +2121,13 @@ async fn an_administrators_change_on_one_replica_is_enforced_on_the_other() {
 
 #[tokio::test]
 async fn service_accounts_get_tokens_by_client_credentials_and_rotate_their_secrets() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut identity = IdentityConfig::new(
-        StoreSpec::File(dir.path().join("identity.redb")),
-        ISSUER,
-        key_file(dir.path()),
-    );
-    identity.admins = vec!["root@example.org".into()];
-    let dp = with_identity(identity).await;
-    post(
-        &dp,
-        "/v1/auth/signup",
-        credentials("root@example.org", "long password"),
-    )
-    .await;
+    let (_dir, dp, root) = with_root().await;
     post(
         &dp,
         "/v1/auth/signup",
         credentials("joe@example.org", "long password"),
     )
     .await;
-    let root = post(
-        &dp,
-        "/v1/auth/signin",
-        credentials("root@example.org", "long password"),
-    )
-    .await
-    .json()["access_token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
     let joe = post(
         &dp,
         "/v1/auth/signin",
@@ -2288,19 +2196,13 @@ async fn service_accounts_get_tokens_by_client_credentials_and_rotate_their_secr
     .await;
     assert_eq!(in_form.status, 200, "credentials in the form work too");
     let wrong = token(Some((client_id.clone(), "guess".into())), grant.clone()).await;
-    assert_eq!(
-        (wrong.status.as_u16(), code(&wrong)),
-        (401, "invalid_client".into())
-    );
+    assert_refused(&wrong, 401, "invalid_client");
     let password = token(
         Some((client_id.clone(), secret.clone())),
         "grant_type=password".into(),
     )
     .await;
-    assert_eq!(
-        (password.status.as_u16(), code(&password)),
-        (400, "unsupported_grant_type".into())
-    );
+    assert_refused(&password, 400, "unsupported_grant_type");
 
     // Rotation: the old secret stops at once.
     let rotated = call(
@@ -2339,4 +2241,149 @@ async fn service_accounts_get_tokens_by_client_credentials_and_rotate_their_secr
         204
     );
     assert_eq!(token(Some((client_id, fresh)), grant).await.status, 401);
+}
+
+#[tokio::test]
+async fn administrators_create_users_set_passwords_and_revoke_sessions_and_codes() {
+    let (_dir, dp, root) = with_root().await;
+
+    let created = call(
+        &dp,
+        "POST",
+        "/admin/iam/users",
+        &root,
+        Some(credentials("New@Example.org", "first password")),
+    )
+    .await;
+    assert_eq!(created.status, 201, "{}", created.text());
+    let id = created.json()["id"].as_str().unwrap().to_owned();
+    assert_eq!(created.json()["email"], "new@example.org");
+    let taken = call(
+        &dp,
+        "POST",
+        "/admin/iam/users",
+        &root,
+        Some(credentials("new@example.org", "first password")),
+    )
+    .await;
+    assert_refused(&taken, 409, "conflict");
+    let session = post(
+        &dp,
+        "/v1/auth/signin",
+        credentials("new@example.org", "first password"),
+    )
+    .await
+    .json();
+    assert!(session["refresh_token"].is_string());
+
+    // A new password by an administrator ends the sessions.
+    let set = call(
+        &dp,
+        "PUT",
+        &format!("/admin/iam/users/{id}/password"),
+        &root,
+        Some(json!({ "password": "second password" })),
+    )
+    .await;
+    assert_eq!(set.status, 204, "{}", set.text());
+    assert_eq!(
+        post(
+            &dp,
+            "/v1/auth/refresh",
+            json!({ "refresh_token": session["refresh_token"] })
+        )
+        .await
+        .status,
+        401
+    );
+    assert_eq!(
+        post(
+            &dp,
+            "/v1/auth/signin",
+            credentials("new@example.org", "first password")
+        )
+        .await
+        .status,
+        401
+    );
+    let session = post(
+        &dp,
+        "/v1/auth/signin",
+        credentials("new@example.org", "second password"),
+    )
+    .await
+    .json();
+
+    // Revoking sessions.
+    assert_eq!(
+        call(
+            &dp,
+            "DELETE",
+            &format!("/admin/iam/users/{id}/sessions"),
+            &root,
+            None
+        )
+        .await
+        .status,
+        204
+    );
+    assert_eq!(
+        post(
+            &dp,
+            "/v1/auth/refresh",
+            json!({ "refresh_token": session["refresh_token"] })
+        )
+        .await
+        .status,
+        401
+    );
+
+    // Revoking recovery codes: TOTP stays, the codes stop.
+    let tokens = post(
+        &dp,
+        "/v1/auth/signin",
+        credentials("new@example.org", "second password"),
+    )
+    .await
+    .json();
+    let bearer = format!("Bearer {}", tokens["access_token"].as_str().unwrap());
+    let enrolment = post_with(
+        &dp,
+        "/v1/auth/mfa/totp/start",
+        json!({}),
+        &[("authorization", bearer.as_str())],
+    )
+    .await
+    .json();
+    let confirmed = post_with(
+        &dp,
+        "/v1/auth/mfa/totp/confirm",
+        json!({ "code": totp_code(enrolment["secret"].as_str().unwrap(), 0) }),
+        &[("authorization", bearer.as_str())],
+    )
+    .await
+    .json();
+    let codes = confirmed["recovery_codes"].clone();
+    assert_eq!(
+        call(
+            &dp,
+            "DELETE",
+            &format!("/admin/iam/users/{id}/recovery-codes"),
+            &root,
+            None
+        )
+        .await
+        .status,
+        204
+    );
+    let challenge = post(
+        &dp,
+        "/v1/auth/signin",
+        credentials("new@example.org", "second password"),
+    )
+    .await
+    .json();
+    let step = json!({ "mfa_token": challenge["mfa_token"], "code": codes[0] });
+    let refused = post(&dp, "/v1/auth/mfa", step).await;
+    assert_refused(&refused, 401, "invalid_code");
 }

@@ -461,6 +461,11 @@ struct RightSpec {
 }
 
 #[derive(Deserialize)]
+struct PasswordRequest {
+    password: String,
+}
+
+#[derive(Deserialize)]
 struct DecideRequest {
     user: String,
     tenant: String,
@@ -492,6 +497,25 @@ async fn iam(
                 &serde_json::json!({ "users": users, "next": next }),
                 "no-store",
             ))
+        }
+        (&Method::POST, ["users"]) => {
+            let new: super::iam::NewUser = parse(&read_json_body(request).await?)?;
+            let user = identity.create_user(&admin, new).await?;
+            Ok(json(StatusCode::CREATED, &user, "no-store"))
+        }
+        (&Method::PUT, ["users", id, "password"]) => {
+            let id = (*id).to_owned();
+            let body: PasswordRequest = parse(&read_json_body(request).await?)?;
+            identity.set_password(&admin, &id, body.password).await?;
+            done
+        }
+        (&Method::DELETE, ["users", id, "sessions"]) => {
+            identity.revoke_sessions(&admin, id).await?;
+            done
+        }
+        (&Method::DELETE, ["users", id, "recovery-codes"]) => {
+            identity.revoke_recovery_codes(&admin, id).await?;
+            done
         }
         (&Method::GET, ["users", id]) => Ok(json(
             StatusCode::OK,

@@ -116,45 +116,44 @@ impl Identity {
             .ok_or_else(|| FlowError::InvalidRequest("`email` is not an e-mail address".into()))?;
         password::check_strength(password).map_err(|m| FlowError::InvalidRequest(m.into()))?;
         let hash = hash_off_thread(password.to_owned()).await?;
-        let key = email_key(&email);
+        let user = User::new(&email, Some(hash), false, unix_now());
+        match self.insert_user(&user, "signed up").await {
+            // A taken address answers the same as a free one.
+            Ok(()) | Err(FlowError::Conflict(_)) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Stores a new account and claims its address; `Conflict` (and nothing stored) when
+    /// the address is taken, also by a replica racing this one.
+    pub(super) async fn insert_user(&self, user: &User, how: &str) -> Result<(), FlowError> {
+        let taken = || FlowError::Conflict(format!("an account uses {}", user.email));
+        let key = email_key(&user.email);
         if records::get::<EmailOwner>(&*self.store, &key)
             .await?
             .is_some()
         {
-            return Ok(());
+            return Err(taken());
         }
-        let user = User {
-            v: VERSION,
-            id: uuid::Uuid::now_v7().simple().to_string(),
-            email: email.clone(),
-            email_verified: false,
-            password: Some(hash),
-            status: UserStatus::Active,
-            created_at: unix_now(),
-            sessions_after_ms: 0,
-            roles: Vec::new(),
-            tenants: Default::default(),
-            failed_signins: 0,
-            locked: false,
-        };
-        records::create(&*self.store, &user.id, &user).await?;
+        records::create(&*self.store, &user.id, user).await?;
         let owner = EmailOwner {
             v: VERSION,
             user: user.id.clone(),
         };
         match records::create(&*self.store, &key, &owner).await {
             Ok(_) => {
-                tracing::info!(user = %user.id, "account created");
+                tracing::info!(user = %user.id, how, "account created");
                 self.audit(Event {
                     actor: user.id.clone(),
                     action: "account.created",
                     target: user.id.clone(),
+                    detail: Some(how.to_owned()),
                     ..Event::default()
                 })
                 .await;
                 Ok(())
             }
-            // The address was claimed meanwhile (by another replica): ours goes.
+            // The address was claimed meanwhile: ours goes.
             Err(StoreError::Exists) => {
                 if let Some(entry) = self.store.get(Bucket::Users, &user.id).await? {
                     let _ = self
@@ -162,7 +161,7 @@ impl Identity {
                         .delete(Bucket::Users, &user.id, entry.revision)
                         .await;
                 }
-                Ok(())
+                Err(taken())
             }
             Err(e) => Err(e.into()),
         }
@@ -634,7 +633,7 @@ fn signin_failed(user: &str, why: &str) -> Event {
 }
 
 /// Argon2id takes tens of milliseconds of CPU: never on a proxy worker's thread.
-async fn hash_off_thread(password: String) -> Result<String, FlowError> {
+pub(super) async fn hash_off_thread(password: String) -> Result<String, FlowError> {
     tokio::task::spawn_blocking(move || password::hash(&password))
         .await
         .map_err(|e| FlowError::Unavailable(e.to_string()))

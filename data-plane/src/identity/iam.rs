@@ -132,6 +132,14 @@ fn check_name(kind: &str, name: &str) -> Result<(), FlowError> {
     }
 }
 
+#[derive(Debug, Deserialize)]
+pub struct NewUser {
+    pub email: String,
+    /// `None`: the user signs in through an OpenID provider, or after a reset by mail.
+    #[serde(default)]
+    pub password: Option<String>,
+}
+
 #[derive(Debug, Default, Deserialize)]
 pub struct RoleSpec {
     pub rights: Vec<String>,
@@ -273,6 +281,88 @@ impl Identity {
             Err(e) => return Err(e.into()),
         }
         self.audit_admin(admin, "user.deleted", user_id, None).await;
+        Ok(())
+    }
+
+    /// Creates an account for someone (its address counts as unverified until its owner
+    /// proves it).
+    pub async fn create_user(&self, admin: &Admin, new: NewUser) -> Result<UserView, FlowError> {
+        admin.require_platform()?;
+        let email = super::flows::normalise_email(&new.email)
+            .ok_or_else(|| FlowError::InvalidRequest("`email` is not an e-mail address".into()))?;
+        let hash = match new.password {
+            Some(password) => {
+                super::password::check_strength(&password)
+                    .map_err(|m| FlowError::InvalidRequest(m.into()))?;
+                Some(super::flows::hash_off_thread(password).await?)
+            }
+            None => None,
+        };
+        let user = User::new(&email, hash, false, super::unix_now());
+        self.insert_user(&user, &format!("by administrator {}", admin.id))
+            .await?;
+        Ok(user.into())
+    }
+
+    /// Sets a user's password; every session of the account ends.
+    pub async fn set_password(
+        &self,
+        admin: &Admin,
+        user_id: &str,
+        password: String,
+    ) -> Result<(), FlowError> {
+        admin.require_platform()?;
+        super::password::check_strength(&password)
+            .map_err(|m| FlowError::InvalidRequest(m.into()))?;
+        let hash = super::flows::hash_off_thread(password).await?;
+        self.change_user(user_id, |user| {
+            user.password = Some(hash.clone());
+            user.sessions_after_ms = super::unix_now_ms();
+            user.failed_signins = 0;
+            user.locked = false;
+            Ok(())
+        })
+        .await?;
+        self.audit_admin(admin, "user.password_set", user_id, None)
+            .await;
+        Ok(())
+    }
+
+    /// Ends every session of a user at once (refreshes fail; access tokens run out).
+    pub async fn revoke_sessions(&self, admin: &Admin, user_id: &str) -> Result<(), FlowError> {
+        admin.require_platform()?;
+        self.change_user(user_id, |user| {
+            user.sessions_after_ms = super::unix_now_ms();
+            Ok(())
+        })
+        .await?;
+        self.audit_admin(admin, "sessions.revoked_all", user_id, None)
+            .await;
+        Ok(())
+    }
+
+    /// Revokes a user's unused recovery codes (TOTP stays).
+    pub async fn revoke_recovery_codes(
+        &self,
+        admin: &Admin,
+        user_id: &str,
+    ) -> Result<(), FlowError> {
+        admin.require_platform()?;
+        loop {
+            let Some(mut mfa) = records::get::<Mfa>(&*self.store, user_id).await? else {
+                return Err(FlowError::NotFound(format!(
+                    "user {user_id} has no MFA enrolment"
+                )));
+            };
+            mfa.record.recovery.clear();
+            match records::update(&*self.store, user_id, &mfa.record, mfa.revision).await {
+                Ok(_) => break,
+                Err(StoreError::Conflict) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        self.audit_admin(admin, "mfa.recovery_revoked", user_id, None)
+            .await;
         Ok(())
     }
 

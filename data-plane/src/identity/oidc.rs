@@ -409,42 +409,9 @@ impl Identity {
     }
 
     async fn create_linked_user(&self, email: &str, verified: bool) -> Result<User, FlowError> {
-        let user = User {
-            v: VERSION,
-            id: uuid::Uuid::now_v7().simple().to_string(),
-            email: email.to_owned(),
-            email_verified: verified,
-            password: None,
-            status: UserStatus::Active,
-            created_at: unix_now(),
-            sessions_after_ms: 0,
-            roles: Vec::new(),
-            tenants: Default::default(),
-            failed_signins: 0,
-            locked: false,
-        };
-        records::create(&*self.store, &user.id, &user).await?;
-        let owner = EmailOwner {
-            v: VERSION,
-            user: user.id.clone(),
-        };
-        match records::create(&*self.store, &tokens::digest(email), &owner).await {
-            Ok(_) => {}
-            Err(StoreError::Exists) => {
-                return Err(FlowError::Conflict(
-                    "the address was claimed meanwhile; try again".into(),
-                ));
-            }
-            Err(e) => return Err(e.into()),
-        }
-        self.audit(Event {
-            actor: user.id.clone(),
-            action: "account.created",
-            target: user.id.clone(),
-            detail: Some("through an OpenID provider".into()),
-            ..Event::default()
-        })
-        .await;
+        let user = User::new(email, None, verified, unix_now());
+        self.insert_user(&user, "through an OpenID provider")
+            .await?;
         Ok(user)
     }
 

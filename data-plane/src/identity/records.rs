@@ -131,6 +131,26 @@ pub struct User {
     pub locked: bool,
 }
 
+impl User {
+    /// A new active account with a fresh id.
+    pub fn new(email: &str, password: Option<String>, email_verified: bool, now: i64) -> Self {
+        Self {
+            v: VERSION,
+            id: uuid::Uuid::now_v7().simple().to_string(),
+            email: email.to_owned(),
+            email_verified,
+            password,
+            status: UserStatus::Active,
+            created_at: now,
+            sessions_after_ms: 0,
+            roles: Vec::new(),
+            tenants: BTreeMap::new(),
+            failed_signins: 0,
+            locked: false,
+        }
+    }
+}
+
 impl Record for User {
     const BUCKET: Bucket = Bucket::Users;
     fn version(&self) -> u32 {
