@@ -265,7 +265,10 @@ pub async fn start(config: Config) -> Result<DataPlane, Error> {
         shared.clone(),
         metrics.clone(),
         config.snapshot_cache.clone(),
-        AuthContext { jwks: jwks.clone() },
+        AuthContext {
+            jwks: jwks.clone(),
+            issued_keys: shared.identity.as_ref().map(|i| i.issued_keys()),
+        },
         upstream::probe::Prober::new(&config.upstream, tls.clone()),
     );
     applier.restore_from_cache();

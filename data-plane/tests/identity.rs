@@ -2387,3 +2387,71 @@ async fn administrators_create_users_set_passwords_and_revoke_sessions_and_codes
     let refused = post(&dp, "/v1/auth/mfa", step).await;
     assert_refused(&refused, 401, "invalid_code");
 }
+
+#[tokio::test]
+async fn api_keys_issued_by_the_iam_api_authenticate_at_the_edge_until_revoked() {
+    let (_dir, dp, root) = with_root().await;
+    let upstream = pavilion_tests::Upstream::start("orders").await.unwrap();
+    let mut rule = prefix_rule("/orders", &[(upstream.url().as_str(), 1)]);
+    rule.auth = Some(proto::Auth {
+        api_keys: Some(proto::ApiKeyAuth::default()),
+        ..Default::default()
+    });
+    dp.apply(snapshot("v1", vec![route("shop/orders", &[], vec![rule])]))
+        .await
+        .unwrap();
+    let ask = |method: &'static str, key: String| {
+        let addr = dp.addr;
+        async move {
+            HttpClient::http1()
+                .call(
+                    method,
+                    &format!("http://{addr}/orders/1"),
+                    &[("x-api-key", key.as_str())],
+                    Bytes::new(),
+                )
+                .await
+                .unwrap()
+        }
+    };
+
+    let new = json!({ "namespace": "shop", "scopes": ["read"], "tenants": { "acme": [] } });
+    let created = call(&dp, "POST", "/admin/iam/api-keys", &root, Some(new)).await;
+    assert_eq!(created.status, 201, "{}", created.text());
+    let id = created.json()["id"].as_str().unwrap().to_owned();
+    let key = created.json()["key"].as_str().unwrap().to_owned();
+    let listed = call(&dp, "GET", "/admin/iam/api-keys", &root, None).await;
+    assert!(
+        listed.text().contains(&id) && !listed.text().contains(&key),
+        "never the key"
+    );
+
+    // The edge knows it: its id goes upstream, its scopes hold.
+    let read = ask("GET", key.clone()).await;
+    assert_eq!(read.status, 200, "{}", read.text());
+    assert_eq!(read.json()["headers"]["x-auth-key-id"], id.as_str());
+    let write = ask("POST", key.clone()).await;
+    assert_refused(&write, 403, "insufficient_scope");
+    // Another namespace's routes do not.
+    let elsewhere = json!({ "namespace": "billing", "scopes": ["read"] });
+    let other = call(&dp, "POST", "/admin/iam/api-keys", &root, Some(elsewhere))
+        .await
+        .json();
+    let refused = ask("GET", other["key"].as_str().unwrap().to_owned()).await;
+    assert_refused(&refused, 401, "invalid_api_key");
+
+    // Revoked: refused at once here (and within two seconds on other replicas).
+    assert_eq!(
+        call(
+            &dp,
+            "DELETE",
+            &format!("/admin/iam/api-keys/{id}"),
+            &root,
+            None
+        )
+        .await
+        .status,
+        204
+    );
+    assert_refused(&ask("GET", key).await, 401, "invalid_api_key");
+}

@@ -87,7 +87,7 @@ fn percent_decode(input: &[u8]) -> Option<Vec<u8>> {
     changed.then_some(out)
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct ApiKey {
     pub namespace: Box<str>,
     pub id: Box<str>,
@@ -96,6 +96,24 @@ pub struct ApiKey {
     pub expires_at: i64,
     /// The tenants it acts for, shared by every request it authenticates.
     pub membership: std::sync::Arc<super::membership::Membership>,
+}
+
+/// Keys issued outside the snapshot (by the identity service's IAM API), as a copy the
+/// request path reads without a lock; whoever issues them swaps in a new table.
+#[derive(Default)]
+pub struct IssuedKeys {
+    keys: arc_swap::ArcSwap<ApiKeys>,
+}
+
+impl IssuedKeys {
+    pub fn replace(&self, keys: ApiKeys) {
+        self.keys.store(std::sync::Arc::new(keys));
+    }
+
+    /// The issued key the client presented, if any.
+    pub fn find(&self, presented: &str) -> Option<ApiKey> {
+        self.keys.load().find(presented).cloned()
+    }
 }
 
 /// Every key of the snapshot, by hash.

@@ -114,6 +114,8 @@ impl std::fmt::Display for Principal {
 #[derive(Clone)]
 pub struct AuthContext {
     pub jwks: Arc<JwksCache>,
+    /// API keys the identity service issued (looked up when the snapshot has none).
+    pub issued_keys: Option<Arc<api_key::IssuedKeys>>,
 }
 
 /// The snapshot-wide tables rules refer to.
@@ -197,6 +199,8 @@ pub struct RuleAuth {
     key_scopes: Option<u8>,
     allow: Option<Allow>,
     keys: Arc<ApiKeys>,
+    /// Keys the identity service issued, tried when the snapshot does not know the key.
+    issued: Option<Arc<api_key::IssuedKeys>>,
     revoked: Arc<HashSet<Box<str>>>,
     /// `WWW-Authenticate` when credentials are missing, and when a token was refused.
     challenge: Box<[HeaderValue]>,
@@ -250,6 +254,7 @@ impl RuleAuth {
             key_scopes,
             allow: auth.allow.as_ref().map(Allow::new),
             keys: credentials.api_keys.clone(),
+            issued: context.issued_keys.clone(),
             revoked: credentials.revoked(namespace),
             challenge: challenge.into(),
             token_challenge: token_challenge.into(),
@@ -399,11 +404,23 @@ impl RuleAuth {
         let invalid = || Reject::unauthorized("invalid_api_key", "the API key is not valid".into());
         let required = self.key_scopes.ok_or_else(invalid)? | api_key::implied_scopes(method, path);
         // A key of another namespace is as unknown here as a made-up one.
-        let key = self
+        let issued;
+        let key = match self
             .keys
             .find(presented)
             .filter(|k| *k.namespace == *self.namespace)
-            .ok_or_else(invalid)?;
+        {
+            Some(key) => key,
+            None => {
+                issued = self
+                    .issued
+                    .as_ref()
+                    .and_then(|keys| keys.find(presented))
+                    .filter(|k| *k.namespace == *self.namespace)
+                    .ok_or_else(invalid)?;
+                &issued
+            }
+        };
         if key.expires_at != 0 && key.expires_at <= unix_now() as i64 {
             return Err(Reject::unauthorized(
                 "key_expired",

@@ -599,6 +599,23 @@ async fn iam(
             identity.delete_service_account(&admin, id).await?;
             done
         }
+        (&Method::POST, ["api-keys"]) => {
+            let new: super::api_keys::NewKey = parse(&read_json_body(request).await?)?;
+            let created = identity.create_api_key(&admin, new).await?;
+            Ok(json(StatusCode::CREATED, &created, "no-store"))
+        }
+        (&Method::GET, ["api-keys"]) => {
+            let keys = identity.list_api_keys(&admin).await?;
+            Ok(json(
+                StatusCode::OK,
+                &serde_json::json!({ "api_keys": keys }),
+                "no-store",
+            ))
+        }
+        (&Method::DELETE, ["api-keys", id]) => {
+            identity.revoke_api_key(&admin, id).await?;
+            done
+        }
         (&Method::POST, ["decide"]) => {
             let ask: DecideRequest = parse(&read_json_body(request).await?)?;
             admin.require_tenant(&ask.tenant)?;

@@ -7,6 +7,7 @@
 
 pub mod abuse;
 pub mod api;
+pub mod api_keys;
 pub mod audit;
 pub mod catalogue;
 pub mod clients;
@@ -179,6 +180,8 @@ pub struct Identity {
     http: oidc::HttpClient,
     /// Role → rights, for rules that require rights.
     catalogue: Arc<catalogue::Catalogue>,
+    /// API keys issued by the IAM API, for the edge's API-key authentication.
+    issued_keys: Arc<crate::auth::api_key::IssuedKeys>,
     mailer: Option<Arc<dyn mail::Sender>>,
     config: IdentityConfig,
 }
@@ -206,6 +209,7 @@ impl Identity {
             guard: abuse::Guard::new(redis, &config.abuse),
             http: oidc::http_client(),
             catalogue: Arc::default(),
+            issued_keys: Arc::default(),
             mailer,
             config,
         };
@@ -214,6 +218,8 @@ impl Identity {
         identity.keys.signer().await?;
         identity.catalogue.reload(&*identity.store).await?;
         catalogue::watch(&identity.catalogue, identity.store.clone());
+        api_keys::reload(&*identity.store, &identity.issued_keys).await?;
+        api_keys::watch(&identity.issued_keys, identity.store.clone());
         Ok(identity)
     }
 

@@ -431,7 +431,11 @@ pub async fn offline(
         crate::upstream::tls_config(&config.upstream)?,
         metrics.jwks_fetches.clone(),
     );
-    let runtime = Runtime::build(snapshot, &metrics, &crate::auth::AuthContext { jwks })?;
+    let context = crate::auth::AuthContext {
+        jwks,
+        issued_keys: None,
+    };
+    let runtime = Runtime::build(snapshot, &metrics, &context)?;
     let shared = Shared::new(
         metrics,
         &config,

@@ -35,10 +35,12 @@ pub enum Bucket {
     Identities,
     /// `{id}` → a service account (client credentials; the secret as its SHA-256).
     ServiceAccounts,
+    /// `{id}` → an API key issued by the IAM API (the key as its SHA-256).
+    ApiKeys,
 }
 
 impl Bucket {
-    pub const ALL: [Bucket; 11] = [
+    pub const ALL: [Bucket; 12] = [
         Bucket::Users,
         Bucket::Emails,
         Bucket::Sessions,
@@ -50,6 +52,7 @@ impl Bucket {
         Bucket::Oidc,
         Bucket::Identities,
         Bucket::ServiceAccounts,
+        Bucket::ApiKeys,
     ];
 
     pub fn name(self) -> &'static str {
@@ -65,6 +68,7 @@ impl Bucket {
             Bucket::Oidc => "oidc",
             Bucket::Identities => "identities",
             Bucket::ServiceAccounts => "service-accounts",
+            Bucket::ApiKeys => "api-keys",
         }
     }
 }
