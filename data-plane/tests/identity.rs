@@ -1709,6 +1709,7 @@ async fn signing_in_through_a_real_openid_provider_links_only_what_may_be_linked
         &gateway,
         key_file(dir.path()),
     );
+    identity.admins = vec!["bob@example.org".into()];
     identity.oidc = vec![pavilion_data::identity::oidc::OidcProvider {
         name: "corp".into(),
         issuer: provider.issuer.clone(),
@@ -1826,6 +1827,17 @@ async fn signing_in_through_a_real_openid_provider_links_only_what_may_be_linked
                 .unwrap()
         }
     };
+    let listed = call(
+        &dp,
+        "GET",
+        &format!("/admin/iam/users/{}/identities", subject(&bob_token)),
+        &bob_token,
+        None,
+    )
+    .await
+    .json();
+    assert_eq!(listed["identities"][0]["provider"], "corp", "{listed}");
+    assert_eq!(listed["identities"][0]["subject"], "bob");
     assert_eq!(unlink(bob_token).await.status, 204);
     let only_way = unlink(first.json()["access_token"].as_str().unwrap().to_owned()).await;
     assert_refused(&only_way, 409, "conflict");
@@ -2203,6 +2215,33 @@ async fn service_accounts_get_tokens_by_client_credentials_and_rotate_their_secr
     )
     .await;
     assert_refused(&password, 400, "unsupported_grant_type");
+
+    // Roles change after creation: the next token carries them.
+    let role = format!("/admin/iam/service-accounts/{client_id}/tenants/globex/roles/auditor");
+    assert_eq!(call(&dp, "PUT", &role, &root, None).await.status, 204);
+    let reissued = token(Some((client_id.clone(), secret.clone())), grant.clone())
+        .await
+        .json();
+    let payload = reissued["access_token"]
+        .as_str()
+        .unwrap()
+        .split('.')
+        .nth(1)
+        .unwrap()
+        .to_owned();
+    let claims: Value = {
+        use base64::Engine;
+        serde_json::from_slice(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(payload)
+                .unwrap(),
+        )
+        .unwrap()
+    };
+    assert_eq!(
+        claims["tenants"],
+        json!({ "acme": ["clerk"], "globex": ["auditor"] })
+    );
 
     // Rotation: the old secret stops at once.
     let rotated = call(

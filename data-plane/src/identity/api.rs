@@ -595,6 +595,24 @@ async fn iam(
             let credentials = identity.rotate_secret(&admin, id).await?;
             Ok(json(StatusCode::OK, &credentials, "no-store"))
         }
+        (
+            &Method::PUT | &Method::DELETE,
+            ["service-accounts", id, "tenants", tenant, "roles", role],
+        ) => {
+            let assign = method == Method::PUT;
+            identity
+                .service_account_role(&admin, id, tenant, role, assign)
+                .await?;
+            done
+        }
+        (&Method::GET, ["users", id, "identities"]) => {
+            let linked = identity.identities_of(&admin, id).await?;
+            Ok(json(
+                StatusCode::OK,
+                &serde_json::json!({ "identities": linked }),
+                "no-store",
+            ))
+        }
         (&Method::DELETE, ["service-accounts", id]) => {
             identity.delete_service_account(&admin, id).await?;
             done

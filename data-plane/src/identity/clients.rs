@@ -165,6 +165,57 @@ impl Identity {
         ))
     }
 
+    /// Gives a service account a role in a tenant (`assign`), or takes it away.
+    pub async fn service_account_role(
+        &self,
+        admin: &Admin,
+        id: &str,
+        tenant: &str,
+        role: &str,
+        assign: bool,
+    ) -> Result<(), FlowError> {
+        admin.require_tenant(tenant)?;
+        if !super::iam::valid_name(tenant) || !super::iam::valid_name(role) {
+            return Err(FlowError::InvalidRequest(
+                "tenants and roles are lower-case letters, digits, `.`, `_`, `-`".into(),
+            ));
+        }
+        for _ in 0..5 {
+            let mut account = self.service_account(id).await?;
+            let roles = account.record.tenants.entry(tenant.to_owned()).or_default();
+            roles.retain(|r| r != role);
+            if assign {
+                roles.push(role.to_owned());
+                roles.sort();
+            }
+            if roles.is_empty() && !assign {
+                account.record.tenants.remove(tenant);
+            }
+            match records::update(&*self.store, id, &account.record, account.revision).await {
+                Ok(_) => {
+                    self.audit(Event {
+                        actor: admin.id.clone(),
+                        action: if assign {
+                            "assignment.added"
+                        } else {
+                            "assignment.removed"
+                        },
+                        target: id.to_owned(),
+                        tenant: Some(tenant.to_owned()),
+                        detail: Some(format!("role {role}")),
+                    })
+                    .await;
+                    return Ok(());
+                }
+                Err(StoreError::Conflict) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(FlowError::Unavailable(
+            "the service account kept changing".into(),
+        ))
+    }
+
     pub async fn delete_service_account(&self, admin: &Admin, id: &str) -> Result<(), FlowError> {
         admin.require_platform()?;
         let account = self.service_account(id).await?;

@@ -415,6 +415,27 @@ impl Identity {
         Ok(user)
     }
 
+    /// The identities linked to a user (platform administrators).
+    pub async fn identities_of(
+        &self,
+        admin: &super::iam::Admin,
+        user_id: &str,
+    ) -> Result<Vec<LinkedIdentity>, FlowError> {
+        admin.require_platform()?;
+        self.existing_user(user_id)
+            .await
+            .map_err(|_| FlowError::NotFound(format!("no user {user_id}")))?;
+        let mut linked = Vec::new();
+        for key in self.store.keys(Bucket::Identities, None, 100_000).await? {
+            if let Some(identity) = records::get::<LinkedIdentity>(&*self.store, &key).await?
+                && identity.record.user == user_id
+            {
+                linked.push(identity.record);
+            }
+        }
+        Ok(linked)
+    }
+
     /// Unlinks the bearer's identity at `provider`; refused when it is the account's only
     /// way in (no password).
     pub async fn oidc_unlink(&self, bearer: &str, provider: &str) -> Result<(), FlowError> {
