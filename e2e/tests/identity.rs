@@ -28,19 +28,18 @@ async fn post(listen: &str, path: &str, body: Value, bearer: Option<&str>) -> Re
         .unwrap()
 }
 
-fn totp_now(secret: &str) -> String {
+/// The TOTP code an authenticator app shows `offset` seconds from now.
+fn totp_at(secret: &str, offset: u64) -> String {
     let bytes = totp_rs::Secret::try_from_base32(secret).unwrap();
     let totp = totp_rs::Builder::new()
         .with_secret(bytes.as_ref().to_vec())
         .build()
         .unwrap();
-    totp.generate(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs(),
-    )
-    .to_string()
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    totp.generate(now + offset).to_string()
 }
 
 #[tokio::test]
@@ -165,7 +164,7 @@ async fn no_secret_of_any_identity_flow_reaches_a_log_line() {
         .await
         .json();
     let secret = enrolment["secret"].as_str().unwrap().to_owned();
-    let confirm = json!({ "code": totp_now(&secret) });
+    let confirm = json!({ "code": totp_at(&secret, 0) });
     let recovery = post(&listen, "/v1/auth/mfa/totp/confirm", confirm, Some(&access))
         .await
         .json();
@@ -197,4 +196,213 @@ async fn no_secret_of_any_identity_flow_reaches_a_log_line() {
             "a log line holds a secret: {secret}"
         );
     }
+}
+
+/// The issue's journey through real processes: sign up, sign in with MFA, call a
+/// tenant-scoped route with the gateway's own token; the administrator removes the
+/// assignment; the next refresh no longer grants it.
+#[tokio::test]
+async fn sign_up_mfa_tenant_route_and_an_assignment_removed() {
+    use pavilion_e2e::{ControlProcess, DataProcess, UpstreamProcess};
+    let upstream = UpstreamProcess::start("agg-1").await;
+    let listen_port = free_port();
+    let gateway = format!("http://127.0.0.1:{listen_port}");
+    let config = tempfile::tempdir().unwrap();
+    std::fs::write(
+        config.path().join("config.yaml"),
+        format!(
+            r#"{shards}apiVersion: gateway.pavilion.dev/v1alpha1
+kind: Route
+metadata: {{ name: orders, namespace: e2e }}
+spec:
+  rules:
+    - matches: [{{ path: {{ type: PathPrefix, value: /v1/orders }} }}]
+      auth:
+        jwt:
+          - issuer: {gateway}
+            jwksUri: {gateway}/.well-known/jwks.json
+            audiences: [pavilion]
+            tenantsClaim: tenants
+      tenancy: {{}}
+      authorize: {{ rights: [orders.read] }}
+      backends: [{{ service: aggregate }}]
+"#,
+            shards = pavilion_tests::acme_on_one_shard(&upstream.url)
+        ),
+    )
+    .unwrap();
+    let control = ControlProcess::start(config.path(), free_port()).await;
+    let state = tempfile::tempdir().unwrap();
+    let key = state.path().join("identity.key");
+    std::fs::write(&key, "ef".repeat(32)).unwrap();
+    let store = format!("file:{}", state.path().join("identity.redb").display());
+    let data = DataProcess::start_with(
+        &format!("http://{}", control.grpc),
+        &state.path().join("snapshot.pb"),
+        listen_port,
+        &[
+            "--identity-store",
+            &store,
+            "--identity-issuer",
+            &gateway,
+            "--identity-key-file",
+            key.to_str().unwrap(),
+            "--identity-admins",
+            "root@example.org",
+        ],
+    )
+    .await;
+    let listen = data.listen.clone();
+    let account =
+        |who: &str| json!({ "email": format!("{who}@example.org"), "password": "long password" });
+    for who in ["root", "ann"] {
+        assert_eq!(
+            post(&listen, "/v1/auth/signup", account(who), None)
+                .await
+                .status,
+            202
+        );
+    }
+    let root = post(&listen, "/v1/auth/signin", account("root"), None)
+        .await
+        .json()["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let first = post(&listen, "/v1/auth/signin", account("ann"), None)
+        .await
+        .json();
+    let ann_token = first["access_token"].as_str().unwrap().to_owned();
+    let ann_id = {
+        use base64::Engine;
+        let payload = ann_token.split('.').nth(1).unwrap();
+        let claims: Value = serde_json::from_slice(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(payload)
+                .unwrap(),
+        )
+        .unwrap();
+        claims["sub"].as_str().unwrap().to_owned()
+    };
+
+    // The administrator: a right, a role, an assignment.
+    let admin = |method: &'static str, path: String, body: Option<Value>| {
+        let (listen, root) = (listen.clone(), root.clone());
+        async move {
+            let authorization = format!("Bearer {root}");
+            let mut headers = vec![("authorization", authorization.as_str())];
+            if body.is_some() {
+                headers.push(("content-type", "application/json"));
+            }
+            HttpClient::http1()
+                .call(
+                    method,
+                    &format!("http://{listen}{path}"),
+                    &headers,
+                    Bytes::from(body.map(|b| b.to_string()).unwrap_or_default()),
+                )
+                .await
+                .unwrap()
+                .status
+        }
+    };
+    assert_eq!(
+        admin(
+            "PUT",
+            "/admin/iam/rights/orders.read".into(),
+            Some(json!({}))
+        )
+        .await,
+        204
+    );
+    assert_eq!(
+        admin(
+            "PUT",
+            "/admin/iam/roles/clerk".into(),
+            Some(json!({ "rights": ["orders.read"] }))
+        )
+        .await,
+        204
+    );
+    let assignment = format!("/admin/iam/users/{ann_id}/tenants/acme/roles/clerk");
+    assert_eq!(admin("PUT", assignment.clone(), None).await, 204);
+
+    // Ann enrols TOTP, then signs in with it.
+    let enrolment = post(
+        &listen,
+        "/v1/auth/mfa/totp/start",
+        json!({}),
+        Some(&ann_token),
+    )
+    .await
+    .json();
+    let secret = enrolment["secret"].as_str().unwrap().to_owned();
+    let confirm = json!({ "code": totp_at(&secret, 0) });
+    assert_eq!(
+        post(
+            &listen,
+            "/v1/auth/mfa/totp/confirm",
+            confirm,
+            Some(&ann_token)
+        )
+        .await
+        .status,
+        200
+    );
+    let challenge = post(&listen, "/v1/auth/signin", account("ann"), None)
+        .await
+        .json();
+    assert_eq!(challenge["mfa_required"], true);
+    // The code of the next step: the one confirmed at enrolment is spent.
+    let code = totp_at(&secret, 30);
+    let session = post(
+        &listen,
+        "/v1/auth/mfa",
+        json!({ "mfa_token": challenge["mfa_token"], "code": code }),
+        None,
+    )
+    .await;
+    assert_eq!(session.status, 200, "{}", session.text());
+    let session = session.json();
+
+    // The tenant-scoped route takes the gateway's own token.
+    let order = |token: String| {
+        let listen = listen.clone();
+        async move {
+            let authorization = format!("Bearer {token}");
+            HttpClient::http1()
+                .get_with(
+                    &format!("http://{listen}/v1/orders/1"),
+                    &[
+                        ("authorization", authorization.as_str()),
+                        ("x-tenant-id", "acme"),
+                    ],
+                )
+                .await
+                .unwrap()
+        }
+    };
+    let access = session["access_token"].as_str().unwrap().to_owned();
+    eventually("the route serves ann", Duration::from_secs(30), || {
+        let access = access.clone();
+        let order = &order;
+        async move { (order(access).await.status == 200).then_some(()) }
+    })
+    .await;
+    let served = order(access).await;
+    assert_eq!(served.header("x-upstream"), Some("agg-1"));
+
+    // Removed: the next refresh no longer grants it.
+    assert_eq!(admin("DELETE", assignment, None).await, 204);
+    let refreshed = post(
+        &listen,
+        "/v1/auth/refresh",
+        json!({ "refresh_token": session["refresh_token"] }),
+        None,
+    )
+    .await
+    .json();
+    let denied = order(refreshed["access_token"].as_str().unwrap().to_owned()).await;
+    assert_eq!(denied.status, 403, "{}", denied.text());
+    assert_eq!(denied.json()["error"]["code"], "tenant_forbidden");
 }

@@ -88,3 +88,22 @@ pub fn api_key_resource(id: &str, scopes: &str, extra: &str) -> String {
         "apiVersion: gateway.pavilion.dev/v1alpha1\nkind: ApiKey\nmetadata: {{ name: {id}, namespace: shop }}\nspec:\n  sha256: '{hash}'\n  scopes: [{scopes}]\n{extra}"
     )
 }
+
+/// Resources placing tenant `acme` on one aggregate shard `agg-1` at `endpoint` (a `Shard`
+/// and a `TenantPlacement`, YAML documents ending with `---`), for configurations of
+/// tenant-scoped routes.
+pub fn acme_on_one_shard(endpoint: &str) -> String {
+    format!(
+        "apiVersion: gateway.pavilion.dev/v1alpha1
+kind: Shard
+metadata: {{ name: agg-1, namespace: platform }}
+spec: {{ service: aggregate, endpoints: ['{endpoint}'] }}
+---
+apiVersion: gateway.pavilion.dev/v1alpha1
+kind: TenantPlacement
+metadata: {{ name: acme, namespace: platform }}
+spec: {{ tenant: acme, shards: {{ aggregate: agg-1 }} }}
+---
+"
+    )
+}

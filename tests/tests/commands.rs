@@ -132,17 +132,7 @@ fn write_config(dir: &Path, endpoint: &str) {
         )
     };
     let text = format!(
-        r#"apiVersion: gateway.pavilion.dev/v1alpha1
-kind: Shard
-metadata: {{ name: agg-1, namespace: platform }}
-spec: {{ service: aggregate, endpoints: ['{endpoint}'] }}
----
-apiVersion: gateway.pavilion.dev/v1alpha1
-kind: TenantPlacement
-metadata: {{ name: acme, namespace: platform }}
-spec: {{ tenant: acme, shards: {{ aggregate: agg-1 }} }}
----
-apiVersion: gateway.pavilion.dev/v1alpha1
+        r#"{}apiVersion: gateway.pavilion.dev/v1alpha1
 kind: Route
 metadata: {{ name: commands, namespace: shop }}
 spec:
@@ -155,6 +145,7 @@ spec:
       commands: {{ window: 10m }}
       backends: [{{ service: aggregate }}]
 {}{}"#,
+        pavilion_tests::acme_on_one_shard(endpoint),
         key("acme", "tenants: [acme]"),
         key("ops", "roles: [platform-admin]"),
     );
