@@ -1680,9 +1680,9 @@ async fn the_openapi_document_is_valid_and_matches_the_router() {
             .replace("{name}", "x")
             .replace("{tenant}", "acme")
             .replace("{role}", "clerk");
-        for method in ["get", "post", "put", "delete"] {
+        for method in ["get", "post", "put", "patch", "delete"] {
             let documented = item.get(method).is_some();
-            let body = matches!(method, "post" | "put").then(|| json!({}));
+            let body = matches!(method, "post" | "put" | "patch").then(|| json!({}));
             let reply = call(&dp, &method.to_uppercase(), &concrete, &admin, body).await;
             assert_eq!(
                 !unrouted(&reply),
@@ -2315,6 +2315,66 @@ async fn administrators_create_users_set_passwords_and_revoke_sessions_and_codes
     .json();
     assert!(session["refresh_token"].is_string());
 
+    // Platform roles and the address change; the old address is free again.
+    let changed = call(
+        &dp,
+        "PATCH",
+        &format!("/admin/iam/users/{id}"),
+        &root,
+        Some(json!({ "email": "renamed@example.org", "roles": ["platform-admin"] })),
+    )
+    .await;
+    assert_eq!(changed.status, 200, "{}", changed.text());
+    assert_eq!(changed.json()["email"], "renamed@example.org");
+    assert_eq!(changed.json()["roles"], json!(["platform-admin"]));
+    let renamed = post(
+        &dp,
+        "/v1/auth/signin",
+        credentials("renamed@example.org", "first password"),
+    )
+    .await;
+    assert_eq!(renamed.status, 200, "{}", renamed.text());
+    assert_eq!(
+        post(
+            &dp,
+            "/v1/auth/signup",
+            credentials("new@example.org", "other password")
+        )
+        .await
+        .status,
+        202
+    );
+    assert_eq!(
+        post(
+            &dp,
+            "/v1/auth/signin",
+            credentials("new@example.org", "other password")
+        )
+        .await
+        .status,
+        200,
+        "the old address was freed"
+    );
+    let clash = call(
+        &dp,
+        "PATCH",
+        &format!("/admin/iam/users/{id}"),
+        &root,
+        Some(json!({ "email": "root@example.org" })),
+    )
+    .await;
+    assert_refused(&clash, 409, "conflict");
+    let unknown_field = call(
+        &dp,
+        "PATCH",
+        &format!("/admin/iam/users/{id}"),
+        &root,
+        Some(json!({ "password": "x" })),
+    )
+    .await;
+    assert_refused(&unknown_field, 400, "invalid_request");
+    let id_email = "renamed@example.org";
+
     // A new password by an administrator ends the sessions.
     let set = call(
         &dp,
@@ -2339,7 +2399,7 @@ async fn administrators_create_users_set_passwords_and_revoke_sessions_and_codes
         post(
             &dp,
             "/v1/auth/signin",
-            credentials("new@example.org", "first password")
+            credentials(id_email, "first password")
         )
         .await
         .status,
@@ -2348,7 +2408,7 @@ async fn administrators_create_users_set_passwords_and_revoke_sessions_and_codes
     let session = post(
         &dp,
         "/v1/auth/signin",
-        credentials("new@example.org", "second password"),
+        credentials(id_email, "second password"),
     )
     .await
     .json();
@@ -2381,7 +2441,7 @@ async fn administrators_create_users_set_passwords_and_revoke_sessions_and_codes
     let tokens = post(
         &dp,
         "/v1/auth/signin",
-        credentials("new@example.org", "second password"),
+        credentials(id_email, "second password"),
     )
     .await
     .json();
@@ -2418,7 +2478,7 @@ async fn administrators_create_users_set_passwords_and_revoke_sessions_and_codes
     let challenge = post(
         &dp,
         "/v1/auth/signin",
-        credentials("new@example.org", "second password"),
+        credentials(id_email, "second password"),
     )
     .await
     .json();

@@ -406,3 +406,150 @@ spec:
     assert_eq!(denied.status, 403, "{}", denied.text());
     assert_eq!(denied.json()["error"]["code"], "tenant_forbidden");
 }
+
+/// A data-plane process with the identity API on `store` and no control plane (the
+/// identity API needs none); its listen address once it answers.
+async fn identity_process(store: &str, key: &std::path::Path) -> (Child, String) {
+    let (listen, admin) = (
+        format!("127.0.0.1:{}", free_port()),
+        format!("127.0.0.1:{}", free_port()),
+    );
+    let child = Child::spawn(
+        "pavilion-data",
+        &binary("pavilion-data"),
+        &[
+            "run",
+            "--control-plane",
+            &format!("http://127.0.0.1:{}", free_port()),
+            "--listen",
+            &listen,
+            "--admin-listen",
+            &admin,
+            "--workers",
+            "1",
+            "--identity-store",
+            store,
+            "--identity-issuer",
+            "https://id.e2e.test",
+            "--identity-key-file",
+            key.to_str().unwrap(),
+            "--identity-admins",
+            "root@example.org",
+        ],
+    );
+    let address = listen.clone();
+    eventually("the identity API answers", Duration::from_secs(30), || {
+        let address = address.clone();
+        async move {
+            let reply = HttpClient::http1()
+                .get(&format!("http://{address}/.well-known/jwks.json"))
+                .await
+                .ok()?;
+            (reply.status == 200).then_some(())
+        }
+    })
+    .await;
+    (child, listen)
+}
+
+/// Two data-plane processes sharing one NATS server: a refresh token raced through both
+/// succeeds once and revokes its family; an administrator's change through one is what the
+/// other enforces; each accepts the other's tokens.
+#[tokio::test]
+async fn two_processes_on_nats_race_refreshes_and_enforce_each_others_changes() {
+    let nats = pavilion_tests::nats::NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("identity.key");
+    std::fs::write(&key, "ab".repeat(32)).unwrap();
+    let store = format!("{}?bucket=e2e-identity", nats.url());
+    let (_a, a) = identity_process(&store, &key).await;
+    let (_b, b) = identity_process(&store, &key).await;
+    let account =
+        |who: &str| json!({ "email": format!("{who}@example.org"), "password": "long password" });
+    assert_eq!(
+        post(&a, "/v1/auth/signup", account("root"), None)
+            .await
+            .status,
+        202
+    );
+    assert_eq!(
+        post(&b, "/v1/auth/signup", account("lou"), None)
+            .await
+            .status,
+        202
+    );
+
+    for round in 0..3 {
+        let session = post(&b, "/v1/auth/signin", account("lou"), None)
+            .await
+            .json();
+        let token = json!({ "refresh_token": session["refresh_token"] });
+        let (one, two) = tokio::join!(
+            post(&a, "/v1/auth/refresh", token.clone(), None),
+            post(&b, "/v1/auth/refresh", token, None)
+        );
+        let statuses = [one.status.as_u16(), two.status.as_u16()];
+        assert_eq!(
+            statuses.iter().filter(|s| **s == 200).count(),
+            1,
+            "round {round}: {statuses:?}"
+        );
+        let winner = if one.status == 200 { &one } else { &two };
+        let next = json!({ "refresh_token": winner.json()["refresh_token"] });
+        assert_eq!(
+            post(&a, "/v1/auth/refresh", next, None).await.status,
+            401,
+            "round {round}: the family is revoked"
+        );
+    }
+
+    // An administrator signed in on A disables Lou through B; A enforces it.
+    let root = post(&a, "/v1/auth/signin", account("root"), None)
+        .await
+        .json()["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let lou = post(&a, "/v1/auth/signin", account("lou"), None)
+        .await
+        .json();
+    let page = HttpClient::http1()
+        .get_with(
+            &format!("http://{b}/admin/iam/users?limit=10"),
+            &[("authorization", format!("Bearer {root}").as_str())],
+        )
+        .await
+        .unwrap()
+        .json();
+    let lou_id = page["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["email"] == "lou@example.org")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let disabled = post(
+        &b,
+        &format!("/admin/iam/users/{lou_id}/disable"),
+        json!({}),
+        Some(&root),
+    )
+    .await;
+    assert_eq!(disabled.status, 204, "{}", disabled.text());
+    let refresh = post(
+        &a,
+        "/v1/auth/refresh",
+        json!({ "refresh_token": lou["refresh_token"] }),
+        None,
+    )
+    .await;
+    assert_eq!(refresh.status, 401);
+    assert_eq!(
+        post(&a, "/v1/auth/signin", account("lou"), None)
+            .await
+            .status,
+        401
+    );
+}

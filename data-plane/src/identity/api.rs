@@ -503,6 +503,15 @@ async fn iam(
             let user = identity.create_user(&admin, new).await?;
             Ok(json(StatusCode::CREATED, &user, "no-store"))
         }
+        (&Method::PATCH, ["users", id]) => {
+            let id = (*id).to_owned();
+            let change: super::iam::UserChange = parse(&read_json_body(request).await?)?;
+            Ok(json(
+                StatusCode::OK,
+                &identity.update_user(&admin, &id, change).await?,
+                "no-store",
+            ))
+        }
         (&Method::PUT, ["users", id, "password"]) => {
             let id = (*id).to_owned();
             let body: PasswordRequest = parse(&read_json_body(request).await?)?;

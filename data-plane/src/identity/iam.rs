@@ -140,6 +140,18 @@ pub struct NewUser {
     pub password: Option<String>,
 }
 
+/// `PATCH /admin/iam/users/{id}`: the fields to change.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserChange {
+    /// A new address (unverified until its owner proves it).
+    #[serde(default)]
+    pub email: Option<String>,
+    /// The platform roles (`platform-admin` makes a platform administrator).
+    #[serde(default)]
+    pub roles: Option<Vec<String>>,
+}
+
 #[derive(Debug, Default, Deserialize)]
 pub struct RoleSpec {
     pub rights: Vec<String>,
@@ -302,6 +314,71 @@ impl Identity {
         self.insert_user(&user, &format!("by administrator {}", admin.id))
             .await?;
         Ok(user.into())
+    }
+
+    /// Changes a user's address or platform roles.
+    pub async fn update_user(
+        &self,
+        admin: &Admin,
+        user_id: &str,
+        change: UserChange,
+    ) -> Result<UserView, FlowError> {
+        admin.require_platform()?;
+        if let Some(roles) = &change.roles
+            && let Some(bad) = roles.iter().find(|r| !valid_name(r))
+        {
+            return Err(FlowError::InvalidRequest(format!(
+                "role `{bad}` is no name"
+            )));
+        }
+        let email = match &change.email {
+            Some(email) => Some(super::flows::normalise_email(email).ok_or_else(|| {
+                FlowError::InvalidRequest("`email` is not an e-mail address".into())
+            })?),
+            None => None,
+        };
+        let current = self.user(user_id).await?.record;
+        // A new address is claimed before the account points at it, and the old one freed
+        // after: the index never names an account that does not hold the address.
+        let moved = email.filter(|e| *e != current.email);
+        if let Some(email) = &moved {
+            let owner = records::EmailOwner {
+                v: VERSION,
+                user: user_id.to_owned(),
+            };
+            match records::create(&*self.store, &super::tokens::digest(email), &owner).await {
+                Ok(_) => {}
+                Err(StoreError::Exists) => {
+                    return Err(FlowError::Conflict(format!("an account uses {email}")));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let updated = self
+            .change_user(user_id, |user| {
+                if let Some(email) = &moved {
+                    user.email = email.clone();
+                    user.email_verified = false;
+                }
+                if let Some(roles) = &change.roles {
+                    user.roles = roles.clone();
+                }
+                Ok(())
+            })
+            .await?;
+        if moved.is_some() {
+            let old = super::tokens::digest(&current.email);
+            if let Some(owner) = records::get::<EmailOwner>(&*self.store, &old).await?
+                && owner.record.user == user_id
+            {
+                let _ = self
+                    .store
+                    .delete(Bucket::Emails, &old, owner.revision)
+                    .await;
+            }
+        }
+        self.audit_admin(admin, "user.updated", user_id, None).await;
+        Ok(updated.into())
     }
 
     /// Sets a user's password; every session of the account ends.
