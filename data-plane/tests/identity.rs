@@ -56,6 +56,12 @@ fn token_in(mail: &str) -> String {
         .to_owned()
 }
 
+/// Proves `email`'s mailbox through the data plane's outbox (`dir/outbox`).
+async fn verify(dp: &DataPlane, dir: &tempfile::TempDir, email: &str, password: &str) {
+    let base = format!("http://{}", dp.addr);
+    pavilion_tests::verify_by_mail(&base, &dir.path().join("outbox"), email, password).await;
+}
+
 /// A data plane on a fresh embedded store whose `root@example.org` is a platform
 /// administrator, and root's access token.
 async fn with_root() -> (tempfile::TempDir, DataPlane, String) {
@@ -66,9 +72,11 @@ async fn with_root() -> (tempfile::TempDir, DataPlane, String) {
         key_file(dir.path()),
     );
     identity.admins = vec!["root@example.org".into()];
+    identity.mail = Some(format!("file:{}", dir.path().join("outbox").display()));
     let dp = with_identity(identity).await;
     let root = credentials("root@example.org", "root password");
     post(&dp, "/v1/auth/signup", root.clone()).await;
+    verify(&dp, &dir, "root@example.org", "root password").await;
     let token = post(&dp, "/v1/auth/signin", root).await.json()["access_token"]
         .as_str()
         .unwrap()
@@ -831,6 +839,7 @@ async fn the_audit_trail_records_security_events_and_betrays_tampering() {
     };
     let mut identity = IdentityConfig::new(spec.clone(), ISSUER, key_file(dir.path()));
     identity.admins = vec!["Root@Example.org".into()];
+    identity.mail = Some(format!("file:{}", dir.path().join("outbox").display()));
     let dp = with_identity(identity).await;
 
     post(
@@ -861,6 +870,7 @@ async fn the_audit_trail_records_security_events_and_betrays_tampering() {
     let refresh = json!({ "refresh_token": joe["refresh_token"] });
     post(&dp, "/v1/auth/refresh", refresh.clone()).await;
     post(&dp, "/v1/auth/refresh", refresh).await; // reused: the family is revoked
+    verify(&dp, &dir, "root@example.org", "root password").await;
     let root = post(
         &dp,
         "/v1/auth/signin",
@@ -1017,6 +1027,7 @@ async fn guessing_is_limited_delayed_and_locks_the_account_until_an_admin_unlock
         key_file(dir.path()),
     );
     identity.admins = vec!["root@example.org".into()];
+    identity.mail = Some(format!("file:{}", dir.path().join("outbox").display()));
     identity.abuse.per_account_per_15_minutes = 20;
     // Not what is tested here (see the next test), and not to be reached first.
     identity.abuse.per_ip_per_minute = 1000;
@@ -1042,6 +1053,7 @@ async fn guessing_is_limited_delayed_and_locks_the_account_until_an_admin_unlock
     .await
     .json();
     let victim_id = subject(victim["access_token"].as_str().unwrap());
+    verify(&dp, &dir, "root@example.org", "root password").await;
     let root = post(
         &dp,
         "/v1/auth/signin",
@@ -1146,6 +1158,7 @@ async fn an_administrator_resets_a_lost_second_factor() {
         key_file(dir.path()),
     );
     identity.admins = vec!["root@example.org".into()];
+    identity.mail = Some(format!("file:{}", dir.path().join("outbox").display()));
     let dp = with_identity(identity).await;
     post(
         &dp,
@@ -1198,6 +1211,7 @@ async fn an_administrator_resets_a_lost_second_factor() {
     .json();
     assert_eq!(challenge["mfa_required"], true);
 
+    verify(&dp, &dir, "root@example.org", "root password").await;
     let root = post(
         &dp,
         "/v1/auth/signin",
@@ -1296,6 +1310,7 @@ async fn roles_and_assignments_decide_and_reach_routes_through_the_tokens() {
         key_file(dir.path()),
     );
     identity.admins = vec!["root@example.org".into()];
+    identity.mail = Some(format!("file:{}", dir.path().join("outbox").display()));
     let dp = with_identity(identity).await;
     for who in ["root", "ann"] {
         let account = credentials(&format!("{who}@example.org"), "long password");
@@ -1318,6 +1333,7 @@ async fn roles_and_assignments_decide_and_reach_routes_through_the_tokens() {
                 .json()
         }
     };
+    verify(&dp, &dir, "root@example.org", "long password").await;
     let root = signin("root").await["access_token"]
         .as_str()
         .unwrap()
@@ -1710,6 +1726,7 @@ async fn signing_in_through_a_real_openid_provider_links_only_what_may_be_linked
         key_file(dir.path()),
     );
     identity.admins = vec!["bob@example.org".into()];
+    identity.mail = Some(format!("file:{}", dir.path().join("outbox").display()));
     identity.oidc = vec![pavilion_data::identity::oidc::OidcProvider {
         name: "corp".into(),
         issuer: provider.issuer.clone(),
@@ -1724,7 +1741,9 @@ async fn signing_in_through_a_real_openid_provider_links_only_what_may_be_linked
         .expect("data plane starts");
 
     // A login: PKCE, state and nonce in the URL; the browser part; the callback.
-    let login = |who: &'static str, bearer: Option<String>| {
+    // `bearer`: started (to link) and finished by a signed-in user; `to_callback`: whether
+    // the callback carries the bearer too (a link finished by someone else must fail).
+    let login_as = |who: &'static str, bearer: Option<String>, to_callback: bool| {
         let (addr, callback) = (dp.addr, callback.clone());
         async move {
             let mut headers = vec![("content-type", "application/json")];
@@ -1757,13 +1776,18 @@ async fn signing_in_through_a_real_openid_provider_links_only_what_may_be_linked
             }
             let back = sign_in_through(&url, who, &callback).await;
             let path = back.trim_start_matches(&format!("http://{addr}"));
+            let callback_headers: Vec<(&str, &str)> = match (&authorization, to_callback) {
+                (Some(value), true) => vec![("authorization", value.as_str())],
+                _ => Vec::new(),
+            };
             let reply = HttpClient::http1()
-                .get(&format!("http://{addr}{path}"))
+                .get_with(&format!("http://{addr}{path}"), &callback_headers)
                 .await
                 .unwrap();
             (path.to_owned(), reply)
         }
     };
+    let login = |who: &'static str, bearer: Option<String>| login_as(who, bearer, true);
     let (callback_path, first) = login("alice", None).await;
     assert_eq!(first.status, 200, "{}", first.text());
     let alice = subject(first.json()["access_token"].as_str().unwrap());
@@ -1799,6 +1823,9 @@ async fn signing_in_through_a_real_openid_provider_links_only_what_may_be_linked
     .await
     .json();
     let bob_token = bob["access_token"].as_str().unwrap().to_owned();
+    // A link URL finished by someone else (the victim of a link CSRF) links nothing.
+    let (_, forged) = login_as("bob", Some(bob_token.clone()), false).await;
+    assert_refused(&forged, 403, "forbidden");
     let (_, linked) = login("bob", Some(bob_token.clone())).await;
     assert_eq!(linked.status, 200, "{}", linked.text());
     assert_eq!(
@@ -1827,11 +1854,22 @@ async fn signing_in_through_a_real_openid_provider_links_only_what_may_be_linked
                 .unwrap()
         }
     };
+    verify(&dp, &dir, "bob@example.org", "bob password").await;
+    let bob_admin = post(
+        &dp,
+        "/v1/auth/signin",
+        credentials("bob@example.org", "bob password"),
+    )
+    .await
+    .json()["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let listed = call(
         &dp,
         "GET",
         &format!("/admin/iam/users/{}/identities", subject(&bob_token)),
-        &bob_token,
+        &bob_admin,
         None,
     )
     .await
@@ -1852,6 +1890,7 @@ async fn rules_requiring_rights_follow_the_role_catalogue_without_new_tokens() {
         key_file(dir.path()),
     );
     identity.admins = vec!["root@example.org".into()];
+    identity.mail = Some(format!("file:{}", dir.path().join("outbox").display()));
     let dp = with_identity(identity).await;
     for who in ["root", "ann"] {
         post(
@@ -1861,6 +1900,7 @@ async fn rules_requiring_rights_follow_the_role_catalogue_without_new_tokens() {
         )
         .await;
     }
+    verify(&dp, &dir, "root@example.org", "long password").await;
     let root = post(
         &dp,
         "/v1/auth/signin",
@@ -2012,6 +2052,7 @@ async fn an_administrators_change_on_one_replica_is_enforced_on_the_other() {
             key_file(dir.path()),
         );
         identity.admins = vec!["root@example.org".into()];
+        identity.mail = Some(format!("file:{}", dir.path().join("outbox").display()));
         with_identity(identity)
     };
     let a = replica().await;
@@ -2024,6 +2065,7 @@ async fn an_administrators_change_on_one_replica_is_enforced_on_the_other() {
         )
         .await;
     }
+    verify(&a, &dir, "root@example.org", "long password").await;
     let root = post(
         &a,
         "/v1/auth/signin",

@@ -249,6 +249,8 @@ spec:
             key.to_str().unwrap(),
             "--identity-admins",
             "root@example.org",
+            "--identity-mail",
+            &format!("file:{}", state.path().join("outbox").display()),
         ],
     )
     .await;
@@ -263,6 +265,15 @@ spec:
             202
         );
     }
+    // A bootstrap administrator proves the address first.
+    let outbox = state.path().join("outbox");
+    pavilion_tests::verify_by_mail(
+        &format!("http://{listen}"),
+        &outbox,
+        "root@example.org",
+        "long password",
+    )
+    .await;
     let root = post(&listen, "/v1/auth/signin", account("root"), None)
         .await
         .json()["access_token"]
@@ -409,7 +420,12 @@ spec:
 
 /// A data-plane process with the identity API on `store` and no control plane (the
 /// identity API needs none); its listen address once it answers.
-async fn identity_process(store: &str, key: &std::path::Path) -> (Child, String) {
+async fn identity_process(
+    store: &str,
+    key: &std::path::Path,
+    outbox: &std::path::Path,
+) -> (Child, String) {
+    let mail = format!("file:{}", outbox.display());
     let (listen, admin) = (
         format!("127.0.0.1:{}", free_port()),
         format!("127.0.0.1:{}", free_port()),
@@ -435,6 +451,8 @@ async fn identity_process(store: &str, key: &std::path::Path) -> (Child, String)
             key.to_str().unwrap(),
             "--identity-admins",
             "root@example.org",
+            "--identity-mail",
+            &mail,
         ],
     );
     let address = listen.clone();
@@ -462,8 +480,9 @@ async fn two_processes_on_nats_race_refreshes_and_enforce_each_others_changes() 
     let key = dir.path().join("identity.key");
     std::fs::write(&key, "ab".repeat(32)).unwrap();
     let store = format!("{}?bucket=e2e-identity", nats.url());
-    let (_a, a) = identity_process(&store, &key).await;
-    let (_b, b) = identity_process(&store, &key).await;
+    let outbox = dir.path().join("outbox");
+    let (_a, a) = identity_process(&store, &key, &outbox).await;
+    let (_b, b) = identity_process(&store, &key, &outbox).await;
     let account =
         |who: &str| json!({ "email": format!("{who}@example.org"), "password": "long password" });
     assert_eq!(
@@ -504,6 +523,13 @@ async fn two_processes_on_nats_race_refreshes_and_enforce_each_others_changes() 
     }
 
     // An administrator signed in on A disables Lou through B; A enforces it.
+    pavilion_tests::verify_by_mail(
+        &format!("http://{a}"),
+        &outbox,
+        "root@example.org",
+        "long password",
+    )
+    .await;
     let root = post(&a, "/v1/auth/signin", account("root"), None)
         .await
         .json()["access_token"]

@@ -107,3 +107,56 @@ spec: {{ tenant: acme, shards: {{ aggregate: agg-1 }} }}
 "
     )
 }
+
+/// Proves that the owner of `email` reads its mail, as a person would: asks the identity API
+/// at `base` (`http://host:port`) for a password reset, reads the token from the development
+/// outbox `outbox` (`--identity-mail file:DIR`), and resets the password to `password`. The
+/// address is verified afterwards (what bootstrap administrators need).
+pub async fn verify_by_mail(base: &str, outbox: &std::path::Path, email: &str, password: &str) {
+    let post = |path: &str, body: serde_json::Value| {
+        let url = format!("{base}{path}");
+        async move {
+            client::HttpClient::http1()
+                .call(
+                    "POST",
+                    &url,
+                    &[("content-type", "application/json")],
+                    bytes::Bytes::from(body.to_string()),
+                )
+                .await
+                .expect("the identity API answers")
+        }
+    };
+    let before: Vec<_> = std::fs::read_dir(outbox)
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    let asked = post("/v1/auth/forgot", serde_json::json!({ "email": email })).await;
+    assert_eq!(asked.status, 202, "{}", asked.text());
+    let mail = eventually("the reset mail", std::time::Duration::from_secs(10), || {
+        let before = before.clone();
+        async move {
+            let file = std::fs::read_dir(outbox)
+                .ok()?
+                .flatten()
+                .map(|e| e.path())
+                .find(|p| !before.contains(p))?;
+            let text = std::fs::read_to_string(file).ok()?;
+            text.contains("Your reset token").then_some(text)
+        }
+    })
+    .await;
+    let token = mail
+        .lines()
+        .skip_while(|l| !l.contains("Your reset token"))
+        .skip(1)
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .expect("a token in the mail")
+        .to_owned();
+    let reset = post(
+        "/v1/auth/reset",
+        serde_json::json!({ "token": token, "password": password }),
+    )
+    .await;
+    assert_eq!(reset.status, 204, "{}", reset.text());
+}

@@ -789,8 +789,18 @@ async fn oidc(
                     FlowError::InvalidRequest("the callback needs code and state".into()).into(),
                 );
             };
-            let tokens = identity.oidc_callback(provider, &code, &state).await?;
-            Ok(json(StatusCode::OK, &tokens, "no-store"))
+            let bearer = bearer_token(&request);
+            match identity
+                .oidc_callback(provider, &code, &state, bearer.as_deref())
+                .await?
+            {
+                SignIn::Tokens(tokens) => Ok(json(StatusCode::OK, &tokens, "no-store")),
+                SignIn::MfaRequired { mfa_token } => Ok(json(
+                    StatusCode::OK,
+                    &serde_json::json!({ "mfa_required": true, "mfa_token": mfa_token }),
+                    "no-store",
+                )),
+            }
         }
         _ => Err(no_endpoint()),
     }

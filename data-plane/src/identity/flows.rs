@@ -275,6 +275,7 @@ impl Identity {
             v: VERSION,
             user: user.id.clone(),
             current: tokens::digest(&refresh),
+            replaced: Vec::new(),
             generation: 0,
             started_ms: unix_now_ms(),
             expires_at: now + self.config.refresh_ttl.as_secs() as i64,
@@ -329,6 +330,9 @@ impl Identity {
             .await?
             .ok_or(FlowError::InvalidGrant)?;
         if family.record.current != digest {
+            if !family.record.replaced.contains(&digest) {
+                return Err(FlowError::InvalidGrant);
+            }
             let why = "a replaced refresh token was presented";
             self.revoke(id, family, "session.reuse_detected", why)
                 .await?;
@@ -337,7 +341,14 @@ impl Identity {
         let user = self.live_session_user(&family.record).await?;
         let refresh = tokens::refresh_token(id);
         let mut next = family.record.clone();
-        next.current = tokens::digest(&refresh);
+        next.replaced.push(std::mem::replace(
+            &mut next.current,
+            tokens::digest(&refresh),
+        ));
+        // Enough to catch a copy used after a few rotations, without growing for ever.
+        if next.replaced.len() > REPLACED_KEPT {
+            next.replaced.remove(0);
+        }
         next.generation += 1;
         match records::update(&*self.store, id, &next, family.revision).await {
             Ok(_) => self.tokens(&user, id, refresh).await,
@@ -580,11 +591,14 @@ impl Identity {
     /// bootstrap administrators' addresses.
     pub(super) fn roles_of(&self, user: &User) -> Vec<String> {
         let mut roles = user.roles.clone();
-        let bootstrap = self
-            .config
-            .admins
-            .iter()
-            .any(|a| normalise_email(a).as_deref() == Some(user.email.as_str()));
+        // Only once the owner proved the address (a reset by mail): otherwise whoever signed
+        // up first with an administrator's address would be one.
+        let bootstrap = user.email_verified
+            && self
+                .config
+                .admins
+                .iter()
+                .any(|a| normalise_email(a).as_deref() == Some(user.email.as_str()));
         if bootstrap && !roles.iter().any(|r| r == PLATFORM_ADMIN) {
             roles.push(PLATFORM_ADMIN.to_owned());
         }
@@ -621,6 +635,9 @@ impl Identity {
             .map_err(|_| FlowError::InvalidToken)
     }
 }
+
+/// Replaced refresh tokens remembered per family for reuse detection.
+const REPLACED_KEPT: usize = 16;
 
 fn signin_failed(user: &str, why: &str) -> Event {
     Event {

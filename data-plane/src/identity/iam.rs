@@ -267,18 +267,7 @@ impl Identity {
     pub async fn delete_user(&self, admin: &Admin, user_id: &str) -> Result<(), FlowError> {
         admin.require_platform()?;
         let user = self.user(user_id).await?;
-        let email_key = super::tokens::digest(&user.record.email);
-        if let Some(owner) = records::get::<EmailOwner>(&*self.store, &email_key).await?
-            && owner.record.user == user_id
-        {
-            let _ = self
-                .store
-                .delete(Bucket::Emails, &email_key, owner.revision)
-                .await;
-        }
-        if let Some(mfa) = records::get::<Mfa>(&*self.store, user_id).await? {
-            let _ = self.store.delete(Bucket::Mfa, user_id, mfa.revision).await;
-        }
+        // The account goes first (compare-and-set): a conflict leaves everything as it was.
         match self
             .store
             .delete(Bucket::Users, user_id, user.revision)
@@ -291,6 +280,18 @@ impl Identity {
                 ));
             }
             Err(e) => return Err(e.into()),
+        }
+        let email_key = super::tokens::digest(&user.record.email);
+        if let Some(owner) = records::get::<EmailOwner>(&*self.store, &email_key).await?
+            && owner.record.user == user_id
+        {
+            let _ = self
+                .store
+                .delete(Bucket::Emails, &email_key, owner.revision)
+                .await;
+        }
+        if let Some(mfa) = records::get::<Mfa>(&*self.store, user_id).await? {
+            let _ = self.store.delete(Bucket::Mfa, user_id, mfa.revision).await;
         }
         self.audit_admin(admin, "user.deleted", user_id, None).await;
         Ok(())

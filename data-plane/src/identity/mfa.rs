@@ -48,6 +48,9 @@ pub struct MfaClaims {
     pub aud: String,
     pub exp: i64,
     pub iat: i64,
+    /// When the password was checked, in milliseconds: a revocation in the same second is
+    /// told apart.
+    pub issued_ms: i64,
     pub jti: String,
 }
 
@@ -161,6 +164,7 @@ impl Identity {
                     aud: self.mfa_audience(),
                     exp: now + MFA_TOKEN_SECONDS,
                     iat: now,
+                    issued_ms: super::unix_now_ms(),
                     jti: uuid::Uuid::now_v7().simple().to_string(),
                 };
                 Ok(SignIn::MfaRequired {
@@ -260,6 +264,16 @@ impl Identity {
                 .await?
                 .filter(|m| m.record.confirmed)
                 .ok_or(FlowError::InvalidGrant)?;
+            // The MFA token dies with the sessions (sign-out everywhere, a reset) and the lock.
+            let user: Versioned<User> = records::get::<User>(&*self.store, &claims.sub)
+                .await?
+                .ok_or(FlowError::InvalidGrant)?;
+            if user.record.locked
+                || user.record.status != super::records::UserStatus::Active
+                || claims.issued_ms < user.record.sessions_after_ms
+            {
+                return Err(FlowError::InvalidGrant);
+            }
             let mut next = mfa.record.clone();
             if let Some(step) = accept(
                 &self.totp_of(&claims.sub, &mfa.record)?,

@@ -23,7 +23,7 @@ use super::audit::Event;
 use super::flows::{FlowError, normalise_email};
 use super::records::{self, EmailOwner, Record, User, UserStatus, VERSION, Versioned};
 use super::store::{Bucket, StoreError};
-use super::tokens::{self, Tokens};
+use super::tokens;
 use super::{Identity, unix_now};
 
 /// How long a started login may take to come back.
@@ -251,12 +251,16 @@ impl Identity {
     }
 
     /// Finishes a login: the session of the account the provider's identity belongs to.
+    /// `bearer`: the caller's access token — required, and of the same user, when the login
+    /// was started to link an identity (else whoever the link URL was sent to would link
+    /// their identity to the starter's account).
     pub async fn oidc_callback(
         &self,
         name: &str,
         code: &str,
         state: &str,
-    ) -> Result<Tokens, FlowError> {
+        bearer: Option<&str>,
+    ) -> Result<super::mfa::SignIn, FlowError> {
         let key = tokens::digest(state);
         let pending: Versioned<PendingLogin> = records::get::<PendingLogin>(&*self.store, &key)
             .await?
@@ -274,6 +278,18 @@ impl Identity {
         }
         if pending.record.expires_at <= unix_now() {
             return Err(FlowError::InvalidGrant);
+        }
+        if let Some(linker) = &pending.record.link_user {
+            let caller = match bearer {
+                Some(bearer) => Some(self.verify_access(bearer).await?.sub),
+                None => None,
+            };
+            if caller.as_ref() != Some(linker) {
+                return Err(FlowError::Forbidden(
+                    "a link is finished by the account that started it (send its bearer token)"
+                        .into(),
+                ));
+            }
         }
         let provider = self.provider(name)?.clone();
         let metadata = self.metadata(&provider).await?;
@@ -333,10 +349,11 @@ impl Identity {
         let user = self
             .account_for(name, &subject, email, verified, pending.record.link_user)
             .await?;
-        if user.status != UserStatus::Active {
+        if user.status != UserStatus::Active || user.locked {
             return Err(FlowError::InvalidCredentials);
         }
-        self.start_session(&user).await
+        // The provider stands for the password, not for the second factor.
+        self.after_password(&user).await
     }
 
     /// The account of a provider identity, linking or creating one as the rules allow.

@@ -179,6 +179,11 @@ pub struct Family {
     pub user: String,
     /// SHA-256 (hex) of the one refresh token of the family that may be used now.
     pub current: String,
+    /// Digests of the last tokens it replaced: presenting one of them is reuse. Anything
+    /// else is merely invalid — the family id is no secret (it is the tokens' `sid`), so a
+    /// made-up token must not be able to revoke a session.
+    #[serde(default)]
+    pub replaced: Vec<String>,
     /// Rotations so far.
     pub generation: u32,
     /// When the session started (Unix milliseconds: a sign-out everywhere and a sign-in in
