@@ -41,19 +41,9 @@ async fn with_identity(identity: IdentityConfig) -> DataPlane {
         .expect("data plane starts")
 }
 
-/// The reset token in a reset mail: the first non-empty line after the announcement.
+/// The reset token in a reset mail.
 fn token_in(mail: &str) -> String {
-    let lines: Vec<&str> = mail.lines().collect();
-    let at = lines
-        .iter()
-        .position(|l| l.contains("Your reset token"))
-        .unwrap_or_else(|| panic!("no token in {mail}"));
-    lines[at + 1..]
-        .iter()
-        .map(|l| l.trim())
-        .find(|l| !l.is_empty())
-        .unwrap()
-        .to_owned()
+    pavilion_tests::reset_token_in(mail)
 }
 
 /// Proves `email`'s mailbox through the data plane's outbox (`dir/outbox`).

@@ -139,14 +139,7 @@ async fn no_secret_of_any_identity_flow_reaches_a_log_line() {
         }
     })
     .await;
-    let token = mail
-        .lines()
-        .skip_while(|l| !l.contains("Your reset token"))
-        .skip(1)
-        .map(str::trim)
-        .find(|l| !l.is_empty())
-        .unwrap()
-        .to_owned();
+    let token = pavilion_tests::reset_token_in(&mail);
     let reset = json!({ "token": token, "password": "second passphrase" });
     assert_eq!(
         post(&listen, "/v1/auth/reset", reset, None).await.status,

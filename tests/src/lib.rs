@@ -108,6 +108,18 @@ spec: {{ tenant: acme, shards: {{ aggregate: agg-1 }} }}
     )
 }
 
+/// The password-reset token in a reset mail: the first non-empty line after the line that
+/// announces it.
+pub fn reset_token_in(mail: &str) -> String {
+    mail.lines()
+        .skip_while(|l| !l.contains("Your reset token"))
+        .skip(1)
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or_else(|| panic!("no reset token in {mail}"))
+        .to_owned()
+}
+
 /// Proves that the owner of `email` reads its mail, as a person would: asks the identity API
 /// at `base` (`http://host:port`) for a password reset, reads the token from the development
 /// outbox `outbox` (`--identity-mail file:DIR`), and resets the password to `password`. The
@@ -145,14 +157,7 @@ pub async fn verify_by_mail(base: &str, outbox: &std::path::Path, email: &str, p
         }
     })
     .await;
-    let token = mail
-        .lines()
-        .skip_while(|l| !l.contains("Your reset token"))
-        .skip(1)
-        .map(str::trim)
-        .find(|l| !l.is_empty())
-        .expect("a token in the mail")
-        .to_owned();
+    let token = reset_token_in(&mail);
     let reset = post(
         "/v1/auth/reset",
         serde_json::json!({ "token": token, "password": password }),
