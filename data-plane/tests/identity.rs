@@ -647,20 +647,7 @@ async fn the_development_outbox_keeps_reset_mail_as_files() {
     assert_eq!(reset.status, 204, "{}", reset.text());
 }
 
-/// A TOTP code for `secret` (base32) at `offset` seconds from now, as an authenticator app
-/// would show it.
-fn totp_code(secret: &str, offset: u64) -> String {
-    let bytes = totp_rs::Secret::try_from_base32(secret).unwrap();
-    let totp = totp_rs::Builder::new()
-        .with_secret(bytes.as_ref().to_vec())
-        .build()
-        .unwrap();
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    totp.generate(now + offset).to_string()
-}
+use pavilion_tests::totp_code;
 
 #[tokio::test]
 async fn totp_enrolment_challenge_and_recovery_codes() {

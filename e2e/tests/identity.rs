@@ -28,69 +28,15 @@ async fn post(listen: &str, path: &str, body: Value, bearer: Option<&str>) -> Re
         .unwrap()
 }
 
-/// The TOTP code an authenticator app shows `offset` seconds from now.
-fn totp_at(secret: &str, offset: u64) -> String {
-    let bytes = totp_rs::Secret::try_from_base32(secret).unwrap();
-    let totp = totp_rs::Builder::new()
-        .with_secret(bytes.as_ref().to_vec())
-        .build()
-        .unwrap();
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    totp.generate(now + offset).to_string()
-}
-
 #[tokio::test]
 async fn no_secret_of_any_identity_flow_reaches_a_log_line() {
     let dir = tempfile::tempdir().unwrap();
     let key = dir.path().join("identity.key");
     std::fs::write(&key, "cd".repeat(32)).unwrap();
     let outbox = dir.path().join("outbox");
-    let (listen, admin) = (
-        format!("127.0.0.1:{}", free_port()),
-        format!("127.0.0.1:{}", free_port()),
-    );
     let store = format!("file:{}", dir.path().join("identity.redb").display());
-    let mail = format!("file:{}", outbox.display());
-    let data = Child::spawn_with_env(
-        "pavilion-data",
-        &binary("pavilion-data"),
-        &[
-            "run",
-            // No control plane answers here: the identity API needs none.
-            "--control-plane",
-            &format!("http://127.0.0.1:{}", free_port()),
-            "--listen",
-            &listen,
-            "--admin-listen",
-            &admin,
-            "--workers",
-            "1",
-            "--identity-store",
-            &store,
-            "--identity-issuer",
-            "https://id.e2e.test",
-            "--identity-key-file",
-            key.to_str().unwrap(),
-            "--identity-mail",
-            &mail,
-        ],
-        &[("RUST_LOG".into(), "debug".into())],
-    );
-    let address = listen.clone();
-    eventually("the identity API answers", Duration::from_secs(30), || {
-        let address = address.clone();
-        async move {
-            let reply = HttpClient::http1()
-                .get(&format!("http://{address}/.well-known/jwks.json"))
-                .await
-                .ok()?;
-            (reply.status == 200).then_some(())
-        }
-    })
-    .await;
+    let debug = [("RUST_LOG".to_owned(), "debug".to_owned())];
+    let (data, listen) = identity_process(&store, &key, &outbox, &debug).await;
 
     let mut secrets: Vec<String> = vec!["first passphrase".into(), "second passphrase".into()];
     let account = json!({ "email": "sam@example.org", "password": "first passphrase" });
@@ -157,7 +103,7 @@ async fn no_secret_of_any_identity_flow_reaches_a_log_line() {
         .await
         .json();
     let secret = enrolment["secret"].as_str().unwrap().to_owned();
-    let confirm = json!({ "code": totp_at(&secret, 0) });
+    let confirm = json!({ "code": pavilion_tests::totp_code(&secret, 0) });
     let recovery = post(&listen, "/v1/auth/mfa/totp/confirm", confirm, Some(&access))
         .await
         .json();
@@ -341,7 +287,7 @@ spec:
     .await
     .json();
     let secret = enrolment["secret"].as_str().unwrap().to_owned();
-    let confirm = json!({ "code": totp_at(&secret, 0) });
+    let confirm = json!({ "code": pavilion_tests::totp_code(&secret, 0) });
     assert_eq!(
         post(
             &listen,
@@ -358,7 +304,7 @@ spec:
         .json();
     assert_eq!(challenge["mfa_required"], true);
     // The code of the next step: the one confirmed at enrolment is spent.
-    let code = totp_at(&secret, 30);
+    let code = pavilion_tests::totp_code(&secret, 30);
     let session = post(
         &listen,
         "/v1/auth/mfa",
@@ -411,19 +357,21 @@ spec:
     assert_eq!(denied.json()["error"]["code"], "tenant_forbidden");
 }
 
-/// A data-plane process with the identity API on `store` and no control plane (the
-/// identity API needs none); its listen address once it answers.
+/// A data-plane process with the identity API on `store`, mail to `outbox`, `root@…` as
+/// bootstrap administrator and no control plane (the identity API needs none); its listen
+/// address once it answers.
 async fn identity_process(
     store: &str,
     key: &std::path::Path,
     outbox: &std::path::Path,
+    env: &[(String, String)],
 ) -> (Child, String) {
     let mail = format!("file:{}", outbox.display());
     let (listen, admin) = (
         format!("127.0.0.1:{}", free_port()),
         format!("127.0.0.1:{}", free_port()),
     );
-    let child = Child::spawn(
+    let child = Child::spawn_with_env(
         "pavilion-data",
         &binary("pavilion-data"),
         &[
@@ -447,6 +395,7 @@ async fn identity_process(
             "--identity-mail",
             &mail,
         ],
+        env,
     );
     let address = listen.clone();
     eventually("the identity API answers", Duration::from_secs(30), || {
@@ -474,8 +423,8 @@ async fn two_processes_on_nats_race_refreshes_and_enforce_each_others_changes() 
     std::fs::write(&key, "ab".repeat(32)).unwrap();
     let store = format!("{}?bucket=e2e-identity", nats.url());
     let outbox = dir.path().join("outbox");
-    let (_a, a) = identity_process(&store, &key, &outbox).await;
-    let (_b, b) = identity_process(&store, &key, &outbox).await;
+    let (_a, a) = identity_process(&store, &key, &outbox, &[]).await;
+    let (_b, b) = identity_process(&store, &key, &outbox, &[]).await;
     let account =
         |who: &str| json!({ "email": format!("{who}@example.org"), "password": "long password" });
     assert_eq!(

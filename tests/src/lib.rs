@@ -165,3 +165,18 @@ pub async fn verify_by_mail(base: &str, outbox: &std::path::Path, email: &str, p
     .await;
     assert_eq!(reset.status, 204, "{}", reset.text());
 }
+
+/// The TOTP code an authenticator app holding `secret` (base32) shows `offset` seconds from
+/// now.
+pub fn totp_code(secret: &str, offset: u64) -> String {
+    let bytes = totp_rs::Secret::try_from_base32(secret).expect("a base32 secret");
+    let totp = totp_rs::Builder::new()
+        .with_secret(bytes.as_ref().to_vec())
+        .build()
+        .expect("a TOTP");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs();
+    totp.generate(now + offset).to_string()
+}

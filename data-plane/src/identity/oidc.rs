@@ -150,6 +150,17 @@ fn identity_key(provider: &str, subject: &str) -> String {
     tokens::digest(&format!("{provider}|{subject}"))
 }
 
+/// A provider's client as discovery makes it: authorization endpoint set, token and
+/// UserInfo endpoints as the metadata says.
+type ProviderClient = CoreClient<
+    openidconnect::EndpointSet,
+    openidconnect::EndpointNotSet,
+    openidconnect::EndpointNotSet,
+    openidconnect::EndpointNotSet,
+    openidconnect::EndpointMaybeSet,
+    openidconnect::EndpointMaybeSet,
+>;
+
 pub type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
 
 /// The HTTP client of discovery and code exchange (web PKI roots; no redirects followed).
@@ -214,20 +225,25 @@ impl Identity {
             .map_err(unavailable)
     }
 
+    /// The client of provider `name`, from its discovered metadata.
+    async fn client(&self, name: &str) -> Result<ProviderClient, FlowError> {
+        let provider = self.provider(name)?.clone();
+        let metadata = self.metadata(&provider).await?;
+        Ok(CoreClient::from_provider_metadata(
+            metadata,
+            ClientId::new(provider.client_id),
+            Some(ClientSecret::new(provider.client_secret)),
+        )
+        .set_redirect_uri(RedirectUrl::new(self.redirect_uri(name)).map_err(unavailable)?))
+    }
+
     /// The URL to send the browser to; `link_user`: link to this signed-in account.
     pub async fn oidc_start(
         &self,
         name: &str,
         link_user: Option<String>,
     ) -> Result<String, FlowError> {
-        let provider = self.provider(name)?.clone();
-        let metadata = self.metadata(&provider).await?;
-        let client = CoreClient::from_provider_metadata(
-            metadata,
-            ClientId::new(provider.client_id.clone()),
-            Some(ClientSecret::new(provider.client_secret.clone())),
-        )
-        .set_redirect_uri(RedirectUrl::new(self.redirect_uri(name)).map_err(unavailable)?);
+        let client = self.client(name).await?;
         let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
         let (url, state, nonce) = client
             .authorize_url(
@@ -291,14 +307,7 @@ impl Identity {
                 ));
             }
         }
-        let provider = self.provider(name)?.clone();
-        let metadata = self.metadata(&provider).await?;
-        let client = CoreClient::from_provider_metadata(
-            metadata,
-            ClientId::new(provider.client_id.clone()),
-            Some(ClientSecret::new(provider.client_secret.clone())),
-        )
-        .set_redirect_uri(RedirectUrl::new(self.redirect_uri(name)).map_err(unavailable)?);
+        let client = self.client(name).await?;
         let http_client = self.http.clone();
         let http = move |request| call(http_client.clone(), request);
         let response = client
