@@ -662,7 +662,14 @@ fn crds(out_dir: Option<PathBuf>) -> anyhow::Result<()> {
 
 fn run(args: RunArgs) -> anyhow::Result<()> {
     let _logs = pavilion_telemetry::init_logging(args.log_format);
-    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .on_thread_park(pavilion_telemetry::release_free_memory_when_idle)
+        // A blocking thread that read a large file ends soon after, so the pages it still
+        // owns are reclaimed by the workers (see `release_free_memory_when_idle`).
+        .thread_keep_alive(std::time::Duration::from_secs(1))
+        .build()
+        .context("starting the async runtime")?;
     runtime.block_on(async {
         let identity = args.identity.unwrap_or_else(|| {
             let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();

@@ -89,6 +89,30 @@ pub fn release_free_memory() {
     unsafe { libmimalloc_sys::mi_collect(true) }
 }
 
+/// For `tokio::runtime::Builder::on_thread_park`: a runtime thread about to sleep hands
+/// back what it freed, at most once a second. mimalloc returns a thread's free pages only
+/// when that thread allocates again, so memory freed on a worker that then goes quiet
+/// (a large snapshot replaced, a huge file's documents dropped) would otherwise stay
+/// with the process until the next burst of work reaches that very thread.
+pub fn release_free_memory_when_idle() {
+    use std::cell::Cell;
+    use std::time::{Duration, Instant};
+    thread_local! {
+        static LAST: Cell<Option<Instant>> = const { Cell::new(None) };
+    }
+    let now = Instant::now();
+    let due = LAST.with(|last| match last.get() {
+        Some(then) if now.duration_since(then) < Duration::from_secs(1) => false,
+        _ => {
+            last.set(Some(now));
+            true
+        }
+    });
+    if due {
+        release_free_memory();
+    }
+}
+
 /// Every option and argument of `command` and its subcommands without help text, as
 /// `subcommand path: --flag` (for a test per binary: every flag says what it is for).
 pub fn undocumented_args(command: &clap::Command) -> Vec<String> {
