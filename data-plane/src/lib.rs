@@ -6,6 +6,7 @@
 //!  client ──▶ listener (h1/h2, TLS) ──▶ pipeline: admit ▸ route ▸ cors ▸ ip ▸ limits ▸ authn ▸ tenant ▸ quota ▸ forward ▸ respond
 //! ```
 
+pub mod access_log;
 pub mod admin;
 pub mod auth;
 pub mod body;
@@ -95,8 +96,8 @@ pub struct Config {
     /// Deadline of one Redis round trip; past it, the limit's failure mode decides.
     pub redis_timeout: Duration,
     pub rate_limit: LimiterOptions,
-    /// One log line per request.
-    pub access_log: bool,
+    /// One log line per request; `None`: off.
+    pub access_log: Option<access_log::AccessLogOptions>,
     /// How long in-flight requests may take to finish on shutdown.
     pub drain_timeout: Duration,
     /// How long a streamed response (no Content-Length: SSE, long polls) may go without a
@@ -142,7 +143,7 @@ impl Config {
             redis: None,
             redis_timeout: ratelimit::DEFAULT_REDIS_TIMEOUT,
             rate_limit: LimiterOptions::default(),
-            access_log: false,
+            access_log: None,
             drain_timeout: Duration::from_secs(10),
             shutdown_delay: Duration::ZERO,
             stream_idle_timeout: Duration::from_secs(300),
@@ -186,7 +187,12 @@ pub enum Error {
     TraceExport(#[from] trace::export::ExportError),
     #[error("the identity service: {0}")]
     Identity(identity::IdentityError),
+    #[error("the access log: {0}")]
+    AccessLog(std::io::Error),
 }
+
+/// Longest wait at the end of a stop for the access log to be written out.
+const ACCESS_LOG_CLOSE: Duration = Duration::from_secs(5);
 
 /// A running data plane.
 pub struct DataPlane {
@@ -234,6 +240,12 @@ pub async fn start(config: Config) -> Result<DataPlane, Error> {
     let commands = commands::Commands::new(redis.clone());
     let (shutdown, shutdown_rx) = watch::channel(false);
     let mut shared = Shared::new(metrics.clone(), &config, limiter, commands);
+    shared.access_log = config
+        .access_log
+        .as_ref()
+        .map(|options| access_log::AccessLog::start(options, &metrics.registry))
+        .transpose()
+        .map_err(Error::AccessLog)?;
     if let Some(identity) = &config.identity {
         shared.identity = Some(Arc::new(
             identity::Identity::open(identity.clone(), config.redis.is_some())
@@ -450,6 +462,10 @@ impl DataPlane {
     pub async fn stop(self) {
         self.shutdown.send_replace(true);
         self.workers.join().await;
+        // The workers have handed in their last lines: see them written.
+        if let Some(log) = self.shared.access_log.clone() {
+            let _ = tokio::task::spawn_blocking(move || log.close(ACCESS_LOG_CLOSE)).await;
+        }
         self.trace_stop.send_replace(true);
         for task in self.tasks.into_iter().chain(self.trace_task) {
             let _ = task.await;

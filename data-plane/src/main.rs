@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use pavilion_data::access_log::{AccessLogOptions, Destination, FileSink, Layout};
 use pavilion_data::auth::ip::Cidrs;
 use pavilion_data::auth::jwks::JwksOptions;
 use pavilion_data::connection::ConnectionLimits;
@@ -188,9 +189,19 @@ struct RunArgs {
         default_value_t = 60
     )]
     upstream_idle_timeout_seconds: u64,
-    /// One JSON line per request (`--access-log false` to turn off).
+    /// One line per request, JSON (or text with `--log-format pretty`), to stdout or
+    /// `--access-log-file` (`--access-log false` to turn off).
     #[arg(long, env = "PAVILION_ACCESS_LOG", default_value_t = true, action = clap::ArgAction::Set)]
     access_log: bool,
+    /// Write the access log to this file instead of stdout, rotated by size.
+    #[arg(long, env = "PAVILION_ACCESS_LOG_FILE")]
+    access_log_file: Option<PathBuf>,
+    /// Rotate the access log file when a write would take it past this many MiB.
+    #[arg(long, env = "PAVILION_ACCESS_LOG_MAX_MIB", default_value_t = 100)]
+    access_log_max_mib: u64,
+    /// Rotated access log files kept (`access.log.1` newest … `.N` oldest); 0 keeps none.
+    #[arg(long, env = "PAVILION_ACCESS_LOG_KEEP", default_value_t = 5)]
+    access_log_keep: u32,
     /// Close a client connection after this many seconds without a request in flight
     /// (a new connection that sends nothing included).
     #[arg(long, env = "PAVILION_IDLE_TIMEOUT_SECONDS", default_value_t = 60)]
@@ -417,7 +428,20 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             min_refetch_gap: Duration::from_secs(args.jwks_min_refetch_seconds),
             ..JwksOptions::default()
         },
-        access_log: args.access_log,
+        access_log: args.access_log.then(|| AccessLogOptions {
+            layout: match args.log_format {
+                LogFormat::Json => Layout::Json,
+                LogFormat::Pretty => Layout::Text,
+            },
+            destination: match &args.access_log_file {
+                Some(path) => Destination::File(FileSink {
+                    path: path.clone(),
+                    max_bytes: args.access_log_max_mib.max(1) << 20,
+                    keep: args.access_log_keep,
+                }),
+                None => Destination::Stdout,
+            },
+        }),
         drain_timeout: Duration::from_secs(args.drain_seconds),
         shutdown_delay: Duration::from_secs(args.shutdown_delay_seconds),
         stream_idle_timeout: Duration::from_secs(args.stream_idle_timeout_seconds.max(1)),

@@ -92,10 +92,18 @@ pub fn spawn(
                 runtime.block_on(async move {
                     match tokio::net::TcpListener::from_std(listener) {
                         Ok(listener) => {
+                            let access_log = shared.access_log.clone();
                             let proxy = Arc::new(Proxy::new(shared, upstreams));
                             let sweeper = tokio::spawn(sweep_idle(proxy.clone()));
+                            let log_flusher = access_log
+                                .clone()
+                                .map(|log| tokio::spawn(log.flush_periodically()));
                             listener::serve(listener, proxy, shutdown, listener_settings).await;
                             sweeper.abort();
+                            if let (Some(flusher), Some(log)) = (log_flusher, access_log) {
+                                flusher.abort();
+                                log.flush_here();
+                            }
                         }
                         Err(error) => {
                             tracing::error!(worker = index, %error, "cannot register the listener")

@@ -486,3 +486,60 @@ async fn an_upload_over_the_limit_never_looks_like_a_success() {
         assert_eq!(response.status(), 413);
     }
 }
+
+#[tokio::test]
+async fn every_request_has_one_whole_access_line_in_the_file_when_the_data_plane_stops() {
+    use pavilion_data::access_log::{AccessLogOptions, Destination, FileSink, Layout};
+    let upstream = Upstream::start("u1").await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("access.log");
+    let mut config = Config::local();
+    config.access_log = Some(AccessLogOptions {
+        layout: Layout::Json,
+        destination: Destination::File(FileSink {
+            path: path.clone(),
+            max_bytes: 1 << 20,
+            keep: 1,
+        }),
+    });
+    let dp = pavilion_data::start(config).await.unwrap();
+    dp.apply(catch_all("v1", "shop/orders", &upstream.url()))
+        .await
+        .unwrap();
+    // Many connections, so both workers log; a query that must not reach the log.
+    const REQUESTS: usize = 200;
+    let sent = futures::future::join_all((0..REQUESTS).map(|n| {
+        let url = url(&dp, &format!("/orders/{n}?token=secret"));
+        async move { HttpClient::http1().get(&url).await.unwrap() }
+    }))
+    .await;
+    assert!(sent.iter().all(|reply| reply.status == 200));
+    // The interval flush makes lines visible while the data plane runs…
+    pavilion_tests::eventually("lines while running", Duration::from_secs(5), || async {
+        std::fs::read_to_string(&path)
+            .is_ok_and(|text| text.lines().count() == REQUESTS)
+            .then_some(())
+    })
+    .await;
+    // …and a stop writes the rest.
+    let more = HttpClient::http1()
+        .get(&url(&dp, "/orders/last"))
+        .await
+        .unwrap();
+    dp.stop().await;
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(!text.contains("secret"), "the query stays out of the log");
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("whole JSON lines"))
+        .collect();
+    assert_eq!(lines.len(), REQUESTS + 1);
+    let last = lines
+        .iter()
+        .find(|line| line["path"] == "/orders/last")
+        .expect("the request just before the stop");
+    assert_eq!(last["request_id"], more.header("x-request-id").unwrap());
+    assert_eq!(last["route"], "shop/orders");
+    assert_eq!(last["upstream"], upstream.url().as_str());
+    assert_eq!(last["status"], 200);
+}

@@ -84,7 +84,8 @@ pub struct Shared {
     pub limits: Limits,
     /// What `%2F`, `%5C` and `\` in a path mean.
     pub escaped_slashes: EscapedSlashes,
-    pub access_log: bool,
+    /// One line per request, when on.
+    pub access_log: Option<crate::access_log::AccessLog>,
     /// For responses no route decided (404, 503 before the first snapshot, …).
     pub security: SecurityHeaders,
     /// Proxies whose `X-Forwarded-For` is believed when deciding the client's address.
@@ -120,7 +121,7 @@ impl Shared {
             metrics,
             limits: config.limits,
             escaped_slashes: config.escaped_slashes,
-            access_log: config.access_log,
+            access_log: None,
             security: SecurityHeaders::default(),
             trusted_proxies: config.trusted_proxies.clone(),
             limiter,

@@ -4,6 +4,7 @@
 
 use http::{Method, Request, Response, Uri};
 
+use crate::access_log::Entry;
 use crate::body::ResponseBody;
 use crate::deny::Deny;
 use crate::headers::X_REQUEST_ID;
@@ -21,6 +22,7 @@ impl AccessLine {
         Self(
             shared
                 .access_log
+                .is_some()
                 .then(|| (request.method().clone(), request.uri().clone())),
         )
     }
@@ -96,27 +98,23 @@ pub(super) fn respond(
     if let Some(tenant) = tenant {
         runtime.tenant_metrics.observe(tenant, status);
     }
-    if let AccessLine(Some((method, uri))) = line {
+    if let (AccessLine(Some((method, uri))), Some(log)) = (line, &shared.access_log) {
         let trace_id = crate::trace::trace_id_hex(&trace.trace_id);
-        let trace_id = std::str::from_utf8(&trace_id).unwrap_or_default();
-        tracing::info!(
-            target: "pavilion::access",
-            request_id = request_id.to_str().unwrap_or_default(),
-            trace_id,
-            client = %client.addr.ip(),
-            method = %method,
-            path = uri.path(),
-            status = status.as_u16(),
-            route = rule.map_or("-", |r| &*r.route),
-            upstream = target.map_or("-", |t| &*t.url),
-            error = denied.map_or("-", |(code, _)| code),
-            flags = denied.map_or("-", |(_, flags)| flags),
-            identity = %identity.as_ref().map_or(&"-" as &dyn std::fmt::Display, |i| &i.principal),
-            tenant = tenant.unwrap_or("-"),
-            // Microsecond precision is all a log reader can use.
-            duration_ms = elapsed.as_micros() as f64 / 1000.0,
-            "request"
-        );
+        log.log(&Entry {
+            request_id: request_id.to_str().unwrap_or_default(),
+            trace_id: std::str::from_utf8(&trace_id).unwrap_or_default(),
+            client: client.addr.ip(),
+            method: method.as_str(),
+            path: uri.path(),
+            status: status.as_u16(),
+            route: rule.map_or("-", |r| &*r.route),
+            upstream: target.map_or("-", |t| &*t.url),
+            error: denied.map_or("-", |(code, _)| code),
+            flags: denied.map_or("-", |(_, flags)| flags),
+            identity: identity.as_ref().map(|i| &i.principal),
+            tenant: tenant.unwrap_or("-"),
+            duration: elapsed,
+        });
     }
     if let (Some(spans), Some(recording)) = (&shared.spans, trace.take_recording()) {
         spans.send(
