@@ -151,10 +151,20 @@ fn decode(path: &str, slashes: EscapedSlashes) -> Result<String, PathError> {
             end_run(&mut high)?;
             if byte == b'\\' {
                 separator(&mut out, slashes, b'\\')?;
-            } else {
+                i += 1;
+            } else if byte.is_ascii() {
                 out.push(char::from(byte));
+                i += 1;
+            } else {
+                // Raw UTF-8 (clients send it, the http crate admits it) is kept as it came:
+                // copied whole, never re-encoded byte by byte.
+                let ch = path[i..]
+                    .chars()
+                    .next()
+                    .unwrap_or(char::REPLACEMENT_CHARACTER);
+                out.push(ch);
+                i += ch.len_utf8();
             }
-            i += 1;
             continue;
         }
         let (Some(&h), Some(&l)) = (bytes.get(i + 1), bytes.get(i + 2)) else {
@@ -283,6 +293,17 @@ mod tests {
             assert!(!normalized.changed(), "{path}");
             assert_eq!(normalized.path, path);
         }
+    }
+
+    #[test]
+    fn raw_utf8_is_kept_as_it_came_when_the_path_changes() {
+        // Found by the `path` fuzz target: each byte used to become a Latin-1 character,
+        // so the upstream got `/Ã©tÃ©` for `/été` whenever something else changed.
+        let normalized = normalize("/été//x;p/ç%61", Reject).unwrap();
+        assert_eq!(normalized.path, "/été/x;p/ça");
+        assert_eq!(normalized.key(), "/été/x/ça");
+        let again = normalize(&normalized.path, Reject).unwrap();
+        assert!(!again.changed());
     }
 
     #[test]
