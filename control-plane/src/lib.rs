@@ -17,6 +17,8 @@ pub mod delivery;
 pub mod dir_status;
 pub mod explain;
 pub mod fleet;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod keygen;
 pub mod kubernetes;
 pub mod kv;

@@ -17,6 +17,8 @@ pub mod compress;
 pub mod connection;
 pub mod cors;
 pub mod deny;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod grpc;
 pub mod headers;
 pub mod identity;

@@ -208,7 +208,7 @@ impl Body {
 
 /// RFC 9112 §7.1: 1-16 hex digits, then optional whitespace and `;extensions`. Nothing
 /// more lenient: two parties reading one chunk size differently is how bodies are smuggled.
-fn chunk_size(line: &[u8]) -> Result<u64, Error> {
+pub(super) fn chunk_size(line: &[u8]) -> Result<u64, Error> {
     let invalid = || Error::Protocol("invalid chunk size");
     let digits_end = line
         .iter()

@@ -388,6 +388,25 @@ async fn write_body(
     Ok(write)
 }
 
+/// The response-head parser on arbitrary bytes, for the fuzz targets: the head's status
+/// and fields when one was read.
+#[doc(hidden)]
+pub fn parse_response_for_fuzzing(
+    buf: &mut bytes::BytesMut,
+    method: &http::Method,
+) -> Option<(http::StatusCode, http::HeaderMap)> {
+    head::parse_response(buf, method)
+        .ok()
+        .flatten()
+        .map(|head| (head.status, head.headers))
+}
+
+/// The chunk-size reader on an arbitrary line, for the fuzz targets.
+#[doc(hidden)]
+pub fn chunk_size_for_fuzzing(line: &[u8]) -> Option<u64> {
+    body::chunk_size(line).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

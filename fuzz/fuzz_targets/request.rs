@@ -1,0 +1,12 @@
+//! Requests (method, target, Host, header fields) through admission, path normalisation,
+//! the route matcher and the policy phases of a fixed snapshot.
+#![no_main]
+use std::sync::LazyLock;
+
+use pavilion_control::fuzzing::{REQUEST_SIGNING_KEY, request_snapshot};
+use pavilion_data::fuzzing::RequestHarness;
+
+static HARNESS: LazyLock<RequestHarness> =
+    LazyLock::new(|| RequestHarness::new(&request_snapshot(), REQUEST_SIGNING_KEY));
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| HARNESS.request(data));
