@@ -30,6 +30,8 @@ pub struct ConnectionLimits {
     pub send_timeout: Duration,
     /// Open client connections per worker; more are refused.
     pub max_per_worker: usize,
+    /// Time a client has to send a whole request head from its first byte (slowloris).
+    pub header_timeout: Duration,
 }
 
 impl Default for ConnectionLimits {
@@ -38,6 +40,7 @@ impl Default for ConnectionLimits {
             idle_timeout: Duration::from_secs(60),
             send_timeout: Duration::from_secs(60),
             max_per_worker: 10_000,
+            header_timeout: Duration::from_secs(30),
         }
     }
 }

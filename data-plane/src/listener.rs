@@ -20,8 +20,6 @@ use crate::connection::{ConnState, ConnectionLimits, Tracked, Watched};
 use crate::headers::Peer;
 use crate::pipeline::Proxy;
 
-/// Time a client has to send a complete request head (slow-loris protection).
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// Time a client has to complete the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// hyper's own read buffer is sized just above the header limit so that the proxy's
@@ -50,7 +48,7 @@ pub async fn serve(
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .header_read_timeout(settings.connections.header_timeout)
         .max_buf_size(buffer.max(8192))
         // Room above the proxy's own count limit, so that limit answers in JSON; only a
         // request with more than twice as many fields gets hyper's bare 431.

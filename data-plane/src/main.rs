@@ -206,6 +206,10 @@ struct RunArgs {
     /// (a new connection that sends nothing included).
     #[arg(long, env = "PAVILION_IDLE_TIMEOUT_SECONDS", default_value_t = 60)]
     idle_timeout_seconds: u64,
+    /// Close a connection whose request head is not complete this many seconds after its
+    /// first byte (slowloris: headers sent a byte at a time).
+    #[arg(long, env = "PAVILION_HEADER_TIMEOUT_SECONDS", default_value_t = 30)]
+    header_timeout_seconds: u64,
     /// Drop a client connection when a write to it waits this many seconds (the client
     /// stopped reading).
     #[arg(long, env = "PAVILION_SEND_TIMEOUT_SECONDS", default_value_t = 60)]
@@ -453,6 +457,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         connections: ConnectionLimits {
             idle_timeout: Duration::from_secs(args.idle_timeout_seconds.max(1)),
             send_timeout: Duration::from_secs(args.send_timeout_seconds.max(1)),
+            header_timeout: Duration::from_secs(args.header_timeout_seconds.max(1)),
             max_per_worker: match args.max_connections {
                 Some(0) => anyhow::bail!("--max-connections must be at least 1"),
                 Some(n) => n,

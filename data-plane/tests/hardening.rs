@@ -303,6 +303,7 @@ fn short_timeouts(max_per_worker: usize) -> Config {
         idle_timeout: Duration::from_millis(300),
         send_timeout: Duration::from_millis(300),
         max_per_worker,
+        header_timeout: Duration::from_secs(30),
     };
     config
 }
@@ -354,6 +355,96 @@ async fn silent_and_idle_connections_are_closed_but_streams_in_flight_are_not() 
         text.contains("pavilion_connections_closed_total{reason=\"idle\"} 2"),
         "{text}"
     );
+}
+
+#[tokio::test]
+async fn a_request_head_sent_a_byte_at_a_time_is_cut_off_at_the_header_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let upstream = RawUpstream::start(|_, _| Action::Reply(ok())).await;
+    let mut config = short_timeouts(100);
+    // Idle and send timeouts far away: only the header timeout can end this.
+    config.connections.idle_timeout = Duration::from_secs(30);
+    config.connections.send_timeout = Duration::from_secs(30);
+    config.connections.header_timeout = Duration::from_millis(500);
+    let dp = gateway(config, catch_all("v1", "shop/all", &upstream.url())).await;
+    let mut stream = tokio::net::TcpStream::connect(dp.addr).await.unwrap();
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nhost: a\r\nx-slow: ")
+        .await
+        .unwrap();
+    // Slowloris: one more byte every 50 ms, never the end of the head (at most 10 s).
+    let mut sent = 0;
+    let mut answer = Vec::new();
+    let closed = loop {
+        let mut buf = [0u8; 1024];
+        tokio::select! {
+            read = stream.read(&mut buf) => match read {
+                Ok(0) | Err(_) => break true,
+                Ok(n) => answer.extend_from_slice(&buf[..n]),
+            },
+            _ = tokio::time::sleep(Duration::from_millis(50)) => {
+                if sent == 200 || stream.write_all(b"x").await.is_err() {
+                    break sent < 200;
+                }
+                sent += 1;
+            }
+        }
+    };
+    assert!(closed, "still open after {sent} trickled bytes");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 408"),
+        "{answer}"
+    );
+    assert!(upstream.requests.lock().unwrap().is_empty());
+    // A client that sends its head at once is served as usual.
+    let (status, _) = get(&dp, "/", "").await;
+    assert_eq!(status, 200);
+}
+
+/// A body trickled slower than the upstream will wait for: the rule's timeout (until the
+/// response headers) ends it with 504, and the connection with it.
+#[tokio::test]
+async fn a_body_sent_a_byte_at_a_time_ends_at_the_rules_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // Answers only once the whole body is in, as most upstreams do.
+    let upstream = RawUpstream::start(|_, _| Action::Reply(ok())).await;
+    let mut rule = prefix_rule("/", &[(&upstream.url(), 1)]);
+    rule.timeout_ms = 500;
+    let mut config = short_timeouts(100);
+    config.connections.idle_timeout = Duration::from_secs(30);
+    config.connections.send_timeout = Duration::from_secs(30);
+    let dp = gateway(
+        config,
+        snapshot("v1", vec![route("shop/slow", &[], vec![rule])]),
+    )
+    .await;
+    let mut stream = tokio::net::TcpStream::connect(dp.addr).await.unwrap();
+    stream
+        .write_all(b"POST /upload HTTP/1.1\r\nhost: a\r\ncontent-length: 1000\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let mut sent = 0;
+    loop {
+        let mut buf = [0u8; 4096];
+        tokio::select! {
+            read = stream.read(&mut buf) => match read {
+                Ok(0) | Err(_) => break,
+                Ok(n) => answer.extend_from_slice(&buf[..n]),
+            },
+            _ = tokio::time::sleep(Duration::from_millis(50)) => {
+                if sent == 200 || stream.write_all(b"x").await.is_err() {
+                    break;
+                }
+                sent += 1;
+            }
+        }
+    }
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(sent < 200, "the trickle ran its course: {answer}");
+    assert!(answer.starts_with("HTTP/1.1 504"), "{answer}");
+    assert!(answer.contains("\"code\":\"upstream_timeout\""), "{answer}");
 }
 
 #[tokio::test]
