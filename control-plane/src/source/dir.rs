@@ -90,17 +90,27 @@ impl DirSource {
 
         let mut last: Option<Vec<Item>> = None;
         let mut recall_until = None;
+        let mut cache = FileCache::default();
         loop {
             let root = self.root.clone();
             self.reads.fetch_add(1, Ordering::Relaxed);
             let loaded = tokio::task::spawn_blocking(move || {
-                let loaded = load_tree(&root);
+                let loaded = load_tree_with(&root, &mut cache);
                 // The file texts are freed by now: return them, however large they were.
                 pavilion_telemetry::release_free_memory();
-                loaded
+                (loaded, cache)
             })
-            .await
-            .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+            .await;
+            let loaded = match loaded {
+                Ok((loaded, kept)) => {
+                    cache = kept;
+                    loaded
+                }
+                Err(e) => {
+                    cache = FileCache::default();
+                    Err(std::io::Error::other(e))
+                }
+            };
             match &loaded {
                 Ok(_) => health.up(),
                 Err(error) => health.down(error),
@@ -165,6 +175,44 @@ pub const MAX_TREE_BYTES: u64 = 256 << 20;
 /// bounds above become items carrying the reason, so a tree of any shape is read in
 /// bounded time and memory and every surprise shows in the status.
 pub fn load_tree(root: &Path) -> std::io::Result<Vec<Item>> {
+    load_tree_with(root, &mut FileCache::default())
+}
+
+/// What the last read of each file gave, with the file's stamp then: a file whose stamp
+/// is unchanged is not read and parsed again, so a change to one file of a large tree
+/// costs the walk (a `stat` per file) and that one file.
+#[derive(Default)]
+pub struct FileCache {
+    files: std::collections::HashMap<PathBuf, (Stamp, Vec<Item>)>,
+    /// Files read and parsed so far.
+    pub reads: u64,
+}
+
+/// What tells a changed file apart without reading it: size, modification and change
+/// times (the change time moves on every write and cannot be set back by users), and the
+/// inode, which an editor's save-by-rename or a ConfigMap's symlink swap replaces.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    len: u64,
+    modified: (i64, i64),
+    changed: (i64, i64),
+    inode: (u64, u64),
+}
+
+impl Stamp {
+    fn of(meta: &std::fs::Metadata) -> Self {
+        use std::os::unix::fs::MetadataExt;
+        Self {
+            len: meta.len(),
+            modified: (meta.mtime(), meta.mtime_nsec()),
+            changed: (meta.ctime(), meta.ctime_nsec()),
+            inode: (meta.dev(), meta.ino()),
+        }
+    }
+}
+
+/// [`load_tree`], reading only the files `cache` does not hold as they are now.
+pub fn load_tree_with(root: &Path, cache: &mut FileCache) -> std::io::Result<Vec<Item>> {
     let mut scan = Scan::default();
     let root_meta = std::fs::metadata(root)?;
     scan.first_visit(&root_meta, root);
@@ -179,8 +227,10 @@ pub fn load_tree(root: &Path) -> std::io::Result<Vec<Item>> {
     files.sort();
     let mut items = Vec::new();
     let mut budget = MAX_TREE_BYTES;
+    let mut previous = std::mem::take(&mut cache.files);
     for file in &files {
-        let size = std::fs::metadata(file).map_or(0, |m| m.len());
+        let meta = std::fs::metadata(file).ok();
+        let size = meta.as_ref().map_or(0, |m| m.len());
         let refused = if size > MAX_FILE_BYTES {
             Some(format!(
                 "{size} bytes; files of more than {MAX_FILE_BYTES} bytes are not read"
@@ -196,7 +246,18 @@ pub fn load_tree(root: &Path) -> std::io::Result<Vec<Item>> {
             Some(message) => items.push(problem(file, "file", message)),
             None => {
                 budget -= size;
-                items.extend(load_file(file));
+                let stamp = meta.as_ref().map(Stamp::of);
+                let loaded = match (stamp, previous.remove(file)) {
+                    (Some(now), Some((then, loaded))) if now == then => loaded,
+                    _ => {
+                        cache.reads += 1;
+                        load_file(file)
+                    }
+                };
+                items.extend(loaded.iter().cloned());
+                if let Some(stamp) = stamp {
+                    cache.files.insert(file.clone(), (stamp, loaded));
+                }
             }
         }
     }
@@ -331,4 +392,70 @@ fn is_resource_file(path: &Path) -> bool {
         path.extension().and_then(|e| e.to_str()),
         Some("yaml" | "yml" | "json")
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(name: &str, prefix: &str) -> String {
+        format!(
+            "apiVersion: gateway.pavilion.dev/v1alpha1\nkind: Route\nmetadata: {{ name: {name}, namespace: shop }}\nspec:\n  rules:\n    - matches: [{{ path: {{ type: PathPrefix, value: {prefix} }} }}]\n      backends: [{{ url: 'http://127.0.0.1:9' }}]\n"
+        )
+    }
+
+    /// Each item's resource, as text to compare.
+    fn prefixes(items: &[Item]) -> Vec<String> {
+        items
+            .iter()
+            .map(|item| format!("{:?}", item.parsed.as_ref().expect("a resource")))
+            .collect()
+    }
+
+    #[test]
+    fn only_changed_created_or_replaced_files_are_read_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a.yaml"), dir.path().join("b.yaml"));
+        std::fs::write(&a, route("a", "/a")).unwrap();
+        std::fs::write(&b, route("b", "/b")).unwrap();
+        let mut cache = FileCache::default();
+        let first = load_tree_with(dir.path(), &mut cache).unwrap();
+        assert_eq!((first.len(), cache.reads), (2, 2));
+
+        // Nothing changed: nothing read, the same items.
+        let again = load_tree_with(dir.path(), &mut cache).unwrap();
+        assert_eq!(cache.reads, 2);
+        assert_eq!(prefixes(&again), prefixes(&first));
+
+        // Rewritten in place with the same length: read again.
+        std::fs::write(&a, route("a", "/x")).unwrap();
+        let edited = load_tree_with(dir.path(), &mut cache).unwrap();
+        assert_eq!(cache.reads, 3);
+        assert!(
+            prefixes(&edited)[0].contains("/x"),
+            "{:?}",
+            prefixes(&edited)
+        );
+
+        // Saved by rename (how editors and ConfigMap symlink swaps replace a file).
+        let temp = dir.path().join(".b.yaml.swp");
+        std::fs::write(&temp, route("b", "/y")).unwrap();
+        std::fs::rename(&temp, &b).unwrap();
+        let renamed = load_tree_with(dir.path(), &mut cache).unwrap();
+        assert_eq!(cache.reads, 4);
+        assert!(prefixes(&renamed)[1].contains("/y"));
+
+        // A new file is read; a removed one is gone, from the items and the cache.
+        std::fs::write(dir.path().join("c.yaml"), route("c", "/c")).unwrap();
+        std::fs::remove_file(&a).unwrap();
+        let changed = load_tree_with(dir.path(), &mut cache).unwrap();
+        assert_eq!(cache.reads, 5);
+        assert_eq!(changed.len(), 2);
+        assert_eq!(cache.files.len(), 2);
+        // What the cache gives is what a fresh read gives.
+        assert_eq!(
+            prefixes(&changed),
+            prefixes(&load_tree(dir.path()).unwrap())
+        );
+    }
 }
