@@ -181,11 +181,22 @@ pub fn load_tree(root: &Path) -> std::io::Result<Vec<Item>> {
 /// What the last read of each file gave, with the file's stamp then: a file whose stamp
 /// is unchanged is not read and parsed again, so a change to one file of a large tree
 /// costs the walk (a `stat` per file) and that one file.
-#[derive(Default)]
 pub struct FileCache {
     files: std::collections::HashMap<PathBuf, (Stamp, Vec<Item>)>,
     /// Files read and parsed so far.
     pub reads: u64,
+    /// How long a file must have been quiet before its stamp is trusted.
+    trust_after: std::time::Duration,
+}
+
+impl Default for FileCache {
+    fn default() -> Self {
+        Self {
+            files: Default::default(),
+            reads: 0,
+            trust_after: TRUST_AFTER,
+        }
+    }
 }
 
 /// What tells a changed file apart without reading it: size, modification and change
@@ -199,7 +210,24 @@ struct Stamp {
     inode: (u64, u64),
 }
 
+/// A file changed this recently is not trusted from the cache: file times are as coarse
+/// as a timer tick, so a same-size rewrite within the tick of the stat would keep its
+/// stamp (git's "racily clean" rule). It is read again until it has been quiet this long.
+const TRUST_AFTER: std::time::Duration = std::time::Duration::from_secs(2);
+
 impl Stamp {
+    fn recent(&self, trust_after: std::time::Duration) -> bool {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let newest = self.modified.max(self.changed);
+        let newest = std::time::Duration::new(
+            newest.0.max(0) as u64,
+            newest.1.clamp(0, 999_999_999) as u32,
+        );
+        now.saturating_sub(newest) < trust_after
+    }
+
     fn of(meta: &std::fs::Metadata) -> Self {
         use std::os::unix::fs::MetadataExt;
         Self {
@@ -255,7 +283,7 @@ pub fn load_tree_with(root: &Path, cache: &mut FileCache) -> std::io::Result<Vec
                     }
                 };
                 items.extend(loaded.iter().cloned());
-                if let Some(stamp) = stamp {
+                if let Some(stamp) = stamp.filter(|stamp| !stamp.recent(cache.trust_after)) {
                     cache.files.insert(file.clone(), (stamp, loaded));
                 }
             }
@@ -413,12 +441,26 @@ mod tests {
     }
 
     #[test]
+    fn a_file_changed_within_the_last_seconds_is_read_again_whatever_its_stamp() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.yaml"), route("a", "/a")).unwrap();
+        let mut cache = FileCache::default();
+        load_tree_with(dir.path(), &mut cache).unwrap();
+        load_tree_with(dir.path(), &mut cache).unwrap();
+        assert_eq!(cache.reads, 2, "not trusted yet");
+    }
+
+    #[test]
     fn only_changed_created_or_replaced_files_are_read_again() {
         let dir = tempfile::tempdir().unwrap();
         let (a, b) = (dir.path().join("a.yaml"), dir.path().join("b.yaml"));
         std::fs::write(&a, route("a", "/a")).unwrap();
         std::fs::write(&b, route("b", "/b")).unwrap();
-        let mut cache = FileCache::default();
+        // Files written just now would not be trusted for two seconds (see TRUST_AFTER).
+        let mut cache = FileCache {
+            trust_after: Duration::ZERO,
+            ..FileCache::default()
+        };
         let first = load_tree_with(dir.path(), &mut cache).unwrap();
         assert_eq!((first.len(), cache.reads), (2, 2));
 
@@ -427,7 +469,9 @@ mod tests {
         assert_eq!(cache.reads, 2);
         assert_eq!(prefixes(&again), prefixes(&first));
 
-        // Rewritten in place with the same length: read again.
+        // Rewritten in place with the same length (a timer tick later: within the tick the
+        // stamp could not tell, which is what TRUST_AFTER is for): read again.
+        std::thread::sleep(Duration::from_millis(50));
         std::fs::write(&a, route("a", "/x")).unwrap();
         let edited = load_tree_with(dir.path(), &mut cache).unwrap();
         assert_eq!(cache.reads, 3);

@@ -401,6 +401,17 @@ mod tests {
         assert_eq!(newest.last().unwrap()["request_id"], "req-999");
         assert_eq!(log.dropped(), 0);
 
+        // Someone else removed the files (an operator, an outside logrotate): the next
+        // rotation finds nothing to move and logging goes on in a new file.
+        for name in &names {
+            std::fs::remove_file(dir.path().join(name)).unwrap();
+        }
+        log_lines(&log, 1000);
+        assert!(log.close(Duration::from_secs(30)));
+        assert_eq!(log.dropped(), 0);
+        let after = whole_lines(std::fs::File::open(&path).unwrap());
+        assert_eq!(after.last().unwrap()["request_id"], "req-999");
+
         // A restarted data plane appends to the current file.
         drop(log);
         let before = std::fs::metadata(&path).unwrap().len();

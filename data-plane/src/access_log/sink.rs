@@ -80,35 +80,44 @@ impl OpenFile {
     fn write(&mut self, chunk: &[u8]) -> std::io::Result<()> {
         let len = chunk.len() as u64;
         if self.size > 0 && self.size + len > self.options.max_bytes {
-            self.rotate()?;
+            let rotated = self.rotate();
+            // Whatever happened, write to a file at `path` from here on, sized as it is:
+            // a failed rotation must not turn into a retry (and a shift) on every write.
+            self.reopen()?;
+            rotated?;
         }
         self.file.write_all(chunk)?;
         self.size += len;
         Ok(())
     }
 
-    fn rotate(&mut self) -> std::io::Result<()> {
+    /// Moves the current file to `.1` (older ones up, the oldest past `keep` gone). A file
+    /// that someone else removed or moved meanwhile is not an error.
+    fn rotate(&self) -> std::io::Result<()> {
         let path = &self.options.path;
         let numbered = |n: u32| {
             let mut name = path.as_os_str().to_owned();
             name.push(format!(".{n}"));
             PathBuf::from(name)
         };
+        let tolerate_missing = |result: std::io::Result<()>| match result {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        };
         if self.options.keep == 0 {
-            std::fs::remove_file(path)?;
-        } else {
-            // Oldest first, so each rename lands on a name just freed (or the oldest,
-            // which it replaces).
-            for n in (1..self.options.keep).rev() {
-                match std::fs::rename(numbered(n), numbered(n + 1)) {
-                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
-                    _ => {}
-                }
-            }
-            std::fs::rename(path, numbered(1))?;
+            return tolerate_missing(std::fs::remove_file(path));
         }
-        self.file = append(path)?;
-        self.size = 0;
+        // Oldest first, so each rename lands on a name just freed (or the oldest, which
+        // it replaces).
+        for n in (1..self.options.keep).rev() {
+            tolerate_missing(std::fs::rename(numbered(n), numbered(n + 1)))?;
+        }
+        tolerate_missing(std::fs::rename(path, numbered(1)))
+    }
+
+    fn reopen(&mut self) -> std::io::Result<()> {
+        self.file = append(&self.options.path)?;
+        self.size = self.file.metadata()?.len();
         Ok(())
     }
 }
