@@ -5,11 +5,9 @@
 use bytes::BytesMut;
 use http::Method;
 
-use crate::auth::jwks::JwksCache;
-use crate::metrics::Metrics;
 use crate::path::{EscapedSlashes, normalize};
 use crate::pipeline::Shared;
-use crate::pipeline::explain::{Described, explain};
+use crate::pipeline::explain::{Described, explain, offline_parts};
 use crate::runtime::Runtime;
 
 /// The inline HTTP/1.1 client's response-head parser and chunk-size reader: bytes in,
@@ -101,32 +99,10 @@ impl RequestHarness {
             .enable_all()
             .build()
             .expect("a runtime");
-        // The JWKS cache keeps the runtime it is made on.
-        let _entered = executor.enter();
-        let config = crate::Config::local();
-        let metrics = Metrics::new();
-        let limiter = crate::ratelimit::Limiter::new(
-            &config.rate_limit,
-            None,
-            crate::ratelimit::LimiterMetrics::new(&metrics.registry),
-        );
-        let jwks = JwksCache::new(
-            config.jwks.clone(),
-            crate::upstream::tls_config(&config.upstream).expect("default TLS settings"),
-            metrics.jwks_fetches.clone(),
-        );
-        let context = crate::auth::AuthContext {
-            jwks,
-            issued_keys: None,
+        let (shared, runtime) = {
+            let _entered = executor.enter();
+            offline_parts(snapshot).expect("the snapshot builds")
         };
-        let runtime = Runtime::build(snapshot, &metrics, &context).expect("the snapshot builds");
-        let shared = Shared::new(
-            metrics,
-            &config,
-            limiter,
-            crate::commands::Commands::new(None),
-        );
-        drop(_entered);
         Self {
             shared,
             runtime,

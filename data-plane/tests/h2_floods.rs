@@ -75,6 +75,24 @@ fn read_all(
     })
 }
 
+/// Writes `piece` over and over, up to `total` bytes; stops when the connection is closed
+/// or a write stalls for `stall` (no longer read). The bytes written.
+async fn flood(
+    write: &mut tokio::net::tcp::OwnedWriteHalf,
+    piece: &[u8],
+    total: usize,
+    stall: Duration,
+) -> usize {
+    let mut written = 0;
+    while written < total {
+        match tokio::time::timeout(stall, write.write_all(piece)).await {
+            Ok(Ok(())) => written += piece.len(),
+            _ => break,
+        }
+    }
+    written
+}
+
 async fn still_serves(dp: &DataPlane) {
     let reply = HttpClient::http1()
         .get(&format!("http://{}/", dp.addr))
@@ -140,15 +158,7 @@ async fn a_continuation_flood_is_cut_off_long_before_it_ends() {
     write.write_all(&opening).await.unwrap();
     const FLOOD: usize = 64 << 20;
     let piece = frame(CONTINUATION, 0, 1, &[0x82; 16 * 1024]);
-    let mut written = 0;
-    while written < FLOOD {
-        let write_one = tokio::time::timeout(Duration::from_secs(10), write.write_all(&piece));
-        match write_one.await {
-            Ok(Ok(())) => written += piece.len(),
-            // Closed, or no longer read: either way the flood stopped counting.
-            _ => break,
-        }
-    }
+    let written = flood(&mut write, &piece, FLOOD, Duration::from_secs(10)).await;
     eprintln!("CONTINUATION flood: {written} bytes written before the gateway stopped it");
     assert!(
         written < FLOOD,
@@ -176,14 +186,7 @@ async fn a_settings_flood_from_a_client_that_never_reads_is_not_buffered() {
     let one = frame(SETTINGS, 0, 0, &[0, 2, 0, 0, 0, 0]);
     let batch: Vec<u8> = one.iter().copied().cycle().take(one.len() * 4096).collect();
     const FLOOD: usize = 256 << 20;
-    let mut written = 0;
-    while written < FLOOD {
-        let write_one = tokio::time::timeout(Duration::from_secs(5), write.write_all(&batch));
-        match write_one.await {
-            Ok(Ok(())) => written += batch.len(),
-            _ => break,
-        }
-    }
+    let written = flood(&mut write, &batch, FLOOD, Duration::from_secs(5)).await;
     eprintln!("SETTINGS flood: {written} bytes written before the gateway stopped reading");
     // Had the gateway read it all, it would hold 17 million unsent acknowledgements.
     assert!(

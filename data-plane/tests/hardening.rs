@@ -359,7 +359,7 @@ async fn silent_and_idle_connections_are_closed_but_streams_in_flight_are_not() 
 
 #[tokio::test]
 async fn a_request_head_sent_a_byte_at_a_time_is_cut_off_at_the_header_timeout() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     let upstream = RawUpstream::start(|_, _| Action::Reply(ok())).await;
     let mut config = short_timeouts(100);
     // Idle and send timeouts far away: only the header timeout can end this.
@@ -373,25 +373,8 @@ async fn a_request_head_sent_a_byte_at_a_time_is_cut_off_at_the_header_timeout()
         .await
         .unwrap();
     // Slowloris: one more byte every 50 ms, never the end of the head (at most 10 s).
-    let mut sent = 0;
-    let mut answer = Vec::new();
-    let closed = loop {
-        let mut buf = [0u8; 1024];
-        tokio::select! {
-            read = stream.read(&mut buf) => match read {
-                Ok(0) | Err(_) => break true,
-                Ok(n) => answer.extend_from_slice(&buf[..n]),
-            },
-            _ = tokio::time::sleep(Duration::from_millis(50)) => {
-                if sent == 200 || stream.write_all(b"x").await.is_err() {
-                    break sent < 200;
-                }
-                sent += 1;
-            }
-        }
-    };
-    assert!(closed, "still open after {sent} trickled bytes");
-    let answer = String::from_utf8_lossy(&answer);
+    let (sent, answer) = trickle(&mut stream).await;
+    assert!(sent < TRICKLE, "still open after {sent} trickled bytes");
     assert!(
         answer.is_empty() || answer.starts_with("HTTP/1.1 408"),
         "{answer}"
@@ -402,11 +385,38 @@ async fn a_request_head_sent_a_byte_at_a_time_is_cut_off_at_the_header_timeout()
     assert_eq!(status, 200);
 }
 
+/// Bytes a trickle sends at most (one per 50 ms: 10 s).
+const TRICKLE: usize = 200;
+
+/// Sends one byte every 50 ms — up to [`TRICKLE`], or until the gateway closes — while
+/// reading what it answers: the bytes sent, and the answer.
+async fn trickle(stream: &mut tokio::net::TcpStream) -> (usize, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut sent = 0;
+    let mut answer = Vec::new();
+    loop {
+        let mut buf = [0u8; 4096];
+        tokio::select! {
+            read = stream.read(&mut buf) => match read {
+                Ok(0) | Err(_) => break,
+                Ok(n) => answer.extend_from_slice(&buf[..n]),
+            },
+            _ = tokio::time::sleep(Duration::from_millis(50)) => {
+                if sent == TRICKLE || stream.write_all(b"x").await.is_err() {
+                    break;
+                }
+                sent += 1;
+            }
+        }
+    }
+    (sent, String::from_utf8_lossy(&answer).into_owned())
+}
+
 /// A body trickled slower than the upstream will wait for: the rule's timeout (until the
 /// response headers) ends it with 504, and the connection with it.
 #[tokio::test]
 async fn a_body_sent_a_byte_at_a_time_ends_at_the_rules_timeout() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::io::AsyncWriteExt;
     // Answers only once the whole body is in, as most upstreams do.
     let upstream = RawUpstream::start(|_, _| Action::Reply(ok())).await;
     let mut rule = prefix_rule("/", &[(&upstream.url(), 1)]);
@@ -424,25 +434,8 @@ async fn a_body_sent_a_byte_at_a_time_ends_at_the_rules_timeout() {
         .write_all(b"POST /upload HTTP/1.1\r\nhost: a\r\ncontent-length: 1000\r\n\r\n")
         .await
         .unwrap();
-    let mut answer = Vec::new();
-    let mut sent = 0;
-    loop {
-        let mut buf = [0u8; 4096];
-        tokio::select! {
-            read = stream.read(&mut buf) => match read {
-                Ok(0) | Err(_) => break,
-                Ok(n) => answer.extend_from_slice(&buf[..n]),
-            },
-            _ = tokio::time::sleep(Duration::from_millis(50)) => {
-                if sent == 200 || stream.write_all(b"x").await.is_err() {
-                    break;
-                }
-                sent += 1;
-            }
-        }
-    }
-    let answer = String::from_utf8_lossy(&answer);
-    assert!(sent < 200, "the trickle ran its course: {answer}");
+    let (sent, answer) = trickle(&mut stream).await;
+    assert!(sent < TRICKLE, "the trickle ran its course: {answer}");
     assert!(answer.starts_with("HTTP/1.1 504"), "{answer}");
     assert!(answer.contains("\"code\":\"upstream_timeout\""), "{answer}");
 }

@@ -71,6 +71,12 @@ struct Local {
 }
 
 impl Local {
+    fn owned_by(&self, log: &Arc<Inner>) -> bool {
+        self.owner
+            .as_ref()
+            .is_some_and(|owner| Arc::ptr_eq(owner, log))
+    }
+
     fn hand_in(&mut self) {
         if let Some(owner) = &self.owner
             && self.count > 0
@@ -143,11 +149,7 @@ impl AccessLog {
                 let Ok(mut local) = local.try_borrow_mut() else {
                     return false;
                 };
-                if !local
-                    .owner
-                    .as_ref()
-                    .is_some_and(|owner| Arc::ptr_eq(owner, &self.inner))
-                {
+                if !local.owned_by(&self.inner) {
                     return false;
                 }
                 entry.write(self.inner.layout, &mut local.bytes);
@@ -169,11 +171,7 @@ impl AccessLog {
     /// handed in first).
     fn bind_here(&self) {
         LOCAL.with_borrow_mut(|local| {
-            if !local
-                .owner
-                .as_ref()
-                .is_some_and(|owner| Arc::ptr_eq(owner, &self.inner))
-            {
+            if !local.owned_by(&self.inner) {
                 local.hand_in();
                 local.owner = Some(self.inner.clone());
                 local.bytes.reserve(FLUSH_AT + 1024);
@@ -304,8 +302,8 @@ mod tests {
             .collect()
     }
 
-    #[test]
-    fn a_sink_that_blocks_costs_counted_lines_never_a_stalled_caller() {
+    /// A log writing into a pipe, and the pipe's reading end.
+    fn piped() -> (AccessLog, std::io::PipeReader) {
         let (reader, writer) = std::io::pipe().unwrap();
         let log = AccessLog::with_sink(
             Layout::Json,
@@ -313,6 +311,12 @@ mod tests {
             IntCounter::new("dropped", "test").unwrap(),
         )
         .unwrap();
+        (log, reader)
+    }
+
+    #[test]
+    fn a_sink_that_blocks_costs_counted_lines_never_a_stalled_caller() {
+        let (log, reader) = piped();
         // Nobody reads the pipe: once it and the queue are full, lines must drop. The
         // logging thread is a worker-like one (bound, buffering); when it ends it hands in
         // its last buffer.
@@ -342,13 +346,7 @@ mod tests {
 
     #[test]
     fn lines_from_threads_that_never_bound_are_written_at_once() {
-        let (reader, writer) = std::io::pipe().unwrap();
-        let log = AccessLog::with_sink(
-            Layout::Json,
-            Sink::Writer(Box::new(writer)),
-            IntCounter::new("dropped", "test").unwrap(),
-        )
-        .unwrap();
+        let (log, reader) = piped();
         let reading = std::thread::spawn(move || whole_lines(reader));
         let threads: Vec<_> = (0..4)
             .map(|_| {

@@ -419,6 +419,15 @@ pub async fn offline(
     snapshot: &pavilion_proto::Snapshot,
     described: &Described,
 ) -> Result<Report, OfflineError> {
+    let (shared, runtime) = offline_parts(snapshot)?;
+    Ok(explain(&shared, &runtime, described).await?)
+}
+
+/// What [`offline`] explains against: a data plane's shared state with default settings and
+/// the runtime built from `snapshot` (needs a Tokio runtime entered: the JWKS cache keeps it).
+pub(crate) fn offline_parts(
+    snapshot: &pavilion_proto::Snapshot,
+) -> Result<(Shared, Runtime), OfflineError> {
     let config = crate::Config::local();
     let metrics = crate::metrics::Metrics::new();
     let limiter = crate::ratelimit::Limiter::new(
@@ -442,7 +451,7 @@ pub async fn offline(
         limiter,
         crate::commands::Commands::new(None),
     );
-    Ok(explain(&shared, &runtime, described).await?)
+    Ok((shared, runtime))
 }
 
 impl std::fmt::Display for Report {
