@@ -65,13 +65,20 @@ async fn with_root() -> (tempfile::TempDir, DataPlane, String) {
     identity.mail = Some(format!("file:{}", dir.path().join("outbox").display()));
     let dp = with_identity(identity).await;
     let root = credentials("root@example.org", "root password");
-    post(&dp, "/v1/auth/signup", root.clone()).await;
+    post(&dp, "/v1/auth/signup", root).await;
     verify(&dp, &dir, "root@example.org", "root password").await;
-    let token = post(&dp, "/v1/auth/signin", root).await.json()["access_token"]
+    let token = access_token(&dp, "root@example.org", "root password").await;
+    (dir, dp, token)
+}
+
+/// Signs `email` in with `password`: the access token.
+async fn access_token(dp: &DataPlane, email: &str, password: &str) -> String {
+    post(dp, "/v1/auth/signin", credentials(email, password))
+        .await
+        .json()["access_token"]
         .as_str()
         .unwrap()
-        .to_owned();
-    (dir, dp, token)
+        .to_owned()
 }
 
 async fn post(dp: &DataPlane, path: &str, body: Value) -> Reply {
@@ -1832,16 +1839,7 @@ async fn signing_in_through_a_real_openid_provider_links_only_what_may_be_linked
         }
     };
     verify(&dp, &dir, "bob@example.org", "bob password").await;
-    let bob_admin = post(
-        &dp,
-        "/v1/auth/signin",
-        credentials("bob@example.org", "bob password"),
-    )
-    .await
-    .json()["access_token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let bob_admin = access_token(&dp, "bob@example.org", "bob password").await;
     let listed = call(
         &dp,
         "GET",
@@ -1878,16 +1876,7 @@ async fn rules_requiring_rights_follow_the_role_catalogue_without_new_tokens() {
         .await;
     }
     verify(&dp, &dir, "root@example.org", "long password").await;
-    let root = post(
-        &dp,
-        "/v1/auth/signin",
-        credentials("root@example.org", "long password"),
-    )
-    .await
-    .json()["access_token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let root = access_token(&dp, "root@example.org", "long password").await;
     let ann_id = {
         let token = post(
             &dp,
@@ -1921,16 +1910,7 @@ async fn rules_requiring_rights_follow_the_role_catalogue_without_new_tokens() {
     );
     let assign = format!("/admin/iam/users/{ann_id}/tenants/acme/roles/clerk");
     assert_eq!(call(&dp, "PUT", &assign, &root, None).await.status, 204);
-    let ann = post(
-        &dp,
-        "/v1/auth/signin",
-        credentials("ann@example.org", "long password"),
-    )
-    .await
-    .json()["access_token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let ann = access_token(&dp, "ann@example.org", "long password").await;
 
     let upstream = pavilion_tests::Upstream::start("orders").await.unwrap();
     let rule_for = |prefix: &str, right: &str| {
@@ -2043,16 +2023,7 @@ async fn an_administrators_change_on_one_replica_is_enforced_on_the_other() {
         .await;
     }
     verify(&a, &dir, "root@example.org", "long password").await;
-    let root = post(
-        &a,
-        "/v1/auth/signin",
-        credentials("root@example.org", "long password"),
-    )
-    .await
-    .json()["access_token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let root = access_token(&a, "root@example.org", "long password").await;
     let kay = post(
         &b,
         "/v1/auth/signin",
@@ -2159,16 +2130,7 @@ async fn service_accounts_get_tokens_by_client_credentials_and_rotate_their_secr
         credentials("joe@example.org", "long password"),
     )
     .await;
-    let joe = post(
-        &dp,
-        "/v1/auth/signin",
-        credentials("joe@example.org", "long password"),
-    )
-    .await
-    .json()["access_token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let joe = access_token(&dp, "joe@example.org", "long password").await;
     let new = json!({ "name": "billing batch", "tenants": { "acme": ["clerk"] } });
     assert_eq!(
         call(
