@@ -26,7 +26,7 @@ const IAM_PREFIX: &str = "/admin/iam/";
 pub const OPENAPI_PATH: &str = "/v1/auth/openapi.json";
 
 /// The OpenAPI 3.1 document of every endpoint here (checked against this router by
-/// `tests/identity.rs`).
+/// `tests/it/identity.rs`).
 const OPENAPI: &str = include_str!("openapi.json");
 const PREFIX: &str = "/v1/auth/";
 

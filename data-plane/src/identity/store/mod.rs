@@ -1,7 +1,7 @@
 //! Where the identity service keeps its state: one [`Store`] trait over named buckets of
 //! versioned JSON records, with compare-and-set on revisions wherever two replicas could
 //! race (a refresh-token rotation, a signing-key rotation, an e-mail claimed twice). Two
-//! implementations pass the same test suite (`tests/identity_store.rs`): NATS JetStream KV
+//! implementations pass the same test suite (`tests/it/identity_store.rs`): NATS JetStream KV
 //! ([`kv::KvStore`], production: every replica sees the same state) and an embedded redb
 //! file ([`file::FileStore`], a single node and `scripts/demo`).
 

@@ -307,11 +307,11 @@ fn api_keys_name_tenants_as_a_list_or_with_roles() {
 #[test]
 fn every_kind_parses() {
     let docs = parse_documents(concat!(
-        include_str!("../../examples/config/routes.yaml"),
+        include_str!("../../../examples/config/routes.yaml"),
         "---\n",
-        include_str!("../../examples/config/policies.yaml"),
+        include_str!("../../../examples/config/policies.yaml"),
         "---\n",
-        include_str!("../../examples/config/tenants.yaml")
+        include_str!("../../../examples/config/tenants.yaml")
     ));
     assert!(!docs.is_empty());
     for doc in docs {
