@@ -15,7 +15,7 @@ use crate::compile::Outcome;
 use crate::controller::PublishedReceiver;
 use crate::delivery::nodes::{NodeStatus, Nodes};
 use crate::metrics::Metrics;
-use crate::status::{Condition, conditions};
+use crate::status::{Condition, Fleet, conditions};
 
 #[derive(Clone)]
 pub struct ApiState {
@@ -158,8 +158,8 @@ async fn status(State(state): State<ApiState>) -> Json<StatusView> {
     let resources = published
         .iter()
         .flat_map(|p| {
-            let nodes = &nodes;
-            p.reports.iter().map(move |report| {
+            let fleet = Fleet::new(&p.snapshot.version, &nodes, &p.versions);
+            p.reports.iter().zip(&p.since).map(move |(report, since)| {
                 let (errors, warnings, serving) = match &report.outcome {
                     Outcome::Rejected { errors, .. } => {
                         (errors.iter().map(Into::into).collect(), Vec::new(), None)
@@ -180,7 +180,7 @@ async fn status(State(state): State<ApiState>) -> Json<StatusView> {
                     namespace: report.key.as_ref().map(|k| k.namespace.clone()),
                     name: report.key.as_ref().map(|k| k.name.clone()),
                     origin: report.origin.to_string(),
-                    conditions: conditions(report, &p.snapshot.version, nodes),
+                    conditions: conditions(report, since, &fleet),
                     errors,
                     warnings,
                     serving,

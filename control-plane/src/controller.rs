@@ -1,8 +1,8 @@
 //! Turns the source's resource sets into published snapshots: compile the latest set,
 //! log what changed in the verdicts, publish when the snapshot or a verdict changed.
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use pavilion_crds::{Resource, ResourceKey};
@@ -27,6 +27,66 @@ pub struct Published {
     /// Per item: the last accepted version of its resource after this compile (itself when
     /// accepted), which the status write-back stores so a restart can recall it.
     pub last_accepted: Vec<Option<Arc<LastAccepted>>>,
+    /// Per item: the snapshot that first held it as it is now (verdict and document).
+    pub since: Vec<Since>,
+    /// Every snapshot this controller published, in order.
+    pub versions: Arc<Versions>,
+}
+
+/// The snapshot that first held a document as it is now. A data plane running that
+/// snapshot or a later one runs the document, so a resource a new snapshot leaves alone
+/// stays `Programmed` — instead of every status turning `Pending` and back on every change
+/// (10 000 status writes for a one-line edit).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Since {
+    pub version: Arc<str>,
+    /// Its place in [`Versions`].
+    pub position: u64,
+}
+
+/// The order in which this controller published snapshot versions (the last [`Self::KEPT`]),
+/// to tell whether a data plane's version comes before or after a [`Since`].
+#[derive(Debug, Default)]
+pub struct Versions {
+    inner: Mutex<VersionOrder>,
+}
+
+#[derive(Debug, Default)]
+struct VersionOrder {
+    positions: HashMap<Arc<str>, u64>,
+    order: VecDeque<(Arc<str>, u64)>,
+    next: u64,
+}
+
+impl Versions {
+    /// Versions remembered; a data plane running an older one counts as behind.
+    pub const KEPT: usize = 4096;
+
+    /// Records `version` as published now (again, when a change was undone: the same
+    /// content has the same version) and returns its place.
+    pub fn publish(&self, version: &str) -> Since {
+        let mut order = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let version: Arc<str> = version.into();
+        let position = order.next;
+        order.next += 1;
+        order.positions.insert(version.clone(), position);
+        order.order.push_back((version.clone(), position));
+        while order.order.len() > Self::KEPT {
+            if let Some((old, at)) = order.order.pop_front()
+                && order.positions.get(&old) == Some(&at)
+            {
+                order.positions.remove(&old);
+            }
+        }
+        Since { version, position }
+    }
+
+    /// Where `version` was last published; `None` when this controller never published it
+    /// (or too long ago).
+    pub fn position(&self, version: &str) -> Option<u64> {
+        let order = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        order.positions.get(version).copied()
+    }
 }
 
 impl Published {
@@ -37,8 +97,8 @@ impl Published {
             .iter()
             .zip(&self.reports)
             .filter_map(|(item, report)| match report.outcome {
-                Outcome::Accepted { .. } => item.parsed.as_ref().ok().map(|r| (item, r)),
-                Outcome::Stale { .. } => item.last_accepted.as_ref().map(|l| (item, &l.resource)),
+                Outcome::Accepted { .. } => item.parsed.as_deref().ok().map(|r| (item, r)),
+                Outcome::Stale { .. } => item.last_accepted.as_ref().map(|l| (item, &*l.resource)),
                 Outcome::Rejected { .. } => None,
             })
     }
@@ -54,6 +114,7 @@ pub async fn run(
     options: CompileOptions,
 ) {
     let options = Arc::new(options);
+    let versions = Arc::new(Versions::default());
     let mut previous: Option<Arc<Published>> = None;
     let mut memory = Memory::default();
     while items.changed().await.is_ok() {
@@ -83,7 +144,7 @@ pub async fn run(
         let unchanged = previous.as_ref().is_some_and(|p| {
             p.snapshot.version == compiled.snapshot.version
                 && p.reports == compiled.reports
-                && p.items == current
+                && crate::source::same_items(&p.items, &current)
         });
         if unchanged {
             continue;
@@ -97,15 +158,53 @@ pub async fn run(
                 "compiled a new snapshot"
             );
         }
+        let now = versions.publish(&compiled.snapshot.version);
+        let since = since(previous.as_deref(), &current, &compiled.reports, &now);
         let next = Arc::new(Published {
             snapshot: Arc::new(compiled.snapshot),
             reports: compiled.reports,
             items: current,
             last_accepted,
+            since,
+            versions: versions.clone(),
         });
         published.send_replace(Some(next.clone()));
         previous = Some(next);
     }
+}
+
+/// Per item, the snapshot that first held it as it is: `previous`'s for the same document
+/// with the same verdict (and, when its last accepted version serves, the same one), else
+/// `now`.
+fn since(
+    previous: Option<&Published>,
+    items: &[Item],
+    reports: &[Report],
+    now: &Since,
+) -> Vec<Since> {
+    let before: HashMap<&crate::source::Origin, usize> = previous.map_or_else(HashMap::new, |p| {
+        p.items
+            .iter()
+            .enumerate()
+            .map(|(i, item)| (&item.origin, i))
+            .collect()
+    });
+    items
+        .iter()
+        .zip(reports)
+        .map(|(item, report)| {
+            let kept = previous.and_then(|p| {
+                let &i = before.get(&item.origin)?;
+                let before = &p.items[i];
+                let served_the_same = match report.outcome {
+                    Outcome::Stale { .. } => before.same_as(item),
+                    _ => before.same_document(item),
+                };
+                (p.reports[i] == *report && served_the_same).then(|| p.since[i].clone())
+            });
+            kept.unwrap_or_else(|| now.clone())
+        })
+        .collect()
 }
 
 /// The last accepted version of every resource of the source, so that a bad edit compiles
@@ -164,17 +263,30 @@ impl Memory {
             if let (Outcome::Accepted { .. }, Ok(resource), Some(key)) =
                 (&report.outcome, &item.parsed, remembered(item))
             {
-                let resource = last_accepted_form(resource);
-                let unchanged = item.last_accepted.as_ref().filter(|last| {
-                    last.resource == resource && last.generation == report.generation
-                });
-                let version = unchanged.cloned().unwrap_or_else(|| {
-                    Arc::new(LastAccepted {
-                        resource,
-                        generation: report.generation,
-                        accepted_at: now.clone(),
-                    })
-                });
+                let version = match &item.last_accepted {
+                    // The very resource accepted last time: nothing to compare.
+                    Some(last)
+                        if Arc::ptr_eq(&last.resource, resource)
+                            && last.generation == report.generation =>
+                    {
+                        last.clone()
+                    }
+                    last => {
+                        let resource = last_accepted_form(resource);
+                        // Read again but the same: keep when it was first accepted.
+                        let accepted_at = last
+                            .as_ref()
+                            .filter(|last| {
+                                last.resource == resource && last.generation == report.generation
+                            })
+                            .map_or_else(|| now.clone(), |last| last.accepted_at.clone());
+                        Arc::new(LastAccepted {
+                            resource,
+                            generation: report.generation,
+                            accepted_at,
+                        })
+                    }
+                };
                 versions.insert(key, version);
             }
         }
@@ -199,11 +311,16 @@ impl Memory {
 
 /// A resource as its last accepted version is kept: without status and server-managed
 /// metadata, and without kubectl's copy of the whole object in an annotation (which would
-/// make the stored version three times the size of the spec).
-fn last_accepted_form(resource: &Resource) -> Resource {
-    let mut resource = resource.exported();
-    resource.strip_annotation("kubectl.kubernetes.io/last-applied-configuration");
-    resource
+/// make the stored version three times the size of the spec). The resource itself when it
+/// has none of those, as files' resources do: kept once, not twice.
+fn last_accepted_form(resource: &Arc<Resource>) -> Arc<Resource> {
+    let mut form = resource.exported();
+    form.strip_annotation("kubectl.kubernetes.io/last-applied-configuration");
+    if form == **resource {
+        resource.clone()
+    } else {
+        Arc::new(form)
+    }
 }
 
 fn record_outcomes(metrics: &Metrics, reports: &[Report]) {

@@ -6,7 +6,32 @@ use pavilion_crds::status::{ACCEPTED, PROGRAMMED};
 use serde::Serialize;
 
 use crate::compile::{Outcome, Report};
+use crate::controller::{Since, Versions};
 use crate::delivery::nodes::NodeStatus;
+
+/// The connected data planes, and where the version each runs stands among the published
+/// ones: worked out once per status pass, not once per resource.
+pub struct Fleet<'a> {
+    /// The version published last.
+    current: &'a str,
+    nodes: &'a [NodeStatus],
+    /// Per node, its version's place in [`Versions`]; `None`: unknown or too old.
+    running: Vec<Option<u64>>,
+}
+
+impl<'a> Fleet<'a> {
+    pub fn new(current: &'a str, nodes: &'a [NodeStatus], versions: &Versions) -> Self {
+        let running = nodes
+            .iter()
+            .map(|n| versions.position(&n.version))
+            .collect();
+        Self {
+            current,
+            nodes,
+            running,
+        }
+    }
+}
 
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
@@ -20,9 +45,9 @@ pub struct Condition {
     pub observed_generation: Option<i64>,
 }
 
-/// The `Accepted` and `Programmed` conditions of one resource, given the snapshot version
-/// the resource was compiled into and the connected nodes.
-pub fn conditions(report: &Report, version: &str, nodes: &[NodeStatus]) -> Vec<Condition> {
+/// The `Accepted` and `Programmed` conditions of one resource, given the snapshot that first
+/// held it as it is and the connected nodes.
+pub fn conditions(report: &Report, since: &Since, fleet: &Fleet) -> Vec<Condition> {
     let condition = |kind, status, reason, message: String| Condition {
         kind,
         status,
@@ -34,7 +59,7 @@ pub fn conditions(report: &Report, version: &str, nodes: &[NodeStatus]) -> Vec<C
     // The version in the snapshot: whether data planes run it.
     let served = || -> (&'static str, &'static str, String) {
         if kind.is_some_and(enforced) {
-            programmed(version, nodes)
+            programmed(since, fleet)
         } else {
             // Validated and kept, but nothing enforces it yet: say so rather than let
             // anyone believe a CORS rule is active.
@@ -118,14 +143,15 @@ fn join(errors: &[pavilion_crds::FieldError]) -> String {
         .join("; ")
 }
 
-/// `True` once every connected node runs `version`; otherwise why not.
-fn programmed(version: &str, nodes: &[NodeStatus]) -> (&'static str, &'static str, String) {
+/// `True` once every connected node runs `since` or a later version; otherwise why not.
+fn programmed(since: &Since, fleet: &Fleet) -> (&'static str, &'static str, String) {
+    let nodes = fleet.nodes;
     if nodes.is_empty() {
         return ("False", "NoDataPlanes", "no data plane is connected".into());
     }
     if let Some(refused) = nodes
         .iter()
-        .find(|n| n.refused_version.as_deref() == Some(version))
+        .find(|n| n.refused_version.as_deref() == Some(fleet.current))
     {
         let error = refused.last_error.as_deref().unwrap_or_default();
         return (
@@ -134,14 +160,19 @@ fn programmed(version: &str, nodes: &[NodeStatus]) -> (&'static str, &'static st
             format!("data plane {} refused the snapshot: {error}", refused.id),
         );
     }
-    let behind = nodes.iter().filter(|n| n.version != version).count();
+    let behind = fleet
+        .running
+        .iter()
+        .filter(|at| at.is_none_or(|at| at < since.position))
+        .count();
     if behind > 0 {
         return (
             "False",
             "Pending",
             format!(
-                "{behind} of {} data planes do not run version {version} yet",
-                nodes.len()
+                "{behind} of {} data planes do not run version {} yet",
+                nodes.len(),
+                since.version
             ),
         );
     }
@@ -194,6 +225,16 @@ mod tests {
         }
     }
 
+    /// The conditions after this controller published v1, then v2, for a resource as it
+    /// has been since `since`.
+    fn programmed_since(r: &Report, since: &str, nodes: &[NodeStatus]) -> Vec<Condition> {
+        let versions = Versions::default();
+        let v1 = versions.publish("v1");
+        let v2 = versions.publish("v2");
+        let since = if since == "v1" { v1 } else { v2 };
+        conditions(r, &since, &Fleet::new("v2", nodes, &versions))
+    }
+
     fn summary(conditions: &[Condition]) -> Vec<(&str, &str, &str)> {
         conditions
             .iter()
@@ -214,7 +255,7 @@ mod tests {
                 errors: vec![error],
             },
         );
-        let conditions = conditions(&r, "v1", &[node("a", "v1", None)]);
+        let conditions = programmed_since(&r, "v1", &[node("a", "v1", None)]);
         assert_eq!(
             summary(&conditions),
             [
@@ -233,7 +274,7 @@ mod tests {
     fn routes_are_programmed_once_every_node_runs_the_version() {
         let r = report(Kind::Route, Outcome::Accepted { warnings: vec![] });
         let programmed = |nodes: &[NodeStatus]| {
-            let c = conditions(&r, "v2", nodes);
+            let c = programmed_since(&r, "v2", nodes);
             (c[1].status, c[1].reason, c[1].message.clone())
         };
         assert_eq!(programmed(&[]).1, "NoDataPlanes");
@@ -260,7 +301,7 @@ mod tests {
             Kind::TenantPlacement,
         ] {
             let r = report(kind, Outcome::Accepted { warnings: vec![] });
-            let conditions = conditions(&r, "v1", &[node("a", "v1", None)]);
+            let conditions = programmed_since(&r, "v1", &[node("a", "v1", None)]);
             assert_eq!(
                 summary(&conditions),
                 [
@@ -275,8 +316,61 @@ mod tests {
     #[test]
     fn cors_policies_are_programmed_once_data_planes_run_them() {
         let r = report(Kind::CorsPolicy, Outcome::Accepted { warnings: vec![] });
-        let conditions = conditions(&r, "v1", &[node("a", "v1", None)]);
+        let conditions = programmed_since(&r, "v1", &[node("a", "v1", None)]);
         assert_eq!(summary(&conditions)[1].0, "Programmed");
         assert_eq!(summary(&conditions)[1].1, "True");
+    }
+
+    #[test]
+    fn a_resource_a_new_snapshot_left_alone_stays_programmed() {
+        let r = report(Kind::Route, Outcome::Accepted { warnings: vec![] });
+        let programmed = |since: &str, nodes: &[NodeStatus]| {
+            let c = programmed_since(&r, since, nodes);
+            (c[1].reason, c[1].message.clone())
+        };
+        // Unchanged since v1: a node still on v1 runs it, one on v2 too.
+        assert_eq!(programmed("v1", &[node("a", "v1", None)]).0, "Programmed");
+        assert_eq!(programmed("v1", &[node("a", "v2", None)]).0, "Programmed");
+        // Changed in v2: the node on v1 is behind, and the message names v2.
+        assert_eq!(
+            programmed("v2", &[node("a", "v2", None), node("b", "v1", None)]),
+            (
+                "Pending",
+                "1 of 2 data planes do not run version v2 yet".to_owned()
+            )
+        );
+        // A version this controller never published is as good as none.
+        assert_eq!(programmed("v1", &[node("a", "v0", None)]).0, "Pending");
+    }
+
+    #[test]
+    fn a_version_published_again_counts_from_its_latest_place() {
+        // v1, v2, then the change undone: v1 again, and a resource changed by the undo.
+        let versions = Versions::default();
+        versions.publish("v1");
+        versions.publish("v2");
+        let undone = versions.publish("v1");
+        let r = report(Kind::Route, Outcome::Accepted { warnings: vec![] });
+        let on = |version: &str| {
+            let nodes = [node("a", version, None)];
+            conditions(&r, &undone, &Fleet::new("v1", &nodes, &versions))[1].reason
+        };
+        assert_eq!(on("v1"), "Programmed");
+        assert_eq!(on("v2"), "Pending");
+    }
+
+    #[test]
+    fn only_the_last_versions_are_remembered() {
+        let versions = Versions::default();
+        let first = versions.publish("first");
+        for n in 0..Versions::KEPT {
+            versions.publish(&format!("v{n}"));
+        }
+        assert_eq!(versions.position("first"), None);
+        assert_eq!(first.position, 0);
+        assert_eq!(
+            versions.position(&format!("v{}", Versions::KEPT - 1)),
+            Some(Versions::KEPT as u64)
+        );
     }
 }

@@ -18,7 +18,7 @@ use crate::controller::PublishedReceiver;
 use crate::delivery::nodes::Nodes;
 use crate::fleet::{NodeBoard, REPORT_EVERY, all_nodes};
 use crate::source::{Item, LastAccepted, Origin};
-use crate::status::{Condition, conditions};
+use crate::status::{Condition, Fleet, conditions};
 
 /// Quiet time after a change before writing: a burst of ACKs is written once.
 const SETTLE: Duration = Duration::from_millis(50);
@@ -91,17 +91,19 @@ impl StoredStatus {
 }
 
 impl StoredStatus {
+    /// `stored_last_accepted`: `last_accepted` as a status holds it, when already known.
     fn new(
         conditions: Vec<StoredCondition>,
         report: &Report,
         item: &Item,
         last_accepted: Option<&LastAccepted>,
+        stored_last_accepted: Option<Option<pavilion_crds::status::LastAccepted>>,
     ) -> Self {
         let reason = summary(&conditions).map(str::to_owned);
         // The key id of the version that serves, else of the document as written.
         let resource = last_accepted
-            .map(|l| &l.resource)
-            .or(item.parsed.as_ref().ok());
+            .map(|l| &*l.resource)
+            .or(item.parsed.as_deref().ok());
         let key_id =
             match resource {
                 Some(Resource::ApiKey(key)) => Some(key.spec.key_id.clone().unwrap_or_else(|| {
@@ -119,7 +121,8 @@ impl StoredStatus {
                 crate::compile::Outcome::Stale { serving, .. } => Some(serving.clone()),
                 _ => None,
             },
-            last_accepted: last_accepted.and_then(LastAccepted::to_status),
+            last_accepted: stored_last_accepted
+                .unwrap_or_else(|| last_accepted.and_then(LastAccepted::to_status)),
         }
     }
 }
@@ -192,8 +195,11 @@ pub async fn run(
         RETRY_EVERY
     };
     let mut node_changes = nodes.subscribe();
-    // What is known to be stored, per resource.
-    let mut stored: HashMap<StatusTarget, StoredStatus> = HashMap::new();
+    // What is known to be stored, per resource, and the last accepted version it holds:
+    // while that stays the same (the same `Arc`), its YAML is not written out again, which
+    // at 10 000 resources was most of a pass.
+    let mut stored: HashMap<StatusTarget, (StoredStatus, Option<Arc<LastAccepted>>)> =
+        HashMap::new();
     let mut pruned = false;
     let mut reread_at = tokio::time::Instant::now() + REREAD_EVERY;
     loop {
@@ -224,12 +230,14 @@ pub async fn run(
         };
         let now = k8s_openapi::jiff::Timestamp::now().to_string();
         let mut seen = HashSet::new();
+        let fleet = Fleet::new(&current.snapshot.version, &nodes, &current.versions);
         let documents = current
             .reports
             .iter()
             .zip(current.items.iter())
-            .zip(&current.last_accepted);
-        for ((report, item), last_accepted) in documents {
+            .zip(&current.last_accepted)
+            .zip(&current.since);
+        for (((report, item), last_accepted), since) in documents {
             // Checked before every write: a replica that lost the lead stops at once.
             if !*leader.borrow() {
                 break;
@@ -239,28 +247,41 @@ pub async fn run(
                 key: report.key.clone(),
             };
             seen.insert(target.clone());
+            let same_last_accepted = stored
+                .get(&target)
+                .filter(|(_, from)| match (from, last_accepted) {
+                    (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                    (a, b) => a.is_none() && b.is_none(),
+                })
+                .map(|(status, _)| status.last_accepted.clone());
             let previous = match stored.get(&target) {
-                Some(previous) => Some(previous.clone()),
+                Some((previous, _)) => Some(previous.clone()),
                 None => sink.read(&target).await.unwrap_or_else(|error| {
                     tracing::warn!(origin = %target.origin, %error, "cannot read status");
                     None
                 }),
             };
-            let fresh = conditions(report, &current.snapshot.version, &nodes);
+            let fresh = conditions(report, since, &fleet);
             let conditions = with_transition_times(
                 fresh,
                 previous.as_ref().map(|p| p.conditions.as_slice()),
                 &now,
             );
-            let next = StoredStatus::new(conditions, report, item, last_accepted.as_deref());
+            let next = StoredStatus::new(
+                conditions,
+                report,
+                item,
+                last_accepted.as_deref(),
+                same_last_accepted,
+            );
             if previous.as_ref() == Some(&next) {
-                stored.insert(target, next);
+                stored.insert(target, (next, last_accepted.clone()));
                 continue;
             }
             match sink.write(&target, &next).await {
                 Ok(Written::Done) => {
                     sink.changed(&target, previous.as_ref(), &next).await;
-                    stored.insert(target, next);
+                    stored.insert(target, (next, last_accepted.clone()));
                 }
                 Ok(Written::Gone) => {
                     stored.remove(&target);

@@ -176,15 +176,21 @@ impl Runtime {
         let credentials = Credentials::new(snapshot).map_err(BuildError::Credentials)?;
         let mut rules = Vec::new();
         let mut ids = Vec::with_capacity(snapshot.routes.len());
+        let mut route_handles = metrics.route_handles();
+        // Most routes keep the defaults: one copy for all of them.
+        let default_security = Arc::new(SecurityHeaders::default());
         for route in &snapshot.routes {
             let name = format!("{}/{}", route.namespace, route.name);
-            let route_metrics = metrics.route(&name);
-            let security = SecurityHeaders::new(route.security_headers.as_ref())
-                .map(Arc::new)
-                .map_err(|message| BuildError::SecurityHeaders {
-                    route: name.clone(),
-                    message,
-                })?;
+            let route_metrics = route_handles.get(&name);
+            let security = match &route.security_headers {
+                None => default_security.clone(),
+                Some(overrides) => SecurityHeaders::new(Some(overrides))
+                    .map(Arc::new)
+                    .map_err(|message| BuildError::SecurityHeaders {
+                        route: name.clone(),
+                        message,
+                    })?,
+            };
             let concurrency = route
                 .rules
                 .iter()
@@ -350,10 +356,12 @@ impl Runtime {
         }
         let placements =
             Placements::build(snapshot.placements.as_ref()).map_err(BuildError::Placements)?;
+        let router = Router::build(&snapshot.routes, &ids)?;
+        route_handles.finish();
         Ok(Self {
             version: snapshot.version.clone(),
             generation: GENERATIONS.fetch_add(1, Ordering::Relaxed),
-            router: Router::build(&snapshot.routes, &ids)?,
+            router,
             tenant_metrics: metrics.tenants(placements.tenant_ids()),
             placements,
             identity_headers: identity_headers(&rules),

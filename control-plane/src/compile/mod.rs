@@ -169,8 +169,8 @@ pub fn compile_at_with(items: &[Item], now: i64, options: &CompileOptions) -> Co
         .iter()
         .zip(&held)
         .map(|(item, held)| match held {
-            Some(_) => item.last_accepted.as_ref().map(|l| &l.resource),
-            None => item.parsed.as_ref().ok(),
+            Some(_) => item.last_accepted.as_ref().map(|l| &*l.resource),
+            None => item.parsed.as_deref().ok(),
         })
         .collect();
     reject_duplicates(items, &resources, &mut reports);

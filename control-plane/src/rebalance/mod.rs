@@ -481,7 +481,7 @@ fn placed<'a>(published: &'a Published, tenant: &str) -> Option<Placed<'a>> {
                     item.origin.clone(),
                 ),
                 shards: &p.spec.shards,
-                stale: !matches!(&item.parsed, Ok(own) if std::ptr::eq(own, resource)),
+                stale: !matches!(item.parsed.as_deref(), Ok(own) if std::ptr::eq(own, resource)),
             }),
             _ => None,
         })

@@ -15,6 +15,7 @@ use tokio::sync::Notify;
 
 use super::{
     Item, ItemsSender, LastAccepted, Origin, RECALL_WINDOW, Source, SourceError, SourceHealth,
+    same_items,
 };
 
 /// Quiet time after a file event before the directory is read again: editors save in
@@ -116,7 +117,7 @@ impl DirSource {
                 Err(error) => health.down(error),
             }
             match loaded {
-                Ok(mut loaded) if last.as_ref() != Some(&loaded) => {
+                Ok(mut loaded) if !last.as_ref().is_some_and(|last| same_items(last, &loaded)) => {
                     // What an earlier run accepted, for documents that are now invalid.
                     let recall_until = *recall_until
                         .get_or_insert_with(|| tokio::time::Instant::now() + RECALL_WINDOW);

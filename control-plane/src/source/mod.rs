@@ -47,7 +47,10 @@ impl fmt::Display for Origin {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Item {
     pub origin: Origin,
-    pub parsed: Result<Resource, DocumentError>,
+    /// Shared, not copied: the same resource is held by the source's cache, the published
+    /// set, the controller's memory and its last accepted version, so a large resource set
+    /// is in memory once and an unchanged item is recognised by pointer.
+    pub parsed: Result<Arc<Resource>, DocumentError>,
     /// Which resource the document is, even when it cannot be read as one: from the
     /// resource, else from where it lives (a Kubernetes object, a KV key), else from what
     /// the text claims (`kind` and `metadata`).
@@ -60,6 +63,7 @@ pub struct Item {
 impl Item {
     /// An item whose identity comes from the resource or its origin.
     pub fn new(origin: Origin, parsed: Result<Resource, DocumentError>) -> Self {
+        let parsed = parsed.map(Arc::new);
         let identity = match (&parsed, &origin) {
             (Ok(resource), _) => Some(resource.key()),
             (Err(_), Origin::Kube { key, .. }) => Some(key.clone()),
@@ -88,8 +92,38 @@ impl Item {
     }
 
     pub fn key(&self) -> Option<ResourceKey> {
-        self.parsed.as_ref().ok().map(Resource::key)
+        self.parsed.as_ref().ok().map(|resource| resource.key())
     }
+
+    /// Equal, checked by pointer first: an item a source did not read again shares its
+    /// resource (and the controller its last accepted version) with the earlier item, so
+    /// comparing 10 000 unchanged items compares no resource field by field.
+    pub fn same_as(&self, other: &Item) -> bool {
+        let last_accepted = match (&self.last_accepted, &other.last_accepted) {
+            (Some(a), Some(b)) => shared(a, b),
+            (a, b) => a.is_none() && b.is_none(),
+        };
+        self.same_document(other) && last_accepted
+    }
+
+    /// The same document from the same place, whatever version stands in for it.
+    pub fn same_document(&self, other: &Item) -> bool {
+        let parsed = match (&self.parsed, &other.parsed) {
+            (Ok(a), Ok(b)) => shared(a, b),
+            (a, b) => a == b,
+        };
+        parsed && self.origin == other.origin && self.identity == other.identity
+    }
+}
+
+/// Equal, by pointer first.
+fn shared<T: PartialEq>(a: &Arc<T>, b: &Arc<T>) -> bool {
+    Arc::ptr_eq(a, b) || a == b
+}
+
+/// Whether two reads gave the same items ([`Item::same_as`]).
+pub fn same_items(a: &[Item], b: &[Item]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(a, b)| a.same_as(b))
 }
 
 /// Largest last accepted version written into a status.
@@ -98,8 +132,9 @@ pub const MAX_STORED_BYTES: usize = 256 << 10;
 /// The last version of a resource the control plane accepted.
 #[derive(Clone, Debug, PartialEq)]
 pub struct LastAccepted {
-    /// Without status and server-managed metadata ([`Resource::exported`]).
-    pub resource: Resource,
+    /// Without status and server-managed metadata ([`Resource::exported`]); the item's own
+    /// resource when that has none.
+    pub resource: Arc<Resource>,
     pub generation: Option<i64>,
     /// RFC 3339: when this version was first accepted.
     pub accepted_at: String,
@@ -115,7 +150,7 @@ impl LastAccepted {
         }
         let resource = documents.remove(0).result.ok()?;
         (resource.key() == *identity).then(|| Self {
-            resource,
+            resource: Arc::new(resource),
             generation: stored.generation,
             accepted_at: stored.accepted_at.clone(),
         })

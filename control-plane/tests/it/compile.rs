@@ -311,7 +311,7 @@ fn hosts_are_sorted_and_unique_in_the_snapshot() {
 fn last_accepted(text: &str, generation: i64) -> Arc<LastAccepted> {
     let resource = parse_documents(text).remove(0).result.expect("valid");
     Arc::new(LastAccepted {
-        resource,
+        resource: Arc::new(resource),
         generation: Some(generation),
         accepted_at: "2026-11-26T10:00:00Z".into(),
     })

@@ -15,7 +15,7 @@ fn route(name: &str, port: u16) -> String {
 fn routes(items: &Items) -> Vec<(String, String)> {
     items
         .iter()
-        .filter_map(|i| match &i.parsed {
+        .filter_map(|i| match i.parsed.as_deref() {
             Ok(pavilion_crds::Resource::Route(r)) => Some((
                 r.metadata.name.clone().unwrap(),
                 r.spec.rules[0].backends[0]

@@ -274,6 +274,114 @@ async fn the_control_plane_records_a_nack_and_reports_the_route_not_programmed()
     cp.stop().await;
 }
 
+/// A new snapshot leaves the resources it did not change `Programmed` — and their status
+/// files untouched — while a data plane has not taken it yet: one new route among 10 000
+/// writes one status, not 10 000 twice (`Pending`, then back).
+#[tokio::test]
+async fn a_change_rewrites_only_the_statuses_it_changes() {
+    use std::os::unix::fs::MetadataExt;
+
+    let dir = tempfile::tempdir().unwrap();
+    for name in ["orders", "users"] {
+        let path = dir.path().join(format!("{name}.yaml"));
+        std::fs::write(path, route_yaml(name, "http://127.0.0.1:9")).unwrap();
+    }
+    let cp = control_plane(dir.path(), "127.0.0.1:0".parse().unwrap()).await;
+    // A data plane over the real protocol that takes the first snapshot and then holds on
+    // to the next one without answering.
+    let mut client = SnapshotDiscoveryClient::connect(format!("http://{}", cp.grpc_addr))
+        .await
+        .unwrap();
+    let (requests, outgoing) = mpsc::channel(4);
+    let node = Node {
+        id: "slow".into(),
+        build_version: "test".into(),
+    };
+    let hello = SnapshotRequest {
+        node: Some(node),
+        ..Default::default()
+    };
+    requests.send(hello).await.unwrap();
+    let mut responses = client
+        .stream_snapshots(ReceiverStream::new(outgoing))
+        .await
+        .unwrap()
+        .into_inner();
+    let ack = |response: &SnapshotResponse| SnapshotRequest {
+        version_info: response.version.clone(),
+        response_nonce: response.nonce.clone(),
+        ..Default::default()
+    };
+    let first = responses.message().await.unwrap().unwrap();
+    requests.send(ack(&first)).await.unwrap();
+
+    let key = |name: &str| pavilion_crds::ResourceKey {
+        kind: pavilion_crds::Kind::Route,
+        namespace: "shop".into(),
+        name: name.into(),
+    };
+    let programmed = |name: &str| {
+        let stored = pavilion_control::dir_status::read_status(dir.path(), &key(name))?;
+        let condition = stored
+            .conditions
+            .into_iter()
+            .find(|c| c.kind == "Programmed")?;
+        Some((condition.reason, condition.message))
+    };
+    eventually("both routes written as Programmed", PATIENCE, || async {
+        let both = ["orders", "users"]
+            .map(|name| programmed(name).is_some_and(|(reason, _)| reason == "Programmed"));
+        (both == [true, true]).then_some(())
+    })
+    .await;
+    let file =
+        |name: &str| pavilion_control::dir_status::status_path(dir.path(), &key(name)).unwrap();
+    let stamp = |name: &str| {
+        let path = file(name);
+        (
+            std::fs::metadata(&path).unwrap().ino(),
+            std::fs::read(&path).unwrap(),
+        )
+    };
+    let untouched = [stamp("orders"), stamp("users")];
+
+    std::fs::write(
+        dir.path().join("carts.yaml"),
+        route_yaml("carts", "http://127.0.0.1:9"),
+    )
+    .unwrap();
+    let second = responses.message().await.unwrap().unwrap();
+    let pending = format!(
+        "1 of 1 data planes do not run version {} yet",
+        second.version
+    );
+    let carts = eventually("carts written as Pending", PATIENCE, || async {
+        programmed("carts").filter(|(reason, _)| reason == "Pending")
+    })
+    .await;
+    assert_eq!(carts.1, pending);
+    let status = fetch_status(&cp).await;
+    for name in ["orders", "users"] {
+        let condition = condition(resource(&status, name), "Programmed");
+        assert_eq!(condition["reason"], "Programmed", "{name}: {condition}");
+    }
+    assert_eq!(
+        [stamp("orders"), stamp("users")],
+        untouched,
+        "statuses of unchanged routes rewritten"
+    );
+
+    // Taken: carts is programmed too, still without a write to the others.
+    requests.send(ack(&second)).await.unwrap();
+    eventually("carts written as Programmed", PATIENCE, || async {
+        programmed("carts").filter(|(reason, _)| reason == "Programmed")
+    })
+    .await;
+    assert_eq!([stamp("orders"), stamp("users")], untouched);
+    drop(requests);
+    cp.stop().await;
+}
+
 /// A control plane that sends the snapshots it is given and reports every request.
 struct ScriptedControlPlane {
     /// `(version of the response, snapshot)`, sent in turn, each after the previous answer.
