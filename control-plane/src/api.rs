@@ -158,7 +158,7 @@ async fn status(State(state): State<ApiState>) -> Json<StatusView> {
     let resources = published
         .iter()
         .flat_map(|p| {
-            let fleet = Fleet::new(&p.snapshot.version, &nodes, &p.versions);
+            let fleet = Fleet::new(&p.now, &nodes, &p.versions);
             p.reports.iter().zip(&p.since).map(move |(report, since)| {
                 let (errors, warnings, serving) = match &report.outcome {
                     Outcome::Rejected { errors, .. } => {

@@ -29,7 +29,9 @@ pub struct Published {
     pub last_accepted: Vec<Option<Arc<LastAccepted>>>,
     /// Per item: the snapshot that first held it as it is now (verdict and document).
     pub since: Vec<Since>,
-    /// Every snapshot this controller published, in order.
+    /// This publication: its version and place among the published ones.
+    pub now: Since,
+    /// The snapshots this controller published last, in order.
     pub versions: Arc<Versions>,
 }
 
@@ -166,6 +168,7 @@ pub async fn run(
             items: current,
             last_accepted,
             since,
+            now,
             versions: versions.clone(),
         });
         published.send_replace(Some(next.clone()));
@@ -173,9 +176,9 @@ pub async fn run(
     }
 }
 
-/// Per item, the snapshot that first held it as it is: `previous`'s for the same document
-/// with the same verdict (and, when its last accepted version serves, the same one), else
-/// `now`.
+/// Per item, the snapshot that first held it as it is: `previous`'s for the same resource
+/// (as its author wrote it: a status write does not change it) with the same verdict and,
+/// when its last accepted version serves, the same one; else `now`.
 fn since(
     previous: Option<&Published>,
     items: &[Item],
@@ -196,10 +199,9 @@ fn since(
             let kept = previous.and_then(|p| {
                 let &i = before.get(&item.origin)?;
                 let before = &p.items[i];
-                let served_the_same = match report.outcome {
-                    Outcome::Stale { .. } => before.same_as(item),
-                    _ => before.same_document(item),
-                };
+                let served_the_same = before.same_content(item)
+                    && (!matches!(report.outcome, Outcome::Stale { .. })
+                        || before.same_last_accepted(item));
                 (p.reports[i] == *report && served_the_same).then(|| p.since[i].clone())
             });
             kept.unwrap_or_else(|| now.clone())
@@ -273,18 +275,21 @@ impl Memory {
                     }
                     last => {
                         let resource = last_accepted_form(resource);
-                        // Read again but the same: keep when it was first accepted.
-                        let accepted_at = last
-                            .as_ref()
-                            .filter(|last| {
-                                last.resource == resource && last.generation == report.generation
-                            })
-                            .map_or_else(|| now.clone(), |last| last.accepted_at.clone());
-                        Arc::new(LastAccepted {
-                            resource,
-                            generation: report.generation,
-                            accepted_at,
-                        })
+                        match last {
+                            // Read again but the same (a Kubernetes object after a status
+                            // write, say): the same version, so nothing downstream redoes it.
+                            Some(last)
+                                if last.resource == resource
+                                    && last.generation == report.generation =>
+                            {
+                                last.clone()
+                            }
+                            _ => Arc::new(LastAccepted {
+                                resource,
+                                generation: report.generation,
+                                accepted_at: now.clone(),
+                            }),
+                        }
                     }
                 };
                 versions.insert(key, version);
@@ -324,7 +329,8 @@ fn last_accepted_form(resource: &Arc<Resource>) -> Arc<Resource> {
 }
 
 fn record_outcomes(metrics: &Metrics, reports: &[Report]) {
-    metrics.resources.reset();
+    // Counted first: a label lookup per resource was 10 000 of them per compile.
+    let mut counts: HashMap<(&str, &str), i64> = HashMap::new();
     for report in reports {
         let kind = report.key.as_ref().map_or("Unknown", |k| k.kind.as_str());
         let outcome = match report.outcome {
@@ -332,7 +338,14 @@ fn record_outcomes(metrics: &Metrics, reports: &[Report]) {
             Outcome::Stale { .. } => "stale",
             Outcome::Rejected { .. } => "rejected",
         };
-        metrics.resources.with_label_values(&[kind, outcome]).inc();
+        *counts.entry((kind, outcome)).or_default() += 1;
+    }
+    metrics.resources.reset();
+    for ((kind, outcome), count) in counts {
+        metrics
+            .resources
+            .with_label_values(&[kind, outcome])
+            .set(count);
     }
 }
 

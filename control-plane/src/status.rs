@@ -12,21 +12,26 @@ use crate::delivery::nodes::NodeStatus;
 /// The connected data planes, and where the version each runs stands among the published
 /// ones: worked out once per status pass, not once per resource.
 pub struct Fleet<'a> {
-    /// The version published last.
+    /// The version the statuses are written for.
     current: &'a str,
     nodes: &'a [NodeStatus],
-    /// Per node, its version's place in [`Versions`]; `None`: unknown or too old.
+    /// Per node, its version's place in [`Versions`]; `None`: unknown, too old, or
+    /// published after `current` (what that holds is not what these statuses describe).
     running: Vec<Option<u64>>,
 }
 
 impl<'a> Fleet<'a> {
-    pub fn new(current: &'a str, nodes: &'a [NodeStatus], versions: &Versions) -> Self {
+    pub fn new(current: &'a Since, nodes: &'a [NodeStatus], versions: &Versions) -> Self {
         let running = nodes
             .iter()
-            .map(|n| versions.position(&n.version))
+            .map(|n| {
+                versions
+                    .position(&n.version)
+                    .filter(|&at| at <= current.position)
+            })
             .collect();
         Self {
-            current,
+            current: &current.version,
             nodes,
             running,
         }
@@ -149,9 +154,12 @@ fn programmed(since: &Since, fleet: &Fleet) -> (&'static str, &'static str, Stri
     if nodes.is_empty() {
         return ("False", "NoDataPlanes", "no data plane is connected".into());
     }
-    if let Some(refused) = nodes
+    let runs_it = |at: &Option<u64>| at.is_some_and(|at| at >= since.position);
+    // A node that refused the current version but runs one holding this resource runs it.
+    if let Some((refused, _)) = nodes
         .iter()
-        .find(|n| n.refused_version.as_deref() == Some(fleet.current))
+        .zip(&fleet.running)
+        .find(|(n, at)| !runs_it(at) && n.refused_version.as_deref() == Some(fleet.current))
     {
         let error = refused.last_error.as_deref().unwrap_or_default();
         return (
@@ -160,11 +168,7 @@ fn programmed(since: &Since, fleet: &Fleet) -> (&'static str, &'static str, Stri
             format!("data plane {} refused the snapshot: {error}", refused.id),
         );
     }
-    let behind = fleet
-        .running
-        .iter()
-        .filter(|at| at.is_none_or(|at| at < since.position))
-        .count();
+    let behind = fleet.running.iter().filter(|at| !runs_it(at)).count();
     if behind > 0 {
         return (
             "False",
@@ -231,8 +235,8 @@ mod tests {
         let versions = Versions::default();
         let v1 = versions.publish("v1");
         let v2 = versions.publish("v2");
-        let since = if since == "v1" { v1 } else { v2 };
-        conditions(r, &since, &Fleet::new("v2", nodes, &versions))
+        let since = if since == "v1" { v1 } else { v2.clone() };
+        conditions(r, &since, &Fleet::new(&v2, nodes, &versions))
     }
 
     fn summary(conditions: &[Condition]) -> Vec<(&str, &str, &str)> {
@@ -341,6 +345,15 @@ mod tests {
         );
         // A version this controller never published is as good as none.
         assert_eq!(programmed("v1", &[node("a", "v0", None)]).0, "Pending");
+        // A node that refused v2 but runs v1 runs what v1 holds.
+        assert_eq!(
+            programmed("v1", &[node("a", "v1", Some("bad"))]).0,
+            "Programmed"
+        );
+        assert_eq!(
+            programmed("v2", &[node("a", "v1", Some("bad"))]).0,
+            "Refused"
+        );
     }
 
     #[test]
@@ -353,7 +366,7 @@ mod tests {
         let r = report(Kind::Route, Outcome::Accepted { warnings: vec![] });
         let on = |version: &str| {
             let nodes = [node("a", version, None)];
-            conditions(&r, &undone, &Fleet::new("v1", &nodes, &versions))[1].reason
+            conditions(&r, &undone, &Fleet::new(&undone, &nodes, &versions))[1].reason
         };
         assert_eq!(on("v1"), "Programmed");
         assert_eq!(on("v2"), "Pending");

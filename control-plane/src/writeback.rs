@@ -230,7 +230,7 @@ pub async fn run(
         };
         let now = k8s_openapi::jiff::Timestamp::now().to_string();
         let mut seen = HashSet::new();
-        let fleet = Fleet::new(&current.snapshot.version, &nodes, &current.versions);
+        let fleet = Fleet::new(&current.now, &nodes, &current.versions);
         let documents = current
             .reports
             .iter()

@@ -82,6 +82,26 @@ pub enum Resource {
     TokenRevocation(TokenRevocation),
 }
 
+/// The metadata an exported resource keeps ([`Resource::exported`]).
+#[derive(PartialEq)]
+struct ExportedMeta<'a> {
+    name: &'a Option<String>,
+    namespace: &'a Option<String>,
+    labels: &'a Option<std::collections::BTreeMap<String, String>>,
+    annotations: &'a Option<std::collections::BTreeMap<String, String>>,
+    creation_timestamp: &'a Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
+}
+
+fn exported_meta(meta: &ObjectMeta) -> ExportedMeta<'_> {
+    ExportedMeta {
+        name: &meta.name,
+        namespace: &meta.namespace,
+        labels: &meta.labels,
+        annotations: &meta.annotations,
+        creation_timestamp: &meta.creation_timestamp,
+    }
+}
+
 impl Resource {
     pub fn kind(&self) -> Kind {
         match self {
@@ -126,17 +146,35 @@ impl Resource {
         }
     }
 
+    /// Equal as [`Resource::exported`] versions, without making them: the same spec and
+    /// user's metadata, whatever the status and the API server's bookkeeping (a status write
+    /// changes `resourceVersion` and `status`, not the resource as its author wrote it).
+    pub fn same_exported(&self, other: &Resource) -> bool {
+        let spec = match (self, other) {
+            (Resource::Route(a), Resource::Route(b)) => a.spec == b.spec,
+            (Resource::Shard(a), Resource::Shard(b)) => a.spec == b.spec,
+            (Resource::TenantPlacement(a), Resource::TenantPlacement(b)) => a.spec == b.spec,
+            (Resource::RateLimitPolicy(a), Resource::RateLimitPolicy(b)) => a.spec == b.spec,
+            (Resource::CorsPolicy(a), Resource::CorsPolicy(b)) => a.spec == b.spec,
+            (Resource::ApiKey(a), Resource::ApiKey(b)) => a.spec == b.spec,
+            (Resource::TokenRevocation(a), Resource::TokenRevocation(b)) => a.spec == b.spec,
+            _ => false,
+        };
+        spec && exported_meta(self.metadata()) == exported_meta(other.metadata())
+    }
+
     /// The resource as another cluster or a KV bucket should hold it: the user's metadata
     /// (name, namespace, labels, annotations, creation time — which decides precedence)
     /// without what the API server manages (uid, resourceVersion, managedFields, …).
     pub fn exported(&self) -> Resource {
         fn trim(meta: &ObjectMeta) -> ObjectMeta {
+            let kept = exported_meta(meta);
             ObjectMeta {
-                name: meta.name.clone(),
-                namespace: meta.namespace.clone(),
-                labels: meta.labels.clone(),
-                annotations: meta.annotations.clone(),
-                creation_timestamp: meta.creation_timestamp.clone(),
+                name: kept.name.clone(),
+                namespace: kept.namespace.clone(),
+                labels: kept.labels.clone(),
+                annotations: kept.annotations.clone(),
+                creation_timestamp: kept.creation_timestamp.clone(),
                 ..ObjectMeta::default()
             }
         }

@@ -46,6 +46,8 @@ pub struct Metrics {
     labelled_tenants: std::sync::Arc<std::sync::Mutex<Vec<Box<str>>>>,
     /// The route handles of the last runtime built (see [`RouteHandles`]).
     routes: std::sync::Arc<std::sync::Mutex<HashMap<Box<str>, RouteMetrics>>>,
+    /// Routes the last runtime built no longer has, whose series go once it serves.
+    retiring: std::sync::Arc<std::sync::Mutex<Vec<Box<str>>>>,
     /// Client connections open, all workers together.
     pub connections_open: IntGauge,
     /// Client connections the gateway closed or refused, by reason (`limit`: over
@@ -291,6 +293,7 @@ impl Metrics {
             tenant_labels: DEFAULT_TENANT_LABELS,
             labelled_tenants: Default::default(),
             routes: Default::default(),
+            retiring: Default::default(),
             connections_open,
             connections_closed,
             websockets_open,
@@ -301,6 +304,18 @@ impl Metrics {
             circuit_transitions,
             retries,
             cache_requests,
+        }
+    }
+
+    /// Removes the series of the routes the runtime now serving dropped. Requests the old
+    /// runtime finishes on those routes after this are not counted.
+    pub fn retire_gone_routes(&self) {
+        let gone = std::mem::take(&mut *self.retiring.lock().unwrap_or_else(|p| p.into_inner()));
+        for route in gone {
+            for class in STATUS_CLASSES {
+                let _ = self.requests.remove_label_values(&[&route, class]);
+            }
+            let _ = self.duration.remove_label_values(&[&route]);
         }
     }
 
@@ -322,8 +337,9 @@ impl Metrics {
 
 /// The per-route handles of one runtime build. A route the last build had keeps its handles
 /// (six label lookups per route were the largest cost of building 10 000 routes); once the
-/// build succeeds ([`RouteHandles::finish`]) the series of routes it no longer has are
-/// removed, so route churn does not grow `/metrics` — and memory — without bound.
+/// build succeeds ([`RouteHandles::finish`]) and its runtime serves
+/// ([`Metrics::retire_gone_routes`]), the series of routes it no longer has are removed, so
+/// route churn does not grow `/metrics` — and memory — without bound.
 pub struct RouteHandles<'a> {
     metrics: &'a Metrics,
     previous: HashMap<Box<str>, RouteMetrics>,
@@ -343,14 +359,14 @@ impl RouteHandles<'_> {
         handles
     }
 
-    /// The build succeeded: drop the series of the routes it no longer has.
+    /// The build succeeded: the routes it no longer has are retired once it serves.
     pub fn finish(mut self) {
-        for gone in std::mem::take(&mut self.previous).into_keys() {
-            for class in STATUS_CLASSES {
-                let _ = self.metrics.requests.remove_label_values(&[&gone, class]);
-            }
-            let _ = self.metrics.duration.remove_label_values(&[&gone]);
-        }
+        let gone = std::mem::take(&mut self.previous).into_keys().collect();
+        *self
+            .metrics
+            .retiring
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = gone;
     }
 }
 
@@ -472,6 +488,9 @@ mod tests {
         let mut second = metrics.route_handles();
         let a = second.get("shop/a");
         second.finish();
+        // Gone only once the new runtime serves.
+        assert_eq!(routes_in(&metrics), ["shop/a", "shop/gone"]);
+        metrics.retire_gone_routes();
         assert_eq!(routes_in(&metrics), ["shop/a"]);
         // The same series, counting on.
         a.observe(StatusCode::OK, Duration::from_millis(1));

@@ -29,16 +29,23 @@ pub(super) fn build_snapshot(
         })
         .collect();
     // Oldest first; documents without a creation time (files) count as oldest, then by name.
-    ordered.sort_by(|(a, _), (b, _)| {
-        let key = |r: &Route| {
-            (
-                r.metadata.creation_timestamp.clone(),
-                r.metadata.namespace.clone(),
-                r.metadata.name.clone(),
-            )
-        };
-        key(a).cmp(&key(b))
-    });
+    // Compared by reference: a key of clones cost three allocations per comparison, a
+    // quarter of a million at 10 000 routes.
+    fn precedence(
+        r: &Route,
+    ) -> (
+        Option<&k8s_openapi::jiff::Timestamp>,
+        Option<&str>,
+        Option<&str>,
+    ) {
+        let meta = &r.metadata;
+        (
+            meta.creation_timestamp.as_ref().map(|t| &t.0),
+            meta.namespace.as_deref(),
+            meta.name.as_deref(),
+        )
+    }
+    ordered.sort_by(|(a, _), (b, _)| precedence(a).cmp(&precedence(b)));
     let routes: Vec<proto::Route> = ordered
         .iter()
         .map(|(r, _)| {

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures::FutureExt;
@@ -21,6 +21,11 @@ use super::{
 /// Quiet time after a file event before the directory is read again: editors save in
 /// several steps, and one read should see all of them.
 const SETTLE: Duration = Duration::from_millis(30);
+/// The same when every event was a file renamed into place (save-by-rename, a ConfigMap's
+/// `..data` swap): such a file is complete, so only the two halves of the rename need to
+/// arrive together. A resource file renamed *away* (Vim and Emacs move `a.yaml` to
+/// `a.yaml~` before writing the new one) is a save in progress and gets the full settle.
+const RENAMED_SETTLE: Duration = Duration::from_millis(2);
 /// Longest wait for quiet: a file rewritten constantly must not hold back other edits.
 const MAX_SETTLE: Duration = Duration::from_millis(500);
 /// A full re-read even without events, in case the watcher missed some (overflow, NFS).
@@ -66,6 +71,9 @@ impl DirSource {
         }
         let changed = Arc::new(Notify::new());
         let notify_changed = changed.clone();
+        // Whether an event since the last read may be a write still in progress.
+        let written = Arc::new(AtomicBool::new(false));
+        let note_written = written.clone();
         let own_files = self.root.join(".pavilion");
         let mut watcher =
             notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
@@ -81,6 +89,9 @@ impl DirSource {
                     Err(_) => false,
                 };
                 if !ignored {
+                    if !event.as_ref().is_ok_and(renamed_into_place) {
+                        note_written.store(true, Ordering::SeqCst);
+                    }
                     notify_changed.notify_one();
                 }
             })
@@ -139,10 +150,17 @@ impl DirSource {
                 _ = changed.notified() => {
                     // Coalesce the burst of events one save produces.
                     let give_up = tokio::time::Instant::now() + MAX_SETTLE;
+                    // Taken, not read: an event after the last look keeps the flag for the
+                    // read it triggers.
+                    let mut wrote = written.swap(false, Ordering::SeqCst);
                     loop {
+                        let quiet = if wrote { SETTLE } else { RENAMED_SETTLE };
                         tokio::select! {
-                            _ = changed.notified() => continue,
-                            _ = tokio::time::sleep(SETTLE) => break,
+                            _ = changed.notified() => {
+                                wrote |= written.swap(false, Ordering::SeqCst);
+                                continue;
+                            }
+                            _ = tokio::time::sleep(quiet) => break,
                             _ = tokio::time::sleep_until(give_up) => break,
                         }
                     }
@@ -150,6 +168,26 @@ impl DirSource {
                 _ = tokio::time::sleep(RESCAN_EVERY) => {}
             }
         }
+    }
+}
+
+/// Whether `event` only renames something into place: the destination of a rename, or a
+/// rename away of a hidden entry, which is never read (a temporary `.a.yaml.tmp`, a
+/// ConfigMap's `..data_tmp`). Anything else renamed away may be a file or directory being
+/// replaced, and a rename of unknown direction tells nothing: both count as writes.
+fn renamed_into_place(event: &notify::Event) -> bool {
+    use notify::event::{ModifyKind, RenameMode};
+    let notify::EventKind::Modify(ModifyKind::Name(mode)) = event.kind else {
+        return false;
+    };
+    let hidden = |path: Option<&PathBuf>| {
+        path.and_then(|p| p.file_name())
+            .is_some_and(|name| name.as_encoded_bytes().starts_with(b"."))
+    };
+    match mode {
+        RenameMode::To => true,
+        RenameMode::From | RenameMode::Both => hidden(event.paths.first()),
+        _ => false,
     }
 }
 
@@ -426,6 +464,52 @@ fn is_resource_file(path: &Path) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_renames_into_place_skip_the_settle() {
+        use notify::event::{CreateKind, DataChange, ModifyKind, RenameMode};
+        use notify::{Event, EventKind};
+        let rename = |mode, paths: &[&str]| {
+            let event = Event::new(EventKind::Modify(ModifyKind::Name(mode)));
+            paths
+                .iter()
+                .fold(event, |e, p| e.add_path(PathBuf::from(p)))
+        };
+        // A temporary file renamed over a resource file: both halves, and the pair.
+        assert!(renamed_into_place(&rename(RenameMode::To, &["/c/a.yaml"])));
+        assert!(renamed_into_place(&rename(
+            RenameMode::From,
+            &["/c/.a.yaml.tmp"]
+        )));
+        assert!(renamed_into_place(&rename(
+            RenameMode::Both,
+            &["/c/.a.yaml.tmp", "/c/a.yaml"]
+        )));
+        // A ConfigMap's symlink swap.
+        assert!(renamed_into_place(&rename(
+            RenameMode::From,
+            &["/c/..data_tmp"]
+        )));
+        // Vim's and Emacs's save: the resource moved away first, then written anew.
+        assert!(!renamed_into_place(&rename(
+            RenameMode::From,
+            &["/c/a.yaml"]
+        )));
+        assert!(!renamed_into_place(&rename(
+            RenameMode::Both,
+            &["/c/a.yaml", "/c/a.yaml~"]
+        )));
+        // A directory of resources moved away, a rename of unknown direction, and writes.
+        assert!(!renamed_into_place(&rename(RenameMode::From, &["/c/shop"])));
+        assert!(!renamed_into_place(&rename(
+            RenameMode::Any,
+            &["/c/a.yaml"]
+        )));
+        let write = Event::new(EventKind::Modify(ModifyKind::Data(DataChange::Any)));
+        assert!(!renamed_into_place(&write.add_path("/c/a.yaml".into())));
+        let create = Event::new(EventKind::Create(CreateKind::File));
+        assert!(!renamed_into_place(&create.add_path("/c/a.yaml".into())));
+    }
 
     fn route(name: &str, prefix: &str) -> String {
         format!(

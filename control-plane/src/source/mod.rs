@@ -99,20 +99,33 @@ impl Item {
     /// resource (and the controller its last accepted version) with the earlier item, so
     /// comparing 10 000 unchanged items compares no resource field by field.
     pub fn same_as(&self, other: &Item) -> bool {
-        let last_accepted = match (&self.last_accepted, &other.last_accepted) {
-            (Some(a), Some(b)) => shared(a, b),
-            (a, b) => a.is_none() && b.is_none(),
-        };
-        self.same_document(other) && last_accepted
-    }
-
-    /// The same document from the same place, whatever version stands in for it.
-    pub fn same_document(&self, other: &Item) -> bool {
         let parsed = match (&self.parsed, &other.parsed) {
             (Ok(a), Ok(b)) => shared(a, b),
             (a, b) => a == b,
         };
-        parsed && self.origin == other.origin && self.identity == other.identity
+        parsed && self.same_place(other) && self.same_last_accepted(other)
+    }
+
+    /// The same resource as its author wrote it ([`Resource::same_exported`]: status and
+    /// the API server's bookkeeping aside), from the same place.
+    pub fn same_content(&self, other: &Item) -> bool {
+        let parsed = match (&self.parsed, &other.parsed) {
+            (Ok(a), Ok(b)) => Arc::ptr_eq(a, b) || a.same_exported(b),
+            (a, b) => a == b,
+        };
+        parsed && self.same_place(other)
+    }
+
+    /// The same version standing in for the document, if any.
+    pub fn same_last_accepted(&self, other: &Item) -> bool {
+        match (&self.last_accepted, &other.last_accepted) {
+            (Some(a), Some(b)) => shared(a, b),
+            (a, b) => a.is_none() && b.is_none(),
+        }
+    }
+
+    fn same_place(&self, other: &Item) -> bool {
+        self.origin == other.origin && self.identity == other.identity
     }
 }
 

@@ -64,6 +64,7 @@ impl Applier {
     }
 
     fn install(&self, snapshot: &Snapshot) -> Result<(), BuildError> {
+        let started = std::time::Instant::now();
         match Runtime::build(snapshot, &self.metrics, &self.auth) {
             Ok(runtime) => {
                 if self.shared.limiter.redis_reachable().is_none() {
@@ -77,9 +78,15 @@ impl Applier {
                 }
                 self.prober.watch(&runtime);
                 self.shared.runtime.store(Arc::new(runtime));
+                self.metrics.retire_gone_routes();
                 self.metrics.snapshots_applied.inc();
                 self.metrics.serving(&snapshot.version);
-                tracing::info!(version = %snapshot.version, routes = snapshot.routes.len(), "snapshot applied");
+                tracing::info!(
+                    version = %snapshot.version,
+                    routes = snapshot.routes.len(),
+                    build_ms = started.elapsed().as_millis() as u64,
+                    "snapshot applied"
+                );
                 Ok(())
             }
             Err(error) => {
