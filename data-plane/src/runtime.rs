@@ -29,7 +29,8 @@ static GENERATIONS: AtomicU64 = AtomicU64::new(1);
 pub struct Runtime {
     /// Empty while nothing was ever applied.
     pub version: String,
-    /// Unique per build: per-worker caches keyed by it never outlive their snapshot.
+    /// Unique per build and increasing: per-worker caches keyed by it drop what older
+    /// runtimes cached once a newer one is in use.
     pub generation: u64,
     router: Router,
     rules: Box<[Rule]>,

@@ -510,8 +510,17 @@ fn cookies<'h, 'n>(
 
 /// Verified tokens of one worker.
 pub struct TokenCache {
-    inner: Mutex<HashMap<u64, Cached, foldhash::fast::FixedState>>,
+    inner: Mutex<Entries>,
     hasher: foldhash::fast::FixedState,
+}
+
+#[derive(Default)]
+struct Entries {
+    tokens: HashMap<u64, Cached, foldhash::fast::FixedState>,
+    /// The newest runtime generation cached for: entries of older ones are never looked up
+    /// again (the key names the generation), so they go when a newer one arrives — kept
+    /// until the cache filled, they made memory creep with every snapshot (the soak).
+    generation: u64,
 }
 
 struct Cached {
@@ -524,7 +533,7 @@ struct Cached {
 impl Default for TokenCache {
     fn default() -> Self {
         Self {
-            inner: Mutex::new(HashMap::default()),
+            inner: Mutex::default(),
             hasher: foldhash::fast::FixedState::with_seed(fastrand::u64(..)),
         }
     }
@@ -535,6 +544,7 @@ impl TokenCache {
         let hash = self.hasher.hash_one((slot, token));
         let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         inner
+            .tokens
             .get(&hash)
             .filter(|c| c.slot == slot && *c.token == *token && c.until > Instant::now())
             .map(|c| c.identity.clone())
@@ -545,19 +555,88 @@ impl TokenCache {
             return;
         }
         let hash = self.hasher.hash_one((slot, token));
+        let now = Instant::now();
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        if inner.len() >= CACHE_ENTRIES {
-            // Also drops entries of older snapshots; bounded whatever clients send.
-            inner.clear();
+        let generation = slot.0;
+        if generation < inner.generation {
+            // A request still finishing on a replaced runtime: nobody asks for this again.
+            return;
         }
-        inner.insert(
+        if generation > inner.generation {
+            inner.generation = generation;
+            inner
+                .tokens
+                .retain(|_, c| c.slot.0 == generation && c.until > now);
+        }
+        if inner.tokens.len() >= CACHE_ENTRIES {
+            // Bounded whatever clients send: expired entries first, else everything.
+            inner.tokens.retain(|_, c| c.until > now);
+            if inner.tokens.len() >= CACHE_ENTRIES {
+                inner.tokens.clear();
+            }
+        }
+        inner.tokens.insert(
             hash,
             Cached {
                 slot,
                 token: token.into(),
                 identity,
-                until: Instant::now() + ttl,
+                until: now + ttl,
             },
         );
+    }
+
+    /// Tokens held (for tests).
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .tokens
+            .len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn identity(subject: &str) -> Arc<Identity> {
+        Arc::new(Identity {
+            principal: Principal::Subject(subject.into()),
+            headers: Vec::new(),
+            claims: Map::new(),
+            membership: Arc::default(),
+        })
+    }
+
+    #[test]
+    fn tokens_of_a_replaced_runtime_leave_the_cache() {
+        let cache = TokenCache::default();
+        let ttl = Duration::from_secs(60);
+        let (rule, other_rule) = (1, 2);
+        cache.put((1, rule), "a", identity("a"), ttl);
+        cache.put((1, other_rule), "b", identity("b"), ttl);
+        assert_eq!(cache.len(), 2);
+        assert!(cache.get((1, rule), "a").is_some());
+
+        // The next snapshot's runtime: what the old one verified goes.
+        cache.put((2, rule), "a", identity("a"), ttl);
+        assert_eq!(cache.len(), 1);
+        assert!(cache.get((1, other_rule), "b").is_none());
+        assert!(cache.get((2, rule), "a").is_some());
+
+        // A request finishing on the old runtime caches nothing.
+        cache.put((1, rule), "c", identity("c"), ttl);
+        assert_eq!(cache.len(), 1);
+        // Expired entries go first when the cache is full.
+        cache.put((2, rule), "gone", identity("gone"), Duration::from_nanos(1));
+        for n in 0..CACHE_ENTRIES - 2 {
+            cache.put((2, rule), &format!("t{n}"), identity("t"), ttl);
+        }
+        assert_eq!(cache.len(), CACHE_ENTRIES);
+        cache.put((2, rule), "last", identity("last"), ttl);
+        assert_eq!(cache.len(), CACHE_ENTRIES, "the expired entry made room");
+        assert!(cache.get((2, rule), "a").is_some());
     }
 }
