@@ -265,33 +265,21 @@ impl Memory {
             if let (Outcome::Accepted { .. }, Ok(resource), Some(key)) =
                 (&report.outcome, &item.parsed, remembered(item))
             {
-                let version = match &item.last_accepted {
-                    // The very resource accepted last time: nothing to compare.
-                    Some(last)
-                        if Arc::ptr_eq(&last.resource, resource)
-                            && last.generation == report.generation =>
-                    {
-                        last.clone()
-                    }
-                    last => {
-                        let resource = last_accepted_form(resource);
-                        match last {
-                            // Read again but the same (a Kubernetes object after a status
-                            // write, say): the same version, so nothing downstream redoes it.
-                            Some(last)
-                                if last.resource == resource
-                                    && last.generation == report.generation =>
-                            {
-                                last.clone()
-                            }
-                            _ => Arc::new(LastAccepted {
-                                resource,
-                                generation: report.generation,
-                                accepted_at: now.clone(),
-                            }),
-                        }
-                    }
-                };
+                // The very resource accepted last time (nothing to compare), or one read
+                // again but the same (a Kubernetes object after a status write, say): the
+                // same version, so nothing downstream redoes it.
+                let kept = item.last_accepted.as_ref().filter(|last| {
+                    last.generation == report.generation
+                        && (Arc::ptr_eq(&last.resource, resource)
+                            || last.resource == last_accepted_form(resource))
+                });
+                let version = kept.cloned().unwrap_or_else(|| {
+                    Arc::new(LastAccepted {
+                        resource: last_accepted_form(resource),
+                        generation: report.generation,
+                        accepted_at: now.clone(),
+                    })
+                });
                 versions.insert(key, version);
             }
         }

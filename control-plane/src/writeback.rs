@@ -91,13 +91,13 @@ impl StoredStatus {
 }
 
 impl StoredStatus {
-    /// `stored_last_accepted`: `last_accepted` as a status holds it, when already known.
+    /// `stored_last_accepted`: `last_accepted` as a status holds it.
     fn new(
         conditions: Vec<StoredCondition>,
         report: &Report,
         item: &Item,
         last_accepted: Option<&LastAccepted>,
-        stored_last_accepted: Option<Option<pavilion_crds::status::LastAccepted>>,
+        stored_last_accepted: Option<pavilion_crds::status::LastAccepted>,
     ) -> Self {
         let reason = summary(&conditions).map(str::to_owned);
         // The key id of the version that serves, else of the document as written.
@@ -121,8 +121,7 @@ impl StoredStatus {
                 crate::compile::Outcome::Stale { serving, .. } => Some(serving.clone()),
                 _ => None,
             },
-            last_accepted: stored_last_accepted
-                .unwrap_or_else(|| last_accepted.and_then(LastAccepted::to_status)),
+            last_accepted: stored_last_accepted,
         }
     }
 }
@@ -247,14 +246,17 @@ pub async fn run(
                 key: report.key.clone(),
             };
             seen.insert(target.clone());
-            let same_last_accepted = stored
-                .get(&target)
+            let known = stored.get(&target);
+            let stored_last_accepted = known
                 .filter(|(_, from)| match (from, last_accepted) {
                     (Some(a), Some(b)) => Arc::ptr_eq(a, b),
                     (a, b) => a.is_none() && b.is_none(),
                 })
-                .map(|(status, _)| status.last_accepted.clone());
-            let previous = match stored.get(&target) {
+                .map_or_else(
+                    || last_accepted.as_deref().and_then(LastAccepted::to_status),
+                    |(status, _)| status.last_accepted.clone(),
+                );
+            let previous = match known {
                 Some((previous, _)) => Some(previous.clone()),
                 None => sink.read(&target).await.unwrap_or_else(|error| {
                     tracing::warn!(origin = %target.origin, %error, "cannot read status");
@@ -272,7 +274,7 @@ pub async fn run(
                 report,
                 item,
                 last_accepted.as_deref(),
-                same_last_accepted,
+                stored_last_accepted,
             );
             if previous.as_ref() == Some(&next) {
                 stored.insert(target, (next, last_accepted.clone()));
