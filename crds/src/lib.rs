@@ -24,7 +24,7 @@ pub use api_key::{ApiKey, ApiKeySpec};
 pub use auth::{Allow, ApiKeyAuth, Auth, ClaimAllow, ClaimHeader, JwtProvider, StaticKey};
 pub use document::{DocumentError, ParsedDocument, document_chunks, parse_documents};
 pub use policy::{
-    Concurrency, CorsPolicy, CorsPolicySpec, FailureMode, Limit, LimitOverride, Quota,
+    Concurrency, Consistency, CorsPolicy, CorsPolicySpec, FailureMode, Limit, LimitOverride, Quota,
     RateLimitBackend, RateLimitPolicy, RateLimitPolicySpec, TargetRef,
 };
 pub use rebalance::{PlanState, PlanStatus, PlanStep, RebalancePlan, RebalancePlanSpec};

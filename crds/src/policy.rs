@@ -77,6 +77,12 @@ pub struct RateLimitPolicySpec {
     /// What limits and quotas do when Redis is unreachable.
     #[serde(default)]
     pub failure_mode: FailureMode,
+    /// With `backend: redis`: whether each request is counted in Redis (`exact`, one round
+    /// trip per request) or data planes take slices of a bucket at once (`approximate`: one
+    /// round trip per slice, at most one slice per data plane and key over the limit).
+    /// Quotas are always exact.
+    #[serde(default, skip_serializing_if = "Consistency::is_exact")]
+    pub consistency: Consistency,
     /// Whether responses carry `RateLimit-Limit`, `RateLimit-Remaining` and
     /// `RateLimit-Reset`. Default true.
     #[serde(default = "default_true", skip_serializing_if = "is_true")]
@@ -128,6 +134,25 @@ pub enum RateLimitBackend {
     Local,
     /// Counted in Redis, exact across replicas.
     Redis,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Consistency {
+    /// Every request counted in Redis: with a limit of N, N requests pass.
+    #[default]
+    Exact,
+    /// Each data plane reserves a slice of a key's bucket in one round trip and spends it
+    /// locally (see docs/rate-limiting.md for the bound).
+    Approximate,
+}
+
+impl Consistency {
+    // serde's `skip_serializing_if` passes a reference.
+    #[allow(clippy::trivially_copy_pass_by_ref)]
+    fn is_exact(&self) -> bool {
+        *self == Consistency::Exact
+    }
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
@@ -278,6 +303,12 @@ impl RateLimitPolicySpec {
             errors.add(
                 "spec.limits",
                 "at least one of limits, quotas or concurrency is required",
+            );
+        }
+        if self.consistency == Consistency::Approximate && self.backend != RateLimitBackend::Redis {
+            errors.add(
+                "spec.consistency",
+                "`approximate` shares a Redis bucket between data planes; it needs `backend: redis`",
             );
         }
         if self.limits.len() > MAX_LIMITS {

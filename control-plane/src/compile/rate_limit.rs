@@ -14,7 +14,8 @@ use std::collections::HashMap;
 
 use pavilion_crds::policy::period;
 use pavilion_crds::{
-    Concurrency, FailureMode, Limit, Quota, RateLimitBackend, RateLimitPolicy, Resource,
+    Concurrency, Consistency, FailureMode, Limit, Quota, RateLimitBackend, RateLimitPolicy,
+    Resource,
 };
 use pavilion_proto as proto;
 
@@ -167,6 +168,7 @@ fn to_proto<'a>(
             backend: backend as i32,
             failure_mode: failure_mode as i32,
             headers: spec.headers,
+            approximate: spec.consistency == Consistency::Approximate,
             overrides: limit
                 .overrides
                 .iter()

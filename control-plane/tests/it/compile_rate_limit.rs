@@ -179,7 +179,7 @@ fn fields_are_compiled_with_their_defaults() {
     let defaults = policy("shop", "plain", "", "{ kind: Route, name: orders }", limits);
     let all_set = defaults.replace("name: plain", "name: tuned").replace(
         "  limits:\n",
-        "  backend: redis\n  failureMode: closed\n  headers: false\n  limits:\n",
+        "  backend: redis\n  consistency: approximate\n  failureMode: closed\n  headers: false\n  limits:\n",
     );
     let open = defaults.replace("name: plain", "name: open").replace(
         "  limits:\n",
@@ -214,6 +214,7 @@ fn fields_are_compiled_with_their_defaults() {
         proto::RateLimitFailureMode::Local as i32
     );
     assert!(plain.headers);
+    assert!(!plain.approximate);
     let overrides: Vec<_> = plain
         .overrides
         .iter()
@@ -236,6 +237,8 @@ fn fields_are_compiled_with_their_defaults() {
         proto::RateLimitFailureMode::Closed as i32
     );
     assert!(!tuned.headers);
+    assert!(tuned.approximate);
+    assert!(!rule[0].approximate, "exact unless chosen");
     assert_eq!(
         rule[0].failure_mode,
         proto::RateLimitFailureMode::Open as i32

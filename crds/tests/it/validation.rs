@@ -348,7 +348,7 @@ fn limit(fields: &str) -> String {
 #[test]
 fn a_full_rate_limit_policy_is_valid() {
     let yaml = rate_limit_policy(
-        "  backend: redis\n  failureMode: closed\n  headers: false\n  limits:\n    - key: [clientIp, 'header:X-Tenant', 'claim:org', subject, route]\n      requests: 100\n      per: 500ms\n      burst: 20\n      overrides:\n        - { value: 'premium-*', requests: 1000, burst: 50 }\n        - { value: '*|acme', requests: 5 }\n    - { key: [apiKey], requests: 1, per: 1d }\n    - { key: [apiKey], requests: 1, per: 1h30m }\n",
+        "  backend: redis\n  consistency: approximate\n  failureMode: closed\n  headers: false\n  limits:\n    - key: [clientIp, 'header:X-Tenant', 'claim:org', subject, route]\n      requests: 100\n      per: 500ms\n      burst: 20\n      overrides:\n        - { value: 'premium-*', requests: 1000, burst: 50 }\n        - { value: '*|acme', requests: 5 }\n    - { key: [apiKey], requests: 1, per: 1d }\n    - { key: [apiKey], requests: 1, per: 1h30m }\n",
     );
     assert_eq!(errors(&yaml), []);
 }
@@ -392,6 +392,57 @@ fn a_rate_limit_policy_may_target_the_gateway_a_cors_policy_may_not() {
     assert_eq!(
         found[0].message,
         "`Gateway` cannot be the target of a CorsPolicy; use Route or Namespace"
+    );
+}
+
+#[test]
+fn approximate_counting_needs_redis_and_is_written_only_when_chosen() {
+    for (spec, wanted) in [
+        (
+            "  consistency: approximate\n",
+            Some("needs `backend: redis`"),
+        ),
+        (
+            "  backend: local\n  consistency: approximate\n",
+            Some("needs `backend: redis`"),
+        ),
+        ("  consistency: exact\n", None),
+        ("  backend: redis\n  consistency: approximate\n", None),
+    ] {
+        let found = errors(&rate_limit_policy(&format!("{spec}{}", limit(""))));
+        match wanted {
+            Some(message) => {
+                assert_eq!(found.len(), 1, "{spec}: {found:?}");
+                assert_eq!(found[0].field, "spec.consistency");
+                assert!(found[0].message.contains(message), "{found:?}");
+            }
+            None => assert_eq!(found, [], "{spec}"),
+        }
+    }
+    let unknown = parse_documents(&rate_limit_policy(&format!(
+        "  backend: redis\n  consistency: roughly\n{}",
+        limit("")
+    )))
+    .remove(0)
+    .result
+    .expect_err("an unknown mode");
+    assert_eq!(unknown.field, "spec.consistency");
+    assert!(
+        unknown.message.contains("`exact` or `approximate`"),
+        "{unknown:?}"
+    );
+    let exact = match parse_documents(&rate_limit_policy(&limit("")))
+        .remove(0)
+        .result
+        .expect("parses")
+    {
+        Resource::RateLimitPolicy(p) => p,
+        other => panic!("{other:?}"),
+    };
+    assert!(
+        !serde_yaml_ng::to_string(&exact.spec)
+            .unwrap()
+            .contains("consistency")
     );
 }
 

@@ -72,6 +72,7 @@ fn limit(
         failure_mode: proto::RateLimitFailureMode::Local as i32,
         headers: false,
         overrides: Vec::new(),
+        approximate: false,
     }
 }
 

@@ -112,7 +112,7 @@ impl LocalCounters {
     }
 }
 
-fn shard_of(key: u64) -> usize {
+pub(super) fn shard_of(key: u64) -> usize {
     // The low bits feed the map's own hashing; shards use the high ones.
     (key >> 58) as usize % SHARDS
 }

@@ -10,6 +10,7 @@ pub mod gcra;
 pub mod local;
 pub mod quota;
 pub mod redis;
+pub mod slices;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -23,6 +24,7 @@ use self::gcra::{Rate, Verdict};
 use self::local::LocalCounters;
 use self::quota::{Exhausted, Quota, QuotaCounters, RuleQuotas};
 use self::redis::RedisCounters;
+use self::slices::{Slices, Take};
 use crate::auth::pattern::Pattern;
 use crate::auth::{Identity, Principal};
 
@@ -105,6 +107,8 @@ struct Limit {
     period_ns: u64,
     rate: Rate,
     backend: Backend,
+    /// Redis only: counted in slices ([`slices`]).
+    approximate: bool,
     failure: FailureMode,
     headers: bool,
     overrides: Box<[(Pattern, u64, Rate)]>,
@@ -144,7 +148,11 @@ impl RuleLimits {
                     limit.policy,
                     limit.index,
                     limit.describe,
-                    limit.backend.as_str(),
+                    if limit.approximate {
+                        "redis, approximate"
+                    } else {
+                        limit.backend.as_str()
+                    },
                     counted.requests
                 )
             })
@@ -231,6 +239,7 @@ impl Limit {
             period_ns,
             rate,
             backend,
+            approximate: backend == Backend::Redis && limit.approximate,
             failure,
             headers: limit.headers,
             overrides,
@@ -308,7 +317,15 @@ pub struct Limiter {
     quotas: QuotaCounters,
     /// Redis quotas' shares while Redis is unreachable (`failureMode: local`).
     quota_fallback: QuotaCounters,
+    /// Slices reserved from Redis buckets (`consistency: approximate`).
+    slices: Slices,
 }
+
+/// A slice is at most this share of a bucket divided among the replicas: with `--replicas`
+/// right, an approximate limit admits at most `burst / SLICE_SHARE` over the exact one.
+const SLICE_SHARE: u64 = 8;
+/// Requests one reservation takes at most.
+const MAX_SLICE: u64 = 1000;
 
 /// Where a request's response bytes are added (quotas with a byte limit).
 pub struct ByteTarget {
@@ -416,16 +433,34 @@ impl Limiter {
         redis: Option<Arc<RedisCounters>>,
         metrics: LimiterMetrics,
     ) -> Self {
+        let redis_timeout = redis
+            .as_ref()
+            .map_or(DEFAULT_REDIS_TIMEOUT, |r| r.timeout());
         Self {
             local: LocalCounters::new(options.max_keys),
             fallback: LocalCounters::new(options.max_keys),
-            redis,
             replicas: options.replicas.max(1),
             hasher: foldhash::fast::FixedState::with_seed(fastrand::u64(..)),
             metrics,
             quotas: QuotaCounters::new(options.max_keys),
             quota_fallback: QuotaCounters::new(options.max_keys),
+            slices: Slices::new(
+                options.max_keys,
+                u64::try_from(redis_timeout.as_nanos().saturating_mul(2)).unwrap_or(u64::MAX),
+            ),
+            redis,
         }
+    }
+
+    /// Requests one reservation asks for: a share of the bucket, so that all replicas'
+    /// slices together stay a fraction of it.
+    fn slice_size(&self, rate: Rate) -> u64 {
+        (rate.burst / SLICE_SHARE.saturating_mul(self.replicas)).clamp(1, MAX_SLICE)
+    }
+
+    /// Requests held in this data plane's slices (for tests).
+    pub fn sliced_requests_held(&self) -> u64 {
+        self.slices.held()
     }
 
     /// Counts the request in every quota of the rule unless one is used up (then none is
@@ -727,32 +762,33 @@ impl Limiter {
             }
         }
 
+        let sliced: Vec<usize> = (0..counted.len())
+            .filter(|&i| counted[i].limit.approximate)
+            .collect();
+        let mut spent = Vec::new();
+        if !sliced.is_empty() {
+            let decided = self
+                .take_slices(&counted, &sliced, &mut verdicts, &mut spent)
+                .await;
+            let refusal = decided.err().or_else(|| self.refusal(&counted, &verdicts));
+            if let Some(refusal) = refusal {
+                self.local.refund(&local_checks);
+                self.slices.give_back(&spent);
+                return Err(refusal);
+            }
+        }
+
         let remote: Vec<usize> = (0..counted.len())
-            .filter(|&i| counted[i].limit.backend == Backend::Redis)
+            .filter(|&i| {
+                counted[i].limit.backend == Backend::Redis && !counted[i].limit.approximate
+            })
             .collect();
         if !remote.is_empty() {
-            let outcome = match &self.redis {
-                // While Redis is known to be down the failure mode decides at once; the
-                // connection's own check brings Redis back within a second.
-                Some(redis) if redis.is_connected() => {
-                    let checks: Vec<(String, Rate)> = remote
-                        .iter()
-                        .map(|&i| (redis_key(&counted[i]), counted[i].rate))
-                        .collect();
-                    let started = std::time::Instant::now();
-                    let outcome = redis.check_all(&checks).await;
-                    self.metrics
-                        .redis_latency
-                        .observe(started.elapsed().as_secs_f64());
-                    if outcome.is_err() {
-                        self.metrics.redis_errors.inc();
-                    }
-                    outcome
-                }
-                Some(_) => Err("Redis is unreachable".into()),
-                None => Err("no --redis configured".into()),
-            };
-            let decided = match outcome {
+            let checks: Vec<(String, Rate)> = remote
+                .iter()
+                .map(|&i| (redis_key(&counted[i]), counted[i].rate))
+                .collect();
+            let decided = match self.round_trip(|redis| redis.check_all(&checks)).await {
                 Ok(remote_verdicts) => {
                     for (&i, verdict) in remote.iter().zip(remote_verdicts) {
                         verdicts[i] = Some(verdict);
@@ -763,8 +799,9 @@ impl Limiter {
             };
             let refusal = decided.err().or_else(|| self.refusal(&counted, &verdicts));
             if let Some(refusal) = refusal {
-                // Refused after all: what the local limits charged is given back.
+                // Refused after all: what the local limits and slices charged is given back.
                 self.local.refund(&local_checks);
+                self.slices.give_back(&spent);
                 return Err(refusal);
             }
         }
@@ -777,6 +814,85 @@ impl Limiter {
                 .inc();
         }
         Ok(rate_limit_headers(&counted, &verdicts))
+    }
+
+    /// One Redis round trip, timed; while Redis is known to be down it fails at once (the
+    /// connection's own check brings Redis back within a second).
+    async fn round_trip<'r, T, F>(
+        &'r self,
+        call: impl FnOnce(&'r RedisCounters) -> F,
+    ) -> Result<T, String>
+    where
+        F: std::future::Future<Output = Result<T, String>>,
+    {
+        let redis = match &self.redis {
+            Some(redis) if redis.is_connected() => redis,
+            Some(_) => return Err("Redis is unreachable".into()),
+            None => return Err("no --redis configured".into()),
+        };
+        let started = std::time::Instant::now();
+        let outcome = call(redis).await;
+        self.metrics
+            .redis_latency
+            .observe(started.elapsed().as_secs_f64());
+        if outcome.is_err() {
+            self.metrics.redis_errors.inc();
+        }
+        outcome
+    }
+
+    /// Approximate Redis limits: spends from the slices in hand and reserves, in one round
+    /// trip, for the limits that have none. The slice keys this request spent from are
+    /// pushed to `spent`, to be given back if a later limit refuses.
+    async fn take_slices(
+        &self,
+        counted: &[Counted<'_>],
+        sliced: &[usize],
+        verdicts: &mut [Option<Verdict>],
+        spent: &mut Vec<u64>,
+    ) -> Result<(), Refusal> {
+        let mut asks: Vec<(usize, u64, u64)> = Vec::new();
+        for &i in sliced {
+            let key = self.slice_key(&counted[i]);
+            match self.slices.take(key, self.slice_size(counted[i].rate)) {
+                Take::Spent(verdict) => {
+                    verdicts[i] = Some(verdict);
+                    spent.push(key);
+                }
+                Take::Refused(verdict) => verdicts[i] = Some(verdict),
+                Take::Ask { want } => asks.push((i, key, want)),
+            }
+        }
+        // Refused already: no reservation for a request that will not pass.
+        if asks.is_empty() || verdicts.iter().any(|v| v.is_some_and(|v| !v.allowed)) {
+            for &(_, key, want) in &asks {
+                self.slices.abandon(key, want);
+            }
+            return Ok(());
+        }
+        let reservations: Vec<(String, Rate, u64)> = asks
+            .iter()
+            .map(|&(i, _, want)| (redis_key(&counted[i]), counted[i].rate, want))
+            .collect();
+        match self.round_trip(|redis| redis.reserve(&reservations)).await {
+            Ok(grants) => {
+                for (&(i, key, want), grant) in asks.iter().zip(grants) {
+                    let verdict = self.slices.granted(key, want, grant);
+                    if verdict.allowed {
+                        spent.push(key);
+                    }
+                    verdicts[i] = Some(verdict);
+                }
+                Ok(())
+            }
+            Err(error) => {
+                for &(_, key, want) in &asks {
+                    self.slices.abandon(key, want);
+                }
+                let indices: Vec<usize> = asks.iter().map(|&(i, _, _)| i).collect();
+                self.fall_back(counted, &indices, verdicts, &error)
+            }
+        }
     }
 
     /// Redis is unreachable: each limit's failure mode decides.
@@ -861,6 +977,17 @@ impl Limiter {
             retry_after_secs,
             headers,
         })
+    }
+
+    /// A slice's key names the rate too: after a change of the limit, neither requests
+    /// held nor a kept refusal of the old one apply.
+    fn slice_key(&self, counted: &Counted<'_>) -> u64 {
+        use std::hash::BuildHasher;
+        self.hasher.hash_one((
+            self.local_key(counted, "slice"),
+            counted.rate.interval,
+            counted.rate.burst,
+        ))
     }
 
     fn local_key(&self, counted: &Counted<'_>, salt: &str) -> u64 {

@@ -15,6 +15,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use tokio::sync::watch;
 
 use super::gcra::{Rate, Verdict};
+use super::slices::Grant;
 
 /// KEYS: one counter per limit. ARGV: per limit, the interval (microseconds, with a
 /// fraction: 600 000 per second is 1.667 µs, and rounding it would admit more) and the
@@ -53,12 +54,48 @@ end
 return results
 "#;
 
+/// Reservations for `consistency: approximate` (see [`super::slices`]): the same buckets and
+/// arithmetic as [`SCRIPT`], but each key independently grants as many of `want` requests as
+/// its bucket holds. ARGV per key: interval, burst, want. Returns per key {granted,
+/// remaining, reset_us, retry_after_us}.
+const RESERVE_SCRIPT: &str = r#"
+local t = redis.call('TIME')
+local now = (tonumber(t[1]) - 1735689600) * 1000000 + tonumber(t[2])
+local results = {}
+for i = 1, #KEYS do
+  local interval = tonumber(ARGV[3 * i - 2])
+  local burst = tonumber(ARGV[3 * i - 1])
+  local want = tonumber(ARGV[3 * i])
+  local capacity = interval * burst
+  local tat = tonumber(redis.call('GET', KEYS[i]) or '0') or 0
+  if tat < now then tat = now end
+  if tat > now + capacity then tat = now + capacity - interval end
+  -- As many as fit: the exact script's test `tat + n * interval - now <= capacity`, kept
+  -- exact against the rounding of the division.
+  local granted = math.floor((capacity - (tat - now)) / interval)
+  if granted > want then granted = want end
+  if granted < 0 then granted = 0 end
+  if granted > 0 and tat + granted * interval - now > capacity then granted = granted - 1 end
+  if granted < want and tat + (granted + 1) * interval - now <= capacity then granted = granted + 1 end
+  if granted > 0 then
+    local new_tat = tat + granted * interval
+    local ttl = math.ceil((new_tat - now) / 1000) + 1000
+    redis.call('SET', KEYS[i], string.format('%.3f', new_tat), 'PX', ttl)
+    results[i] = {granted, math.floor((capacity - (new_tat - now)) / interval), new_tat - now, 0}
+  else
+    results[i] = {0, 0, tat - now, tat + interval - now - capacity}
+  end
+end
+return results
+"#;
+
 pub struct RedisCounters {
     client: redis::Client,
     manager: ArcSwapOption<ConnectionManager>,
     connected: AtomicBool,
     timeout: Duration,
     script: redis::Script,
+    reserve: redis::Script,
 }
 
 impl RedisCounters {
@@ -71,7 +108,13 @@ impl RedisCounters {
             connected: AtomicBool::new(false),
             timeout,
             script: redis::Script::new(SCRIPT),
+            reserve: redis::Script::new(RESERVE_SCRIPT),
         }))
+    }
+
+    /// How long one round trip may take.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
     }
 
     pub fn is_connected(&self) -> bool {
@@ -192,6 +235,39 @@ impl RedisCounters {
                     retry_after_ns: micros(*retry),
                 }),
                 _ => Err("unexpected reply from the rate-limit script".to_string()),
+            })
+            .collect()
+    }
+}
+
+impl RedisCounters {
+    /// One round trip reserving `want` requests of each `(key, rate, want)`.
+    pub async fn reserve(&self, asks: &[(String, Rate, u64)]) -> Result<Vec<Grant>, String> {
+        let mut connection = self.connection().await?;
+        let mut invocation = self.reserve.prepare_invoke();
+        for (key, rate, want) in asks {
+            invocation
+                .key(key)
+                .arg(format!("{:.3}", rate.interval as f64 / 1000.0))
+                .arg(rate.burst)
+                .arg(*want);
+        }
+        let rows: Vec<Vec<i64>> = self
+            .bounded(invocation.invoke_async(&mut connection))
+            .await?;
+        if rows.len() != asks.len() {
+            return Err("unexpected reply from the reservation script".into());
+        }
+        let unsigned = |n: i64| u64::try_from(n).unwrap_or(0);
+        rows.iter()
+            .map(|row| match row.as_slice() {
+                [granted, remaining, reset, retry] => Ok(Grant {
+                    granted: unsigned(*granted),
+                    remaining: unsigned(*remaining),
+                    reset_ns: unsigned(*reset).saturating_mul(1000),
+                    retry_after_ns: unsigned(*retry).saturating_mul(1000),
+                }),
+                _ => Err("unexpected reply from the reservation script".to_string()),
             })
             .collect()
     }

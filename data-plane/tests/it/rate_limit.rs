@@ -283,6 +283,125 @@ async fn redis_limits_are_exact_across_data_planes_and_local_ones_count_per_repl
     assert_eq!(admitted(&[&one, &two], "/local", 100).await, 40);
 }
 
+/// A metric of the data plane's `/metrics` without labels.
+async fn metric(dp: &DataPlane, name: &str) -> f64 {
+    let metrics = HttpClient::http1()
+        .get(&format!("http://{}/metrics", dp.admin_addr))
+        .await
+        .unwrap()
+        .text();
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("{name} in\n{metrics}"))
+        .parse()
+        .unwrap()
+}
+
+fn approximate(policy: &str, requests: u64, period_ms: u64) -> proto::RateLimit {
+    proto::RateLimit {
+        period_ms,
+        approximate: true,
+        ..limit(policy, &["route"], requests, proto::RateLimitBackend::Redis)
+    }
+}
+
+#[tokio::test]
+async fn approximate_redis_limits_take_slices_in_few_round_trips_and_spend_all_of_the_limit() {
+    let redis = RedisServer::start();
+    let upstream = Upstream::start("u").await.unwrap();
+    let one = data_plane(Some(&redis), 2).await;
+    let two = data_plane(Some(&redis), 2).await;
+    // 410 per day, two replicas: slices of 410 / (8 × 2) = 25; no refill during the test.
+    let snap = snapshot(
+        "v1",
+        vec![route(
+            "shop/orders",
+            &[],
+            vec![limited_rule(
+                "/sliced",
+                &upstream,
+                vec![approximate("shop/sliced", 410, 24 * HOUR_MS)],
+            )],
+        )],
+    );
+    for dp in [&one, &two] {
+        dp.apply(snap.clone()).await.unwrap();
+        until_redis(dp, "reachable").await;
+    }
+    let before = [
+        metric(&one, "pavilion_rate_limit_redis_seconds_count").await,
+        metric(&two, "pavilion_rate_limit_redis_seconds_count").await,
+    ];
+    let mut admitted = 0;
+    for i in 0..600 {
+        let dp = if i % 2 == 0 { &one } else { &two };
+        let reply = get(dp, "/sliced", &[]).await;
+        match reply.status.as_u16() {
+            200 => {
+                admitted += 1;
+                assert!(reply.header("ratelimit-remaining").is_some());
+            }
+            429 => {
+                assert!(reply.header("retry-after").is_some());
+                assert!(reply.text().contains("shop/sliced"), "{}", reply.text());
+            }
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    // Every request Redis granted was spent: one after the other, nothing is left in hand.
+    assert_eq!(admitted, 410, "exactly the limit, across both");
+    for (dp, before) in [&one, &two].into_iter().zip(before) {
+        let trips = metric(dp, "pavilion_rate_limit_redis_seconds_count").await - before;
+        // 205 admitted in slices of 25 and one refusal, which is then kept: not 300 trips.
+        assert!((9.0..=12.0).contains(&trips), "{trips} round trips");
+    }
+}
+
+#[tokio::test]
+async fn approximate_limits_under_concurrency_admit_at_most_one_slice_per_data_plane_more() {
+    let redis = RedisServer::start();
+    let upstream = Upstream::start("u").await.unwrap();
+    let one = data_plane(Some(&redis), 2).await;
+    let two = data_plane(Some(&redis), 2).await;
+    // 160 per second, burst 160, two replicas: slices of 10.
+    let snap = snapshot(
+        "v1",
+        vec![route(
+            "shop/orders",
+            &[],
+            vec![limited_rule(
+                "/sliced",
+                &upstream,
+                vec![approximate("shop/fast", 160, 1000)],
+            )],
+        )],
+    );
+    for dp in [&one, &two] {
+        dp.apply(snap.clone()).await.unwrap();
+        until_redis(dp, "reachable").await;
+    }
+    let started = std::time::Instant::now();
+    let mut admitted_total = 0;
+    for _ in 0..3 {
+        admitted_total += admitted(&[&one, &two], "/sliced", 300).await;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    // Exact: the bucket plus what refilled while the requests ran; approximate may add one
+    // slice per data plane.
+    let exact = 160.0 + 160.0 * elapsed;
+    assert!(
+        (admitted_total as f64) <= exact + 2.0 * 10.0,
+        "{admitted_total} admitted in {elapsed:.2} s"
+    );
+    // Demand always exceeded the limit: Redis handed out the whole bucket, and at most a
+    // slice per data plane stayed unspent.
+    assert!(
+        admitted_total >= 160 - 2 * 10,
+        "{admitted_total} admitted in {elapsed:.2} s"
+    );
+}
+
 #[tokio::test]
 async fn with_redis_down_each_failure_mode_does_what_it_says_and_redis_comes_back() {
     let mut redis = RedisServer::start();
