@@ -6,13 +6,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // SAFETY: build scripts are single-threaded; nothing else reads the environment now.
         unsafe { std::env::set_var("PROTOC", protoc_bin_vendored::protoc_bin_path()?) };
     }
-    tonic_prost_build::configure().compile_protos(
-        &[
-            "proto/pavilion/v1/snapshot.proto",
-            "proto/pavilion/v1/discovery.proto",
-            "proto/aggregate/gateway/v1/command.proto",
-        ],
-        &["proto"],
-    )?;
+    tonic_prost_build::configure()
+        // Encoded once by the control plane and shared by every stream (see discovery.proto).
+        .bytes(".pavilion.v1.SnapshotResponse.snapshot")
+        .compile_protos(
+            &[
+                "proto/pavilion/v1/snapshot.proto",
+                "proto/pavilion/v1/discovery.proto",
+                "proto/aggregate/gateway/v1/command.proto",
+            ],
+            &["proto"],
+        )?;
     Ok(())
 }

@@ -9,7 +9,7 @@ use pavilion_crds::{Resource, ResourceKey};
 use pavilion_proto::Snapshot;
 use tokio::sync::watch;
 
-use crate::compile::{CompileOptions, Outcome, Report, compile_with};
+use crate::compile::{CompileOptions, Memo, Outcome, Report, compile_with_memo};
 use crate::metrics::Metrics;
 use crate::source::{Item, Items, LastAccepted};
 
@@ -20,6 +20,8 @@ const DEBOUNCE: Duration = Duration::from_millis(10);
 #[derive(Debug)]
 pub struct Published {
     pub snapshot: Arc<Snapshot>,
+    /// `snapshot` encoded once, for every data plane's stream.
+    pub encoded: bytes::Bytes,
     /// One per input item, in the same order as `items`.
     pub reports: Vec<Report>,
     /// The resource set it was compiled from, each item's `last_accepted` filled in.
@@ -119,6 +121,8 @@ pub async fn run(
     let versions = Arc::new(Versions::default());
     let mut previous: Option<Arc<Published>> = None;
     let mut memory = Memory::default();
+    // What the compiler worked out for resources that did not change (see `Memo`).
+    let mut memo = Memo::default();
     while items.changed().await.is_ok() {
         tokio::time::sleep(DEBOUNCE).await;
         let Some(from_source) = items.borrow_and_update().clone() else {
@@ -129,14 +133,22 @@ pub async fn run(
         // Regexes are compiled while validating: keep that off the async threads.
         let inputs = current.clone();
         let options = options.clone();
-        let compiled =
-            match tokio::task::spawn_blocking(move || compile_with(&inputs, &options)).await {
-                Ok(compiled) => compiled,
-                Err(error) => {
-                    tracing::error!(%error, "the compiler failed; keeping the last snapshot");
-                    continue;
-                }
-            };
+        let mut lent = std::mem::take(&mut memo);
+        let compiled = match tokio::task::spawn_blocking(move || {
+            let compiled = compile_with_memo(&inputs, &options, &mut lent);
+            (compiled, lent)
+        })
+        .await
+        {
+            Ok((compiled, returned)) => {
+                memo = returned;
+                compiled
+            }
+            Err(error) => {
+                tracing::error!(%error, "the compiler failed; keeping the last snapshot");
+                continue;
+            }
+        };
         let compiled_in = started.elapsed();
         let last_accepted = memory.learn(&current, &compiled.reports);
         metrics.compiles.inc();
@@ -164,6 +176,7 @@ pub async fn run(
         let since = since(previous.as_deref(), &current, &compiled.reports, &now);
         let next = Arc::new(Published {
             snapshot: Arc::new(compiled.snapshot),
+            encoded: compiled.encoded,
             reports: compiled.reports,
             items: current,
             last_accepted,

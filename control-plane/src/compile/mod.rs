@@ -19,6 +19,7 @@ mod auth;
 mod conflicts;
 mod cors;
 mod credentials;
+mod memo;
 mod rate_limit;
 mod route;
 mod tenancy;
@@ -33,11 +34,15 @@ use sha2::{Digest, Sha256};
 
 use crate::source::{Item, Origin};
 
+pub use memo::Memo;
+
 /// The outcome of one compile.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Compiled {
     /// The snapshot, `version` filled in.
     pub snapshot: Snapshot,
+    /// The snapshot encoded, as it goes to every data plane (a by-product of its version).
+    pub encoded: bytes::Bytes,
     /// One report per input item, in input order.
     pub reports: Vec<Report>,
 }
@@ -147,10 +152,16 @@ pub fn compile(items: &[Item]) -> Compiled {
 
 /// Compiles the resource set.
 pub fn compile_with(items: &[Item], options: &CompileOptions) -> Compiled {
+    compile_with_memo(items, options, &mut Memo::default())
+}
+
+/// Compiles the resource set, reusing what `memo` holds from earlier compiles of the same
+/// resources (same result as without it; see [`Memo`]).
+pub fn compile_with_memo(items: &[Item], options: &CompileOptions, memo: &mut Memo) -> Compiled {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
-    compile_at_with(items, now, options)
+    compile_at_with_memo(items, now, options, memo)
 }
 
 /// Compiles the resource set as of `now` (seconds since the Unix epoch) with the default
@@ -162,8 +173,18 @@ pub fn compile_at(items: &[Item], now: i64) -> Compiled {
 
 /// Compiles the resource set as of `now` (seconds since the Unix epoch); see [`compile_at`].
 pub fn compile_at_with(items: &[Item], now: i64, options: &CompileOptions) -> Compiled {
-    let mut reports: Vec<Report> = items.iter().map(first_pass).collect();
-    let held = stand_in_last_accepted(items, &mut reports);
+    compile_at_with_memo(items, now, options, &mut Memo::default())
+}
+
+/// [`compile_at_with`] reusing what `memo` holds; see [`compile_with_memo`].
+pub fn compile_at_with_memo(
+    items: &[Item],
+    now: i64,
+    options: &CompileOptions,
+    memo: &mut Memo,
+) -> Compiled {
+    let mut reports: Vec<Report> = items.iter().map(|item| first_pass(item, memo)).collect();
+    let held = stand_in_last_accepted(items, &mut reports, memo);
     // What each document contributes: its resource, or the version standing in for it.
     let resources: Vec<Option<&Resource>> = items
         .iter()
@@ -264,8 +285,11 @@ pub fn compile_at_with(items: &[Item], now: i64, options: &CompileOptions) -> Co
             _ => Outcome::Rejected { reason, errors },
         };
     }
+    memo.sweep();
+    let (snapshot, encoded) = with_version(snapshot);
     Compiled {
-        snapshot: with_version(snapshot),
+        snapshot,
+        encoded,
         reports,
     }
 }
@@ -281,7 +305,11 @@ struct Held {
 /// resource is compiled as that version: a bad edit must not take a live resource down.
 /// Its report keeps the new version's problems (see [`Outcome::Stale`]). A resource that
 /// never was valid has no such version and stays out.
-fn stand_in_last_accepted(items: &[Item], reports: &mut [Report]) -> Vec<Option<Held>> {
+fn stand_in_last_accepted(
+    items: &[Item],
+    reports: &mut [Report],
+    memo: &mut Memo,
+) -> Vec<Option<Held>> {
     // A valid definition elsewhere (another file, say) is the resource now: an old
     // version must not displace it.
     let defined: std::collections::HashSet<&ResourceKey> = items
@@ -300,7 +328,7 @@ fn stand_in_last_accepted(items: &[Item], reports: &mut [Report]) -> Vec<Option<
             let last = item.last_accepted.as_ref()?;
             if item.identity.as_ref() != Some(&last.resource.key())
                 || defined.contains(&last.resource.key())
-                || !last.resource.validate().is_empty()
+                || !memo.validate(&last.resource).is_empty()
             {
                 return None;
             }
@@ -318,7 +346,7 @@ fn stand_in_last_accepted(items: &[Item], reports: &mut [Report]) -> Vec<Option<
 }
 
 /// Per-document checks: readable, and valid on its own.
-fn first_pass(item: &Item) -> Report {
+fn first_pass(item: &Item, memo: &mut Memo) -> Report {
     let (key, generation, outcome) = match &item.parsed {
         Err(e) => (
             item.identity.clone(),
@@ -332,7 +360,7 @@ fn first_pass(item: &Item) -> Report {
             },
         ),
         Ok(resource) => {
-            let errors = resource.validate();
+            let errors = memo.validate(resource);
             let outcome = if errors.is_empty() {
                 Outcome::Accepted {
                     warnings: Vec::new(),
@@ -459,10 +487,16 @@ fn check_target(
 
 /// Fills in the content hash: the first 8 bytes of SHA-256 over the encoding with an empty
 /// version, in hex. Prost encodes fields in a fixed order and the snapshot has no maps, so
-/// the bytes depend only on the content.
-fn with_version(mut snapshot: Snapshot) -> Snapshot {
+/// the bytes depend only on the content. Returns the encoding with the version too: as
+/// `version` is field 1 and prost writes fields in tag order, that is the version's field
+/// followed by the bytes just hashed — no second encoding.
+fn with_version(mut snapshot: Snapshot) -> (Snapshot, bytes::Bytes) {
     snapshot.version.clear();
-    let digest = Sha256::digest(snapshot.encode_to_vec());
+    let body = snapshot.encode_to_vec();
+    let digest = Sha256::digest(&body);
     snapshot.version = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
-    snapshot
+    let mut encoded = Vec::with_capacity(body.len() + 2 + snapshot.version.len());
+    prost::encoding::string::encode(1, &snapshot.version, &mut encoded);
+    encoded.extend_from_slice(&body);
+    (snapshot, encoded.into())
 }

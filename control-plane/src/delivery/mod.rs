@@ -136,7 +136,7 @@ impl NodeStream {
                 let response = SnapshotResponse {
                     version: published.snapshot.version.clone(),
                     nonce: nonce.to_string(),
-                    snapshot: Some((*published.snapshot).clone()),
+                    snapshot: published.encoded.clone(),
                 };
                 if responses.send(Ok(response)).await.is_err() {
                     return;

@@ -102,6 +102,7 @@ impl DirSource {
 
         let mut last: Option<Vec<Item>> = None;
         let mut recall_until = None;
+        let mut recalled = Recalled::default();
         let mut cache = FileCache::default();
         loop {
             let root = self.root.clone();
@@ -133,7 +134,9 @@ impl DirSource {
                     let recall_until = *recall_until
                         .get_or_insert_with(|| tokio::time::Instant::now() + RECALL_WINDOW);
                     if tokio::time::Instant::now() < recall_until {
-                        recall(&self.root, &mut loaded);
+                        recalled.attach(&self.root, &mut loaded);
+                    } else {
+                        recalled = Recalled::default();
                     }
                     tracing::info!(path = %self.root.display(), documents = loaded.len(), "read configuration directory");
                     items.send_replace(Some(loaded.clone().into()));
@@ -193,11 +196,29 @@ fn renamed_into_place(event: &notify::Event) -> bool {
 
 /// Sets each item's last accepted version from the status files an earlier run wrote.
 pub(crate) fn recall(root: &Path, items: &mut [Item]) {
-    for item in items {
-        item.last_accepted = item.identity.as_ref().and_then(|identity| {
-            let stored = crate::dir_status::read_status(root, identity)?.last_accepted?;
-            LastAccepted::from_status(&stored, identity).map(Arc::new)
-        });
+    Recalled::default().attach(root, items);
+}
+
+/// The last accepted versions read from status files so far: each file is read and parsed
+/// once, however often the tree is read during [`RECALL_WINDOW`] (10 000 files per change
+/// otherwise).
+#[derive(Default)]
+struct Recalled(std::collections::HashMap<pavilion_crds::ResourceKey, Option<Arc<LastAccepted>>>);
+
+impl Recalled {
+    fn attach(&mut self, root: &Path, items: &mut [Item]) {
+        for item in items {
+            item.last_accepted = item.identity.as_ref().and_then(|identity| {
+                self.0
+                    .entry(identity.clone())
+                    .or_insert_with(|| {
+                        let stored =
+                            crate::dir_status::read_status(root, identity)?.last_accepted?;
+                        LastAccepted::from_status(&stored, identity).map(Arc::new)
+                    })
+                    .clone()
+            });
+        }
     }
 }
 

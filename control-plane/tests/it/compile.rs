@@ -91,6 +91,13 @@ fn the_version_depends_on_content_only() {
         ("2.yaml", &b.replace("9000", "9001")),
     ]));
     assert_ne!(changed.snapshot.version, one.snapshot.version);
+    // What goes to data planes is the snapshot's own encoding, version included.
+    for compiled in [one, changed] {
+        assert_eq!(
+            compiled.encoded,
+            prost::Message::encode_to_vec(&compiled.snapshot)
+        );
+    }
 }
 
 #[test]
@@ -573,4 +580,60 @@ fn authorize_rights_reach_the_snapshot_sorted_and_once() {
     let rule = &routes[0].rules[0];
     assert_eq!(rule.rights, ["orders.read", "orders.write"]);
     assert!(rule.roles.is_empty());
+}
+
+#[test]
+fn a_memo_saves_work_and_changes_nothing_else() {
+    use pavilion_control::compile::{CompileOptions, Memo, compile_at_with, compile_at_with_memo};
+    const NOW: i64 = 1_780_272_000;
+    let options = CompileOptions::default();
+    let policy = |requests: u32| {
+        format!(
+            "apiVersion: gateway.pavilion.dev/v1alpha1\nkind: RateLimitPolicy\nmetadata: {{ name: slow, namespace: shop }}\nspec:\n  targetRef: {{ kind: Route, name: orders }}\n  limits: [{{ key: [clientIp], requests: {requests}, per: 1s }}]\n---\n"
+        )
+    };
+    let cors = "apiVersion: gateway.pavilion.dev/v1alpha1\nkind: CorsPolicy\nmetadata: { name: web, namespace: shop }\nspec:\n  targetRef: { kind: Route, name: carts }\n  allowOrigins: ['https://shop.example']\n---\n";
+    let orders = route("orders", "", SIMPLE);
+    let carts = route("carts", "", SIMPLE);
+    let broken = route("orders", "", SIMPLE).replace("http://127.0.0.1:9000", "ftp://x:1");
+    let mut memo = Memo::default();
+    let mut current = items(&[
+        ("orders.yaml", &orders),
+        ("carts.yaml", &carts),
+        ("p.yaml", &policy(5)),
+        ("c.yaml", cors),
+    ]);
+    let mut check = |input: &[Item]| {
+        let memoised = compile_at_with_memo(input, NOW, &options, &mut memo);
+        assert_eq!(memoised, compile_at_with(input, NOW, &options));
+        memoised
+    };
+    let first = check(&current);
+    assert_eq!(first.snapshot.routes[1].rules[0].rate_limits[0].requests, 5);
+    assert!(first.snapshot.routes[0].rules[0].cors.is_some());
+    assert_eq!(check(&current), first, "all of it from the memo");
+
+    // The policy changes, its route does not: the route's memoised form gets the new limit.
+    current[2] = items(&[("p.yaml", &policy(7))]).remove(0);
+    assert_eq!(
+        check(&current).snapshot.routes[1].rules[0].rate_limits[0].requests,
+        7
+    );
+    // The CORS policy goes: its route keeps no CORS.
+    current.pop();
+    assert!(check(&current).snapshot.routes[0].rules[0].cors.is_none());
+    // A bad edit of a route: the last accepted version stands in, validated through the memo.
+    current[0] = items(&[("orders.yaml", &broken)]).remove(0);
+    current[0].last_accepted = Some(last_accepted(&orders, 2));
+    let stale = check(&current);
+    assert!(matches!(stale.reports[0].outcome, Outcome::Stale { .. }));
+    assert_eq!(stale.snapshot.routes.len(), 2);
+    // And a route edited for real.
+    current[0] = items(&[("orders.yaml", &orders.replace("9000", "9002"))]).remove(0);
+    let edited = check(&current);
+    assert!(
+        edited.snapshot.routes[1].rules[0].backends[0]
+            .url
+            .ends_with(":9002")
+    );
 }

@@ -5,7 +5,8 @@
 use std::time::Duration;
 
 use pavilion_proto::v1::snapshot_discovery_client::SnapshotDiscoveryClient;
-use pavilion_proto::{Node, SnapshotRequest, SnapshotResponse};
+use pavilion_proto::{Node, Snapshot, SnapshotRequest, SnapshotResponse};
+use prost::Message;
 use std::path::PathBuf;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
@@ -166,13 +167,19 @@ async fn stream(
 
 /// ACK (the new version) or NACK (the version still served, and why).
 async fn answer(applier: &Applier, response: SnapshotResponse) -> SnapshotRequest {
-    let outcome = match response.snapshot {
-        None => Err("the response carries no snapshot".to_owned()),
-        Some(snapshot) if snapshot.version != response.version => Err(format!(
+    let snapshot = if response.snapshot.is_empty() {
+        Err("the response carries no snapshot".to_owned())
+    } else {
+        Snapshot::decode(response.snapshot)
+            .map_err(|error| format!("the snapshot cannot be decoded: {error}"))
+    };
+    let outcome = match snapshot {
+        Err(error) => Err(error),
+        Ok(snapshot) if snapshot.version != response.version => Err(format!(
             "the snapshot's version {} differs from the response's {}",
             snapshot.version, response.version
         )),
-        Some(snapshot) => applier.apply(snapshot).await.map_err(|e| e.to_string()),
+        Ok(snapshot) => applier.apply(snapshot).await.map_err(|e| e.to_string()),
     };
     match outcome {
         Ok(()) => SnapshotRequest {

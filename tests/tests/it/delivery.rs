@@ -13,6 +13,7 @@ use pavilion_proto::{Node, SnapshotRequest, SnapshotResponse};
 use pavilion_tests::client::HttpClient;
 use pavilion_tests::snapshot::{catch_all, prefix_rule, route, snapshot};
 use pavilion_tests::{Upstream, condition, eventually};
+use prost::Message;
 use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -216,8 +217,10 @@ async fn the_control_plane_records_a_nack_and_reports_the_route_not_programmed()
         .await
         .unwrap()
         .expect("the current snapshot at once");
-    assert_eq!(first.snapshot.as_ref().unwrap().version, first.version);
-    assert_eq!(first.snapshot.unwrap().routes[0].name, "r");
+    // Encoded once by the control plane, read as the message it is.
+    let sent = pavilion_proto::Snapshot::decode(first.snapshot.clone()).unwrap();
+    assert_eq!(sent.version, first.version);
+    assert_eq!(sent.routes[0].name, "r");
     requests
         .send(SnapshotRequest {
             version_info: String::new(),
@@ -410,7 +413,7 @@ impl SnapshotDiscovery for ScriptedControlPlane {
                 let response = SnapshotResponse {
                     version,
                     nonce: format!("n{i}"),
-                    snapshot: Some(snapshot),
+                    snapshot: snapshot.encode_to_vec().into(),
                 };
                 responses.send(Ok(response)).await.unwrap();
                 let answer = inbound.message().await.unwrap().unwrap();
