@@ -324,8 +324,8 @@ impl Metrics {
         let previous = std::mem::take(&mut *self.routes.lock().unwrap_or_else(|p| p.into_inner()));
         RouteHandles {
             metrics: self,
+            next: HashMap::with_capacity(previous.len()),
             previous,
-            next: HashMap::new(),
         }
     }
 
@@ -352,10 +352,11 @@ impl RouteHandles<'_> {
         if let Some(handles) = self.next.get(route) {
             return handles.clone();
         }
-        let handles = self.previous.remove(route).unwrap_or_else(|| {
-            route_metrics(&self.metrics.requests, &self.metrics.duration, route)
+        let (name, handles) = self.previous.remove_entry(route).unwrap_or_else(|| {
+            let handles = route_metrics(&self.metrics.requests, &self.metrics.duration, route);
+            (route.into(), handles)
         });
-        self.next.insert(route.into(), handles.clone());
+        self.next.insert(name, handles.clone());
         handles
     }
 

@@ -175,7 +175,7 @@ impl Runtime {
             return Err(BuildError::NoVersion);
         }
         let credentials = Credentials::new(snapshot).map_err(BuildError::Credentials)?;
-        let mut rules = Vec::new();
+        let mut rules = Vec::with_capacity(snapshot.routes.iter().map(|r| r.rules.len()).sum());
         let mut ids = Vec::with_capacity(snapshot.routes.len());
         let mut route_handles = metrics.route_handles();
         // Most routes keep the defaults: one copy for all of them.

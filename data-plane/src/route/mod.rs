@@ -56,8 +56,9 @@ pub struct RequestFacts<'a> {
 impl Router {
     /// Builds the matcher. `rule_ids[r][k]` is the id of rule `k` of route `r`.
     pub fn build(routes: &[proto::Route], rule_ids: &[Vec<RuleId>]) -> Result<Router, RouteError> {
-        let mut exact: HashMap<Box<str>, PathTableBuilder> = HashMap::new();
-        let mut wildcard: HashMap<Box<str>, PathTableBuilder> = HashMap::new();
+        let mut exact: HashMap<Box<str>, PathTableBuilder, RandomState> =
+            HashMap::with_capacity_and_hasher(routes.len(), RandomState::default());
+        let mut wildcard: HashMap<Box<str>, PathTableBuilder, RandomState> = HashMap::default();
         let mut any = PathTableBuilder::default();
         for (position, route) in routes.iter().enumerate() {
             for (rule_index, rule) in route.rules.iter().enumerate() {
@@ -98,12 +99,13 @@ impl Router {
                 }
             }
         }
-        let finish = |tables: HashMap<Box<str>, PathTableBuilder>| -> Result<_, RouteError> {
-            tables
-                .into_iter()
-                .map(|(host, table)| Ok((host, table.build()?)))
-                .collect::<Result<HashMap<_, _, RandomState>, _>>()
-        };
+        let finish =
+            |tables: HashMap<Box<str>, PathTableBuilder, RandomState>| -> Result<_, RouteError> {
+                tables
+                    .into_iter()
+                    .map(|(host, table)| Ok((host, table.build()?)))
+                    .collect::<Result<HashMap<_, _, RandomState>, _>>()
+            };
         Ok(Router {
             exact: finish(exact)?,
             wildcard: finish(wildcard)?,

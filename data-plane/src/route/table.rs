@@ -106,8 +106,8 @@ fn better<'c>(a: Option<&'c Candidate>, b: Option<&'c Candidate>) -> Option<Rule
 
 #[derive(Default)]
 pub(super) struct PathTableBuilder {
-    exact: HashMap<Box<str>, Vec<Candidate>>,
-    prefix: HashMap<Box<str>, Vec<Candidate>>,
+    exact: HashMap<Box<str>, Vec<Candidate>, RandomState>,
+    prefix: HashMap<Box<str>, Vec<Candidate>, RandomState>,
     regex: Vec<(Regex, Candidate)>,
     ignore_case: bool,
 }
@@ -131,13 +131,22 @@ impl PathTableBuilder {
                 if path.ignore_case {
                     key.make_ascii_lowercase();
                 }
+                // Most paths have one candidate: a vector of one becomes its boxed slice
+                // without a reallocation.
+                let one = || Vec::with_capacity(1);
                 if kind == proto::PathMatchType::Exact {
-                    self.exact.entry(key.into()).or_default().push(candidate);
+                    self.exact
+                        .entry(key.into())
+                        .or_insert_with(one)
+                        .push(candidate);
                 } else {
                     // The compiler already strips trailing slashes; snapshots from elsewhere may not.
                     let trimmed = key.trim_end_matches('/');
                     let key = if trimmed.is_empty() { "/" } else { trimmed };
-                    self.prefix.entry(key.into()).or_default().push(candidate);
+                    self.prefix
+                        .entry(key.into())
+                        .or_insert_with(one)
+                        .push(candidate);
                 }
             }
             proto::PathMatchType::RegularExpression => {
@@ -159,7 +168,7 @@ impl PathTableBuilder {
     }
 
     pub(super) fn build(self) -> Result<PathTable, RouteError> {
-        let finish = |map: HashMap<Box<str>, Vec<Candidate>>| {
+        let finish = |map: HashMap<Box<str>, Vec<Candidate>, RandomState>| {
             map.into_iter()
                 .map(|(path, mut candidates)| {
                     sort(&mut candidates);
