@@ -136,6 +136,9 @@ pub async fn run(
         let mut lent = std::mem::take(&mut memo);
         let compiled = match tokio::task::spawn_blocking(move || {
             let compiled = compile_with_memo(&inputs, &options, &mut lent);
+            // What the compile freed goes back now, not when this short-lived thread's
+            // pages are next visited (as the directory source does after a read).
+            pavilion_telemetry::release_free_memory();
             (compiled, lent)
         })
         .await

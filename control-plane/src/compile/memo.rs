@@ -18,6 +18,7 @@ use pavilion_crds::{FieldError, Resource};
 #[derive(Default)]
 pub struct Memo {
     entries: HashMap<usize, Entry, foldhash::fast::FixedState>,
+    validations: u64,
 }
 
 struct Entry {
@@ -34,16 +35,21 @@ fn address(resource: &Resource) -> usize {
 impl Memo {
     /// The resource's validation errors, validated once per resource.
     pub(super) fn validate(&mut self, resource: &Arc<Resource>) -> Vec<FieldError> {
-        let entry = self
-            .entries
-            .entry(address(resource))
-            .or_insert_with(|| Entry {
+        let entry = self.entries.entry(address(resource)).or_insert_with(|| {
+            self.validations += 1;
+            Entry {
                 errors: resource.validate(),
                 _resource: resource.clone(),
                 used: false,
-            });
+            }
+        });
         entry.used = true;
         entry.errors.clone()
+    }
+
+    /// Resources validated so far (each once while it stays in use).
+    pub fn validations(&self) -> u64 {
+        self.validations
     }
 
     /// Forgets the resources the last compile did not see; marks the rest unused for the

@@ -487,9 +487,10 @@ fn check_target(
 
 /// Fills in the content hash: the first 8 bytes of SHA-256 over the encoding with an empty
 /// version, in hex. Prost encodes fields in a fixed order and the snapshot has no maps, so
-/// the bytes depend only on the content. Returns the encoding with the version too: as
-/// `version` is field 1 and prost writes fields in tag order, that is the version's field
-/// followed by the bytes just hashed — no second encoding.
+/// the bytes depend only on the content. Returns the encoding with the version too: prost
+/// writes fields in declaration order, `version` is declared first and an empty string is
+/// left out, so that is the version's field followed by the bytes just hashed — no second
+/// encoding (checked by `the_version_depends_on_content_only`).
 fn with_version(mut snapshot: Snapshot) -> (Snapshot, bytes::Bytes) {
     snapshot.version.clear();
     let body = snapshot.encode_to_vec();

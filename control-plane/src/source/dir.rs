@@ -135,8 +135,6 @@ impl DirSource {
                         .get_or_insert_with(|| tokio::time::Instant::now() + RECALL_WINDOW);
                     if tokio::time::Instant::now() < recall_until {
                         recalled.attach(&self.root, &mut loaded);
-                    } else {
-                        recalled = Recalled::default();
                     }
                     tracing::info!(path = %self.root.display(), documents = loaded.len(), "read configuration directory");
                     items.send_replace(Some(loaded.clone().into()));
@@ -148,6 +146,9 @@ impl DirSource {
                 Err(e) => {
                     tracing::debug!(path = %self.root.display(), error = %e, "cannot read configuration directory; keeping the last good read")
                 }
+            }
+            if recall_until.is_some_and(|until| tokio::time::Instant::now() >= until) {
+                recalled = Recalled::default();
             }
             tokio::select! {
                 _ = changed.notified() => {

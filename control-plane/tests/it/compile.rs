@@ -603,34 +603,39 @@ fn a_memo_saves_work_and_changes_nothing_else() {
         ("p.yaml", &policy(5)),
         ("c.yaml", cors),
     ]);
-    let mut check = |input: &[Item]| {
-        let memoised = compile_at_with_memo(input, NOW, &options, &mut memo);
+    let check = |memo: &mut Memo, input: &[Item]| {
+        let memoised = compile_at_with_memo(input, NOW, &options, memo);
         assert_eq!(memoised, compile_at_with(input, NOW, &options));
         memoised
     };
-    let first = check(&current);
+    let first = check(&mut memo, &current);
     assert_eq!(first.snapshot.routes[1].rules[0].rate_limits[0].requests, 5);
     assert!(first.snapshot.routes[0].rules[0].cors.is_some());
-    assert_eq!(check(&current), first, "all of it from the memo");
+    assert_eq!(check(&mut memo, &current), first, "all of it from the memo");
+    assert_eq!(memo.validations(), 4, "each resource validated once");
 
     // The policy changes, its route does not: the route's memoised form gets the new limit.
     current[2] = items(&[("p.yaml", &policy(7))]).remove(0);
     assert_eq!(
-        check(&current).snapshot.routes[1].rules[0].rate_limits[0].requests,
+        check(&mut memo, &current).snapshot.routes[1].rules[0].rate_limits[0].requests,
         7
     );
     // The CORS policy goes: its route keeps no CORS.
     current.pop();
-    assert!(check(&current).snapshot.routes[0].rules[0].cors.is_none());
+    assert!(
+        check(&mut memo, &current).snapshot.routes[0].rules[0]
+            .cors
+            .is_none()
+    );
     // A bad edit of a route: the last accepted version stands in, validated through the memo.
     current[0] = items(&[("orders.yaml", &broken)]).remove(0);
     current[0].last_accepted = Some(last_accepted(&orders, 2));
-    let stale = check(&current);
+    let stale = check(&mut memo, &current);
     assert!(matches!(stale.reports[0].outcome, Outcome::Stale { .. }));
     assert_eq!(stale.snapshot.routes.len(), 2);
     // And a route edited for real.
     current[0] = items(&[("orders.yaml", &orders.replace("9000", "9002"))]).remove(0);
-    let edited = check(&current);
+    let edited = check(&mut memo, &current);
     assert!(
         edited.snapshot.routes[1].rules[0].backends[0]
             .url

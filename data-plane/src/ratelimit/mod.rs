@@ -24,7 +24,7 @@ use self::gcra::{Rate, Verdict};
 use self::local::LocalCounters;
 use self::quota::{Exhausted, Quota, QuotaCounters, RuleQuotas};
 use self::redis::RedisCounters;
-use self::slices::{Slices, Take};
+use self::slices::{Ask, Slices, Take};
 use crate::auth::pattern::Pattern;
 use crate::auth::{Identity, Principal};
 
@@ -851,7 +851,7 @@ impl Limiter {
         verdicts: &mut [Option<Verdict>],
         spent: &mut Vec<u64>,
     ) -> Result<(), Refusal> {
-        let mut asks: Vec<(usize, u64, u64)> = Vec::new();
+        let mut asks: Vec<(usize, u64, Ask)> = Vec::new();
         for &i in sliced {
             let key = self.slice_key(&counted[i]);
             match self.slices.take(key, self.slice_size(counted[i].rate)) {
@@ -860,24 +860,24 @@ impl Limiter {
                     spent.push(key);
                 }
                 Take::Refused(verdict) => verdicts[i] = Some(verdict),
-                Take::Ask { want } => asks.push((i, key, want)),
+                Take::Ask(ask) => asks.push((i, key, ask)),
             }
         }
         // Refused already: no reservation for a request that will not pass.
         if asks.is_empty() || verdicts.iter().any(|v| v.is_some_and(|v| !v.allowed)) {
-            for &(_, key, want) in &asks {
-                self.slices.abandon(key, want);
+            for &(_, key, ask) in &asks {
+                self.slices.abandon(key, ask);
             }
             return Ok(());
         }
         let reservations: Vec<(String, Rate, u64)> = asks
             .iter()
-            .map(|&(i, _, want)| (redis_key(&counted[i]), counted[i].rate, want))
+            .map(|&(i, _, ask)| (redis_key(&counted[i]), counted[i].rate, ask.want))
             .collect();
         match self.round_trip(|redis| redis.reserve(&reservations)).await {
             Ok(grants) => {
-                for (&(i, key, want), grant) in asks.iter().zip(grants) {
-                    let verdict = self.slices.granted(key, want, grant);
+                for (&(i, key, ask), grant) in asks.iter().zip(grants) {
+                    let verdict = self.slices.granted(key, ask, grant);
                     if verdict.allowed {
                         spent.push(key);
                     }
@@ -886,8 +886,8 @@ impl Limiter {
                 Ok(())
             }
             Err(error) => {
-                for &(_, key, want) in &asks {
-                    self.slices.abandon(key, want);
+                for &(_, key, ask) in &asks {
+                    self.slices.abandon(key, ask);
                 }
                 let indices: Vec<usize> = asks.iter().map(|&(i, _, _)| i).collect();
                 self.fall_back(counted, &indices, verdicts, &error)

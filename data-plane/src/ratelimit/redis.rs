@@ -196,81 +196,73 @@ impl RedisCounters {
 
     /// One round trip for all `checks`.
     pub async fn check_all(&self, checks: &[(String, Rate)]) -> Result<Vec<Verdict>, String> {
-        let manager = self.manager.load_full().ok_or("not connected to Redis")?;
-        let mut connection = (*manager).clone();
         let mut invocation = self.script.prepare_invoke();
         for (key, rate) in checks {
-            invocation
-                .key(key)
-                .arg(format!("{:.3}", rate.interval as f64 / 1000.0))
-                .arg(rate.burst);
+            bucket(invocation.key(key), *rate);
         }
-        let reply = tokio::time::timeout(
-            self.timeout,
-            invocation.invoke_async::<Vec<Vec<i64>>>(&mut connection),
-        )
-        .await;
-        let rows = match reply {
-            Ok(Ok(rows)) => rows,
-            Ok(Err(error)) => {
-                self.connected.store(false, Ordering::Relaxed);
-                return Err(error.to_string());
-            }
-            Err(_) => {
-                self.connected.store(false, Ordering::Relaxed);
-                return Err(format!("no answer within {:?}", self.timeout));
-            }
-        };
-        self.connected.store(true, Ordering::Relaxed);
-        if rows.len() != checks.len() {
-            return Err("unexpected reply from the rate-limit script".into());
+        let rows = self.rows(&invocation, checks.len(), "rate-limit").await?;
+        Ok(rows
+            .into_iter()
+            .map(|[allowed, remaining, reset, retry]| Verdict {
+                allowed: allowed == 1,
+                remaining,
+                reset_ns: reset.saturating_mul(1000),
+                retry_after_ns: retry.saturating_mul(1000),
+            })
+            .collect())
+    }
+
+    /// One round trip reserving `want` requests of each `(key, rate, want)`.
+    pub async fn reserve(&self, asks: &[(String, Rate, u64)]) -> Result<Vec<Grant>, String> {
+        let mut invocation = self.reserve.prepare_invoke();
+        for (key, rate, want) in asks {
+            bucket(invocation.key(key), *rate).arg(*want);
         }
-        let micros = |n: i64| u64::try_from(n).unwrap_or(0).saturating_mul(1000);
+        let rows = self.rows(&invocation, asks.len(), "reservation").await?;
+        Ok(rows
+            .into_iter()
+            .map(|[granted, remaining, reset, retry]| Grant {
+                granted,
+                remaining,
+                reset_ns: reset.saturating_mul(1000),
+                retry_after_ns: retry.saturating_mul(1000),
+            })
+            .collect())
+    }
+
+    /// Runs a script of one reply row of four numbers per key (negative ones read as 0).
+    async fn rows(
+        &self,
+        invocation: &redis::ScriptInvocation<'_>,
+        keys: usize,
+        script: &str,
+    ) -> Result<Vec<[u64; 4]>, String> {
+        let mut connection = self.connection().await?;
+        let rows: Vec<Vec<i64>> = self
+            .bounded(invocation.invoke_async(&mut connection))
+            .await?;
+        let unexpected = || format!("unexpected reply from the {script} script");
+        if rows.len() != keys {
+            return Err(unexpected());
+        }
         rows.iter()
-            .map(|row| match row.as_slice() {
-                [allowed, remaining, reset, retry] => Ok(Verdict {
-                    allowed: *allowed == 1,
-                    remaining: u64::try_from(*remaining).unwrap_or(0),
-                    reset_ns: micros(*reset),
-                    retry_after_ns: micros(*retry),
-                }),
-                _ => Err("unexpected reply from the rate-limit script".to_string()),
+            .map(|row| match *row.as_slice() {
+                [a, b, c, d] => Ok([a, b, c, d].map(|n| u64::try_from(n).unwrap_or(0))),
+                _ => Err(unexpected()),
             })
             .collect()
     }
 }
 
-impl RedisCounters {
-    /// One round trip reserving `want` requests of each `(key, rate, want)`.
-    pub async fn reserve(&self, asks: &[(String, Rate, u64)]) -> Result<Vec<Grant>, String> {
-        let mut connection = self.connection().await?;
-        let mut invocation = self.reserve.prepare_invoke();
-        for (key, rate, want) in asks {
-            invocation
-                .key(key)
-                .arg(format!("{:.3}", rate.interval as f64 / 1000.0))
-                .arg(rate.burst)
-                .arg(*want);
-        }
-        let rows: Vec<Vec<i64>> = self
-            .bounded(invocation.invoke_async(&mut connection))
-            .await?;
-        if rows.len() != asks.len() {
-            return Err("unexpected reply from the reservation script".into());
-        }
-        let unsigned = |n: i64| u64::try_from(n).unwrap_or(0);
-        rows.iter()
-            .map(|row| match row.as_slice() {
-                [granted, remaining, reset, retry] => Ok(Grant {
-                    granted: unsigned(*granted),
-                    remaining: unsigned(*remaining),
-                    reset_ns: unsigned(*reset).saturating_mul(1000),
-                    retry_after_ns: unsigned(*retry).saturating_mul(1000),
-                }),
-                _ => Err("unexpected reply from the reservation script".to_string()),
-            })
-            .collect()
-    }
+/// A bucket's arguments: the interval in microseconds, with a fraction (600 000 per second
+/// is 1.667 µs, and rounding it would admit more), and the burst.
+fn bucket<'i, 'a>(
+    invocation: &'i mut redis::ScriptInvocation<'a>,
+    rate: Rate,
+) -> &'i mut redis::ScriptInvocation<'a> {
+    invocation
+        .arg(format!("{:.3}", rate.interval as f64 / 1000.0))
+        .arg(rate.burst)
 }
 
 /// KEYS: one hash per quota and window. ARGV: per quota, the request and byte limits (0 =
@@ -319,7 +311,10 @@ impl RedisCounters {
         call: impl std::future::Future<Output = redis::RedisResult<T>>,
     ) -> Result<T, String> {
         match tokio::time::timeout(self.timeout, call).await {
-            Ok(Ok(value)) => Ok(value),
+            Ok(Ok(value)) => {
+                self.connected.store(true, Ordering::Relaxed);
+                Ok(value)
+            }
             Ok(Err(error)) => {
                 self.connected.store(false, Ordering::Relaxed);
                 Err(error.to_string())
