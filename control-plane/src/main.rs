@@ -665,13 +665,11 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .on_thread_park(pavilion_telemetry::release_free_memory_when_idle)
-        // Blocking threads (directory reads, compiles) live on between changes. With a
-        // 1 s keep-alive every change ran on a fresh thread whose allocator heap was
-        // abandoned when it ended, still holding pieces of the snapshot it built: bench/soak
-        // saw RSS climb in 1.5–2.4 MiB steps. Each job hands back what it freed itself
-        // (`release_free_memory` at its end), so a long-lived thread keeps nothing it does
-        // not use.
-        .thread_keep_alive(std::time::Duration::from_secs(600))
+        // A blocking thread that read a large file ends soon after, so the pages it still
+        // owns are reclaimed by the workers (see `release_free_memory_when_idle`). (Tried:
+        // 600 s, so that compiles stop running on fresh threads — bench/soak's step in the
+        // control plane's RSS around minute 23 stayed.)
+        .thread_keep_alive(std::time::Duration::from_secs(1))
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(async {
