@@ -5,24 +5,30 @@
 //! costs those keys' history, never unbounded memory.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 use std::time::Instant;
 
 use super::gcra::{self, Rate, Verdict};
 
 const SHARDS: usize = 64;
 
-pub struct LocalCounters {
-    shards: Box<[Mutex<HashMap<u64, u64, foldhash::fast::FixedState>>]>,
-    per_shard: usize,
+type Map<V> = HashMap<u64, V, foldhash::fast::FixedState>;
+
+/// Hashed keys spread over a fixed number of maps, each behind its own lock, with the
+/// monotonic clock their entries keep time by. Shared by the GCRA counters and the slices
+/// of Redis buckets ([`super::slices`]).
+pub(super) struct Shards<V> {
+    maps: Box<[Mutex<Map<V>>]>,
+    /// Keys one map holds before it makes room.
+    pub(super) per_shard: usize,
     epoch: Instant,
 }
 
-impl LocalCounters {
+impl<V> Shards<V> {
     /// Holds at most about `max_keys` keys.
-    pub fn new(max_keys: usize) -> Self {
+    pub(super) fn new(max_keys: usize) -> Self {
         Self {
-            shards: (0..SHARDS)
+            maps: (0..SHARDS)
                 .map(|_| Mutex::new(HashMap::default()))
                 .collect(),
             per_shard: (max_keys / SHARDS).max(16),
@@ -31,18 +37,38 @@ impl LocalCounters {
     }
 
     /// Nanoseconds on this process's monotonic clock (never 0, which means "unknown").
-    fn now(&self) -> u64 {
+    pub(super) fn now(&self) -> u64 {
         u64::try_from(self.epoch.elapsed().as_nanos())
             .unwrap_or(u64::MAX)
             .max(1)
     }
 
+    /// The map of shard `index` (see [`shard_of`]), locked.
+    pub(super) fn lock(&self, index: usize) -> MutexGuard<'_, Map<V>> {
+        self.maps[index].lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// `f` over every map in turn, summed.
+    pub(super) fn sum(&self, f: impl Fn(&Map<V>) -> u64) -> u64 {
+        (0..SHARDS).map(|i| f(&self.lock(i))).sum()
+    }
+}
+
+pub struct LocalCounters {
+    shards: Shards<u64>,
+}
+
+impl LocalCounters {
+    /// Holds at most about `max_keys` keys.
+    pub fn new(max_keys: usize) -> Self {
+        Self {
+            shards: Shards::new(max_keys),
+        }
+    }
+
     /// Keys held, for tests and metrics.
     pub fn len(&self) -> usize {
-        self.shards
-            .iter()
-            .map(|s| s.lock().unwrap_or_else(|p| p.into_inner()).len())
-            .sum()
+        self.shards.sum(|map| map.len() as u64) as usize
     }
 
     pub fn is_empty(&self) -> bool {
@@ -52,11 +78,9 @@ impl LocalCounters {
     /// Gives back one request to each `(key, rate)`: for a request these limits allowed
     /// but a later limit refused.
     pub fn refund(&self, checks: &[(u64, Rate)]) {
-        let now = self.now();
+        let now = self.shards.now();
         for (key, rate) in checks {
-            let mut map = self.shards[shard_of(*key)]
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
+            let mut map = self.shards.lock(shard_of(*key));
             if let Some(tat) = map.get_mut(key) {
                 *tat = tat.saturating_sub(rate.interval);
                 if *tat <= now {
@@ -69,15 +93,12 @@ impl LocalCounters {
     /// Checks every `(key, rate)` at one instant; only when all allow is each charged, so a
     /// request refused by one limit uses up none of the others.
     pub fn check_all(&self, checks: &[(u64, Rate)]) -> Vec<Verdict> {
-        let now = self.now();
+        let now = self.shards.now();
         // Locks in shard order: no two callers can wait on each other.
         let mut order: Vec<usize> = checks.iter().map(|(key, _)| shard_of(*key)).collect();
         order.sort_unstable();
         order.dedup();
-        let mut guards: Vec<_> = order
-            .iter()
-            .map(|&i| (i, self.shards[i].lock().unwrap_or_else(|p| p.into_inner())))
-            .collect();
+        let mut guards: Vec<_> = order.iter().map(|&i| (i, self.shards.lock(i))).collect();
         let mut verdicts = Vec::with_capacity(checks.len());
         let mut updates = Vec::with_capacity(checks.len());
         for (key, rate) in checks {
@@ -100,8 +121,8 @@ impl LocalCounters {
                     .find(|(i, _)| *i == shard)
                     .expect("locked above")
                     .1;
-                if map.len() >= self.per_shard && !map.contains_key(key) {
-                    make_room(map, now, self.per_shard);
+                if map.len() >= self.shards.per_shard && !map.contains_key(key) {
+                    make_room(map, now, self.shards.per_shard);
                 }
                 if let Some(new_tat) = new_tat {
                     map.insert(*key, new_tat);

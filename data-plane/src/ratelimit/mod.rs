@@ -458,11 +458,6 @@ impl Limiter {
         (rate.burst / SLICE_SHARE.saturating_mul(self.replicas)).clamp(1, MAX_SLICE)
     }
 
-    /// Requests held in this data plane's slices (for tests).
-    pub fn sliced_requests_held(&self) -> u64 {
-        self.slices.held()
-    }
-
     /// Counts the request in every quota of the rule unless one is used up (then none is
     /// charged). `Ok` names where the response's bytes go, for quotas with a byte limit.
     pub async fn take_quotas(

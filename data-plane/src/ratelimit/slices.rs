@@ -16,13 +16,9 @@
 //! no round trips either.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::Instant;
 
 use super::gcra::Verdict;
-use super::local::shard_of;
-
-const SHARDS: usize = 64;
+use super::local::{Shards, shard_of};
 
 /// What one reservation in Redis gave.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -76,9 +72,7 @@ pub enum Take {
 }
 
 pub struct Slices {
-    shards: Box<[Mutex<HashMap<u64, Slice, foldhash::fast::FixedState>>]>,
-    per_shard: usize,
-    epoch: Instant,
+    shards: Shards<Slice>,
     /// After this long a refill that never came back (its request went away) no longer
     /// stops another request from refilling the slice.
     refill_ns: u64,
@@ -88,20 +82,9 @@ impl Slices {
     /// Holds at most about `max_keys` keys; `refill_ns` is how long a reservation may take.
     pub fn new(max_keys: usize, refill_ns: u64) -> Self {
         Self {
-            shards: (0..SHARDS)
-                .map(|_| Mutex::new(HashMap::default()))
-                .collect(),
-            per_shard: (max_keys / SHARDS).max(16),
-            epoch: Instant::now(),
+            shards: Shards::new(max_keys),
             refill_ns,
         }
-    }
-
-    /// Nanoseconds on this process's monotonic clock (never 0).
-    fn now(&self) -> u64 {
-        u64::try_from(self.epoch.elapsed().as_nanos())
-            .unwrap_or(u64::MAX)
-            .max(1)
     }
 
     /// Runs `f` on `key`'s shard with the time read under its lock, so that times stored in
@@ -111,10 +94,8 @@ impl Slices {
         key: u64,
         f: impl FnOnce(&mut HashMap<u64, Slice, foldhash::fast::FixedState>, u64) -> T,
     ) -> T {
-        let mut map = self.shards[shard_of(key)]
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        f(&mut map, self.now())
+        let mut map = self.shards.lock(shard_of(key));
+        f(&mut map, self.shards.now())
     }
 
     /// Spends one request of `key`'s slice, or says what to reserve: a whole slice of `size`,
@@ -124,8 +105,8 @@ impl Slices {
         let refill_ns = self.refill_ns;
         self.with(key, |map, now| {
             let Some(slice) = map.get_mut(&key) else {
-                if map.len() >= self.per_shard {
-                    make_room(map, now, self.per_shard, refill_ns);
+                if map.len() >= self.shards.per_shard {
+                    make_room(map, now, self.shards.per_shard, refill_ns);
                 }
                 map.insert(
                     key,
@@ -212,15 +193,11 @@ impl Slices {
         }
     }
 
-    /// Requests held in slices, for tests.
-    pub fn held(&self) -> u64 {
+    /// Requests held in slices.
+    #[cfg(test)]
+    fn held(&self) -> u64 {
         self.shards
-            .iter()
-            .map(|s| {
-                let map = s.lock().unwrap_or_else(|p| p.into_inner());
-                map.values().map(|slice| slice.left).sum::<u64>()
-            })
-            .sum()
+            .sum(|map| map.values().map(|slice| slice.left).sum())
     }
 }
 
@@ -370,7 +347,7 @@ mod tests {
         // The lost one coming back late does not end the current refill.
         slices.granted(key, lost, grant(4, 0));
         assert_eq!(slices.held(), 3);
-        let refilling = slices.shards[shard_of(key)].lock().unwrap()[&key].refilling_since;
+        let refilling = slices.shards.lock(shard_of(key))[&key].refilling_since;
         assert_ne!(refilling, 0);
         slices.granted(key, refill, grant(4, 0));
         assert_eq!(slices.held(), 4, "one slice in hand at most");
@@ -389,7 +366,7 @@ mod tests {
             let refill = ask(slices.take(key, 1));
             slices.granted(key, refill, grant(1, 0));
         }
-        let shard = slices.shards[0].lock().unwrap();
+        let shard = slices.shards.lock(0);
         assert!(shard.len() <= 16, "{} keys in the shard", shard.len());
         for key in &held {
             assert_eq!(shard.get(key).map(|s| s.left), Some(2), "key {key} kept");

@@ -306,29 +306,42 @@ fn approximate(policy: &str, requests: u64, period_ms: u64) -> proto::RateLimit 
     }
 }
 
-#[tokio::test]
-async fn approximate_redis_limits_take_slices_in_few_round_trips_and_spend_all_of_the_limit() {
-    let redis = RedisServer::start();
-    let upstream = Upstream::start("u").await.unwrap();
-    let one = data_plane(Some(&redis), 2).await;
-    let two = data_plane(Some(&redis), 2).await;
-    // 410 per day, two replicas: slices of 410 / (8 × 2) = 25; no refill during the test.
+/// Two data planes (`--replicas 2`) sharing `redis`, serving `/sliced` behind `limit`.
+async fn sliced_pair(
+    redis: &RedisServer,
+    upstream: &Upstream,
+    limit: proto::RateLimit,
+) -> [DataPlane; 2] {
     let snap = snapshot(
         "v1",
         vec![route(
             "shop/orders",
             &[],
-            vec![limited_rule(
-                "/sliced",
-                &upstream,
-                vec![approximate("shop/sliced", 410, 24 * HOUR_MS)],
-            )],
+            vec![limited_rule("/sliced", upstream, vec![limit])],
         )],
     );
-    for dp in [&one, &two] {
+    let planes = [
+        data_plane(Some(redis), 2).await,
+        data_plane(Some(redis), 2).await,
+    ];
+    for dp in &planes {
         dp.apply(snap.clone()).await.unwrap();
         until_redis(dp, "reachable").await;
     }
+    planes
+}
+
+#[tokio::test]
+async fn approximate_redis_limits_take_slices_in_few_round_trips_and_spend_all_of_the_limit() {
+    let redis = RedisServer::start();
+    let upstream = Upstream::start("u").await.unwrap();
+    // 410 per day, two replicas: slices of 410 / (8 × 2) = 25; no refill during the test.
+    let [one, two] = sliced_pair(
+        &redis,
+        &upstream,
+        approximate("shop/sliced", 410, 24 * HOUR_MS),
+    )
+    .await;
     let before = [
         metric(&one, "pavilion_rate_limit_redis_seconds_count").await,
         metric(&two, "pavilion_rate_limit_redis_seconds_count").await,
@@ -362,25 +375,8 @@ async fn approximate_redis_limits_take_slices_in_few_round_trips_and_spend_all_o
 async fn approximate_limits_under_concurrency_admit_at_most_one_slice_per_data_plane_more() {
     let redis = RedisServer::start();
     let upstream = Upstream::start("u").await.unwrap();
-    let one = data_plane(Some(&redis), 2).await;
-    let two = data_plane(Some(&redis), 2).await;
     // 160 per second, burst 160, two replicas: slices of 10.
-    let snap = snapshot(
-        "v1",
-        vec![route(
-            "shop/orders",
-            &[],
-            vec![limited_rule(
-                "/sliced",
-                &upstream,
-                vec![approximate("shop/fast", 160, 1000)],
-            )],
-        )],
-    );
-    for dp in [&one, &two] {
-        dp.apply(snap.clone()).await.unwrap();
-        until_redis(dp, "reachable").await;
-    }
+    let [one, two] = sliced_pair(&redis, &upstream, approximate("shop/fast", 160, 1000)).await;
     let started = std::time::Instant::now();
     let mut admitted_total = 0;
     for _ in 0..3 {
