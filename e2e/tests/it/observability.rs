@@ -106,6 +106,15 @@ async fn metrics_rules_and_dashboards_hold_together() {
     let config = tempfile::tempdir().unwrap();
     for entry in std::fs::read_dir(workspace().join("examples/config")).unwrap() {
         let path = entry.unwrap().path();
+        // What the directory source reads: not the statuses `scripts/demo` leaves in
+        // `.pavilion/`, nor other hidden entries.
+        if !path.is_file()
+            || path
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+        {
+            continue;
+        }
         let text = std::fs::read_to_string(&path)
             .unwrap()
             .replace("http://127.0.0.1:9000", &upstream.url);
