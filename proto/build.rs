@@ -9,6 +9,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         // Encoded once by the control plane and shared by every stream (see discovery.proto).
         .bytes(".pavilion.v1.SnapshotResponse.snapshot")
+        // Slices of the received buffer, not copies (see snapshot.proto).
+        .bytes(".pavilion.v1.SnapshotFrame.routes")
         .compile_protos(
             &[
                 "proto/pavilion/v1/snapshot.proto",

@@ -166,7 +166,6 @@ async fn upstreams(State(state): State<AdminState>) -> Json<serde_json::Value> {
     let runtime = state.shared.runtime.load();
     let rules: Vec<serde_json::Value> = runtime
         .rules()
-        .iter()
         .filter_map(|rule| {
             let backends = match &rule.upstream {
                 crate::runtime::Upstream::Backends(backends) => Some(backends),

@@ -19,6 +19,6 @@ pub use v1::{
     HeaderEdits, HeaderMatch, HeaderPair, HealthCheck, JwtProvider, LoadBalancer, Match, Node,
     PassiveCheck, PathMatch, PathMatchType, Placements, Quota, QuotaPeriod, RateLimit,
     RateLimitBackend, RateLimitFailureMode, RateLimitOverride, Retry, Rewrite, Route, Rule,
-    SecurityHeaders, Shard, Snapshot, SnapshotRequest, SnapshotResponse, StaticKey, Tenancy,
-    TenantPlacement, TenantRoles, TokenRevocations, WebSocket,
+    SecurityHeaders, Shard, Snapshot, SnapshotFrame, SnapshotRequest, SnapshotResponse, StaticKey,
+    Tenancy, TenantPlacement, TenantRoles, TokenRevocations, WebSocket,
 };

@@ -126,11 +126,14 @@ pub struct Credentials {
 }
 
 impl Credentials {
-    pub fn new(snapshot: &proto::Snapshot) -> Result<Self, String> {
+    /// From a snapshot's API keys and revoked token ids.
+    pub fn from_parts(
+        api_keys: &[proto::ApiKey],
+        revocations: &[proto::TokenRevocations],
+    ) -> Result<Self, String> {
         Ok(Self {
-            api_keys: Arc::new(ApiKeys::new(&snapshot.api_keys)?),
-            revoked: snapshot
-                .revocations
+            api_keys: Arc::new(ApiKeys::new(api_keys)?),
+            revoked: revocations
                 .iter()
                 .map(|r| {
                     (

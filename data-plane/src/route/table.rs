@@ -112,16 +112,23 @@ pub(super) struct PathTableBuilder {
     ignore_case: bool,
 }
 
-impl PathTableBuilder {
-    pub(super) fn add(
-        &mut self,
-        path: &proto::PathMatch,
-        mut candidate: Candidate,
-    ) -> Result<(), String> {
+/// A path match made ready for a table: the key of an exact or prefix match, or the
+/// anchored regular expression.
+pub(super) struct PathKey {
+    kind: PathKind,
+    ignore_case: bool,
+}
+
+enum PathKind {
+    Exact(Box<str>),
+    Prefix(Box<str>),
+    Regex(Regex),
+}
+
+impl PathKey {
+    pub(super) fn new(path: &proto::PathMatch) -> Result<Self, String> {
         let value = path.value.as_str();
-        candidate.ignore_case = path.ignore_case;
-        self.ignore_case |= path.ignore_case;
-        match path.r#type() {
+        let kind = match path.r#type() {
             kind @ (proto::PathMatchType::Exact | proto::PathMatchType::Prefix) => {
                 // Values are compared with normalised request paths: normalised the same
                 // way here (`/%61dmin` is `/admin`), whatever produced the snapshot.
@@ -131,22 +138,12 @@ impl PathTableBuilder {
                 if path.ignore_case {
                     key.make_ascii_lowercase();
                 }
-                // Most paths have one candidate: a vector of one becomes its boxed slice
-                // without a reallocation.
-                let one = || Vec::with_capacity(1);
                 if kind == proto::PathMatchType::Exact {
-                    self.exact
-                        .entry(key.into())
-                        .or_insert_with(one)
-                        .push(candidate);
+                    PathKind::Exact(key.into())
                 } else {
                     // The compiler already strips trailing slashes; snapshots from elsewhere may not.
                     let trimmed = key.trim_end_matches('/');
-                    let key = if trimmed.is_empty() { "/" } else { trimmed };
-                    self.prefix
-                        .entry(key.into())
-                        .or_insert_with(one)
-                        .push(candidate);
+                    PathKind::Prefix(if trimmed.is_empty() { "/" } else { trimmed }.into())
                 }
             }
             proto::PathMatchType::RegularExpression => {
@@ -157,14 +154,48 @@ impl PathTableBuilder {
                     .map_err(|e| format!("invalid regular expression `{value}`: {e}"))?;
                 // The flag inline, so that the set built from the patterns' text keeps it.
                 let flags = if path.ignore_case { "(?i)" } else { "" };
-                let regex = RegexBuilder::new(&format!("{flags}^(?:{value})$"))
-                    .size_limit(REGEX_SIZE_LIMIT)
-                    .build()
-                    .map_err(|e| format!("invalid regular expression `{value}`: {e}"))?;
-                self.regex.push((regex, candidate));
+                PathKind::Regex(
+                    RegexBuilder::new(&format!("{flags}^(?:{value})$"))
+                        .size_limit(REGEX_SIZE_LIMIT)
+                        .build()
+                        .map_err(|e| format!("invalid regular expression `{value}`: {e}"))?,
+                )
+            }
+        };
+        Ok(Self {
+            kind,
+            ignore_case: path.ignore_case,
+        })
+    }
+}
+
+impl PathTableBuilder {
+    pub(super) fn is_empty(&self) -> bool {
+        self.exact.is_empty() && self.prefix.is_empty() && self.regex.is_empty()
+    }
+
+    pub(super) fn add(&mut self, path: &PathKey, mut candidate: Candidate) {
+        candidate.ignore_case = path.ignore_case;
+        self.ignore_case |= path.ignore_case;
+        // Most paths have one candidate: a vector of one becomes its boxed slice without a
+        // reallocation.
+        let one = || Vec::with_capacity(1);
+        let (map, key) = match &path.kind {
+            PathKind::Exact(key) => (&mut self.exact, key),
+            PathKind::Prefix(key) => (&mut self.prefix, key),
+            PathKind::Regex(regex) => {
+                self.regex.push((regex.clone(), candidate));
+                return;
+            }
+        };
+        match map.get_mut(key) {
+            Some(candidates) => candidates.push(candidate),
+            None => {
+                let mut candidates = one();
+                candidates.push(candidate);
+                map.insert(key.clone(), candidates);
             }
         }
-        Ok(())
     }
 
     pub(super) fn build(self) -> Result<PathTable, RouteError> {

@@ -1,13 +1,13 @@
 use http::{HeaderMap, HeaderValue, Method};
 use pavilion_proto as proto;
 
-use super::{RequestFacts, RouteError, Router, RuleId};
+use super::{RequestFacts, RouteError, Router};
 
-/// Routes as `(name, hosts, rules)`, each rule a list of matches; rule ids count up from 0
-/// in that order, and `labels[id]` names them `name#rule`.
+/// Routes as `(name, hosts, rules)`, each rule a list of matches; route `r` has slot `r`.
 struct Fixture {
     router: Router,
-    labels: Vec<String>,
+    /// `name#rule` of every rule.
+    labels: std::collections::HashMap<super::RuleId, String>,
 }
 
 fn path(kind: proto::PathMatchType, value: &str) -> Option<proto::PathMatch> {
@@ -56,17 +56,18 @@ fn with_header(mut m: proto::Match, name: &str, value: &str) -> proto::Match {
 type RouteSpec<'a> = (&'a str, &'a [&'a str], Vec<Vec<proto::Match>>);
 
 fn build(routes: &[RouteSpec<'_>]) -> Result<Fixture, RouteError> {
-    let mut labels = Vec::new();
-    let mut ids = Vec::new();
+    let mut labels = std::collections::HashMap::new();
     let protos: Vec<proto::Route> = routes
         .iter()
-        .map(|(name, hosts, rules)| {
-            let mut route_ids = Vec::new();
+        .zip(0..)
+        .map(|((name, hosts, rules), slot)| {
             for r in 0..rules.len() {
-                route_ids.push(labels.len() as RuleId);
-                labels.push(format!("{name}#{r}"));
+                let id = super::RuleId {
+                    route: slot,
+                    rule: r as u32,
+                };
+                labels.insert(id, format!("{name}#{r}"));
             }
-            ids.push(route_ids);
             proto::Route {
                 namespace: "ns".into(),
                 name: name.to_string(),
@@ -83,7 +84,7 @@ fn build(routes: &[RouteSpec<'_>]) -> Result<Fixture, RouteError> {
         })
         .collect();
     Ok(Fixture {
-        router: Router::build(&protos, &ids)?,
+        router: Router::build(&protos)?,
         labels,
     })
 }
@@ -112,7 +113,7 @@ impl Fixture {
             .find(|(_, holds)| *holds)
             .map(|(id, _)| id);
         assert_eq!(first_holding, found, "candidates disagree for {path}");
-        found.map(|id| self.labels[id as usize].as_str())
+        found.map(|id| self.labels[&id].as_str())
     }
 
     fn find(&self, host: Option<&str>, method: &str, path: &str) -> Option<&str> {
@@ -341,4 +342,116 @@ fn route_values_are_normalised_like_request_paths() {
     .unwrap();
     assert_eq!(f.find(None, "GET", "/admin/x"), Some("admin#0"));
     assert_eq!(f.find(None, "GET", "/caf%C3%A9"), Some("admin#0"));
+}
+
+/// A patched router finds what one built from scratch finds, through a few hundred random
+/// edits (routes added, removed and replaced, on exact, wildcard and any hosts, with
+/// overlapping paths so that precedence decides).
+#[test]
+fn a_patched_router_matches_like_a_new_one() {
+    use super::RouteMatches;
+    let hosts = ["a.test", "b.test", "*.test", "x.b.test"];
+    let paths = ["/", "/v", "/v/w", "/z"];
+    // A small deterministic generator (xorshift): the same edits on every run.
+    let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+    let mut next = move |n: usize| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state % n as u64) as usize
+    };
+    let mut make = |id: usize, next: &mut dyn FnMut(usize) -> usize| {
+        let route_hosts: Vec<String> = match next(4) {
+            0 => vec![],
+            1 => vec![hosts[next(4)].into(), hosts[next(4)].into()],
+            _ => vec![hosts[next(4)].into()],
+        };
+        let mut m = if next(3) == 0 {
+            exact(paths[next(4)])
+        } else {
+            prefix(paths[next(4)])
+        };
+        if next(4) == 0 {
+            m = with_methods(m, &["POST"]);
+        }
+        let route = proto::Route {
+            namespace: "ns".into(),
+            name: format!("r{id}"),
+            hosts: route_hosts,
+            rules: vec![proto::Rule {
+                matches: vec![m],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        (id, RouteMatches::new(&route).unwrap())
+    };
+    // In order: (name id, matches, slot).
+    let mut routes: Vec<(usize, std::sync::Arc<RouteMatches>, u32)> = Vec::new();
+    let mut ids = 0;
+    let mut router = Router::default();
+    let mut first = true;
+    for _ in 0..300 {
+        let mut changed: Vec<std::sync::Arc<RouteMatches>> = Vec::new();
+        let edit = if routes.len() < 3 { 0 } else { next(3) };
+        let used: std::collections::HashSet<u32> = routes.iter().map(|r| r.2).collect();
+        let free_slot = (0..).find(|s| !used.contains(s)).unwrap();
+        match edit {
+            0 => {
+                ids += 1;
+                let (id, matches) = make(ids, &mut next);
+                let matches = std::sync::Arc::new(matches);
+                changed.push(matches.clone());
+                let at = next(routes.len() + 1);
+                routes.insert(at, (id, matches, free_slot));
+            }
+            1 => {
+                let (_, gone, _) = routes.remove(next(routes.len()));
+                changed.push(gone);
+            }
+            _ => {
+                let at = next(routes.len());
+                let (id, old, _) = routes.remove(at);
+                let (_, matches) = make(id, &mut next);
+                let matches = std::sync::Arc::new(matches);
+                changed.push(old);
+                changed.push(matches.clone());
+                routes.insert(at, (id, matches, free_slot));
+            }
+        }
+        let placed: Vec<(&RouteMatches, u32)> = routes.iter().map(|(_, m, s)| (&**m, *s)).collect();
+        let changed: Vec<&RouteMatches> = changed.iter().map(|m| &**m).collect();
+        let patched = if first {
+            Router::assemble(&placed).unwrap()
+        } else {
+            router.patch(&placed, &changed).unwrap()
+        };
+        first = false;
+        let fresh = Router::assemble(&placed).unwrap();
+        for host in [
+            "a.test",
+            "b.test",
+            "c.test",
+            "x.b.test",
+            "y.x.b.test",
+            "other",
+        ] {
+            for path in ["/", "/v", "/v/w", "/v/w/q", "/z", "/q"] {
+                for method in [Method::GET, Method::POST] {
+                    let facts = RequestFacts {
+                        host: Some(host),
+                        path,
+                        method: &method,
+                        headers: &HeaderMap::new(),
+                    };
+                    assert_eq!(
+                        patched.find(&facts),
+                        fresh.find(&facts),
+                        "{method} {host}{path}"
+                    );
+                }
+            }
+        }
+        router = patched;
+    }
 }

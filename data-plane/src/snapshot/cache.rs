@@ -21,13 +21,14 @@ pub enum CacheError {
     Corrupt(#[from] prost::DecodeError),
 }
 
-pub fn write(path: &Path, snapshot: &Snapshot) -> std::io::Result<()> {
+/// Stores `encoded`, an encoded [`Snapshot`] (as the control plane sent it).
+pub fn write(path: &Path, encoded: &[u8]) -> std::io::Result<()> {
     let mut temporary = path.as_os_str().to_owned();
     temporary.push(".tmp");
     let temporary = PathBuf::from(temporary);
     let mut file = File::create(&temporary)?;
     file.write_all(MAGIC)?;
-    file.write_all(&snapshot.encode_to_vec())?;
+    file.write_all(encoded)?;
     file.sync_all()?;
     std::fs::rename(&temporary, path)?;
     // Make the rename itself durable.
@@ -41,13 +42,23 @@ pub fn write(path: &Path, snapshot: &Snapshot) -> std::io::Result<()> {
 
 /// `Ok(None)` when there is no cache file yet.
 pub fn read(path: &Path) -> Result<Option<Snapshot>, CacheError> {
-    let bytes = match std::fs::read(path) {
+    read_encoded(path)?
+        .map(|body| Ok(Snapshot::decode(body)?))
+        .transpose()
+}
+
+/// The stored snapshot, still encoded; `Ok(None)` when there is no cache file yet.
+pub fn read_encoded(path: &Path) -> Result<Option<bytes::Bytes>, CacheError> {
+    let mut bytes = match std::fs::read(path) {
         Ok(bytes) => bytes,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e.into()),
     };
-    let body = bytes.strip_prefix(MAGIC).ok_or(CacheError::NotACache)?;
-    Ok(Some(Snapshot::decode(body)?))
+    if !bytes.starts_with(MAGIC) {
+        return Err(CacheError::NotACache);
+    }
+    bytes.drain(..MAGIC.len());
+    Ok(Some(bytes.into()))
 }
 
 #[cfg(test)]
@@ -64,7 +75,7 @@ mod tests {
             routes: vec![],
             ..Default::default()
         };
-        write(&path, &snapshot).unwrap();
+        write(&path, &snapshot.encode_to_vec()).unwrap();
         assert_eq!(read(&path).unwrap(), Some(snapshot));
         assert!(!dir.path().join("snapshot.pb.tmp").exists());
 

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use pavilion_proto::v1::snapshot_discovery_client::SnapshotDiscoveryClient;
-use pavilion_proto::{Node, Snapshot, SnapshotRequest, SnapshotResponse};
+use pavilion_proto::{Node, SnapshotFrame, SnapshotRequest, SnapshotResponse};
 use prost::Message;
 use std::path::PathBuf;
 use tokio::sync::{mpsc, watch};
@@ -170,7 +170,7 @@ async fn answer(applier: &Applier, response: SnapshotResponse) -> SnapshotReques
     let snapshot = if response.snapshot.is_empty() {
         Err("the response carries no snapshot".to_owned())
     } else {
-        Snapshot::decode(response.snapshot)
+        SnapshotFrame::decode(response.snapshot.clone())
             .map_err(|error| format!("the snapshot cannot be decoded: {error}"))
     };
     let outcome = match snapshot {
@@ -179,7 +179,10 @@ async fn answer(applier: &Applier, response: SnapshotResponse) -> SnapshotReques
             "the snapshot's version {} differs from the response's {}",
             snapshot.version, response.version
         )),
-        Ok(snapshot) => applier.apply(snapshot).await.map_err(|e| e.to_string()),
+        Ok(snapshot) => applier
+            .apply_frame(snapshot, response.snapshot)
+            .await
+            .map_err(|e| e.to_string()),
     };
     match outcome {
         Ok(()) => SnapshotRequest {

@@ -8,7 +8,9 @@ pub mod client;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use pavilion_proto::Snapshot;
+use bytes::Bytes;
+use pavilion_proto::{Snapshot, SnapshotFrame};
+use prost::Message;
 
 use crate::auth::AuthContext;
 use crate::metrics::Metrics;
@@ -51,9 +53,21 @@ impl Applier {
     /// Builds and swaps in `snapshot`, then writes it to the cache. In-flight requests
     /// finish on the runtime they started with.
     pub async fn apply(&self, snapshot: Snapshot) -> Result<(), BuildError> {
-        self.install(&snapshot)?;
+        let encoded = Bytes::from(snapshot.encode_to_vec());
+        let frame = SnapshotFrame::decode(encoded.clone())
+            .expect("an encoded Snapshot always reads as a SnapshotFrame");
+        self.apply_frame(frame, encoded).await
+    }
+
+    /// [`apply`](Self::apply) for a snapshot as it arrived: `encoded`, read as `frame`.
+    pub async fn apply_frame(
+        &self,
+        frame: SnapshotFrame,
+        encoded: Bytes,
+    ) -> Result<(), BuildError> {
+        self.install(&frame)?;
         if let Some(path) = self.cache.clone() {
-            let written = tokio::task::spawn_blocking(move || cache::write(&path, &snapshot)).await;
+            let written = tokio::task::spawn_blocking(move || cache::write(&path, &encoded)).await;
             match written {
                 Ok(Ok(())) => {}
                 Ok(Err(error)) => tracing::warn!(%error, "cannot write the snapshot cache"),
@@ -63,10 +77,12 @@ impl Applier {
         Ok(())
     }
 
-    fn install(&self, snapshot: &Snapshot) -> Result<(), BuildError> {
+    fn install(&self, frame: &SnapshotFrame) -> Result<(), BuildError> {
         let started = std::time::Instant::now();
-        match Runtime::build(snapshot, &self.metrics, &self.auth) {
+        let previous = self.shared.runtime.load();
+        match Runtime::build_frame(frame, &previous, &self.metrics, &self.auth) {
             Ok(runtime) => {
+                drop(previous);
                 if self.shared.limiter.redis_reachable().is_none() {
                     let policies = runtime.redis_policies();
                     if !policies.is_empty() {
@@ -85,10 +101,10 @@ impl Applier {
                 }
                 self.metrics.retire_gone_routes();
                 self.metrics.snapshots_applied.inc();
-                self.metrics.serving(&snapshot.version);
+                self.metrics.serving(&frame.version);
                 tracing::info!(
-                    version = %snapshot.version,
-                    routes = snapshot.routes.len(),
+                    version = %frame.version,
+                    routes = frame.routes.len(),
                     build_ms = started.elapsed().as_millis() as u64,
                     "snapshot applied"
                 );
@@ -96,7 +112,7 @@ impl Applier {
             }
             Err(error) => {
                 self.metrics.snapshots_rejected.inc();
-                tracing::warn!(version = %snapshot.version, %error, "snapshot refused");
+                tracing::warn!(version = %frame.version, %error, "snapshot refused");
                 Err(error)
             }
         }
@@ -108,12 +124,14 @@ impl Applier {
         let Some(path) = &self.cache else {
             return false;
         };
-        match cache::read(path) {
+        let read = cache::read_encoded(path)
+            .and_then(|encoded| Ok(encoded.map(SnapshotFrame::decode).transpose()?));
+        match read {
             Ok(None) => false,
-            Ok(Some(snapshot)) => {
-                let installed = self.install(&snapshot).is_ok();
+            Ok(Some(frame)) => {
+                let installed = self.install(&frame).is_ok();
                 if installed {
-                    tracing::info!(path = %path.display(), version = %snapshot.version, "serving the cached snapshot");
+                    tracing::info!(path = %path.display(), version = %frame.version, "serving the cached snapshot");
                 }
                 installed
             }

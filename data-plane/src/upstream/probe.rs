@@ -29,14 +29,10 @@ impl Prober {
 
     /// Starts checking each backend of `runtime` that has an active check and no task yet.
     pub fn watch(self: &Arc<Self>, runtime: &Runtime) {
-        for backends in runtime
-            .rules()
-            .iter()
-            .filter_map(|rule| match &rule.upstream {
-                Upstream::Backends(backends) => Some(backends),
-                Upstream::Service(_) => None,
-            })
-        {
+        for backends in runtime.rules().filter_map(|rule| match &rule.upstream {
+            Upstream::Backends(backends) => Some(backends),
+            Upstream::Service(_) => None,
+        }) {
             for (target, endpoint) in backends.targets().iter().zip(backends.endpoints()) {
                 if endpoint.check.is_some()
                     && !endpoint

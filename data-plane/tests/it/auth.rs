@@ -537,6 +537,7 @@ async fn api_keys_with_scopes_expiry_and_access_lists() {
             0,
         ),
     ];
+    let first = snap.clone();
     dp.apply(snap).await.unwrap();
 
     let client = HttpClient::http1();
@@ -643,6 +644,22 @@ async fn api_keys_with_scopes_expiry_and_access_lists() {
         "{}",
         reply.text()
     );
+
+    // The same route in the next snapshot, with the keys rotated: the data plane takes
+    // unchanged routes from the runtime it serves, but never one that holds the old keys.
+    let mut rotated = first;
+    rotated.version = "v2".into();
+    rotated.api_keys = vec![api_key("shop", "public-web", "pvk_rotated", &["read"], 0)];
+    dp.apply(rotated).await.unwrap();
+    let reply = send("GET", "/orders", &[("x-api-key", "pvk_reader")])
+        .await
+        .unwrap();
+    assert_eq!(reply.status, 401, "the rotated-out key");
+    assert_eq!(reply.json()["error"]["code"], "invalid_api_key");
+    let reply = send("GET", "/partners/x", &[("x-api-key", "pvk_rotated")])
+        .await
+        .unwrap();
+    assert_eq!(reply.status, 200, "the new key: {}", reply.text());
 }
 
 #[tokio::test]
