@@ -312,20 +312,25 @@ impl Metrics {
     pub fn retire_gone_routes(&self) {
         let gone = std::mem::take(&mut *self.retiring.lock().unwrap_or_else(|p| p.into_inner()));
         for route in gone {
-            for class in STATUS_CLASSES {
-                let _ = self.requests.remove_label_values(&[&route, class]);
-            }
-            let _ = self.duration.remove_label_values(&[&route]);
+            self.remove_route_series(&route);
         }
+    }
+
+    fn remove_route_series(&self, route: &str) {
+        for class in STATUS_CLASSES {
+            let _ = self.requests.remove_label_values(&[route, class]);
+        }
+        let _ = self.duration.remove_label_values(&[route]);
     }
 
     /// Handles for the routes of one runtime build ([`RouteHandles::get`]).
     pub fn route_handles(&self) -> RouteHandles<'_> {
-        let previous = std::mem::take(&mut *self.routes.lock().unwrap_or_else(|p| p.into_inner()));
+        let live = std::mem::take(&mut *self.routes.lock().unwrap_or_else(|p| p.into_inner()));
         RouteHandles {
             metrics: self,
-            next: HashMap::with_capacity(previous.len()),
-            previous,
+            live,
+            created: Vec::new(),
+            finished: false,
         }
     }
 
@@ -335,53 +340,65 @@ impl Metrics {
     }
 }
 
-/// The per-route handles of one runtime build. A route the last build had keeps its handles
-/// (six label lookups per route were the largest cost of building 10 000 routes); once the
-/// build succeeds ([`RouteHandles::finish`]) and its runtime serves
-/// ([`Metrics::retire_gone_routes`]), the series of routes it no longer has are removed, so
-/// route churn does not grow `/metrics` — and memory — without bound.
+/// The per-route handles of one runtime build. A route a serving runtime has keeps its
+/// handles (six label lookups per route were the largest cost of building 10 000 routes),
+/// and a route the build takes over as it is asks for nothing; once the build succeeds
+/// ([`RouteHandles::finish`], naming the routes it dropped) and its runtime serves
+/// ([`Metrics::retire_gone_routes`]), the series of dropped routes are removed, so route
+/// churn does not grow `/metrics` — and memory — without bound.
 pub struct RouteHandles<'a> {
     metrics: &'a Metrics,
-    previous: HashMap<Box<str>, RouteMetrics>,
-    next: HashMap<Box<str>, RouteMetrics>,
+    /// Every route a serving runtime may have, and those this build added.
+    live: HashMap<Box<str>, RouteMetrics>,
+    /// Routes this build added: gone again if it fails.
+    created: Vec<Box<str>>,
+    finished: bool,
 }
 
 impl RouteHandles<'_> {
-    /// Handles for one route (`namespace/name`).
+    /// Handles for one route (`namespace/name`) the build makes.
     pub fn get(&mut self, route: &str) -> RouteMetrics {
-        if let Some(handles) = self.next.get(route) {
+        if let Some(handles) = self.live.get(route) {
             return handles.clone();
         }
-        let (name, handles) = self.previous.remove_entry(route).unwrap_or_else(|| {
-            let handles = route_metrics(&self.metrics.requests, &self.metrics.duration, route);
-            (route.into(), handles)
-        });
-        self.next.insert(name, handles.clone());
+        let handles = route_metrics(&self.metrics.requests, &self.metrics.duration, route);
+        self.live.insert(route.into(), handles.clone());
+        self.created.push(route.into());
         handles
     }
 
-    /// The build succeeded: the routes it no longer has are retired once it serves.
-    pub fn finish(mut self) {
-        let gone = std::mem::take(&mut self.previous).into_keys().collect();
+    /// The build succeeded without the routes `gone` (none of them made again by it): they
+    /// are retired once it serves.
+    pub fn finish<'r>(mut self, gone: impl IntoIterator<Item = &'r str>) {
+        let gone = gone
+            .into_iter()
+            .filter_map(|route| self.live.remove_entry(route).map(|(name, _)| name))
+            .collect();
         *self
             .metrics
             .retiring
             .lock()
             .unwrap_or_else(|p| p.into_inner()) = gone;
+        self.finished = true;
     }
 }
 
 impl Drop for RouteHandles<'_> {
-    /// Hands the handles back for the next build; a failed build removes nothing (the
-    /// runtime still serving may have every one of its routes).
+    /// Hands the handles back for the next build; a failed build removes only what it
+    /// added (the runtime still serving has its routes).
     fn drop(&mut self) {
-        let mut next = std::mem::take(&mut self.next);
-        next.extend(self.previous.drain());
+        let mut live = std::mem::take(&mut self.live);
+        if !self.finished {
+            for route in &self.created {
+                live.remove(route);
+                self.metrics.remove_route_series(route);
+            }
+        }
         *self
             .metrics
             .routes
             .lock()
-            .unwrap_or_else(|p| p.into_inner()) = next;
+            .unwrap_or_else(|p| p.into_inner()) = live;
     }
 }
 
@@ -445,27 +462,28 @@ fn route_metrics(requests: &IntCounterVec, duration: &HistogramVec, route: &str)
     }
 }
 
+/// The routes with a `pavilion_requests_total` series (besides unrouted requests').
+#[cfg(test)]
+pub(crate) fn routes_in(metrics: &Metrics) -> Vec<String> {
+    let mut routes: Vec<String> = metrics
+        .registry
+        .gather()
+        .iter()
+        .filter(|family| family.name() == "pavilion_requests_total")
+        .flat_map(|family| family.get_metric().to_vec())
+        .filter_map(|m| {
+            let label = m.get_label().iter().find(|l| l.name() == "route")?;
+            Some(label.value().to_owned()).filter(|route| !route.is_empty())
+        })
+        .collect();
+    routes.sort();
+    routes.dedup();
+    routes
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// The routes with a `pavilion_requests_total` series (besides unrouted requests').
-    fn routes_in(metrics: &Metrics) -> Vec<String> {
-        let mut routes: Vec<String> = metrics
-            .registry
-            .gather()
-            .iter()
-            .filter(|family| family.name() == "pavilion_requests_total")
-            .flat_map(|family| family.get_metric().to_vec())
-            .filter_map(|m| {
-                let label = m.get_label().iter().find(|l| l.name() == "route")?;
-                Some(label.value().to_owned()).filter(|route| !route.is_empty())
-            })
-            .collect();
-        routes.sort();
-        routes.dedup();
-        routes
-    }
 
     #[test]
     fn a_route_keeps_its_series_while_it_lasts_and_loses_it_when_gone() {
@@ -477,18 +495,19 @@ mod tests {
         first
             .get("shop/gone")
             .observe(StatusCode::OK, Duration::from_millis(1));
-        first.finish();
+        first.finish([]);
         assert_eq!(routes_in(&metrics), ["shop/a", "shop/gone"]);
 
-        // A build that fails removes nothing: the old runtime still serves both.
+        // A build that fails removes nothing the old runtime serves, only what it added.
         let mut failed = metrics.route_handles();
         failed.get("shop/a");
+        failed.get("shop/new");
         drop(failed);
         assert_eq!(routes_in(&metrics), ["shop/a", "shop/gone"]);
 
         let mut second = metrics.route_handles();
         let a = second.get("shop/a");
-        second.finish();
+        second.finish(["shop/gone"]);
         // Gone only once the new runtime serves.
         assert_eq!(routes_in(&metrics), ["shop/a", "shop/gone"]);
         metrics.retire_gone_routes();

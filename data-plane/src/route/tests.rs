@@ -360,7 +360,7 @@ fn a_patched_router_matches_like_a_new_one() {
         state ^= state << 17;
         (state % n as u64) as usize
     };
-    let mut make = |id: usize, next: &mut dyn FnMut(usize) -> usize| {
+    let make = |id: usize, next: &mut dyn FnMut(usize) -> usize| {
         let route_hosts: Vec<String> = match next(4) {
             0 => vec![],
             1 => vec![hosts[next(4)].into(), hosts[next(4)].into()],

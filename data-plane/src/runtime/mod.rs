@@ -259,8 +259,6 @@ impl Runtime {
                 });
             match kept {
                 Some((key, placed)) => {
-                    // Still in use: its metric series stay.
-                    route_handles.get(&placed.route.name);
                     in_order &= last_position < Some(placed.position);
                     last_position = Some(placed.position);
                     slots[placed.slot as usize] = Some(placed.route.clone());
@@ -283,16 +281,21 @@ impl Runtime {
             }
         }
         // What changed: the routes built now, and those of `previous` not taken over.
-        let mut changed: Vec<Arc<BuiltRoute>> = order
+        let fresh: Vec<Arc<BuiltRoute>> = order
             .iter()
             .filter(|(.., slot)| slot.is_none())
             .map(|(route, ..)| route.clone())
             .collect();
-        changed.extend(previous.slots.iter().zip(&slots).filter_map(|(old, now)| {
-            let old = old.as_ref()?;
-            let kept = now.as_ref().is_some_and(|now| Arc::ptr_eq(now, old));
-            (!kept).then(|| old.clone())
-        }));
+        let dropped: Vec<Arc<BuiltRoute>> = previous
+            .slots
+            .iter()
+            .zip(&slots)
+            .filter_map(|(old, now)| {
+                let old = old.as_ref()?;
+                let kept = now.as_ref().is_some_and(|now| Arc::ptr_eq(now, old));
+                (!kept).then(|| old.clone())
+            })
+            .collect();
         // New routes take the slots nobody kept, then new ones.
         let mut free = (0..slots.len() as u32)
             .filter(|&slot| slots[slot as usize].is_none())
@@ -315,7 +318,8 @@ impl Runtime {
         let router = if previous.slots.is_empty() || !in_order {
             Router::assemble(&placed)?
         } else {
-            let changed: Vec<&RouteMatches> = changed.iter().map(|r| &r.matches).collect();
+            let changed: Vec<&RouteMatches> =
+                fresh.iter().chain(&dropped).map(|r| &r.matches).collect();
             previous.router.patch(&placed, &changed)?
         };
         let placements =
@@ -334,7 +338,15 @@ impl Runtime {
                 },
             );
         }
-        route_handles.finish();
+        // Routes dropped, unless one of the same name was built now: their series go.
+        let fresh_names: std::collections::HashSet<&str> =
+            fresh.iter().map(|route| &*route.name).collect();
+        route_handles.finish(
+            dropped
+                .iter()
+                .map(|route| &*route.name)
+                .filter(|name| !fresh_names.contains(name)),
+        );
         Ok(Self {
             version: frame.version.clone(),
             generation: GENERATIONS.fetch_add(1, Ordering::Relaxed),
@@ -493,6 +505,13 @@ mod tests {
             first_rule(&second, "ns/b")
         ));
         assert_eq!(second.built.len(), 4, "c is forgotten");
+        // c's metric series go once the runtime without it serves; kept routes keep theirs.
+        metrics.retire_gone_routes();
+        let series = crate::metrics::routes_in(&metrics);
+        for route in ["ns/a", "ns/b", "ns/d", "ns/k"] {
+            assert!(series.iter().any(|s| s == route), "{route}: {series:?}");
+        }
+        assert!(!series.iter().any(|s| s == "ns/c"), "{series:?}");
 
         // It routes exactly as a runtime built from scratch.
         let fresh = Runtime::build(&v2, &metrics, &context).unwrap();
