@@ -13,8 +13,10 @@ use crate::compile::{CompileOptions, Memo, Outcome, Report, compile_with_memo};
 use crate::metrics::Metrics;
 use crate::source::{Item, Items, LastAccepted};
 
-/// Extra quiet time after a change, so a burst of source events compiles once.
-const DEBOUNCE: Duration = Duration::from_millis(10);
+/// Extra quiet time after a change, so the events of one write (a `kubectl apply` of a
+/// few objects) compile once. Short: the directory source settles before it publishes,
+/// and whatever arrives during a compile is compiled together next.
+const DEBOUNCE: Duration = Duration::from_millis(3);
 
 /// A compiled snapshot with the verdict on every document it came from.
 #[derive(Debug)]
@@ -123,6 +125,7 @@ pub async fn run(
     let mut memory = Memory::default();
     // What the compiler worked out for resources that did not change (see `Memo`).
     let mut memo = Memo::default();
+    let compiler = crate::worker::Worker::spawn("pavilion-compile");
     while items.changed().await.is_ok() {
         tokio::time::sleep(DEBOUNCE).await;
         let Some(from_source) = items.borrow_and_update().clone() else {
@@ -130,18 +133,17 @@ pub async fn run(
         };
         let started = std::time::Instant::now();
         let current = memory.recall(&from_source);
-        // Regexes are compiled while validating: keep that off the async threads.
+        // Regexes are compiled while validating: kept off the async threads, on a thread
+        // of its own (see `worker`).
         let inputs = current.clone();
         let options = options.clone();
         let mut lent = std::mem::take(&mut memo);
-        let compiled = match tokio::task::spawn_blocking(move || {
-            let compiled = compile_with_memo(&inputs, &options, &mut lent);
-            // What the compile freed goes back now, not when this short-lived thread's
-            // pages are next visited (as the directory source does after a read).
-            pavilion_telemetry::release_free_memory();
-            (compiled, lent)
-        })
-        .await
+        let compiled = match compiler
+            .run("compile", move || {
+                let compiled = compile_with_memo(&inputs, &options, &mut lent);
+                (compiled, lent)
+            })
+            .await
         {
             Ok((compiled, returned)) => {
                 memo = returned;
@@ -201,13 +203,14 @@ fn since(
     reports: &[Report],
     now: &Since,
 ) -> Vec<Since> {
-    let before: HashMap<&crate::source::Origin, usize> = previous.map_or_else(HashMap::new, |p| {
-        p.items
-            .iter()
-            .enumerate()
-            .map(|(i, item)| (&item.origin, i))
-            .collect()
-    });
+    let before: HashMap<&crate::source::Origin, usize, foldhash::fast::RandomState> = previous
+        .map_or_else(HashMap::default, |p| {
+            p.items
+                .iter()
+                .enumerate()
+                .map(|(i, item)| (&item.origin, i))
+                .collect()
+        });
     items
         .iter()
         .zip(reports)
@@ -231,35 +234,43 @@ fn since(
 /// name starts out with nothing to fall back on.
 #[derive(Default)]
 struct Memory {
-    versions: HashMap<Remembered, Arc<LastAccepted>>,
+    versions: HashMap<ResourceKey, Remembered, foldhash::fast::RandomState>,
     /// Until the first compile, what sources recall from an earlier run (statuses) is all
     /// there is; afterwards this process's own memory decides, so a resource deleted and
     /// recreated meanwhile cannot bring back a version from before.
     started: bool,
 }
 
-/// What a version is remembered by: the resource, and on Kubernetes the object's uid, so
-/// an object deleted and recreated between two compiles does not inherit the old one's.
-type Remembered = (ResourceKey, String);
+/// A remembered version, and on Kubernetes the object's uid: an object deleted and
+/// recreated between two compiles does not inherit the old one's.
+struct Remembered {
+    uid: String,
+    version: Arc<LastAccepted>,
+}
 
-fn remembered(item: &Item) -> Option<Remembered> {
-    let uid = match &item.origin {
-        crate::source::Origin::Kube { uid, .. } => uid.clone(),
-        _ => String::new(),
-    };
-    item.identity.clone().map(|identity| (identity, uid))
+/// The uid of the Kubernetes object an item is; empty elsewhere.
+fn uid(item: &Item) -> &str {
+    match &item.origin {
+        crate::source::Origin::Kube { uid, .. } => uid,
+        _ => "",
+    }
 }
 
 impl Memory {
+    /// What is remembered for the item's resource (looked up without copying its key:
+    /// at 10 000 resources, the copies were a good part of the controller's time).
+    fn get(&self, item: &Item) -> Option<&Arc<LastAccepted>> {
+        let remembered = self.versions.get(item.identity.as_ref()?)?;
+        (remembered.uid == uid(item)).then_some(&remembered.version)
+    }
+
     /// The items with `last_accepted` set from memory (or, on the first compile, as the
     /// source recalled it).
     fn recall(&self, items: &Items) -> Items {
         items
             .iter()
             .map(|item| {
-                let remembered = remembered(item)
-                    .and_then(|key| self.versions.get(&key))
-                    .cloned();
+                let remembered = self.get(item).cloned();
                 let last_accepted = if self.started {
                     remembered
                 } else {
@@ -276,10 +287,11 @@ impl Memory {
     /// Remembers what this compile accepted; returns each item's last accepted version.
     fn learn(&mut self, items: &[Item], reports: &[Report]) -> Vec<Option<Arc<LastAccepted>>> {
         let now = k8s_openapi::jiff::Timestamp::now().to_string();
-        let mut versions = HashMap::new();
+        let mut versions: HashMap<ResourceKey, Remembered, foldhash::fast::RandomState> =
+            HashMap::with_capacity_and_hasher(items.len(), Default::default());
         for (item, report) in items.iter().zip(reports) {
-            if let (Outcome::Accepted { .. }, Ok(resource), Some(key)) =
-                (&report.outcome, &item.parsed, remembered(item))
+            if let (Outcome::Accepted { .. }, Ok(resource), Some(identity)) =
+                (&report.outcome, &item.parsed, &item.identity)
             {
                 // The very resource accepted last time (nothing to compare), or one read
                 // again but the same (a Kubernetes object after a status write, say): the
@@ -287,6 +299,8 @@ impl Memory {
                 let kept = item.last_accepted.as_ref().filter(|last| {
                     last.generation == report.generation
                         && (Arc::ptr_eq(&last.resource, resource)
+                            // Without a copy first, for what has nothing to strip (files).
+                            || last.resource.same_exported(resource)
                             || last.resource == last_accepted_form(resource))
                 });
                 let version = kept.cloned().unwrap_or_else(|| {
@@ -296,25 +310,32 @@ impl Memory {
                         accepted_at: now.clone(),
                     })
                 });
-                versions.insert(key, version);
+                versions.insert(
+                    identity.clone(),
+                    Remembered {
+                        uid: uid(item).to_owned(),
+                        version,
+                    },
+                );
             }
         }
         // Rejected documents keep what they had (a duplicate never displaces the original).
         for item in items {
-            if let (Some(key), Some(last)) = (remembered(item), &item.last_accepted) {
-                versions.entry(key).or_insert_with(|| last.clone());
+            if let (Some(identity), Some(last)) = (&item.identity, &item.last_accepted)
+                && !versions.contains_key(identity)
+            {
+                versions.insert(
+                    identity.clone(),
+                    Remembered {
+                        uid: uid(item).to_owned(),
+                        version: last.clone(),
+                    },
+                );
             }
         }
         self.versions = versions;
         self.started = true;
-        items
-            .iter()
-            .map(|item| {
-                remembered(item)
-                    .and_then(|key| self.versions.get(&key))
-                    .cloned()
-            })
-            .collect()
+        items.iter().map(|item| self.get(item).cloned()).collect()
     }
 }
 
@@ -357,7 +378,9 @@ fn record_outcomes(metrics: &Metrics, reports: &[Report]) {
 fn log_new_verdicts(previous: Option<&Published>, reports: &[Report]) {
     // By origin first: comparing every report with every previous one is quadratic, and
     // at 10 000 resources that alone took seconds per change.
-    let mut before: HashMap<&crate::source::Origin, Vec<&Report>> = HashMap::new();
+    // Documents have distinct origins but for problems reported against one file.
+    let mut before: HashMap<&crate::source::Origin, Vec<&Report>, foldhash::fast::RandomState> =
+        HashMap::default();
     for report in previous.map_or(&[][..], |p| &p.reports[..]) {
         before.entry(&report.origin).or_default().push(report);
     }

@@ -30,6 +30,7 @@ pub mod source;
 pub mod status;
 pub mod tls;
 pub mod validate;
+pub mod worker;
 pub mod writeback;
 
 use std::fmt;

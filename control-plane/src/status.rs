@@ -149,7 +149,7 @@ fn join(errors: &[pavilion_crds::FieldError]) -> String {
 }
 
 /// `True` once every connected node runs `since` or a later version; otherwise why not.
-fn programmed(since: &Since, fleet: &Fleet) -> (&'static str, &'static str, String) {
+pub fn programmed(since: &Since, fleet: &Fleet) -> (&'static str, &'static str, String) {
     let nodes = fleet.nodes;
     if nodes.is_empty() {
         return ("False", "NoDataPlanes", "no data plane is connected".into());

@@ -3,7 +3,7 @@
 //! the leader only. Transition times follow Kubernetes conventions: they move only when a
 //! condition's status does.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -194,11 +194,9 @@ pub async fn run(
         RETRY_EVERY
     };
     let mut node_changes = nodes.subscribe();
-    // What is known to be stored, per resource, and the last accepted version it holds:
-    // while that stays the same (the same `Arc`), its YAML is not written out again, which
-    // at 10 000 resources was most of a pass.
-    let mut stored: HashMap<StatusTarget, (StoredStatus, Option<Arc<LastAccepted>>)> =
-        HashMap::new();
+    // What is known to be stored, per document (see `Known`).
+    let mut stored: HashMap<Origin, Known> = HashMap::new();
+    let mut pass: u64 = 0;
     let mut pruned = false;
     let mut reread_at = tokio::time::Instant::now() + REREAD_EVERY;
     loop {
@@ -227,9 +225,13 @@ pub async fn run(
             Some((board, replica)) => all_nodes(board.as_ref(), replica, nodes.list()).await,
             None => nodes.list(),
         };
+        pass += 1;
         let now = k8s_openapi::jiff::Timestamp::now().to_string();
-        let mut seen = HashSet::new();
         let fleet = Fleet::new(&current.now, &nodes, &current.versions);
+        // Whether data planes run a document depends only on the snapshot that first held
+        // it as it is: worked out once per such snapshot, not once per document.
+        let mut verdicts: HashMap<u64, Verdict> = HashMap::new();
+        let mut gone = Vec::new();
         let documents = current
             .reports
             .iter()
@@ -241,34 +243,61 @@ pub async fn run(
             if !*leader.borrow() {
                 break;
             }
+            let verdict = verdicts
+                .entry(since.position)
+                .or_insert_with(|| crate::status::programmed(since, &fleet));
+            let known = match stored.get_mut(&report.origin) {
+                Some(known) if known.key == report.key => Some(known),
+                Some(_) => {
+                    // Another resource now lives here: the old one's status goes.
+                    if let Some(old) = stored.remove(&report.origin) {
+                        gone.push(StatusTarget {
+                            origin: report.origin.clone(),
+                            key: old.key,
+                        });
+                    }
+                    None
+                }
+                None => None,
+            };
+            let same_last_accepted = |known: &Known| match (&known.last_accepted, last_accepted) {
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                (a, b) => a.is_none() && b.is_none(),
+            };
+            if let Some(known) = known {
+                // The same document, verdict and last accepted version as when its status
+                // was stored: the status would come out the same.
+                if known.since == since.position
+                    && known.verdict == *verdict
+                    && same_last_accepted(known)
+                {
+                    known.pass = pass;
+                    continue;
+                }
+            }
             let target = StatusTarget {
                 origin: report.origin.clone(),
                 key: report.key.clone(),
             };
-            seen.insert(target.clone());
-            let known = stored.get(&target);
-            let stored_last_accepted = known
-                .filter(|(_, from)| match (from, last_accepted) {
-                    (Some(a), Some(b)) => Arc::ptr_eq(a, b),
-                    (a, b) => a.is_none() && b.is_none(),
-                })
-                .map_or_else(
-                    || last_accepted.as_deref().and_then(LastAccepted::to_status),
-                    |(status, _)| status.last_accepted.clone(),
-                );
+            let known = stored.get(&report.origin);
+            let stored_last_accepted = known.filter(|known| same_last_accepted(known)).map_or_else(
+                || last_accepted.as_deref().and_then(LastAccepted::to_status),
+                |known| known.status.last_accepted.clone(),
+            );
+            let read;
             let previous = match known {
-                Some((previous, _)) => Some(previous.clone()),
-                None => sink.read(&target).await.unwrap_or_else(|error| {
-                    tracing::warn!(origin = %target.origin, %error, "cannot read status");
-                    None
-                }),
+                Some(known) => Some(&known.status),
+                None => {
+                    read = sink.read(&target).await.unwrap_or_else(|error| {
+                        tracing::warn!(origin = %target.origin, %error, "cannot read status");
+                        None
+                    });
+                    read.as_ref()
+                }
             };
             let fresh = conditions(report, since, &fleet);
-            let conditions = with_transition_times(
-                fresh,
-                previous.as_ref().map(|p| p.conditions.as_slice()),
-                &now,
-            );
+            let conditions =
+                with_transition_times(fresh, previous.map(|p| p.conditions.as_slice()), &now);
             let next = StoredStatus::new(
                 conditions,
                 report,
@@ -276,19 +305,30 @@ pub async fn run(
                 last_accepted.as_deref(),
                 stored_last_accepted,
             );
-            if previous.as_ref() == Some(&next) {
-                stored.insert(target, (next, last_accepted.clone()));
+            let remember = |status: StoredStatus| Known {
+                key: report.key.clone(),
+                status,
+                last_accepted: last_accepted.clone(),
+                since: since.position,
+                verdict: verdict.clone(),
+                pass,
+            };
+            if previous == Some(&next) {
+                stored.insert(report.origin.clone(), remember(next));
                 continue;
             }
+            let previous = previous.cloned();
             match sink.write(&target, &next).await {
                 Ok(Written::Done) => {
                     sink.changed(&target, previous.as_ref(), &next).await;
-                    stored.insert(target, (next, last_accepted.clone()));
+                    stored.insert(report.origin.clone(), remember(next));
                 }
                 Ok(Written::Gone) => {
-                    stored.remove(&target);
+                    stored.remove(&report.origin);
                 }
                 Err(error) => {
+                    // Forgotten, so the next pass tries again.
+                    stored.remove(&report.origin);
                     tracing::warn!(origin = %target.origin, %error, "cannot write status; will retry")
                 }
             }
@@ -296,30 +336,57 @@ pub async fn run(
         if !*leader.borrow() {
             continue;
         }
-        let gone: Vec<StatusTarget> = stored
-            .keys()
-            .filter(|t| !seen.contains(*t))
-            .cloned()
-            .collect();
+        stored.retain(|origin, known| {
+            let kept = known.pass == pass;
+            if !kept {
+                gone.push(StatusTarget {
+                    origin: origin.clone(),
+                    key: known.key.take(),
+                });
+            }
+            kept
+        });
         for target in gone {
-            match sink.remove(&target).await {
-                Ok(()) => {
-                    stored.remove(&target);
-                }
-                Err(error) => {
-                    tracing::warn!(origin = %target.origin, %error, "cannot remove status; will retry");
-                    pruned = false;
-                }
+            if let Err(error) = sink.remove(&target).await {
+                tracing::warn!(origin = %target.origin, %error, "cannot remove status; will retry");
+                pruned = false;
             }
         }
         if !pruned {
-            let current: Vec<StatusTarget> = seen.into_iter().collect();
+            let current: Vec<StatusTarget> = current
+                .reports
+                .iter()
+                .map(|report| StatusTarget {
+                    origin: report.origin.clone(),
+                    key: report.key.clone(),
+                })
+                .collect();
             match sink.prune(&current).await {
                 Ok(()) => pruned = true,
                 Err(error) => tracing::warn!(%error, "cannot prune stale statuses; will retry"),
             }
         }
     }
+}
+
+/// `Programmed`'s status, reason and message for documents first held by one snapshot.
+type Verdict = (&'static str, &'static str, String);
+
+/// A status known to be stored, and what it was made from: while those stay the same, the
+/// document is passed over without building its status again (at 10 000 resources, building
+/// and comparing every status was a quarter of the control plane's work per change).
+struct Known {
+    key: Option<ResourceKey>,
+    status: StoredStatus,
+    /// The last accepted version the status holds: while it is the same `Arc`, its YAML
+    /// is not written out again.
+    last_accepted: Option<Arc<LastAccepted>>,
+    /// [`Since::position`](crate::controller::Since) of the document: it moves whenever
+    /// the document, its verdict or its attachments change.
+    since: u64,
+    verdict: Verdict,
+    /// The last pass that saw the document.
+    pass: u64,
 }
 
 /// Keeps a condition's transition time while its status stays the same.

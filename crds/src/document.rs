@@ -50,6 +50,34 @@ pub const MAX_LISTED_ERRORS: usize = 100;
 /// at most [`MAX_DOCUMENTS`] are read, and past [`MAX_LISTED_ERRORS`] problems the rest are
 /// summed up in one error, so a huge file of garbage costs little memory and a small status.
 pub fn parse_documents(text: &str) -> Vec<ParsedDocument> {
+    parse_documents_except(text, &|_| false)
+        .into_iter()
+        .filter_map(|document| match document {
+            Document::Parsed { document, .. } => Some(document),
+            Document::Known { .. } => None,
+        })
+        .collect()
+}
+
+/// A document of [`parse_documents_except`], with its text.
+// Most documents of a read are parsed ones: boxing them would cost an allocation each.
+#[allow(clippy::large_enum_variant)]
+pub enum Document<'a> {
+    /// Read (the text is empty for the closing summaries of what was not read or listed).
+    Parsed {
+        document: ParsedDocument,
+        text: &'a str,
+    },
+    /// Recognised by its text and not read: the caller holds its resource already.
+    Known { line: usize, text: &'a str },
+}
+
+/// [`parse_documents`], except that a document whose text `known` recognises is not read
+/// again: a file edited in one place reads that one document, not the hundred around it.
+pub fn parse_documents_except<'a>(
+    text: &'a str,
+    known: &dyn Fn(&str) -> bool,
+) -> Vec<Document<'a>> {
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let (chunks, unread) = split_documents(text, MAX_DOCUMENTS);
     let mut documents = Vec::new();
@@ -59,6 +87,10 @@ pub fn parse_documents(text: &str) -> Vec<ParsedDocument> {
         let Some(line) = first_content_line(chunk).map(|offset| first_line + offset) else {
             continue;
         };
+        if known(chunk) {
+            documents.push(Document::Known { line, text: chunk });
+            continue;
+        }
         let (identity, result) = if chunk.len() > MAX_DOCUMENT_BYTES {
             (
                 None,
@@ -86,14 +118,18 @@ pub fn parse_documents(text: &str) -> Vec<ParsedDocument> {
             Ok(resource) => Some(resource.key()),
             Err(_) => identity,
         };
-        documents.push(ParsedDocument {
-            line,
-            identity,
-            result,
+        documents.push(Document::Parsed {
+            document: ParsedDocument {
+                line,
+                identity,
+                result,
+            },
+            text: chunk,
         });
     }
+    let summary = |document| Document::Parsed { document, text: "" };
     if let Some((line, count)) = unlisted {
-        documents.push(ParsedDocument {
+        documents.push(summary(ParsedDocument {
             line,
             identity: None,
             result: Err(DocumentError {
@@ -103,10 +139,10 @@ pub fn parse_documents(text: &str) -> Vec<ParsedDocument> {
                     "{count} more invalid documents from here on (only the first {MAX_LISTED_ERRORS} problems are listed)"
                 ),
             }),
-        });
+        }));
     }
     if let Some(line) = unread {
-        documents.push(ParsedDocument {
+        documents.push(summary(ParsedDocument {
             line,
             identity: None,
             result: Err(DocumentError {
@@ -116,7 +152,7 @@ pub fn parse_documents(text: &str) -> Vec<ParsedDocument> {
                     "more than {MAX_DOCUMENTS} documents; the rest of the text from here on is not read"
                 ),
             }),
-        });
+        }));
     }
     documents
 }

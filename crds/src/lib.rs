@@ -22,7 +22,10 @@ mod validate;
 
 pub use api_key::{ApiKey, ApiKeySpec};
 pub use auth::{Allow, ApiKeyAuth, Auth, ClaimAllow, ClaimHeader, JwtProvider, StaticKey};
-pub use document::{DocumentError, ParsedDocument, document_chunks, parse_documents};
+pub use document::{
+    Document, DocumentError, ParsedDocument, document_chunks, parse_documents,
+    parse_documents_except,
+};
 pub use policy::{
     Concurrency, Consistency, CorsPolicy, CorsPolicySpec, FailureMode, Limit, LimitOverride, Quota,
     RateLimitBackend, RateLimitPolicy, RateLimitPolicySpec, TargetRef,

@@ -60,8 +60,10 @@ impl Cors {
 
     /// The settings of the route `namespace/name`: its own policy's, else its namespace's.
     pub(super) fn for_route(&self, namespace: &str, name: &str) -> Option<proto::Cors> {
-        self.routes
-            .get(&(namespace.to_owned(), name.to_owned()))
+        // Looked up only when some policy targets a route: the key is two copies.
+        (!self.routes.is_empty())
+            .then(|| self.routes.get(&(namespace.to_owned(), name.to_owned())))
+            .flatten()
             .or_else(|| self.namespaces.get(namespace))
             .cloned()
     }

@@ -207,7 +207,7 @@ pub fn compile_at_with_memo(
     let routes: Vec<(&Resource, usize)> = accepted(Kind::Route)
         .filter(|(_, i)| reports[*i].is_accepted())
         .collect();
-    let route_names: std::collections::HashSet<(&str, &str)> = routes
+    let route_names: std::collections::HashSet<(&str, &str), foldhash::fast::RandomState> = routes
         .iter()
         .map(|(r, _)| (r.namespace(), r.name()))
         .collect();
@@ -312,7 +312,7 @@ fn stand_in_last_accepted(
 ) -> Vec<Option<Held>> {
     // A valid definition elsewhere (another file, say) is the resource now: an old
     // version must not displace it.
-    let defined: std::collections::HashSet<&ResourceKey> = items
+    let defined: std::collections::HashSet<&ResourceKey, foldhash::fast::RandomState> = items
         .iter()
         .zip(reports.iter())
         .filter(|(_, report)| report.is_accepted())
@@ -390,7 +390,9 @@ fn first_pass(item: &Item, memo: &mut Memo) -> Report {
 /// The first valid definition of a key wins; later ones are rejected and point at it. Of two
 /// placements of one tenant, the older wins.
 fn reject_duplicates(items: &[Item], resources: &[Option<&Resource>], reports: &mut [Report]) {
-    let mut first_key: HashMap<ResourceKey, &Origin> = HashMap::new();
+    // Keyed by reference: a copied key per document was two allocations each.
+    let mut first_key: HashMap<(Kind, &str, &str), &Origin, foldhash::fast::RandomState> =
+        HashMap::with_capacity_and_hasher(items.len(), Default::default());
     for ((item, resource), report) in items.iter().zip(resources).zip(reports.iter_mut()) {
         // Only valid documents claim their key: an invalid one keeps its own errors, and a
         // valid definition after it still counts.
@@ -398,18 +400,18 @@ fn reject_duplicates(items: &[Item], resources: &[Option<&Resource>], reports: &
         if !report.is_accepted() {
             continue;
         }
-        let key = resource.key();
+        let key = (resource.kind(), resource.namespace(), resource.name());
         if let Some(origin) = first_key.get(&key) {
             report.outcome = Outcome::Rejected {
                 reason: Reason::Duplicate,
                 errors: vec![FieldError {
                     field: "metadata.name".into(),
-                    message: format!("{key} is already defined at {origin}"),
+                    message: format!("{} is already defined at {origin}", resource.key()),
                 }],
             };
             continue;
         }
-        first_key.insert(key.clone(), &item.origin);
+        first_key.insert(key, &item.origin);
     }
     // Two placements of one tenant: the older keeps it (creation time, then namespace and
     // name; documents without a creation time — files — count as oldest), as for routes.
@@ -455,7 +457,7 @@ fn reject_duplicates(items: &[Item], resources: &[Option<&Resource>], reports: &
 fn check_target(
     target: &TargetRef,
     namespace: &str,
-    routes: &std::collections::HashSet<(&str, &str)>,
+    routes: &std::collections::HashSet<(&str, &str), foldhash::fast::RandomState>,
     gateway_namespace: &str,
 ) -> Result<(), (Reason, String)> {
     match target.kind.as_str() {

@@ -104,7 +104,10 @@ impl Limits {
         let levels = [
             Some(&self.gateway),
             self.namespaces.get(namespace),
-            self.routes.get(&(namespace.to_owned(), name.to_owned())),
+            // Looked up only when some policy targets a route: the key is two copies.
+            (!self.routes.is_empty())
+                .then(|| self.routes.get(&(namespace.to_owned(), name.to_owned())))
+                .flatten(),
         ];
         let levels = || levels.iter().flatten();
         Applied {

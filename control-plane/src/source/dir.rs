@@ -10,7 +10,7 @@ use std::time::Duration;
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use notify::{RecursiveMode, Watcher};
-use pavilion_crds::{DocumentError, parse_documents};
+use pavilion_crds::{Document, DocumentError, parse_documents_except};
 use tokio::sync::Notify;
 
 use super::{
@@ -75,6 +75,7 @@ impl DirSource {
         let written = Arc::new(AtomicBool::new(false));
         let note_written = written.clone();
         let own_files = self.root.join(".pavilion");
+        let watched = self.root.clone();
         let mut watcher =
             notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
                 // Reading the tree opens every file; those access events must not trigger
@@ -85,6 +86,7 @@ impl DirSource {
                         matches!(event.kind, notify::EventKind::Access(_))
                             || (!event.paths.is_empty()
                                 && event.paths.iter().all(|p| p.starts_with(&own_files)))
+                            || writes_only_unread(event, &watched)
                     }
                     Err(_) => false,
                 };
@@ -100,20 +102,25 @@ impl DirSource {
             .watch(&self.root, RecursiveMode::Recursive)
             .map_err(|e| fail(format!("cannot watch: {e}")))?;
 
-        let mut last: Option<Vec<Item>> = None;
+        // File texts are large and short-lived: read on a thread of their own, which hands
+        // them back to the system once quiet (see `worker`).
+        let reader = crate::worker::Worker::spawn("pavilion-dir-read");
+        let mut last: Option<super::Items> = None;
         let mut recall_until = None;
         let mut recalled = Recalled::default();
         let mut cache = FileCache::default();
+        // When the change being read was first noticed.
+        let mut noticed = std::time::Instant::now();
         loop {
+            let reading = std::time::Instant::now();
             let root = self.root.clone();
             self.reads.fetch_add(1, Ordering::Relaxed);
-            let loaded = tokio::task::spawn_blocking(move || {
-                let loaded = load_tree_with(&root, &mut cache);
-                // The file texts are freed by now: return them, however large they were.
-                pavilion_telemetry::release_free_memory();
-                (loaded, cache)
-            })
-            .await;
+            let loaded = reader
+                .run("directory read", move || {
+                    let loaded = load_tree_with(&root, &mut cache);
+                    (loaded, cache)
+                })
+                .await;
             let loaded = match loaded {
                 Ok((loaded, kept)) => {
                     cache = kept;
@@ -136,8 +143,15 @@ impl DirSource {
                     if tokio::time::Instant::now() < recall_until {
                         recalled.attach(&self.root, &mut loaded);
                     }
-                    tracing::info!(path = %self.root.display(), documents = loaded.len(), "read configuration directory");
-                    items.send_replace(Some(loaded.clone().into()));
+                    tracing::info!(
+                        path = %self.root.display(),
+                        documents = loaded.len(),
+                        settle_ms = reading.duration_since(noticed).as_millis() as u64,
+                        read_ms = reading.elapsed().as_millis() as u64,
+                        "read configuration directory"
+                    );
+                    let loaded: super::Items = loaded.into();
+                    items.send_replace(Some(loaded.clone()));
                     last = Some(loaded);
                 }
                 Ok(_) => {}
@@ -152,6 +166,7 @@ impl DirSource {
             }
             tokio::select! {
                 _ = changed.notified() => {
+                    noticed = std::time::Instant::now();
                     // Coalesce the burst of events one save produces.
                     let give_up = tokio::time::Instant::now() + MAX_SETTLE;
                     // Taken, not read: an event after the last look keeps the flag for the
@@ -169,28 +184,61 @@ impl DirSource {
                         }
                     }
                 }
-                _ = tokio::time::sleep(RESCAN_EVERY) => {}
+                _ = tokio::time::sleep(RESCAN_EVERY) => noticed = std::time::Instant::now(),
             }
         }
     }
 }
 
+/// Whether `event` only creates or writes entries that are never read: hidden ones (an
+/// editor's `.a.yaml.swp`, a temporary `.a.yaml.tmp` about to be renamed into place, a
+/// ConfigMap's `..2024_…` directory before its `..data` swap) and files of other types. A
+/// save in progress must not hold back the read with a full settle. Renames and removals
+/// always count; so does a new directory. (A file edited in place inside a hidden directory
+/// that a visible link leads into is seen at the next full re-read.)
+fn writes_only_unread(event: &notify::Event, root: &Path) -> bool {
+    use notify::event::{CreateKind, EventKind, ModifyKind};
+    let writes = match event.kind {
+        EventKind::Create(CreateKind::Folder) => false,
+        EventKind::Create(_) => true,
+        EventKind::Modify(ModifyKind::Name(_)) => false,
+        EventKind::Modify(_) => true,
+        _ => false,
+    };
+    let unread = |path: &PathBuf| {
+        let hidden = path.strip_prefix(root).is_ok_and(|relative| {
+            relative
+                .components()
+                .any(|c| c.as_os_str().as_encoded_bytes().starts_with(b"."))
+        });
+        hidden || (!is_resource_file(path) && !path.is_dir())
+    };
+    writes && !event.paths.is_empty() && event.paths.iter().all(unread)
+}
+
 /// Whether `event` only renames something into place: the destination of a rename, or a
-/// rename away of a hidden entry, which is never read (a temporary `.a.yaml.tmp`, a
-/// ConfigMap's `..data_tmp`). Anything else renamed away may be a file or directory being
-/// replaced, and a rename of unknown direction tells nothing: both count as writes.
+/// rename away of a temporary file, which is never read (a hidden `.a.yaml.tmp`, a
+/// ConfigMap's `..data_tmp`, or a visible `a.yaml.tmp`, `.new`, `.part`). Anything else
+/// renamed away may be a file or directory being replaced, and a rename of unknown
+/// direction tells nothing: both count as writes.
 fn renamed_into_place(event: &notify::Event) -> bool {
     use notify::event::{ModifyKind, RenameMode};
     let notify::EventKind::Modify(ModifyKind::Name(mode)) = event.kind else {
         return false;
     };
-    let hidden = |path: Option<&PathBuf>| {
-        path.and_then(|p| p.file_name())
-            .is_some_and(|name| name.as_encoded_bytes().starts_with(b"."))
+    let temporary = |path: Option<&PathBuf>| {
+        path.is_some_and(|p| {
+            p.file_name()
+                .is_some_and(|name| name.as_encoded_bytes().starts_with(b"."))
+                || matches!(
+                    p.extension().and_then(|e| e.to_str()),
+                    Some("tmp" | "temp" | "new" | "part")
+                )
+        })
     };
     match mode {
         RenameMode::To => true,
-        RenameMode::From | RenameMode::Both => hidden(event.paths.first()),
+        RenameMode::From | RenameMode::Both => temporary(event.paths.first()),
         _ => false,
     }
 }
@@ -243,7 +291,7 @@ pub fn load_tree(root: &Path) -> std::io::Result<Vec<Item>> {
 /// is unchanged is not read and parsed again, so a change to one file of a large tree
 /// costs the walk (a `stat` per file) and that one file.
 pub struct FileCache {
-    files: std::collections::HashMap<PathBuf, (Stamp, Vec<Item>)>,
+    files: std::collections::HashMap<PathBuf, Cached>,
     /// Files read and parsed so far.
     pub reads: u64,
     /// How long a file must have been quiet before its stamp is trusted.
@@ -274,19 +322,32 @@ struct Stamp {
 /// A file changed this recently is not trusted from the cache: file times are as coarse
 /// as a timer tick, so a same-size rewrite within the tick of the stat would keep its
 /// stamp (git's "racily clean" rule). It is read again until it has been quiet this long.
+/// For file systems with whole-second times (a stamp without nanoseconds).
 const TRUST_AFTER: std::time::Duration = std::time::Duration::from_secs(2);
+/// The same where times have nanoseconds: they move with the kernel's clock tick (at most
+/// 10 ms), so a file quiet for longer than that is told apart by its stamp. Without this,
+/// a file edited once was parsed again on every change for two seconds.
+const TRUST_AFTER_FINE: std::time::Duration = std::time::Duration::from_millis(50);
 
 impl Stamp {
+    /// Written too recently to be told apart by its stamp; `trust_after` applies to
+    /// whole-second stamps, [`TRUST_AFTER_FINE`] (or `trust_after` if shorter) to others.
     fn recent(&self, trust_after: std::time::Duration) -> bool {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default();
         let newest = self.modified.max(self.changed);
+        let fine = self.modified.1 != 0 || self.changed.1 != 0;
+        let window = if fine {
+            trust_after.min(TRUST_AFTER_FINE)
+        } else {
+            trust_after
+        };
         let newest = std::time::Duration::new(
             newest.0.max(0) as u64,
             newest.1.clamp(0, 999_999_999) as u32,
         );
-        now.saturating_sub(newest) < trust_after
+        now.saturating_sub(newest) < window
     }
 
     fn of(meta: &std::fs::Metadata) -> Self {
@@ -336,16 +397,28 @@ pub fn load_tree_with(root: &Path, cache: &mut FileCache) -> std::io::Result<Vec
             None => {
                 budget -= size;
                 let stamp = meta.as_ref().map(Stamp::of);
-                let loaded = match (stamp, previous.remove(file)) {
-                    (Some(now), Some((then, loaded))) if now == then => loaded,
-                    _ => {
+                let cached = match (stamp, previous.remove(file)) {
+                    (Some(now), Some(cached)) if cached.trusted && now == cached.stamp => {
+                        cached.loaded
+                    }
+                    (_, cached) => {
                         cache.reads += 1;
-                        load_file(file)
+                        load_file_reusing(file, cached.as_ref().map(|c| &c.loaded))
                     }
                 };
-                items.extend(loaded.iter().cloned());
-                if let Some(stamp) = stamp.filter(|stamp| !stamp.recent(cache.trust_after)) {
-                    cache.files.insert(file.clone(), (stamp, loaded));
+                items.extend(cached.items.iter().cloned());
+                if let Some(stamp) = stamp {
+                    // Kept even while too recent to trust: its documents are reused when
+                    // it is read again.
+                    let trusted = !stamp.recent(cache.trust_after);
+                    cache.files.insert(
+                        file.clone(),
+                        Cached {
+                            stamp,
+                            trusted,
+                            loaded: cached,
+                        },
+                    );
                 }
             }
         }
@@ -355,15 +428,78 @@ pub fn load_tree_with(root: &Path, cache: &mut FileCache) -> std::io::Result<Vec
     Ok(items)
 }
 
+/// A file as last read, and whether its stamp can be trusted to tell a change.
+struct Cached {
+    stamp: Stamp,
+    trusted: bool,
+    loaded: Loaded,
+}
+
+/// The items of one file, each with the digest of its document's text when it was read as
+/// a resource: a document with the same text is the same resource (the same `Arc`) in the
+/// next read, so an edit of one document of a large file reads and compiles that one.
+struct Loaded {
+    items: Vec<Item>,
+    texts: Vec<Option<[u8; 32]>>,
+}
+
+/// Of a document's text without the line breaks before it, which only move it.
+fn digest(text: &str) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(text.trim_start_matches(['\n', '\r']).as_bytes()).into()
+}
+
+/// Reads one file, taking from `previous` (its last read) every resource whose document
+/// text is unchanged.
+fn load_file_reusing(path: &Path, previous: Option<&Loaded>) -> Loaded {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) => {
+            return Loaded {
+                items: vec![problem(path, "file", format!("cannot read: {e}"))],
+                texts: vec![None],
+            };
+        }
+    };
+    let reusable: std::collections::HashMap<[u8; 32], &Item> = previous
+        .into_iter()
+        .flat_map(|p| p.texts.iter().zip(&p.items))
+        .filter_map(|(text, item)| Some((*text.as_ref()?, item)))
+        .collect();
+    let known = |document: &str| !reusable.is_empty() && reusable.contains_key(&digest(document));
+    let mut loaded = Loaded {
+        items: Vec::new(),
+        texts: Vec::new(),
+    };
+    for document in parse_documents_except(&text, &known) {
+        let (item, text) = match document {
+            Document::Known { line, text } => {
+                let text = digest(text);
+                let kept = reusable[&text];
+                let item = Item {
+                    origin: Origin::File {
+                        path: path.to_owned(),
+                        line,
+                    },
+                    ..kept.clone()
+                };
+                (item, Some(text))
+            }
+            Document::Parsed { document, text } => {
+                let read = document.result.is_ok();
+                let item = Item::from_document(path, document);
+                (item, read.then(|| digest(text)))
+            }
+        };
+        loaded.items.push(item);
+        loaded.texts.push(text);
+    }
+    loaded
+}
+
 /// Reads one file; an unreadable file becomes one item carrying the reason.
 pub fn load_file(path: &Path) -> Vec<Item> {
-    match std::fs::read_to_string(path) {
-        Ok(text) => parse_documents(&text)
-            .into_iter()
-            .map(|doc| Item::from_document(path, doc))
-            .collect(),
-        Err(e) => vec![problem(path, "file", format!("cannot read: {e}"))],
-    }
+    load_file_reusing(path, None).items
 }
 
 /// An item that is not a resource, only the reason `path` could not give any.
@@ -507,6 +643,11 @@ mod tests {
             RenameMode::Both,
             &["/c/.a.yaml.tmp", "/c/a.yaml"]
         )));
+        // The same with a visible temporary file.
+        assert!(renamed_into_place(&rename(
+            RenameMode::From,
+            &["/c/a.yaml.tmp"]
+        )));
         // A ConfigMap's symlink swap.
         assert!(renamed_into_place(&rename(
             RenameMode::From,
@@ -533,6 +674,42 @@ mod tests {
         assert!(!renamed_into_place(&create.add_path("/c/a.yaml".into())));
     }
 
+    #[test]
+    fn writes_to_entries_never_read_are_not_changes() {
+        use notify::event::{CreateKind, DataChange, ModifyKind, RemoveKind, RenameMode};
+        use notify::{Event, EventKind};
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::create_dir(root.join("shop")).unwrap();
+        let event = |kind, path: &str| Event::new(kind).add_path(root.join(path));
+        let write = EventKind::Modify(ModifyKind::Data(DataChange::Any));
+        let create = EventKind::Create(CreateKind::File);
+        for unread in [
+            ".a.yaml.tmp",
+            ".a.yaml.swp",
+            "a.yaml.tmp",
+            "..2026_11_27/a.yaml",
+            "notes.txt",
+        ] {
+            assert!(writes_only_unread(&event(write, unread), root), "{unread}");
+            assert!(writes_only_unread(&event(create, unread), root), "{unread}");
+        }
+        for read in ["a.yaml", "shop/b.yml", "c.json"] {
+            assert!(!writes_only_unread(&event(write, read), root), "{read}");
+        }
+        // A directory appears: what it holds will be read.
+        assert!(!writes_only_unread(&event(create, "shop"), root));
+        assert!(!writes_only_unread(
+            &event(EventKind::Create(CreateKind::Folder), "new"),
+            root
+        ));
+        // Renames and removals always count, even of temporary names.
+        let renamed = EventKind::Modify(ModifyKind::Name(RenameMode::From));
+        assert!(!writes_only_unread(&event(renamed, ".a.yaml.tmp"), root));
+        let removed = EventKind::Remove(RemoveKind::File);
+        assert!(!writes_only_unread(&event(removed, "notes.txt"), root));
+    }
+
     fn route(name: &str, prefix: &str) -> String {
         format!(
             "apiVersion: gateway.pavilion.dev/v1alpha1\nkind: Route\nmetadata: {{ name: {name}, namespace: shop }}\nspec:\n  rules:\n    - matches: [{{ path: {{ type: PathPrefix, value: {prefix} }} }}]\n      backends: [{{ url: 'http://127.0.0.1:9' }}]\n"
@@ -548,6 +725,49 @@ mod tests {
     }
 
     #[test]
+    fn an_edit_reads_only_the_documents_that_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("routes.yaml");
+        let text = |b: &str| {
+            format!(
+                "{}---\n{}---\n{}",
+                route("a", "/a"),
+                route("b", b),
+                route("c", "/c")
+            )
+        };
+        std::fs::write(&file, text("/b")).unwrap();
+        let mut cache = FileCache::default();
+        let first = load_tree_with(dir.path(), &mut cache).unwrap();
+        // b edited, and a marker on top moves every document down a line.
+        std::fs::write(&file, format!("---\n{}", text("/b2"))).unwrap();
+        let second = load_tree_with(dir.path(), &mut cache).unwrap();
+        let resource = |items: &[Item], i: usize| items[i].parsed.clone().unwrap();
+        assert!(Arc::ptr_eq(&resource(&first, 0), &resource(&second, 0)));
+        assert!(Arc::ptr_eq(&resource(&first, 2), &resource(&second, 2)));
+        assert!(!Arc::ptr_eq(&resource(&first, 1), &resource(&second, 1)));
+        assert!(prefixes(&second)[1].contains("/b2"));
+        let line = |item: &Item| match &item.origin {
+            Origin::File { line, .. } => *line,
+            other => panic!("{other:?}"),
+        };
+        for (before, after) in first.iter().zip(&second) {
+            assert_eq!(
+                line(after),
+                line(before) + 1,
+                "where each document now starts"
+            );
+        }
+        // The same as a fresh read.
+        let fresh = load_tree(dir.path()).unwrap();
+        assert_eq!(prefixes(&second), prefixes(&fresh));
+        assert_eq!(
+            second.iter().map(|i| i.origin.clone()).collect::<Vec<_>>(),
+            fresh.iter().map(|i| i.origin.clone()).collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
     fn a_file_changed_within_the_last_seconds_is_read_again_whatever_its_stamp() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("a.yaml"), route("a", "/a")).unwrap();
@@ -555,6 +775,11 @@ mod tests {
         load_tree_with(dir.path(), &mut cache).unwrap();
         load_tree_with(dir.path(), &mut cache).unwrap();
         assert_eq!(cache.reads, 2, "not trusted yet");
+        // Quiet for longer than a clock tick, on a file system with fine times: trusted.
+        std::thread::sleep(TRUST_AFTER_FINE + Duration::from_millis(20));
+        load_tree_with(dir.path(), &mut cache).unwrap();
+        load_tree_with(dir.path(), &mut cache).unwrap();
+        assert_eq!(cache.reads, 3, "read once more, then taken from the cache");
     }
 
     #[test]
