@@ -330,10 +330,11 @@ const TRUST_AFTER: std::time::Duration = std::time::Duration::from_secs(2);
 const TRUST_AFTER_FINE: std::time::Duration = std::time::Duration::from_millis(50);
 
 impl Stamp {
-    /// Written too recently to be told apart by its stamp; `trust_after` applies to
-    /// whole-second stamps, [`TRUST_AFTER_FINE`] (or `trust_after` if shorter) to others.
-    fn recent(&self, trust_after: std::time::Duration) -> bool {
-        let now = std::time::SystemTime::now()
+    /// Written too recently, as of `statted` (when the stamp was taken), to be told apart
+    /// by its stamp; `trust_after` applies to whole-second stamps, [`TRUST_AFTER_FINE`] (or
+    /// `trust_after` if shorter) to others.
+    fn recent(&self, statted: std::time::SystemTime, trust_after: std::time::Duration) -> bool {
+        let now = statted
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default();
         let newest = self.modified.max(self.changed);
@@ -380,6 +381,9 @@ pub fn load_tree_with(root: &Path, cache: &mut FileCache) -> std::io::Result<Vec
     let mut previous = std::mem::take(&mut cache.files);
     for file in &files {
         let meta = std::fs::metadata(file).ok();
+        // The stamp's age counts to now, before the read: a write during a long read must
+        // not find the stamp already trusted.
+        let statted = std::time::SystemTime::now();
         let size = meta.as_ref().map_or(0, |m| m.len());
         let refused = if size > MAX_FILE_BYTES {
             Some(format!(
@@ -410,7 +414,7 @@ pub fn load_tree_with(root: &Path, cache: &mut FileCache) -> std::io::Result<Vec
                 if let Some(stamp) = stamp {
                     // Kept even while too recent to trust: its documents are reused when
                     // it is read again.
-                    let trusted = !stamp.recent(cache.trust_after);
+                    let trusted = !stamp.recent(statted, cache.trust_after);
                     cache.files.insert(
                         file.clone(),
                         Cached {

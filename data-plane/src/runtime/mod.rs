@@ -235,8 +235,18 @@ impl Runtime {
             return Err(BuildError::NoVersion);
         }
         let credentials_revision = credentials_revision(frame);
-        // Built on first use: a change that touches no route with authentication needs none.
-        let mut credentials = None;
+        let make_credentials = || {
+            Credentials::from_parts(&frame.api_keys, &frame.revocations)
+                .map_err(BuildError::Credentials)
+        };
+        // New keys or revocations are checked whether or not a route is built with them (a
+        // bad key must refuse this snapshot, not a later one that happens to rebuild a
+        // route); unchanged ones are built only when a route needs them.
+        let mut credentials = if credentials_revision == previous.credentials_revision {
+            None
+        } else {
+            Some(make_credentials()?)
+        };
         let mut route_handles = metrics.route_handles();
         let shared = built::Shared::new(metrics, context);
         let mut slots: Vec<Option<Arc<BuiltRoute>>> = vec![None; previous.slots.len()];
@@ -269,10 +279,7 @@ impl Runtime {
                         .map_err(|e| BuildError::Undecodable(e.to_string()))?;
                     let credentials = match &mut credentials {
                         Some(credentials) => &*credentials,
-                        None => credentials.insert(
-                            Credentials::from_parts(&frame.api_keys, &frame.revocations)
-                                .map_err(BuildError::Credentials)?,
-                        ),
+                        None => credentials.insert(make_credentials()?),
                     };
                     let route = BuiltRoute::new(&route, &mut route_handles, &shared, credentials)?;
                     // A copy: a slice would keep the whole received snapshot alive.
@@ -568,6 +575,30 @@ mod tests {
         assert!(std::ptr::eq(
             first_rule(&fourth, "ns/a"),
             first_rule(&fifth, "ns/a")
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_bad_key_refuses_its_snapshot_even_when_no_route_is_built_again() {
+        let metrics = Metrics::new();
+        let context = context(&metrics);
+        let v1 = snapshot(
+            "v1",
+            vec![route(
+                "ns/a",
+                &["a.test"],
+                vec![prefix_rule("/", &[("http://127.0.0.1:9", 1)])],
+            )],
+        );
+        let first = Runtime::build(&v1, &metrics, &context).unwrap();
+        let mut v2 = v1.clone();
+        v2.version = "v2".into();
+        let mut bad = api_key("ns", "short", "pvk", &[], 0);
+        bad.sha256.truncate(3);
+        v2.api_keys = vec![bad];
+        assert!(matches!(
+            Runtime::build_frame(&frame(&v2), &first, &metrics, &context),
+            Err(BuildError::Credentials(_))
         ));
     }
 
