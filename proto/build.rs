@@ -9,6 +9,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         // Encoded once by the control plane and shared by every stream (see discovery.proto).
         .bytes(".pavilion.v1.SnapshotResponse.snapshot")
+        .bytes(".pavilion.v1.SnapshotResponse.delta")
+        .bytes(".pavilion.v1.SnapshotDelta.tail")
+        .bytes(".pavilion.v1.RoutePiece.route")
         // Slices of the received buffer, not copies (see snapshot.proto).
         .bytes(".pavilion.v1.SnapshotFrame.routes")
         .compile_protos(

@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use pavilion_crds::{Resource, ResourceKey};
 use pavilion_proto::Snapshot;
+use pavilion_proto::delta::{self, Parts};
+use prost::Message;
 use tokio::sync::watch;
 
 use crate::compile::{CompileOptions, Memo, Outcome, Report, compile_with_memo};
@@ -24,6 +26,13 @@ pub struct Published {
     pub snapshot: Arc<Snapshot>,
     /// `snapshot` encoded once, for every data plane's stream.
     pub encoded: bytes::Bytes,
+    /// `encoded` split into routes and the rest (slices of it), to send as a change to the
+    /// snapshot a data plane runs. `None` only if the encoding could not be split (a bug:
+    /// data planes then get this snapshot whole).
+    pub parts: Option<Arc<Parts>>,
+    /// Deltas from other versions to this one, encoded, as the streams asked for them
+    /// (most data planes run the same version: one diff for all of them).
+    deltas: Mutex<Vec<(String, Option<bytes::Bytes>)>>,
     /// One per input item, in the same order as `items`.
     pub reports: Vec<Report>,
     /// The resource set it was compiled from, each item's `last_accepted` filled in.
@@ -95,7 +104,27 @@ impl Versions {
     }
 }
 
+/// Deltas remembered per published snapshot (by base version).
+const DELTAS_KEPT: usize = 8;
+
 impl Published {
+    /// This snapshot as a change to `base`, encoded; `None` when that would not be less
+    /// than half the size of the whole snapshot (the whole one is cheaper to apply then).
+    pub fn delta_from(&self, base: &Parts) -> Option<bytes::Bytes> {
+        let parts = self.parts.as_ref()?;
+        let mut deltas = self.deltas.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, delta)) = deltas.iter().find(|(from, _)| *from == base.version) {
+            return delta.clone();
+        }
+        let delta = delta::diff(base, parts).encode_to_vec();
+        let delta = (delta.len() < self.encoded.len() / 2).then(|| bytes::Bytes::from(delta));
+        if deltas.len() == DELTAS_KEPT {
+            deltas.remove(0);
+        }
+        deltas.push((base.version.clone(), delta.clone()));
+        delta
+    }
+
     /// The documents whose resource is in the snapshot, each with the version that is:
     /// its own, or the last accepted one standing in for it.
     pub fn served(&self) -> impl Iterator<Item = (&Item, &Resource)> {
@@ -179,9 +208,15 @@ pub async fn run(
         }
         let now = versions.publish(&compiled.snapshot.version);
         let since = since(previous.as_deref(), &current, &compiled.reports, &now);
+        let parts = Parts::split(&compiled.encoded)
+            .inspect_err(|error| tracing::error!(%error, "cannot split the snapshot's encoding; data planes get it whole"))
+            .ok()
+            .map(Arc::new);
         let next = Arc::new(Published {
             snapshot: Arc::new(compiled.snapshot),
             encoded: compiled.encoded,
+            parts,
+            deltas: Mutex::default(),
             reports: compiled.reports,
             items: current,
             last_accepted,

@@ -1,6 +1,6 @@
 //! The control plane's Prometheus metrics.
 
-use prometheus::{IntCounter, IntGauge, IntGaugeVec, Opts, Registry};
+use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
 
 #[derive(Clone)]
 pub struct Metrics {
@@ -10,6 +10,8 @@ pub struct Metrics {
     pub connected: IntGauge,
     pub acks: IntCounter,
     pub nacks: IntCounter,
+    /// Snapshots sent to data planes, by `form`: `full` or `delta`.
+    pub snapshots_sent: IntCounterVec,
     /// 1 while the source is reachable.
     pub source_up: IntGauge,
 }
@@ -46,6 +48,14 @@ impl Metrics {
             "Snapshots data planes refused.",
         )
         .expect("valid metric");
+        let snapshots_sent = IntCounterVec::new(
+            Opts::new(
+                "pavilion_control_snapshots_sent_total",
+                "Snapshots sent to data planes, whole (form=full) or as a change to the one the data plane runs (form=delta).",
+            ),
+            &["form"],
+        )
+        .expect("valid metric");
         let source_up = IntGauge::new(
             "pavilion_source_up",
             "1 while the control plane reaches its source (NATS, the Kubernetes API, the directory); 0 while it serves the last good state without it.",
@@ -58,6 +68,7 @@ impl Metrics {
             Box::new(connected.clone()),
             Box::new(acks.clone()),
             Box::new(nacks.clone()),
+            Box::new(snapshots_sent.clone()),
         ] {
             registry
                 .register(collector)
@@ -70,6 +81,7 @@ impl Metrics {
             connected,
             acks,
             nacks,
+            snapshots_sent,
             source_up,
         }
     }

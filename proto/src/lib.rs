@@ -2,6 +2,8 @@
 //! it; nothing else crosses from the control plane to the data plane — and the platform's
 //! command API the data plane proxies.
 
+pub mod delta;
+
 /// Generated code for package `pavilion.v1`.
 pub mod v1 {
     tonic::include_proto!("pavilion.v1");
@@ -18,7 +20,8 @@ pub use v1::{
     ClaimAllow, ClaimHeader, CommandApi, Compression, ConcurrencyLimit, Connections, Cors,
     HeaderEdits, HeaderMatch, HeaderPair, HealthCheck, JwtProvider, LoadBalancer, Match, Node,
     PassiveCheck, PathMatch, PathMatchType, Placements, Quota, QuotaPeriod, RateLimit,
-    RateLimitBackend, RateLimitFailureMode, RateLimitOverride, Retry, Rewrite, Route, Rule,
-    SecurityHeaders, Shard, Snapshot, SnapshotFrame, SnapshotRequest, SnapshotResponse, StaticKey,
-    Tenancy, TenantPlacement, TenantRoles, TokenRevocations, WebSocket,
+    RateLimitBackend, RateLimitFailureMode, RateLimitOverride, Retry, Rewrite, Route, RoutePiece,
+    Rule, SecurityHeaders, Shard, Snapshot, SnapshotDelta, SnapshotFrame, SnapshotRequest,
+    SnapshotResponse, StaticKey, Tenancy, TenantPlacement, TenantRoles, TokenRevocations,
+    WebSocket,
 };

@@ -30,7 +30,6 @@ use std::collections::HashMap;
 use pavilion_crds::{FieldError, Kind, Resource, ResourceKey, TargetRef};
 use pavilion_proto::Snapshot;
 use prost::Message;
-use sha2::{Digest, Sha256};
 
 use crate::source::{Item, Origin};
 
@@ -487,19 +486,12 @@ fn check_target(
     }
 }
 
-/// Fills in the content hash: the first 8 bytes of SHA-256 over the encoding with an empty
-/// version, in hex. Prost encodes fields in a fixed order and the snapshot has no maps, so
-/// the bytes depend only on the content. Returns the encoding with the version too: prost
-/// writes fields in declaration order, `version` is declared first and an empty string is
-/// left out, so that is the version's field followed by the bytes just hashed — no second
+/// Fills in the content hash (see [`pavilion_proto::delta::seal_body`]) and returns the
+/// encoding with it: the bytes just hashed, with the version's field in front — no second
 /// encoding (checked by `the_version_depends_on_content_only`).
 fn with_version(mut snapshot: Snapshot) -> (Snapshot, bytes::Bytes) {
     snapshot.version.clear();
-    let body = snapshot.encode_to_vec();
-    let digest = Sha256::digest(&body);
-    snapshot.version = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
-    let mut encoded = Vec::with_capacity(body.len() + 2 + snapshot.version.len());
-    prost::encoding::string::encode(1, &snapshot.version, &mut encoded);
-    encoded.extend_from_slice(&body);
-    (snapshot, encoded.into())
+    let (version, encoded) = pavilion_proto::delta::seal_body(&snapshot.encode_to_vec());
+    snapshot.version = version;
+    (snapshot, encoded)
 }

@@ -17,6 +17,7 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::controller::PublishedReceiver;
 use crate::metrics::Metrics;
 use nodes::Nodes;
+use pavilion_proto::delta::Parts;
 use peer::{StreamLimits, Streams};
 
 /// How long a new stream may take to name its node.
@@ -103,12 +104,27 @@ impl SnapshotDiscovery for SnapshotService {
             );
             tracing::info!(node = %node.id, address = address.map(tracing::field::display), version = %first.version_info, "data plane connected");
             stream_state
-                .serve(&connection, first.version_info, inbound, responses)
+                .serve(
+                    &connection,
+                    first.version_info,
+                    node.accepts_deltas,
+                    inbound,
+                    responses,
+                )
                 .await;
             tracing::info!(node = %node.id, "data plane disconnected");
         });
         Ok(Response::new(ReceiverStream::new(stream)))
     }
+}
+
+/// What a node said about the latest response.
+#[derive(Debug, PartialEq, Eq)]
+enum Answer {
+    Accepted,
+    Refused,
+    /// About an older response, or a request that answers none.
+    Stale,
 }
 
 struct NodeStream {
@@ -123,32 +139,71 @@ impl NodeStream {
         mut self,
         connection: &nodes::Connection<'_>,
         running: String,
+        accepts_deltas: bool,
         mut inbound: Streaming<SnapshotRequest>,
         responses: mpsc::Sender<Result<SnapshotResponse, Status>>,
     ) {
         let mut nonce: u64 = 0;
+        // The split snapshot the node will run once it applied what it was sent: the base
+        // of the next delta. `None`: unknown (the next snapshot goes whole).
+        let mut base: Option<Arc<Parts>> = None;
+        let mut sent_delta = false;
+        // The version the node said it runs, until there is a snapshot to compare it with:
+        // the current one can be the first base.
+        let mut announced = Some(running.clone()).filter(|v| !v.is_empty());
         // What the node has or was last sent; nothing is sent twice in a row.
         let mut sent_version = running;
         loop {
             let latest = self.published.borrow_and_update().clone();
+            if let Some(published) = &latest
+                && let Some(version) = announced.take()
+                && published.snapshot.version == version
+            {
+                base.clone_from(&published.parts);
+            }
             if let Some(published) = latest.filter(|p| p.snapshot.version != sent_version) {
                 nonce += 1;
+                let delta = base
+                    .as_ref()
+                    .filter(|_| accepts_deltas)
+                    .and_then(|base| published.delta_from(base));
+                sent_delta = delta.is_some();
+                self.metrics
+                    .snapshots_sent
+                    .with_label_values(&[if sent_delta { "delta" } else { "full" }])
+                    .inc();
                 let response = SnapshotResponse {
                     version: published.snapshot.version.clone(),
                     nonce: nonce.to_string(),
-                    snapshot: published.encoded.clone(),
+                    snapshot: if sent_delta {
+                        bytes::Bytes::new()
+                    } else {
+                        published.encoded.clone()
+                    },
+                    delta: delta.unwrap_or_default(),
                 };
                 if responses.send(Ok(response)).await.is_err() {
                     return;
                 }
                 connection.sent(&published.snapshot.version);
                 sent_version.clone_from(&published.snapshot.version);
+                base.clone_from(&published.parts);
             }
             tokio::select! {
                 changed = self.published.changed() => if changed.is_err() { return },
                 _ = self.shutdown.changed() => return,
                 message = inbound.message() => match message {
-                    Ok(Some(request)) => self.answer(connection, &request, nonce, &sent_version),
+                    Ok(Some(request)) => {
+                        if self.answer(connection, &request, nonce, &sent_version) == Answer::Refused {
+                            // Whatever it runs, it is not what a delta would be based on.
+                            base = None;
+                            if sent_delta {
+                                // Perhaps only the delta could not be applied: send the
+                                // same version whole (once: a whole one refused stays so).
+                                sent_version.clear();
+                            }
+                        }
+                    }
                     Ok(None) => return,
                     Err(status) => {
                         tracing::debug!(error = %status, "snapshot stream failed");
@@ -167,15 +222,16 @@ impl NodeStream {
         request: &SnapshotRequest,
         nonce: u64,
         sent: &str,
-    ) {
+    ) -> Answer {
         if request.response_nonce != nonce.to_string() {
             tracing::debug!(node = %connection.id(), nonce = %request.response_nonce, "ignoring an answer to an older snapshot");
-            return;
+            return Answer::Stale;
         }
         let error_detail = peer::bounded_detail(&request.error_detail);
         if error_detail.is_empty() {
             self.metrics.acks.inc();
             connection.acked(&request.version_info);
+            Answer::Accepted
         } else {
             self.metrics.nacks.inc();
             tracing::warn!(
@@ -186,6 +242,7 @@ impl NodeStream {
                 "data plane refused a snapshot"
             );
             connection.nacked(&request.version_info, sent, error_detail);
+            Answer::Refused
         }
     }
 }

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use pavilion_proto::v1::snapshot_discovery_client::SnapshotDiscoveryClient;
-use pavilion_proto::{Node, SnapshotFrame, SnapshotRequest, SnapshotResponse};
+use pavilion_proto::{Node, SnapshotDelta, SnapshotFrame, SnapshotRequest, SnapshotResponse};
 use prost::Message;
 use std::path::PathBuf;
 use tokio::sync::{mpsc, watch};
@@ -19,6 +19,9 @@ use crate::metrics::Metrics;
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Largest snapshot message taken (gRPC's default, 4 MiB, is about 20 000 plain routes —
+/// or far fewer with policies attached; above the limit every snapshot would be refused).
+pub const MAX_SNAPSHOT_BYTES: usize = 512 << 20;
 
 #[derive(Clone, Debug)]
 pub struct ClientOptions {
@@ -139,6 +142,7 @@ async fn stream(
                 pavilion_telemetry::build::VERSION,
                 pavilion_telemetry::build::GIT_SHA
             ),
+            accepts_deltas: true,
         }),
         version_info: applier.current_version(),
         ..Default::default()
@@ -148,6 +152,7 @@ async fn stream(
         .await
         .map_err(|_| StreamError::Closed)?;
     let mut responses = SnapshotDiscoveryClient::new(channel)
+        .max_decoding_message_size(MAX_SNAPSHOT_BYTES)
         .stream_snapshots(ReceiverStream::new(outgoing))
         .await?
         .into_inner();
@@ -167,22 +172,17 @@ async fn stream(
 
 /// ACK (the new version) or NACK (the version still served, and why).
 async fn answer(applier: &Applier, response: SnapshotResponse) -> SnapshotRequest {
-    let snapshot = if response.snapshot.is_empty() {
-        Err("the response carries no snapshot".to_owned())
+    let outcome = if !response.delta.is_empty() {
+        match SnapshotDelta::decode(response.delta) {
+            Err(error) => Err(format!("the snapshot delta cannot be decoded: {error}")),
+            Ok(delta) if delta.version != response.version => Err(format!(
+                "the delta's version {} differs from the response's {}",
+                delta.version, response.version
+            )),
+            Ok(delta) => applier.apply_delta(&delta).await.map_err(|e| e.to_string()),
+        }
     } else {
-        SnapshotFrame::decode(response.snapshot.clone())
-            .map_err(|error| format!("the snapshot cannot be decoded: {error}"))
-    };
-    let outcome = match snapshot {
-        Err(error) => Err(error),
-        Ok(snapshot) if snapshot.version != response.version => Err(format!(
-            "the snapshot's version {} differs from the response's {}",
-            snapshot.version, response.version
-        )),
-        Ok(snapshot) => applier
-            .apply_frame(snapshot, response.snapshot)
-            .await
-            .map_err(|e| e.to_string()),
+        whole(applier, &response).await
     };
     match outcome {
         Ok(()) => SnapshotRequest {
@@ -196,5 +196,26 @@ async fn answer(applier: &Applier, response: SnapshotResponse) -> SnapshotReques
             error_detail,
             ..Default::default()
         },
+    }
+}
+
+/// Applies a response that carries its snapshot whole.
+async fn whole(applier: &Applier, response: &SnapshotResponse) -> Result<(), String> {
+    let snapshot = if response.snapshot.is_empty() {
+        Err("the response carries no snapshot".to_owned())
+    } else {
+        SnapshotFrame::decode(response.snapshot.clone())
+            .map_err(|error| format!("the snapshot cannot be decoded: {error}"))
+    };
+    match snapshot {
+        Err(error) => Err(error),
+        Ok(snapshot) if snapshot.version != response.version => Err(format!(
+            "the snapshot's version {} differs from the response's {}",
+            snapshot.version, response.version
+        )),
+        Ok(snapshot) => applier
+            .apply_frame(snapshot, response.snapshot.clone())
+            .await
+            .map_err(|e| e.to_string()),
     }
 }

@@ -6,10 +6,11 @@ pub mod cache;
 pub mod client;
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use pavilion_proto::{Snapshot, SnapshotFrame};
+use pavilion_proto::delta::{DeltaError, Parts};
+use pavilion_proto::{Snapshot, SnapshotDelta, SnapshotFrame};
 use prost::Message;
 
 use crate::auth::AuthContext;
@@ -26,6 +27,19 @@ pub struct Applier {
     auth: AuthContext,
     /// Runs the active health checks of the rules that have them.
     prober: Arc<crate::upstream::probe::Prober>,
+    /// The encoding of the snapshot served, split: the base a delta applies to.
+    running: Arc<Mutex<Option<Parts>>>,
+}
+
+/// Why a snapshot sent as a delta was not applied.
+#[derive(Debug, thiserror::Error)]
+pub enum DeltaApplyError {
+    #[error(transparent)]
+    Delta(#[from] DeltaError),
+    #[error("the snapshot the delta makes cannot be decoded: {0}")]
+    Decode(#[from] prost::DecodeError),
+    #[error(transparent)]
+    Build(#[from] BuildError),
 }
 
 impl Applier {
@@ -42,6 +56,7 @@ impl Applier {
             cache,
             auth,
             prober,
+            running: Arc::default(),
         }
     }
 
@@ -59,13 +74,35 @@ impl Applier {
         self.apply_frame(frame, encoded).await
     }
 
+    /// Applies the snapshot `delta` makes of the one served (which must be its base).
+    pub async fn apply_delta(&self, delta: &SnapshotDelta) -> Result<(), DeltaApplyError> {
+        let encoded = {
+            let running = self.lock_running();
+            let base = running
+                .as_ref()
+                .filter(|base| base.version == delta.base)
+                .ok_or_else(|| DeltaError::WrongBase {
+                    base: delta.base.clone(),
+                    running: self.current_version(),
+                })?;
+            pavilion_proto::delta::apply(&base.routes, &base.tail, delta)?
+        };
+        let frame = SnapshotFrame::decode(encoded.clone())?;
+        Ok(self.apply_frame(frame, encoded).await?)
+    }
+
+    fn lock_running(&self) -> std::sync::MutexGuard<'_, Option<Parts>> {
+        // Replaced whole under the lock: a poisoned one still holds a consistent value.
+        self.running.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// [`apply`](Self::apply) for a snapshot as it arrived: `encoded`, read as `frame`.
     pub async fn apply_frame(
         &self,
         frame: SnapshotFrame,
         encoded: Bytes,
     ) -> Result<(), BuildError> {
-        self.install(&frame)?;
+        self.install(&frame, &encoded)?;
         if let Some(path) = self.cache.clone() {
             let written = tokio::task::spawn_blocking(move || cache::write(&path, &encoded)).await;
             match written {
@@ -77,7 +114,7 @@ impl Applier {
         Ok(())
     }
 
-    fn install(&self, frame: &SnapshotFrame) -> Result<(), BuildError> {
+    fn install(&self, frame: &SnapshotFrame, encoded: &Bytes) -> Result<(), BuildError> {
         let started = std::time::Instant::now();
         let previous = self.shared.runtime.load();
         match Runtime::build_frame(frame, &previous, &self.metrics, &self.auth) {
@@ -93,6 +130,9 @@ impl Applier {
                     }
                 }
                 self.prober.watch(&runtime);
+                // Deltas apply to what is served from now on. (A snapshot whose encoding does
+                // not split takes the next one whole: the control plane resends on a NACK.)
+                *self.lock_running() = Parts::split(encoded).ok();
                 let replaced = self.shared.runtime.swap(Arc::new(runtime));
                 // Freeing 10 000 routes takes milliseconds: not before this one is counted
                 // as applied (and answered). The last request on it may free it instead.
@@ -124,12 +164,17 @@ impl Applier {
         let Some(path) = &self.cache else {
             return false;
         };
-        let read = cache::read_encoded(path)
-            .and_then(|encoded| Ok(encoded.map(SnapshotFrame::decode).transpose()?));
+        let read = cache::read_encoded(path).and_then(|encoded| {
+            Ok(encoded
+                .map(|encoded| {
+                    Ok::<_, prost::DecodeError>((SnapshotFrame::decode(encoded.clone())?, encoded))
+                })
+                .transpose()?)
+        });
         match read {
             Ok(None) => false,
-            Ok(Some(frame)) => {
-                let installed = self.install(&frame).is_ok();
+            Ok(Some((frame, encoded))) => {
+                let installed = self.install(&frame, &encoded).is_ok();
                 if installed {
                     tracing::info!(path = %path.display(), version = %frame.version, "serving the cached snapshot");
                 }

@@ -105,6 +105,7 @@ async fn open(channel: Channel, node: &str) -> Result<Stream, tonic::Status> {
             node: Some(Node {
                 id: node.into(),
                 build_version: "test".into(),
+                ..Default::default()
             }),
             ..Default::default()
         })

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use pavilion_control::{Config as ControlConfig, ControlPlane, SourceSpec};
 use pavilion_data::{Config as DataConfig, DataPlane};
+use pavilion_proto::delta::{Parts, diff};
 use pavilion_proto::v1::snapshot_discovery_client::SnapshotDiscoveryClient;
 use pavilion_proto::v1::snapshot_discovery_server::{SnapshotDiscovery, SnapshotDiscoveryServer};
 use pavilion_proto::{Node, SnapshotRequest, SnapshotResponse};
@@ -203,6 +204,7 @@ async fn the_control_plane_records_a_nack_and_reports_the_route_not_programmed()
         node: Some(Node {
             id: "picky".into(),
             build_version: "test".into(),
+            ..Default::default()
         }),
         ..Default::default()
     };
@@ -299,6 +301,7 @@ async fn a_change_rewrites_only_the_statuses_it_changes() {
     let node = Node {
         id: "slow".into(),
         build_version: "test".into(),
+        ..Default::default()
     };
     let hello = SnapshotRequest {
         node: Some(node),
@@ -387,11 +390,56 @@ async fn a_change_rewrites_only_the_statuses_it_changes() {
     cp.stop().await;
 }
 
-/// A control plane that sends the snapshots it is given and reports every request.
+/// A control plane that sends the responses it is given and reports every request.
 struct ScriptedControlPlane {
-    /// `(version of the response, snapshot)`, sent in turn, each after the previous answer.
-    snapshots: std::sync::Mutex<Option<Vec<(String, pavilion_proto::Snapshot)>>>,
+    /// Sent in turn, each after the previous answer; the nonce is filled in (`n0`, `n1`…).
+    script: std::sync::Mutex<Option<Vec<SnapshotResponse>>>,
     seen: mpsc::Sender<SnapshotRequest>,
+}
+
+impl ScriptedControlPlane {
+    /// Serves `script` on a free port; requests the data plane sends come out of the receiver.
+    async fn start(
+        script: Vec<SnapshotResponse>,
+    ) -> (
+        SocketAddr,
+        mpsc::Receiver<SnapshotRequest>,
+        tokio::task::JoinHandle<()>,
+    ) {
+        let (seen, requests) = mpsc::channel(8);
+        let server = ScriptedControlPlane {
+            script: std::sync::Mutex::new(Some(script)),
+            seen,
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            tonic::transport::Server::builder()
+                .add_service(SnapshotDiscoveryServer::new(server))
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+                .await
+                .unwrap();
+        });
+        (addr, requests, task)
+    }
+}
+
+/// A response carrying `snapshot` whole, under `version`.
+fn whole(version: &str, snapshot: &pavilion_proto::Snapshot) -> SnapshotResponse {
+    SnapshotResponse {
+        version: version.into(),
+        snapshot: snapshot.encode_to_vec().into(),
+        ..Default::default()
+    }
+}
+
+/// A response carrying `delta`.
+fn as_delta(delta: &pavilion_proto::SnapshotDelta) -> SnapshotResponse {
+    SnapshotResponse {
+        version: delta.version.clone(),
+        delta: delta.encode_to_vec().into(),
+        ..Default::default()
+    }
 }
 
 #[tonic::async_trait]
@@ -403,17 +451,16 @@ impl SnapshotDiscovery for ScriptedControlPlane {
         request: tonic::Request<tonic::Streaming<SnapshotRequest>>,
     ) -> Result<tonic::Response<Self::StreamSnapshotsStream>, tonic::Status> {
         let mut inbound = request.into_inner();
-        let snapshots = self.snapshots.lock().unwrap().take().unwrap_or_default();
+        let script = self.script.lock().unwrap().take().unwrap_or_default();
         let seen = self.seen.clone();
         let (responses, stream) = mpsc::channel(4);
         tokio::spawn(async move {
             let hello = inbound.message().await.unwrap().unwrap();
             seen.send(hello).await.unwrap();
-            for (i, (version, snapshot)) in snapshots.into_iter().enumerate() {
+            for (i, response) in script.into_iter().enumerate() {
                 let response = SnapshotResponse {
-                    version,
                     nonce: format!("n{i}"),
-                    snapshot: snapshot.encode_to_vec().into(),
+                    ..response
                 };
                 responses.send(Ok(response)).await.unwrap();
                 let answer = inbound.message().await.unwrap().unwrap();
@@ -440,23 +487,11 @@ async fn the_data_plane_nacks_what_it_cannot_build_and_keeps_serving() {
         ..good.clone()
     };
     let script = vec![
-        ("good".to_owned(), good),
-        ("bad".to_owned(), bad),
-        ("claimed".to_owned(), other),
+        whole("good", &good),
+        whole("bad", &bad),
+        whole("claimed", &other),
     ];
-
-    let (seen, mut requests) = mpsc::channel(8);
-    let server = ScriptedControlPlane {
-        snapshots: std::sync::Mutex::new(Some(script)),
-        seen,
-    };
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let server_task = tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(SnapshotDiscoveryServer::new(server))
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-    );
+    let (addr, mut requests, server_task) = ScriptedControlPlane::start(script).await;
     let dp = data_plane("strict", addr).await;
 
     let hello = requests.recv().await.unwrap();
@@ -530,4 +565,222 @@ async fn a_data_plane_moves_to_another_listed_control_plane() {
     served_by(&dp, "/r", "a").await;
     dp.stop().await;
     second.stop().await;
+}
+
+/// `routes` sealed as the control plane publishes them: version and encoding.
+fn sealed(routes: Vec<pavilion_proto::Route>) -> (pavilion_proto::Snapshot, Parts) {
+    let mut snapshot = snapshot("", routes);
+    let (version, encoded) = pavilion_proto::delta::seal_body(&snapshot.encode_to_vec());
+    snapshot.version = version;
+    (snapshot, Parts::split(&encoded).unwrap())
+}
+
+/// A data plane announces that it takes deltas, applies one to the snapshot it runs, and
+/// refuses — keeping what it serves — a delta made for another base or one whose result
+/// does not hash to the version it claims.
+#[tokio::test]
+async fn the_data_plane_applies_deltas_to_what_it_runs_and_refuses_the_rest() {
+    let a = Upstream::start("a").await.unwrap();
+    let b = Upstream::start("b").await.unwrap();
+    let first = route("ns/a", &[], vec![prefix_rule("/a", &[(&a.url(), 1)])]);
+    let second = route("ns/b", &[], vec![prefix_rule("/b", &[(&b.url(), 1)])]);
+    let (v1, base) = sealed(vec![first.clone()]);
+    let (_, elsewhere) = sealed(vec![second.clone()]);
+    let (v2, next) = sealed(vec![first.clone(), second.clone()]);
+    let good = diff(&base, &next);
+    let wrong_base = diff(&elsewhere, &next);
+    // Claims the next version but keeps only the first route.
+    let forged = pavilion_proto::SnapshotDelta {
+        routes: good.routes[..1].to_vec(),
+        ..good.clone()
+    };
+    let script = vec![
+        whole(&v1.version, &v1),
+        as_delta(&wrong_base),
+        as_delta(&forged),
+        as_delta(&good),
+    ];
+    let (addr, mut requests, server_task) = ScriptedControlPlane::start(script).await;
+    let dp = data_plane("delta", addr).await;
+
+    let hello = requests.recv().await.unwrap();
+    assert!(hello.node.unwrap().accepts_deltas);
+    let ack = requests.recv().await.unwrap();
+    assert_eq!(
+        (ack.version_info.as_str(), ack.error_detail.as_str()),
+        (v1.version.as_str(), "")
+    );
+    let nack = requests.recv().await.unwrap();
+    assert_eq!(nack.version_info, v1.version);
+    assert_eq!(
+        nack.error_detail,
+        format!(
+            "the delta changes version {}, but {} is running",
+            elsewhere.version, v1.version
+        )
+    );
+    let nack = requests.recv().await.unwrap();
+    assert_eq!(nack.version_info, v1.version);
+    assert!(
+        nack.error_detail
+            .starts_with("the snapshot the delta makes hashes to ")
+            && nack.error_detail.ends_with(&format!("not {}", v2.version)),
+        "{}",
+        nack.error_detail
+    );
+    served_by(&dp, "/a", "a").await;
+    let ack = requests.recv().await.unwrap();
+    assert_eq!(
+        (ack.version_info.as_str(), ack.error_detail.as_str()),
+        (v2.version.as_str(), "")
+    );
+    assert_eq!(dp.version(), v2.version);
+    served_by(&dp, "/b", "b").await;
+    served_by(&dp, "/a", "a").await;
+    dp.stop().await;
+    server_task.abort();
+}
+
+/// A data plane over the real protocol, driven by hand.
+struct RawNode {
+    requests: mpsc::Sender<SnapshotRequest>,
+    responses: tonic::Streaming<SnapshotResponse>,
+}
+
+impl RawNode {
+    async fn open(cp: &ControlPlane, id: &str, accepts_deltas: bool) -> Self {
+        let mut client = SnapshotDiscoveryClient::connect(format!("http://{}", cp.grpc_addr))
+            .await
+            .unwrap();
+        let (requests, outgoing) = mpsc::channel(4);
+        let hello = SnapshotRequest {
+            node: Some(Node {
+                id: id.into(),
+                build_version: "test".into(),
+                accepts_deltas,
+            }),
+            ..Default::default()
+        };
+        requests.send(hello).await.unwrap();
+        let responses = client
+            .stream_snapshots(ReceiverStream::new(outgoing))
+            .await
+            .unwrap()
+            .into_inner();
+        Self {
+            requests,
+            responses,
+        }
+    }
+
+    async fn next(&mut self) -> SnapshotResponse {
+        tokio::time::timeout(PATIENCE, self.responses.message())
+            .await
+            .expect("a response in time")
+            .unwrap()
+            .unwrap()
+    }
+
+    async fn answer(&self, response: &SnapshotResponse, error_detail: &str) {
+        let answer = SnapshotRequest {
+            version_info: response.version.clone(),
+            response_nonce: response.nonce.clone(),
+            error_detail: error_detail.into(),
+            ..Default::default()
+        };
+        self.requests.send(answer).await.unwrap();
+    }
+}
+
+fn route_names(encoded: &bytes::Bytes) -> Vec<String> {
+    pavilion_proto::Snapshot::decode(encoded.clone())
+        .unwrap()
+        .routes
+        .into_iter()
+        .map(|r| r.name)
+        .collect()
+}
+
+/// After the first snapshot, a change goes to a node that takes deltas as a delta from the
+/// version it runs — which makes exactly the snapshot sent whole to a node that does not;
+/// a refused delta is followed by the same version whole.
+#[tokio::test]
+async fn changes_travel_as_deltas_and_a_refused_delta_is_resent_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    // Enough routes for a one-route change to be far smaller than the whole snapshot.
+    let many: String = (0..20)
+        .map(|i| route_yaml(&format!("r{i:02}"), "http://127.0.0.1:9") + "---\n")
+        .collect();
+    std::fs::write(dir.path().join("many.yaml"), many).unwrap();
+    let cp = control_plane(dir.path(), "127.0.0.1:0".parse().unwrap()).await;
+    let mut modern = RawNode::open(&cp, "modern", true).await;
+    let mut older = RawNode::open(&cp, "older", false).await;
+    let first = modern.next().await;
+    assert!(first.delta.is_empty(), "the first snapshot goes whole");
+    let base = Parts::split(&first.snapshot).unwrap();
+    modern.answer(&first, "").await;
+    let first_older = older.next().await;
+    assert_eq!(first_older.snapshot, first.snapshot);
+    older.answer(&first_older, "").await;
+
+    std::fs::write(
+        dir.path().join("users.yaml"),
+        route_yaml("users", "http://127.0.0.1:9"),
+    )
+    .unwrap();
+    let change = modern.next().await;
+    assert!(change.snapshot.is_empty(), "a change goes as a delta");
+    let delta = pavilion_proto::SnapshotDelta::decode(change.delta.clone()).unwrap();
+    assert_eq!(
+        (delta.base.as_str(), delta.version.as_str()),
+        (first.version.as_str(), change.version.as_str())
+    );
+    assert!(
+        change.delta.len() < first.snapshot.len(),
+        "{} bytes",
+        change.delta.len()
+    );
+    let made = pavilion_proto::delta::apply(&base.routes, &base.tail, &delta).unwrap();
+    let names = route_names(&made);
+    assert_eq!(
+        (names.len(), names.last().map(String::as_str)),
+        (21, Some("users"))
+    );
+    let change_older = older.next().await;
+    assert!(
+        change_older.delta.is_empty(),
+        "no deltas to a node that did not ask"
+    );
+    assert_eq!(
+        change_older.snapshot, made,
+        "the delta makes the very snapshot"
+    );
+
+    // Refused (as when the node could not apply it): the same version comes whole.
+    modern.answer(&change, "cannot apply").await;
+    let again = modern.next().await;
+    assert_eq!(
+        (again.version.as_str(), again.delta.is_empty()),
+        (change.version.as_str(), true)
+    );
+    assert_eq!(again.snapshot, made);
+    modern.answer(&again, "").await;
+
+    // Taken: the next change is a delta from it again.
+    std::fs::remove_file(dir.path().join("users.yaml")).unwrap();
+    let after = modern.next().await;
+    let delta = pavilion_proto::SnapshotDelta::decode(after.delta.clone()).unwrap();
+    assert_eq!(delta.base, change.version);
+    let made = Parts::split(&made).unwrap();
+    let made = pavilion_proto::delta::apply(&made.routes, &made.tail, &delta).unwrap();
+    assert_eq!(route_names(&made), route_names(&first.snapshot));
+
+    let metrics = pavilion_tests::control_api(cp.http_addr, "/metrics")
+        .await
+        .text();
+    for form in ["full", "delta"] {
+        let line = format!("pavilion_control_snapshots_sent_total{{form=\"{form}\"}}");
+        assert!(metrics.contains(&line), "{line} missing in {metrics}");
+    }
+    cp.stop().await;
 }
