@@ -208,7 +208,7 @@ async fn status(State(state): State<ApiState>) -> Json<StatusView> {
         ready: published.is_some(),
         snapshot: published.as_ref().map(|p| SnapshotView {
             version: p.snapshot.version.clone(),
-            routes: p.snapshot.routes.len(),
+            routes: p.routes,
         }),
         resources,
         nodes,

@@ -23,7 +23,11 @@ const DEBOUNCE: Duration = Duration::from_millis(3);
 /// A compiled snapshot with the verdict on every document it came from.
 #[derive(Debug)]
 pub struct Published {
+    /// The snapshot without its routes (they are in `encoded`): version, credentials and
+    /// placements.
     pub snapshot: Arc<Snapshot>,
+    /// How many routes it has.
+    pub routes: usize,
     /// `snapshot` encoded once, for every data plane's stream.
     pub encoded: bytes::Bytes,
     /// `encoded` split into routes and the rest (slices of it), to send as a change to the
@@ -200,7 +204,7 @@ pub async fn run(
         if previous.as_ref().map(|p| &p.snapshot.version) != Some(&compiled.snapshot.version) {
             tracing::info!(
                 version = %compiled.snapshot.version,
-                routes = compiled.snapshot.routes.len(),
+                routes = compiled.routes.len(),
                 compile_ms = compiled_in.as_millis() as u64,
                 total_ms = started.elapsed().as_millis() as u64,
                 "compiled a new snapshot"
@@ -213,6 +217,7 @@ pub async fn run(
             .ok()
             .map(Arc::new);
         let next = Arc::new(Published {
+            routes: compiled.routes.len(),
             snapshot: Arc::new(compiled.snapshot),
             encoded: compiled.encoded,
             parts,

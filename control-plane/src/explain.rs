@@ -76,7 +76,7 @@ pub async fn snapshot(
         }
         SnapshotFrom::Source(SourceSpec::Kube) => kube_items(kube).await?,
     };
-    Ok(compile_with(&items, options).snapshot)
+    Ok(compile_with(&items, options).full_snapshot())
 }
 
 /// Every resource of every kind in the cluster (or `kube.namespace`).

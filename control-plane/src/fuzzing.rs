@@ -100,5 +100,5 @@ spec:
         rejected.is_empty(),
         "the fuzz configuration compiles: {rejected:?}"
     );
-    compiled.snapshot
+    compiled.full_snapshot()
 }

@@ -92,13 +92,17 @@ impl Parts {
 
     /// The encoding with `version` computed, as the control plane publishes it. Returns
     /// the version and the encoded snapshot.
-    pub fn seal(routes: &[Bytes], tail: &[u8]) -> (String, Bytes) {
+    pub fn seal(routes: &[impl AsRef<[u8]>], tail: &[u8]) -> (String, Bytes) {
         let routes_len: usize = routes
             .iter()
-            .map(|route| 1 + prost::length_delimiter_len(route.len()) + route.len())
+            .map(|route| {
+                let len = route.as_ref().len();
+                1 + prost::length_delimiter_len(len) + len
+            })
             .sum();
         let mut body = Vec::with_capacity(routes_len + tail.len());
         for route in routes {
+            let route = route.as_ref();
             encode_key(ROUTES, WireType::LengthDelimited, &mut body);
             encode_varint(route.len() as u64, &mut body);
             body.extend_from_slice(route);
@@ -246,7 +250,7 @@ mod tests {
         // No routes, no tail: just the version.
         let (empty, parts) = sealed(vec![], vec![]);
         assert_eq!((parts.routes.len(), parts.tail.len()), (0, 0));
-        assert_eq!(Parts::seal(&[], &[]).1, empty);
+        assert_eq!(Parts::seal::<Bytes>(&[], &[]).1, empty);
     }
 
     #[test]

@@ -8,7 +8,7 @@ use pavilion_crds::FieldError;
 use pavilion_proto as proto;
 
 /// Returns `(position of the younger route, warning)` for every shadowed match.
-pub(super) fn find(routes: &[proto::Route]) -> Vec<(usize, FieldError)> {
+pub(super) fn find(routes: &[&proto::Route]) -> Vec<(usize, FieldError)> {
     // Keyed by reference into the routes: a key string per match was 10 000 formatted
     // strings per compile.
     let mut owners: HashMap<MatchKey<'_>, usize, foldhash::fast::RandomState> =
@@ -39,7 +39,7 @@ pub(super) fn find(routes: &[proto::Route]) -> Vec<(usize, FieldError)> {
                 for host in hosts {
                     match owners.get(&match_key(host, matcher)) {
                         Some(&owner) if owner != position => {
-                            let older = &routes[owner];
+                            let older = routes[owner];
                             let field = if rule.matches.is_empty() {
                                 format!("spec.rules[{r}]")
                             } else {

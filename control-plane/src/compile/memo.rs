@@ -1,11 +1,12 @@
 //! What the compiler worked out for resources it has seen before. Resources are shared
 //! (`Arc<Resource>`) from the source through the controller, so a resource that did not
 //! change is the same allocation in the next compile: its validation (regexes, CIDRs,
-//! URLs, durations) is looked up by address instead of redone.
+//! URLs, durations) is looked up by address instead of redone, and so is a route's
+//! snapshot form and encoding while the policies reaching it stay the same.
 //!
-//! Routes' snapshot forms are not kept: cloning a kept one cost as much as building it
-//! (`perf`, 10 000 routes), and keeping the copies raised the control plane's RSS
-//! (`bench/scale`: 217 MiB against 131–162).
+//! Route forms are shared (`Arc<RouteForm>`), never cloned — cloning a kept one cost as
+//! much as building it (`perf`, 10 000 routes) — and the published snapshot keeps only
+//! their bytes, so the forms live once, here.
 //!
 //! An entry holds its resource, so the address cannot be reused by another resource while
 //! the entry lives; entries a compile did not use are dropped after it.
@@ -13,7 +14,12 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use pavilion_crds::{FieldError, Resource};
+use pavilion_proto as proto;
+use prost::Message;
+
+use super::rate_limit::Applied;
 
 #[derive(Default)]
 pub struct Memo {
@@ -26,6 +32,28 @@ struct Entry {
     _resource: Arc<Resource>,
     errors: Vec<FieldError>,
     used: bool,
+    /// For a route: its form, and what it was built with besides the resource.
+    route: Option<RouteMemo>,
+}
+
+struct RouteMemo {
+    applied: Applied,
+    cors: Option<proto::Cors>,
+    form: Arc<RouteForm>,
+}
+
+/// A route as the snapshot carries it, and encoded.
+#[derive(Debug, PartialEq)]
+pub struct RouteForm {
+    pub proto: proto::Route,
+    pub encoded: Bytes,
+}
+
+impl RouteForm {
+    pub fn new(proto: proto::Route) -> Self {
+        let encoded = proto.encode_to_vec().into();
+        Self { proto, encoded }
+    }
 }
 
 fn address(resource: &Resource) -> usize {
@@ -41,10 +69,39 @@ impl Memo {
                 errors: resource.validate(),
                 _resource: resource.clone(),
                 used: false,
+                route: None,
             }
         });
         entry.used = true;
         entry.errors.clone()
+    }
+
+    /// The form of the route `resource`, with the policies that reach it: the one built
+    /// before when neither changed, else `build`'s (kept for the next compile when the
+    /// resource was validated through this memo).
+    pub(super) fn route_form(
+        &mut self,
+        resource: &Resource,
+        applied: &Applied,
+        cors: Option<&proto::Cors>,
+        build: impl FnOnce() -> proto::Route,
+    ) -> Arc<RouteForm> {
+        let entry = self.entries.get_mut(&address(resource));
+        if let Some(memo) = entry.as_ref().and_then(|entry| entry.route.as_ref())
+            && memo.applied == *applied
+            && memo.cors.as_ref() == cors
+        {
+            return memo.form.clone();
+        }
+        let form = Arc::new(RouteForm::new(build()));
+        if let Some(entry) = entry {
+            entry.route = Some(RouteMemo {
+                applied: applied.clone(),
+                cors: cors.cloned(),
+                form: form.clone(),
+            });
+        }
+        form
     }
 
     /// Resources validated so far (each once while it stays in use).

@@ -26,24 +26,36 @@ mod tenancy;
 mod traffic;
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use pavilion_crds::{FieldError, Kind, Resource, ResourceKey, TargetRef};
 use pavilion_proto::Snapshot;
+use pavilion_proto::delta::Parts;
 use prost::Message;
 
 use crate::source::{Item, Origin};
 
-pub use memo::Memo;
+pub use memo::{Memo, RouteForm};
 
 /// The outcome of one compile.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Compiled {
-    /// The snapshot, `version` filled in.
+    /// The snapshot without its routes (`routes` is empty), `version` filled in.
     pub snapshot: Snapshot,
-    /// The snapshot encoded, as it goes to every data plane (a by-product of its version).
+    /// The snapshot's routes, in order.
+    pub routes: Vec<Arc<RouteForm>>,
+    /// The whole snapshot encoded, as it goes to every data plane (a by-product of its
+    /// version).
     pub encoded: bytes::Bytes,
     /// One report per input item, in input order.
     pub reports: Vec<Report>,
+}
+
+impl Compiled {
+    /// The whole snapshot, routes included (decoded again: for tests, `explain`, fuzzing).
+    pub fn full_snapshot(&self) -> Snapshot {
+        Snapshot::decode(self.encoded.clone()).expect("the compiler's own encoding decodes")
+    }
 }
 
 /// What the compiler decided about one document.
@@ -248,7 +260,8 @@ pub fn compile_at_with_memo(
         .filter(|(_, i)| reports[*i].is_accepted())
         .collect();
     let cors = cors::Cors::new(&cors_policies);
-    let mut snapshot = route::build_snapshot(&routes, &mut reports, &limits, &cors);
+    let routes = route::build_routes(&routes, &mut reports, &limits, &cors, memo);
+    let mut snapshot = Snapshot::default();
     let keys: Vec<(&Resource, usize)> = accepted(Kind::ApiKey)
         .filter(|(_, i)| reports[*i].is_accepted())
         .collect();
@@ -285,9 +298,14 @@ pub fn compile_at_with_memo(
         };
     }
     memo.sweep();
-    let (snapshot, encoded) = with_version(snapshot);
+    // Everything but the routes and the version: fields 3 to 5, as encoded.
+    let tail = snapshot.encode_to_vec();
+    let encoded_routes: Vec<&[u8]> = routes.iter().map(|form| &form.encoded[..]).collect();
+    let (version, encoded) = Parts::seal(&encoded_routes, &tail);
+    snapshot.version = version;
     Compiled {
         snapshot,
+        routes,
         encoded,
         reports,
     }
@@ -484,14 +502,4 @@ fn check_target(
             ),
         )),
     }
-}
-
-/// Fills in the content hash (see [`pavilion_proto::delta::seal_body`]) and returns the
-/// encoding with it: the bytes just hashed, with the version's field in front — no second
-/// encoding (checked by `the_version_depends_on_content_only`).
-fn with_version(mut snapshot: Snapshot) -> (Snapshot, bytes::Bytes) {
-    snapshot.version.clear();
-    let (version, encoded) = pavilion_proto::delta::seal_body(&snapshot.encode_to_vec());
-    snapshot.version = version;
-    (snapshot, encoded)
 }

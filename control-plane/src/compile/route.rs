@@ -1,30 +1,34 @@
 //! Routes into their snapshot form: normalised, defaulted, in precedence order.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use pavilion_crds::duration::parse_duration;
 use pavilion_crds::{PathMatchType, Resource, Route};
 use pavilion_proto as proto;
 
+use super::memo::{Memo, RouteForm};
 use super::rate_limit::{Applied, Limits};
 use super::{Outcome, Report, auth, conflicts};
 
 /// Timeout of a rule that sets none.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Builds the snapshot from accepted routes (each with the index of its report), their
-/// rules carrying the rate limits, quotas and concurrency limits that reach them, and
-/// records conflict warnings in those reports.
-pub(super) fn build_snapshot(
+/// The snapshot's routes, from accepted routes (each with the index of its report), in
+/// precedence order, their rules carrying the rate limits, quotas and concurrency limits
+/// that reach them; records conflict warnings in those reports. A route unchanged since
+/// the last compile, with the same policies, is the form built then (see [`Memo`]).
+pub(super) fn build_routes(
     routes: &[(&Resource, usize)],
     reports: &mut [Report],
     limits: &Limits,
     cors: &super::cors::Cors,
-) -> proto::Snapshot {
-    let mut ordered: Vec<(&Route, usize)> = routes
+    memo: &mut Memo,
+) -> Vec<Arc<RouteForm>> {
+    let mut ordered: Vec<(&Resource, &Route, usize)> = routes
         .iter()
         .filter_map(|(resource, i)| match resource {
-            Resource::Route(route) => Some((route, *i)),
+            Resource::Route(route) => Some((*resource, route, *i)),
             _ => None,
         })
         .collect();
@@ -45,33 +49,30 @@ pub(super) fn build_snapshot(
             meta.name.as_deref(),
         )
     }
-    ordered.sort_by(|(a, _), (b, _)| precedence(a).cmp(&precedence(b)));
-    let routes: Vec<proto::Route> = ordered
+    ordered.sort_by(|(_, a, _), (_, b, _)| precedence(a).cmp(&precedence(b)));
+    let forms: Vec<Arc<RouteForm>> = ordered
         .iter()
-        .map(|(r, _)| {
+        .map(|(resource, r, _)| {
             let namespace = r
                 .metadata
                 .namespace
                 .as_deref()
                 .unwrap_or(pavilion_crds::resource::DEFAULT_NAMESPACE);
             let name = r.metadata.name.as_deref().unwrap_or_default();
-            to_proto(
-                r,
-                &limits.for_route(namespace, name),
-                cors.for_route(namespace, name).as_ref(),
-            )
+            let applied = limits.for_route(namespace, name);
+            let cors = cors.for_route(namespace, name);
+            memo.route_form(resource, &applied, cors.as_ref(), || {
+                to_proto(r, &applied, cors.as_ref())
+            })
         })
         .collect();
-    for (position, warning) in conflicts::find(&routes) {
-        if let Outcome::Accepted { warnings } = &mut reports[ordered[position].1].outcome {
+    let protos: Vec<&proto::Route> = forms.iter().map(|form| &form.proto).collect();
+    for (position, warning) in conflicts::find(&protos) {
+        if let Outcome::Accepted { warnings } = &mut reports[ordered[position].2].outcome {
             warnings.push(warning);
         }
     }
-    proto::Snapshot {
-        version: String::new(),
-        routes,
-        ..Default::default()
-    }
+    forms
 }
 
 fn to_proto(route: &Route, applied: &Applied, cors: Option<&proto::Cors>) -> proto::Route {

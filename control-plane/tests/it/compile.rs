@@ -71,8 +71,8 @@ fn bad_documents_are_rejected_alone() {
         errors[0].message,
         "Route shop/good is already defined at good.yaml:1"
     );
-    assert_eq!(compiled.snapshot.routes.len(), 1);
-    assert_eq!(compiled.snapshot.routes[0].name, "good");
+    assert_eq!(compiled.routes.len(), 1);
+    assert_eq!(compiled.routes[0].proto.name, "good");
 }
 
 #[test]
@@ -82,7 +82,8 @@ fn the_version_depends_on_content_only() {
     let one = compile(&items(&[("1.yaml", &a), ("2.yaml", &b)]));
     let two = compile(&items(&[("x.yaml", &b), ("y.yaml", &a)]));
     assert_eq!(
-        one.snapshot, two.snapshot,
+        one.full_snapshot(),
+        two.full_snapshot(),
         "file names and order do not matter"
     );
     assert_eq!(one.snapshot.version.len(), 16);
@@ -93,10 +94,15 @@ fn the_version_depends_on_content_only() {
     assert_ne!(changed.snapshot.version, one.snapshot.version);
     // What goes to data planes is the snapshot's own encoding, version included.
     for compiled in [one, changed] {
-        assert_eq!(
-            compiled.encoded,
-            prost::Message::encode_to_vec(&compiled.snapshot)
-        );
+        let whole = pavilion_proto::Snapshot {
+            routes: compiled
+                .routes
+                .iter()
+                .map(|form| form.proto.clone())
+                .collect(),
+            ..compiled.snapshot.clone()
+        };
+        assert_eq!(compiled.encoded, prost::Message::encode_to_vec(&whole));
     }
 }
 
@@ -114,9 +120,9 @@ fn routes_are_ordered_oldest_first_then_by_name() {
         .concat(),
     )]));
     let names: Vec<_> = compiled
-        .snapshot
         .routes
         .iter()
+        .map(|form| &form.proto)
         .map(|r| r.name.as_str())
         .collect();
     assert_eq!(names, ["z-old", "a-young", "b-young"]);
@@ -126,7 +132,7 @@ fn routes_are_ordered_oldest_first_then_by_name() {
 fn matches_are_normalised() {
     let spec = "  hosts: [API.Example.com]\n  rules:\n    - matches:\n        - path: { type: PathPrefix, value: /orders/ }\n          methods: [post, GET, get]\n          headers: [{ name: X-B, value: '2' }, { name: x-a, value: '1' }]\n      backends: [{ url: http://127.0.0.1:9000 }]\n      timeout: 1m\n";
     let compiled = compile(&items(&[("r.yaml", &route("r", "", spec))]));
-    let route = &compiled.snapshot.routes[0];
+    let route = &compiled.routes[0].proto;
     assert_eq!(route.hosts, ["api.example.com"]);
     let rule = &route.rules[0];
     assert_eq!(rule.timeout_ms, 60_000);
@@ -309,7 +315,7 @@ fn hosts_are_sorted_and_unique_in_the_snapshot() {
         ),
     )]));
     assert_eq!(
-        compiled.snapshot.routes[0].hosts,
+        compiled.routes[0].proto.hosts,
         ["a.example.com", "b.example.com"]
     );
 }
@@ -360,7 +366,10 @@ fn a_bad_edit_compiles_the_last_accepted_version_with_its_policies() {
             compiled.reports[1].is_accepted(),
             "the policy stays attached"
         );
-        assert_eq!(compiled.snapshot.routes, baseline.snapshot.routes);
+        assert_eq!(
+            compiled.full_snapshot().routes,
+            baseline.full_snapshot().routes
+        );
         assert_eq!(compiled.snapshot.version, baseline.snapshot.version);
 
         // Without a last accepted version (never valid, or deleted and recreated) the
@@ -370,7 +379,7 @@ fn a_bad_edit_compiles_the_last_accepted_version_with_its_policies() {
             compiled.reports[0].outcome,
             Outcome::Rejected { .. }
         ));
-        assert!(compiled.snapshot.routes.is_empty());
+        assert!(compiled.full_snapshot().routes.is_empty());
         assert!(!compiled.reports[1].is_accepted());
     }
 }
@@ -393,8 +402,8 @@ fn a_last_accepted_version_never_displaces_a_valid_definition() {
         compiled.reports[0]
     );
     assert!(compiled.reports[1].is_accepted());
-    assert_eq!(compiled.snapshot.routes.len(), 1);
-    assert!(format!("{:?}", compiled.snapshot.routes[0]).contains("9100"));
+    assert_eq!(compiled.routes.len(), 1);
+    assert!(format!("{:?}", compiled.routes[0].proto).contains("9100"));
 }
 
 fn cors_policy(name: &str, target: &str, origin: &str) -> String {
@@ -425,9 +434,9 @@ fn a_routes_cors_policy_wins_over_its_namespaces() {
     )]));
     let cors = |route: &str| {
         compiled
-            .snapshot
             .routes
             .iter()
+            .map(|form| &form.proto)
             .find(|r| r.name == route)
             .and_then(|r| r.rules[0].cors.clone())
             .expect("a CORS policy reaches every route of the namespace")
@@ -460,7 +469,7 @@ fn traffic_fields_reach_the_snapshot_with_every_default_resolved() {
       connections: { idleTimeout: 15s }
 ";
     let compiled = compile(&items(&[("r.yaml", &route("r", "", spec))]));
-    let rule = &compiled.snapshot.routes[0].rules[0];
+    let rule = &compiled.routes[0].proto.rules[0];
     assert_eq!(rule.websocket.as_ref().unwrap().idle_timeout_ms, 300_000);
     let connections = rule.connections.as_ref().unwrap();
     assert_eq!(
@@ -472,7 +481,7 @@ fn traffic_fields_reach_the_snapshot_with_every_default_resolved() {
         (64, 1_000, 0),
         "the queue timeout's default resolved, the idle timeout left to the data plane"
     );
-    let second = compiled.snapshot.routes[0].rules[1]
+    let second = compiled.routes[0].proto.rules[1]
         .connections
         .as_ref()
         .unwrap();
@@ -559,7 +568,7 @@ fn traffic_fields_reach_the_snapshot_with_every_default_resolved() {
     );
     assert_eq!(cache.key_headers, ["x-tenant"]);
     // A rule without them has none.
-    let plain = &compiled.snapshot.routes[0].rules[1];
+    let plain = &compiled.routes[0].proto.rules[1];
     assert!(
         plain.retry.is_none() && plain.load_balancer.is_none() && plain.circuit_breaker.is_none()
     );
@@ -575,7 +584,7 @@ fn authorize_rights_reach_the_snapshot_sorted_and_once() {
       authorize: { rights: [orders.write, orders.read, orders.write] }
 ";
     let compiled = compile(&items(&[("r.yaml", &route("r", "", spec))]));
-    let routes = &compiled.snapshot.routes;
+    let routes = &compiled.full_snapshot().routes;
     assert_eq!(routes.len(), 1, "{:?}", compiled.reports);
     let rule = &routes[0].rules[0];
     assert_eq!(rule.rights, ["orders.read", "orders.write"]);
@@ -609,21 +618,34 @@ fn a_memo_saves_work_and_changes_nothing_else() {
         memoised
     };
     let first = check(&mut memo, &current);
-    assert_eq!(first.snapshot.routes[1].rules[0].rate_limits[0].requests, 5);
-    assert!(first.snapshot.routes[0].rules[0].cors.is_some());
-    assert_eq!(check(&mut memo, &current), first, "all of it from the memo");
+    assert_eq!(first.routes[1].proto.rules[0].rate_limits[0].requests, 5);
+    assert!(first.routes[0].proto.rules[0].cors.is_some());
+    let again = check(&mut memo, &current);
+    assert_eq!(again, first, "all of it from the memo");
     assert_eq!(memo.validations(), 4, "each resource validated once");
-
-    // The policy changes, its route does not: the route's memoised form gets the new limit.
-    current[2] = items(&[("p.yaml", &policy(7))]).remove(0);
-    assert_eq!(
-        check(&mut memo, &current).snapshot.routes[1].rules[0].rate_limits[0].requests,
-        7
+    assert!(
+        again
+            .routes
+            .iter()
+            .zip(&first.routes)
+            .all(|(again, first)| std::sync::Arc::ptr_eq(again, first)),
+        "unchanged routes with unchanged policies keep their built form"
     );
+
+    // The policy changes, its route does not: the route's memoised form gets the new limit;
+    // the other route keeps its form.
+    current[2] = items(&[("p.yaml", &policy(7))]).remove(0);
+    let limited = check(&mut memo, &current);
+    assert_eq!(limited.routes[1].proto.rules[0].rate_limits[0].requests, 7);
+    assert!(std::sync::Arc::ptr_eq(&limited.routes[0], &first.routes[0]));
+    assert!(!std::sync::Arc::ptr_eq(
+        &limited.routes[1],
+        &first.routes[1]
+    ));
     // The CORS policy goes: its route keeps no CORS.
     current.pop();
     assert!(
-        check(&mut memo, &current).snapshot.routes[0].rules[0]
+        check(&mut memo, &current).routes[0].proto.rules[0]
             .cors
             .is_none()
     );
@@ -632,12 +654,12 @@ fn a_memo_saves_work_and_changes_nothing_else() {
     current[0].last_accepted = Some(last_accepted(&orders, 2));
     let stale = check(&mut memo, &current);
     assert!(matches!(stale.reports[0].outcome, Outcome::Stale { .. }));
-    assert_eq!(stale.snapshot.routes.len(), 2);
+    assert_eq!(stale.routes.len(), 2);
     // And a route edited for real.
     current[0] = items(&[("orders.yaml", &orders.replace("9000", "9002"))]).remove(0);
     let edited = check(&mut memo, &current);
     assert!(
-        edited.snapshot.routes[1].rules[0].backends[0]
+        edited.routes[1].proto.rules[0].backends[0]
             .url
             .ends_with(":9002")
     );

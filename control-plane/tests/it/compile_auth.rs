@@ -72,7 +72,7 @@ spec:
 fn auth_and_address_lists_are_normalised() {
     let compiled = compile(ROUTE);
     assert!(compiled.reports[0].is_accepted(), "{:?}", compiled.reports);
-    let rules = &compiled.snapshot.routes[0].rules;
+    let rules = &compiled.routes[0].proto.rules;
     let rule = &rules[0];
     assert_eq!(
         rule.ip_allow,
@@ -304,8 +304,8 @@ fn an_expired_key_is_accepted_with_a_warning() {
         .map(|doc| Item::new(Origin::Kv { key: "k".into() }, doc.result))
         .collect();
     assert_eq!(
-        compile_at(&items, 0).snapshot,
-        compile_at(&items, NOW).snapshot
+        compile_at(&items, 0).full_snapshot(),
+        compile_at(&items, NOW).full_snapshot()
     );
 }
 
@@ -358,5 +358,5 @@ fn an_invalid_auth_section_rejects_its_route_alone() {
             vec!["spec.rules[0].ipDeny[0]: `10.6.6.6/44` is not an address range; write e.g. 10.0.0.0/8, 2001:db8::/32 or 192.0.2.7".to_owned()]
         ))
     );
-    assert_eq!(compiled.snapshot.routes.len(), 1);
+    assert_eq!(compiled.routes.len(), 1);
 }

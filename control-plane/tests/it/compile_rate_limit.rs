@@ -11,7 +11,6 @@ use pavilion_control::compile::{
 use pavilion_control::source::Item;
 use pavilion_crds::parse_documents;
 use pavilion_proto as proto;
-use prost::Message;
 
 const NOW: i64 = 1_780_272_000;
 
@@ -73,9 +72,9 @@ fn limits_of<'a>(
     name: &str,
 ) -> Vec<&'a [proto::RateLimit]> {
     let route = compiled
-        .snapshot
         .routes
         .iter()
+        .map(|form| &form.proto)
         .find(|r| r.namespace == namespace && r.name == name)
         .unwrap_or_else(|| panic!("route {namespace}/{name} in the snapshot"));
     route
@@ -252,8 +251,8 @@ fn the_snapshot_is_the_same_whatever_the_document_order() {
     let mut reversed = docs.clone();
     reversed.reverse();
     let two = compile(&reversed);
-    assert_eq!(one.snapshot, two.snapshot);
-    assert_eq!(one.snapshot.encode_to_vec(), two.snapshot.encode_to_vec());
+    assert_eq!(one.full_snapshot(), two.full_snapshot());
+    assert_eq!(one.encoded, two.encoded);
 
     let changed: Vec<String> = docs
         .iter()
@@ -360,7 +359,7 @@ fn documents_without_a_namespace_share_the_default_one() {
     .replace("  namespace: x\n", "");
     let compiled = compile(&[route, policy]);
     assert!(compiled.reports.iter().all(|r| r.is_accepted()));
-    let rules = &compiled.snapshot.routes[0].rules;
+    let rules = &compiled.routes[0].proto.rules;
     assert!(
         rules
             .iter()
@@ -372,7 +371,7 @@ fn documents_without_a_namespace_share_the_default_one() {
 fn routes_without_policies_carry_no_limits() {
     let compiled = compile(&[route("shop", "orders")]);
     assert!(
-        compiled.snapshot.routes[0].rules.iter().all(|r| {
+        compiled.routes[0].proto.rules.iter().all(|r| {
             r.rate_limits.is_empty() && r.quotas.is_empty() && r.concurrency.is_none()
         })
     );
@@ -383,9 +382,9 @@ const TWO_QUOTAS: &str = "  quotas:\n    - { key: [apiKey], requests: 100, per: 
 
 fn rules_of<'a>(compiled: &'a Compiled, namespace: &str, name: &str) -> &'a [proto::Rule] {
     &compiled
-        .snapshot
         .routes
         .iter()
+        .map(|form| &form.proto)
         .find(|r| r.namespace == namespace && r.name == name)
         .unwrap_or_else(|| panic!("route {namespace}/{name} in the snapshot"))
         .rules
@@ -716,8 +715,8 @@ fn quotas_and_concurrency_are_the_same_whatever_the_document_order() {
     let mut reversed = docs.clone();
     reversed.reverse();
     let two = compile(&reversed);
-    assert_eq!(one.snapshot, two.snapshot);
-    assert_eq!(one.snapshot.encode_to_vec(), two.snapshot.encode_to_vec());
+    assert_eq!(one.full_snapshot(), two.full_snapshot());
+    assert_eq!(one.encoded, two.encoded);
     let rule = &rules_of(&one, "shop", "orders")[0];
     assert_eq!(rule.quotas.len(), 6);
     assert_eq!(concurrency_of(rule).as_deref(), Some("shop/c-route-old"));
@@ -837,7 +836,11 @@ fn only_the_gateway_namespace_may_target_the_gateway_and_others_are_told_why() {
                 .to_owned()
         ))
     );
-    let everywhere = compiled.snapshot.routes.iter().flat_map(|r| &r.rules);
+    let everywhere = compiled
+        .routes
+        .iter()
+        .map(|form| &form.proto)
+        .flat_map(|r| &r.rules);
     for rule in everywhere {
         assert!(
             names(&rule.rate_limits)
