@@ -96,7 +96,7 @@ async fn kube_items(options: &KubeOptions) -> Result<Vec<Item>, Error> {
             .map_err(|source| Error::KubeList { kind, source })?;
         for object in &list.items {
             let mut item = crate::source::kube::item(kind, object);
-            item.last_accepted = crate::source::kube::last_accepted(object, item.identity.as_ref());
+            item.last_accepted = crate::source::kube::last_accepted(object, &item);
             items.push(item);
         }
     }

@@ -250,7 +250,7 @@ mod tests {
         // No routes, no tail: just the version.
         let (empty, parts) = sealed(vec![], vec![]);
         assert_eq!((parts.routes.len(), parts.tail.len()), (0, 0));
-        assert_eq!(Parts::seal::<Bytes>(&[], &[]).1, empty);
+        assert_eq!(Parts::seal(&[] as &[Bytes], &[]).1, empty);
     }
 
     #[test]

@@ -7,8 +7,10 @@ use std::collections::HashMap;
 use pavilion_crds::FieldError;
 use pavilion_proto as proto;
 
+use super::memo::RouteShape;
+
 /// Returns `(position of the younger route, warning)` for every shadowed match.
-pub(super) fn find(routes: &[&proto::Route]) -> Vec<(usize, FieldError)> {
+pub(super) fn find(routes: &[&RouteShape]) -> Vec<(usize, FieldError)> {
     // Keyed by reference into the routes: a key string per match was 10 000 formatted
     // strings per compile.
     let mut owners: HashMap<MatchKey<'_>, usize, foldhash::fast::RandomState> =
@@ -29,18 +31,18 @@ pub(super) fn find(routes: &[&proto::Route]) -> Vec<(usize, FieldError)> {
         } else {
             &route.hosts[..]
         };
-        for (r, rule) in route.rules.iter().enumerate() {
-            let matches = if rule.matches.is_empty() {
+        for (r, rule_matches) in route.rules.iter().enumerate() {
+            let matches = if rule_matches.is_empty() {
                 &implicit[..]
             } else {
-                &rule.matches[..]
+                &rule_matches[..]
             };
             for (m, matcher) in matches.iter().enumerate() {
                 for host in hosts {
                     match owners.get(&match_key(host, matcher)) {
                         Some(&owner) if owner != position => {
                             let older = routes[owner];
-                            let field = if rule.matches.is_empty() {
+                            let field = if rule_matches.is_empty() {
                                 format!("spec.rules[{r}]")
                             } else {
                                 format!("spec.rules[{r}].matches[{m}]")

@@ -42,17 +42,48 @@ struct RouteMemo {
     form: Arc<RouteForm>,
 }
 
-/// A route as the snapshot carries it, and encoded.
+/// A route as the snapshot carries it: encoded, and the little the compiler reads again.
 #[derive(Debug, PartialEq)]
 pub struct RouteForm {
-    pub proto: proto::Route,
     pub encoded: Bytes,
+    pub shape: RouteShape,
+}
+
+/// What the shadowed-match check reads of a route (see `conflicts`). The rest of its
+/// snapshot form is dropped once encoded: kept, it was most of the compiler's memory at
+/// 10 000 routes (a `Rule` is over a kilobyte before it holds anything).
+#[derive(Debug, PartialEq)]
+pub struct RouteShape {
+    pub namespace: String,
+    pub name: String,
+    pub hosts: Vec<String>,
+    /// Per rule, its matches.
+    pub rules: Vec<Vec<proto::Match>>,
 }
 
 impl RouteForm {
-    pub fn new(proto: proto::Route) -> Self {
-        let encoded = proto.encode_to_vec().into();
-        Self { proto, encoded }
+    pub fn new(route: proto::Route) -> Self {
+        let encoded = route.encode_to_vec().into();
+        Self {
+            encoded,
+            shape: RouteShape {
+                namespace: route.namespace,
+                name: route.name,
+                hosts: route.hosts,
+                // Not `into_iter().collect()`: that keeps the rules' allocation, sized for
+                // `Rule`s (a kilobyte each), under the much smaller match lists.
+                rules: route
+                    .rules
+                    .iter()
+                    .map(|rule| rule.matches.clone())
+                    .collect(),
+            },
+        }
+    }
+
+    /// The route as the snapshot carries it (decoded again: for tests).
+    pub fn decode(&self) -> proto::Route {
+        proto::Route::decode(self.encoded.clone()).expect("the compiler's own encoding decodes")
     }
 }
 

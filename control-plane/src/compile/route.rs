@@ -7,7 +7,7 @@ use pavilion_crds::duration::parse_duration;
 use pavilion_crds::{PathMatchType, Resource, Route};
 use pavilion_proto as proto;
 
-use super::memo::{Memo, RouteForm};
+use super::memo::{Memo, RouteForm, RouteShape};
 use super::rate_limit::{Applied, Limits};
 use super::{Outcome, Report, auth, conflicts};
 
@@ -66,8 +66,8 @@ pub(super) fn build_routes(
             })
         })
         .collect();
-    let protos: Vec<&proto::Route> = forms.iter().map(|form| &form.proto).collect();
-    for (position, warning) in conflicts::find(&protos) {
+    let shapes: Vec<&RouteShape> = forms.iter().map(|form| &form.shape).collect();
+    for (position, warning) in conflicts::find(&shapes) {
         if let Outcome::Accepted { warnings } = &mut reports[ordered[position].2].outcome {
             warnings.push(warning);
         }

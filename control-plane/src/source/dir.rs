@@ -257,13 +257,14 @@ struct Recalled(std::collections::HashMap<pavilion_crds::ResourceKey, Option<Arc
 impl Recalled {
     fn attach(&mut self, root: &Path, items: &mut [Item]) {
         for item in items {
+            let current = item.parsed.as_ref().ok();
             item.last_accepted = item.identity.as_ref().and_then(|identity| {
                 self.0
                     .entry(identity.clone())
                     .or_insert_with(|| {
                         let stored =
                             crate::dir_status::read_status(root, identity)?.last_accepted?;
-                        LastAccepted::from_status(&stored, identity).map(Arc::new)
+                        LastAccepted::from_status(&stored, identity, current).map(Arc::new)
                     })
                     .clone()
             });

@@ -131,7 +131,7 @@ fn collect(stores: &[(Kind, Store<DynamicObject>)], recall: bool) -> Vec<Item> {
             store.state().into_iter().map(move |object| {
                 let mut item = item(*kind, &object);
                 if recall {
-                    item.last_accepted = last_accepted(&object, item.identity.as_ref());
+                    item.last_accepted = last_accepted(&object, &item);
                 }
                 item
             })
@@ -174,11 +174,9 @@ pub fn item(kind: Kind, object: &DynamicObject) -> Item {
 }
 
 /// What the object's status says was last accepted (written by the control plane).
-pub(crate) fn last_accepted(
-    object: &DynamicObject,
-    identity: Option<&ResourceKey>,
-) -> Option<Arc<LastAccepted>> {
+pub(crate) fn last_accepted(object: &DynamicObject, item: &Item) -> Option<Arc<LastAccepted>> {
     let stored = object.data.get("status")?.get("lastAccepted")?;
     let stored = serde_json::from_value(stored.clone()).ok()?;
-    LastAccepted::from_status(&stored, identity?).map(Arc::new)
+    LastAccepted::from_status(&stored, item.identity.as_ref()?, item.parsed.as_ref().ok())
+        .map(Arc::new)
 }

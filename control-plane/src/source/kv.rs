@@ -109,7 +109,9 @@ async fn watch(store: &Store, items: &ItemsSender, health: &SourceHealth) -> KvE
                     item.last_accepted = recalled
                         .get(key)
                         .zip(item.identity.as_ref())
-                        .and_then(|(stored, identity)| LastAccepted::from_status(stored, identity))
+                        .and_then(|(stored, identity)| {
+                            LastAccepted::from_status(stored, identity, item.parsed.as_ref().ok())
+                        })
                         .map(Arc::new);
                     item
                 })

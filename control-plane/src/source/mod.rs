@@ -155,15 +155,24 @@ pub struct LastAccepted {
 
 impl LastAccepted {
     /// What a status holds; `None` when it no longer reads as a resource of `identity`
-    /// (written by another version, or edited by hand).
-    pub fn from_status(stored: &StoredLastAccepted, identity: &ResourceKey) -> Option<Self> {
+    /// (written by another version, or edited by hand). When it is the document as it is
+    /// now (`current`, the usual case after a restart) it shares that resource: 10 000
+    /// routes are not kept twice.
+    pub fn from_status(
+        stored: &StoredLastAccepted,
+        identity: &ResourceKey,
+        current: Option<&Arc<Resource>>,
+    ) -> Option<Self> {
         let mut documents = pavilion_crds::parse_documents(&stored.document);
         if documents.len() != 1 {
             return None;
         }
         let resource = documents.remove(0).result.ok()?;
         (resource.key() == *identity).then(|| Self {
-            resource: Arc::new(resource),
+            resource: match current {
+                Some(current) if **current == resource => current.clone(),
+                _ => Arc::new(resource),
+            },
             generation: stored.generation,
             accepted_at: stored.accepted_at.clone(),
         })
@@ -218,4 +227,39 @@ pub trait Source: Send + 'static {
         items: ItemsSender,
         health: SourceHealth,
     ) -> BoxFuture<'static, Result<(), SourceError>>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(backend: &str) -> Arc<Resource> {
+        let text = format!(
+            "apiVersion: gateway.pavilion.dev/v1alpha1\nkind: Route\nmetadata: {{ name: r, namespace: shop }}\nspec:\n  rules:\n    - backends: [{{ url: '{backend}' }}]\n"
+        );
+        let mut documents = pavilion_crds::parse_documents(&text);
+        Arc::new(documents.remove(0).result.unwrap())
+    }
+
+    /// After a restart the stored last accepted version is usually the document as it is:
+    /// then both are one resource in memory, not two.
+    #[test]
+    fn a_stored_version_equal_to_the_document_shares_its_resource() {
+        let current = route("http://127.0.0.1:9000");
+        let stored = LastAccepted {
+            resource: current.clone(),
+            generation: None,
+            accepted_at: "2026-11-27T00:00:00Z".into(),
+        }
+        .to_status()
+        .unwrap();
+        let key = current.key();
+        let same = LastAccepted::from_status(&stored, &key, Some(&current)).unwrap();
+        assert!(Arc::ptr_eq(&same.resource, &current));
+        let edited = route("http://127.0.0.1:9001");
+        let other = LastAccepted::from_status(&stored, &key, Some(&edited)).unwrap();
+        assert!(!Arc::ptr_eq(&other.resource, &edited));
+        assert_eq!(other.resource, current);
+        assert!(LastAccepted::from_status(&stored, &edited.key(), None).is_some());
+    }
 }

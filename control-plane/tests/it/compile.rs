@@ -72,7 +72,7 @@ fn bad_documents_are_rejected_alone() {
         "Route shop/good is already defined at good.yaml:1"
     );
     assert_eq!(compiled.routes.len(), 1);
-    assert_eq!(compiled.routes[0].proto.name, "good");
+    assert_eq!(compiled.routes[0].decode().name, "good");
 }
 
 #[test]
@@ -95,11 +95,7 @@ fn the_version_depends_on_content_only() {
     // What goes to data planes is the snapshot's own encoding, version included.
     for compiled in [one, changed] {
         let whole = pavilion_proto::Snapshot {
-            routes: compiled
-                .routes
-                .iter()
-                .map(|form| form.proto.clone())
-                .collect(),
+            routes: compiled.routes.iter().map(|form| form.decode()).collect(),
             ..compiled.snapshot.clone()
         };
         assert_eq!(compiled.encoded, prost::Message::encode_to_vec(&whole));
@@ -122,8 +118,7 @@ fn routes_are_ordered_oldest_first_then_by_name() {
     let names: Vec<_> = compiled
         .routes
         .iter()
-        .map(|form| &form.proto)
-        .map(|r| r.name.as_str())
+        .map(|form| form.shape.name.as_str())
         .collect();
     assert_eq!(names, ["z-old", "a-young", "b-young"]);
 }
@@ -132,7 +127,7 @@ fn routes_are_ordered_oldest_first_then_by_name() {
 fn matches_are_normalised() {
     let spec = "  hosts: [API.Example.com]\n  rules:\n    - matches:\n        - path: { type: PathPrefix, value: /orders/ }\n          methods: [post, GET, get]\n          headers: [{ name: X-B, value: '2' }, { name: x-a, value: '1' }]\n      backends: [{ url: http://127.0.0.1:9000 }]\n      timeout: 1m\n";
     let compiled = compile(&items(&[("r.yaml", &route("r", "", spec))]));
-    let route = &compiled.routes[0].proto;
+    let route = &compiled.routes[0].decode();
     assert_eq!(route.hosts, ["api.example.com"]);
     let rule = &route.rules[0];
     assert_eq!(rule.timeout_ms, 60_000);
@@ -315,7 +310,7 @@ fn hosts_are_sorted_and_unique_in_the_snapshot() {
         ),
     )]));
     assert_eq!(
-        compiled.routes[0].proto.hosts,
+        compiled.routes[0].decode().hosts,
         ["a.example.com", "b.example.com"]
     );
 }
@@ -403,7 +398,7 @@ fn a_last_accepted_version_never_displaces_a_valid_definition() {
     );
     assert!(compiled.reports[1].is_accepted());
     assert_eq!(compiled.routes.len(), 1);
-    assert!(format!("{:?}", compiled.routes[0].proto).contains("9100"));
+    assert!(format!("{:?}", compiled.routes[0].decode()).contains("9100"));
 }
 
 fn cors_policy(name: &str, target: &str, origin: &str) -> String {
@@ -436,7 +431,7 @@ fn a_routes_cors_policy_wins_over_its_namespaces() {
         compiled
             .routes
             .iter()
-            .map(|form| &form.proto)
+            .map(|form| form.decode())
             .find(|r| r.name == route)
             .and_then(|r| r.rules[0].cors.clone())
             .expect("a CORS policy reaches every route of the namespace")
@@ -469,7 +464,7 @@ fn traffic_fields_reach_the_snapshot_with_every_default_resolved() {
       connections: { idleTimeout: 15s }
 ";
     let compiled = compile(&items(&[("r.yaml", &route("r", "", spec))]));
-    let rule = &compiled.routes[0].proto.rules[0];
+    let rule = &compiled.routes[0].decode().rules[0];
     assert_eq!(rule.websocket.as_ref().unwrap().idle_timeout_ms, 300_000);
     let connections = rule.connections.as_ref().unwrap();
     assert_eq!(
@@ -481,10 +476,7 @@ fn traffic_fields_reach_the_snapshot_with_every_default_resolved() {
         (64, 1_000, 0),
         "the queue timeout's default resolved, the idle timeout left to the data plane"
     );
-    let second = compiled.routes[0].proto.rules[1]
-        .connections
-        .as_ref()
-        .unwrap();
+    let second = compiled.routes[0].decode().rules[1].connections.unwrap();
     assert_eq!((second.max, second.idle_timeout_ms), (0, 15_000));
     let retry = rule.retry.as_ref().unwrap();
     assert_eq!(retry.attempts, 3);
@@ -568,7 +560,7 @@ fn traffic_fields_reach_the_snapshot_with_every_default_resolved() {
     );
     assert_eq!(cache.key_headers, ["x-tenant"]);
     // A rule without them has none.
-    let plain = &compiled.routes[0].proto.rules[1];
+    let plain = &compiled.routes[0].decode().rules[1];
     assert!(
         plain.retry.is_none() && plain.load_balancer.is_none() && plain.circuit_breaker.is_none()
     );
@@ -618,8 +610,8 @@ fn a_memo_saves_work_and_changes_nothing_else() {
         memoised
     };
     let first = check(&mut memo, &current);
-    assert_eq!(first.routes[1].proto.rules[0].rate_limits[0].requests, 5);
-    assert!(first.routes[0].proto.rules[0].cors.is_some());
+    assert_eq!(first.routes[1].decode().rules[0].rate_limits[0].requests, 5);
+    assert!(first.routes[0].decode().rules[0].cors.is_some());
     let again = check(&mut memo, &current);
     assert_eq!(again, first, "all of it from the memo");
     assert_eq!(memo.validations(), 4, "each resource validated once");
@@ -636,7 +628,10 @@ fn a_memo_saves_work_and_changes_nothing_else() {
     // the other route keeps its form.
     current[2] = items(&[("p.yaml", &policy(7))]).remove(0);
     let limited = check(&mut memo, &current);
-    assert_eq!(limited.routes[1].proto.rules[0].rate_limits[0].requests, 7);
+    assert_eq!(
+        limited.routes[1].decode().rules[0].rate_limits[0].requests,
+        7
+    );
     assert!(std::sync::Arc::ptr_eq(&limited.routes[0], &first.routes[0]));
     assert!(!std::sync::Arc::ptr_eq(
         &limited.routes[1],
@@ -645,7 +640,7 @@ fn a_memo_saves_work_and_changes_nothing_else() {
     // The CORS policy goes: its route keeps no CORS.
     current.pop();
     assert!(
-        check(&mut memo, &current).routes[0].proto.rules[0]
+        check(&mut memo, &current).routes[0].decode().rules[0]
             .cors
             .is_none()
     );
@@ -659,7 +654,7 @@ fn a_memo_saves_work_and_changes_nothing_else() {
     current[0] = items(&[("orders.yaml", &orders.replace("9000", "9002"))]).remove(0);
     let edited = check(&mut memo, &current);
     assert!(
-        edited.routes[1].proto.rules[0].backends[0]
+        edited.routes[1].decode().rules[0].backends[0]
             .url
             .ends_with(":9002")
     );

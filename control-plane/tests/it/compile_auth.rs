@@ -72,7 +72,7 @@ spec:
 fn auth_and_address_lists_are_normalised() {
     let compiled = compile(ROUTE);
     assert!(compiled.reports[0].is_accepted(), "{:?}", compiled.reports);
-    let rules = &compiled.routes[0].proto.rules;
+    let rules = &compiled.routes[0].decode().rules;
     let rule = &rules[0];
     assert_eq!(
         rule.ip_allow,

@@ -66,22 +66,14 @@ fn policy_with(namespace: &str, name: &str, created: &str, target: &str, rest: &
 const ONE_LIMIT: &str = "    - { key: [clientIp], requests: 10, per: 1s }\n";
 const TWO_LIMITS: &str = "    - { key: [clientIp], requests: 10, per: 1s }\n    - { key: [apiKey], requests: 1000, per: 1h }\n";
 
-fn limits_of<'a>(
-    compiled: &'a Compiled,
-    namespace: &str,
-    name: &str,
-) -> Vec<&'a [proto::RateLimit]> {
+fn limits_of(compiled: &Compiled, namespace: &str, name: &str) -> Vec<Vec<proto::RateLimit>> {
     let route = compiled
         .routes
         .iter()
-        .map(|form| &form.proto)
+        .map(|form| form.decode())
         .find(|r| r.namespace == namespace && r.name == name)
         .unwrap_or_else(|| panic!("route {namespace}/{name} in the snapshot"));
-    route
-        .rules
-        .iter()
-        .map(|r| r.rate_limits.as_slice())
-        .collect()
+    route.rules.into_iter().map(|r| r.rate_limits).collect()
 }
 
 fn names(limits: &[proto::RateLimit]) -> Vec<String> {
@@ -161,13 +153,13 @@ fn namespace_limits_come_first_then_the_routes_oldest_policy_first_on_every_rule
             ]
         );
     }
-    for rule in limits_of(&compiled, "shop", "cart") {
+    for rule in &limits_of(&compiled, "shop", "cart") {
         assert_eq!(
             names(rule),
             ["shop/ns-old#0", "shop/ns-old#1", "shop/ns-young#0"]
         );
     }
-    for rule in limits_of(&compiled, "billing", "invoices") {
+    for rule in &limits_of(&compiled, "billing", "invoices") {
         assert_eq!(names(rule), ["billing/everything#0"]);
     }
 }
@@ -185,7 +177,7 @@ fn fields_are_compiled_with_their_defaults() {
         "  backend: redis\n  failureMode: open\n  limits:\n",
     );
     let compiled = compile(&[route("shop", "orders"), defaults, all_set, open]);
-    let rule = limits_of(&compiled, "shop", "orders")[0];
+    let rule = &limits_of(&compiled, "shop", "orders")[0];
     assert_eq!(
         names(rule),
         [
@@ -338,10 +330,10 @@ fn policies_that_reach_no_route_are_reported_and_applied_nowhere() {
     assert_eq!(reason(&compiled, 5).map(|r| r.0), Some(Reason::Invalid));
     assert_eq!(reason(&compiled, 6), None);
 
-    for rule in limits_of(&compiled, "shop", "orders") {
+    for rule in &limits_of(&compiled, "shop", "orders") {
         assert_eq!(names(rule), ["shop/kept#0"]);
     }
-    for rule in limits_of(&compiled, "billing", "invoices") {
+    for rule in &limits_of(&compiled, "billing", "invoices") {
         assert!(rule.is_empty());
     }
 }
@@ -359,7 +351,7 @@ fn documents_without_a_namespace_share_the_default_one() {
     .replace("  namespace: x\n", "");
     let compiled = compile(&[route, policy]);
     assert!(compiled.reports.iter().all(|r| r.is_accepted()));
-    let rules = &compiled.routes[0].proto.rules;
+    let rules = &compiled.routes[0].decode().rules;
     assert!(
         rules
             .iter()
@@ -371,7 +363,7 @@ fn documents_without_a_namespace_share_the_default_one() {
 fn routes_without_policies_carry_no_limits() {
     let compiled = compile(&[route("shop", "orders")]);
     assert!(
-        compiled.routes[0].proto.rules.iter().all(|r| {
+        compiled.routes[0].decode().rules.iter().all(|r| {
             r.rate_limits.is_empty() && r.quotas.is_empty() && r.concurrency.is_none()
         })
     );
@@ -380,11 +372,11 @@ fn routes_without_policies_carry_no_limits() {
 const ONE_QUOTA: &str = "  quotas:\n    - { key: [apiKey], requests: 100, per: day }\n";
 const TWO_QUOTAS: &str = "  quotas:\n    - { key: [apiKey], requests: 100, per: day }\n    - { key: [apiKey], bytes: 1000, per: month }\n";
 
-fn rules_of<'a>(compiled: &'a Compiled, namespace: &str, name: &str) -> &'a [proto::Rule] {
-    &compiled
+fn rules_of(compiled: &Compiled, namespace: &str, name: &str) -> Vec<proto::Rule> {
+    compiled
         .routes
         .iter()
-        .map(|form| &form.proto)
+        .map(|form| form.decode())
         .find(|r| r.namespace == namespace && r.name == name)
         .unwrap_or_else(|| panic!("route {namespace}/{name} in the snapshot"))
         .rules
@@ -606,7 +598,7 @@ fn the_most_specific_concurrency_limit_applies_the_oldest_among_equals() {
     for (namespace, name, policy, max) in expect {
         let rules = rules_of(&compiled, namespace, name);
         assert_eq!(rules.len(), 2);
-        for rule in rules {
+        for rule in &rules {
             assert_eq!(
                 concurrency_of(rule).as_deref(),
                 Some(policy),
@@ -839,8 +831,8 @@ fn only_the_gateway_namespace_may_target_the_gateway_and_others_are_told_why() {
     let everywhere = compiled
         .routes
         .iter()
-        .map(|form| &form.proto)
-        .flat_map(|r| &r.rules);
+        .map(|form| form.decode())
+        .flat_map(|r| r.rules);
     for rule in everywhere {
         assert!(
             names(&rule.rate_limits)

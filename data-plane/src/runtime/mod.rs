@@ -42,8 +42,12 @@ pub struct Runtime {
     routes: Box<[Arc<BuiltRoute>]>,
     /// The routes by slot ([`RuleId::route`]); `None`: a free slot.
     slots: Box<[Option<Arc<BuiltRoute>>]>,
-    /// The routes by their encoded form: what the next snapshot can take as it is.
-    built: HashMap<Bytes, Placed, foldhash::fast::RandomState>,
+    /// Per route, in the snapshot's order: its encoded form (what the next snapshot can
+    /// take as it is) and its slot.
+    encoded: Box<[Bytes]>,
+    route_slots: Box<[u32]>,
+    /// Positions (in `routes`) of the routes built for this runtime, not taken over.
+    fresh: Box<[u32]>,
     /// Of the API keys and revocations the authenticating routes were built with.
     credentials_revision: u64,
     /// Where tenants are served, per service kind.
@@ -53,14 +57,6 @@ pub struct Runtime {
     /// Headers only the gateway may state (`x-auth-*`, `x-tenant-id` and every claim header
     /// of the snapshot): removed from every request, whichever route it takes.
     pub identity_headers: Box<[http::HeaderName]>,
-}
-
-/// A route of a runtime: where it is, for the next runtime that takes it over.
-struct Placed {
-    route: Arc<BuiltRoute>,
-    slot: u32,
-    /// In the snapshot.
-    position: usize,
 }
 
 /// Where a rule sends its requests.
@@ -204,7 +200,9 @@ impl Runtime {
             router: Router::default(),
             routes: Box::new([]),
             slots: Box::new([]),
-            built: HashMap::default(),
+            encoded: Box::new([]),
+            route_slots: Box::new([]),
+            fresh: Box::new([]),
             credentials_revision: 0,
             placements: Placements::default(),
             tenant_metrics: TenantMetrics::default(),
@@ -227,6 +225,30 @@ impl Runtime {
     /// patching `previous`'s matcher where routes changed.
     pub fn build_frame(
         frame: &SnapshotFrame,
+        previous: &Runtime,
+        metrics: &Metrics,
+        context: &AuthContext,
+    ) -> Result<Self, BuildError> {
+        Self::build_from(frame, None, previous, metrics, context)
+    }
+
+    /// [`build_frame`](Self::build_frame) for a snapshot made by a delta over `previous`'s:
+    /// `kept[i]` is the position in `previous` of route `i` when the delta kept it, so the
+    /// routes taken over are known without looking for their bytes.
+    pub fn build_delta(
+        frame: &SnapshotFrame,
+        kept: &[Option<u32>],
+        previous: &Runtime,
+        metrics: &Metrics,
+        context: &AuthContext,
+    ) -> Result<Self, BuildError> {
+        let kept = (kept.len() == frame.routes.len()).then_some(kept);
+        Self::build_from(frame, kept, previous, metrics, context)
+    }
+
+    fn build_from(
+        frame: &SnapshotFrame,
+        kept: Option<&[Option<u32>]>,
         previous: &Runtime,
         metrics: &Metrics,
         context: &AuthContext,
@@ -258,21 +280,41 @@ impl Runtime {
         // from scratch.
         let mut in_order = true;
         let mut last_position = None;
-        for encoded in &frame.routes {
-            let kept = previous
-                .built
-                .get_key_value(&encoded[..])
-                .filter(|(_, placed)| {
-                    !placed.route.reads_files
-                        && (!placed.route.authenticates
-                            || previous.credentials_revision == credentials_revision)
-                });
-            match kept {
-                Some((key, placed)) => {
-                    in_order &= last_position < Some(placed.position);
-                    last_position = Some(placed.position);
-                    slots[placed.slot as usize] = Some(placed.route.clone());
-                    order.push((placed.route.clone(), key.clone(), Some(placed.slot)));
+        // Without a delta's word for it, `previous`'s routes are found by their bytes.
+        let by_bytes: HashMap<&[u8], usize, foldhash::fast::RandomState> = match kept {
+            Some(_) => HashMap::default(),
+            None => previous
+                .encoded
+                .iter()
+                .enumerate()
+                .map(|(position, encoded)| (&encoded[..], position))
+                .collect(),
+        };
+        for (index, encoded) in frame.routes.iter().enumerate() {
+            let found = match kept {
+                Some(kept) => kept[index]
+                    .map(|position| position as usize)
+                    .filter(|&position| previous.encoded.get(position) == Some(encoded)),
+                None => by_bytes.get(&encoded[..]).copied(),
+            };
+            let taken = found.filter(|&position| {
+                let route = &previous.routes[position];
+                !route.reads_files
+                    && (!route.authenticates
+                        || previous.credentials_revision == credentials_revision)
+            });
+            match taken {
+                Some(position) => {
+                    in_order &= last_position < Some(position);
+                    last_position = Some(position);
+                    let route = &previous.routes[position];
+                    let slot = previous.route_slots[position];
+                    slots[slot as usize] = Some(route.clone());
+                    order.push((
+                        route.clone(),
+                        previous.encoded[position].clone(),
+                        Some(slot),
+                    ));
                 }
                 None => {
                     let route = pavilion_proto::Route::decode(&encoded[..])
@@ -288,6 +330,12 @@ impl Runtime {
             }
         }
         // What changed: the routes built now, and those of `previous` not taken over.
+        let fresh_positions: Box<[u32]> = order
+            .iter()
+            .zip(0..)
+            .filter(|((.., slot), _)| slot.is_none())
+            .map(|(_, position)| position)
+            .collect();
         let fresh: Vec<Arc<BuiltRoute>> = order
             .iter()
             .filter(|(.., slot)| slot.is_none())
@@ -331,19 +379,13 @@ impl Runtime {
         };
         let placements =
             Placements::build(frame.placements.as_ref()).map_err(BuildError::Placements)?;
-        let mut built = HashMap::with_capacity_and_hasher(order.len(), Default::default());
         let mut routes = Vec::with_capacity(order.len());
-        for (position, (route, key, slot)) in order.into_iter().enumerate() {
-            routes.push(route.clone());
-            let slot = slot.unwrap_or_default();
-            built.insert(
-                key,
-                Placed {
-                    route,
-                    slot,
-                    position,
-                },
-            );
+        let mut encoded = Vec::with_capacity(order.len());
+        let mut route_slots = Vec::with_capacity(order.len());
+        for (route, key, slot) in order {
+            routes.push(route);
+            encoded.push(key);
+            route_slots.push(slot.unwrap_or_default());
         }
         // Routes dropped, unless one of the same name was built now: their series go.
         let fresh_names: std::collections::HashSet<&str> =
@@ -363,7 +405,9 @@ impl Runtime {
             identity_headers: identity_headers(routes.iter().flat_map(|r| &r.rules[..])),
             routes: routes.into(),
             slots: slots.into(),
-            built,
+            encoded: encoded.into(),
+            route_slots: route_slots.into(),
+            fresh: fresh_positions,
             credentials_revision,
         })
     }
@@ -381,10 +425,17 @@ impl Runtime {
             .get(id.rule as usize)
     }
 
-    /// Policies that count in Redis (limits or quotas), sorted and unique.
-    pub fn redis_policies(&self) -> Vec<&str> {
-        let mut names: Vec<&str> = self
-            .rules()
+    /// The rules of the routes built for this runtime (not taken over from the previous
+    /// one): what a new snapshot brought.
+    pub fn fresh_rules(&self) -> impl Iterator<Item = &Rule> {
+        self.fresh
+            .iter()
+            .flat_map(|&position| &self.routes[position as usize].rules[..])
+    }
+
+    /// Policies of `rules` that count in Redis (limits or quotas), sorted and unique.
+    pub fn redis_policies<'r>(rules: impl Iterator<Item = &'r Rule>) -> Vec<&'r str> {
+        let mut names: Vec<&str> = rules
             .flat_map(|r| {
                 r.limits_before_auth
                     .redis_policies()
@@ -469,6 +520,59 @@ mod tests {
         runtime.rules().find(|rule| &*rule.route == route).unwrap()
     }
 
+    /// With a delta's positions the routes kept are taken without a lookup — and a
+    /// position whose bytes are not the route's (a bug upstream) is not trusted.
+    #[tokio::test]
+    async fn a_delta_build_takes_the_routes_it_kept_by_position() {
+        let metrics = Metrics::new();
+        let context = context(&metrics);
+        let up = "http://127.0.0.1:9";
+        let v1 = snapshot(
+            "v1",
+            vec![
+                route("ns/a", &["a.test"], vec![prefix_rule("/a", &[(up, 1)])]),
+                route("ns/b", &["b.test"], vec![prefix_rule("/b", &[(up, 1)])]),
+            ],
+        );
+        let first = Runtime::build(&v1, &metrics, &context).unwrap();
+        assert_eq!(first.fresh.len(), 2, "all built");
+        let mut v2 = v1.clone();
+        v2.version = "v2".into();
+        v2.routes.push(route(
+            "ns/c",
+            &["c.test"],
+            vec![prefix_rule("/c", &[(up, 1)])],
+        ));
+        // a kept (from position 0), b said to come from position 0 too: wrong bytes.
+        let second = Runtime::build_delta(
+            &frame(&v2),
+            &[Some(0), Some(0), None],
+            &first,
+            &metrics,
+            &context,
+        )
+        .unwrap();
+        assert!(std::ptr::eq(
+            first_rule(&first, "ns/a"),
+            first_rule(&second, "ns/a")
+        ));
+        assert!(!std::ptr::eq(
+            first_rule(&first, "ns/b"),
+            first_rule(&second, "ns/b")
+        ));
+        assert_eq!(&second.fresh[..], &[1, 2], "b and c built, a taken");
+        let names: Vec<&str> = second.fresh_rules().map(|rule| &*rule.route).collect();
+        assert_eq!(names, ["ns/b", "ns/c"]);
+        let headers = http::HeaderMap::new();
+        let facts = RequestFacts {
+            host: Some("c.test"),
+            path: "/c/x",
+            method: &http::Method::GET,
+            headers: &headers,
+        };
+        assert_eq!(second.find(&facts).map(|r| &*r.route), Some("ns/c"));
+    }
+
     #[tokio::test]
     async fn a_new_snapshot_takes_unchanged_routes_as_they_are_and_builds_the_rest() {
         let metrics = Metrics::new();
@@ -511,7 +615,7 @@ mod tests {
             first_rule(&first, "ns/b"),
             first_rule(&second, "ns/b")
         ));
-        assert_eq!(second.built.len(), 4, "c is forgotten");
+        assert_eq!(second.encoded.len(), 4, "c is forgotten");
         // c's metric series go once the runtime without it serves; kept routes keep theirs.
         metrics.retire_gone_routes();
         let series = crate::metrics::routes_in(&metrics);

@@ -88,7 +88,19 @@ impl Applier {
             pavilion_proto::delta::apply(&base.routes, &base.tail, delta)?
         };
         let frame = SnapshotFrame::decode(encoded.clone())?;
-        Ok(self.apply_frame(frame, encoded).await?)
+        // Where each route was in the base: the runtime built from it takes those over
+        // without looking for them.
+        let mut kept = Vec::with_capacity(frame.routes.len());
+        for piece in &delta.routes {
+            if piece.keep_count == 0 {
+                kept.push(None);
+            } else {
+                kept.extend((piece.keep_from..piece.keep_from + piece.keep_count).map(Some));
+            }
+        }
+        self.install(&frame, &encoded, Some(&kept))?;
+        self.store(encoded).await;
+        Ok(())
     }
 
     fn lock_running(&self) -> std::sync::MutexGuard<'_, Option<Parts>> {
@@ -102,7 +114,13 @@ impl Applier {
         frame: SnapshotFrame,
         encoded: Bytes,
     ) -> Result<(), BuildError> {
-        self.install(&frame, &encoded)?;
+        self.install(&frame, &encoded, None)?;
+        self.store(encoded).await;
+        Ok(())
+    }
+
+    /// Writes the snapshot served to the cache file.
+    async fn store(&self, encoded: Bytes) {
         if let Some(path) = self.cache.clone() {
             let written = tokio::task::spawn_blocking(move || cache::write(&path, &encoded)).await;
             match written {
@@ -111,17 +129,27 @@ impl Applier {
                 Err(error) => tracing::warn!(%error, "snapshot cache writer failed"),
             }
         }
-        Ok(())
     }
 
-    fn install(&self, frame: &SnapshotFrame, encoded: &Bytes) -> Result<(), BuildError> {
+    /// Builds and swaps in the snapshot `frame` (encoded: `encoded`); `kept`: where its
+    /// routes were in the one served, when a delta says.
+    fn install(
+        &self,
+        frame: &SnapshotFrame,
+        encoded: &Bytes,
+        kept: Option<&[Option<u32>]>,
+    ) -> Result<(), BuildError> {
         let started = std::time::Instant::now();
         let previous = self.shared.runtime.load();
-        match Runtime::build_frame(frame, &previous, &self.metrics, &self.auth) {
+        let built = match kept {
+            Some(kept) => Runtime::build_delta(frame, kept, &previous, &self.metrics, &self.auth),
+            None => Runtime::build_frame(frame, &previous, &self.metrics, &self.auth),
+        };
+        match built {
             Ok(runtime) => {
                 drop(previous);
                 if self.shared.limiter.redis_reachable().is_none() {
-                    let policies = runtime.redis_policies();
+                    let policies = Runtime::redis_policies(runtime.fresh_rules());
                     if !policies.is_empty() {
                         tracing::warn!(
                             policies = %policies.join(", "),
@@ -174,7 +202,7 @@ impl Applier {
         match read {
             Ok(None) => false,
             Ok(Some((frame, encoded))) => {
-                let installed = self.install(&frame, &encoded).is_ok();
+                let installed = self.install(&frame, &encoded, None).is_ok();
                 if installed {
                     tracing::info!(path = %path.display(), version = %frame.version, "serving the cached snapshot");
                 }

@@ -28,11 +28,16 @@ impl Prober {
     }
 
     /// Starts checking each backend of `runtime` that has an active check and no task yet.
+    /// Starts the checks of the endpoints of the routes `runtime` built (those it took over
+    /// are checked already: their endpoints are the same).
     pub fn watch(self: &Arc<Self>, runtime: &Runtime) {
-        for backends in runtime.rules().filter_map(|rule| match &rule.upstream {
-            Upstream::Backends(backends) => Some(backends),
-            Upstream::Service(_) => None,
-        }) {
+        for backends in runtime
+            .fresh_rules()
+            .filter_map(|rule| match &rule.upstream {
+                Upstream::Backends(backends) => Some(backends),
+                Upstream::Service(_) => None,
+            })
+        {
             for (target, endpoint) in backends.targets().iter().zip(backends.endpoints()) {
                 if endpoint.check.is_some()
                     && !endpoint
