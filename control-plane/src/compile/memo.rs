@@ -32,8 +32,9 @@ struct Entry {
     _resource: Arc<Resource>,
     errors: Vec<FieldError>,
     used: bool,
-    /// For a route: its form, and what it was built with besides the resource.
-    route: Option<RouteMemo>,
+    /// For a route: its form, and what it was built with besides the resource (boxed:
+    /// most of it is policy forms, inline they would triple every entry).
+    route: Option<Box<RouteMemo>>,
 }
 
 struct RouteMemo {
@@ -126,11 +127,11 @@ impl Memo {
         }
         let form = Arc::new(RouteForm::new(build()));
         if let Some(entry) = entry {
-            entry.route = Some(RouteMemo {
+            entry.route = Some(Box::new(RouteMemo {
                 applied: applied.clone(),
                 cors: cors.cloned(),
                 form: form.clone(),
-            });
+            }));
         }
         form
     }

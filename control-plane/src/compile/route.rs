@@ -124,7 +124,7 @@ fn to_proto(route: &Route, applied: &Applied, cors: Option<&proto::Cors>) -> pro
                     .and_then(|t| parse_duration(t).ok())
                     .unwrap_or(DEFAULT_TIMEOUT)
                     .as_millis() as u64,
-                auth: rule.auth.as_ref().map(auth::to_proto),
+                auth: rule.auth.as_deref().map(auth::to_proto),
                 ip_allow: auth::cidrs(&rule.ip_allow),
                 ip_deny: auth::cidrs(&rule.ip_deny),
                 upstream_server_name: rule
@@ -157,30 +157,33 @@ fn to_proto(route: &Route, applied: &Applied, cors: Option<&proto::Cors>) -> pro
                 websocket: rule.websocket.as_ref().map(|w| proto::WebSocket {
                     idle_timeout_ms: w.idle_timeout().as_millis() as u64,
                 }),
-                retry: rule.retry.as_ref().map(super::traffic::retry),
+                retry: rule.retry.as_deref().map(super::traffic::retry),
                 load_balancer: rule
                     .load_balancer
-                    .as_ref()
+                    .as_deref()
                     .map(super::traffic::load_balancer),
-                health_check: rule.health_check.as_ref().map(super::traffic::health_check),
+                health_check: rule
+                    .health_check
+                    .as_deref()
+                    .map(super::traffic::health_check),
                 circuit_breaker: rule
                     .circuit_breaker
-                    .as_ref()
+                    .as_deref()
                     .map(super::traffic::circuit_breaker),
-                rewrite: rule.rewrite.as_ref().map(super::traffic::rewrite),
+                rewrite: rule.rewrite.as_deref().map(super::traffic::rewrite),
                 request_headers: rule
                     .request_headers
-                    .as_ref()
+                    .as_deref()
                     .map(super::traffic::header_edits),
                 response_headers: rule
                     .response_headers
-                    .as_ref()
+                    .as_deref()
                     .map(super::traffic::header_edits),
                 max_body_bytes: rule.max_body_bytes.unwrap_or(0),
-                compression: rule.compression.as_ref().map(super::traffic::compression),
-                cache: rule.cache.as_ref().map(super::traffic::cache),
+                compression: rule.compression.as_deref().map(super::traffic::compression),
+                cache: rule.cache.as_deref().map(super::traffic::cache),
                 upstream_http2: rule.upstream_tls.as_ref().is_some_and(|t| t.http2),
-                connections: rule.connections.as_ref().map(super::traffic::connections),
+                connections: rule.connections.as_deref().map(super::traffic::connections),
                 rights: rule
                     .authorize
                     .as_ref()
