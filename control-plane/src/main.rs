@@ -339,6 +339,7 @@ struct RunArgs {
 }
 
 fn main() -> ExitCode {
+    pavilion_telemetry::without_huge_pages();
     match Cli::parse().command {
         Command::Run(args) => match run(*args) {
             Ok(()) => ExitCode::SUCCESS,
