@@ -110,14 +110,38 @@ impl Parts {
         body.extend_from_slice(tail);
         seal_body(&body)
     }
+
+    /// The encoded snapshot (see [`seal`](Self::seal)).
+    pub fn encode(&self) -> Bytes {
+        Self::seal(&self.routes, &self.tail).1
+    }
+}
+
+/// The version of a snapshot from its parts, hashed as its encoding would be without
+/// putting the encoding together.
+fn version_of(routes: &[Bytes], tail: &[u8]) -> String {
+    let mut hasher = Sha256::new();
+    let mut head = Vec::with_capacity(16);
+    for route in routes {
+        head.clear();
+        encode_key(ROUTES, WireType::LengthDelimited, &mut head);
+        encode_varint(route.len() as u64, &mut head);
+        hasher.update(&head);
+        hasher.update(route);
+    }
+    hasher.update(tail);
+    hex_version(&hasher.finalize())
+}
+
+fn hex_version(digest: &[u8]) -> String {
+    digest[..8].iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Versions `body` (a snapshot encoded with an empty version): the first 8 bytes of its
 /// SHA-256 in hex, and the encoding with that version in front — prost writes `version`
 /// first and leaves an empty one out, so that is exactly the snapshot's encoding.
 pub fn seal_body(body: &[u8]) -> (String, Bytes) {
-    let digest = Sha256::digest(body);
-    let version: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+    let version = hex_version(&Sha256::digest(body));
     let mut encoded = Vec::with_capacity(body.len() + 2 + version.len());
     prost::encoding::string::encode(VERSION, &version, &mut encoded);
     encoded.extend_from_slice(body);
@@ -174,8 +198,12 @@ pub fn diff(base: &Parts, next: &Parts) -> SnapshotDelta {
 }
 
 /// The snapshot `delta` makes of the base whose routes are `routes` and whose tail is
-/// `tail`: its encoding, checked against `delta.version`.
-pub fn apply(routes: &[Bytes], tail: &Bytes, delta: &SnapshotDelta) -> Result<Bytes, DeltaError> {
+/// `tail`, checked against `delta.version`: its parts, slices of the base's and the delta's.
+pub fn apply_parts(
+    routes: &[Bytes],
+    tail: &Bytes,
+    delta: &SnapshotDelta,
+) -> Result<Parts, DeltaError> {
     let mut next: Vec<Bytes> = Vec::with_capacity(routes.len() + delta.routes.len());
     for (piece_index, piece) in delta.routes.iter().enumerate() {
         if piece.keep_count == 0 {
@@ -194,14 +222,24 @@ pub fn apply(routes: &[Bytes], tail: &Bytes, delta: &SnapshotDelta) -> Result<By
             })?;
         next.extend_from_slice(kept);
     }
-    let (version, encoded) = Parts::seal(&next, delta.tail.as_ref().unwrap_or(tail));
+    let tail = delta.tail.clone().unwrap_or_else(|| tail.clone());
+    let version = version_of(&next, &tail);
     if version != delta.version {
         return Err(DeltaError::Mismatch {
             expected: delta.version.clone(),
             actual: version,
         });
     }
-    Ok(encoded)
+    Ok(Parts {
+        version,
+        routes: next,
+        tail,
+    })
+}
+
+/// [`apply_parts`], encoded.
+pub fn apply(routes: &[Bytes], tail: &Bytes, delta: &SnapshotDelta) -> Result<Bytes, DeltaError> {
+    Ok(apply_parts(routes, tail, delta)?.encode())
 }
 
 #[cfg(test)]

@@ -74,9 +74,11 @@ impl Applier {
         self.apply_frame(frame, encoded).await
     }
 
-    /// Applies the snapshot `delta` makes of the one served (which must be its base).
+    /// Applies the snapshot `delta` makes of the one served (which must be its base). The
+    /// result is checked against the delta's version by hashing its parts; the encoding
+    /// is put together only for the cache file.
     pub async fn apply_delta(&self, delta: &SnapshotDelta) -> Result<(), DeltaApplyError> {
-        let encoded = {
+        let parts = {
             let running = self.lock_running();
             let base = running
                 .as_ref()
@@ -85,9 +87,15 @@ impl Applier {
                     base: delta.base.clone(),
                     running: self.current_version(),
                 })?;
-            pavilion_proto::delta::apply(&base.routes, &base.tail, delta)?
+            pavilion_proto::delta::apply_parts(&base.routes, &base.tail, delta)?
         };
-        let frame = SnapshotFrame::decode(encoded.clone())?;
+        // The tail is fields 3 to 5 of a snapshot: read alone, it is a frame without
+        // version and routes.
+        let frame = SnapshotFrame {
+            version: parts.version.clone(),
+            routes: parts.routes.clone(),
+            ..SnapshotFrame::decode(parts.tail.clone())?
+        };
         // Where each route was in the base: the runtime built from it takes those over
         // without looking for them.
         let mut kept = Vec::with_capacity(frame.routes.len());
@@ -98,8 +106,11 @@ impl Applier {
                 kept.extend((piece.keep_from..piece.keep_from + piece.keep_count).map(Some));
             }
         }
-        self.install(&frame, &encoded, Some(&kept))?;
-        self.store(encoded).await;
+        let encoded = self.cache.is_some().then(|| parts.encode());
+        self.install(&frame, Some(parts), Some(&kept))?;
+        if let Some(encoded) = encoded {
+            self.store(encoded).await;
+        }
         Ok(())
     }
 
@@ -114,7 +125,9 @@ impl Applier {
         frame: SnapshotFrame,
         encoded: Bytes,
     ) -> Result<(), BuildError> {
-        self.install(&frame, &encoded, None)?;
+        // A snapshot whose encoding does not split takes the next one whole: the control
+        // plane resends on a NACK.
+        self.install(&frame, Parts::split(&encoded).ok(), None)?;
         self.store(encoded).await;
         Ok(())
     }
@@ -131,12 +144,12 @@ impl Applier {
         }
     }
 
-    /// Builds and swaps in the snapshot `frame` (encoded: `encoded`); `kept`: where its
-    /// routes were in the one served, when a delta says.
+    /// Builds and swaps in the snapshot `frame` (`parts`: its encoding, split); `kept`:
+    /// where its routes were in the one served, when a delta says.
     fn install(
         &self,
         frame: &SnapshotFrame,
-        encoded: &Bytes,
+        parts: Option<Parts>,
         kept: Option<&[Option<u32>]>,
     ) -> Result<(), BuildError> {
         let started = std::time::Instant::now();
@@ -158,9 +171,8 @@ impl Applier {
                     }
                 }
                 self.prober.watch(&runtime);
-                // Deltas apply to what is served from now on. (A snapshot whose encoding does
-                // not split takes the next one whole: the control plane resends on a NACK.)
-                *self.lock_running() = Parts::split(encoded).ok();
+                // Deltas apply to what is served from now on.
+                *self.lock_running() = parts;
                 let replaced = self.shared.runtime.swap(Arc::new(runtime));
                 // Freeing 10 000 routes takes milliseconds: not before this one is counted
                 // as applied (and answered). The last request on it may free it instead.
@@ -202,7 +214,9 @@ impl Applier {
         match read {
             Ok(None) => false,
             Ok(Some((frame, encoded))) => {
-                let installed = self.install(&frame, &encoded, None).is_ok();
+                let installed = self
+                    .install(&frame, Parts::split(&encoded).ok(), None)
+                    .is_ok();
                 if installed {
                     tracing::info!(path = %path.display(), version = %frame.version, "serving the cached snapshot");
                 }

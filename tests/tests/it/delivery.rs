@@ -601,7 +601,12 @@ async fn the_data_plane_applies_deltas_to_what_it_runs_and_refuses_the_rest() {
         as_delta(&good),
     ];
     let (addr, mut requests, server_task) = ScriptedControlPlane::start(script).await;
-    let dp = data_plane("delta", addr).await;
+    let cache = tempfile::tempdir().unwrap();
+    let mut config = DataConfig::local();
+    config.node_id = "delta".into();
+    config.control_planes = vec![format!("http://{addr}")];
+    config.snapshot_cache = Some(cache.path().join("snapshot.pb"));
+    let dp = pavilion_data::start(config).await.unwrap();
 
     let hello = requests.recv().await.unwrap();
     assert!(hello.node.unwrap().accepts_deltas);
@@ -637,6 +642,15 @@ async fn the_data_plane_applies_deltas_to_what_it_runs_and_refuses_the_rest() {
     assert_eq!(dp.version(), v2.version);
     served_by(&dp, "/b", "b").await;
     served_by(&dp, "/a", "a").await;
+    // The cache holds the snapshot the delta made, whole.
+    let cached = eventually("the cache file to hold v2", PATIENCE, || async {
+        pavilion_data::snapshot::cache::read(&cache.path().join("snapshot.pb"))
+            .ok()
+            .flatten()
+            .filter(|cached| cached.version == v2.version)
+    })
+    .await;
+    assert_eq!(cached, v2);
     dp.stop().await;
     server_task.abort();
 }
