@@ -10,7 +10,9 @@
 use std::collections::HashMap;
 
 use bytes::{Buf, Bytes};
-use prost::encoding::{WireType, decode_key, decode_varint, encode_key, encode_varint};
+use prost::encoding::{
+    DecodeContext, WireType, decode_key, decode_varint, encode_key, encode_varint, skip_field,
+};
 use sha2::{Digest, Sha256};
 
 use crate::v1::{RoutePiece, SnapshotDelta};
@@ -31,6 +33,8 @@ pub enum DeltaError {
         end: u64,
         routes: usize,
     },
+    #[error("the delta keeps {kept} routes of a base with {routes}")]
+    KeepsTooMany { kept: u64, routes: usize },
     #[error("the snapshot the delta makes hashes to {actual}, not {expected}")]
     Mismatch { expected: String, actual: String },
     #[error("not a canonical encoded snapshot: {0}")]
@@ -82,6 +86,15 @@ impl Parts {
                     }
                 }
                 _ => {
+                    // The rest is the tail; it must not hold a version or a route either.
+                    skip_field(wire_type, field, &mut rest, DecodeContext::default())?;
+                    while rest.has_remaining() {
+                        let (next, wire_type) = decode_key(&mut rest)?;
+                        if next < field || next == VERSION || next == ROUTES {
+                            return Err(DeltaError::NotCanonical("fields out of order"));
+                        }
+                        skip_field(wire_type, next, &mut rest, DecodeContext::default())?;
+                    }
                     parts.tail = before;
                     break;
                 }
@@ -204,6 +217,15 @@ pub fn apply_parts(
     tail: &Bytes,
     delta: &SnapshotDelta,
 ) -> Result<Parts, DeltaError> {
+    // A control plane keeps each route of the base at most once: more is refused before
+    // it is put together (a bogus delta could otherwise name the base millions of times).
+    let kept: u64 = delta.routes.iter().map(|p| u64::from(p.keep_count)).sum();
+    if kept > routes.len() as u64 {
+        return Err(DeltaError::KeepsTooMany {
+            kept,
+            routes: routes.len(),
+        });
+    }
     let mut next: Vec<Bytes> = Vec::with_capacity(routes.len() + delta.routes.len());
     for (piece_index, piece) in delta.routes.iter().enumerate() {
         if piece.keep_count == 0 {
@@ -305,6 +327,17 @@ mod tests {
             Err(DeltaError::NotCanonical(_))
         ));
         assert!(Parts::split(&Bytes::from_static(&[0x12, 0x05, 0x00])).is_err());
+        // A route after the rest began.
+        let mut late = Snapshot {
+            api_keys: vec![ApiKey::default()],
+            ..Default::default()
+        }
+        .encode_to_vec();
+        prost::encoding::message::encode(2, &route("a", "a"), &mut late);
+        assert!(matches!(
+            Parts::split(&late.into()),
+            Err(DeltaError::NotCanonical(_))
+        ));
     }
 
     /// Random edits (insert, remove, change, move, key change) of random route lists:
@@ -401,7 +434,34 @@ mod tests {
         ));
         assert!(matches!(
             apply(&b.routes[..1], &b.tail, &delta),
+            Err(DeltaError::KeepsTooMany { kept: 3, routes: 1 })
+        ));
+        let past_the_end = SnapshotDelta {
+            routes: vec![RoutePiece {
+                keep_from: 1,
+                keep_count: 1,
+                route: Bytes::new(),
+            }],
+            ..delta.clone()
+        };
+        assert!(matches!(
+            apply(&b.routes[..1], &b.tail, &past_the_end),
             Err(DeltaError::OutOfRange { .. })
+        ));
+        let greedy = SnapshotDelta {
+            routes: vec![
+                RoutePiece {
+                    keep_from: 0,
+                    keep_count: 3,
+                    route: Bytes::new(),
+                };
+                1000
+            ],
+            ..delta
+        };
+        assert!(matches!(
+            apply(&a.routes, &a.tail, &greedy),
+            Err(DeltaError::KeepsTooMany { kept: 3000, .. })
         ));
     }
 }

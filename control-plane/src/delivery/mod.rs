@@ -1,6 +1,7 @@
-//! Snapshot delivery over gRPC with xDS state-of-the-world semantics: every response is a
-//! complete snapshot with a version and a nonce; the data plane ACKs or NACKs each one;
-//! a node that connects late gets the current snapshot at once.
+//! Snapshot delivery over gRPC with xDS semantics: every response carries a version and a
+//! nonce — the whole snapshot, or (to a data plane that takes them) a delta from the one it
+//! runs; the data plane ACKs or NACKs each one; a node that connects late gets the current
+//! snapshot at once, and a node that could not apply a delta gets that version whole.
 
 pub mod nodes;
 pub mod peer;
@@ -194,7 +195,8 @@ impl NodeStream {
                 _ = self.shutdown.changed() => return,
                 message = inbound.message() => match message {
                     Ok(Some(request)) => {
-                        if self.answer(connection, &request, nonce, &sent_version) == Answer::Refused {
+                        let answer = self.answer(connection, &request, nonce, &sent_version, sent_delta);
+                        if answer == Answer::Refused {
                             // Whatever it runs, it is not what a delta would be based on.
                             base = None;
                             if sent_delta {
@@ -215,19 +217,31 @@ impl NodeStream {
     }
 
     /// Records an ACK or NACK — only for the latest response: an answer to an older nonce
-    /// is about a version that is no longer current (xDS ignores those too).
+    /// is about a version that is no longer current (xDS ignores those too). A refused
+    /// delta is not recorded as a refusal: the same version follows whole, and only its
+    /// answer says whether the node takes it.
     fn answer(
         &self,
         connection: &nodes::Connection<'_>,
         request: &SnapshotRequest,
         nonce: u64,
         sent: &str,
+        sent_delta: bool,
     ) -> Answer {
         if request.response_nonce != nonce.to_string() {
             tracing::debug!(node = %connection.id(), nonce = %request.response_nonce, "ignoring an answer to an older snapshot");
             return Answer::Stale;
         }
         let error_detail = peer::bounded_detail(&request.error_detail);
+        if !error_detail.is_empty() && sent_delta {
+            tracing::info!(
+                node = %connection.id(),
+                version = %sent,
+                reason = %error_detail,
+                "a data plane could not apply a delta; sending the snapshot whole"
+            );
+            return Answer::Refused;
+        }
         if error_detail.is_empty() {
             self.metrics.acks.inc();
             connection.acked(&request.version_info);

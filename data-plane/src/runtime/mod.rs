@@ -412,6 +412,11 @@ impl Runtime {
         })
     }
 
+    /// Each route's encoding, in the snapshot's order.
+    pub fn encoded_routes(&self) -> &[Bytes] {
+        &self.encoded
+    }
+
     /// Every rule of the snapshot, in its order.
     pub fn rules(&self) -> impl Iterator<Item = &Rule> {
         self.routes.iter().flat_map(|route| &route.rules[..])

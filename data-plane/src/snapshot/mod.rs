@@ -27,8 +27,16 @@ pub struct Applier {
     auth: AuthContext,
     /// Runs the active health checks of the rules that have them.
     prober: Arc<crate::upstream::probe::Prober>,
-    /// The encoding of the snapshot served, split: the base a delta applies to.
+    /// The encoding of the snapshot served, split: the base a delta applies to. Its routes
+    /// are the runtime's own copies and its tail a copy, so no received message stays
+    /// alive for it.
     running: Arc<Mutex<Option<Parts>>>,
+}
+
+/// Fields 3 to 5 of an encoded snapshot; `None` when it does not split (never for what a
+/// control plane sends).
+fn tail_of(encoded: &Bytes) -> Option<Bytes> {
+    Parts::split(encoded).ok().map(|parts| parts.tail)
 }
 
 /// Why a snapshot sent as a delta was not applied.
@@ -107,7 +115,7 @@ impl Applier {
             }
         }
         let encoded = self.cache.is_some().then(|| parts.encode());
-        self.install(&frame, Some(parts), Some(&kept))?;
+        self.install(&frame, Some(&parts.tail), Some(&kept))?;
         if let Some(encoded) = encoded {
             self.store(encoded).await;
         }
@@ -127,7 +135,7 @@ impl Applier {
     ) -> Result<(), BuildError> {
         // A snapshot whose encoding does not split takes the next one whole: the control
         // plane resends on a NACK.
-        self.install(&frame, Parts::split(&encoded).ok(), None)?;
+        self.install(&frame, tail_of(&encoded).as_ref(), None)?;
         self.store(encoded).await;
         Ok(())
     }
@@ -144,12 +152,13 @@ impl Applier {
         }
     }
 
-    /// Builds and swaps in the snapshot `frame` (`parts`: its encoding, split); `kept`:
-    /// where its routes were in the one served, when a delta says.
+    /// Builds and swaps in the snapshot `frame` (`tail`: its fields 3 to 5 as encoded;
+    /// `None` when unknown, and the next snapshot then comes whole); `kept`: where its
+    /// routes were in the one served, when a delta says.
     fn install(
         &self,
         frame: &SnapshotFrame,
-        parts: Option<Parts>,
+        tail: Option<&Bytes>,
         kept: Option<&[Option<u32>]>,
     ) -> Result<(), BuildError> {
         let started = std::time::Instant::now();
@@ -172,7 +181,11 @@ impl Applier {
                 }
                 self.prober.watch(&runtime);
                 // Deltas apply to what is served from now on.
-                *self.lock_running() = parts;
+                *self.lock_running() = tail.map(|tail| Parts {
+                    version: frame.version.clone(),
+                    routes: runtime.encoded_routes().to_vec(),
+                    tail: Bytes::copy_from_slice(tail),
+                });
                 let replaced = self.shared.runtime.swap(Arc::new(runtime));
                 // Freeing 10 000 routes takes milliseconds: not before this one is counted
                 // as applied (and answered). The last request on it may free it instead.
@@ -215,7 +228,7 @@ impl Applier {
             Ok(None) => false,
             Ok(Some((frame, encoded))) => {
                 let installed = self
-                    .install(&frame, Parts::split(&encoded).ok(), None)
+                    .install(&frame, tail_of(&encoded).as_ref(), None)
                     .is_ok();
                 if installed {
                     tracing::info!(path = %path.display(), version = %frame.version, "serving the cached snapshot");

@@ -27,7 +27,6 @@ impl Prober {
         })
     }
 
-    /// Starts checking each backend of `runtime` that has an active check and no task yet.
     /// Starts the checks of the endpoints of the routes `runtime` built (those it took over
     /// are checked already: their endpoints are the same).
     pub fn watch(self: &Arc<Self>, runtime: &Runtime) {

@@ -796,5 +796,10 @@ async fn changes_travel_as_deltas_and_a_refused_delta_is_resent_whole() {
         let line = format!("pavilion_control_snapshots_sent_total{{form=\"{form}\"}}");
         assert!(metrics.contains(&line), "{line} missing in {metrics}");
     }
+    // The refused delta was not a refusal of the version: its whole form was taken.
+    assert!(
+        metrics.contains("pavilion_control_snapshot_nacks_total 0"),
+        "{metrics}"
+    );
     cp.stop().await;
 }
