@@ -106,28 +106,43 @@ impl Parts {
     /// The encoding with `version` computed, as the control plane publishes it. Returns
     /// the version and the encoded snapshot.
     pub fn seal(routes: &[impl AsRef<[u8]>], tail: &[u8]) -> (String, Bytes) {
-        let routes_len: usize = routes
-            .iter()
-            .map(|route| {
-                let len = route.as_ref().len();
-                1 + prost::length_delimiter_len(len) + len
-            })
-            .sum();
-        let mut body = Vec::with_capacity(routes_len + tail.len());
-        for route in routes {
-            let route = route.as_ref();
-            encode_key(ROUTES, WireType::LengthDelimited, &mut body);
-            encode_varint(route.len() as u64, &mut body);
-            body.extend_from_slice(route);
-        }
-        body.extend_from_slice(tail);
+        let mut body = Vec::with_capacity(body_len(routes, tail));
+        write_body(routes, tail, &mut body);
         seal_body(&body)
     }
 
-    /// The encoded snapshot (see [`seal`](Self::seal)).
+    /// The encoded snapshot, under the version it holds (no hashing: it was checked when
+    /// the parts were made).
     pub fn encode(&self) -> Bytes {
-        Self::seal(&self.routes, &self.tail).1
+        let mut encoded =
+            Vec::with_capacity(2 + self.version.len() + body_len(&self.routes, &self.tail));
+        prost::encoding::string::encode(VERSION, &self.version, &mut encoded);
+        write_body(&self.routes, &self.tail, &mut encoded);
+        encoded.into()
     }
+}
+
+/// Bytes of the routes' fields and the tail, encoded.
+fn body_len(routes: &[impl AsRef<[u8]>], tail: &[u8]) -> usize {
+    let routes_len: usize = routes
+        .iter()
+        .map(|route| {
+            let len = route.as_ref().len();
+            1 + prost::length_delimiter_len(len) + len
+        })
+        .sum();
+    routes_len + tail.len()
+}
+
+/// Writes the routes' fields (2), then the tail (fields 3 to 5), as prost would.
+fn write_body(routes: &[impl AsRef<[u8]>], tail: &[u8], out: &mut Vec<u8>) {
+    for route in routes {
+        let route = route.as_ref();
+        encode_key(ROUTES, WireType::LengthDelimited, out);
+        encode_varint(route.len() as u64, out);
+        out.extend_from_slice(route);
+    }
+    out.extend_from_slice(tail);
 }
 
 /// The version of a snapshot from its parts, hashed as its encoding would be without

@@ -521,6 +521,15 @@ mod tests {
         })
     }
 
+    /// Route `name` for `host`, forwarding `prefix` to a backend nobody listens on.
+    fn plain(name: &str, host: &str, prefix: &str) -> pavilion_proto::Route {
+        route(
+            name,
+            &[host],
+            vec![prefix_rule(prefix, &[("http://127.0.0.1:9", 1)])],
+        )
+    }
+
     fn first_rule<'r>(runtime: &'r Runtime, route: &str) -> &'r Rule {
         runtime.rules().find(|rule| &*rule.route == route).unwrap()
     }
@@ -531,23 +540,15 @@ mod tests {
     async fn a_delta_build_takes_the_routes_it_kept_by_position() {
         let metrics = Metrics::new();
         let context = context(&metrics);
-        let up = "http://127.0.0.1:9";
         let v1 = snapshot(
             "v1",
-            vec![
-                route("ns/a", &["a.test"], vec![prefix_rule("/a", &[(up, 1)])]),
-                route("ns/b", &["b.test"], vec![prefix_rule("/b", &[(up, 1)])]),
-            ],
+            vec![plain("ns/a", "a.test", "/a"), plain("ns/b", "b.test", "/b")],
         );
         let first = Runtime::build(&v1, &metrics, &context).unwrap();
         assert_eq!(first.fresh.len(), 2, "all built");
         let mut v2 = v1.clone();
         v2.version = "v2".into();
-        v2.routes.push(route(
-            "ns/c",
-            &["c.test"],
-            vec![prefix_rule("/c", &[(up, 1)])],
-        ));
+        v2.routes.push(plain("ns/c", "c.test", "/c"));
         // a kept (from position 0), b said to come from position 0 too: wrong bytes.
         let second = Runtime::build_delta(
             &frame(&v2),
@@ -586,9 +587,9 @@ mod tests {
         let v1 = snapshot(
             "v1",
             vec![
-                route("ns/a", &["a.test"], vec![prefix_rule("/a", &[(up, 1)])]),
-                route("ns/b", &["b.test"], vec![prefix_rule("/b", &[(up, 1)])]),
-                route("ns/c", &["c.test"], vec![prefix_rule("/c", &[(up, 1)])]),
+                plain("ns/a", "a.test", "/a"),
+                plain("ns/b", "b.test", "/b"),
+                plain("ns/c", "c.test", "/c"),
                 route(
                     "ns/k",
                     &["k.test"],
@@ -603,10 +604,7 @@ mod tests {
         v2.version = "v2".into();
         v2.routes[1].rules[0] = prefix_rule("/b2", &[(up, 1)]);
         v2.routes.remove(2);
-        v2.routes.insert(
-            2,
-            route("ns/d", &["a.test"], vec![prefix_rule("/a/d", &[(up, 1)])]),
-        );
+        v2.routes.insert(2, plain("ns/d", "a.test", "/a/d"));
         let second = Runtime::build_frame(&frame(&v2), &first, &metrics, &context).unwrap();
         assert!(std::ptr::eq(
             first_rule(&first, "ns/a"),
@@ -666,11 +664,7 @@ mod tests {
         // Kubernetes route deleted and created again does): now the other one wins.
         let mut v4 = v3.clone();
         v4.version = "v4".into();
-        v4.routes.push(route(
-            "ns/e",
-            &["a.test"],
-            vec![prefix_rule("/a", &[(up, 1)])],
-        ));
+        v4.routes.push(plain("ns/e", "a.test", "/a"));
         let fourth = Runtime::build_frame(&frame(&v4), &third, &metrics, &context).unwrap();
         let winner =
             |runtime: &Runtime| serving(runtime, "a.test", "/a/x").map(|r| r.route.clone());

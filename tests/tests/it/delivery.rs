@@ -196,42 +196,19 @@ async fn the_control_plane_records_a_nack_and_reports_the_route_not_programmed()
     )
     .unwrap();
     let cp = control_plane(dir.path(), "127.0.0.1:0".parse().unwrap()).await;
-    let mut client = SnapshotDiscoveryClient::connect(format!("http://{}", cp.grpc_addr))
-        .await
-        .unwrap();
-    let (requests, outgoing) = mpsc::channel(4);
-    let hello = SnapshotRequest {
-        node: Some(Node {
-            id: "picky".into(),
-            build_version: "test".into(),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    requests.send(hello).await.unwrap();
-    let mut responses = client
-        .stream_snapshots(ReceiverStream::new(outgoing))
-        .await
-        .unwrap()
-        .into_inner();
-    let first: SnapshotResponse = responses
-        .message()
-        .await
-        .unwrap()
-        .expect("the current snapshot at once");
+    let mut node = RawNode::open(&cp, "picky", false).await;
+    let first = node.next().await;
     // Encoded once by the control plane, read as the message it is.
     let sent = pavilion_proto::Snapshot::decode(first.snapshot.clone()).unwrap();
     assert_eq!(sent.version, first.version);
     assert_eq!(sent.routes[0].name, "r");
-    requests
-        .send(SnapshotRequest {
-            version_info: String::new(),
-            response_nonce: first.nonce.clone(),
-            error_detail: "refusing on purpose".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    node.send(SnapshotRequest {
+        version_info: String::new(),
+        response_nonce: first.nonce.clone(),
+        error_detail: "refusing on purpose".into(),
+        ..Default::default()
+    })
+    .await;
     let status = eventually("the NACK in the status", PATIENCE, || async {
         let status = fetch_status(&cp).await;
         (status["nodes"][0]["lastError"] == "refusing on purpose").then_some(status)
@@ -247,15 +224,13 @@ async fn the_control_plane_records_a_nack_and_reports_the_route_not_programmed()
 
     // An answer to a nonce that was never the latest is ignored; an ACK clears the refusal.
     for (nonce, error) in [("not-a-nonce", "stale refusal"), (first.nonce.as_str(), "")] {
-        requests
-            .send(SnapshotRequest {
-                version_info: first.version.clone(),
-                response_nonce: nonce.to_owned(),
-                error_detail: error.to_owned(),
-                ..Default::default()
-            })
-            .await
-            .unwrap();
+        node.send(SnapshotRequest {
+            version_info: first.version.clone(),
+            response_nonce: nonce.to_owned(),
+            error_detail: error.to_owned(),
+            ..Default::default()
+        })
+        .await;
     }
     eventually("the ACK in the status", PATIENCE, || async {
         let status = fetch_status(&cp).await;
@@ -275,7 +250,7 @@ async fn the_control_plane_records_a_nack_and_reports_the_route_not_programmed()
         metrics.contains("pavilion_control_snapshot_acks_total 1\n"),
         "{metrics}"
     );
-    drop(requests);
+    drop(node);
     cp.stop().await;
 }
 
@@ -294,32 +269,9 @@ async fn a_change_rewrites_only_the_statuses_it_changes() {
     let cp = control_plane(dir.path(), "127.0.0.1:0".parse().unwrap()).await;
     // A data plane over the real protocol that takes the first snapshot and then holds on
     // to the next one without answering.
-    let mut client = SnapshotDiscoveryClient::connect(format!("http://{}", cp.grpc_addr))
-        .await
-        .unwrap();
-    let (requests, outgoing) = mpsc::channel(4);
-    let node = Node {
-        id: "slow".into(),
-        build_version: "test".into(),
-        ..Default::default()
-    };
-    let hello = SnapshotRequest {
-        node: Some(node),
-        ..Default::default()
-    };
-    requests.send(hello).await.unwrap();
-    let mut responses = client
-        .stream_snapshots(ReceiverStream::new(outgoing))
-        .await
-        .unwrap()
-        .into_inner();
-    let ack = |response: &SnapshotResponse| SnapshotRequest {
-        version_info: response.version.clone(),
-        response_nonce: response.nonce.clone(),
-        ..Default::default()
-    };
-    let first = responses.message().await.unwrap().unwrap();
-    requests.send(ack(&first)).await.unwrap();
+    let mut node = RawNode::open(&cp, "slow", false).await;
+    let first = node.next().await;
+    node.answer(&first, "").await;
 
     let key = |name: &str| pavilion_crds::ResourceKey {
         kind: pavilion_crds::Kind::Route,
@@ -358,7 +310,7 @@ async fn a_change_rewrites_only_the_statuses_it_changes() {
         route_yaml("carts", "http://127.0.0.1:9"),
     )
     .unwrap();
-    let second = responses.message().await.unwrap().unwrap();
+    let second = node.next().await;
     let pending = format!(
         "1 of 1 data planes do not run version {} yet",
         second.version
@@ -380,13 +332,13 @@ async fn a_change_rewrites_only_the_statuses_it_changes() {
     );
 
     // Taken: carts is programmed too, still without a write to the others.
-    requests.send(ack(&second)).await.unwrap();
+    node.answer(&second, "").await;
     eventually("carts written as Programmed", PATIENCE, || async {
         programmed("carts").filter(|(reason, _)| reason == "Programmed")
     })
     .await;
     assert_eq!([stamp("orders"), stamp("users")], untouched);
-    drop(requests);
+    drop(node);
     cp.stop().await;
 }
 
@@ -695,14 +647,19 @@ impl RawNode {
             .unwrap()
     }
 
+    async fn send(&self, request: SnapshotRequest) {
+        self.requests.send(request).await.unwrap();
+    }
+
+    /// ACK (`error_detail` empty) or NACK `response`.
     async fn answer(&self, response: &SnapshotResponse, error_detail: &str) {
-        let answer = SnapshotRequest {
+        self.send(SnapshotRequest {
             version_info: response.version.clone(),
             response_nonce: response.nonce.clone(),
             error_detail: error_detail.into(),
             ..Default::default()
-        };
-        self.requests.send(answer).await.unwrap();
+        })
+        .await;
     }
 }
 
