@@ -760,3 +760,33 @@ async fn changes_travel_as_deltas_and_a_refused_delta_is_resent_whole() {
     );
     cp.stop().await;
 }
+
+/// gRPC's default limit on a received message is 4 MiB; a snapshot above it (here 6 MB of
+/// revoked token ids, as a large configuration would be) is taken all the same.
+#[tokio::test]
+async fn a_snapshot_above_grpc_default_message_size_is_taken() {
+    let upstream = Upstream::start("u").await.unwrap();
+    let mut large = catch_all("", "ns/r", &upstream.url());
+    large.revocations = vec![pavilion_proto::TokenRevocations {
+        namespace: "ns".into(),
+        jtis: (0..400_000).map(|i| format!("jti-{i:010}")).collect(),
+    }];
+    let (version, encoded) = pavilion_proto::delta::seal_body(&large.encode_to_vec());
+    assert!(encoded.len() > 4 << 20, "{} bytes", encoded.len());
+    large.version = version.clone();
+    let (addr, mut requests, server_task) =
+        ScriptedControlPlane::start(vec![whole(&version, &large)]).await;
+    let dp = data_plane("large", addr).await;
+    let _hello = requests.recv().await.unwrap();
+    let ack = tokio::time::timeout(PATIENCE, requests.recv())
+        .await
+        .expect("an answer to the large snapshot")
+        .unwrap();
+    assert_eq!(
+        (ack.version_info.as_str(), ack.error_detail.as_str()),
+        (version.as_str(), "")
+    );
+    served_by(&dp, "/", "u").await;
+    dp.stop().await;
+    server_task.abort();
+}
