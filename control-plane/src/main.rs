@@ -3,6 +3,7 @@
 
 /// mimalloc, as in the data plane: it hands freed memory back to the system promptly, so
 /// reading one huge file does not leave the control plane at its peak size for good.
+#[cfg(not(feature = "system-allocator"))]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -512,6 +512,24 @@ spec:
     }
 
     #[test]
+    fn a_routes_sequences_hold_no_spare_room() {
+        // From YAML, and from JSON as the API server sends resources.
+        let docs = parse_documents(ROUTE);
+        let Resource::Route(from_yaml) = docs[0].result.as_ref().unwrap() else {
+            panic!()
+        };
+        let json = serde_json::to_string(from_yaml).unwrap();
+        let from_json: crate::route::Route = serde_json::from_str(&json).unwrap();
+        for route in [from_yaml, &from_json] {
+            let spec = &route.spec;
+            assert_eq!((spec.hosts.len(), spec.hosts.capacity()), (1, 1));
+            assert_eq!((spec.rules.len(), spec.rules.capacity()), (1, 1));
+            let backends = &spec.rules[0].backends;
+            assert_eq!((backends.len(), backends.capacity()), (1, 1));
+        }
+    }
+
+    #[test]
     fn splits_documents_and_keeps_line_numbers() {
         let text = format!(
             "# leading comment\n---\n{ROUTE}---\n\n---\n# only a comment\n...\n{}",

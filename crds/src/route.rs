@@ -41,10 +41,15 @@ pub const MAX_TIMEOUT_SECS: u64 = 3600;
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RouteSpec {
     /// Host names this route serves; `*.example.com` matches any subdomain. Empty: any host.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "crate::exact_vec",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub hosts: Vec<String>,
     /// Rules in any order; the most specific match wins (see the matching precedence).
     #[schemars(length(min = 1))]
+    #[serde(deserialize_with = "crate::exact_vec")]
     pub rules: Vec<RouteRule>,
     /// Overrides of the security headers the gateway adds to every response.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -102,10 +107,15 @@ impl SecurityHeaders {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RouteRule {
     /// Any match selects the rule; empty matches every request.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "crate::exact_vec",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub matches: Vec<RouteMatch>,
     /// Weighted upstreams; at least one.
     #[schemars(length(min = 1))]
+    #[serde(deserialize_with = "crate::exact_vec")]
     pub backends: Vec<Backend>,
     /// Time from the request's arrival to the upstream's response headers, e.g. `30s`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -223,10 +233,18 @@ pub struct RouteMatch {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<PathMatch>,
     /// HTTP methods; empty matches any.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "crate::exact_vec",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub methods: Vec<String>,
     /// Headers that must be present with exactly these values (names are case-insensitive).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "crate::exact_vec",
+        skip_serializing_if = "Vec::is_empty"
+    )]
     pub headers: Vec<HeaderMatch>,
 }
 
