@@ -191,7 +191,7 @@ mod tests {
     fn target(line: usize) -> StatusTarget {
         StatusTarget {
             origin: Origin::File {
-                path: "r.yaml".into(),
+                path: std::path::Path::new("r.yaml").into(),
                 line,
             },
             key: Some(key("shop", "orders")),

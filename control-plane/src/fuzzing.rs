@@ -2,6 +2,7 @@
 //! bytes, reading and compiling them must end in findings, never a panic. Not an API.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use crate::compile::{CompileOptions, compile};
 use crate::source::Item;
@@ -13,9 +14,10 @@ pub fn documents(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
+    let path = Arc::from(Path::new("fuzz.yaml"));
     let items: Vec<Item> = pavilion_crds::parse_documents(text)
         .into_iter()
-        .map(|document| Item::from_document(Path::new("fuzz.yaml"), document))
+        .map(|document| Item::from_document(&path, document))
         .collect();
     let compiled = compile(&items);
     assert_eq!(
@@ -85,10 +87,11 @@ spec:
         include_str!("../../examples/config/tenants.yaml"),
         &jwt,
     ];
+    let path = Arc::from(Path::new("fuzz.yaml"));
     let items: Vec<Item> = texts
         .iter()
         .flat_map(|text| pavilion_crds::parse_documents(text))
-        .map(|document| Item::from_document(Path::new("fuzz.yaml"), document))
+        .map(|document| Item::from_document(&path, document))
         .collect();
     let compiled = compile(&items);
     let rejected: Vec<_> = compiled

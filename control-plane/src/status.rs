@@ -190,8 +190,6 @@ pub fn programmed(since: &Since, fleet: &Fleet) -> (&'static str, &'static str, 
 
 #[cfg(test)]
 mod tests {
-    use std::path::PathBuf;
-
     use pavilion_crds::{FieldError, ResourceKey};
 
     use super::*;
@@ -201,7 +199,7 @@ mod tests {
     fn report(kind: Kind, outcome: Outcome) -> Report {
         Report {
             origin: Origin::File {
-                path: PathBuf::from("r.yaml"),
+                path: std::path::Path::new("r.yaml").into(),
                 line: 1,
             },
             key: Some(ResourceKey {

@@ -36,9 +36,10 @@ pub const STDIN: &str = "<stdin>";
 fn read_stdin() -> std::io::Result<(String, Vec<Item>)> {
     let mut text = String::new();
     std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)?;
+    let path = std::sync::Arc::from(std::path::Path::new(STDIN));
     let items = pavilion_crds::parse_documents(&text)
         .into_iter()
-        .map(|doc| Item::from_document(std::path::Path::new(STDIN), doc))
+        .map(|doc| Item::from_document(&path, doc))
         .collect();
     Ok((text, items))
 }

@@ -76,9 +76,10 @@ fn main() {
     let text = documents(tenants, shards);
 
     let started = Instant::now();
+    let path = std::sync::Arc::from(std::path::Path::new("placements.yaml"));
     let items: Vec<Item> = pavilion_crds::parse_documents(&text)
         .into_iter()
-        .map(|doc| Item::from_document(std::path::Path::new("placements.yaml"), doc))
+        .map(|doc| Item::from_document(&path, doc))
         .collect();
     let parsing = started.elapsed();
     let mut compiling = Vec::new();

@@ -472,6 +472,7 @@ fn load_file_reusing(path: &Path, previous: Option<&Loaded>) -> Loaded {
         .filter_map(|(text, item)| Some((*text.as_ref()?, item)))
         .collect();
     let known = |document: &str| !reusable.is_empty() && reusable.contains_key(&digest(document));
+    let path: Arc<Path> = Arc::from(path);
     let mut loaded = Loaded {
         items: Vec::new(),
         texts: Vec::new(),
@@ -483,7 +484,7 @@ fn load_file_reusing(path: &Path, previous: Option<&Loaded>) -> Loaded {
                 let kept = reusable[&text];
                 let item = Item {
                     origin: Origin::File {
-                        path: path.to_owned(),
+                        path: path.clone(),
                         line,
                     },
                     ..kept.clone()
@@ -492,7 +493,7 @@ fn load_file_reusing(path: &Path, previous: Option<&Loaded>) -> Loaded {
             }
             Document::Parsed { document, text } => {
                 let read = document.result.is_ok();
-                let item = Item::from_document(path, document);
+                let item = Item::from_document(&path, document);
                 (item, read.then(|| digest(text)))
             }
         };
@@ -511,7 +512,7 @@ pub fn load_file(path: &Path) -> Vec<Item> {
 fn problem(path: &Path, field: &str, message: String) -> Item {
     Item::new(
         Origin::File {
-            path: path.to_owned(),
+            path: Arc::from(path),
             line: 1,
         },
         Err(DocumentError {

@@ -318,7 +318,11 @@ mod tests {
         // listed again, was deleted meanwhile.
         items.apply(watcher::Event::Init, false);
         items.apply(watcher::Event::InitApply(route("a", "3", "/a2")), false);
-        assert_eq!(items.current.len(), 2, "the old set serves until the list is complete");
+        assert_eq!(
+            items.current.len(),
+            2,
+            "the old set serves until the list is complete"
+        );
         items.apply(watcher::Event::InitDone, false);
         assert!(Arc::ptr_eq(&second_a, &resource(&items, "a")));
         assert_eq!(items.current.len(), 1);

@@ -24,8 +24,10 @@ pub use kv::KvSource;
 /// Where one document came from, for error messages and `validate` output.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Origin {
-    /// A document in a file; `line` is where its content starts.
-    File { path: PathBuf, line: usize },
+    /// A document in a file; `line` is where its content starts. The path is shared by
+    /// the file's documents: cloned without a copy, and compared by pointer first (every
+    /// change compares every document's origin with the one before).
+    File { path: Arc<Path>, line: usize },
     /// The value of a key in a NATS KV bucket.
     Kv { key: String },
     /// An object in the Kubernetes API; `uid` tells a recreated object from the old one
@@ -79,10 +81,10 @@ impl Item {
     }
 
     /// A document of the file at `path`.
-    pub fn from_document(path: &Path, document: ParsedDocument) -> Self {
+    pub fn from_document(path: &Arc<Path>, document: ParsedDocument) -> Self {
         let mut item = Item::new(
             Origin::File {
-                path: path.to_owned(),
+                path: path.clone(),
                 line: document.line,
             },
             document.result,

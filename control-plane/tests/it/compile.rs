@@ -11,9 +11,10 @@ fn items(files: &[(&str, &str)]) -> Vec<Item> {
     files
         .iter()
         .flat_map(|(name, text)| {
+            let path = std::sync::Arc::from(std::path::Path::new(name));
             parse_documents(text)
                 .into_iter()
-                .map(move |doc| Item::from_document(std::path::Path::new(name), doc))
+                .map(move |doc| Item::from_document(&path, doc))
         })
         .collect()
 }

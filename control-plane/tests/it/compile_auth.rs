@@ -13,7 +13,7 @@ const NOW: i64 = 1_780_272_000;
 fn compile(text: &str) -> Compiled {
     let items: Vec<Item> = parse_documents(text)
         .into_iter()
-        .map(|doc| Item::from_document(std::path::Path::new("r.yaml"), doc))
+        .map(|doc| Item::from_document(&std::sync::Arc::from(std::path::Path::new("r.yaml")), doc))
         .collect();
     compile_at(&items, NOW)
 }

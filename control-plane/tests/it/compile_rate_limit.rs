@@ -29,7 +29,7 @@ fn compile_in(gateway_namespace: &str, docs: &[String]) -> Compiled {
 fn items(docs: &[String]) -> Vec<Item> {
     parse_documents(&docs.concat())
         .into_iter()
-        .map(|doc| Item::from_document(std::path::Path::new("r.yaml"), doc))
+        .map(|doc| Item::from_document(&std::sync::Arc::from(std::path::Path::new("r.yaml")), doc))
         .collect()
 }
 
