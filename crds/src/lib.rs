@@ -51,7 +51,6 @@ pub const VERSION: &str = "v1alpha1";
 /// `apiVersion` as written in documents.
 pub const API_VERSION: &str = "gateway.pavilion.dev/v1alpha1";
 
-/// Checks a namespace name (an RFC 1123 label), e.g. one given on a command line.
 /// Reads a sequence into a `Vec` without spare room. serde grows a sequence of unknown
 /// length (YAML, JSON) from a capacity of four, so a route's one rule kept room for four
 /// (≈ 800 B) — 12 MB of the control plane's memory at 10 000 routes. For
@@ -66,6 +65,7 @@ where
     Ok(items)
 }
 
+/// Checks a namespace name (an RFC 1123 label), e.g. one given on a command line.
 pub fn namespace_name(value: &str) -> Result<(), String> {
     validate::dns_label(value)
 }
