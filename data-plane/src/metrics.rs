@@ -67,6 +67,9 @@ pub struct Metrics {
     pub cache_requests: IntCounterVec,
     /// Attempts repeated by `retry`, per route.
     pub retries: IntCounterVec,
+    /// Retries a rule's policy called for that its budget refused, per route: the sign of
+    /// an outage the budget is keeping from being multiplied.
+    pub retries_refused: IntCounterVec,
     /// WebSocket tunnels open, all workers together.
     pub websockets_open: IntGauge,
     /// WebSocket tunnels ended, by reason (`closed`, `idle`, `error`).
@@ -234,6 +237,14 @@ impl Metrics {
             &["route"],
         )
         .expect("valid metric");
+        let retries_refused = IntCounterVec::new(
+            Opts::new(
+                "pavilion_retries_refused_total",
+                "Retries a rule's policy called for that its retry budget refused, per route.",
+            ),
+            &["route"],
+        )
+        .expect("valid metric");
         let websockets_open = IntGauge::new(
             "pavilion_websockets_open",
             "WebSocket tunnels open, all workers together.",
@@ -255,6 +266,7 @@ impl Metrics {
             Box::new(circuit_state.clone()),
             Box::new(circuit_transitions.clone()),
             Box::new(retries.clone()),
+            Box::new(retries_refused.clone()),
             Box::new(cache_requests.clone()),
             Box::new(websockets_closed.clone()),
             Box::new(connections_open.clone()),
@@ -303,6 +315,7 @@ impl Metrics {
             circuit_state,
             circuit_transitions,
             retries,
+            retries_refused,
             cache_requests,
         }
     }
@@ -321,6 +334,8 @@ impl Metrics {
             let _ = self.requests.remove_label_values(&[route, class]);
         }
         let _ = self.duration.remove_label_values(&[route]);
+        let _ = self.retries.remove_label_values(&[route]);
+        let _ = self.retries_refused.remove_label_values(&[route]);
     }
 
     /// Handles for the routes of one runtime build ([`RouteHandles::get`]).

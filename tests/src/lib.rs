@@ -42,6 +42,15 @@ pub async fn metrics(addr: impl std::fmt::Display) -> String {
         .text()
 }
 
+/// The value of the series `name{labels}` (as written in the exposition, e.g.
+/// `pavilion_retries_total{route="shop/orders"}`) in Prometheus text, if it is there.
+pub fn sample(metrics: &str, series: &str) -> Option<f64> {
+    metrics.lines().find_map(|line| {
+        let value = line.strip_prefix(series)?.strip_prefix(' ')?;
+        value.trim().parse().ok()
+    })
+}
+
 /// Polls `check` every 10 ms until it returns `Some`, or panics after `timeout` naming `what`.
 pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
 where

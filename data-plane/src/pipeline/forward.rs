@@ -109,13 +109,21 @@ async fn retrying<'r>(
             Err(_) if try_deadline < deadline => Some(Failure::Reset),
             Err(_) => None,
         };
-        let again = failure.is_some_and(|failure| {
+        let wanted = failure.is_some_and(|failure| {
             retries < retry.attempts
                 && retry.covers(failure)
                 && (head.idempotent || failure == Failure::Connect)
                 && Instant::now() < deadline
-                && retry.budget.try_retry()
         });
+        let again = wanted && retry.budget.try_retry();
+        if wanted && !again {
+            proxy
+                .shared
+                .metrics
+                .retries_refused
+                .with_label_values(&[&*rule.route])
+                .inc();
+        }
         // The next backend, chosen before this answer is let go: when none is left, this
         // answer is the client's.
         let next = match (&rule.upstream, again) {

@@ -25,10 +25,22 @@ async fn gateway(upstream: &Upstream) -> DataPlane {
     let mut denied = prefix_rule("/denied", &[(&upstream.url(), 1)]);
     denied.ip_deny = vec!["127.0.0.0/8".into()];
     denied.cors = rule.cors.clone();
+    // Needs an API key: preflights carry no credentials, so the gateway answers them before
+    // authentication runs.
+    let mut secured = prefix_rule("/secured", &[(&upstream.url(), 1)]);
+    secured.auth = Some(proto::Auth {
+        api_keys: Some(proto::ApiKeyAuth::default()),
+        ..Default::default()
+    });
+    secured.cors = rule.cors.clone();
     let dp = pavilion_data::start(Config::local()).await.unwrap();
     dp.apply(snapshot(
         "v1",
-        vec![route("shop/orders", &[], vec![rule, plain, denied])],
+        vec![route(
+            "shop/orders",
+            &[],
+            vec![rule, plain, denied, secured],
+        )],
     ))
     .await
     .unwrap();
@@ -94,6 +106,27 @@ async fn preflights_are_answered_by_the_gateway_and_refusals_name_the_policy() {
         .map(|v| v.to_str().unwrap())
         .collect();
     assert!(vary.contains(&"Origin"), "{vary:?}");
+
+    // Before authentication: a preflight to a rule that needs a credential is answered; the
+    // actual request without one is refused — with CORS headers, so the page can read why.
+    let reply = send(
+        &dp,
+        "OPTIONS",
+        "/secured/1",
+        &preflight("https://app.test", "GET"),
+    )
+    .await;
+    assert_eq!(reply.status, 204, "{}", reply.text());
+    assert_eq!(
+        reply.header("access-control-allow-origin"),
+        Some("https://app.test")
+    );
+    let reply = send(&dp, "GET", "/secured/1", &[("origin", "https://app.test")]).await;
+    assert_eq!(reply.status, 401, "{}", reply.text());
+    assert_eq!(
+        reply.header("access-control-allow-origin"),
+        Some("https://app.test")
+    );
 
     // A wildcard origin.
     let reply = send(

@@ -457,3 +457,180 @@ fn status_of(reply: &pavilion_tests::client::Reply, trailers: &str) -> (String, 
     };
     (field("grpc-status"), field("grpc-message"))
 }
+
+#[tokio::test]
+async fn grpc_over_tls_h2_keeps_its_trailers() {
+    let upstream = EchoUpstream::start().await;
+    let ca = pavilion_tests::tls::TestCa::new();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key, _) = ca.leaf_pem(&["grpc.example.com"]);
+    let files = pavilion_data::tls::CertificateFiles {
+        cert: dir.path().join("grpc.crt"),
+        key: dir.path().join("grpc.key"),
+    };
+    std::fs::write(&files.cert, cert).unwrap();
+    std::fs::write(&files.key, key).unwrap();
+    let mut config = Config::local();
+    config.tls = Some(pavilion_data::tls::TlsOptions {
+        certificates: vec![files],
+        client_ca: None,
+    });
+    let dp = pavilion_data::start(config).await.unwrap();
+    dp.apply(snapshot(
+        "v1",
+        vec![route(
+            "rpc/echo",
+            &[],
+            vec![grpc_rule(&upstream.url(), 10_000)],
+        )],
+    ))
+    .await
+    .unwrap();
+    // tonic offers h2 by ALPN; the gateway terminates TLS and speaks h2c to the backend.
+    let tls = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(
+            ca.certificate_pem(),
+        ))
+        .domain_name("grpc.example.com");
+    let channel = Channel::from_shared(format!("https://{}", dp.addr))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut echo = EchoClient::new(channel);
+
+    let reply = echo.unary(ask("secure")).await.unwrap();
+    assert_eq!(
+        reply
+            .metadata()
+            .get_bin("x-meta-bin")
+            .unwrap()
+            .to_bytes()
+            .unwrap(),
+        DETAIL
+    );
+    assert_eq!(reply.into_inner().message, "secure");
+    let status = echo
+        .unary(EchoRequest {
+            fail_with: Code::NotFound as i32,
+            ..ask("gone")
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::NotFound);
+    assert_eq!(status.message(), "failed as asked: gone");
+    assert_eq!(
+        status
+            .metadata()
+            .get_bin("x-detail-bin")
+            .unwrap()
+            .to_bytes()
+            .unwrap(),
+        DETAIL
+    );
+    let sent = tokio_stream::iter(["x", "y"].map(ask));
+    let answers: Vec<String> = echo
+        .bidi(sent)
+        .await
+        .unwrap()
+        .into_inner()
+        .map(|answer| answer.unwrap().message)
+        .collect()
+        .await;
+    assert_eq!(answers, ["x", "y"]);
+}
+
+/// A TCP relay in front of the echo server whose connections can all be cut at once: the
+/// backend dies under an open stream.
+struct Severable {
+    url: String,
+    cut: tokio::sync::watch::Sender<bool>,
+}
+
+impl Severable {
+    async fn start(target: std::net::SocketAddr) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("h2c://{}", listener.local_addr().unwrap());
+        let (cut, watch) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let mut watch = watch.clone();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = watch.wait_for(|cut| *cut) => {
+                            let _ = inbound.set_zero_linger();
+                        }
+                    }
+                });
+            }
+        });
+        Self { url, cut }
+    }
+
+    fn cut(&self) {
+        self.cut.send_replace(true);
+    }
+}
+
+#[tokio::test]
+async fn a_backend_dying_mid_stream_ends_the_call_with_a_status() {
+    let upstream = EchoUpstream::start().await;
+    let relay = Severable::start(upstream.addr).await;
+    let dp = data_plane(vec![grpc_rule(&relay.url, 60_000)]).await;
+    let mut echo = client(&dp).await;
+    let mut stream = echo
+        .server_stream(EchoRequest {
+            count: 1_000,
+            delay_ms: 50,
+            ..ask("tick")
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    for expected in 0..3 {
+        assert_eq!(stream.next().await.unwrap().unwrap().index, expected);
+    }
+    relay.cut();
+    // The client learns at once that the call failed — an error, never a clean end that
+    // would pass a truncated stream off as complete.
+    let end = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match stream.next().await {
+                Some(Ok(_)) => continue,
+                other => return other,
+            }
+        }
+    })
+    .await
+    .expect("the call ends when its backend dies");
+    let status = end.expect("an error status, not a clean end").unwrap_err();
+    assert!(
+        matches!(
+            status.code(),
+            Code::Unavailable | Code::Internal | Code::Unknown
+        ),
+        "{status:?}"
+    );
+    // The same client's next call on the same gateway connection still works.
+    let relay_back = Severable::start(upstream.addr).await;
+    dp.apply(snapshot(
+        "v2",
+        vec![route(
+            "rpc/echo",
+            &[],
+            vec![grpc_rule(&relay_back.url, 60_000)],
+        )],
+    ))
+    .await
+    .unwrap();
+    assert_eq!(
+        echo.unary(ask("again")).await.unwrap().into_inner().message,
+        "again"
+    );
+}

@@ -321,6 +321,85 @@ async fn passive_checks_eject_a_failing_backend() {
 }
 
 #[tokio::test]
+async fn an_ejected_backend_returns_and_its_next_ejection_lasts_longer() {
+    let good = Upstream::start("good").await.unwrap();
+    let failing = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let flag = failing.clone();
+    let flaky = Scripted::start(move |_| {
+        let status = if flag.load(Ordering::SeqCst) {
+            503
+        } else {
+            200
+        };
+        (status, 0)
+    })
+    .await;
+    let mut rule = rule_to(&backends(&[&good.url(), &flaky.url]));
+    rule.health_check = Some(proto::HealthCheck {
+        active: None,
+        passive: Some(proto::PassiveCheck {
+            consecutive_failures: 2,
+            ejection_ms: 500,
+            max_ejected_percent: 50,
+        }),
+    });
+    let dp = data_plane(rule).await;
+    let flaky_state = |state: &serde_json::Value| state["rules"][0]["backends"][1].clone();
+
+    // Out after two failures in a row, for the first ejection's length.
+    for _ in 0..6 {
+        get(&dp, "/").await;
+    }
+    let state = flaky_state(&admin_upstreams(&dp).await);
+    assert_eq!(state["healthy"], false, "{state}");
+    assert_eq!(state["ejections"], 1, "{state}");
+    let first = state["ejectedForMs"].as_u64().unwrap();
+    assert!(first > 0 && first <= 500, "{state}");
+    let seen = flaky.seen();
+    for _ in 0..6 {
+        assert_eq!(
+            get(&dp, "/").await.status,
+            200,
+            "only the good backend answers"
+        );
+    }
+    assert_eq!(flaky.seen(), seen, "an ejected backend gets no requests");
+
+    // Recovered: once the ejection ends it takes traffic again.
+    failing.store(false, Ordering::SeqCst);
+    eventually("the ejection to end", Duration::from_secs(3), || async {
+        (flaky_state(&admin_upstreams(&dp).await)["healthy"] == true).then_some(())
+    })
+    .await;
+    for _ in 0..6 {
+        assert_eq!(get(&dp, "/").await.status, 200);
+    }
+    assert!(flaky.seen() > seen, "the backend is back in the rotation");
+
+    // Failing again soon after: out for twice as long.
+    failing.store(true, Ordering::SeqCst);
+    for _ in 0..6 {
+        get(&dp, "/").await;
+    }
+    let state = flaky_state(&admin_upstreams(&dp).await);
+    assert_eq!(state["ejections"], 2, "{state}");
+    assert!(
+        state["ejectedForMs"].as_u64().unwrap() > 500,
+        "the second ejection lasts longer: {state}"
+    );
+    let metrics = pavilion_tests::metrics(dp.admin_addr).await;
+    let series = format!(
+        "pavilion_upstream_ejections_total{{backend=\"{}\",route=\"shop/orders\"}}",
+        flaky.url
+    );
+    assert_eq!(
+        pavilion_tests::sample(&metrics, &series),
+        Some(2.0),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
 async fn the_circuit_opens_refuses_half_opens_and_closes() {
     let dead = dead_address();
     let addr: SocketAddr = dead.trim_start_matches("http://").parse().unwrap();
@@ -445,6 +524,83 @@ async fn retries_repeat_safe_requests_only() {
     );
 }
 
+/// An upstream that reads a request's head and resets the connection (RST, not FIN):
+/// the request was sent, no answer comes. Counts the requests it swallowed.
+async fn resetting() -> (String, Arc<AtomicUsize>) {
+    use tokio::io::AsyncReadExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let seen = Arc::new(AtomicUsize::new(0));
+    let counter = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                counter.fetch_add(1, Ordering::SeqCst);
+                let _ = stream.set_zero_linger();
+            });
+        }
+    });
+    (url, seen)
+}
+
+#[tokio::test]
+async fn a_reset_is_retried_for_safe_requests_only() {
+    let (reset_url, resets) = resetting().await;
+    let good = Scripted::start(|_| (200, 0)).await;
+    let dp = data_plane(retrying(&[&reset_url, &good.url], retry_503(1))).await;
+    for _ in 0..4 {
+        let reply = get(&dp, "/").await;
+        assert_eq!(reply.status, 200, "a reset GET goes to the other backend");
+    }
+    assert!(
+        resets.load(Ordering::SeqCst) >= 1,
+        "the resetting backend was tried"
+    );
+    let metrics = pavilion_tests::metrics(dp.admin_addr).await;
+    assert_eq!(
+        pavilion_tests::sample(&metrics, "pavilion_retries_total{route=\"shop/orders\"}"),
+        Some(resets.load(Ordering::SeqCst) as f64),
+        "one retry per reset"
+    );
+
+    // A POST reached the backend before the reset: repeating it could do it twice.
+    let (before, answered) = (resets.load(Ordering::SeqCst), good.seen());
+    let mut statuses = Vec::new();
+    for _ in 0..2 {
+        statuses.push(send(&dp, "POST", "/", &[]).await.status.as_u16());
+    }
+    assert_eq!(resets.load(Ordering::SeqCst), before + 1, "{statuses:?}");
+    assert_eq!(good.seen(), answered + 1, "the reset POST was not repeated");
+    assert!(
+        statuses.contains(&502) && statuses.contains(&200),
+        "{statuses:?}"
+    );
+
+    // Without `onReset` a reset GET is the client's 502.
+    let mut retry = retry_503(1);
+    retry.on_reset = false;
+    dp.apply(snapshot(
+        "v2",
+        vec![route(
+            "shop/orders",
+            &[],
+            vec![retrying(&[&reset_url], retry)],
+        )],
+    ))
+    .await
+    .unwrap();
+    assert_eq!(get(&dp, "/").await.status, 502);
+}
+
 #[tokio::test]
 async fn a_per_try_timeout_moves_on_and_the_rule_timeout_still_bounds_all() {
     // The first attempt hangs; the second answers at once.
@@ -498,6 +654,20 @@ async fn the_retry_budget_caps_retries_during_an_outage() {
         down.seen()
     );
     assert!(down.seen() > 50, "some retries were allowed");
+    // Each retry taken is counted, and so is each request whose retry the budget refused:
+    // every request but those that had all three (at most a third of the retries taken).
+    let metrics = pavilion_tests::metrics(dp.admin_addr).await;
+    let taken = (down.seen() - 50) as f64;
+    let series = |name: &str| {
+        pavilion_tests::sample(&metrics, &format!("{name}{{route=\"shop/orders\"}}"))
+            .unwrap_or_else(|| panic!("no {name} in {metrics}"))
+    };
+    assert_eq!(series("pavilion_retries_total"), taken);
+    let refused = series("pavilion_retries_refused_total");
+    assert!(
+        refused <= 50.0 && refused >= 50.0 - (taken / 3.0).floor(),
+        "{refused} refused after {taken} retries"
+    );
 }
 
 #[tokio::test]
@@ -558,7 +728,7 @@ async fn when_a_retry_finds_no_backend_left_the_last_answer_is_the_clients() {
 const SECONDS: Duration = Duration::from_secs(5);
 
 /// An upstream that answers after `delay` and counts what is open at once: connections and
-/// requests, now and at the most.
+/// requests, now and at the most. Speaks HTTP/1.1 (`url`) and h2c (`h2c_url`).
 struct Gauged {
     url: String,
     connections: Arc<Gauge>,
@@ -612,7 +782,8 @@ impl Gauged {
                             Ok::<_, Infallible>(Response::new(Full::new(Bytes::from("done"))))
                         }
                     });
-                    let _ = hyper::server::conn::http1::Builder::new()
+                    // HTTP/1.1 and h2c (prior knowledge) on one port.
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                         .serve_connection(TokioIo::new(stream), service)
                         .await;
                     drop(open);
@@ -658,6 +829,39 @@ async fn a_connection_cap_queues_requests_and_never_exceeds_it() {
         (2..=4).contains(&up.connections.peak()),
         "{} connections were open at once",
         up.connections.peak()
+    );
+}
+
+#[tokio::test]
+async fn the_cap_and_the_idle_timeout_hold_for_h2c_backends() {
+    let up = Gauged::start(Duration::from_millis(200)).await;
+    let h2c = up.url.replace("http://", "h2c://");
+    let dp = Arc::new(data_plane(with_connections(&h2c, 2, 10_000, 1000)).await);
+    let calls: Vec<_> = (0..6)
+        .map(|_| {
+            let dp = dp.clone();
+            tokio::spawn(async move { get(&dp, "/x").await })
+        })
+        .collect();
+    for call in calls {
+        let reply = call.await.unwrap();
+        assert_eq!(reply.status, 200, "{}", reply.text());
+    }
+    assert_eq!(up.requests.peak(), 2, "two streams at a time, and only two");
+    // Streams share a worker's connection: at most one per worker.
+    assert!(
+        (1..=2).contains(&up.connections.peak()),
+        "{} connections",
+        up.connections.peak()
+    );
+    eventually("the idle h2c connections are closed", SECONDS, || async {
+        (up.connections.now() == 0).then_some(())
+    })
+    .await;
+    assert_eq!(
+        get(&dp, "/x").await.status,
+        200,
+        "and opened again when needed"
     );
 }
 

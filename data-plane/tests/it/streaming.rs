@@ -229,6 +229,14 @@ async fn a_minute_of_events_survives_ten_route_edits() {
         let mut rule = pavilion_tests::snapshot::prefix_rule("/", &[(&upstream.url(), 1)]);
         // Each edit changes the rule the stream started on.
         rule.timeout_ms = 1_000 + u64::from(version);
+        // Compression on for every text type: an event stream must still pass untouched.
+        rule.compression = Some(pavilion_proto::Compression {
+            min_size: 0,
+            types: vec!["text/*".into()],
+            gzip: true,
+            brotli: true,
+            zstd: true,
+        });
         pavilion_tests::snapshot::snapshot(
             &format!("v{version}"),
             vec![pavilion_tests::snapshot::route(
@@ -243,13 +251,20 @@ async fn a_minute_of_events_survives_ten_route_edits() {
         Client::builder(TokioExecutor::new()).build(HttpConnector::new());
     let response = client
         .request(
-            Request::get(format!("http://{}/stream/600/100", dp.addr))
+            Request::get(format!("http://{}/events/600/100", dp.addr))
+                .header("accept", "text/event-stream")
+                .header("accept-encoding", "gzip, br, zstd")
                 .body(Empty::new())
                 .unwrap(),
         )
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    assert!(
+        response.headers().get("content-encoding").is_none(),
+        "an event stream is never compressed"
+    );
     let mut body = response.into_body();
     let editor = async {
         for version in 1..=10 {
@@ -259,16 +274,19 @@ async fn a_minute_of_events_survives_ten_route_edits() {
     };
     let reader = async {
         let mut received = String::new();
-        let mut expected = 0;
+        let (mut expected, mut chunks) = (0, 0);
         while expected < 600 {
+            // Each event arrives on its own (within `next_chunk`'s bound), never held back
+            // for the next: the upstream sends one every 100 ms.
+            chunks += 1;
             received.push_str(std::str::from_utf8(&next_chunk(&mut body).await).unwrap());
-            while let Some(end) = received.find('\n') {
+            while let Some(end) = received.find("\n\n") {
                 assert_eq!(
                     &received[..end],
-                    format!("chunk {expected}"),
+                    format!("id: {expected}\ndata: event {expected}"),
                     "in order, none lost"
                 );
-                received.drain(..=end);
+                received.drain(..end + 2);
                 expected += 1;
             }
         }
@@ -276,6 +294,9 @@ async fn a_minute_of_events_survives_ten_route_edits() {
             body.frame().await.is_none(),
             "the stream ends when the upstream's does"
         );
+        // A proxy that gathered events (by size or by time) would hand over far fewer
+        // pieces than the upstream sent; two in one read happen only when the reader lags.
+        assert!(chunks >= 300, "600 events came in {chunks} pieces");
     };
     tokio::join!(editor, reader);
     assert_eq!(dp.version(), "v10");

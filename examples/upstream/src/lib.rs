@@ -5,6 +5,8 @@
 //! * `/delay/MS` — after MS milliseconds;
 //! * `/stream/N[/MS]` — N chunks, MS (default 100) milliseconds apart (streaming must reach
 //!   the client chunk by chunk);
+//! * `/events/N[/MS]` — the same as server-sent events (`text/event-stream`, `id: i` and
+//!   `data: event i` per event);
 //! * `/blob/N` — N bytes, streamed in 64 KiB chunks as fast as the client reads;
 //! * `/echo-body` — the request body, streamed back as it arrives;
 //! * `/consume` — reads the whole request body, then answers with its length;
@@ -151,11 +153,12 @@ async fn respond(state: &State, request: Request<Incoming>) -> Response<Body> {
             tokio::time::sleep(Duration::from_millis(ms)).await;
             echo(name, &request)
         }
-        "stream" => {
+        "stream" | "events" => {
             let (chunks, gap) = argument.split_once('/').unwrap_or((argument, "100"));
             stream(
                 chunks.parse().unwrap_or(3),
                 Duration::from_millis(gap.parse().unwrap_or(100)),
+                first == "events",
             )
         }
         "blob" => blob(argument.parse().unwrap_or(0)),
@@ -236,22 +239,38 @@ fn echo(name: &str, request: &Request<Incoming>) -> Response<Body> {
     response
 }
 
-fn stream(chunks: u32, gap: Duration) -> Response<Body> {
+/// `chunks` lines `gap` apart — or, as `events`, server-sent events.
+fn stream(chunks: u32, gap: Duration, events: bool) -> Response<Body> {
     let (frames, receiver) = mpsc::channel(1);
     tokio::spawn(async move {
         for i in 0..chunks {
             if i > 0 {
                 tokio::time::sleep(gap).await;
             }
-            let chunk = Frame::data(Bytes::from(format!("chunk {i}\n")));
-            if frames.send(Ok::<_, hyper::Error>(chunk)).await.is_err() {
+            let text = if events {
+                format!("id: {i}\ndata: event {i}\n\n")
+            } else {
+                format!("chunk {i}\n")
+            };
+            if frames
+                .send(Ok::<_, hyper::Error>(Frame::data(Bytes::from(text))))
+                .await
+                .is_err()
+            {
                 return;
             }
         }
     });
-    Response::new(BodyExt::boxed(StreamBody::new(ReceiverStream::new(
+    let mut response = Response::new(BodyExt::boxed(StreamBody::new(ReceiverStream::new(
         receiver,
-    ))))
+    ))));
+    if events {
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/event-stream"),
+        );
+    }
+    response
 }
 
 fn blob(total: u64) -> Response<Body> {
