@@ -266,6 +266,25 @@ async fn active_checks_take_backends_out_and_back() {
         (seen.len() == 2).then_some(())
     })
     .await;
+    let state = admin_upstreams(&dp).await;
+    for backend in 0..2 {
+        let backend = &state["rules"][0]["backends"][backend];
+        assert_eq!(
+            (&backend["healthy"], &backend["checksPass"]),
+            (&true.into(), &true.into()),
+            "{state}"
+        );
+    }
+    let metrics = pavilion_tests::metrics(dp.admin_addr).await;
+    for url in [a.url(), b.url()] {
+        let series =
+            format!("pavilion_upstream_healthy{{backend=\"{url}\",route=\"shop/orders\"}}");
+        assert_eq!(
+            pavilion_tests::sample(&metrics, &series),
+            Some(1.0),
+            "{metrics}"
+        );
+    }
 
     // A new snapshot keeps the checks' verdicts (and does not start a second checker).
     a.set_not_ready("again");
