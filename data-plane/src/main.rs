@@ -269,13 +269,14 @@ struct RunArgs {
     /// Lifetime of a session (refresh-token family), in days.
     #[arg(long, env = "PAVILION_IDENTITY_SESSION_DAYS", default_value_t = 30)]
     identity_session_days: u64,
-    /// How long one signing key signs before the next one takes over, in hours.
+    /// How long one signing key signs before the next one takes over, in hours (fractions
+    /// allowed, at least one second: 0.5 is half an hour).
     #[arg(
         long,
         env = "PAVILION_IDENTITY_KEY_ROTATION_HOURS",
-        default_value_t = 24
+        default_value_t = 24.0
     )]
-    identity_key_rotation_hours: u64,
+    identity_key_rotation_hours: f64,
     /// Where password-reset mail goes: smtp://[USER:PASS@]HOST:PORT, smtps://…, or file:DIR
     /// (an outbox of .eml files, for development).
     #[arg(long, env = "PAVILION_IDENTITY_MAIL")]
@@ -546,17 +547,24 @@ fn identity_config(
         "--identity-issuer must be the gateway's URL (https://…)"
     );
     anyhow::ensure!(
-        args.identity_access_ttl_seconds > 0
-            && args.identity_session_days > 0
-            && args.identity_key_rotation_hours > 0,
+        args.identity_access_ttl_seconds > 0 && args.identity_session_days > 0,
         "identity lifetimes must be above 0"
     );
+    let rotation = Duration::try_from_secs_f64(args.identity_key_rotation_hours * 3600.0)
+        .ok()
+        .filter(|rotation| *rotation >= Duration::from_secs(1))
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "--identity-key-rotation-hours must be at least one second (1/3600), not {}",
+                args.identity_key_rotation_hours
+            )
+        })?;
     let mut config =
         pavilion_data::identity::IdentityConfig::new(store.clone(), issuer, key_file.clone());
     config.audience = args.identity_audience.clone();
     config.access_ttl = Duration::from_secs(args.identity_access_ttl_seconds);
     config.refresh_ttl = Duration::from_secs(args.identity_session_days * 24 * 3600);
-    config.key_rotation = Duration::from_secs(args.identity_key_rotation_hours * 3600);
+    config.key_rotation = rotation;
     config.mail = args.identity_mail.clone();
     config.mail_from = args.identity_mail_from.clone();
     config.admins = args.identity_admins.clone();

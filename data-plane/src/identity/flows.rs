@@ -196,10 +196,18 @@ impl Identity {
         };
         if let Some(why) = why {
             tracing::info!(user = %user.record.id, reason = why, "sign-in refused");
-            self.audit(signin_failed(&user.record.id, why)).await;
-            if verdict == password::Verdict::Wrong && !user.record.locked {
-                self.count_failure(user).await?;
-            }
+            // The failure is counted alongside the audit record, not after it: an unknown
+            // address costs one Argon2id verification and one audit append, and so does a
+            // wrong password — the answer's time does not tell them apart.
+            let count = verdict == password::Verdict::Wrong && !user.record.locked;
+            let audit = signin_failed(&user.record.id, why);
+            let ((), counted) = tokio::join!(self.audit(audit), async {
+                match count {
+                    true => self.count_failure(user).await,
+                    false => Ok(()),
+                }
+            });
+            counted?;
             return Err(FlowError::InvalidCredentials);
         }
         let stale = verdict == password::Verdict::RightButStale;

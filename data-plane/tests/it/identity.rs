@@ -2535,3 +2535,77 @@ async fn api_keys_issued_by_the_iam_api_authenticate_at_the_edge_until_revoked()
     );
     assert_refused(&ask("GET", key).await, 401, "invalid_api_key");
 }
+
+#[tokio::test]
+async fn a_stale_hash_is_replaced_at_sign_in_and_a_newer_record_is_refused() {
+    use argon2::PasswordHasher;
+    use pavilion_data::identity::records::{self, User};
+    let nats = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let spec = StoreSpec::Nats {
+        servers: nats.url(),
+        prefix: "rehash".into(),
+    };
+    let dp = data_plane(spec.clone(), dir.path(), Duration::from_secs(3600)).await;
+    let account = credentials("old@example.org", "long password");
+    assert_eq!(post(&dp, "/v1/auth/signup", account.clone()).await.status, 202);
+    let first = post(&dp, "/v1/auth/signin", account.clone()).await;
+    assert_eq!(first.status, 200, "{}", first.text());
+    let id = subject(first.json()["access_token"].as_str().unwrap());
+
+    // As an older build would have stored it: Argon2id with weaker parameters.
+    let store = pavilion_data::identity::open_store(&spec).await.unwrap();
+    let mut user = records::get::<User>(&*store, &id).await.unwrap().unwrap();
+    let weak = argon2::Argon2::new(
+        argon2::Algorithm::Argon2id,
+        argon2::Version::V0x13,
+        argon2::Params::new(8 * 1024, 1, 1, None).unwrap(),
+    )
+    .hash_password(b"long password")
+    .unwrap()
+    .to_string();
+    user.record.password = Some(weak.clone());
+    records::update(&*store, &id, &user.record, user.revision)
+        .await
+        .unwrap();
+
+    // A wrong password changes nothing; the right one is accepted and rehashed.
+    let wrong = post(&dp, "/v1/auth/signin", credentials("old@example.org", "not it!!")).await;
+    assert_refused(&wrong, 401, "invalid_credentials");
+    let stored = records::get::<User>(&*store, &id).await.unwrap().unwrap();
+    assert_eq!(stored.record.password.as_deref(), Some(weak.as_str()));
+    let again = post(&dp, "/v1/auth/signin", account.clone()).await;
+    assert_eq!(again.status, 200, "{}", again.text());
+    let rehashed = records::get::<User>(&*store, &id).await.unwrap().unwrap();
+    let hash = rehashed.record.password.clone().unwrap();
+    assert!(
+        hash.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"),
+        "rehashed with today's parameters: {hash}"
+    );
+    assert_eq!(
+        post(&dp, "/v1/auth/signin", account.clone()).await.status,
+        200,
+        "and the new hash verifies"
+    );
+
+    // A record written by a newer build is not guessed at: 503, nothing overwritten.
+    let mut newer: Value = serde_json::to_value(&rehashed.record).unwrap();
+    newer["v"] = json!(records::VERSION + 1);
+    newer["password"] = json!(hash);
+    use pavilion_data::identity::store::Bucket;
+    let entry = store.get(Bucket::Users, &id).await.unwrap().unwrap();
+    store
+        .update(
+            Bucket::Users,
+            &id,
+            newer.to_string().into_bytes(),
+            entry.revision,
+        )
+        .await
+        .unwrap();
+    let refused = post(&dp, "/v1/auth/signin", account).await;
+    assert_refused(&refused, 503, "identity_unavailable");
+    let after = store.get(Bucket::Users, &id).await.unwrap().unwrap();
+    let after: Value = serde_json::from_slice(&after.value).unwrap();
+    assert_eq!(after, newer, "the newer record was left alone");
+}

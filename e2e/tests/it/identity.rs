@@ -414,7 +414,7 @@ async fn identity_process(
 
 /// Two data-plane processes sharing one NATS server: a refresh token raced through both
 /// succeeds once and revokes its family; an administrator's change through one is what the
-/// other enforces; each accepts the other's tokens.
+/// other enforces; each accepts the other's tokens, across a key rotation.
 #[tokio::test]
 async fn two_processes_on_nats_race_refreshes_and_enforce_each_others_changes() {
     let nats = pavilion_tests::nats::NatsServer::start();
@@ -423,8 +423,14 @@ async fn two_processes_on_nats_race_refreshes_and_enforce_each_others_changes() 
     std::fs::write(&key, "ab".repeat(32)).unwrap();
     let store = format!("{}?bucket=e2e-identity", nats.url());
     let outbox = dir.path().join("outbox");
-    let (_a, a) = identity_process(&store, &key, &outbox, &[]).await;
-    let (_b, b) = identity_process(&store, &key, &outbox, &[]).await;
+    // Signing keys rotate every 3.6 s, so a rotation falls between two sign-ins below.
+    let rotation = Duration::from_millis(3_600);
+    let env = [(
+        "PAVILION_IDENTITY_KEY_ROTATION_HOURS".to_owned(),
+        "0.001".to_owned(),
+    )];
+    let (_a, a) = identity_process(&store, &key, &outbox, &env).await;
+    let (_b, b) = identity_process(&store, &key, &outbox, &env).await;
     let account =
         |who: &str| json!({ "email": format!("{who}@example.org"), "password": "long password" });
     assert_eq!(
@@ -520,4 +526,54 @@ async fn two_processes_on_nats_race_refreshes_and_enforce_each_others_changes() 
             .status,
         401
     );
+
+    // A key rotation on one verifies on the other: a token signed by B's new key works on
+    // A, the one from A's older key still works on B, and both publish both keys.
+    tokio::time::sleep(rotation + Duration::from_millis(500)).await;
+    let fresh = post(&b, "/v1/auth/signin", account("root"), None)
+        .await
+        .json()["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (old_kid, new_kid) = (kid(&root), kid(&fresh));
+    assert_ne!(old_kid, new_kid, "B signs with a key made after the rotation");
+    for (server, token) in [(&a, &fresh), (&b, &root)] {
+        let users = HttpClient::http1()
+            .get_with(
+                &format!("http://{server}/admin/iam/users?limit=1"),
+                &[("authorization", format!("Bearer {token}").as_str())],
+            )
+            .await
+            .unwrap();
+        assert_eq!(users.status, 200, "{server}: {}", users.text());
+        let jwks = HttpClient::http1()
+            .get(&format!("http://{server}/.well-known/jwks.json"))
+            .await
+            .unwrap()
+            .json();
+        let kids: Vec<&str> = jwks["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|key| key["kid"].as_str())
+            .collect();
+        assert!(
+            kids.contains(&old_kid.as_str()) && kids.contains(&new_kid.as_str()),
+            "{server}: {kids:?}"
+        );
+    }
+}
+
+/// The `kid` of a JWT's header.
+fn kid(token: &str) -> String {
+    use base64::Engine;
+    let header = token.split('.').next().unwrap();
+    let header = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(header)
+        .unwrap();
+    serde_json::from_slice::<serde_json::Value>(&header).unwrap()["kid"]
+        .as_str()
+        .unwrap()
+        .to_owned()
 }
