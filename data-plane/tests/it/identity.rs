@@ -2609,3 +2609,107 @@ async fn a_stale_hash_is_replaced_at_sign_in_and_a_newer_record_is_refused() {
     let after: Value = serde_json::from_slice(&after.value).unwrap();
     assert_eq!(after, newer, "the newer record was left alone");
 }
+
+#[tokio::test]
+async fn a_reset_token_expires_unused() {
+    let dir = tempfile::tempdir().unwrap();
+    let outbox = dir.path().join("outbox");
+    let mut identity = IdentityConfig::new(
+        StoreSpec::File(dir.path().join("identity.redb")),
+        ISSUER,
+        key_file(dir.path()),
+    );
+    identity.mail = Some(format!("file:{}", outbox.display()));
+    identity.reset_ttl = Duration::from_secs(1);
+    let dp = with_identity(identity).await;
+    let account = credentials("kim@example.org", "first password");
+    assert_eq!(post(&dp, "/v1/auth/signup", account.clone()).await.status, 202);
+    let forgot = post(&dp, "/v1/auth/forgot", json!({ "email": "kim@example.org" })).await;
+    assert_eq!(forgot.status, 202);
+    let file = pavilion_tests::eventually("the reset mail", Duration::from_secs(10), || {
+        let outbox = outbox.clone();
+        async move { std::fs::read_dir(&outbox).ok()?.flatten().next().map(|e| e.path()) }
+    })
+    .await;
+    let token = pavilion_tests::reset_token_in(&std::fs::read_to_string(file).unwrap());
+    tokio::time::sleep(Duration::from_millis(2_100)).await;
+    let late = post(
+        &dp,
+        "/v1/auth/reset",
+        json!({ "token": token, "password": "second password" }),
+    )
+    .await;
+    assert_refused(&late, 400, "invalid_token");
+    assert_eq!(
+        post(&dp, "/v1/auth/signin", account).await.status,
+        200,
+        "the password is the one it was"
+    );
+}
+
+#[tokio::test]
+async fn expired_signing_keys_leave_the_jwks_and_the_store() {
+    use pavilion_data::identity::store::Bucket;
+    let nats = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let spec = StoreSpec::Nats {
+        servers: nats.url(),
+        prefix: "prune".into(),
+    };
+    let rotation = Duration::from_secs(2);
+    let dp = data_plane(spec.clone(), dir.path(), rotation).await;
+    let account = credentials("pat@example.org", "long password");
+    assert_eq!(post(&dp, "/v1/auth/signup", account.clone()).await.status, 202);
+    let first = post(&dp, "/v1/auth/signin", account.clone()).await.json();
+    let token = first["access_token"].as_str().unwrap().to_owned();
+    let header = token.split('.').next().unwrap();
+    let header: Value = serde_json::from_slice(
+        &base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, header)
+            .unwrap(),
+    )
+    .unwrap();
+    let kid = header["kid"].as_str().unwrap().to_owned();
+    let name = format!("key.{kid}");
+    let bearer = format!("Bearer {token}");
+
+    // As if its last token had expired: the key's expiry moved into the past.
+    let store = pavilion_data::identity::open_store(&spec).await.unwrap();
+    let entry = store.get(Bucket::Keys, &name).await.unwrap().unwrap();
+    let mut key: Value = serde_json::from_slice(&entry.value).unwrap();
+    key["expires_at"] = json!(0);
+    store
+        .update(Bucket::Keys, &name, key.to_string().into_bytes(), entry.revision)
+        .await
+        .unwrap();
+    let kids = |jwks: Value| -> Vec<String> {
+        jwks["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| k["kid"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let published = kids(get(&dp, "/.well-known/jwks.json", &[]).await.json());
+    assert!(!published.contains(&kid), "{published:?}");
+    let signout = post_with(
+        &dp,
+        "/v1/auth/signout",
+        json!({ "all": true }),
+        &[("authorization", bearer.as_str())],
+    )
+    .await;
+    assert_refused(&signout, 401, "invalid_token");
+
+    // The next rotation deletes it from the store.
+    tokio::time::sleep(rotation + Duration::from_millis(500)).await;
+    assert_eq!(post(&dp, "/v1/auth/signin", account).await.status, 200);
+    pavilion_tests::eventually("the expired key is deleted", Duration::from_secs(5), || async {
+        store
+            .get(Bucket::Keys, &name)
+            .await
+            .unwrap()
+            .is_none()
+            .then_some(())
+    })
+    .await;
+}
