@@ -2089,6 +2089,101 @@ async fn an_administrators_change_on_one_replica_is_enforced_on_the_other() {
     .json();
     assert_eq!(decision["allow"], true, "{decision}");
 
+    // B's edge follows A's administration within the stated bounds: a role's new rights
+    // (the role catalogue every replica reloads) and an API key's issue and revocation.
+    let upstream = pavilion_tests::Upstream::start("orders").await.unwrap();
+    let mut write = prefix_rule("/write", &[(upstream.url().as_str(), 1)]);
+    write.auth = Some(proto::Auth {
+        jwt: vec![proto::JwtProvider {
+            issuer: ISSUER.into(),
+            jwks_uri: format!("http://{}/.well-known/jwks.json", b.addr),
+            audiences: vec!["pavilion".into()],
+            tenants_claim: "tenants".into(),
+            ..Default::default()
+        }],
+        ..Default::default()
+    });
+    write.tenancy = Some(proto::Tenancy { required: true });
+    write.rights = vec!["orders.write".into()];
+    let mut keyed = prefix_rule("/keyed", &[(upstream.url().as_str(), 1)]);
+    keyed.auth = Some(proto::Auth {
+        api_keys: Some(proto::ApiKeyAuth::default()),
+        ..Default::default()
+    });
+    let mut config = snapshot("v1", vec![route("shop/orders", &[], vec![write, keyed])]);
+    config.placements = Some(proto::Placements {
+        revision: "p1".into(),
+        shards: Vec::new(),
+        tenants: vec![proto::TenantPlacement {
+            tenant: "acme".into(),
+            aggregate: -1,
+            projection: -1,
+            runner: -1,
+            revision: "acme".into(),
+        }],
+    });
+    b.apply(config).await.unwrap();
+    let on_b = |path: &'static str, header: (&'static str, String)| {
+        let addr = b.addr;
+        async move {
+            HttpClient::http1()
+                .get_with(
+                    &format!("http://{addr}{path}"),
+                    &[(header.0, header.1.as_str()), ("x-tenant-id", "acme")],
+                )
+                .await
+                .unwrap()
+                .status
+                .as_u16()
+        }
+    };
+    let kay_bearer = (
+        "authorization",
+        format!("Bearer {}", token["access_token"].as_str().unwrap()),
+    );
+    assert_eq!(on_b("/write", kay_bearer.clone()).await, 403);
+    let right = call(
+        &a,
+        "PUT",
+        "/admin/iam/rights/orders.write",
+        &root,
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(right.status, 204);
+    let writer = json!({ "rights": ["orders.read", "orders.write"] });
+    assert_eq!(
+        call(&a, "PUT", "/admin/iam/roles/clerk", &root, Some(writer))
+            .await
+            .status,
+        204
+    );
+    let bound = pavilion_data::identity::catalogue::REFRESH + Duration::from_secs(1);
+    pavilion_tests::eventually("B grants the role's new right", bound, || {
+        let kay_bearer = kay_bearer.clone();
+        async move { (on_b("/write", kay_bearer).await == 200).then_some(()) }
+    })
+    .await;
+
+    let new = json!({ "namespace": "shop", "scopes": ["read"] });
+    let created = call(&a, "POST", "/admin/iam/api-keys", &root, Some(new))
+        .await
+        .json();
+    let key = ("x-api-key", created["key"].as_str().unwrap().to_owned());
+    let bound = pavilion_data::identity::api_keys::RELOAD + Duration::from_secs(1);
+    pavilion_tests::eventually("B accepts the key A issued", bound, || {
+        let key = key.clone();
+        async move { (on_b("/keyed", key).await == 200).then_some(()) }
+    })
+    .await;
+    let revoke = format!("/admin/iam/api-keys/{}", created["id"].as_str().unwrap());
+    assert_eq!(call(&a, "DELETE", &revoke, &root, None).await.status, 204);
+    pavilion_tests::eventually("B refuses the key A revoked", bound, || {
+        let key = key.clone();
+        async move { (on_b("/keyed", key).await == 401).then_some(()) }
+    })
+    .await;
+
     // Disabled through B: the next refresh through A fails, and so does sign-in.
     assert_eq!(
         call(
