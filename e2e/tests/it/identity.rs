@@ -122,6 +122,101 @@ async fn no_secret_of_any_identity_flow_reaches_a_log_line() {
     secrets.extend(recovery);
     secrets.push(last.json()["refresh_token"].as_str().unwrap().into());
 
+    // The administrator's flows: passwords set for others, service-account secrets (made,
+    // rotated, exchanged for a token), API keys.
+    let base = format!("http://{listen}");
+    let root_account = json!({ "email": "root@example.org", "password": "root's first one" });
+    post(&listen, "/v1/auth/signup", root_account, None).await;
+    secrets.push("root's first one".into());
+    pavilion_tests::verify_by_mail(&base, &outbox, "root@example.org", "root passphrase").await;
+    let root = post(
+        &listen,
+        "/v1/auth/signin",
+        json!({ "email": "root@example.org", "password": "root passphrase" }),
+        None,
+    )
+    .await
+    .json()["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    secrets.extend(["root passphrase".to_owned(), root.clone()]);
+    let admin = |method: &'static str, path: String, body: Value| {
+        let (listen, root) = (listen.clone(), root.clone());
+        async move {
+            let authorization = format!("Bearer {root}");
+            HttpClient::http1()
+                .call(
+                    method,
+                    &format!("http://{listen}{path}"),
+                    &[
+                        ("content-type", "application/json"),
+                        ("authorization", authorization.as_str()),
+                    ],
+                    Bytes::from(body.to_string()),
+                )
+                .await
+                .unwrap()
+        }
+    };
+    let made = admin(
+        "POST",
+        "/admin/iam/users".into(),
+        json!({ "email": "val@example.org", "password": "made by an admin" }),
+    )
+    .await;
+    assert_eq!(made.status, 201, "{}", made.text());
+    let val = made.json()["id"].as_str().unwrap().to_owned();
+    let set = admin(
+        "PUT",
+        format!("/admin/iam/users/{val}/password"),
+        json!({ "password": "set by an admin" }),
+    )
+    .await;
+    assert_eq!(set.status, 204, "{}", set.text());
+    secrets.extend(["made by an admin".to_owned(), "set by an admin".to_owned()]);
+    let client = admin(
+        "POST",
+        "/admin/iam/service-accounts".into(),
+        json!({ "name": "nightly", "tenants": {} }),
+    )
+    .await
+    .json();
+    let client_id = client["client_id"].as_str().unwrap().to_owned();
+    let rotated = admin(
+        "POST",
+        format!("/admin/iam/service-accounts/{client_id}/secret"),
+        json!({}),
+    )
+    .await
+    .json();
+    let client_secret = rotated["client_secret"].as_str().unwrap().to_owned();
+    let grant = HttpClient::http1()
+        .call(
+            "POST",
+            &format!("{base}/v1/auth/token"),
+            &[("content-type", "application/x-www-form-urlencoded")],
+            Bytes::from(format!(
+                "grant_type=client_credentials&client_id={client_id}&client_secret={client_secret}"
+            )),
+        )
+        .await
+        .unwrap();
+    assert_eq!(grant.status, 200, "{}", grant.text());
+    secrets.extend([
+        client["client_secret"].as_str().unwrap().to_owned(),
+        client_secret,
+        grant.json()["access_token"].as_str().unwrap().to_owned(),
+    ]);
+    let issued = admin(
+        "POST",
+        "/admin/iam/api-keys".into(),
+        json!({ "namespace": "shop", "scopes": ["read"] }),
+    )
+    .await;
+    assert_eq!(issued.status, 201, "{}", issued.text());
+    secrets.push(issued.json()["key"].as_str().unwrap().to_owned());
+
     tokio::time::sleep(Duration::from_millis(200)).await;
     let logs = data.output();
     assert!(
