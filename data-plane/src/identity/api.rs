@@ -452,6 +452,8 @@ async fn audit_page<B>(
 struct Page {
     after: Option<String>,
     limit: Option<usize>,
+    /// Users: only the members of this tenant.
+    tenant: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -490,7 +492,12 @@ async fn iam(
             let page: Page = serde_urlencoded::from_str(request.uri().query().unwrap_or_default())
                 .map_err(|e| FlowError::InvalidRequest(format!("the query does not fit: {e}")))?;
             let (users, next) = identity
-                .list_users(&admin, page.after.as_deref(), page.limit.unwrap_or(100))
+                .list_users(
+                    &admin,
+                    page.tenant.as_deref(),
+                    page.after.as_deref(),
+                    page.limit.unwrap_or(100),
+                )
                 .await?;
             Ok(json(
                 StatusCode::OK,

@@ -3,7 +3,7 @@
 //! assignments (user ↔ tenant ↔ role, which the access tokens' `tenants` claim carries), and
 //! the decision `(principal, tenant, action, resource attributes) → allow/deny + reason`.
 //! Platform administrators may do everything; a tenant's administrators (`tenant-admin`
-//! there) manage the assignments of their tenant. Every change is audited with the
+//! there) list and read their tenant's members and manage its assignments. Every change is audited with the
 //! administrator as the actor.
 
 use std::collections::BTreeMap;
@@ -47,13 +47,30 @@ impl Admin {
         }
     }
 
+    /// Whether this is an administrator of `tenant` (by assignment, not as platform admin).
+    fn administers(&self, tenant: &str) -> bool {
+        self.tenants
+            .get(tenant)
+            .is_some_and(|roles| roles.iter().any(|r| r == TENANT_ADMIN))
+    }
+
+    /// A user as this administrator may see them: a platform administrator sees everything;
+    /// a tenant administrator sees a member of one of their tenants, with only those
+    /// tenants' assignments (not the user's other tenants, nor platform roles) — `None` for
+    /// anyone else.
+    fn view(&self, user: User) -> Option<UserView> {
+        let mut view = UserView::from(user);
+        if self.platform {
+            return Some(view);
+        }
+        view.tenants.retain(|tenant, _| self.administers(tenant));
+        view.roles.clear();
+        (!view.tenants.is_empty()).then_some(view)
+    }
+
     /// A platform administrator, or an administrator of `tenant`.
     pub fn require_tenant(&self, tenant: &str) -> Result<(), FlowError> {
-        let tenant_admin = self
-            .tenants
-            .get(tenant)
-            .is_some_and(|roles| roles.iter().any(|r| r == TENANT_ADMIN));
-        if self.platform || tenant_admin {
+        if self.platform || self.administers(tenant) {
             Ok(())
         } else {
             Err(FlowError::Forbidden(format!(
@@ -210,30 +227,60 @@ impl Identity {
         Err(FlowError::Unavailable("the account kept changing".into()))
     }
 
+    /// A page of users in key order after `after`. Platform administrators list everyone,
+    /// or with `tenant` the members of that tenant; a tenant's administrators list its
+    /// members only. A tenant's page is filtered from the whole list: it costs a read per
+    /// user, members or not.
     pub async fn list_users(
         &self,
         admin: &Admin,
+        tenant: Option<&str>,
         after: Option<&str>,
         limit: usize,
     ) -> Result<(Vec<UserView>, Option<String>), FlowError> {
-        admin.require_platform()?;
-        let limit = limit.clamp(1, 500);
-        let keys = self.store.keys(Bucket::Users, after, limit).await?;
-        let mut users = Vec::new();
-        for key in &keys {
-            if let Some(user) = records::get::<User>(&*self.store, key).await? {
-                users.push(UserView::from(user.record));
-            }
+        match tenant {
+            Some(tenant) => admin.require_tenant(tenant)?,
+            None => admin.require_platform()?,
         }
-        let next = (keys.len() == limit)
-            .then(|| keys.last().cloned())
-            .flatten();
-        Ok((users, next))
+        let limit = limit.clamp(1, 500);
+        let mut users = Vec::new();
+        let mut after = after.map(str::to_owned);
+        loop {
+            let keys = self
+                .store
+                .keys(Bucket::Users, after.as_deref(), limit)
+                .await?;
+            for key in &keys {
+                let Some(user) = records::get::<User>(&*self.store, key).await? else {
+                    continue;
+                };
+                if tenant.is_some_and(|t| !user.record.tenants.contains_key(t)) {
+                    continue;
+                }
+                if let Some(view) = admin.view(user.record) {
+                    users.push(view);
+                }
+                if users.len() == limit {
+                    return Ok((users, Some(key.clone())));
+                }
+            }
+            if keys.len() < limit {
+                return Ok((users, None));
+            }
+            after = keys.last().cloned();
+        }
     }
 
+    /// A user: for platform administrators, and for the administrators of a tenant the
+    /// user belongs to (who see that tenant's assignments only).
     pub async fn get_user(&self, admin: &Admin, user_id: &str) -> Result<UserView, FlowError> {
-        admin.require_platform()?;
-        Ok(self.user(user_id).await?.record.into())
+        let user = self.user(user_id).await?;
+        admin.view(user.record).ok_or_else(|| {
+            FlowError::Forbidden(
+                "this needs a platform administrator or an administrator of one of the user's tenants"
+                    .into(),
+            )
+        })
     }
 
     /// Disables (`false`) or enables an account; a disabled one cannot sign in or refresh.

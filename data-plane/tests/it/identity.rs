@@ -1507,6 +1507,59 @@ async fn roles_and_assignments_decide_and_reach_routes_through_the_tokens() {
         call(&dp, "PUT", &elsewhere, &ann_admin, None).await.status,
         403
     );
+    // ... and reads that tenant's members, seeing only its assignments: not the members'
+    // other tenants, not anyone outside it, not the whole list.
+    assert_eq!(call(&dp, "PUT", &elsewhere, &root, None).await.status, 204);
+    let members = call(&dp, "GET", "/admin/iam/users?tenant=acme", &ann_admin, None).await;
+    assert_eq!(members.status, 200, "{}", members.text());
+    let members = members.json();
+    let listed: Vec<&str> = members["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["email"].as_str().unwrap())
+        .collect();
+    assert_eq!(listed, ["ann@example.org"], "{members}");
+    assert_eq!(
+        members["users"][0]["tenants"],
+        json!({ "acme": ["clerk", "tenant-admin"] }),
+        "globex is not acme's administrator's business"
+    );
+    let root_id = subject(&root);
+    for (path, why) in [
+        ("/admin/iam/users".to_owned(), "everyone"),
+        (
+            "/admin/iam/users?tenant=globex".to_owned(),
+            "another tenant",
+        ),
+        (format!("/admin/iam/users/{root_id}"), "a user outside acme"),
+    ] {
+        let refused = call(&dp, "GET", &path, &ann_admin, None).await;
+        assert_refused(&refused, 403, "forbidden");
+        assert!(refused.text().contains("administrator"), "{why}");
+    }
+    let own = call(
+        &dp,
+        "GET",
+        &format!("/admin/iam/users/{ann_id}"),
+        &ann_admin,
+        None,
+    )
+    .await
+    .json();
+    assert_eq!(own["tenants"], json!({ "acme": ["clerk", "tenant-admin"] }));
+    let everything = call(&dp, "GET", "/admin/iam/users?tenant=acme", &root, None)
+        .await
+        .json();
+    assert_eq!(
+        everything["users"][0]["tenants"],
+        json!({ "acme": ["clerk", "tenant-admin"], "globex": ["clerk"] }),
+        "a platform administrator sees every tenant"
+    );
+    assert_eq!(
+        call(&dp, "DELETE", &elsewhere, &root, None).await.status,
+        204
+    );
 
     // Users: listed in pages, disabled, enabled, deleted (the address is free again).
     let page = call(&dp, "GET", "/admin/iam/users?limit=1", &root, None)
@@ -2643,7 +2696,10 @@ async fn a_stale_hash_is_replaced_at_sign_in_and_a_newer_record_is_refused() {
     };
     let dp = data_plane(spec.clone(), dir.path(), Duration::from_secs(3600)).await;
     let account = credentials("old@example.org", "long password");
-    assert_eq!(post(&dp, "/v1/auth/signup", account.clone()).await.status, 202);
+    assert_eq!(
+        post(&dp, "/v1/auth/signup", account.clone()).await.status,
+        202
+    );
     let first = post(&dp, "/v1/auth/signin", account.clone()).await;
     assert_eq!(first.status, 200, "{}", first.text());
     let id = subject(first.json()["access_token"].as_str().unwrap());
@@ -2665,7 +2721,12 @@ async fn a_stale_hash_is_replaced_at_sign_in_and_a_newer_record_is_refused() {
         .unwrap();
 
     // A wrong password changes nothing; the right one is accepted and rehashed.
-    let wrong = post(&dp, "/v1/auth/signin", credentials("old@example.org", "not it!!")).await;
+    let wrong = post(
+        &dp,
+        "/v1/auth/signin",
+        credentials("old@example.org", "not it!!"),
+    )
+    .await;
     assert_refused(&wrong, 401, "invalid_credentials");
     let stored = records::get::<User>(&*store, &id).await.unwrap().unwrap();
     assert_eq!(stored.record.password.as_deref(), Some(weak.as_str()));
@@ -2718,12 +2779,26 @@ async fn a_reset_token_expires_unused() {
     identity.reset_ttl = Duration::from_secs(1);
     let dp = with_identity(identity).await;
     let account = credentials("kim@example.org", "first password");
-    assert_eq!(post(&dp, "/v1/auth/signup", account.clone()).await.status, 202);
-    let forgot = post(&dp, "/v1/auth/forgot", json!({ "email": "kim@example.org" })).await;
+    assert_eq!(
+        post(&dp, "/v1/auth/signup", account.clone()).await.status,
+        202
+    );
+    let forgot = post(
+        &dp,
+        "/v1/auth/forgot",
+        json!({ "email": "kim@example.org" }),
+    )
+    .await;
     assert_eq!(forgot.status, 202);
     let file = pavilion_tests::eventually("the reset mail", Duration::from_secs(10), || {
         let outbox = outbox.clone();
-        async move { std::fs::read_dir(&outbox).ok()?.flatten().next().map(|e| e.path()) }
+        async move {
+            std::fs::read_dir(&outbox)
+                .ok()?
+                .flatten()
+                .next()
+                .map(|e| e.path())
+        }
     })
     .await;
     let token = pavilion_tests::reset_token_in(&std::fs::read_to_string(file).unwrap());
@@ -2754,13 +2829,15 @@ async fn expired_signing_keys_leave_the_jwks_and_the_store() {
     let rotation = Duration::from_secs(2);
     let dp = data_plane(spec.clone(), dir.path(), rotation).await;
     let account = credentials("pat@example.org", "long password");
-    assert_eq!(post(&dp, "/v1/auth/signup", account.clone()).await.status, 202);
+    assert_eq!(
+        post(&dp, "/v1/auth/signup", account.clone()).await.status,
+        202
+    );
     let first = post(&dp, "/v1/auth/signin", account.clone()).await.json();
     let token = first["access_token"].as_str().unwrap().to_owned();
     let header = token.split('.').next().unwrap();
     let header: Value = serde_json::from_slice(
-        &base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, header)
-            .unwrap(),
+        &base64::Engine::decode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, header).unwrap(),
     )
     .unwrap();
     let kid = header["kid"].as_str().unwrap().to_owned();
@@ -2773,7 +2850,12 @@ async fn expired_signing_keys_leave_the_jwks_and_the_store() {
     let mut key: Value = serde_json::from_slice(&entry.value).unwrap();
     key["expires_at"] = json!(0);
     store
-        .update(Bucket::Keys, &name, key.to_string().into_bytes(), entry.revision)
+        .update(
+            Bucket::Keys,
+            &name,
+            key.to_string().into_bytes(),
+            entry.revision,
+        )
         .await
         .unwrap();
     let kids = |jwks: Value| -> Vec<String> {
@@ -2798,13 +2880,17 @@ async fn expired_signing_keys_leave_the_jwks_and_the_store() {
     // The next rotation deletes it from the store.
     tokio::time::sleep(rotation + Duration::from_millis(500)).await;
     assert_eq!(post(&dp, "/v1/auth/signin", account).await.status, 200);
-    pavilion_tests::eventually("the expired key is deleted", Duration::from_secs(5), || async {
-        store
-            .get(Bucket::Keys, &name)
-            .await
-            .unwrap()
-            .is_none()
-            .then_some(())
-    })
+    pavilion_tests::eventually(
+        "the expired key is deleted",
+        Duration::from_secs(5),
+        || async {
+            store
+                .get(Bucket::Keys, &name)
+                .await
+                .unwrap()
+                .is_none()
+                .then_some(())
+        },
+    )
     .await;
 }

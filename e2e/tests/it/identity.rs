@@ -632,7 +632,10 @@ async fn two_processes_on_nats_race_refreshes_and_enforce_each_others_changes() 
         .unwrap()
         .to_owned();
     let (old_kid, new_kid) = (kid(&root), kid(&fresh));
-    assert_ne!(old_kid, new_kid, "B signs with a key made after the rotation");
+    assert_ne!(
+        old_kid, new_kid,
+        "B signs with a key made after the rotation"
+    );
     for (server, token) in [(&a, &fresh), (&b, &root)] {
         let users = HttpClient::http1()
             .get_with(
