@@ -525,6 +525,14 @@ async fn iam(
             identity.set_password(&admin, &id, body.password).await?;
             done
         }
+        (&Method::DELETE, ["users", id, "password"]) => {
+            identity.remove_password(&admin, id).await?;
+            done
+        }
+        (&Method::DELETE, ["users", id, "identities", provider]) => {
+            identity.admin_unlink(&admin, id, provider).await?;
+            done
+        }
         (&Method::DELETE, ["users", id, "sessions"]) => {
             identity.revoke_sessions(&admin, id).await?;
             done
@@ -606,6 +614,13 @@ async fn iam(
                 &serde_json::json!({ "service_accounts": accounts }),
                 "no-store",
             ))
+        }
+        (&Method::POST, ["service-accounts", id, action @ ("disable" | "enable")]) => {
+            let enabled = *action == "enable";
+            identity
+                .set_service_account_enabled(&admin, id, enabled)
+                .await?;
+            done
         }
         (&Method::POST, ["service-accounts", id, "secret"]) => {
             let credentials = identity.rotate_secret(&admin, id).await?;

@@ -135,26 +135,27 @@ impl Identity {
             .ok_or_else(missing)
     }
 
-    /// A new secret; the old one stops working at once.
-    pub async fn rotate_secret(&self, admin: &Admin, id: &str) -> Result<Credentials, FlowError> {
-        admin.require_platform()?;
-        let secret = tokens::random(32);
+    /// Changes a service account by compare-and-set, retrying on concurrent changes, and
+    /// audits `action` by `admin` once it is stored.
+    async fn change_service_account(
+        &self,
+        admin: &Admin,
+        id: &str,
+        event: Event,
+        change: impl Fn(&mut ServiceAccount),
+    ) -> Result<(), FlowError> {
         for _ in 0..5 {
             let mut account = self.service_account(id).await?;
-            account.record.secret = tokens::digest(&secret);
+            change(&mut account.record);
             match records::update(&*self.store, id, &account.record, account.revision).await {
                 Ok(_) => {
                     self.audit(Event {
                         actor: admin.id.clone(),
-                        action: "service_account.secret_rotated",
                         target: id.to_owned(),
-                        ..Event::default()
+                        ..event
                     })
                     .await;
-                    return Ok(Credentials {
-                        client_id: id.to_owned(),
-                        client_secret: secret,
-                    });
+                    return Ok(());
                 }
                 Err(StoreError::Conflict) => continue,
                 Err(e) => return Err(e.into()),
@@ -163,6 +164,48 @@ impl Identity {
         Err(FlowError::Unavailable(
             "the service account kept changing".into(),
         ))
+    }
+
+    /// A new secret; the old one stops working at once.
+    pub async fn rotate_secret(&self, admin: &Admin, id: &str) -> Result<Credentials, FlowError> {
+        admin.require_platform()?;
+        let secret = tokens::random(32);
+        let digest = tokens::digest(&secret);
+        let event = Event {
+            action: "service_account.secret_rotated",
+            ..Event::default()
+        };
+        self.change_service_account(admin, id, event, |account| {
+            account.secret = digest.clone();
+        })
+        .await?;
+        Ok(Credentials {
+            client_id: id.to_owned(),
+            client_secret: secret,
+        })
+    }
+
+    /// Disables (`false`) or enables a service account: a disabled one gets no token (its
+    /// tokens already issued run out within their lifetime).
+    pub async fn set_service_account_enabled(
+        &self,
+        admin: &Admin,
+        id: &str,
+        enabled: bool,
+    ) -> Result<(), FlowError> {
+        admin.require_platform()?;
+        let event = Event {
+            action: if enabled {
+                "service_account.enabled"
+            } else {
+                "service_account.disabled"
+            },
+            ..Event::default()
+        };
+        self.change_service_account(admin, id, event, |account| {
+            account.disabled = !enabled;
+        })
+        .await
     }
 
     /// Gives a service account a role in a tenant (`assign`), or takes it away.
@@ -180,40 +223,28 @@ impl Identity {
                 "tenants and roles are lower-case letters, digits, `.`, `_`, `-`".into(),
             ));
         }
-        for _ in 0..5 {
-            let mut account = self.service_account(id).await?;
-            let roles = account.record.tenants.entry(tenant.to_owned()).or_default();
+        let event = Event {
+            action: if assign {
+                "assignment.added"
+            } else {
+                "assignment.removed"
+            },
+            tenant: Some(tenant.to_owned()),
+            detail: Some(format!("role {role}")),
+            ..Event::default()
+        };
+        self.change_service_account(admin, id, event, |account| {
+            let roles = account.tenants.entry(tenant.to_owned()).or_default();
             roles.retain(|r| r != role);
             if assign {
                 roles.push(role.to_owned());
                 roles.sort();
             }
-            if roles.is_empty() && !assign {
-                account.record.tenants.remove(tenant);
+            if roles.is_empty() {
+                account.tenants.remove(tenant);
             }
-            match records::update(&*self.store, id, &account.record, account.revision).await {
-                Ok(_) => {
-                    self.audit(Event {
-                        actor: admin.id.clone(),
-                        action: if assign {
-                            "assignment.added"
-                        } else {
-                            "assignment.removed"
-                        },
-                        target: id.to_owned(),
-                        tenant: Some(tenant.to_owned()),
-                        detail: Some(format!("role {role}")),
-                    })
-                    .await;
-                    return Ok(());
-                }
-                Err(StoreError::Conflict) => continue,
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Err(FlowError::Unavailable(
-            "the service account kept changing".into(),
-        ))
+        })
+        .await
     }
 
     pub async fn delete_service_account(&self, admin: &Admin, id: &str) -> Result<(), FlowError> {

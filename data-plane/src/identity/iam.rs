@@ -453,6 +453,32 @@ impl Identity {
         Ok(())
     }
 
+    /// Removes a user's password: they sign in through their linked identities only, and
+    /// every session ends. Refused when no identity is linked (the account would have no
+    /// way in; disable it instead).
+    pub async fn remove_password(&self, admin: &Admin, user_id: &str) -> Result<(), FlowError> {
+        admin.require_platform()?;
+        self.user(user_id).await?;
+        if self.linked_identities(user_id).await?.is_empty() {
+            return Err(FlowError::Conflict(
+                "no identity is linked: without its password the account has no way in (disable it instead)"
+                    .into(),
+            ));
+        }
+        self.change_user(user_id, |user| {
+            if user.password.is_none() {
+                return Err(FlowError::NotFound("the account has no password".into()));
+            }
+            user.password = None;
+            user.sessions_after_ms = super::unix_now_ms();
+            Ok(())
+        })
+        .await?;
+        self.audit_admin(admin, "user.password_removed", user_id, None)
+            .await;
+        Ok(())
+    }
+
     /// Ends every session of a user at once (refreshes fail; access tokens run out).
     pub async fn revoke_sessions(&self, admin: &Admin, user_id: &str) -> Result<(), FlowError> {
         admin.require_platform()?;

@@ -441,6 +441,22 @@ impl Identity {
         Ok(user)
     }
 
+    /// The identities linked to `user_id`, with their keys.
+    pub(super) async fn linked_identities(
+        &self,
+        user_id: &str,
+    ) -> Result<Vec<(String, Versioned<LinkedIdentity>)>, FlowError> {
+        let mut linked = Vec::new();
+        for key in self.store.keys(Bucket::Identities, None, 100_000).await? {
+            if let Some(identity) = records::get::<LinkedIdentity>(&*self.store, &key).await?
+                && identity.record.user == user_id
+            {
+                linked.push((key, identity));
+            }
+        }
+        Ok(linked)
+    }
+
     /// The identities linked to a user (platform administrators).
     pub async fn identities_of(
         &self,
@@ -451,30 +467,36 @@ impl Identity {
         self.existing_user(user_id)
             .await
             .map_err(|_| FlowError::NotFound(format!("no user {user_id}")))?;
-        let mut linked = Vec::new();
-        for key in self.store.keys(Bucket::Identities, None, 100_000).await? {
-            if let Some(identity) = records::get::<LinkedIdentity>(&*self.store, &key).await?
-                && identity.record.user == user_id
-            {
-                linked.push(identity.record);
-            }
-        }
-        Ok(linked)
+        let linked = self.linked_identities(user_id).await?;
+        Ok(linked.into_iter().map(|(_, l)| l.record).collect())
     }
 
-    /// Unlinks the bearer's identity at `provider`; refused when it is the account's only
-    /// way in (no password).
+    /// Unlinks the bearer's identity at `provider`.
     pub async fn oidc_unlink(&self, bearer: &str, provider: &str) -> Result<(), FlowError> {
         let claims = self.verify_access(bearer).await?;
         let user = self.existing_user(&claims.sub).await?;
-        let mut mine = Vec::new();
-        for key in self.store.keys(Bucket::Identities, None, 100_000).await? {
-            if let Some(linked) = records::get::<LinkedIdentity>(&*self.store, &key).await?
-                && linked.record.user == user.id
-            {
-                mine.push((key, linked));
-            }
-        }
+        self.unlink(&user, provider, &user.id).await
+    }
+
+    /// An administrator unlinks a user's identity at `provider` (platform administrators).
+    pub async fn admin_unlink(
+        &self,
+        admin: &super::iam::Admin,
+        user_id: &str,
+        provider: &str,
+    ) -> Result<(), FlowError> {
+        admin.require_platform()?;
+        let user = self
+            .existing_user(user_id)
+            .await
+            .map_err(|_| FlowError::NotFound(format!("no user {user_id}")))?;
+        self.unlink(&user, provider, &admin.id).await
+    }
+
+    /// Unlinks `user`'s identity at `provider` on behalf of `actor`; refused when it is the
+    /// account's only way in (no password).
+    async fn unlink(&self, user: &User, provider: &str, actor: &str) -> Result<(), FlowError> {
+        let mine = self.linked_identities(&user.id).await?;
         let Some(position) = mine.iter().position(|(_, l)| l.record.provider == provider) else {
             return Err(FlowError::NotFound(format!(
                 "no identity at {provider} is linked"
@@ -490,7 +512,7 @@ impl Identity {
             .delete(Bucket::Identities, key, linked.revision)
             .await?;
         self.audit(Event {
-            actor: user.id.clone(),
+            actor: actor.to_owned(),
             action: "identity.unlinked",
             target: user.id.clone(),
             detail: Some(format!("provider {provider}")),

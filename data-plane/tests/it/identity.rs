@@ -1904,9 +1904,50 @@ async fn signing_in_through_a_real_openid_provider_links_only_what_may_be_linked
     .json();
     assert_eq!(listed["identities"][0]["provider"], "corp", "{listed}");
     assert_eq!(listed["identities"][0]["subject"], "bob");
-    assert_eq!(unlink(bob_token).await.status, 204);
+    assert_eq!(unlink(bob_token.clone()).await.status, 204);
     let only_way = unlink(first.json()["access_token"].as_str().unwrap().to_owned()).await;
     assert_refused(&only_way, 409, "conflict");
+
+    // The administrator's side of credentials: an identity that is the only way in stays,
+    // and so does a password without a linked identity; a password beside one goes.
+    let admin_unlink = format!("/admin/iam/users/{alice}/identities/corp");
+    let refused = call(&dp, "DELETE", &admin_unlink, &bob_admin, None).await;
+    assert_refused(&refused, 409, "conflict");
+    post(
+        &dp,
+        "/v1/auth/signup",
+        credentials("carl@example.org", "carl password"),
+    )
+    .await;
+    let carl = access_token(&dp, "carl@example.org", "carl password").await;
+    let carl_password = format!("/admin/iam/users/{}/password", subject(&carl));
+    let refused = call(&dp, "DELETE", &carl_password, &bob_admin, None).await;
+    assert_refused(&refused, 409, "conflict");
+    let (_, relinked) = login("bob", Some(bob_admin.clone())).await;
+    assert_eq!(relinked.status, 200, "{}", relinked.text());
+    let bob_password = format!("/admin/iam/users/{}/password", subject(&bob_token));
+    assert_eq!(
+        call(&dp, "DELETE", &bob_password, &bob_admin, None)
+            .await
+            .status,
+        204
+    );
+    let by_password = post(
+        &dp,
+        "/v1/auth/signin",
+        credentials("bob@example.org", "bob password"),
+    )
+    .await;
+    assert_refused(&by_password, 401, "invalid_credentials");
+    let (_, by_provider) = login("bob", None).await;
+    assert_eq!(by_provider.status, 200, "{}", by_provider.text());
+    let bob_again = by_provider.json()["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let bob_unlink = format!("/admin/iam/users/{}/identities/corp", subject(&bob_token));
+    let refused = call(&dp, "DELETE", &bob_unlink, &bob_again, None).await;
+    assert_refused(&refused, 409, "conflict");
 }
 
 #[tokio::test]
@@ -2396,6 +2437,21 @@ async fn service_accounts_get_tokens_by_client_credentials_and_rotate_their_secr
             .status,
         200
     );
+    // Disabled: no token, whatever the secret; enabled again: the same secret works.
+    for (action, status) in [("disable", 401), ("enable", 200)] {
+        let path = format!("/admin/iam/service-accounts/{client_id}/{action}");
+        assert_eq!(call(&dp, "POST", &path, &root, None).await.status, 204);
+        let listed = call(&dp, "GET", "/admin/iam/service-accounts", &root, None)
+            .await
+            .json();
+        assert_eq!(
+            listed["service_accounts"][0]["disabled"],
+            action == "disable",
+            "{listed}"
+        );
+        let reply = token(Some((client_id.clone(), fresh.clone())), grant.clone()).await;
+        assert_eq!(reply.status, status, "after {action}: {}", reply.text());
+    }
     assert_eq!(
         call(
             &dp,
