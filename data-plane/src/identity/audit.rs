@@ -290,3 +290,67 @@ pub async fn verify(store: &dyn Store) -> Result<Result<u64, Break>, StoreError>
     }
     Ok(Ok(last))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(actor: &str, action: &str, tenant: Option<&str>, time_ms: i64) -> Record {
+        Record {
+            v: 1,
+            seq: 1,
+            time_ms,
+            actor: actor.into(),
+            action: action.into(),
+            target: "u1".into(),
+            tenant: tenant.map(str::to_owned),
+            request_id: None,
+            detail: None,
+            prev: String::new(),
+            hash: String::new(),
+        }
+    }
+
+    #[test]
+    fn every_filter_narrows_and_they_combine() {
+        let assigned = record("root", "assignment.added", Some("acme"), 2_000);
+        let failed = record("anonymous", "signin.failed", None, 1_000);
+        let filter = |f: Filter| (f.admits(&assigned), f.admits(&failed));
+        assert_eq!(filter(Filter::default()), (true, true));
+        let by_actor = Filter {
+            actor: Some("root".into()),
+            ..Filter::default()
+        };
+        assert_eq!(filter(by_actor), (true, false));
+        let by_tenant = Filter {
+            tenant: Some("acme".into()),
+            ..Filter::default()
+        };
+        assert_eq!(
+            filter(by_tenant),
+            (true, false),
+            "no tenant is not every tenant"
+        );
+        let by_target = Filter {
+            target: Some("u2".into()),
+            ..Filter::default()
+        };
+        assert_eq!(filter(by_target), (false, false));
+        let since = Filter {
+            since: Some(2_000),
+            ..Filter::default()
+        };
+        assert_eq!(filter(since), (true, false), "since is inclusive");
+        let until = Filter {
+            until: Some(1_000),
+            ..Filter::default()
+        };
+        assert_eq!(filter(until), (false, true), "until is inclusive");
+        let both = Filter {
+            actor: Some("root".into()),
+            action: Some("signin.failed".into()),
+            ..Filter::default()
+        };
+        assert_eq!(filter(both), (false, false), "filters combine with and");
+    }
+}

@@ -928,6 +928,45 @@ async fn the_audit_trail_records_security_events_and_betrays_tampering() {
     .await
     .json();
     assert_eq!(second["records"][0]["seq"].as_u64(), Some(next + 1));
+    // By actor, and by time (inclusive bounds, Unix milliseconds).
+    let audit = |query: String| {
+        let admin = admin.clone();
+        let addr = dp.addr;
+        async move {
+            let reply = HttpClient::http1()
+                .get_with(
+                    &format!("http://{addr}/admin/audit?{query}"),
+                    &[("authorization", admin.as_str())],
+                )
+                .await
+                .unwrap();
+            assert_eq!(reply.status, 200, "{query}: {}", reply.text());
+            reply.json()["records"].as_array().unwrap().clone()
+        }
+    };
+    let actor = records
+        .iter()
+        .find(|r| r["actor"] != "anonymous" && r["actor"] != "system")
+        .unwrap()["actor"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let by_actor = audit(format!("actor={actor}")).await;
+    assert!(!by_actor.is_empty() && by_actor.iter().all(|r| r["actor"] == actor.as_str()));
+    assert!(by_actor.len() < records.len());
+    let pivot = &records[records.len() / 2];
+    let time = pivot["time_ms"].as_i64().unwrap();
+    let since = audit(format!("since={time}")).await;
+    let until = audit(format!("until={time}")).await;
+    assert!(since.iter().all(|r| r["time_ms"].as_i64().unwrap() >= time));
+    assert!(until.iter().all(|r| r["time_ms"].as_i64().unwrap() <= time));
+    for window in [&since, &until] {
+        assert!(window.iter().any(|r| r["seq"] == pivot["seq"]), "inclusive");
+    }
+    assert!(
+        since.len() + until.len() > records.len(),
+        "together they cover everything"
+    );
 
     // Verification: whole, then broken by a change, and by a removal, made in the store.
     let verify = |expect_ok: bool| {
