@@ -2989,3 +2989,60 @@ async fn expired_signing_keys_leave_the_jwks_and_the_store() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn signing_keys_are_sealed_at_rest_and_a_wrong_store_key_stops_the_start() {
+    use pavilion_data::identity::store::Bucket;
+    let nats = NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let spec = StoreSpec::Nats {
+        servers: nats.url(),
+        prefix: "sealed".into(),
+    };
+    let _dp = data_plane(spec.clone(), dir.path(), Duration::from_secs(3600)).await;
+
+    // What the store holds of a signing key: the public point and a sealed blob in which
+    // nothing of a PKCS#8 P-256 key (its algorithm and curve identifiers) can be read.
+    let store = pavilion_data::identity::open_store(&spec).await.unwrap();
+    let names: Vec<String> = store
+        .keys(Bucket::Keys, None, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|name| name.starts_with("key."))
+        .collect();
+    assert_eq!(names.len(), 1, "{names:?}");
+    let entry = store.get(Bucket::Keys, &names[0]).await.unwrap().unwrap();
+    let text = String::from_utf8(entry.value.to_vec()).unwrap();
+    assert!(!text.contains("PRIVATE KEY"), "{text}");
+    let record: Value = serde_json::from_str(&text).unwrap();
+    let sealed = base64::Engine::decode(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+        record["sealed"].as_str().unwrap(),
+    )
+    .unwrap();
+    let ec_public_key = [0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01];
+    let prime256v1 = [0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
+    for oid in [&ec_public_key[..], &prime256v1[..]] {
+        assert!(
+            !sealed.windows(oid.len()).any(|w| w == oid),
+            "the sealed key reads as PKCS#8"
+        );
+    }
+
+    // Another replica with another store key cannot sign with the current key: it does not
+    // start, and says why.
+    let other = tempfile::tempdir().unwrap();
+    let wrong_key = other.path().join("identity.key");
+    std::fs::write(&wrong_key, "cd".repeat(32)).unwrap();
+    let mut config = Config::local();
+    config.identity = Some(IdentityConfig::new(spec, ISSUER, wrong_key));
+    let error = match pavilion_data::start(config).await {
+        Ok(_) => panic!("a data plane with the wrong store key started"),
+        Err(error) => format!("{error:#}"),
+    };
+    assert!(
+        error.contains("cannot be unsealed") && error.contains("--identity-key-file"),
+        "{error}"
+    );
+}
