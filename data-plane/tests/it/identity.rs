@@ -1987,6 +1987,24 @@ async fn signing_in_through_a_real_openid_provider_links_only_what_may_be_linked
     let bob_unlink = format!("/admin/iam/users/{}/identities/corp", subject(&bob_token));
     let refused = call(&dp, "DELETE", &bob_unlink, &bob_again, None).await;
     assert_refused(&refused, 409, "conflict");
+
+    // Both sides proved the address — the provider says verified, and the owner proved it
+    // by mail: the first login through the provider is the existing account.
+    post(
+        &dp,
+        "/v1/auth/signup",
+        credentials("dora@example.org", "dora password"),
+    )
+    .await;
+    verify(&dp, &dir, "dora@example.org", "dora password").await;
+    let dora = access_token(&dp, "dora@example.org", "dora password").await;
+    let (_, linked) = login("dora", None).await;
+    assert_eq!(linked.status, 200, "{}", linked.text());
+    assert_eq!(
+        subject(linked.json()["access_token"].as_str().unwrap()),
+        subject(&dora),
+        "linked by the proven address"
+    );
 }
 
 #[tokio::test]
