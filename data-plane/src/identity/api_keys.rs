@@ -1,7 +1,8 @@
 //! API keys issued by the IAM API, without an `ApiKey` resource per key: stored as SHA-256
 //! with their namespace, scopes, tenants and expiry, and handed to the edge's API-key
-//! authentication as a table every replica reloads every [`RELOAD`] (and at once after a
-//! change on that replica) — so a revocation is enforced everywhere within that bound.
+//! authentication as a table every replica reloads whenever the store reports a change of
+//! the issued keys (any replica's), and every [`RELOAD`] besides — so a revocation is
+//! enforced everywhere at once, and within that bound when the change feed is interrupted.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -18,8 +19,8 @@ use super::store::{Bucket, Store, StoreError};
 use super::{Identity, unix_now};
 use crate::auth::api_key::{ApiKeys, IssuedKeys, scope_bits};
 
-/// How often every replica reloads the issued keys.
-pub const RELOAD: Duration = Duration::from_secs(2);
+/// How often every replica reloads the issued keys regardless of the store's change feed.
+pub const RELOAD: Duration = Duration::from_secs(10);
 
 /// An issued key (`{id}` in the api-keys bucket).
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -117,13 +118,14 @@ pub async fn reload(store: &dyn Store, issued: &IssuedKeys) -> Result<(), StoreE
     Ok(())
 }
 
-/// Reloads `issued` every [`RELOAD`] for as long as it lives.
+/// Reloads `issued` on every change of the issued keys (and every [`RELOAD`]), for as long
+/// as it lives.
 pub fn watch(issued: &Arc<IssuedKeys>, store: Arc<dyn Store>) {
     let weak = Arc::downgrade(issued);
     tokio::spawn(async move {
-        let mut ticks = tokio::time::interval(RELOAD);
-        loop {
-            ticks.tick().await;
+        let nudges = super::store::nudges(store.clone(), Bucket::ApiKeys, RELOAD);
+        let mut nudges = std::pin::pin!(nudges);
+        while futures::StreamExt::next(&mut nudges).await.is_some() {
             let Some(issued) = weak.upgrade() else {
                 return;
             };
@@ -200,7 +202,8 @@ impl Identity {
         Ok(keys)
     }
 
-    /// Revokes a key: refused by every replica within [`RELOAD`] (this one at once).
+    /// Revokes a key: refused by every replica at once through the store's change feed
+    /// (within [`RELOAD`] while it is interrupted; this one at once either way).
     pub async fn revoke_api_key(&self, admin: &Admin, id: &str) -> Result<(), FlowError> {
         admin.require_platform()?;
         let missing = || FlowError::NotFound(format!("no API key {id}"));

@@ -1,6 +1,7 @@
 //! The role catalogue as the request path reads it: role → rights, a copy of the store's
-//! `role.*` records reloaded every [`REFRESH`] (and at once after a change made on this
-//! replica), swapped whole so a request reads one consistent version without a lock.
+//! `role.*` records reloaded whenever the store reports a change of them (any replica's),
+//! and every [`REFRESH`] besides; swapped whole so a request reads one consistent version
+//! without a lock.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -11,9 +12,10 @@ use arc_swap::ArcSwap;
 use super::records::{self, Role};
 use super::store::{Bucket, Store, StoreError};
 
-/// How often every replica reloads the catalogue: a role's change reaches all of them
-/// within this.
-pub const REFRESH: Duration = Duration::from_secs(2);
+/// How often every replica reloads the catalogue regardless of the store's change feed: a
+/// role's change reaches all of them at once through the feed, and within this when the
+/// feed is interrupted.
+pub const REFRESH: Duration = Duration::from_secs(10);
 
 /// Role name → the rights it grants.
 type Roles = HashMap<Box<str>, Box<[Box<str>]>>;
@@ -66,13 +68,14 @@ impl Catalogue {
     }
 }
 
-/// Reloads `catalogue` from `store` every [`REFRESH`], for as long as the catalogue lives.
+/// Reloads `catalogue` from `store` on every change of its roles (and every [`REFRESH`]),
+/// for as long as the catalogue lives.
 pub fn watch(catalogue: &Arc<Catalogue>, store: Arc<dyn Store>) {
     let weak = Arc::downgrade(catalogue);
     tokio::spawn(async move {
-        let mut ticks = tokio::time::interval(REFRESH);
-        loop {
-            ticks.tick().await;
+        let nudges = super::store::nudges(store.clone(), Bucket::Rbac, REFRESH);
+        let mut nudges = std::pin::pin!(nudges);
+        while futures::StreamExt::next(&mut nudges).await.is_some() {
             let Some(catalogue) = weak.upgrade() else {
                 return;
             };

@@ -1,5 +1,6 @@
 //! One test suite for both identity stores: NATS JetStream KV on a real `nats-server -js`
-//! and the embedded redb file — the same compare-and-set semantics, the same paging.
+//! and the embedded redb file — the same compare-and-set semantics, the same paging, the
+//! same change feed.
 
 use std::sync::Arc;
 
@@ -126,6 +127,36 @@ async fn the_store_contract(store: Arc<dyn Store>) {
             .unwrap()
             .is_empty()
     );
+
+    // The change feed: a nudge for each change of its bucket — create, update, delete —
+    // and none for another bucket's.
+    use futures::{FutureExt, StreamExt};
+    let mut feed = store.changes(Bucket::Rbac).await.unwrap();
+    async fn next(feed: &mut futures::stream::BoxStream<'static, ()>) -> Option<()> {
+        tokio::time::timeout(std::time::Duration::from_secs(5), feed.next())
+            .await
+            .expect("a nudge within 5 s")
+    }
+    store
+        .create(Bucket::Users, "elsewhere", b"x".to_vec())
+        .await
+        .unwrap();
+    let created = store
+        .create(Bucket::Rbac, "role.a", b"1".to_vec())
+        .await
+        .unwrap();
+    assert_eq!(next(&mut feed).await, Some(()), "a nudge for the create");
+    assert!(
+        feed.next().now_or_never().is_none(),
+        "the other bucket's write nudged nobody here"
+    );
+    let updated = store
+        .update(Bucket::Rbac, "role.a", b"2".to_vec(), created)
+        .await
+        .unwrap();
+    assert_eq!(next(&mut feed).await, Some(()), "a nudge for the update");
+    store.delete(Bucket::Rbac, "role.a", updated).await.unwrap();
+    assert_eq!(next(&mut feed).await, Some(()), "a nudge for the delete");
 }
 
 #[tokio::test]

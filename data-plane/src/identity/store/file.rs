@@ -15,6 +15,9 @@ use super::{Bucket, Entry, Store, StoreError};
 
 pub struct FileStore {
     db: Arc<Database>,
+    /// Which bucket a write just changed (one process owns the file: its writes are all
+    /// the changes there are).
+    changed: tokio::sync::broadcast::Sender<Bucket>,
 }
 
 type Table = TableDefinition<'static, &'static str, (u64, &'static [u8])>;
@@ -40,7 +43,10 @@ impl FileStore {
         }
         let db = Database::create(path)
             .map_err(|e| StoreError::Unavailable(format!("{}: {e}", path.display())))?;
-        Ok(Self { db: Arc::new(db) })
+        Ok(Self {
+            db: Arc::new(db),
+            changed: tokio::sync::broadcast::channel(64).0,
+        })
     }
 
     /// Runs `work` on the blocking pool with the database.
@@ -66,6 +72,7 @@ impl FileStore {
         expect: impl FnOnce(Option<u64>) -> Result<(), StoreError> + Send + 'static,
     ) -> BoxFuture<'static, Result<u64, StoreError>> {
         let key = key.to_owned();
+        let changed = self.changed.clone();
         self.run(move |db| {
             let txn = db.begin_write().map_err(failed)?;
             let revision = {
@@ -87,6 +94,8 @@ impl FileStore {
                 revision
             };
             txn.commit().map_err(failed)?;
+            // Nobody following is fine.
+            let _ = changed.send(bucket);
             Ok(revision)
         })
     }
@@ -190,5 +199,26 @@ impl Store for FileStore {
             }
             Ok(keys)
         })
+    }
+
+    fn changes(
+        &self,
+        bucket: Bucket,
+    ) -> BoxFuture<'_, Result<futures::stream::BoxStream<'static, ()>, StoreError>> {
+        let receiver = self.changed.subscribe();
+        let feed = futures::stream::unfold(receiver, move |mut receiver| async move {
+            loop {
+                match receiver.recv().await {
+                    Ok(changed) if changed == bucket => return Some(((), receiver)),
+                    Ok(_) => continue,
+                    // Missed some: one nudge covers them.
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                        return Some(((), receiver));
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+                }
+            }
+        });
+        async move { Ok(futures::StreamExt::boxed(feed)) }.boxed()
     }
 }

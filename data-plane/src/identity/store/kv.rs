@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use async_nats::jetstream::{self, kv};
 use futures::future::BoxFuture;
-use futures::{FutureExt, TryStreamExt};
+use futures::{FutureExt, StreamExt, TryStreamExt};
 
 use super::{Bucket, Entry, Store, StoreError};
 
@@ -174,6 +174,21 @@ impl Store for KvStore {
                 .filter(|k| after.is_none_or(|a| k.as_str() > a))
                 .take(limit)
                 .collect())
+        }
+        .boxed()
+    }
+
+    fn changes(
+        &self,
+        bucket: Bucket,
+    ) -> BoxFuture<'_, Result<futures::stream::BoxStream<'static, ()>, StoreError>> {
+        async move {
+            let watch = self.bucket(bucket).watch_all().await.map_err(unavailable)?;
+            // An error ends the feed: the caller opens it again.
+            Ok(watch
+                .take_while(|entry| std::future::ready(entry.is_ok()))
+                .map(|_| ())
+                .boxed())
         }
         .boxed()
     }

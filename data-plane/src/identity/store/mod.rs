@@ -8,7 +8,11 @@
 pub mod file;
 pub mod kv;
 
+use std::time::Duration;
+
+use futures::FutureExt;
 use futures::future::BoxFuture;
+use futures::stream::{BoxStream, Stream, StreamExt};
 
 /// The buckets, one per kind of record (`docs/identity.md` lists their keys).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -141,4 +145,59 @@ pub trait Store: Send + Sync {
         after: Option<&'a str>,
         limit: usize,
     ) -> BoxFuture<'a, Result<Vec<String>, StoreError>>;
+
+    /// An item whenever something in `bucket` changes — here, or on another replica for a
+    /// shared store: a nudge to reload, not the change itself. It ends when the store stops
+    /// watching (a lost connection); see [`nudges`].
+    fn changes(&self, bucket: Bucket) -> BoxFuture<'_, Result<BoxStream<'static, ()>, StoreError>>;
+}
+
+/// What a copy of a bucket (the role catalogue, the issued API keys) reloads on: every
+/// change of `bucket` as the store reports it, and every `floor` besides — the bound when
+/// the change feed is down, which is then opened again. The first item comes at once.
+pub fn nudges(
+    store: std::sync::Arc<dyn Store>,
+    bucket: Bucket,
+    floor: Duration,
+) -> impl Stream<Item = ()> {
+    struct State {
+        store: std::sync::Arc<dyn Store>,
+        feed: Option<BoxStream<'static, ()>>,
+        ticks: tokio::time::Interval,
+    }
+    let mut ticks = tokio::time::interval(floor);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let state = State {
+        store,
+        feed: None,
+        ticks,
+    };
+    futures::stream::unfold(state, move |mut state| async move {
+        if state.feed.is_none() {
+            match state.store.changes(bucket).await {
+                Ok(feed) => state.feed = Some(feed),
+                Err(error) => {
+                    tracing::warn!(bucket = bucket.name(), %error, "cannot follow the store's changes; reloading every {floor:?}")
+                }
+            }
+        }
+        match &mut state.feed {
+            Some(feed) => tokio::select! {
+                nudge = feed.next() => {
+                    if nudge.is_none() {
+                        state.feed = None;
+                    }
+                }
+                _ = state.ticks.tick() => {}
+            },
+            None => {
+                state.ticks.tick().await;
+            }
+        }
+        // A burst of changes is one reload.
+        if let Some(feed) = &mut state.feed {
+            while let Some(Some(())) = feed.next().now_or_never() {}
+        }
+        Some(((), state))
+    })
 }
