@@ -1770,7 +1770,7 @@ async fn the_openapi_document_is_valid_and_matches_the_router() {
             .collect();
         let mut paths = vec![String::from("/admin/iam")];
         for segment in found[2].split(',').map(str::trim).filter(|s| !s.is_empty()) {
-            let segment = segment.split('@').last().unwrap().trim();
+            let segment = segment.rsplit('@').next().unwrap_or(segment).trim();
             let choices: Vec<String> = if segment.contains('"') {
                 segment
                     .trim_matches(|c| c == '(' || c == ')')
