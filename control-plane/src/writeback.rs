@@ -159,12 +159,13 @@ pub trait StatusSink: Send + 'static {
         target: &'a StatusTarget,
         status: &'a StoredStatus,
     ) -> BoxFuture<'a, Result<Written, String>>;
-    /// The status of `target` went from `previous` to `next` (just written): tell whoever
-    /// listens beyond the status itself (Kubernetes Events). Nothing by default.
+    /// The status of `target` went from one with the conditions `previous` to `next` (just
+    /// written): tell whoever listens beyond the status itself (Kubernetes Events). Nothing
+    /// by default.
     fn changed<'a>(
         &'a mut self,
         _target: &'a StatusTarget,
-        _previous: Option<&'a StoredStatus>,
+        _previous: Option<&'a [StoredCondition]>,
         _next: &'a StoredStatus,
     ) -> BoxFuture<'a, ()> {
         Box::pin(async {})
@@ -195,8 +196,10 @@ pub async fn run(
     };
     let mut node_changes = nodes.subscribe();
     // What is known to be stored, per document (see `Known`); boxed, as the map keeps a
-    // third of its slots empty and a `Known` is 400 bytes.
+    // third of its slots empty.
     let mut stored: HashMap<Origin, Box<Known>> = HashMap::new();
+    // The strings of stored conditions, shared: most documents' conditions say the same.
+    let mut strings = Interner::default();
     let mut pass: u64 = 0;
     let mut pruned = false;
     let mut reread_at = tokio::time::Instant::now() + REREAD_EVERY;
@@ -231,7 +234,7 @@ pub async fn run(
         let fleet = Fleet::new(&current.now, &nodes, &current.versions);
         // Whether data planes run a document depends only on the snapshot that first held
         // it as it is: worked out once per such snapshot, not once per document.
-        let mut verdicts: HashMap<u64, Verdict> = HashMap::new();
+        let mut verdicts: HashMap<u64, Arc<Verdict>> = HashMap::new();
         let mut gone = Vec::new();
         let documents = current
             .reports
@@ -246,7 +249,7 @@ pub async fn run(
             }
             let verdict = verdicts
                 .entry(since.position)
-                .or_insert_with(|| crate::status::programmed(since, &fleet));
+                .or_insert_with(|| Arc::new(crate::status::programmed(since, &fleet)));
             let known = match stored.get_mut(&report.origin) {
                 Some(known) if known.key == report.key => Some(known),
                 Some(_) => {
@@ -280,25 +283,30 @@ pub async fn run(
                 origin: report.origin.clone(),
                 key: report.key.clone(),
             };
-            let known = stored.get(&report.origin);
-            let stored_last_accepted = known.filter(|known| same_last_accepted(known)).map_or_else(
-                || last_accepted.as_deref().and_then(LastAccepted::to_status),
-                |known| known.status.last_accepted.clone(),
-            );
-            let read;
-            let previous = match known {
-                Some(known) => Some(&known.status),
+            let known = stored.get(&report.origin).map(|known| &**known);
+            // The last accepted version as the status holds it: written out again only
+            // when the status must be (a `Known` keeps no YAML).
+            let stored_last_accepted = last_accepted.as_deref().and_then(LastAccepted::to_status);
+            // What is stored now: its conditions, and what tells whether a status is the
+            // same (the known digest, or the status read back).
+            let (previous, digest, read) = match known {
+                Some(known) => (
+                    Some(known.conditions.iter().map(KnownCondition::stored).collect()),
+                    Some(known.digest),
+                    None,
+                ),
                 None => {
-                    read = sink.read(&target).await.unwrap_or_else(|error| {
+                    let read = sink.read(&target).await.unwrap_or_else(|error| {
                         tracing::warn!(origin = %target.origin, %error, "cannot read status");
                         None
                     });
-                    read.as_ref()
+                    let previous: Option<Vec<StoredCondition>> =
+                        read.as_ref().map(|r| r.conditions.clone());
+                    (previous, None, read)
                 }
             };
             let fresh = conditions(report, since, &fleet);
-            let conditions =
-                with_transition_times(fresh, previous.map(|p| p.conditions.as_slice()), &now);
+            let conditions = with_transition_times(fresh, previous.as_deref(), &now);
             let next = StoredStatus::new(
                 conditions,
                 report,
@@ -306,25 +314,33 @@ pub async fn run(
                 last_accepted.as_deref(),
                 stored_last_accepted,
             );
-            let remember = |status: StoredStatus| {
+            let remember = |status: &StoredStatus, strings: &mut Interner| {
                 Box::new(Known {
                     key: report.key.clone(),
-                    status,
+                    digest: status_digest(status),
+                    conditions: status
+                        .conditions
+                        .iter()
+                        .map(|c| KnownCondition::new(c, strings))
+                        .collect(),
                     last_accepted: last_accepted.clone(),
                     since: since.position,
                     verdict: verdict.clone(),
                     pass,
                 })
             };
-            if previous == Some(&next) {
-                stored.insert(report.origin.clone(), remember(next));
+            let unchanged = match digest {
+                Some(digest) => status_digest(&next) == digest,
+                None => read.as_ref() == Some(&next),
+            };
+            if unchanged {
+                stored.insert(report.origin.clone(), remember(&next, &mut strings));
                 continue;
             }
-            let previous = previous.cloned();
             match sink.write(&target, &next).await {
                 Ok(Written::Done) => {
-                    sink.changed(&target, previous.as_ref(), &next).await;
-                    stored.insert(report.origin.clone(), remember(next));
+                    sink.changed(&target, previous.as_deref(), &next).await;
+                    stored.insert(report.origin.clone(), remember(&next, &mut strings));
                 }
                 Ok(Written::Gone) => {
                     stored.remove(&report.origin);
@@ -336,6 +352,7 @@ pub async fn run(
                 }
             }
         }
+        strings.forget_unused();
         if !*leader.borrow() {
             continue;
         }
@@ -378,18 +395,88 @@ type Verdict = (&'static str, &'static str, String);
 /// A status known to be stored, and what it was made from: while those stay the same, the
 /// document is passed over without building its status again (at 10 000 resources, building
 /// and comparing every status was a quarter of the control plane's work per change).
+///
+/// Kept small, as there is one per document: the stored status is remembered by its digest
+/// (a status built the same is not written again) and its conditions (for transition times
+/// and events), whose strings are shared — not whole, with its last accepted version's YAML
+/// (at 20 000 documents, whole statuses were a fifth of the control plane's heap).
 struct Known {
     key: Option<ResourceKey>,
-    status: StoredStatus,
-    /// The last accepted version the status holds: while it is the same `Arc`, its YAML
-    /// is not written out again.
+    digest: [u8; 16],
+    conditions: Box<[KnownCondition]>,
+    /// The last accepted version the status holds.
     last_accepted: Option<Arc<LastAccepted>>,
     /// [`Since::position`](crate::controller::Since) of the document: it moves whenever
     /// the document, its verdict or its attachments change.
     since: u64,
-    verdict: Verdict,
+    verdict: Arc<Verdict>,
     /// The last pass that saw the document.
     pass: u64,
+}
+
+/// A stored condition, its strings shared through an [`Interner`].
+struct KnownCondition {
+    kind: Arc<str>,
+    status: Arc<str>,
+    reason: Arc<str>,
+    message: Arc<str>,
+    observed_generation: Option<i64>,
+    last_transition_time: Arc<str>,
+}
+
+impl KnownCondition {
+    fn new(condition: &StoredCondition, strings: &mut Interner) -> Self {
+        Self {
+            kind: strings.get(&condition.kind),
+            status: strings.get(&condition.status),
+            reason: strings.get(&condition.reason),
+            message: strings.get(&condition.message),
+            observed_generation: condition.observed_generation,
+            last_transition_time: strings.get(&condition.last_transition_time),
+        }
+    }
+
+    fn stored(&self) -> StoredCondition {
+        StoredCondition {
+            kind: self.kind.to_string(),
+            status: self.status.to_string(),
+            reason: self.reason.to_string(),
+            message: self.message.to_string(),
+            observed_generation: self.observed_generation,
+            last_transition_time: self.last_transition_time.to_string(),
+        }
+    }
+}
+
+/// One copy of each string the known conditions hold.
+#[derive(Default)]
+struct Interner(std::collections::HashSet<Arc<str>>);
+
+impl Interner {
+    fn get(&mut self, text: &str) -> Arc<str> {
+        if let Some(shared) = self.0.get(text) {
+            return shared.clone();
+        }
+        let shared: Arc<str> = text.into();
+        self.0.insert(shared.clone());
+        shared
+    }
+
+    /// Drops the strings no condition holds any more (old transition times, messages of
+    /// verdicts that changed).
+    fn forget_unused(&mut self) {
+        self.0.retain(|text| Arc::strong_count(text) > 1);
+    }
+}
+
+/// A status's digest: the first 16 bytes of the SHA-256 of its JSON.
+fn status_digest(status: &StoredStatus) -> [u8; 16] {
+    use sha2::Digest;
+    let json = serde_json::to_vec(status).unwrap_or_default();
+    let digest = sha2::Sha256::digest(&json);
+    let mut short = [0u8; 16];
+    short.copy_from_slice(&digest[..16]);
+    short
 }
 
 /// Keeps a condition's transition time while its status stays the same.

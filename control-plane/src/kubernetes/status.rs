@@ -8,7 +8,7 @@ use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use super::events::{Events, Notice};
 use crate::source::Origin;
 use crate::source::kube::api_resource;
-use crate::writeback::{StatusSink, StatusTarget, StoredStatus, Written};
+use crate::writeback::{StatusSink, StatusTarget, StoredCondition, StoredStatus, Written};
 
 pub struct KubeStatusSink {
     client: kube::Client,
@@ -84,12 +84,11 @@ impl StatusSink for KubeStatusSink {
     fn changed<'a>(
         &'a mut self,
         target: &'a StatusTarget,
-        previous: Option<&'a StoredStatus>,
+        previous: Option<&'a [StoredCondition]>,
         next: &'a StoredStatus,
     ) -> BoxFuture<'a, ()> {
         async move {
-            let before = previous.map(|p| p.conditions.as_slice());
-            for notice in Notice::between(before, &next.conditions) {
+            for notice in Notice::between(previous, &next.conditions) {
                 self.events.publish(&target.origin, &notice).await;
             }
         }
