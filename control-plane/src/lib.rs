@@ -277,6 +277,12 @@ pub async fn start(config: Config) -> Result<ControlPlane, Error> {
     let mut kube_client = None;
     // Set once the plan store can be reached; the API answers 503 until then.
     let rebalancer: Arc<std::sync::OnceLock<Arc<Rebalancer>>> = Arc::default();
+    let writeback_inputs = || writeback::Inputs {
+        published: published_rx.clone(),
+        nodes: nodes.clone(),
+        leader: leader_rx.clone(),
+        backlog: metrics.status_backlog.clone(),
+    };
     let source: Box<dyn Source> = match &config.source {
         SourceSpec::Dir(path) => {
             let started = Rebalancer::new(
@@ -298,9 +304,7 @@ pub async fn start(config: Config) -> Result<ControlPlane, Error> {
             let _ = rebalancer.set(started);
             servers.push(tokio::spawn(writeback::run(
                 Box::new(dir_status::DirStatusSink::new(path)),
-                published_rx.clone(),
-                nodes.clone(),
-                leader_rx.clone(),
+                writeback_inputs(),
                 None,
             )));
             Box::new(DirSource::new(path))
@@ -309,9 +313,7 @@ pub async fn start(config: Config) -> Result<ControlPlane, Error> {
             servers.push(tokio::spawn(kv_writeback(
                 address.clone(),
                 config.kube.identity.clone(),
-                published_rx.clone(),
-                nodes.clone(),
-                leader_rx,
+                writeback_inputs(),
                 shutdown_rx.clone(),
                 rebalancer.clone(),
             )));
@@ -361,9 +363,7 @@ pub async fn start(config: Config) -> Result<ControlPlane, Error> {
             let _ = rebalancer.set(started);
             servers.push(tokio::spawn(writeback::run(
                 sink,
-                published_rx.clone(),
-                nodes.clone(),
-                leader_rx.clone(),
+                writeback_inputs(),
                 Some((board, config.kube.identity.clone())),
             )));
             if let Some(address) = &config.mirror_to {
@@ -542,12 +542,15 @@ fn register_scraped(
 async fn kv_writeback(
     address: KvAddress,
     identity: String,
-    published: controller::PublishedReceiver,
-    nodes: Arc<Nodes>,
-    leader: watch::Receiver<bool>,
+    inputs: writeback::Inputs,
     shutdown: watch::Receiver<bool>,
     rebalancer: Arc<std::sync::OnceLock<Arc<Rebalancer>>>,
 ) {
+    let (published, nodes, leader) = (
+        inputs.published.clone(),
+        inputs.nodes.clone(),
+        inputs.leader.clone(),
+    );
     let store = loop {
         match kv::open(&address).await {
             Ok(store) => break store,
@@ -576,7 +579,7 @@ async fn kv_writeback(
         shutdown,
     ));
     let sink = Box::new(kv::KvStatusSink::new(store));
-    writeback::run(sink, published, nodes, leader, Some((board, identity))).await;
+    writeback::run(sink, inputs, Some((board, identity))).await;
     posting.abort();
     reconciling.abort();
 }

@@ -14,6 +14,8 @@ pub struct Metrics {
     pub snapshots_sent: IntCounterVec,
     /// 1 while the source is reachable.
     pub source_up: IntGauge,
+    /// Documents the status write-back has yet to look at in its current pass.
+    pub status_backlog: IntGauge,
 }
 
 impl Metrics {
@@ -61,8 +63,14 @@ impl Metrics {
             "1 while the control plane reaches its source (NATS, the Kubernetes API, the directory); 0 while it serves the last good state without it.",
         )
         .expect("valid metric");
+        let status_backlog = IntGauge::new(
+            "pavilion_control_status_backlog",
+            "Documents whose status the write-back has yet to check (and write, when it changed) in its current pass; 0 when every status is written. After a start with many resources on Kubernetes this counts down as statuses are read and written, one request each.",
+        )
+        .expect("valid metric");
         for collector in [
             Box::new(source_up.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(status_backlog.clone()),
             Box::new(compiles.clone()),
             Box::new(resources.clone()),
             Box::new(connected.clone()),
@@ -83,6 +91,7 @@ impl Metrics {
             nacks,
             snapshots_sent,
             source_up,
+            status_backlog,
         }
     }
 }

@@ -176,6 +176,15 @@ pub trait StatusSink: Send + 'static {
     fn prune<'a>(&'a mut self, current: &'a [StatusTarget]) -> BoxFuture<'a, Result<(), String>>;
 }
 
+/// What the write-back follows, and the gauge it keeps.
+pub struct Inputs {
+    pub published: PublishedReceiver,
+    pub nodes: Arc<Nodes>,
+    pub leader: watch::Receiver<bool>,
+    /// `pavilion_control_status_backlog`.
+    pub backlog: prometheus::IntGauge,
+}
+
 /// Writes statuses while `leader` is true, until the published channel closes. What is
 /// stored is read back on every new term and every few minutes, so statuses written by
 /// someone else (an earlier leader, a person) are corrected and transition times survive.
@@ -183,11 +192,15 @@ pub trait StatusSink: Send + 'static {
 /// every replica, not only this one's.
 pub async fn run(
     mut sink: Box<dyn StatusSink>,
-    mut published: PublishedReceiver,
-    nodes: Arc<Nodes>,
-    mut leader: watch::Receiver<bool>,
+    inputs: Inputs,
     board: Option<(Arc<dyn NodeBoard>, String)>,
 ) {
+    let Inputs {
+        mut published,
+        nodes,
+        mut leader,
+        backlog,
+    } = inputs;
     // Other replicas' data planes only show on the board: look again as often as they post.
     let recheck = if board.is_some() {
         REPORT_EVERY
@@ -242,10 +255,14 @@ pub async fn run(
             .zip(current.items.iter())
             .zip(&current.last_accepted)
             .zip(&current.since);
-        for (((report, item), last_accepted), since) in documents {
+        let total = current.reports.len();
+        for (done, (((report, item), last_accepted), since)) in documents.enumerate() {
             // Checked before every write: a replica that lost the lead stops at once.
             if !*leader.borrow() {
                 break;
+            }
+            if done % 64 == 0 {
+                backlog.set((total - done) as i64);
             }
             let verdict = verdicts
                 .entry(since.position)
@@ -353,6 +370,7 @@ pub async fn run(
             }
         }
         strings.forget_unused();
+        backlog.set(0);
         if !*leader.borrow() {
             continue;
         }
