@@ -142,9 +142,6 @@ struct KindItems {
 struct Read {
     uid: Option<String>,
     resource_version: Option<String>,
-    /// SHA-256 of the object as read: without its status, resourceVersion and
-    /// managedFields, which change without the resource changing.
-    digest: Option<[u8; 32]>,
     item: Item,
 }
 
@@ -186,50 +183,29 @@ impl KindItems {
     /// compiles it again.
     fn read(&self, mut object: DynamicObject, recall: bool) -> ((String, String), Read) {
         let key = object_key(&object);
-        let known = self
-            .current
-            .get(&key)
-            .filter(|known| known.uid == object.metadata.uid);
-        let resource_version = object.metadata.resource_version.take();
-        let again = |known: &Read, digest| Read {
-            uid: known.uid.clone(),
-            resource_version: resource_version.clone(),
-            digest,
-            item: known.item.clone(),
-        };
-        if let Some(known) = known.filter(|known| {
-            resource_version.is_some() && known.resource_version == resource_version
+        let meta = &object.metadata;
+        if let Some(known) = self.current.get(&key).filter(|known| {
+            known.resource_version.is_some()
+                && known.resource_version == meta.resource_version
+                && known.uid == meta.uid
         }) {
-            return (key, again(known, known.digest));
+            let read = Read {
+                uid: known.uid.clone(),
+                resource_version: known.resource_version.clone(),
+                item: known.item.clone(),
+            };
+            return (key, read);
         }
-        // Left out of what is read: the API server's bookkeeping of who set which field
-        // (nothing here reads it, and it is often larger than the spec), and the status —
-        // written by this control plane, every write comes back as an event, and nothing
-        // reads a resource's status but the recall of its last accepted version. An object
-        // whose status alone changed is the item it was: nothing downstream redoes it.
+        // The API server's bookkeeping of who set which field: nothing here reads it, and
+        // it is often larger than the spec.
         object.metadata.managed_fields = None;
-        let status = object
-            .data
-            .as_object_mut()
-            .and_then(|data| data.remove("status"));
-        let text = serde_json::to_string(&object);
-        let digest = text.as_ref().ok().map(|text| {
-            use sha2::Digest;
-            <[u8; 32]>::from(sha2::Sha256::digest(text.as_bytes()))
-        });
-        if let Some(known) = known.filter(|known| digest.is_some() && known.digest == digest) {
-            return (key, again(known, digest));
-        }
-        let mut item = read_item(self.kind, &object, text);
+        let mut item = item(self.kind, &object);
         if recall {
-            item.last_accepted = status
-                .as_ref()
-                .and_then(|status| last_accepted_in(status, &item));
+            item.last_accepted = last_accepted(&object, &item);
         }
         let read = Read {
             uid: object.metadata.uid,
-            resource_version,
-            digest,
+            resource_version: object.metadata.resource_version,
             item,
         };
         (key, read)
@@ -257,11 +233,6 @@ fn collect(kinds: &[Arc<Mutex<KindItems>>]) -> Vec<Item> {
 
 /// An object, read through the shared document reader.
 pub fn item(kind: Kind, object: &DynamicObject) -> Item {
-    read_item(kind, object, serde_json::to_string(object))
-}
-
-/// An object, `text` being its JSON (or why it has none).
-fn read_item(kind: Kind, object: &DynamicObject, text: serde_json::Result<String>) -> Item {
     let key = ResourceKey {
         kind,
         namespace: object.metadata.namespace.clone().unwrap_or_default(),
@@ -271,7 +242,7 @@ fn read_item(kind: Kind, object: &DynamicObject, text: serde_json::Result<String
         key,
         uid: object.metadata.uid.clone().unwrap_or_default(),
     };
-    let parsed = match text {
+    let parsed = match serde_json::to_string(object) {
         Ok(text) => {
             let mut documents = parse_documents(&text);
             match documents.len() {
@@ -294,12 +265,7 @@ fn read_item(kind: Kind, object: &DynamicObject, text: serde_json::Result<String
 
 /// What the object's status says was last accepted (written by the control plane).
 pub(crate) fn last_accepted(object: &DynamicObject, item: &Item) -> Option<Arc<LastAccepted>> {
-    last_accepted_in(object.data.get("status")?, item)
-}
-
-/// What an object's `status` says was last accepted.
-fn last_accepted_in(status: &serde_json::Value, item: &Item) -> Option<Arc<LastAccepted>> {
-    let stored = status.get("lastAccepted")?;
+    let stored = object.data.get("status")?.get("lastAccepted")?;
     let stored = serde_json::from_value(stored.clone()).ok()?;
     LastAccepted::from_status(&stored, item.identity.as_ref()?, item.parsed.as_ref().ok())
         .map(Arc::new)
@@ -348,17 +314,10 @@ mod tests {
         let path = changed.spec.rules[0].matches[0].path.as_ref().unwrap();
         assert_eq!(path.value, "/a2");
 
-        // Its status written (by this control plane, say): a new resourceVersion, the
-        // same resource — the same item.
-        let mut with_status = route("a", "4", "/a2");
-        with_status.data["status"] = serde_json::json!({ "conditions": [] });
-        items.apply(watcher::Event::Apply(with_status), false);
-        assert!(Arc::ptr_eq(&second_a, &resource(&items, "a")));
-
         // A re-list (an expired watch): the same version of `a` is the same item; `b`, not
         // listed again, was deleted meanwhile.
         items.apply(watcher::Event::Init, false);
-        items.apply(watcher::Event::InitApply(route("a", "4", "/a2")), false);
+        items.apply(watcher::Event::InitApply(route("a", "3", "/a2")), false);
         assert_eq!(
             items.current.len(),
             2,
@@ -369,9 +328,9 @@ mod tests {
         assert_eq!(items.current.len(), 1);
 
         // A deletion; a recreated object (another uid) is read anew.
-        items.apply(watcher::Event::Delete(route("a", "4", "/a2")), false);
+        items.apply(watcher::Event::Delete(route("a", "3", "/a2")), false);
         assert!(items.current.is_empty());
-        let mut again = route("a", "4", "/a2");
+        let mut again = route("a", "3", "/a2");
         again.metadata.uid = Some("uid-other".into());
         items.apply(watcher::Event::Apply(again), false);
         assert!(!Arc::ptr_eq(&second_a, &resource(&items, "a")));
