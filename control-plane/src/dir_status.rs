@@ -127,13 +127,16 @@ impl StatusSink for DirStatusSink {
 
     fn remove<'a>(&'a mut self, target: &'a StatusTarget) -> BoxFuture<'a, Result<(), String>> {
         use std::hash::BuildHasher;
-        let path = self.path(target).filter(|_| !self.read_only).filter(|path| {
-            let (path, target) = (
-                self.fingerprints.hash_one(path),
-                self.fingerprints.hash_one(target),
-            );
-            self.owners.get(&path).is_none_or(|owner| *owner == target)
-        });
+        let path = self
+            .path(target)
+            .filter(|_| !self.read_only)
+            .filter(|path| {
+                let (path, target) = (
+                    self.fingerprints.hash_one(path),
+                    self.fingerprints.hash_one(target),
+                );
+                self.owners.get(&path).is_none_or(|owner| *owner == target)
+            });
         if let Some(path) = &path {
             self.owners.remove(&self.fingerprints.hash_one(path));
         }

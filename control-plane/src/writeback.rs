@@ -308,7 +308,13 @@ pub async fn run(
             // same (the known digest, or the status read back).
             let (previous, digest, read) = match known {
                 Some(known) => (
-                    Some(known.conditions.iter().map(KnownCondition::stored).collect()),
+                    Some(
+                        known
+                            .conditions
+                            .iter()
+                            .map(KnownCondition::stored)
+                            .collect(),
+                    ),
                     Some(known.digest),
                     None,
                 ),
