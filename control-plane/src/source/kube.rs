@@ -197,11 +197,19 @@ impl KindItems {
             return (key, read);
         }
         // The API server's bookkeeping of who set which field: nothing here reads it, and
-        // it is often larger than the spec.
+        // it is often larger than the spec. Nor the status, which this control plane writes,
+        // beyond the recall of the last accepted version it holds: kept in the resource, it
+        // was a kilobyte per object (that version's YAML and the conditions).
         object.metadata.managed_fields = None;
+        let status = object
+            .data
+            .as_object_mut()
+            .and_then(|data| data.remove("status"));
         let mut item = item(self.kind, &object);
         if recall {
-            item.last_accepted = last_accepted(&object, &item);
+            item.last_accepted = status
+                .as_ref()
+                .and_then(|status| last_accepted_in(status, &item));
         }
         let read = Read {
             uid: object.metadata.uid,
@@ -265,7 +273,12 @@ pub fn item(kind: Kind, object: &DynamicObject) -> Item {
 
 /// What the object's status says was last accepted (written by the control plane).
 pub(crate) fn last_accepted(object: &DynamicObject, item: &Item) -> Option<Arc<LastAccepted>> {
-    let stored = object.data.get("status")?.get("lastAccepted")?;
+    last_accepted_in(object.data.get("status")?, item)
+}
+
+/// What an object's `status` says was last accepted.
+fn last_accepted_in(status: &serde_json::Value, item: &Item) -> Option<Arc<LastAccepted>> {
+    let stored = status.get("lastAccepted")?;
     let stored = serde_json::from_value(stored.clone()).ok()?;
     LastAccepted::from_status(&stored, item.identity.as_ref()?, item.parsed.as_ref().ok())
         .map(Arc::new)
@@ -336,5 +349,40 @@ mod tests {
         assert!(!Arc::ptr_eq(&second_a, &resource(&items, "a")));
         let all = collect(&[Arc::new(Mutex::new(items))]);
         assert_eq!(all.len(), 1);
+    }
+
+    #[test]
+    fn the_status_is_read_for_the_last_accepted_version_only() {
+        let mut items = KindItems::new(Kind::Route);
+        let mut object = route("a", "1", "/a");
+        let document = resource_of(&object).to_yaml();
+        object.data["status"] = serde_json::json!({
+            "conditions": [{ "type": "Accepted", "status": "True", "reason": "Accepted",
+                             "message": "valid", "lastTransitionTime": "2026-11-27T00:00:00Z" }],
+            "lastAccepted": { "acceptedAt": "2026-11-27T00:00:00Z", "document": document },
+        });
+        items.apply(watcher::Event::Apply(object), true);
+        let read = &items.current[&("shop".to_owned(), "a".to_owned())];
+        let parsed = read.item.parsed.clone().expect("a valid route");
+        let pavilion_crds::Resource::Route(route) = &*parsed else {
+            panic!("a route")
+        };
+        assert!(
+            route.status.is_none(),
+            "the status is not kept in the resource"
+        );
+        let recalled = read.item.last_accepted.as_ref().expect("recalled");
+        assert!(
+            Arc::ptr_eq(&recalled.resource, &parsed),
+            "the recalled version is the resource itself, not a second copy"
+        );
+    }
+
+    fn resource_of(object: &DynamicObject) -> pavilion_crds::Resource {
+        item(Kind::Route, object)
+            .parsed
+            .expect("a valid route")
+            .as_ref()
+            .clone()
     }
 }
