@@ -127,18 +127,18 @@ impl StatusSink for DirStatusSink {
 
     fn remove<'a>(&'a mut self, target: &'a StatusTarget) -> BoxFuture<'a, Result<(), String>> {
         use std::hash::BuildHasher;
-        let path = self
-            .path(target)
-            .filter(|_| !self.read_only)
-            .filter(|path| {
-                let (path, target) = (
-                    self.fingerprints.hash_one(path),
-                    self.fingerprints.hash_one(target),
-                );
-                self.owners.get(&path).is_none_or(|owner| *owner == target)
-            });
-        if let Some(path) = &path {
-            self.owners.remove(&self.fingerprints.hash_one(path));
+        let mut path = self.path(target).filter(|_| !self.read_only);
+        if let Some(file) = &path {
+            let (file, owner) = (
+                self.fingerprints.hash_one(file),
+                self.fingerprints.hash_one(target),
+            );
+            // Only the document that owns the file removes it (and its ownership).
+            if self.owners.get(&file).is_none_or(|o| *o == owner) {
+                self.owners.remove(&file);
+            } else {
+                path = None;
+            }
         }
         async move {
             match path.map(std::fs::remove_file) {

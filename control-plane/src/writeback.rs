@@ -337,10 +337,11 @@ pub async fn run(
                 last_accepted.as_deref(),
                 stored_last_accepted,
             );
+            let next_digest = status_digest(&next);
             let remember = |status: &StoredStatus, strings: &mut Interner| {
                 Box::new(Known {
                     key: report.key.clone(),
-                    digest: status_digest(status),
+                    digest: next_digest,
                     conditions: status
                         .conditions
                         .iter()
@@ -353,7 +354,7 @@ pub async fn run(
                 })
             };
             let unchanged = match digest {
-                Some(digest) => status_digest(&next) == digest,
+                Some(digest) => next_digest == digest,
                 None => read.as_ref() == Some(&next),
             };
             if unchanged {

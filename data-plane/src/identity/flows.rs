@@ -202,9 +202,10 @@ impl Identity {
             let count = verdict == password::Verdict::Wrong && !user.record.locked;
             let audit = signin_failed(&user.record.id, why);
             let ((), counted) = tokio::join!(self.audit(audit), async {
-                match count {
-                    true => self.count_failure(user).await,
-                    false => Ok(()),
+                if count {
+                    self.count_failure(user).await
+                } else {
+                    Ok(())
                 }
             });
             counted?;

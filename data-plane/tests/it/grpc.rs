@@ -69,44 +69,33 @@ fn ask(message: &str) -> EchoRequest {
     }
 }
 
+/// A unary call with binary metadata, and one failing with `code`: status, message and
+/// binary trailing metadata as the server sent them.
+async fn unary_calls_keep_their_metadata(echo: &mut EchoClient<Channel>, code: Code) {
+    let reply = echo.unary(ask("hello")).await.unwrap();
+    let meta = reply.metadata().get_bin("x-meta-bin").unwrap();
+    assert_eq!(meta.to_bytes().unwrap(), DETAIL);
+    assert_eq!(reply.into_inner().message, "hello");
+    let status = echo
+        .unary(EchoRequest {
+            fail_with: code as i32,
+            ..ask("nope")
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), code);
+    assert_eq!(status.message(), "failed as asked: nope");
+    let detail = status.metadata().get_bin("x-detail-bin").unwrap();
+    assert_eq!(detail.to_bytes().unwrap(), DETAIL);
+}
+
 #[tokio::test]
 async fn every_call_kind_with_trailers_intact() {
     let upstream = EchoUpstream::start().await;
     let dp = data_plane(vec![grpc_rule(&upstream.url(), 10_000)]).await;
     let mut echo = client(&dp).await;
 
-    // Unary, with binary metadata.
-    let reply = echo.unary(ask("hello")).await.unwrap();
-    assert_eq!(
-        reply
-            .metadata()
-            .get_bin("x-meta-bin")
-            .unwrap()
-            .to_bytes()
-            .unwrap(),
-        DETAIL
-    );
-    assert_eq!(reply.into_inner().message, "hello");
-
-    // A failure: code, message and binary trailing metadata as the server sent them.
-    let status = echo
-        .unary(EchoRequest {
-            fail_with: Code::InvalidArgument as i32,
-            ..ask("nope")
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(status.code(), Code::InvalidArgument);
-    assert_eq!(status.message(), "failed as asked: nope");
-    assert_eq!(
-        status
-            .metadata()
-            .get_bin("x-detail-bin")
-            .unwrap()
-            .to_bytes()
-            .unwrap(),
-        DETAIL
-    );
+    unary_calls_keep_their_metadata(&mut echo, Code::InvalidArgument).await;
 
     // Server streaming, and one that fails after three replies.
     let replies: Vec<_> = echo
@@ -501,35 +490,7 @@ async fn grpc_over_tls_h2_keeps_its_trailers() {
         .unwrap();
     let mut echo = EchoClient::new(channel);
 
-    let reply = echo.unary(ask("secure")).await.unwrap();
-    assert_eq!(
-        reply
-            .metadata()
-            .get_bin("x-meta-bin")
-            .unwrap()
-            .to_bytes()
-            .unwrap(),
-        DETAIL
-    );
-    assert_eq!(reply.into_inner().message, "secure");
-    let status = echo
-        .unary(EchoRequest {
-            fail_with: Code::NotFound as i32,
-            ..ask("gone")
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(status.code(), Code::NotFound);
-    assert_eq!(status.message(), "failed as asked: gone");
-    assert_eq!(
-        status
-            .metadata()
-            .get_bin("x-detail-bin")
-            .unwrap()
-            .to_bytes()
-            .unwrap(),
-        DETAIL
-    );
+    unary_calls_keep_their_metadata(&mut echo, Code::NotFound).await;
     let sent = tokio_stream::iter(["x", "y"].map(ask));
     let answers: Vec<String> = echo
         .bidi(sent)

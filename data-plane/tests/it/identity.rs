@@ -110,6 +110,42 @@ fn credentials(email: &str, password: &str) -> Value {
     json!({ "email": email, "password": password })
 }
 
+/// A tenant-scoped rule to `upstream` that trusts the tokens of the gateway at `gateway`
+/// (its published keys) and reads their `tenants` claim.
+fn gateway_token_rule(prefix: &str, upstream: &str, gateway: std::net::SocketAddr) -> proto::Rule {
+    let mut rule = prefix_rule(prefix, &[(upstream, 1)]);
+    rule.auth = Some(proto::Auth {
+        jwt: vec![proto::JwtProvider {
+            issuer: ISSUER.into(),
+            jwks_uri: format!("http://{gateway}/.well-known/jwks.json"),
+            audiences: vec!["pavilion".into()],
+            tenants_claim: "tenants".into(),
+            ..Default::default()
+        }],
+        ..Default::default()
+    });
+    rule.tenancy = Some(proto::Tenancy { required: true });
+    rule
+}
+
+/// Placements that make `tenants` known (on no shard: their routes name backends).
+fn placements(tenants: &[&str]) -> Option<proto::Placements> {
+    Some(proto::Placements {
+        revision: "p1".into(),
+        shards: Vec::new(),
+        tenants: tenants
+            .iter()
+            .map(|tenant| proto::TenantPlacement {
+                tenant: (*tenant).into(),
+                aggregate: -1,
+                projection: -1,
+                runner: -1,
+                revision: (*tenant).into(),
+            })
+            .collect(),
+    })
+}
+
 /// Asserts a refusal: its status and error code (and, through `code`, its request id).
 #[track_caller]
 fn assert_refused(reply: &Reply, status: u16, expected: &str) {
@@ -1451,33 +1487,9 @@ async fn roles_and_assignments_decide_and_reach_routes_through_the_tokens() {
 
     // The assignment reaches a tenant-scoped route through the next token.
     let upstream = pavilion_tests::Upstream::start("orders").await.unwrap();
-    let mut rule = prefix_rule("/orders", &[(upstream.url().as_str(), 1)]);
-    rule.auth = Some(proto::Auth {
-        jwt: vec![proto::JwtProvider {
-            issuer: ISSUER.into(),
-            jwks_uri: format!("http://{}/.well-known/jwks.json", dp.addr),
-            audiences: vec!["pavilion".into()],
-            tenants_claim: "tenants".into(),
-            ..Default::default()
-        }],
-        ..Default::default()
-    });
-    rule.tenancy = Some(proto::Tenancy { required: true });
+    let rule = gateway_token_rule("/orders", &upstream.url(), dp.addr);
     let mut with_tenants = snapshot("v1", vec![route("shop/orders", &[], vec![rule])]);
-    with_tenants.placements = Some(proto::Placements {
-        revision: "p1".into(),
-        shards: Vec::new(),
-        tenants: ["acme", "globex"]
-            .into_iter()
-            .map(|tenant| proto::TenantPlacement {
-                tenant: tenant.into(),
-                aggregate: -1,
-                projection: -1,
-                runner: -1,
-                revision: tenant.into(),
-            })
-            .collect(),
-    });
+    with_tenants.placements = placements(&["acme", "globex"]);
     dp.apply(with_tenants).await.unwrap();
     let order = |token: String, tenant: &'static str| {
         let addr = dp.addr;
@@ -2111,18 +2123,7 @@ async fn rules_requiring_rights_follow_the_role_catalogue_without_new_tokens() {
 
     let upstream = pavilion_tests::Upstream::start("orders").await.unwrap();
     let rule_for = |prefix: &str, right: &str| {
-        let mut rule = prefix_rule(prefix, &[(upstream.url().as_str(), 1)]);
-        rule.auth = Some(proto::Auth {
-            jwt: vec![proto::JwtProvider {
-                issuer: ISSUER.into(),
-                jwks_uri: format!("http://{}/.well-known/jwks.json", dp.addr),
-                audiences: vec!["pavilion".into()],
-                tenants_claim: "tenants".into(),
-                ..Default::default()
-            }],
-            ..Default::default()
-        });
-        rule.tenancy = Some(proto::Tenancy { required: true });
+        let mut rule = gateway_token_rule(prefix, &upstream.url(), dp.addr);
         rule.rights = vec![right.into()];
         rule
     };
@@ -2137,17 +2138,7 @@ async fn rules_requiring_rights_follow_the_role_catalogue_without_new_tokens() {
             ],
         )],
     );
-    config.placements = Some(proto::Placements {
-        revision: "p1".into(),
-        shards: Vec::new(),
-        tenants: vec![proto::TenantPlacement {
-            tenant: "acme".into(),
-            aggregate: -1,
-            projection: -1,
-            runner: -1,
-            revision: "acme".into(),
-        }],
-    });
+    config.placements = placements(&["acme"]);
     dp.apply(config).await.unwrap();
     let ask = |path: &'static str, token: String| {
         let addr = dp.addr;
@@ -2289,18 +2280,7 @@ async fn an_administrators_change_on_one_replica_is_enforced_on_the_other() {
     // B's edge follows A's administration within the stated bounds: a role's new rights
     // (the role catalogue every replica reloads) and an API key's issue and revocation.
     let upstream = pavilion_tests::Upstream::start("orders").await.unwrap();
-    let mut write = prefix_rule("/write", &[(upstream.url().as_str(), 1)]);
-    write.auth = Some(proto::Auth {
-        jwt: vec![proto::JwtProvider {
-            issuer: ISSUER.into(),
-            jwks_uri: format!("http://{}/.well-known/jwks.json", b.addr),
-            audiences: vec!["pavilion".into()],
-            tenants_claim: "tenants".into(),
-            ..Default::default()
-        }],
-        ..Default::default()
-    });
-    write.tenancy = Some(proto::Tenancy { required: true });
+    let mut write = gateway_token_rule("/write", &upstream.url(), b.addr);
     write.rights = vec!["orders.write".into()];
     let mut keyed = prefix_rule("/keyed", &[(upstream.url().as_str(), 1)]);
     keyed.auth = Some(proto::Auth {
@@ -2308,17 +2288,7 @@ async fn an_administrators_change_on_one_replica_is_enforced_on_the_other() {
         ..Default::default()
     });
     let mut config = snapshot("v1", vec![route("shop/orders", &[], vec![write, keyed])]);
-    config.placements = Some(proto::Placements {
-        revision: "p1".into(),
-        shards: Vec::new(),
-        tenants: vec![proto::TenantPlacement {
-            tenant: "acme".into(),
-            aggregate: -1,
-            projection: -1,
-            runner: -1,
-            revision: "acme".into(),
-        }],
-    });
+    config.placements = placements(&["acme"]);
     b.apply(config).await.unwrap();
     let on_b = |path: &'static str, header: (&'static str, String)| {
         let addr = b.addr;

@@ -827,10 +827,8 @@ fn with_connections(url: &str, max: u32, queue_ms: u64, idle_ms: u64) -> proto::
     rule
 }
 
-#[tokio::test]
-async fn a_connection_cap_queues_requests_and_never_exceeds_it() {
-    let up = Gauged::start(Duration::from_millis(200)).await;
-    let dp = Arc::new(data_plane(with_connections(&up.url, 2, 10_000, 0)).await);
+/// Six requests at once, every one answered 200.
+async fn six_at_once_all_served(dp: &Arc<DataPlane>) {
     let calls: Vec<_> = (0..6)
         .map(|_| {
             let dp = dp.clone();
@@ -841,6 +839,13 @@ async fn a_connection_cap_queues_requests_and_never_exceeds_it() {
         let reply = call.await.unwrap();
         assert_eq!(reply.status, 200, "{}", reply.text());
     }
+}
+
+#[tokio::test]
+async fn a_connection_cap_queues_requests_and_never_exceeds_it() {
+    let up = Gauged::start(Duration::from_millis(200)).await;
+    let dp = Arc::new(data_plane(with_connections(&up.url, 2, 10_000, 0)).await);
+    six_at_once_all_served(&dp).await;
     assert_eq!(up.requests.peak(), 2, "two at a time, and only two");
     // Each worker (two here) opens a connection only when none of its own is idle, so it
     // never holds more than the cap: busy ones are capped, idle ones were busy once.
@@ -856,16 +861,7 @@ async fn the_cap_and_the_idle_timeout_hold_for_h2c_backends() {
     let up = Gauged::start(Duration::from_millis(200)).await;
     let h2c = up.url.replace("http://", "h2c://");
     let dp = Arc::new(data_plane(with_connections(&h2c, 2, 10_000, 1000)).await);
-    let calls: Vec<_> = (0..6)
-        .map(|_| {
-            let dp = dp.clone();
-            tokio::spawn(async move { get(&dp, "/x").await })
-        })
-        .collect();
-    for call in calls {
-        let reply = call.await.unwrap();
-        assert_eq!(reply.status, 200, "{}", reply.text());
-    }
+    six_at_once_all_served(&dp).await;
     assert_eq!(up.requests.peak(), 2, "two streams at a time, and only two");
     // Streams share a worker's connection: at most one per worker.
     assert!(
