@@ -101,7 +101,11 @@ impl Source for KubeSource {
                                 health.up();
                             }
                             let recall = tokio::time::Instant::now() < recall_until;
-                            lock(&objects).apply(event, recall);
+                            if !lock(&objects).apply(event, recall) {
+                                // Nothing to publish (this control plane's own status
+                                // write coming back): the controller is not woken.
+                                return std::future::ready(());
+                            }
                         }
                     }
                     drop(failing);
@@ -155,46 +159,54 @@ impl KindItems {
         }
     }
 
-    fn apply(&mut self, event: watcher::Event<DynamicObject>, recall: bool) {
+    /// Takes one watch event in; whether the published set changed by it.
+    fn apply(&mut self, event: watcher::Event<DynamicObject>, recall: bool) -> bool {
         match event {
-            watcher::Event::Init => self.listing = Some(BTreeMap::new()),
+            watcher::Event::Init => {
+                self.listing = Some(BTreeMap::new());
+                false
+            }
             watcher::Event::InitApply(object) => {
-                let (key, read) = self.read(object, recall);
+                let (key, read, _) = self.read(object, recall);
                 self.listing.get_or_insert_default().insert(key, read);
+                false
             }
             watcher::Event::InitDone => {
                 if let Some(listed) = self.listing.take() {
                     self.current = listed;
                 }
                 self.listed = true;
+                true
             }
             watcher::Event::Apply(object) => {
-                let (key, read) = self.read(object, recall);
+                let (key, read, same) = self.read(object, recall);
                 self.current.insert(key, read);
+                !same
             }
-            watcher::Event::Delete(object) => {
-                self.current.remove(&object_key(&object));
-            }
+            watcher::Event::Delete(object) => self.current.remove(&object_key(&object)).is_some(),
         }
     }
 
-    /// The object read into an item — or the item already read from this very version of
-    /// it (a re-list sends every object again): the same item, so nothing downstream
-    /// compiles it again.
-    fn read(&self, mut object: DynamicObject, recall: bool) -> ((String, String), Read) {
+    /// The object read into an item — or the item already read from it, when this version
+    /// says the same (a re-list sends every object again; a status write changes the version
+    /// and the status only): the same item, so nothing downstream compiles it again. The flag
+    /// says which.
+    fn read(&self, mut object: DynamicObject, recall: bool) -> ((String, String), Read, bool) {
         let key = object_key(&object);
-        let meta = &object.metadata;
-        if let Some(known) = self.current.get(&key).filter(|known| {
+        let known = self
+            .current
+            .get(&key)
+            .filter(|known| known.uid.is_some() && known.uid == object.metadata.uid);
+        if let Some(known) = known.filter(|known| {
             known.resource_version.is_some()
-                && known.resource_version == meta.resource_version
-                && known.uid == meta.uid
+                && known.resource_version == object.metadata.resource_version
         }) {
             let read = Read {
                 uid: known.uid.clone(),
                 resource_version: known.resource_version.clone(),
                 item: known.item.clone(),
             };
-            return (key, read);
+            return (key, read, true);
         }
         // The API server's bookkeeping of who set which field: nothing here reads it, and
         // it is often larger than the spec. Nor the status, which this control plane writes,
@@ -206,18 +218,46 @@ impl KindItems {
             .as_object_mut()
             .and_then(|data| data.remove("status"));
         let mut item = item(self.kind, &object);
-        if recall {
-            item.last_accepted = status
-                .as_ref()
-                .and_then(|status| last_accepted_in(status, &item));
-        }
+        let same = match known {
+            // Every status write comes back as such an event: at 10 000 objects, publishing
+            // the whole set again for each kept the control plane busy for two minutes
+            // after a start.
+            Some(known) if says_the_same(&known.item, &item) => {
+                item = known.item.clone();
+                true
+            }
+            _ => {
+                if recall {
+                    item.last_accepted = status
+                        .as_ref()
+                        .and_then(|status| last_accepted_in(status, &item));
+                }
+                false
+            }
+        };
         let read = Read {
             uid: object.metadata.uid,
             resource_version: object.metadata.resource_version,
             item,
         };
-        (key, read)
+        (key, read, same)
     }
+}
+
+/// Whether a newly read item says what the known one does: the same object, spec, user's
+/// metadata and generation (whatever its status and the API server's bookkeeping), or the
+/// same refusal.
+fn says_the_same(known: &Item, read: &Item) -> bool {
+    known.origin == read.origin
+        && known.identity == read.identity
+        && match (&known.parsed, &read.parsed) {
+            (Ok(known), Ok(read)) => {
+                known.same_exported(read)
+                    && known.metadata().generation == read.metadata().generation
+            }
+            (Err(known), Err(read)) => known == read,
+            _ => false,
+        }
 }
 
 fn object_key(object: &DynamicObject) -> (String, String) {
@@ -327,10 +367,25 @@ mod tests {
         let path = changed.spec.rules[0].matches[0].path.as_ref().unwrap();
         assert_eq!(path.value, "/a2");
 
+        // Its status written (a new version, the same spec and metadata): the same item,
+        // and nothing to publish; a new label is a change.
+        let mut written = route("a", "4", "/a2");
+        written.data["status"] = serde_json::json!({ "reason": "Accepted" });
+        assert!(!items.apply(watcher::Event::Apply(written), false));
+        assert!(Arc::ptr_eq(&second_a, &resource(&items, "a")));
+        let mut labelled = route("a", "5", "/a2");
+        labelled.metadata.labels = Some([("team".to_owned(), "shop".to_owned())].into());
+        assert!(items.apply(watcher::Event::Apply(labelled), false));
+        assert!(!Arc::ptr_eq(&second_a, &resource(&items, "a")));
+        let second_a = resource(&items, "a");
+        let mut relabelled = route("a", "6", "/a2");
+        relabelled.metadata.labels = Some([("team".to_owned(), "shop".to_owned())].into());
+        assert!(!items.apply(watcher::Event::Apply(relabelled), false));
+
         // A re-list (an expired watch): the same version of `a` is the same item; `b`, not
         // listed again, was deleted meanwhile.
         items.apply(watcher::Event::Init, false);
-        items.apply(watcher::Event::InitApply(route("a", "3", "/a2")), false);
+        items.apply(watcher::Event::InitApply(route("a", "6", "/a2")), false);
         assert_eq!(
             items.current.len(),
             2,
@@ -341,11 +396,11 @@ mod tests {
         assert_eq!(items.current.len(), 1);
 
         // A deletion; a recreated object (another uid) is read anew.
-        items.apply(watcher::Event::Delete(route("a", "3", "/a2")), false);
+        assert!(items.apply(watcher::Event::Delete(route("a", "6", "/a2")), false));
         assert!(items.current.is_empty());
-        let mut again = route("a", "3", "/a2");
+        let mut again = route("a", "6", "/a2");
         again.metadata.uid = Some("uid-other".into());
-        items.apply(watcher::Event::Apply(again), false);
+        assert!(items.apply(watcher::Event::Apply(again), false));
         assert!(!Arc::ptr_eq(&second_a, &resource(&items, "a")));
         let all = collect(&[Arc::new(Mutex::new(items))]);
         assert_eq!(all.len(), 1);

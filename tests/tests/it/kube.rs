@@ -167,6 +167,33 @@ async fn kubectl_apply_becomes_traffic_and_status_with_the_least_privilege() {
         before,
         "nothing changed, nothing was written"
     );
+    // A status-only change (what each status write comes back as) is no change to the
+    // resource: nothing is compiled again.
+    let compiles = || async {
+        let metrics = pavilion_tests::metrics(cp.http_addr).await;
+        pavilion_tests::sample(&metrics, "pavilion_control_compiles_total").expect("counted")
+    };
+    let compiled = compiles().await;
+    api.kubectl_ok(&[
+        "patch",
+        "route",
+        "orders",
+        "-n",
+        "shop",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        r#"{"status":{"reason":"EditedByHand"}}"#,
+    ]);
+    assert_ne!(version(&api), before, "the status edit is a new version");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(compiles().await, compiled, "a status edit compiles nothing");
+    // A label is a change to the resource as its author wrote it.
+    api.kubectl_ok(&["label", "route", "orders", "-n", "shop", "team=shop"]);
+    eventually("the labelled route to be compiled", PATIENCE, || async {
+        (compiles().await > compiled).then_some(())
+    })
+    .await;
 
     // Watches survive an API-server restart; changes after it arrive. While it is gone,
     // the status says so and the last good state serves.
