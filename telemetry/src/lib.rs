@@ -92,7 +92,7 @@ pub async fn shutdown_signal() {
 /// arenas, and a 2 MiB page is resident as a whole as soon as one byte of it is touched:
 /// at 10 000 routes the control plane's resident size drops by about 15 MiB with them
 /// off (`bench/scale`), and nothing it does is bound by TLB misses. Call first thing in
-/// `main`. A no-op elsewhere than Linux, and where the kernel refuses (it is only a hint).
+/// `main` (both binaries). A no-op elsewhere than Linux, and where the kernel refuses (it is only a hint).
 pub fn without_huge_pages() {
     #[cfg(target_os = "linux")]
     // SAFETY: PR_SET_THP_DISABLE takes plain integers and touches no memory of ours.
