@@ -332,6 +332,7 @@ pub async fn start(config: Config) -> Result<ControlPlane, Error> {
             let sink = Box::new(kubernetes::status::KubeStatusSink::new(
                 client.clone(),
                 &config.kube.identity,
+                config.kube.namespace.clone(),
             ));
             let board: Arc<dyn fleet::NodeBoard> = Arc::new(kubernetes::nodes::KubeNodeBoard::new(
                 client.clone(),

@@ -170,11 +170,37 @@ pub trait StatusSink: Send + 'static {
     ) -> BoxFuture<'a, ()> {
         Box::pin(async {})
     }
+    /// Every stored status at once, for a pass that knows none of them (a start, a new
+    /// term, the periodic re-read), where the sink can read them together: on Kubernetes a
+    /// paged LIST per kind instead of a GET per object (10 000 of them every five minutes).
+    /// `None`: each is read on its own.
+    fn read_all(&mut self) -> BoxFuture<'_, Result<Option<AllSeen>, String>> {
+        Box::pin(async { Ok(None) })
+    }
     /// The resource is gone: drop its status where it lives apart from it.
     fn remove<'a>(&'a mut self, target: &'a StatusTarget) -> BoxFuture<'a, Result<(), String>>;
     /// Drop statuses left behind by resources that no longer exist.
     fn prune<'a>(&'a mut self, current: &'a [StatusTarget]) -> BoxFuture<'a, Result<(), String>>;
 }
+
+/// A stored status as read by [`StatusSink::read_all`]: what a pass needs of it — its
+/// conditions (for their transition times) and a digest (whether it must be written).
+pub struct Seen {
+    conditions: Vec<StoredCondition>,
+    digest: [u8; 16],
+}
+
+impl Seen {
+    pub fn of(status: StoredStatus) -> Self {
+        Self {
+            digest: status_digest(&status),
+            conditions: status.conditions,
+        }
+    }
+}
+
+/// Every stored status, by the document it belongs to; a document missing has none.
+pub type AllSeen = HashMap<Origin, Seen, foldhash::fast::RandomState>;
 
 /// What the write-back follows, and the gauge it keeps.
 pub struct Inputs {
@@ -250,6 +276,16 @@ pub async fn run(
         // it as it is: worked out once per such snapshot, not once per document.
         let mut verdicts: HashMap<u64, Arc<Verdict>> = HashMap::new();
         let mut gone = Vec::new();
+        // Nothing known (a start, a new term, the re-read): every stored status read at
+        // once where the sink can.
+        let mut seen = if stored.is_empty() && *leader.borrow() {
+            sink.read_all().await.unwrap_or_else(|error| {
+                tracing::warn!(%error, "cannot read the statuses at once; reading them one by one");
+                None
+            })
+        } else {
+            None
+        };
         let documents = current
             .reports
             .iter()
@@ -319,6 +355,11 @@ pub async fn run(
                     Some(known.digest),
                     None,
                 ),
+                None if seen.is_some() => {
+                    let found = seen.as_mut().and_then(|seen| seen.remove(&report.origin));
+                    let (previous, digest) = found.map(|s| (s.conditions, s.digest)).unzip();
+                    (previous, digest, None)
+                }
                 None => {
                     let read = sink.read(&target).await.unwrap_or_else(|error| {
                         tracing::warn!(origin = %target.origin, %error, "cannot read status");

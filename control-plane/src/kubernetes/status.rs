@@ -3,27 +3,38 @@
 
 use futures::FutureExt;
 use futures::future::BoxFuture;
-use kube::api::{Api, DynamicObject, Patch, PatchParams};
+use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams};
+use pavilion_crds::{Kind, ResourceKey};
+use serde_json::Value;
 
 use super::events::{Events, Notice};
 use crate::source::Origin;
 use crate::source::kube::api_resource;
-use crate::writeback::{StatusSink, StatusTarget, StoredCondition, StoredStatus, Written};
+use crate::writeback::{
+    AllSeen, Seen, StatusSink, StatusTarget, StoredCondition, StoredStatus, Written,
+};
 
 pub struct KubeStatusSink {
     client: kube::Client,
     events: Events,
+    /// The namespace watched; all when `None`.
+    namespace: Option<String>,
 }
 
 impl KubeStatusSink {
-    /// `identity` names this replica in the events it reports.
-    pub fn new(client: kube::Client, identity: &str) -> Self {
+    /// `identity` names this replica in the events it reports; `namespace`: the one
+    /// watched, all when `None`.
+    pub fn new(client: kube::Client, identity: &str, namespace: Option<String>) -> Self {
         Self {
             events: Events::new(client.clone(), identity),
             client,
+            namespace,
         }
     }
 }
+
+/// Objects per page when every status is read at once.
+const PAGE: u32 = 500;
 
 fn api(client: &kube::Client, key: &pavilion_crds::ResourceKey) -> Api<DynamicObject> {
     Api::namespaced_with(client.clone(), &key.namespace, &api_resource(key.kind))
@@ -45,6 +56,54 @@ impl StatusSink for KubeStatusSink {
             Ok(object
                 .and_then(|o| o.data.get("status").cloned())
                 .and_then(|s| serde_json::from_value(s).ok()))
+        }
+        .boxed()
+    }
+
+    fn read_all(&mut self) -> BoxFuture<'_, Result<Option<AllSeen>, String>> {
+        async move {
+            let mut all = AllSeen::default();
+            for kind in Kind::ALL {
+                let resource = api_resource(kind);
+                let api: Api<DynamicObject> = match &self.namespace {
+                    Some(namespace) => {
+                        Api::namespaced_with(self.client.clone(), namespace, &resource)
+                    }
+                    None => Api::all_with(self.client.clone(), &resource),
+                };
+                let mut params = ListParams::default().limit(PAGE);
+                loop {
+                    let page = match api.list(&params).await {
+                        Ok(page) => page,
+                        // A kind whose definition is not installed holds no statuses.
+                        Err(kube::Error::Api(e)) if e.code == 404 => break,
+                        Err(e) => return Err(e.to_string()),
+                    };
+                    for mut object in page.items {
+                        let Some(status) = object.data.get_mut("status").map(Value::take) else {
+                            continue;
+                        };
+                        // Unreadable as a status: as if none were stored (it is rewritten).
+                        let Ok(status) = serde_json::from_value::<StoredStatus>(status) else {
+                            continue;
+                        };
+                        let origin = Origin::Kube {
+                            key: ResourceKey {
+                                kind,
+                                namespace: object.metadata.namespace.unwrap_or_default(),
+                                name: object.metadata.name.unwrap_or_default(),
+                            },
+                            uid: object.metadata.uid.unwrap_or_default(),
+                        };
+                        all.insert(origin, Seen::of(status));
+                    }
+                    match page.metadata.continue_ {
+                        Some(token) if !token.is_empty() => params = params.continue_token(&token),
+                        _ => break,
+                    }
+                }
+            }
+            Ok(Some(all))
         }
         .boxed()
     }

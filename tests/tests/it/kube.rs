@@ -873,3 +873,95 @@ async fn the_examples_apply_in_order_on_an_empty_cluster_and_are_all_accepted() 
     );
     cp.stop().await;
 }
+
+/// The API server's count of requests for one Route by name (`apiserver_request_total`,
+/// namespace scope; this API server labels a custom resource's GET as `LIST`, newer ones as
+/// `GET`). Lists across all namespaces are counted apart.
+fn route_gets(api: &KubeApiServer) -> f64 {
+    api.kubectl_ok(&["get", "--raw", "/metrics"])
+        .lines()
+        .filter(|line| {
+            line.starts_with("apiserver_request_total{")
+                && line.contains(r#"resource="routes""#)
+                && line.contains(r#"scope="namespace""#)
+                && line.contains(r#"subresource="""#)
+                && (line.contains(r#"verb="GET""#) || line.contains(r#"verb="LIST""#))
+        })
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_term_reads_every_status_in_one_list_and_rewrites_only_what_is_wrong() {
+    let api = KubeApiServer::start();
+    api.kubectl_ok(&["create", "namespace", "shop"]);
+    let a = Upstream::start("a").await.unwrap();
+    let names = ["r0", "r1", "r2", "r3", "r4"];
+    for name in names {
+        api.apply(&route(name, &a.url()));
+    }
+    let cp = controller(&api, "replica-1", None).await;
+    // Read as lists across namespaces: a read in the namespace would count as the control
+    // plane's.
+    let list = |path: &str| {
+        let flag = format!("jsonpath={path}");
+        api.kubectl_ok(&["get", "routes", "-A", "-o", &flag])
+    };
+    let reasons = "{range .items[*]}{.metadata.name}={.status.reason} {end}";
+    let written = kubectl_until(
+        &api,
+        &[
+            "get",
+            "routes",
+            "-n",
+            "shop",
+            "-o",
+            &format!("jsonpath={reasons}"),
+        ],
+        |t| t.split_whitespace().filter(|w| !w.ends_with('=')).count() == names.len(),
+    )
+    .await;
+    let reason_of = |text: &str, name: &str| {
+        text.split_whitespace()
+            .find_map(|w| w.strip_prefix(&format!("{name}=")).map(str::to_owned))
+    };
+    let expected = reason_of(&written, "r0").expect("r0 has a status");
+    cp.stop().await;
+
+    // Someone edits one status while no control plane runs.
+    api.kubectl_ok(&[
+        "patch",
+        "route",
+        "r0",
+        "-n",
+        "shop",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        r#"{"status":{"reason":"EditedByHand"}}"#,
+    ]);
+    let versions = "{range .items[*]}{.metadata.name}={.metadata.resourceVersion} {end}";
+    let before = list(versions);
+    let gets = route_gets(&api);
+
+    let cp = controller(&api, "replica-1", None).await;
+    eventually("the edited status to be put right", PATIENCE, || async {
+        (reason_of(&list(reasons), "r0") == Some(expected.clone())).then_some(())
+    })
+    .await;
+    let after = list(versions);
+    for name in &names[1..] {
+        assert_eq!(
+            reason_of(&after, name),
+            reason_of(&before, name),
+            "{name}: a right status is not written again"
+        );
+    }
+    assert_ne!(reason_of(&after, "r0"), reason_of(&before, "r0"));
+    assert_eq!(
+        route_gets(&api),
+        gets,
+        "the new term read the statuses in lists, not one GET per Route"
+    );
+    cp.stop().await;
+}
