@@ -276,6 +276,8 @@ pub async fn run(
         // it as it is: worked out once per such snapshot, not once per document.
         let mut verdicts: HashMap<u64, Arc<Verdict>> = HashMap::new();
         let mut gone = Vec::new();
+        let total = current.reports.len();
+        backlog.set(total as i64);
         // Nothing known (a start, a new term, the re-read): every stored status read at
         // once where the sink can.
         let mut seen = if stored.is_empty() && *leader.borrow() {
@@ -292,7 +294,6 @@ pub async fn run(
             .zip(current.items.iter())
             .zip(&current.last_accepted)
             .zip(&current.since);
-        let total = current.reports.len();
         for (done, (((report, item), last_accepted), since)) in documents.enumerate() {
             // Checked before every write: a replica that lost the lead stops at once.
             if !*leader.borrow() {
