@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use super::events::{Events, Notice};
 use crate::source::Origin;
-use crate::source::kube::api_resource;
+use crate::source::kube::{api_resource, watched};
 use crate::writeback::{
     AllSeen, Seen, StatusSink, StatusTarget, StoredCondition, StoredStatus, Written,
 };
@@ -64,13 +64,7 @@ impl StatusSink for KubeStatusSink {
         async move {
             let mut all = AllSeen::default();
             for kind in Kind::ALL {
-                let resource = api_resource(kind);
-                let api: Api<DynamicObject> = match &self.namespace {
-                    Some(namespace) => {
-                        Api::namespaced_with(self.client.clone(), namespace, &resource)
-                    }
-                    None => Api::all_with(self.client.clone(), &resource),
-                };
+                let api = watched(&self.client, self.namespace.as_deref(), kind);
                 let mut params = ListParams::default().limit(PAGE);
                 loop {
                     let page = match api.list(&params).await {

@@ -43,6 +43,15 @@ pub fn api_resource(kind: Kind) -> ApiResource {
     }
 }
 
+/// One kind's objects in the namespace watched, or in all when `None`.
+pub fn watched(client: &kube::Client, namespace: Option<&str>, kind: Kind) -> Api<DynamicObject> {
+    let resource = api_resource(kind);
+    match namespace {
+        Some(namespace) => Api::namespaced_with(client.clone(), namespace, &resource),
+        None => Api::all_with(client.clone(), &resource),
+    }
+}
+
 pub struct KubeSource {
     client: kube::Client,
     /// Only this namespace; all when `None`.
@@ -71,13 +80,7 @@ impl Source for KubeSource {
             let mut watchers = tokio::task::JoinSet::new();
             let mut kinds: Vec<Arc<Mutex<KindItems>>> = Vec::new();
             for kind in Kind::ALL {
-                let resource = api_resource(kind);
-                let api: Api<DynamicObject> = match &self.namespace {
-                    Some(namespace) => {
-                        Api::namespaced_with(self.client.clone(), namespace, &resource)
-                    }
-                    None => Api::all_with(self.client.clone(), &resource),
-                };
+                let api = watched(&self.client, self.namespace.as_deref(), kind);
                 let objects = Arc::new(Mutex::new(KindItems::new(kind)));
                 kinds.push(objects.clone());
                 let changed = changed.clone();

@@ -71,6 +71,21 @@ async fn served_by(dp: &DataPlane, host: &str, path: &str, want: Option<&str>) {
     .await
 }
 
+/// Sets a Route's status reason as a person could, through the status subresource.
+fn edit_status_by_hand(api: &KubeApiServer, route: &str) {
+    api.kubectl_ok(&[
+        "patch",
+        "route",
+        route,
+        "-n",
+        "shop",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        r#"{"status":{"reason":"EditedByHand"}}"#,
+    ]);
+}
+
 /// `kubectl get` output once `check` holds for it (the last output when it never does).
 async fn kubectl_until(api: &KubeApiServer, args: &[&str], check: impl Fn(&str) -> bool) -> String {
     let deadline = tokio::time::Instant::now() + PATIENCE;
@@ -174,17 +189,7 @@ async fn kubectl_apply_becomes_traffic_and_status_with_the_least_privilege() {
         pavilion_tests::sample(&metrics, "pavilion_control_compiles_total").expect("counted")
     };
     let compiled = compiles().await;
-    api.kubectl_ok(&[
-        "patch",
-        "route",
-        "orders",
-        "-n",
-        "shop",
-        "--subresource=status",
-        "--type=merge",
-        "-p",
-        r#"{"status":{"reason":"EditedByHand"}}"#,
-    ]);
+    edit_status_by_hand(&api, "orders");
     assert_ne!(version(&api), before, "the status edit is a new version");
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(compiles().await, compiled, "a status edit compiles nothing");
@@ -910,54 +915,38 @@ async fn a_new_term_reads_every_status_in_one_list_and_rewrites_only_what_is_wro
     let reasons = "{range .items[*]}{.metadata.name}={.status.reason} {end}";
     let written = kubectl_until(
         &api,
-        &[
-            "get",
-            "routes",
-            "-n",
-            "shop",
-            "-o",
-            &format!("jsonpath={reasons}"),
-        ],
+        &["get", "routes", "-A", "-o", &format!("jsonpath={reasons}")],
         |t| t.split_whitespace().filter(|w| !w.ends_with('=')).count() == names.len(),
     )
     .await;
-    let reason_of = |text: &str, name: &str| {
+    // `name=value` pairs as the jsonpaths below print them.
+    let value_of = |text: &str, name: &str| {
         text.split_whitespace()
             .find_map(|w| w.strip_prefix(&format!("{name}=")).map(str::to_owned))
     };
-    let expected = reason_of(&written, "r0").expect("r0 has a status");
+    let expected = value_of(&written, "r0").expect("r0 has a status");
     cp.stop().await;
 
     // Someone edits one status while no control plane runs.
-    api.kubectl_ok(&[
-        "patch",
-        "route",
-        "r0",
-        "-n",
-        "shop",
-        "--subresource=status",
-        "--type=merge",
-        "-p",
-        r#"{"status":{"reason":"EditedByHand"}}"#,
-    ]);
+    edit_status_by_hand(&api, "r0");
     let versions = "{range .items[*]}{.metadata.name}={.metadata.resourceVersion} {end}";
     let before = list(versions);
     let gets = route_gets(&api);
 
     let cp = controller(&api, "replica-1", None).await;
     eventually("the edited status to be put right", PATIENCE, || async {
-        (reason_of(&list(reasons), "r0") == Some(expected.clone())).then_some(())
+        (value_of(&list(reasons), "r0") == Some(expected.clone())).then_some(())
     })
     .await;
     let after = list(versions);
     for name in &names[1..] {
         assert_eq!(
-            reason_of(&after, name),
-            reason_of(&before, name),
+            value_of(&after, name),
+            value_of(&before, name),
             "{name}: a right status is not written again"
         );
     }
-    assert_ne!(reason_of(&after, "r0"), reason_of(&before, "r0"));
+    assert_ne!(value_of(&after, "r0"), value_of(&before, "r0"));
     assert_eq!(
         route_gets(&api),
         gets,
