@@ -177,8 +177,8 @@ async fn status(State(state): State<ApiState>) -> Json<StatusView> {
                 };
                 ResourceView {
                     kind: report.key.as_ref().map(|k| k.kind.as_str()),
-                    namespace: report.key.as_ref().map(|k| k.namespace.clone()),
-                    name: report.key.as_ref().map(|k| k.name.clone()),
+                    namespace: report.key.as_ref().map(|k| k.namespace.to_string()),
+                    name: report.key.as_ref().map(|k| k.name.to_string()),
                     origin: report.origin.to_string(),
                     conditions: conditions(report, since, &fleet),
                     errors,

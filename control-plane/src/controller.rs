@@ -191,7 +191,8 @@ pub async fn run(
         let last_accepted = memory.learn(&current, &compiled.reports);
         metrics.compiles.inc();
         record_outcomes(&metrics, &compiled.reports);
-        log_new_verdicts(previous.as_deref(), &compiled.reports);
+        let mut positions = Positions::new(previous.as_deref());
+        log_new_verdicts(previous.as_deref(), &compiled.reports, &mut positions);
         // Items too: what the mirror copies (labels, annotations) can change alone.
         let unchanged = previous.as_ref().is_some_and(|p| {
             p.snapshot.version == compiled.snapshot.version
@@ -211,7 +212,13 @@ pub async fn run(
             );
         }
         let now = versions.publish(&compiled.snapshot.version);
-        let since = since(previous.as_deref(), &current, &compiled.reports, &now);
+        let since = since(
+            previous.as_deref(),
+            &current,
+            &compiled.reports,
+            &now,
+            &mut positions,
+        );
         let parts = Parts::split(&compiled.encoded)
             .inspect_err(|error| tracing::error!(%error, "cannot split the snapshot's encoding; data planes get it whole"))
             .ok()
@@ -242,30 +249,118 @@ fn since(
     items: &[Item],
     reports: &[Report],
     now: &Since,
+    positions: &mut Positions,
 ) -> Vec<Since> {
-    let before: HashMap<&crate::source::Origin, usize, foldhash::fast::RandomState> = previous
-        .map_or_else(HashMap::default, |p| {
-            p.items
-                .iter()
-                .enumerate()
-                .map(|(i, item)| (&item.origin, i))
-                .collect()
-        });
+    let Some(previous) = previous else {
+        return vec![now.clone(); items.len()];
+    };
+    positions.restart();
     items
         .iter()
         .zip(reports)
-        .map(|(item, report)| {
-            let kept = previous.and_then(|p| {
-                let &i = before.get(&item.origin)?;
-                let before = &p.items[i];
+        .enumerate()
+        .map(|(at, (item, report))| {
+            let kept = positions.find(at, &item.origin).and_then(|i| {
+                let before = &previous.items[i];
                 let served_the_same = before.same_content(item)
                     && (!matches!(report.outcome, Outcome::Stale { .. })
                         || before.same_last_accepted(item));
-                (p.reports[i] == *report && served_the_same).then(|| p.since[i].clone())
+                (previous.reports[i] == *report && served_the_same)
+                    .then(|| previous.since[i].clone())
             });
             kept.unwrap_or_else(|| now.clone())
         })
         .collect()
+}
+
+/// Where each origin was in the previous compile's input. Sources keep their order, and a
+/// change adds, removes or moves few documents: each is looked for where the one before it
+/// was found, one place on, and the index of every origin is built only when it is not
+/// there (hashing 10 000 origins per change was most of what `since` and
+/// `log_new_verdicts` did). Reports are in the order of their items, so one `Positions`
+/// serves both walks.
+struct Positions<'a> {
+    before: &'a [Item],
+    /// Where the last document found was, less where it is now.
+    shift: isize,
+    index: Option<OriginIndex<'a>>,
+}
+
+/// Every place of every origin: the first in `first`, each next one in `next` (documents
+/// have distinct origins but for problems reported against one file).
+struct OriginIndex<'a> {
+    first: HashMap<&'a crate::source::Origin, usize, foldhash::fast::RandomState>,
+    next: Vec<Option<usize>>,
+}
+
+impl<'a> Positions<'a> {
+    fn new(previous: Option<&'a Published>) -> Self {
+        Self {
+            before: previous.map_or(&[][..], |p| &p.items[..]),
+            shift: 0,
+            index: None,
+        }
+    }
+
+    /// Before a walk from the first document.
+    fn restart(&mut self) {
+        self.shift = 0;
+    }
+
+    /// The index in the previous input of `origin`, at `at` in the new one.
+    fn find(&mut self, at: usize, origin: &crate::source::Origin) -> Option<usize> {
+        if let Some(i) = self.guess(at, origin) {
+            return Some(i);
+        }
+        let found = self.index().first.get(origin).copied()?;
+        self.shift = found as isize - at as isize;
+        Some(found)
+    }
+
+    /// Whether any previous place of `origin` (at `at` now) holds what `matches`.
+    fn any(
+        &mut self,
+        at: usize,
+        origin: &crate::source::Origin,
+        mut matches: impl FnMut(usize) -> bool,
+    ) -> bool {
+        if self.guess(at, origin).is_some_and(&mut matches) {
+            return true;
+        }
+        let index = self.index();
+        let mut place = index.first.get(origin).copied();
+        while let Some(i) = place {
+            if matches(i) {
+                self.shift = i as isize - at as isize;
+                return true;
+            }
+            place = index.next[i];
+        }
+        false
+    }
+
+    fn guess(&self, at: usize, origin: &crate::source::Origin) -> Option<usize> {
+        let i = at.checked_add_signed(self.shift)?;
+        self.before
+            .get(i)
+            .is_some_and(|b| b.origin == *origin)
+            .then_some(i)
+    }
+
+    fn index(&mut self) -> &OriginIndex<'a> {
+        let before = self.before;
+        self.index.get_or_insert_with(|| {
+            let mut index = OriginIndex {
+                first: HashMap::with_capacity_and_hasher(before.len(), Default::default()),
+                next: vec![None; before.len()],
+            };
+            // Backwards, so that each origin's chain runs forwards.
+            for (i, item) in before.iter().enumerate().rev() {
+                index.next[i] = index.first.insert(&item.origin, i);
+            }
+            index
+        })
+    }
 }
 
 /// The last accepted version of every resource of the source, so that a bad edit compiles
@@ -279,20 +374,28 @@ struct Memory {
     /// there is; afterwards this process's own memory decides, so a resource deleted and
     /// recreated meanwhile cannot bring back a version from before.
     started: bool,
+    /// Compiles learned from so far.
+    epoch: u64,
 }
 
 /// A remembered version, and on Kubernetes the object's uid: an object deleted and
 /// recreated between two compiles does not inherit the old one's.
 struct Remembered {
-    uid: String,
+    uid: Option<Arc<str>>,
     version: Arc<LastAccepted>,
+    /// The document last found to say what `version` says, if one did: the same one next
+    /// time says it still, without comparing them again (on Kubernetes the version has no
+    /// status or managed fields, the object has: 10 000 deep comparisons per change).
+    read: Option<Arc<Resource>>,
+    /// The last compile that saw it.
+    epoch: u64,
 }
 
-/// The uid of the Kubernetes object an item is; empty elsewhere.
-fn uid(item: &Item) -> &str {
+/// The uid of the Kubernetes object an item is; `None` elsewhere.
+fn uid(item: &Item) -> Option<&Arc<str>> {
     match &item.origin {
-        crate::source::Origin::Kube { uid, .. } => uid,
-        _ => "",
+        crate::source::Origin::Kube { uid, .. } => Some(uid),
+        _ => None,
     }
 }
 
@@ -301,7 +404,7 @@ impl Memory {
     /// at 10 000 resources, the copies were a good part of the controller's time).
     fn get(&self, item: &Item) -> Option<&Arc<LastAccepted>> {
         let remembered = self.versions.get(item.identity.as_ref()?)?;
-        (remembered.uid == uid(item)).then_some(&remembered.version)
+        (remembered.uid.as_ref() == uid(item)).then_some(&remembered.version)
     }
 
     /// The items with `last_accepted` set from memory (or, on the first compile, as the
@@ -325,57 +428,92 @@ impl Memory {
     }
 
     /// Remembers what this compile accepted; returns each item's last accepted version.
+    /// Updated in place: most entries stay as they are, and building the whole map again
+    /// was ten thousand inserts per change.
     fn learn(&mut self, items: &[Item], reports: &[Report]) -> Vec<Option<Arc<LastAccepted>>> {
-        let now = k8s_openapi::jiff::Timestamp::now().to_string();
-        let mut versions: HashMap<ResourceKey, Remembered, foldhash::fast::RandomState> =
-            HashMap::with_capacity_and_hasher(items.len(), Default::default());
-        for (item, report) in items.iter().zip(reports) {
-            if let (Outcome::Accepted { .. }, Ok(resource), Some(identity)) =
+        self.epoch += 1;
+        let epoch = self.epoch;
+        let mut now: Option<String> = None;
+        let mut learned = vec![None; items.len()];
+        for ((item, report), learned) in items.iter().zip(reports).zip(&mut learned) {
+            let (Outcome::Accepted { .. }, Ok(resource), Some(identity)) =
                 (&report.outcome, &item.parsed, &item.identity)
+            else {
+                continue;
+            };
+            // The very document this version was kept for last time: nothing to compare.
+            if let Some(known) = self.versions.get_mut(identity)
+                && known.uid.as_ref() == uid(item)
+                && known
+                    .read
+                    .as_ref()
+                    .is_some_and(|r| Arc::ptr_eq(r, resource))
+                && known.version.generation == report.generation
+                && item
+                    .last_accepted
+                    .as_ref()
+                    .is_some_and(|last| Arc::ptr_eq(last, &known.version))
             {
-                // The very resource accepted last time (nothing to compare), or one read
-                // again but the same (a Kubernetes object after a status write, say): the
-                // same version, so nothing downstream redoes it.
-                let kept = item.last_accepted.as_ref().filter(|last| {
-                    last.generation == report.generation
-                        && (Arc::ptr_eq(&last.resource, resource)
-                            // Without a copy first, for what has nothing to strip (files).
-                            || last.resource.same_exported(resource)
-                            || last.resource == last_accepted_form(resource))
-                });
-                let version = kept.cloned().unwrap_or_else(|| {
-                    Arc::new(LastAccepted {
-                        resource: last_accepted_form(resource),
-                        generation: report.generation,
-                        accepted_at: now.clone(),
-                    })
-                });
-                versions.insert(
-                    identity.clone(),
-                    Remembered {
-                        uid: uid(item).to_owned(),
-                        version,
-                    },
-                );
+                known.epoch = epoch;
+                *learned = Some(known.version.clone());
+                continue;
             }
+            // The resource accepted last time, or one read again but the same (a Kubernetes
+            // object after a status write, say): the same version, so nothing downstream
+            // redoes it.
+            let kept = item.last_accepted.as_ref().filter(|last| {
+                last.generation == report.generation
+                    && (Arc::ptr_eq(&last.resource, resource)
+                        // Without a copy first, for what has nothing to strip (files).
+                        || last.resource.same_exported(resource)
+                        || last.resource == last_accepted_form(resource))
+            });
+            let version = kept.cloned().unwrap_or_else(|| {
+                Arc::new(LastAccepted {
+                    resource: last_accepted_form(resource),
+                    generation: report.generation,
+                    accepted_at: now
+                        .get_or_insert_with(|| k8s_openapi::jiff::Timestamp::now().to_string())
+                        .clone(),
+                })
+            });
+            *learned = Some(version.clone());
+            self.versions.insert(
+                identity.clone(),
+                Remembered {
+                    uid: uid(item).cloned(),
+                    version,
+                    read: Some(resource.clone()),
+                    epoch,
+                },
+            );
         }
         // Rejected documents keep what they had (a duplicate never displaces the original).
         for item in items {
             if let (Some(identity), Some(last)) = (&item.identity, &item.last_accepted)
-                && !versions.contains_key(identity)
+                && self.versions.get(identity).is_none_or(|r| r.epoch != epoch)
             {
-                versions.insert(
+                self.versions.insert(
                     identity.clone(),
                     Remembered {
-                        uid: uid(item).to_owned(),
+                        uid: uid(item).cloned(),
                         version: last.clone(),
+                        read: None,
+                        epoch,
                     },
                 );
             }
         }
-        self.versions = versions;
+        // What this compile did not see is forgotten.
+        self.versions
+            .retain(|_, remembered| remembered.epoch == epoch);
         self.started = true;
-        items.iter().map(|item| self.get(item).cloned()).collect()
+        for (item, learned) in items.iter().zip(&mut learned) {
+            if learned.is_none() {
+                *learned = self.get(item).cloned();
+            }
+        }
+        learned
     }
 }
 
@@ -415,21 +553,15 @@ fn record_outcomes(metrics: &Metrics, reports: &[Report]) {
 }
 
 /// Logs each rejection and warning once, when it first appears.
-fn log_new_verdicts(previous: Option<&Published>, reports: &[Report]) {
-    // By origin first: comparing every report with every previous one is quadratic, and
-    // at 10 000 resources that alone took seconds per change.
-    // Documents have distinct origins but for problems reported against one file.
-    let mut before: HashMap<&crate::source::Origin, Vec<&Report>, foldhash::fast::RandomState> =
-        HashMap::default();
-    for report in previous.map_or(&[][..], |p| &p.reports[..]) {
-        before.entry(&report.origin).or_default().push(report);
-    }
-    let seen = |report: &Report| {
-        before
-            .get(&report.origin)
-            .is_some_and(|same| same.contains(&report))
+fn log_new_verdicts(previous: Option<&Published>, reports: &[Report], positions: &mut Positions) {
+    let previous = previous.map_or(&[][..], |p| &p.reports[..]);
+    positions.restart();
+    // Among the reports of its origin before (see `Positions`): comparing every report
+    // with every previous one is quadratic, at 10 000 resources seconds per change.
+    let mut seen = |at: usize, report: &Report| {
+        positions.any(at, &report.origin, |i| previous.get(i) == Some(report))
     };
-    for report in reports.iter().filter(|r| !seen(r)) {
+    for (_, report) in reports.iter().enumerate().filter(|(at, r)| !seen(*at, r)) {
         let resource = report
             .key
             .as_ref()
@@ -477,5 +609,71 @@ fn log_new_verdicts(previous: Option<&Published>, reports: &[Report]) {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::Origin;
+
+    fn item(line: usize) -> Item {
+        let path: Arc<std::path::Path> = Arc::from(std::path::Path::new("routes.yaml"));
+        Item::new(
+            Origin::File { path, line },
+            Err(pavilion_crds::DocumentError {
+                line,
+                field: String::new(),
+                message: String::new(),
+            }),
+        )
+    }
+
+    /// Documents are found where they were before, after one was added or removed, and
+    /// after they moved; a new one is found nowhere.
+    #[test]
+    fn positions_find_every_document_of_the_previous_set() {
+        let before: Vec<Item> = [1, 2, 3, 4, 5, 6].map(item).into();
+        let mut positions = Positions {
+            before: &before,
+            shift: 0,
+            index: None,
+        };
+        // 7 added after 2, 4 removed, 6 moved to the front.
+        let now = [6, 1, 2, 7, 3, 5].map(item);
+        let found: Vec<Option<usize>> = now
+            .iter()
+            .enumerate()
+            .map(|(at, item)| positions.find(at, &item.origin))
+            .collect();
+        assert_eq!(found, [Some(5), Some(0), Some(1), None, Some(2), Some(4)]);
+        positions.restart();
+        let same: Vec<Option<usize>> = before
+            .iter()
+            .enumerate()
+            .map(|(at, item)| positions.find(at, &item.origin))
+            .collect();
+        assert_eq!(same, [0, 1, 2, 3, 4, 5].map(Some));
+    }
+
+    /// Problems reported against one file share its origin: each of its places is looked at.
+    #[test]
+    fn positions_look_at_every_place_of_a_shared_origin() {
+        let before: Vec<Item> = [1, 2, 1, 3].map(item).into();
+        let mut positions = Positions {
+            before: &before,
+            shift: 0,
+            index: None,
+        };
+        let origin = |line| item(line).origin;
+        let mut visited = Vec::new();
+        let found = positions.any(5, &origin(1), |i| {
+            visited.push(i);
+            i == 2
+        });
+        assert!(found);
+        assert_eq!(visited, [0, 2]);
+        assert!(!positions.any(0, &origin(1), |i| i == 1));
+        assert!(!positions.any(1, &origin(4), |_| true));
     }
 }

@@ -26,7 +26,7 @@ pub fn status_path(root: &Path, key: &ResourceKey) -> Option<PathBuf> {
     well_formed.then(|| {
         root.join(STATUS_DIR)
             .join(key.kind.as_str().to_ascii_lowercase())
-            .join(&key.namespace)
+            .join(&*key.namespace)
             .join(format!("{}.json", key.name))
     })
 }

@@ -89,7 +89,7 @@ async fn sync(
         let mut held = BTreeMap::new();
         for key in resource_keys(store).await? {
             let in_scope =
-                namespace.is_none_or(|ns| parse_key(&key).is_some_and(|k| k.namespace == ns));
+                namespace.is_none_or(|ns| parse_key(&key).is_some_and(|k| *k.namespace == *ns));
             if !in_scope {
                 continue;
             }

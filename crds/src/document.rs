@@ -260,10 +260,10 @@ fn parse_document(
 fn claimed_identity(value: &serde_yaml_ng::Value) -> Option<ResourceKey> {
     let kind = Kind::from_name(value.get("kind")?.as_str()?)?;
     let metadata = value.get("metadata")?;
-    let name = metadata.get("name")?.as_str()?.to_owned();
+    let name = metadata.get("name")?.as_str()?.into();
     let namespace = match metadata.get("namespace") {
-        None => DEFAULT_NAMESPACE.to_owned(),
-        Some(namespace) => namespace.as_str()?.to_owned(),
+        None => DEFAULT_NAMESPACE.into(),
+        Some(namespace) => namespace.as_str()?.into(),
     };
     Some(ResourceKey {
         kind,

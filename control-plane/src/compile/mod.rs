@@ -389,7 +389,8 @@ fn first_pass(item: &Item, memo: &mut Memo) -> Report {
                 }
             };
             (
-                Some(resource.key()),
+                // The item's identity is its resource's key, already made.
+                Some(item.identity.clone().unwrap_or_else(|| resource.key())),
                 resource.metadata().generation,
                 outcome,
             )

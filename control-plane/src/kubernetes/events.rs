@@ -106,9 +106,9 @@ impl Events {
         let reference = ObjectReference {
             api_version: Some(API_VERSION.to_owned()),
             kind: Some(key.kind.as_str().to_owned()),
-            namespace: Some(key.namespace.clone()),
-            name: Some(key.name.clone()),
-            uid: (!uid.is_empty()).then(|| uid.clone()),
+            namespace: Some(key.namespace.to_string()),
+            name: Some(key.name.to_string()),
+            uid: (!uid.is_empty()).then(|| uid.to_string()),
             ..ObjectReference::default()
         };
         let event = Event {

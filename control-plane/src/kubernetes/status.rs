@@ -84,10 +84,10 @@ impl StatusSink for KubeStatusSink {
                         let origin = Origin::Kube {
                             key: ResourceKey {
                                 kind,
-                                namespace: object.metadata.namespace.unwrap_or_default(),
-                                name: object.metadata.name.unwrap_or_default(),
+                                namespace: object.metadata.namespace.unwrap_or_default().into(),
+                                name: object.metadata.name.unwrap_or_default().into(),
                             },
-                            uid: object.metadata.uid.unwrap_or_default(),
+                            uid: object.metadata.uid.unwrap_or_default().into(),
                         };
                         all.insert(origin, Seen::of(status));
                     }

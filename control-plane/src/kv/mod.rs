@@ -241,8 +241,8 @@ pub fn parse_key(key: &str) -> Option<ResourceKey> {
     }
     Some(ResourceKey {
         kind,
-        namespace: namespace.to_owned(),
-        name: name.to_owned(),
+        namespace: namespace.into(),
+        name: name.into(),
     })
 }
 

@@ -159,8 +159,8 @@ impl Cutover for KvCutover {
                 |e: &dyn std::fmt::Display| CutoverError::Other(format!("the KV bucket: {e}"));
             let key = crate::kv::resource_key(&ResourceKey {
                 kind: pavilion_crds::Kind::TenantPlacement,
-                namespace: namespace.to_owned(),
-                name: name.to_owned(),
+                namespace: namespace.into(),
+                name: name.into(),
             });
             let entry = self
                 .store

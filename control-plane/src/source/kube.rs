@@ -286,12 +286,17 @@ fn collect(kinds: &[Arc<Mutex<KindItems>>]) -> Vec<Item> {
 pub fn item(kind: Kind, object: &DynamicObject) -> Item {
     let key = ResourceKey {
         kind,
-        namespace: object.metadata.namespace.clone().unwrap_or_default(),
-        name: object.metadata.name.clone().unwrap_or_default(),
+        namespace: object
+            .metadata
+            .namespace
+            .as_deref()
+            .unwrap_or_default()
+            .into(),
+        name: object.metadata.name.as_deref().unwrap_or_default().into(),
     };
     let origin = Origin::Kube {
         key,
-        uid: object.metadata.uid.clone().unwrap_or_default(),
+        uid: object.metadata.uid.as_deref().unwrap_or_default().into(),
     };
     let parsed = match serde_json::to_string(object) {
         Ok(text) => {

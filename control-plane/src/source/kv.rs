@@ -157,9 +157,7 @@ fn apply(current: &mut BTreeMap<String, Item>, entry: &Entry) -> bool {
 
 /// The resource a value holds, checked against its key.
 pub fn item(key: &str, value: &[u8]) -> Item {
-    let origin = Origin::Kv {
-        key: key.to_owned(),
-    };
+    let origin = Origin::Kv { key: key.into() };
     let error = |field: &str, message: String| {
         Item::new(
             origin.clone(),

@@ -22,17 +22,34 @@ pub use kube::KubeSource;
 pub use kv::KvSource;
 
 /// Where one document came from, for error messages and `validate` output.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Origin {
     /// A document in a file; `line` is where its content starts. The path is shared by
     /// the file's documents: cloned without a copy, and compared by pointer first (every
     /// change compares every document's origin with the one before).
     File { path: Arc<Path>, line: usize },
     /// The value of a key in a NATS KV bucket.
-    Kv { key: String },
+    Kv { key: Arc<str> },
     /// An object in the Kubernetes API; `uid` tells a recreated object from the old one
     /// (and is how events name it).
-    Kube { key: ResourceKey, uid: String },
+    Kube { key: ResourceKey, uid: Arc<str> },
+}
+
+/// Hashes as little as tells origins apart in practice (the controller and the status
+/// writer look up every origin on every change): a file's name and line, not every
+/// component of its path; a Kubernetes object's key, not its uid.
+impl std::hash::Hash for Origin {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        std::mem::discriminant(self).hash(state);
+        match self {
+            Origin::File { path, line } => {
+                line.hash(state);
+                path.file_name().hash(state);
+            }
+            Origin::Kv { key } => key.hash(state),
+            Origin::Kube { key, .. } => key.hash(state),
+        }
+    }
 }
 
 impl fmt::Display for Origin {
@@ -67,6 +84,14 @@ impl Item {
     pub fn new(origin: Origin, parsed: Result<Resource, DocumentError>) -> Self {
         let parsed = parsed.map(Arc::new);
         let identity = match (&parsed, &origin) {
+            // The object's own key, shared rather than built again.
+            (Ok(resource), Origin::Kube { key, .. })
+                if key.kind == resource.kind()
+                    && *key.namespace == *resource.namespace()
+                    && *key.name == *resource.name() =>
+            {
+                Some(key.clone())
+            }
             (Ok(resource), _) => Some(resource.key()),
             (Err(_), Origin::Kube { key, .. }) => Some(key.clone()),
             (Err(_), Origin::Kv { key }) => crate::kv::parse_key(key),
@@ -241,6 +266,47 @@ mod tests {
         );
         let mut documents = pavilion_crds::parse_documents(&text);
         Arc::new(documents.remove(0).result.unwrap())
+    }
+
+    fn hash_of(origin: &Origin) -> u64 {
+        use std::hash::BuildHasher;
+        foldhash::fast::FixedState::default().hash_one(origin)
+    }
+
+    /// Origins hash by less than they compare by: equal ones must still hash alike, however
+    /// they were made (separately read keys, paths spelled two ways).
+    #[test]
+    fn equal_origins_hash_alike() {
+        let file = |path: &str, line| Origin::File {
+            path: Arc::from(Path::new(path)),
+            line,
+        };
+        let (a, b) = (
+            file("conf/shop/routes.yaml", 3),
+            file("conf//shop/./routes.yaml", 3),
+        );
+        assert_eq!(a, b);
+        assert_eq!(hash_of(&a), hash_of(&b));
+        assert_ne!(a, file("conf/shop/routes.yaml", 4));
+        assert_ne!(a, file("conf/other/routes.yaml", 3));
+        let kube = |namespace: &str, uid: &str| Origin::Kube {
+            key: ResourceKey {
+                kind: pavilion_crds::Kind::Route,
+                namespace: namespace.into(),
+                name: "orders".into(),
+            },
+            uid: uid.into(),
+        };
+        assert_eq!(kube("shop", "u1"), kube("shop", "u1"));
+        assert_eq!(hash_of(&kube("shop", "u1")), hash_of(&kube("shop", "u1")));
+        // Told apart by what the hash leaves out.
+        assert_ne!(kube("shop", "u1"), kube("shop", "u2"));
+        assert_ne!(kube("shop", "u1"), kube("other", "u1"));
+        let kv = |key: &str| Origin::Kv { key: key.into() };
+        assert_eq!(
+            hash_of(&kv("route.shop.orders")),
+            hash_of(&kv("route.shop.orders"))
+        );
     }
 
     /// After a restart the stored last accepted version is usually the document as it is:

@@ -344,10 +344,7 @@ fn a_bad_edit_compiles_the_last_accepted_version_with_its_policies() {
     );
     for edit in edits {
         let mut input = items(&[("r.yaml", &edit), ("p.yaml", policy)]);
-        assert_eq!(
-            input[0].identity.as_ref().map(|k| k.name.as_str()),
-            Some("orders")
-        );
+        assert_eq!(input[0].identity.as_ref().map(|k| &*k.name), Some("orders"));
         input[0].last_accepted = Some(last_accepted(&good, 3));
         let compiled = compile(&input);
         let Outcome::Stale {
