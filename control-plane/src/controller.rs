@@ -561,7 +561,10 @@ fn log_new_verdicts(previous: Option<&Published>, reports: &[Report], positions:
     let mut seen = |at: usize, report: &Report| {
         positions.any(at, &report.origin, |i| previous.get(i) == Some(report))
     };
-    for (_, report) in reports.iter().enumerate().filter(|(at, r)| !seen(*at, r)) {
+    for (at, report) in reports.iter().enumerate() {
+        if seen(at, report) {
+            continue;
+        }
         let resource = report
             .key
             .as_ref()

@@ -4,12 +4,12 @@
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams};
-use pavilion_crds::{Kind, ResourceKey};
+use pavilion_crds::Kind;
 use serde_json::Value;
 
 use super::events::{Events, Notice};
 use crate::source::Origin;
-use crate::source::kube::{api_resource, watched};
+use crate::source::kube::{api_resource, origin, watched};
 use crate::writeback::{
     AllSeen, Seen, StatusSink, StatusTarget, StoredCondition, StoredStatus, Written,
 };
@@ -81,15 +81,7 @@ impl StatusSink for KubeStatusSink {
                         let Ok(status) = serde_json::from_value::<StoredStatus>(status) else {
                             continue;
                         };
-                        let origin = Origin::Kube {
-                            key: ResourceKey {
-                                kind,
-                                namespace: object.metadata.namespace.unwrap_or_default().into(),
-                                name: object.metadata.name.unwrap_or_default().into(),
-                            },
-                            uid: object.metadata.uid.unwrap_or_default().into(),
-                        };
-                        all.insert(origin, Seen::of(status));
+                        all.insert(origin(kind, &object.metadata), Seen::of(status));
                     }
                     match page.metadata.continue_ {
                         Some(token) if !token.is_empty() => params = params.continue_token(&token),

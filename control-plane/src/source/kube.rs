@@ -282,22 +282,25 @@ fn collect(kinds: &[Arc<Mutex<KindItems>>]) -> Vec<Item> {
     items
 }
 
+/// Where an object of `kind` with this metadata lives, as a document's origin.
+pub fn origin(
+    kind: Kind,
+    metadata: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+) -> Origin {
+    let text = |field: &Option<String>| -> Arc<str> { field.as_deref().unwrap_or_default().into() };
+    Origin::Kube {
+        key: ResourceKey {
+            kind,
+            namespace: text(&metadata.namespace),
+            name: text(&metadata.name),
+        },
+        uid: text(&metadata.uid),
+    }
+}
+
 /// An object, read through the shared document reader.
 pub fn item(kind: Kind, object: &DynamicObject) -> Item {
-    let key = ResourceKey {
-        kind,
-        namespace: object
-            .metadata
-            .namespace
-            .as_deref()
-            .unwrap_or_default()
-            .into(),
-        name: object.metadata.name.as_deref().unwrap_or_default().into(),
-    };
-    let origin = Origin::Kube {
-        key,
-        uid: object.metadata.uid.as_deref().unwrap_or_default().into(),
-    };
+    let origin = origin(kind, &object.metadata);
     let parsed = match serde_json::to_string(object) {
         Ok(text) => {
             let mut documents = parse_documents(&text);
