@@ -195,7 +195,7 @@ async fn status(State(state): State<ApiState>) -> Json<StatusView> {
         (_, true) => None,
         (Some(p), false) => Some(format!(
             "the last good state (snapshot {}) until the source is back",
-            p.snapshot.version
+            p.shipment.snapshot.version
         )),
         (None, false) => Some("nothing: no snapshot yet".to_owned()),
     };
@@ -207,8 +207,8 @@ async fn status(State(state): State<ApiState>) -> Json<StatusView> {
         },
         ready: published.is_some(),
         snapshot: published.as_ref().map(|p| SnapshotView {
-            version: p.snapshot.version.clone(),
-            routes: p.routes,
+            version: p.shipment.snapshot.version.clone(),
+            routes: p.shipment.routes,
         }),
         resources,
         nodes,
@@ -237,7 +237,12 @@ async fn placement(
         return not_ready();
     };
     let empty = pavilion_proto::Placements::default();
-    let table = published.snapshot.placements.as_ref().unwrap_or(&empty);
+    let table = published
+        .shipment
+        .snapshot
+        .placements
+        .as_ref()
+        .unwrap_or(&empty);
     match crate::placements::lookup(table, &tenant) {
         Some(view) => Json(view).into_response(),
         None => error(
@@ -263,7 +268,12 @@ async fn placements(
         return not_ready();
     };
     let empty = pavilion_proto::Placements::default();
-    let table = published.snapshot.placements.as_ref().unwrap_or(&empty);
+    let table = published
+        .shipment
+        .snapshot
+        .placements
+        .as_ref()
+        .unwrap_or(&empty);
     let limit = query.limit.unwrap_or(crate::placements::DEFAULT_PAGE);
     match crate::placements::page(table, limit, query.continue_token.as_deref()) {
         Ok(page) => Json(page).into_response(),

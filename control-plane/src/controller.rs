@@ -15,14 +15,18 @@ use crate::compile::{CompileOptions, Memo, Outcome, Report, compile_with_memo};
 use crate::metrics::Metrics;
 use crate::source::{Item, Items, LastAccepted};
 
-/// Extra quiet time after a change, so the events of one write (a `kubectl apply` of a
-/// few objects) compile once. Short: the directory source settles before it publishes,
-/// and whatever arrives during a compile is compiled together next.
+/// The least time between the starts of two compiles, so that a burst of changes (a
+/// `kubectl apply` of many objects) does not compile once per object. Not a wait before
+/// a lone change (it was, 3–4 ms of every change's way to traffic): whatever arrives
+/// during a compile is compiled together next.
 const DEBOUNCE: Duration = Duration::from_millis(3);
 
-/// A compiled snapshot with the verdict on every document it came from.
+/// What data planes are sent: a compiled snapshot, encoded once, and the changes to it
+/// from the versions they run. Published on its own channel before the controller's
+/// bookkeeping (verdicts, last accepted versions), which only the status write-back and
+/// the API read: a change reaches data planes without waiting for it.
 #[derive(Debug)]
-pub struct Published {
+pub struct Shipment {
     /// The snapshot without its routes (they are in `encoded`): version, credentials and
     /// placements.
     pub snapshot: Arc<Snapshot>,
@@ -37,6 +41,13 @@ pub struct Published {
     /// Deltas from other versions to this one, encoded, as the streams asked for them
     /// (most data planes run the same version: one diff for all of them).
     deltas: Mutex<Vec<(String, Option<bytes::Bytes>)>>,
+}
+
+/// A compiled snapshot with the verdict on every document it came from.
+#[derive(Debug)]
+pub struct Published {
+    /// The snapshot as data planes get it.
+    pub shipment: Arc<Shipment>,
     /// One per input item, in the same order as `items`.
     pub reports: Vec<Report>,
     /// The resource set it was compiled from, each item's `last_accepted` filled in.
@@ -111,7 +122,21 @@ impl Versions {
 /// Deltas remembered per published snapshot (by base version).
 const DELTAS_KEPT: usize = 8;
 
-impl Published {
+impl Shipment {
+    fn new(snapshot: Snapshot, routes: usize, encoded: bytes::Bytes) -> Self {
+        let parts = Parts::split(&encoded)
+            .inspect_err(|error| tracing::error!(%error, "cannot split the snapshot's encoding; data planes get it whole"))
+            .ok()
+            .map(Arc::new);
+        Self {
+            snapshot: Arc::new(snapshot),
+            routes,
+            encoded,
+            parts,
+            deltas: Mutex::default(),
+        }
+    }
+
     /// This snapshot as a change to `base`, encoded; `None` when that would not be less
     /// than half the size of the whole snapshot (the whole one is cheaper to apply then).
     pub fn delta_from(&self, base: &Parts) -> Option<bytes::Bytes> {
@@ -128,7 +153,9 @@ impl Published {
         deltas.push((base.version.clone(), delta.clone()));
         delta
     }
+}
 
+impl Published {
     /// The documents whose resource is in the snapshot, each with the version that is:
     /// its own, or the last accepted one standing in for it.
     pub fn served(&self) -> impl Iterator<Item = (&Item, &Resource)> {
@@ -146,9 +173,20 @@ impl Published {
 /// `None` until the source has listed everything once.
 pub type PublishedReceiver = watch::Receiver<Option<Arc<Published>>>;
 
+/// `None` until the first snapshot is compiled.
+pub type ShipmentReceiver = watch::Receiver<Option<Arc<Shipment>>>;
+
+/// Where [`run`] publishes.
+pub struct Outputs {
+    /// Each new snapshot, as soon as it is compiled (for data planes).
+    pub shipments: watch::Sender<Option<Arc<Shipment>>>,
+    /// Each compile's snapshot with its verdicts, once they are worked out.
+    pub published: watch::Sender<Option<Arc<Published>>>,
+}
+
 pub async fn run(
     mut items: watch::Receiver<Option<Items>>,
-    published: watch::Sender<Option<Arc<Published>>>,
+    outputs: Outputs,
     metrics: Metrics,
     options: CompileOptions,
 ) {
@@ -159,12 +197,16 @@ pub async fn run(
     // What the compiler worked out for resources that did not change (see `Memo`).
     let mut memo = Memo::default();
     let compiler = crate::worker::Worker::spawn("pavilion-compile");
+    let mut last_started: Option<tokio::time::Instant> = None;
     while items.changed().await.is_ok() {
-        tokio::time::sleep(DEBOUNCE).await;
+        // A change after a quiet spell compiles at once; in a burst, compiles start at
+        // most once per DEBOUNCE (what arrives meanwhile is compiled together next).
+        crate::source::pace(last_started, DEBOUNCE).await;
         let Some(from_source) = items.borrow_and_update().clone() else {
             continue;
         };
         let started = std::time::Instant::now();
+        last_started = Some(tokio::time::Instant::now());
         let current = memory.recall(&from_source);
         // Regexes are compiled while validating: kept off the async threads, on a thread
         // of its own (see `worker`).
@@ -188,30 +230,49 @@ pub async fn run(
             }
         };
         let compiled_in = started.elapsed();
+        // A new snapshot goes to data planes first; the bookkeeping below is for statuses.
+        // `Err`: the snapshot is the one shipped last.
+        let shipped = match previous
+            .clone()
+            .filter(|p| p.shipment.snapshot.version == compiled.snapshot.version)
+        {
+            Some(same) => Err(same),
+            None => {
+                let now = versions.publish(&compiled.snapshot.version);
+                let routes = compiled.routes.len();
+                let shipment = Arc::new(Shipment::new(compiled.snapshot, routes, compiled.encoded));
+                outputs.shipments.send_replace(Some(shipment.clone()));
+                tracing::info!(
+                    version = %shipment.snapshot.version,
+                    routes,
+                    compile_ms = compiled_in.as_millis() as u64,
+                    total_ms = started.elapsed().as_millis() as u64,
+                    "compiled a new snapshot"
+                );
+                Ok((now, shipment))
+            }
+        };
         let last_accepted = memory.learn(&current, &compiled.reports);
         metrics.compiles.inc();
         record_outcomes(&metrics, &compiled.reports);
         let mut positions = Positions::new(previous.as_deref());
         log_new_verdicts(previous.as_deref(), &compiled.reports, &mut positions);
-        // Items too: what the mirror copies (labels, annotations) can change alone.
-        let unchanged = previous.as_ref().is_some_and(|p| {
-            p.snapshot.version == compiled.snapshot.version
-                && p.reports == compiled.reports
-                && crate::source::same_items(&p.items, &current)
-        });
-        if unchanged {
-            continue;
-        }
-        if previous.as_ref().map(|p| &p.snapshot.version) != Some(&compiled.snapshot.version) {
-            tracing::info!(
-                version = %compiled.snapshot.version,
-                routes = compiled.routes.len(),
-                compile_ms = compiled_in.as_millis() as u64,
-                total_ms = started.elapsed().as_millis() as u64,
-                "compiled a new snapshot"
-            );
-        }
-        let now = versions.publish(&compiled.snapshot.version);
+        let (now, shipment) = match shipped {
+            Ok(shipped) => shipped,
+            Err(same) => {
+                // Items too: what the mirror copies (labels, annotations) can change alone.
+                if same.reports == compiled.reports
+                    && crate::source::same_items(&same.items, &current)
+                {
+                    continue;
+                }
+                // Published again (a change undone comes back to the same version).
+                (
+                    versions.publish(&same.shipment.snapshot.version),
+                    same.shipment.clone(),
+                )
+            }
+        };
         let since = since(
             previous.as_deref(),
             &current,
@@ -219,16 +280,8 @@ pub async fn run(
             &now,
             &mut positions,
         );
-        let parts = Parts::split(&compiled.encoded)
-            .inspect_err(|error| tracing::error!(%error, "cannot split the snapshot's encoding; data planes get it whole"))
-            .ok()
-            .map(Arc::new);
         let next = Arc::new(Published {
-            routes: compiled.routes.len(),
-            snapshot: Arc::new(compiled.snapshot),
-            encoded: compiled.encoded,
-            parts,
-            deltas: Mutex::default(),
+            shipment,
             reports: compiled.reports,
             items: current,
             last_accepted,
@@ -236,7 +289,7 @@ pub async fn run(
             now,
             versions: versions.clone(),
         });
-        published.send_replace(Some(next.clone()));
+        outputs.published.send_replace(Some(next.clone()));
         previous = Some(next);
     }
 }

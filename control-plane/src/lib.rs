@@ -203,6 +203,7 @@ pub async fn start(config: Config) -> Result<ControlPlane, Error> {
     let (shutdown, shutdown_rx) = watch::channel(false);
     let (items_tx, items_rx) = watch::channel(None);
     let (published_tx, published_rx) = watch::channel(None);
+    let (shipments_tx, shipments_rx) = watch::channel(None);
     let nodes = Arc::new(Nodes::new(metrics.connected.clone()));
 
     // Both listeners first: a port that cannot be bound must fail the start before any
@@ -378,12 +379,15 @@ pub async fn start(config: Config) -> Result<ControlPlane, Error> {
             Box::new(KubeSource::new(client, config.kube.namespace.clone()))
         }
     };
-    register_scraped(&metrics, &config, published_rx.clone(), nodes.clone());
+    register_scraped(&metrics, &config, shipments_rx.clone(), nodes.clone());
     let health = source::SourceHealth::new(metrics.source_up.clone());
     let source = tokio::spawn(source.run(items_tx, health.clone()));
     servers.push(tokio::spawn(controller::run(
         items_rx,
-        published_tx,
+        controller::Outputs {
+            shipments: shipments_tx,
+            published: published_tx,
+        },
         metrics.clone(),
         compile::CompileOptions {
             gateway_namespace: config.gateway_namespace.clone(),
@@ -391,7 +395,7 @@ pub async fn start(config: Config) -> Result<ControlPlane, Error> {
     )));
 
     let service = SnapshotService::new(
-        published_rx.clone(),
+        shipments_rx,
         nodes.clone(),
         metrics.clone(),
         shutdown_rx.clone(),
@@ -509,7 +513,7 @@ pub async fn start(config: Config) -> Result<ControlPlane, Error> {
 fn register_scraped(
     metrics: &Metrics,
     config: &Config,
-    published: controller::PublishedReceiver,
+    shipments: controller::ShipmentReceiver,
     nodes: Arc<Nodes>,
 ) {
     use pavilion_telemetry::scraped::{ScrapedGauge, certificate_expiry};
@@ -517,7 +521,7 @@ fn register_scraped(
         "pavilion_control_data_planes_behind",
         "Connected data planes not running the latest snapshot (refused it, or not yet applied).",
         move || {
-            let version = published.borrow().as_ref()?.snapshot.version.clone();
+            let version = shipments.borrow().as_ref()?.snapshot.version.clone();
             let behind = nodes.list().iter().filter(|n| n.version != version).count();
             Some(behind as f64)
         },

@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::controller::PublishedReceiver;
+use crate::controller::ShipmentReceiver;
 use crate::metrics::Metrics;
 use nodes::Nodes;
 use pavilion_proto::delta::Parts;
@@ -25,7 +25,7 @@ use peer::{StreamLimits, Streams};
 const FIRST_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub struct SnapshotService {
-    published: PublishedReceiver,
+    shipments: ShipmentReceiver,
     nodes: Arc<Nodes>,
     metrics: Metrics,
     shutdown: watch::Receiver<bool>,
@@ -34,14 +34,14 @@ pub struct SnapshotService {
 
 impl SnapshotService {
     pub fn new(
-        published: PublishedReceiver,
+        shipments: ShipmentReceiver,
         nodes: Arc<Nodes>,
         metrics: Metrics,
         shutdown: watch::Receiver<bool>,
         limits: StreamLimits,
     ) -> Self {
         Self {
-            published,
+            shipments,
             nodes,
             metrics,
             shutdown,
@@ -88,7 +88,7 @@ impl SnapshotDiscovery for SnapshotService {
 
         let (responses, stream) = mpsc::channel(2);
         let stream_state = NodeStream {
-            published: self.published.clone(),
+            shipments: self.shipments.clone(),
             nodes: self.nodes.clone(),
             metrics: self.metrics.clone(),
             shutdown: self.shutdown.clone(),
@@ -129,7 +129,7 @@ enum Answer {
 }
 
 struct NodeStream {
-    published: PublishedReceiver,
+    shipments: ShipmentReceiver,
     nodes: Arc<Nodes>,
     metrics: Metrics,
     shutdown: watch::Receiver<bool>,
@@ -155,43 +155,43 @@ impl NodeStream {
         // What the node has or was last sent; nothing is sent twice in a row.
         let mut sent_version = running;
         loop {
-            let latest = self.published.borrow_and_update().clone();
-            if let Some(published) = &latest
+            let latest = self.shipments.borrow_and_update().clone();
+            if let Some(shipment) = &latest
                 && let Some(version) = announced.take()
-                && published.snapshot.version == version
+                && shipment.snapshot.version == version
             {
-                base.clone_from(&published.parts);
+                base.clone_from(&shipment.parts);
             }
-            if let Some(published) = latest.filter(|p| p.snapshot.version != sent_version) {
+            if let Some(shipment) = latest.filter(|p| p.snapshot.version != sent_version) {
                 nonce += 1;
                 let delta = base
                     .as_ref()
                     .filter(|_| accepts_deltas)
-                    .and_then(|base| published.delta_from(base));
+                    .and_then(|base| shipment.delta_from(base));
                 sent_delta = delta.is_some();
                 self.metrics
                     .snapshots_sent
                     .with_label_values(&[if sent_delta { "delta" } else { "full" }])
                     .inc();
                 let response = SnapshotResponse {
-                    version: published.snapshot.version.clone(),
+                    version: shipment.snapshot.version.clone(),
                     nonce: nonce.to_string(),
                     snapshot: if sent_delta {
                         bytes::Bytes::new()
                     } else {
-                        published.encoded.clone()
+                        shipment.encoded.clone()
                     },
                     delta: delta.unwrap_or_default(),
                 };
                 if responses.send(Ok(response)).await.is_err() {
                     return;
                 }
-                connection.sent(&published.snapshot.version);
-                sent_version.clone_from(&published.snapshot.version);
-                base.clone_from(&published.parts);
+                connection.sent(&shipment.snapshot.version);
+                sent_version.clone_from(&shipment.snapshot.version);
+                base.clone_from(&shipment.parts);
             }
             tokio::select! {
-                changed = self.published.changed() => if changed.is_err() { return },
+                changed = self.shipments.changed() => if changed.is_err() { return },
                 _ = self.shutdown.changed() => return,
                 message = inbound.message() => match message {
                     Ok(Some(request)) => {

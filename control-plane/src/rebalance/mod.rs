@@ -450,7 +450,7 @@ impl Rebalancer {
             plan.revision = self.store.update(&plan).await.map_err(|e| e.to_string())?;
         }
         // The snapshot names the new shard: done once every data plane runs it.
-        let version = &published.snapshot.version;
+        let version = &published.shipment.snapshot.version;
         let nodes = self.fleet.all().await;
         let behind = nodes.iter().filter(|n| n.version != *version).count();
         if behind == 0 {
@@ -490,6 +490,7 @@ fn placed<'a>(published: &'a Published, tenant: &str) -> Option<Placed<'a>> {
 /// An accepted shard of the snapshot.
 fn shard<'a>(published: &'a Published, namespace: &str, name: &str) -> Option<&'a proto::Shard> {
     published
+        .shipment
         .snapshot
         .placements
         .as_ref()?

@@ -27,7 +27,9 @@ use super::{
     Item, ItemsSender, LastAccepted, Origin, RECALL_WINDOW, Source, SourceError, SourceHealth,
 };
 
-/// Quiet time after an event before publishing, so a burst (a re-list) publishes once.
+/// The least time between two publications: a burst of events (objects created by the
+/// thousand) is collected once per SETTLE, not once per event — collecting passes over
+/// every object.
 const SETTLE: Duration = Duration::from_millis(10);
 
 /// The API resource of a kind, for untyped access.
@@ -122,8 +124,9 @@ impl Source for KubeSource {
             }
             loop {
                 items.send_replace(Some(collect(&kinds).into()));
+                let sent = tokio::time::Instant::now();
                 changed.notified().await;
-                tokio::time::sleep(SETTLE).await;
+                super::pace(Some(sent), SETTLE).await;
             }
         }
         .boxed()

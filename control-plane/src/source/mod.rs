@@ -235,6 +235,17 @@ pub const RECALL_WINDOW: std::time::Duration = std::time::Duration::from_secs(5)
 /// The complete resource set, in the source's order (for files: path, then position).
 pub type Items = Arc<[Item]>;
 
+/// Waits until `gap` has passed since `last` (not at all when it has, or there is no
+/// `last`): a lone change is handled at once, a burst at most once per `gap` — work that
+/// passes over every resource must not run once per event of a burst, nor delay a change
+/// that comes alone.
+pub async fn pace(last: Option<tokio::time::Instant>, gap: std::time::Duration) {
+    let now = tokio::time::Instant::now();
+    if let Some(wait) = last.and_then(|last| (last + gap).checked_duration_since(now)) {
+        tokio::time::sleep(wait).await;
+    }
+}
+
 /// `None` until the source has listed everything once.
 pub type ItemsSender = watch::Sender<Option<Items>>;
 
@@ -259,6 +270,42 @@ pub trait Source: Send + 'static {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn pace_waits_only_within_the_gap() {
+        use tokio::time::{Duration, Instant};
+        let gap = Duration::from_millis(10);
+        let waited = |since: Instant| Instant::now() - since;
+
+        let start = Instant::now();
+        pace(None, gap).await;
+        assert_eq!(waited(start), Duration::ZERO, "nothing before: at once");
+
+        let start = Instant::now();
+        pace(Some(start), gap).await;
+        assert_eq!(waited(start), gap, "just now: the whole gap");
+
+        tokio::time::advance(Duration::from_millis(4)).await;
+        let last = Instant::now();
+        tokio::time::advance(Duration::from_millis(4)).await;
+        let start = Instant::now();
+        pace(Some(last), gap).await;
+        assert_eq!(
+            waited(start),
+            Duration::from_millis(6),
+            "the rest of the gap"
+        );
+
+        let last = Instant::now();
+        tokio::time::advance(Duration::from_millis(25)).await;
+        let start = Instant::now();
+        pace(Some(last), gap).await;
+        assert_eq!(
+            waited(start),
+            Duration::ZERO,
+            "a lone change after a quiet spell: at once"
+        );
+    }
 
     fn route(backend: &str) -> Arc<Resource> {
         let text = format!(
