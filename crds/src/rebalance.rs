@@ -69,6 +69,14 @@ pub enum PlanState {
 }
 
 impl PlanState {
+    /// Whether the control plane still has steps to take (or to wait for) on its own.
+    pub fn is_under_way(self) -> bool {
+        matches!(
+            self,
+            PlanState::Applying | PlanState::WaitingForDataPlanes | PlanState::RollingBack
+        )
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             PlanState::Pending => "Pending",

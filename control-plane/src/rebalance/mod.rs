@@ -338,27 +338,36 @@ impl Rebalancer {
         let mut published = self.published.clone();
         // Data planes answering is what a waiting plan waits for.
         let mut nodes = self.fleet.nodes.subscribe();
+        // Whether the last listing found a plan under way: only such a plan can move on
+        // with a new snapshot or a data plane's answer, so without one they list nothing
+        // (a change to 10 000 routes is answered by 10 000 data-plane ACKs on a large fleet).
+        let mut under_way = true;
+        let mut look = true;
         loop {
-            if *leader.borrow() {
+            if look && *leader.borrow() {
                 match self.store.list().await {
                     Ok(plans) => {
+                        under_way = plans.iter().any(|plan| plan.status.state.is_under_way());
                         for plan in plans {
                             if let Err(error) = self.advance(plan).await {
                                 tracing::warn!(%error, "a rebalancing step failed; retrying");
                             }
                         }
                     }
-                    Err(error) => tracing::warn!(%error, "cannot list rebalancing plans"),
+                    Err(error) => {
+                        under_way = true;
+                        tracing::warn!(%error, "cannot list rebalancing plans");
+                    }
                 }
             }
-            tokio::select! {
-                () = self.wake.notified() => {}
-                _ = published.changed() => {}
-                _ = nodes.changed() => {}
-                _ = leader.changed() => {}
-                () = tokio::time::sleep(RECONCILE_EVERY) => {}
+            look = tokio::select! {
+                () = self.wake.notified() => true,
+                _ = published.changed() => under_way,
+                _ = nodes.changed() => under_way,
+                _ = leader.changed() => true,
+                () = tokio::time::sleep(RECONCILE_EVERY) => true,
                 _ = shutdown.wait_for(|s| *s) => return,
-            }
+            };
         }
     }
 
@@ -505,4 +514,93 @@ fn suffix() -> String {
     (0..5)
         .map(|_| char::from(ALPHABET[fastrand::usize(..ALPHABET.len())]))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rebalance::store::{FilePlans, PlanStore, StoreError};
+    use futures::future::BoxFuture;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// Plans in files, counting how often they are listed.
+    struct Counted {
+        plans: FilePlans,
+        lists: Arc<AtomicUsize>,
+    }
+
+    impl PlanStore for Counted {
+        fn create<'a>(&'a self, plan: &'a Plan) -> BoxFuture<'a, Result<String, StoreError>> {
+            self.plans.create(plan)
+        }
+        fn get<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<Plan>, StoreError>> {
+            self.plans.get(id)
+        }
+        fn update<'a>(&'a self, plan: &'a Plan) -> BoxFuture<'a, Result<String, StoreError>> {
+            self.plans.update(plan)
+        }
+        fn list(&self) -> BoxFuture<'_, Result<Vec<Plan>, StoreError>> {
+            self.lists.fetch_add(1, Ordering::SeqCst);
+            self.plans.list()
+        }
+    }
+
+    #[tokio::test]
+    async fn plans_are_listed_on_every_change_only_while_one_is_under_way() {
+        let dir = tempfile::tempdir().unwrap();
+        let lists = Arc::new(AtomicUsize::new(0));
+        let (published, published_rx) = watch::channel(None);
+        let nodes = Arc::new(Nodes::new(prometheus::IntGauge::new("n", "n").unwrap()));
+        let rebalancer = Rebalancer::new(
+            Box::new(Counted {
+                plans: FilePlans::new(dir.path().to_owned()),
+                lists: lists.clone(),
+            }),
+            Box::new(super::cutover::FileCutover),
+            published_rx,
+            Fleet { nodes, board: None },
+        );
+        let (_leader, leader_rx) = watch::channel(true);
+        let (_shutdown, shutdown_rx) = watch::channel(false);
+        let reconciling = tokio::spawn(rebalancer.clone().reconcile(leader_rx, shutdown_rx));
+        let listed = || lists.load(Ordering::SeqCst);
+        let changes = || async {
+            for _ in 0..20 {
+                published.send_replace(None);
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(listed(), 1, "listed once at the start");
+        changes().await;
+        assert_eq!(listed(), 1, "no plan under way: new snapshots list nothing");
+
+        let plan = Plan {
+            id: "acme-aggregate-x1".into(),
+            spec: RebalancePlanSpec {
+                tenant: "acme".into(),
+                service: ServiceKind::Aggregate,
+                placement: "acme".into(),
+                from_shard: "a".into(),
+                target_shard: "b".into(),
+            },
+            status: PlanStatus {
+                state: PlanState::WaitingForDataPlanes,
+                steps: Vec::new(),
+            },
+            revision: String::new(),
+        };
+        rebalancer.store.create(&plan).await.unwrap();
+        // Found by the next periodic look (as a plan another replica made would be).
+        tokio::time::sleep(RECONCILE_EVERY + Duration::from_millis(300)).await;
+        let found = listed();
+        assert_eq!(found, 2, "the periodic look");
+        changes().await;
+        assert!(
+            listed() >= found + 10,
+            "a plan under way is looked at on every change: {} lists",
+            listed() - found
+        );
+        reconciling.abort();
+    }
 }

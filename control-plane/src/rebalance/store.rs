@@ -244,19 +244,31 @@ impl PlanStore for KvPlans {
 
     fn list(&self) -> BoxFuture<'_, Result<Vec<Plan>, StoreError>> {
         async move {
-            let keys: Vec<String> = self
+            // The plans' keys alone, from the stream's subjects: the bucket holds every
+            // resource and status besides (listing all its keys, once a second and on every
+            // change, was a quarter of the control plane's time at 10 000 routes).
+            let subjects: Vec<(String, usize)> = self
                 .store
-                .keys()
+                .stream
+                .info_with_subjects(format!("{}{KV_PREFIX}>", self.store.prefix))
                 .await
                 .map_err(kv_error)?
                 .try_collect()
                 .await
                 .map_err(kv_error)?;
+            let mut ids: Vec<&str> = subjects
+                .iter()
+                .filter_map(|(subject, _)| {
+                    subject
+                        .strip_prefix(self.store.prefix.as_str())?
+                        .strip_prefix(KV_PREFIX)
+                })
+                .collect();
+            // In a stable order (the server's is a hash map's).
+            ids.sort_unstable();
             let mut plans = Vec::new();
-            for key in keys {
-                if let Some(id) = key.strip_prefix(KV_PREFIX)
-                    && let Some(plan) = self.get(id).await?
-                {
+            for id in ids {
+                if let Some(plan) = self.get(id).await? {
                     plans.push(plan);
                 }
             }
