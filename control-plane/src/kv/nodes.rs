@@ -1,7 +1,7 @@
 //! The node board in the bucket: `nodes.<replica>` holds a replica's data planes.
 
+use futures::FutureExt;
 use futures::future::BoxFuture;
-use futures::{FutureExt, StreamExt};
 
 use async_nats::jetstream::kv::Store;
 
@@ -48,14 +48,9 @@ impl NodeBoard for KvNodeBoard {
 
     fn read_all(&self) -> BoxFuture<'_, Result<Vec<NodeReport>, String>> {
         async move {
-            let keys: Vec<String> = self
-                .store
-                .keys()
+            let keys = super::keys_under(&self.store, NODES_PREFIX)
                 .await
-                .map_err(|e| e.to_string())?
-                .filter_map(|k| async move { k.ok().filter(|k| k.starts_with(NODES_PREFIX)) })
-                .collect()
-                .await;
+                .map_err(|e| e.to_string())?;
             let mut reports = Vec::new();
             for key in keys {
                 if let Some(bytes) = self.store.get(&key).await.map_err(|e| e.to_string())?

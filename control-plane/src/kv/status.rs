@@ -3,8 +3,8 @@
 use std::collections::HashSet;
 
 use async_nats::jetstream::kv::Store;
+use futures::FutureExt;
 use futures::future::BoxFuture;
-use futures::{FutureExt, StreamExt};
 
 use super::{STATUS_PREFIX, resource_key, status_key};
 use crate::source::Origin;
@@ -78,19 +78,20 @@ impl StatusSink for KvStatusSink {
     fn prune<'a>(&'a mut self, current: &'a [StatusTarget]) -> BoxFuture<'a, Result<(), String>> {
         async move {
             let keep: HashSet<String> = current.iter().filter_map(status_key_for).collect();
-            let keys: Vec<String> = self
-                .store
-                .keys()
+            let keys = super::keys_under(&self.store, STATUS_PREFIX)
                 .await
-                .map_err(|e| e.to_string())?
-                .filter_map(|k| async move { k.ok() })
-                .collect()
-                .await;
-            for key in keys
-                .into_iter()
-                .filter(|k| k.starts_with(STATUS_PREFIX) && !keep.contains(k))
-            {
-                self.store.delete(&key).await.map_err(|e| e.to_string())?;
+                .map_err(|e| e.to_string())?;
+            for key in keys.into_iter().filter(|k| !keep.contains(k)) {
+                // Deleted keys are listed too: deleted once is enough.
+                if self
+                    .store
+                    .get(&key)
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .is_some()
+                {
+                    self.store.delete(&key).await.map_err(|e| e.to_string())?;
+                }
             }
             Ok(())
         }

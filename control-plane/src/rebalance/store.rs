@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 
 use async_nats::jetstream::kv;
+use futures::FutureExt;
 use futures::future::BoxFuture;
-use futures::{FutureExt, TryStreamExt};
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use pavilion_crds::{PlanStatus, RebalancePlan, RebalancePlanSpec};
 use serde::{Deserialize, Serialize};
@@ -244,28 +244,10 @@ impl PlanStore for KvPlans {
 
     fn list(&self) -> BoxFuture<'_, Result<Vec<Plan>, StoreError>> {
         async move {
-            // The plans' keys alone, from the stream's subjects: the bucket holds every
-            // resource and status besides (listing all its keys, once a second and on every
-            // change, was a quarter of the control plane's time at 10 000 routes).
-            let subjects: Vec<(String, usize)> = self
-                .store
-                .stream
-                .info_with_subjects(format!("{}{KV_PREFIX}>", self.store.prefix))
-                .await
-                .map_err(kv_error)?
-                .try_collect()
+            let keys = crate::kv::keys_under(&self.store, KV_PREFIX)
                 .await
                 .map_err(kv_error)?;
-            let mut ids: Vec<&str> = subjects
-                .iter()
-                .filter_map(|(subject, _)| {
-                    subject
-                        .strip_prefix(self.store.prefix.as_str())?
-                        .strip_prefix(KV_PREFIX)
-                })
-                .collect();
-            // In a stable order (the server's is a hash map's).
-            ids.sort_unstable();
+            let ids = keys.iter().filter_map(|key| key.strip_prefix(KV_PREFIX));
             let mut plans = Vec::new();
             for id in ids {
                 if let Some(plan) = self.get(id).await? {
