@@ -26,6 +26,8 @@ const SETTLE: Duration = Duration::from_millis(50);
 const RETRY_EVERY: Duration = Duration::from_secs(10);
 /// Stored statuses are read back this often, to correct what others changed.
 const REREAD_EVERY: Duration = Duration::from_secs(300);
+/// Statuses handed to the sink together (see [`StatusSink::write_many`]).
+const WRITE_BATCH: usize = 64;
 
 /// Which resource a status belongs to.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -159,6 +161,21 @@ pub trait StatusSink: Send + 'static {
         target: &'a StatusTarget,
         status: &'a StoredStatus,
     ) -> BoxFuture<'a, Result<Written, String>>;
+    /// Writes each status of `batch` to its target; the results in the batch's order. One
+    /// after another unless the sink can do better (on Kubernetes, several requests at once:
+    /// one at a time, the first 10 000 statuses took a minute).
+    fn write_many<'a>(
+        &'a mut self,
+        batch: &'a [(StatusTarget, StoredStatus)],
+    ) -> BoxFuture<'a, Vec<Result<Written, String>>> {
+        Box::pin(async move {
+            let mut results = Vec::with_capacity(batch.len());
+            for (target, status) in batch {
+                results.push(self.write(target, status).await);
+            }
+            results
+        })
+    }
     /// The status of `target` went from one with the conditions `previous` to `next` (just
     /// written): tell whoever listens beyond the status itself (Kubernetes Events). Nothing
     /// by default.
@@ -294,10 +311,16 @@ pub async fn run(
             .zip(current.items.iter())
             .zip(&current.last_accepted)
             .zip(&current.since);
+        let mut writes = Writes::default();
         for (done, (((report, item), last_accepted), since)) in documents.enumerate() {
             // Checked before every write: a replica that lost the lead stops at once.
             if !*leader.borrow() {
                 break;
+            }
+            // Another document of the same origin (problems reported against one file) is
+            // decided on what was stored for the one before it.
+            if writes.holds(&report.origin) {
+                writes.flush(sink.as_mut(), &mut stored).await;
             }
             if done % 64 == 0 {
                 backlog.set((total - done) as i64);
@@ -404,20 +427,15 @@ pub async fn run(
                 stored.insert(report.origin.clone(), remember(&next, &mut strings));
                 continue;
             }
-            match sink.write(&target, &next).await {
-                Ok(Written::Done) => {
-                    sink.changed(&target, previous.as_deref(), &next).await;
-                    stored.insert(report.origin.clone(), remember(&next, &mut strings));
-                }
-                Ok(Written::Gone) => {
-                    stored.remove(&report.origin);
-                }
-                Err(error) => {
-                    // Forgotten, so the next pass tries again.
-                    stored.remove(&report.origin);
-                    tracing::warn!(origin = %target.origin, %error, "cannot write status; will retry")
-                }
+            let known = remember(&next, &mut strings);
+            writes.push(target, next, previous, known);
+            if writes.len() == WRITE_BATCH {
+                writes.flush(sink.as_mut(), &mut stored).await;
             }
+        }
+        // Not for a replica that lost the lead meanwhile.
+        if *leader.borrow() {
+            writes.flush(sink.as_mut(), &mut stored).await;
         }
         strings.forget_unused();
         backlog.set(0);
@@ -452,6 +470,68 @@ pub async fn run(
             match sink.prune(&current).await {
                 Ok(()) => pruned = true,
                 Err(error) => tracing::warn!(%error, "cannot prune stale statuses; will retry"),
+            }
+        }
+    }
+}
+
+/// Statuses to write, each with what to remember once it is stored.
+#[derive(Default)]
+struct Writes {
+    batch: Vec<(StatusTarget, StoredStatus)>,
+    /// Per write: the conditions it replaces (for the sink's notices) and what is known
+    /// once it is stored.
+    after: Vec<(Option<Vec<StoredCondition>>, Box<Known>)>,
+}
+
+impl Writes {
+    fn push(
+        &mut self,
+        target: StatusTarget,
+        status: StoredStatus,
+        previous: Option<Vec<StoredCondition>>,
+        known: Box<Known>,
+    ) {
+        self.batch.push((target, status));
+        self.after.push((previous, known));
+    }
+
+    fn len(&self) -> usize {
+        self.batch.len()
+    }
+
+    fn holds(&self, origin: &Origin) -> bool {
+        self.batch
+            .iter()
+            .any(|(target, _)| target.origin == *origin)
+    }
+
+    /// Writes the batch and records what each write achieved in `stored`.
+    async fn flush(
+        &mut self,
+        sink: &mut dyn StatusSink,
+        stored: &mut HashMap<Origin, Box<Known>, foldhash::fast::RandomState>,
+    ) {
+        if self.batch.is_empty() {
+            return;
+        }
+        let results = sink.write_many(&self.batch).await;
+        for (((target, next), (previous, known)), result) in
+            self.batch.drain(..).zip(self.after.drain(..)).zip(results)
+        {
+            match result {
+                Ok(Written::Done) => {
+                    sink.changed(&target, previous.as_deref(), &next).await;
+                    stored.insert(target.origin, known);
+                }
+                Ok(Written::Gone) => {
+                    stored.remove(&target.origin);
+                }
+                Err(error) => {
+                    // Forgotten, so the next pass tries again.
+                    stored.remove(&target.origin);
+                    tracing::warn!(origin = %target.origin, %error, "cannot write status; will retry")
+                }
             }
         }
     }

@@ -1,8 +1,8 @@
 //! Statuses written to each resource's status subresource (merge patch of
 //! `status.conditions` and `status.lastAccepted`), which `kubectl get` shows in its columns.
 
-use futures::FutureExt;
 use futures::future::BoxFuture;
+use futures::{FutureExt, StreamExt};
 use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams};
 use pavilion_crds::Kind;
 use serde_json::Value;
@@ -35,6 +35,40 @@ impl KubeStatusSink {
 
 /// Objects per page when every status is read at once.
 const PAGE: u32 = 500;
+
+/// Status patches in flight at once: the API server and etcd take them in parallel (one
+/// at a time, the first 10 000 statuses of a start took a minute), few enough not to crowd
+/// out other clients.
+const PATCHES_AT_ONCE: usize = 8;
+
+/// Merge-patches `status` into the object `target` is.
+async fn patch(
+    client: &kube::Client,
+    target: &StatusTarget,
+    status: &StoredStatus,
+) -> Result<Written, String> {
+    let Origin::Kube { key, .. } = &target.origin else {
+        return Ok(Written::Gone);
+    };
+    // A merge patch replaces `conditions` (a list) and `lastAccepted.document` (a string)
+    // whole; fields now absent are sent as null, or the old values stay.
+    let mut fields = serde_json::to_value(status).map_err(|e| e.to_string())?;
+    if let Some(fields) = fields.as_object_mut() {
+        for name in StoredStatus::OPTIONAL_FIELDS {
+            fields.entry(name).or_insert(serde_json::Value::Null);
+        }
+    }
+    let patch = serde_json::json!({ "status": fields });
+    match api(client, key)
+        .patch_status(&key.name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+    {
+        Ok(_) => Ok(Written::Done),
+        // Deleted meanwhile: nothing left to describe, and nothing to remember.
+        Err(kube::Error::Api(e)) if e.code == 404 => Ok(Written::Gone),
+        Err(e) => Err(e.to_string()),
+    }
+}
 
 fn api(client: &kube::Client, key: &pavilion_crds::ResourceKey) -> Api<DynamicObject> {
     Api::namespaced_with(client.clone(), &key.namespace, &api_resource(key.kind))
@@ -99,30 +133,19 @@ impl StatusSink for KubeStatusSink {
         target: &'a StatusTarget,
         status: &'a StoredStatus,
     ) -> BoxFuture<'a, Result<Written, String>> {
-        async move {
-            let Origin::Kube { key, .. } = &target.origin else {
-                return Ok(Written::Gone);
-            };
-            // A merge patch replaces `conditions` (a list) and `lastAccepted.document` (a
-            // string) whole; fields now absent are sent as null, or the old values stay.
-            let mut fields = serde_json::to_value(status).map_err(|e| e.to_string())?;
-            if let Some(fields) = fields.as_object_mut() {
-                for name in StoredStatus::OPTIONAL_FIELDS {
-                    fields.entry(name).or_insert(serde_json::Value::Null);
-                }
-            }
-            let patch = serde_json::json!({ "status": fields });
-            match api(&self.client, key)
-                .patch_status(&key.name, &PatchParams::default(), &Patch::Merge(&patch))
-                .await
-            {
-                Ok(_) => Ok(Written::Done),
-                // Deleted meanwhile: nothing left to describe, and nothing to remember.
-                Err(kube::Error::Api(e)) if e.code == 404 => Ok(Written::Gone),
-                Err(e) => Err(e.to_string()),
-            }
-        }
-        .boxed()
+        patch(&self.client, target, status).boxed()
+    }
+
+    fn write_many<'a>(
+        &'a mut self,
+        batch: &'a [(StatusTarget, StoredStatus)],
+    ) -> BoxFuture<'a, Vec<Result<Written, String>>> {
+        let client = &self.client;
+        futures::stream::iter(batch)
+            .map(|(target, status)| patch(client, target, status))
+            .buffered(PATCHES_AT_ONCE)
+            .collect()
+            .boxed()
     }
 
     /// Rejections, recoveries, conflicts and refusals become Events on the object.

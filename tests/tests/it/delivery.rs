@@ -254,6 +254,35 @@ async fn the_control_plane_records_a_nack_and_reports_the_route_not_programmed()
     cp.stop().await;
 }
 
+/// Statuses go to the sink in batches: every one of more documents than a batch holds is
+/// written, the last (partial) batch too.
+#[tokio::test]
+async fn statuses_of_more_documents_than_a_batch_are_all_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let routes: Vec<String> = (0..150)
+        .map(|i| route_yaml(&format!("r{i}"), "http://127.0.0.1:9"))
+        .collect();
+    std::fs::write(dir.path().join("many.yaml"), routes.join("---\n")).unwrap();
+    let _cp = control_plane(dir.path(), "127.0.0.1:0".parse().unwrap()).await;
+    let accepted = |i: usize| {
+        let key = pavilion_crds::ResourceKey {
+            kind: pavilion_crds::Kind::Route,
+            namespace: "shop".into(),
+            name: format!("r{i}").into(),
+        };
+        pavilion_control::dir_status::read_status(dir.path(), &key).is_some_and(|stored| {
+            stored
+                .conditions
+                .iter()
+                .any(|c| c.kind == "Accepted" && c.status == "True")
+        })
+    };
+    eventually("all 150 statuses written", PATIENCE, || async {
+        (0..150).all(accepted).then_some(())
+    })
+    .await;
+}
+
 /// A new snapshot leaves the resources it did not change `Programmed` — and their status
 /// files untouched — while a data plane has not taken it yet: one new route among 10 000
 /// writes one status, not 10 000 twice (`Pending`, then back).
