@@ -1,6 +1,7 @@
 //! A NATS JetStream KV bucket as the source (Docker Swarm): every key
 //! `<kind>.<namespace>.<name>` holds one resource document. The bucket is watched from the
-//! last value of every key on; a put or delete is published at once. When the connection or
+//! last value of every key on; a put or delete is published at once (a burst of them, with
+//! everything that arrived meanwhile, at most once per 10 ms). When the connection or
 //! the watch breaks, the last published set stays in force while the source reconnects.
 
 use std::collections::BTreeMap;
@@ -23,6 +24,8 @@ use crate::kv::{
 use crate::writeback::StoredStatus;
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(200);
+/// The least time between two published sets while changes keep coming.
+const SETTLE: Duration = Duration::from_millis(10);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 pub struct KvSource {
@@ -83,41 +86,67 @@ async fn watch(store: &Store, items: &ItemsSender, health: &SourceHealth) -> KvE
     if synced {
         items.send_replace(Some(Vec::new().into()));
     }
-    while let Some(entry) = watch.next().await {
-        let entry = match entry {
-            Ok(entry) => entry,
-            Err(e) => return operation(&e),
-        };
-        let changed = apply(&mut current, &entry);
+    // A resource changed since the last set was published.
+    let mut changed = false;
+    let mut last_sent: Option<tokio::time::Instant> = None;
+    while let Some(first) = watch.next().await {
+        let mut next = Some(first);
+        let mut caught_up = false;
+        loop {
+            // Every entry that has arrived is taken in before a set is published: a bulk
+            // `kv put` of 10 000 keys published (and compiled) hundreds of sets, each a pass
+            // over every key.
+            while let Some(entry) = next.take() {
+                let entry = match entry {
+                    Ok(entry) => entry,
+                    Err(e) => return operation(&e),
+                };
+                changed |= apply(&mut current, &entry);
+                if !synced {
+                    recall(&mut recalled, &entry);
+                }
+                // `delta` counts what is still pending: zero means the watch has caught up.
+                caught_up = entry.delta == 0;
+                next = watch.next().now_or_never().flatten();
+            }
+            // In a burst, at most one set per SETTLE, with what arrived meanwhile; a lone
+            // change goes at once.
+            if synced && changed && last_sent.is_some_and(|last| last.elapsed() < SETTLE) {
+                super::pace(last_sent, SETTLE).await;
+                next = watch.next().now_or_never().flatten();
+                if next.is_some() {
+                    continue;
+                }
+            }
+            break;
+        }
+        if !(synced && changed || !synced && caught_up) {
+            continue;
+        }
         if !synced {
-            recall(&mut recalled, &entry);
+            synced = true;
+            recall_until = tokio::time::Instant::now() + RECALL_WINDOW;
         }
-        // `delta` counts what is still pending: zero means the watch has caught up.
-        let caught_up = entry.delta == 0;
-        if (synced && changed) || (!synced && caught_up) {
-            if !synced {
-                synced = true;
-                recall_until = tokio::time::Instant::now() + RECALL_WINDOW;
-            }
-            if tokio::time::Instant::now() >= recall_until {
-                recalled.clear();
-            }
-            let set: Vec<Item> = current
-                .iter()
-                .map(|(key, item)| {
-                    let mut item = item.clone();
-                    item.last_accepted = recalled
-                        .get(key)
-                        .zip(item.identity.as_ref())
-                        .and_then(|(stored, identity)| {
-                            LastAccepted::from_status(stored, identity, item.parsed.as_ref().ok())
-                        })
-                        .map(Arc::new);
-                    item
-                })
-                .collect();
-            items.send_replace(Some(set.into()));
+        if tokio::time::Instant::now() >= recall_until {
+            recalled.clear();
         }
+        let set: Vec<Item> = current
+            .iter()
+            .map(|(key, item)| {
+                let mut item = item.clone();
+                item.last_accepted = recalled
+                    .get(key)
+                    .zip(item.identity.as_ref())
+                    .and_then(|(stored, identity)| {
+                        LastAccepted::from_status(stored, identity, item.parsed.as_ref().ok())
+                    })
+                    .map(Arc::new);
+                item
+            })
+            .collect();
+        items.send_replace(Some(set.into()));
+        changed = false;
+        last_sent = Some(tokio::time::Instant::now());
     }
     KvError::Operation("the watch ended".into())
 }
