@@ -89,6 +89,7 @@ async fn watch(store: &Store, items: &ItemsSender, health: &SourceHealth) -> KvE
     // A resource changed since the last set was published.
     let mut changed = false;
     let mut last_sent: Option<tokio::time::Instant> = None;
+    let mut ended = false;
     while let Some(first) = watch.next().await {
         let mut next = Some(first);
         let mut caught_up = false;
@@ -107,13 +108,13 @@ async fn watch(store: &Store, items: &ItemsSender, health: &SourceHealth) -> KvE
                 }
                 // `delta` counts what is still pending: zero means the watch has caught up.
                 caught_up = entry.delta == 0;
-                next = watch.next().now_or_never().flatten();
+                next = arrived(&mut watch, &mut ended);
             }
             // In a burst, at most one set per SETTLE, with what arrived meanwhile; a lone
             // change goes at once.
             if synced && changed && last_sent.is_some_and(|last| last.elapsed() < SETTLE) {
                 super::pace(last_sent, SETTLE).await;
-                next = watch.next().now_or_never().flatten();
+                next = arrived(&mut watch, &mut ended);
                 if next.is_some() {
                     continue;
                 }
@@ -121,6 +122,9 @@ async fn watch(store: &Store, items: &ItemsSender, health: &SourceHealth) -> KvE
             break;
         }
         if !(synced && changed || !synced && caught_up) {
+            if ended {
+                break;
+            }
             continue;
         }
         if !synced {
@@ -147,8 +151,27 @@ async fn watch(store: &Store, items: &ItemsSender, health: &SourceHealth) -> KvE
         items.send_replace(Some(set.into()));
         changed = false;
         last_sent = Some(tokio::time::Instant::now());
+        if ended {
+            break;
+        }
     }
     KvError::Operation("the watch ended".into())
+}
+
+/// The next entry of `watch` if it has already arrived (without waiting); `ended` is set
+/// when the watch ends instead.
+fn arrived<S>(watch: &mut S, ended: &mut bool) -> Option<S::Item>
+where
+    S: futures::Stream + Unpin,
+{
+    match watch.next().now_or_never() {
+        Some(None) => {
+            *ended = true;
+            None
+        }
+        Some(entry) => entry,
+        None => None,
+    }
 }
 
 /// Notes the last accepted version a status entry holds, by the key of its resource.
