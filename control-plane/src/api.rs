@@ -233,23 +233,30 @@ async fn placement(
     State(state): State<ApiState>,
     axum::extract::Path(tenant): axum::extract::Path<String>,
 ) -> Response {
+    with_placements(&state, |table| {
+        match crate::placements::lookup(table, &tenant) {
+            Some(view) => Json(view).into_response(),
+            None => error(
+                StatusCode::NOT_FOUND,
+                "unknown_tenant",
+                format!("no placement for tenant {tenant}"),
+            ),
+        }
+    })
+}
+
+/// `answer` about the published snapshot's placements (none: an empty table), or
+/// `not_ready` before the first snapshot.
+fn with_placements(
+    state: &ApiState,
+    answer: impl FnOnce(&pavilion_proto::Placements) -> Response,
+) -> Response {
     let Some(published) = state.published.borrow().clone() else {
         return not_ready();
     };
-    let empty = pavilion_proto::Placements::default();
-    let table = published
-        .shipment
-        .snapshot
-        .placements
-        .as_ref()
-        .unwrap_or(&empty);
-    match crate::placements::lookup(table, &tenant) {
-        Some(view) => Json(view).into_response(),
-        None => error(
-            StatusCode::NOT_FOUND,
-            "unknown_tenant",
-            format!("no placement for tenant {tenant}"),
-        ),
+    match &published.shipment.snapshot.placements {
+        Some(table) => answer(table),
+        None => answer(&pavilion_proto::Placements::default()),
     }
 }
 
@@ -264,21 +271,13 @@ async fn placements(
     State(state): State<ApiState>,
     axum::extract::Query(query): axum::extract::Query<PageQuery>,
 ) -> Response {
-    let Some(published) = state.published.borrow().clone() else {
-        return not_ready();
-    };
-    let empty = pavilion_proto::Placements::default();
-    let table = published
-        .shipment
-        .snapshot
-        .placements
-        .as_ref()
-        .unwrap_or(&empty);
     let limit = query.limit.unwrap_or(crate::placements::DEFAULT_PAGE);
-    match crate::placements::page(table, limit, query.continue_token.as_deref()) {
-        Ok(page) => Json(page).into_response(),
-        Err(why) => error(StatusCode::BAD_REQUEST, "invalid_continue", why),
-    }
+    with_placements(&state, |table| {
+        match crate::placements::page(table, limit, query.continue_token.as_deref()) {
+            Ok(page) => Json(page).into_response(),
+            Err(why) => error(StatusCode::BAD_REQUEST, "invalid_continue", why),
+        }
+    })
 }
 
 #[derive(serde::Deserialize)]
