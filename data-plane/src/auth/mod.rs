@@ -290,7 +290,9 @@ impl RuleAuth {
                 if let Some(identity) = cache.get(slot, token) {
                     return Ok(identity);
                 }
-                let verified = jwt::verify(&self.providers, token, &self.revoked).await?;
+                // Boxed: verification (perhaps with a JWKS fetch) is rare next to cache hits,
+                // and its future would make every request's larger.
+                let verified = Box::pin(jwt::verify(&self.providers, token, &self.revoked)).await?;
                 if let Some(allow) = &self.allow {
                     allow
                         .check_claims(&verified.subject, &verified.claims)

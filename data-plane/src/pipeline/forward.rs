@@ -312,7 +312,10 @@ async fn attempt(
         .map(InFlight::enter);
     let outcome = match how {
         Exchange::Request => {
-            tokio::time::timeout_at(deadline, proxy.upstreams.send(target, upstream)).await
+            // Boxed: the send is the deepest future of the request path, and each level
+            // that awaits it inline grows by its size (and copies it when moved).
+            let sending = Box::pin(proxy.upstreams.send(target, upstream));
+            tokio::time::timeout_at(deadline, sending).await
         }
         Exchange::Upgrade => {
             let upgrading = Box::pin(proxy.upstreams.upgrade(target, upstream));

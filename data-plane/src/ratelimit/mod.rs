@@ -526,7 +526,8 @@ impl Limiter {
                         expire_at: *expire_at,
                     })
                     .collect();
-                let answer = redis.take_quotas(&checks).await;
+                // Boxed, as in `round_trip`.
+                let answer = Box::pin(redis.take_quotas(&checks)).await;
                 if answer.is_err() {
                     self.metrics.redis_errors.inc();
                 }
@@ -826,7 +827,9 @@ impl Limiter {
             None => return Err("no --redis configured".into()),
         };
         let started = std::time::Instant::now();
-        let outcome = call(redis).await;
+        // Boxed: a round trip's future is large, and every request on a rule with a limit
+        // moves this function's future whether or not it goes to Redis.
+        let outcome = Box::pin(call(redis)).await;
         self.metrics
             .redis_latency
             .observe(started.elapsed().as_secs_f64());
