@@ -118,8 +118,8 @@ async fn serve(
     }
 }
 
-/// Reads into `buffer` from `filled` until `complete` finds the end of a head; `None` on a
-/// clean close.
+/// Reads into `buffer` until `complete` finds the end of a head: that end and how much was
+/// read; `None` on a clean close.
 async fn read_head(
     stream: &mut TcpStream,
     buffer: &mut [u8],
